@@ -1,0 +1,115 @@
+"""``mmgpt-train``: train a multimodal Transformer. All behaviour comes from the Hydra config (conf/train.yaml)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import mmgpt.cli  # noqa: F401  (registers the config schemas)
+from mmgpt.callbacks import RunConfigInCheckpoint, Throughput
+from mmgpt.cli.common import (
+    finish_wandb,
+    hydra_choice,
+    instantiate_group,
+    metrics_of,
+    peak_memory,
+    rank_zero,
+    write_json,
+)
+from mmgpt.config import CONFIG_DIR, check_targets, resolved
+from mmgpt.lit_module import MultimodalClassifier
+
+log = logging.getLogger("mmgpt.train")
+
+
+def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> MultimodalClassifier:
+    """The LightningModule of ``cfg.model.module`` around ``cfg.model.net``, sized for the datamodule's classes."""
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    return instantiate(
+        cfg.model.module,
+        net=net,
+        num_classes=datamodule.num_classes,
+        class_names=list(datamodule.class_names),
+        _recursive_=False,
+    )
+
+
+def fusion_name(cfg: DictConfig) -> str:
+    """The ``model/fusion`` option (``early``...), or the fusion class name outside a Hydra app."""
+    return hydra_choice("model/fusion") or str(cfg.model.fusion._target_).rsplit(".", 1)[-1]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, validate and test as configured; write ``results.json`` into the run directory and return it."""
+    check_targets(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    run_config = resolved(cfg)
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    module = build_module(cfg, datamodule)
+    callbacks = instantiate_group(cfg.callbacks) + [RunConfigInCheckpoint(run_config)]
+    loggers = instantiate_group(cfg.logger)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if rank_zero():
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(run_config)
+
+    t0 = time.perf_counter()
+    try:
+        if cfg.train:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        ckpt = ckpt or None
+        val = metrics_of(trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False))
+        test = metrics_of(trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)) if cfg.test else {}
+        throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
+        results = {
+            "fusion": fusion_name(cfg),
+            "fusion_target": str(cfg.model.fusion._target_),
+            "seed": int(cfg.seed),
+            "val": val,
+            "test": test,
+            "params": module.net.param_counts(),
+            "samples_per_sec": throughput.steady_rate if throughput else None,
+            "wall_time_s": time.perf_counter() - t0,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "world_size": trainer.world_size,
+            "best_ckpt": ckpt,
+            "run_dir": str(out_dir),
+            **peak_memory(),
+        }
+        if rank_zero():
+            write_json(out_dir / "results.json", results)
+            log.info("val %s | test %s", _fmt(val), _fmt(test))
+            log.info("results: %s", out_dir / "results.json")
+            log.info("metrics: %s", out_dir / "metrics.csv")
+            if ckpt:
+                log.info("best checkpoint: %s", ckpt)
+        return results
+    finally:
+        finish_wandb(loggers)
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    results = train(cfg)
+    return results["val"].get("val/acc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Image encoder: ViT-style patch embedding + Transformer. Legend: B batch, P patches, D dim."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mmgpt.encoders.base import EncoderOutput
+from mmgpt.layers import Transformer
+
+
+class ImageEncoder(nn.Module):
+    """Splits a (B, 3, H, W) image into non-overlapping patches, embeds them and runs Transformer blocks.
+
+    Args:
+        dim: width D.
+        num_layers: Transformer blocks.
+        num_heads: attention heads.
+        image_size: expected H = W (position table size).
+        patch_size: patch side; ``image_size`` must be divisible by it.
+        in_channels: input channels.
+        mlp_ratio: MLP hidden width / D.
+        dropout: dropout rate.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_layers: int,
+        num_heads: int,
+        image_size: int = 32,
+        patch_size: int = 8,
+        in_channels: int = 3,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size != 0:
+            raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
+        self.image_size = image_size
+        self.num_patches = (image_size // patch_size) ** 2
+        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.pos_emb = nn.Parameter(torch.zeros(1, self.num_patches, dim))
+        nn.init.normal_(self.pos_emb, std=0.02)
+        self.drop = nn.Dropout(dropout)
+        self.transformer = Transformer(dim, num_layers, num_heads, mlp_ratio, dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
+        """x (B, 3, H, W) normalised image -> tokens (B, P, D); every patch is real (mask all True)."""
+        B, _, H, W = x.shape
+        if H != self.image_size or W != self.image_size:
+            raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {H}x{W}")
+        h = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, P, D)
+        h = self.drop(h + self.pos_emb)
+        patch_mask = torch.ones(B, self.num_patches, dtype=torch.bool, device=x.device)
+        return EncoderOutput(self.transformer(h, mask=None), patch_mask)
