@@ -17,7 +17,7 @@ colour     the shapes' colour                      text + image
 shape      the shapes' kind                        text + image
 pitch      the tone's pitch                        text + audio
 beeps      the number of beeps                     text + audio
-same_count "yes" if n_shapes == n_beeps else "no"  text + image + audio
+total      n_shapes + n_beeps (2-6)                text + image + audio
 ========== ======================================= ===================
 
 :func:`ceilings` computes, by exact enumeration of the latent distribution, the best accuracy any model can
@@ -38,10 +38,10 @@ KINDS = ("circle", "square", "triangle")
 PITCHES = ("low", "mid", "high")
 COUNTS = (1, 2, 3)
 WAVES = ("tone", "chirp")
-QTYPES = ("colour", "shape", "pitch", "beeps", "same_count")
+QTYPES = ("colour", "shape", "pitch", "beeps", "total")
 
 #: Class names, in label-index order.
-CLASSES: tuple[str, ...] = (*COLOURS, *KINDS, *PITCHES, *(str(c) for c in COUNTS), "yes", "no")
+CLASSES: tuple[str, ...] = (*COLOURS, *KINDS, *PITCHES, *(str(c) for c in range(1, 7)))
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "colour": (
@@ -72,12 +72,12 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "What is the number of beeps?",
         "How often does it beep?",
     ),
-    "same_count": (
-        "Are there as many shapes as beeps?",
-        "Does the number of beeps match the number of shapes?",
-        "is the shape count equal to the beep count?",
-        "Do you hear one beep per shape?",
-        "Same number of shapes and beeps?",
+    "total": (
+        "How many shapes and beeps are there in total?",
+        "What is the number of shapes plus the number of beeps?",
+        "count the shapes and the beeps together.",
+        "Add the shapes you see to the beeps you hear.",
+        "Shapes plus beeps makes how many?",
     ),
 }
 
@@ -113,8 +113,8 @@ def answer(latents: dict) -> str:
         return latents["pitch"]
     if q == "beeps":
         return str(latents["n_beeps"])
-    if q == "same_count":
-        return "yes" if latents["n_shapes"] == latents["n_beeps"] else "no"
+    if q == "total":
+        return str(latents["n_shapes"] + latents["n_beeps"])
     raise ValueError(f"unknown question type {q!r}")
 
 
@@ -237,7 +237,7 @@ class SyntheticGenerator:
         for c in rng.choice(4, size=lat["n_shapes"], replace=False):
             cy = (c // 2 + 0.5) * cell + rng.uniform(-0.1, 0.1) * cell
             cx = (c % 2 + 0.5) * cell + rng.uniform(-0.1, 0.1) * cell
-            r = rng.uniform(0.28, 0.38) * cell
+            r = rng.uniform(0.34, 0.44) * cell
             m = self._shape_mask(lat["kind"], cy, cx, r)
             img[:, m] = rgb[:, None]
         img += rng.normal(0, self.image_noise, img.shape).astype(np.float32)

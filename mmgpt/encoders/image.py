@@ -9,6 +9,43 @@ from mmgpt.encoders.base import EncoderOutput
 from mmgpt.layers import Transformer
 
 
+class PatchEmbed(nn.Module):
+    """ViT's linear patch embedding: one ``patch_size`` x ``patch_size`` convolution with the same stride."""
+
+    def __init__(self, dim: int, patch_size: int, in_channels: int = 3) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)  # (B, D, H/p, W/p)
+
+
+class ConvStem(nn.Module):
+    """A convolutional stem (Xiao et al., 2021, "Early convolutions help transformers see better").
+
+    log2(``patch_size``) stride-2 3x3 convolutions replace the single patchify layer: same token grid as
+    :class:`PatchEmbed`, much faster to learn shapes on small data.
+    """
+
+    def __init__(self, dim: int, patch_size: int, in_channels: int = 3) -> None:
+        super().__init__()
+        n = patch_size.bit_length() - 1
+        if patch_size < 2 or 2**n != patch_size:
+            raise ValueError(f"ConvStem needs a power-of-two patch_size >= 2, got {patch_size}")
+        self.patch_size = patch_size
+        widths = [in_channels] + [max(dim // 2 ** (n - 1 - i), 8) for i in range(n)]
+        layers: list[nn.Module] = []
+        for i in range(n):
+            layers.append(nn.Conv2d(widths[i], widths[i + 1], kernel_size=3, stride=2, padding=1))
+            if i < n - 1:
+                layers.append(nn.GELU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)  # (B, D, H/p, W/p)
+
+
 class ImageEncoder(nn.Module):
     """Splits a (B, 3, H, W) image into non-overlapping patches, embeds them and runs Transformer blocks.
 
@@ -19,6 +56,7 @@ class ImageEncoder(nn.Module):
         image_size: expected H = W (position table size).
         patch_size: patch side; ``image_size`` must be divisible by it.
         in_channels: input channels.
+        stem: the module that turns (B, C, H, W) into a (B, D, H/p, W/p) grid; default :class:`PatchEmbed`.
         mlp_ratio: MLP hidden width / D.
         dropout: dropout rate.
     """
@@ -31,6 +69,7 @@ class ImageEncoder(nn.Module):
         image_size: int = 32,
         patch_size: int = 8,
         in_channels: int = 3,
+        stem: nn.Module | None = None,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
     ) -> None:
@@ -39,7 +78,7 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
         self.image_size = image_size
         self.num_patches = (image_size // patch_size) ** 2
-        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.patch_embed = stem if stem is not None else PatchEmbed(dim, patch_size, in_channels)
         self.pos_emb = nn.Parameter(torch.zeros(1, self.num_patches, dim))
         nn.init.normal_(self.pos_emb, std=0.02)
         self.drop = nn.Dropout(dropout)
