@@ -7,13 +7,13 @@ Legend: B batch, T text tokens, S audio samples.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mmgpt.batch import MultimodalBatch
+from mmgpt.batch import MODALITIES, MultimodalBatch
 from mmgpt.tokenizer import ByteTokenizer
 
 
@@ -24,12 +24,21 @@ class Collate:
         tokenizer: encodes the ``text`` strings.
         image_size: side of the (square) images; missing images become zeros of this size.
         max_audio_samples: waveforms longer than this are cropped (the datamodule decides where).
+        modality_dropout: per-modality probability of marking a present modality absent in a sample (training
+            only: give the evaluation loaders a Collate without it); see :func:`random_modality_dropout`.
     """
 
-    def __init__(self, tokenizer: ByteTokenizer, image_size: int, max_audio_samples: int) -> None:
+    def __init__(
+        self,
+        tokenizer: ByteTokenizer,
+        image_size: int,
+        max_audio_samples: int,
+        modality_dropout: Mapping[str, float] | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.max_audio_samples = max_audio_samples
+        self.modality_dropout = check_dropout_probs(modality_dropout)
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> MultimodalBatch:
         B = len(samples)
@@ -54,6 +63,8 @@ class Collate:
             "image": torch.tensor([s.get("image") is not None for s in samples]),
             "audio": torch.tensor([n > 0 for n in lengths]),
         }
+        if any(p > 0 for p in self.modality_dropout.values()):
+            present = random_modality_dropout(present, self.modality_dropout)
         labels = [s.get("label") for s in samples]
         return MultimodalBatch(
             inputs={"text": text_ids, "image": images, "audio": audio},
@@ -63,6 +74,22 @@ class Collate:
             ids=[s.get("id") for s in samples],
             captions=[s.get("caption") or "" for s in samples],
         )
+
+
+def check_dropout_probs(probs: Mapping[str, float] | None) -> dict[str, float]:
+    """Validate per-modality dropout probabilities: known modality names, values in [0, 1).
+
+    Raises:
+        ValueError: naming the offending key.
+    """
+    out: dict[str, float] = {}
+    for m, p in (probs or {}).items():
+        if m not in MODALITIES:
+            raise ValueError(f"modality_dropout.{m}: unknown modality (expected one of {list(MODALITIES)})")
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"modality_dropout.{m}={p}: expected a probability in [0, 1)")
+        out[m] = float(p)
+    return out
 
 
 def random_modality_dropout(

@@ -64,6 +64,8 @@ class SyntheticDataModule(pl.LightningDataModule):
         batch_size: per-process batch size.
         num_workers: DataLoader workers.
         augment: flip training images.
+        modality_dropout: per-modality probability of dropping that modality from a training sample
+            (never a sample's last modality), e.g. ``{"audio": 0.2}``.
     """
 
     def __init__(
@@ -79,11 +81,14 @@ class SyntheticDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         augment: bool = True,
+        modality_dropout: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.generator = SyntheticGenerator(image_size, sample_rate, max_seconds=max_audio_seconds)
-        self.collate = Collate(ByteTokenizer(max_text_length), image_size, int(max_audio_seconds * sample_rate))
+        tokenizer, max_audio_samples = ByteTokenizer(max_text_length), int(max_audio_seconds * sample_rate)
+        self.collate = Collate(tokenizer, image_size, max_audio_samples)
+        self.train_collate = Collate(tokenizer, image_size, max_audio_samples, modality_dropout=modality_dropout)
         self.splits: dict[str, SyntheticDataset] = {}
 
     @property
@@ -113,7 +118,7 @@ class SyntheticDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
-            collate_fn=self.collate,
+            collate_fn=self.train_collate if split == "train" else self.collate,
         )
 
     def train_dataloader(self) -> DataLoader:
