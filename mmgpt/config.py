@@ -7,6 +7,7 @@ a parameter of its target, and reports the full key path otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -145,12 +146,23 @@ def _resolve_target(path: str) -> Any:
 
 
 def check_targets(cfg: Any, prefix: str = "") -> None:
-    """Raise :class:`ConfigKeyError` naming the key path when a ``_target_`` node has a key its target lacks.
+    """Raise :class:`ConfigKeyError` naming the key path when a node has a key nobody reads.
 
-    Also raises when a ``_target_`` cannot be imported. Nodes whose target takes ``**kwargs`` accept any key.
+    Checks that every key of a ``_target_`` node is a parameter of its target (targets taking ``**kwargs``
+    accept any key), that every ``_target_`` imports, and that nodes typed by a schema dataclass hold only
+    its fields (Hydra's ``+key=value`` overrides can add keys that the schema does not have).
     """
     if isinstance(cfg, DictConfig):
         items = [(k, cfg._get_node(k)) for k in cfg.keys()]
+        schema = OmegaConf.get_type(cfg)
+        if dataclasses.is_dataclass(schema):
+            known = {f.name for f in dataclasses.fields(schema)}
+            for key in cfg.keys():
+                if key not in known:
+                    raise ConfigKeyError(
+                        f"config key '{prefix + '.' if prefix else ''}{key}' is not in the {schema.__name__} schema "
+                        f"(known keys: {', '.join(sorted(known))})"
+                    )
         target = cfg.get("_target_") if "_target_" in cfg else None
         if target is not None:
             where = prefix or "<root>"
