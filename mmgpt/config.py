@@ -81,6 +81,21 @@ class PathsSchema:
 
 
 @dataclass
+class CompareSchema:
+    """``compare``: what ``mmgpt-compare`` sweeps and reports (unused by ``mmgpt-train``).
+
+    ``fusions`` and ``seeds`` are Hydra sweep strings (``early,late``, ``range(0,3)``); the command line's
+    ``model/fusion=...`` and ``seed=...`` take precedence over them.
+    """
+
+    fusions: str = "early,late,cross_attention"
+    seeds: str = "0,1,2"
+    metric: str = "acc"                 # the report's metric: val/<metric> and test/<metric>
+    robustness: bool = True             # evaluate every modality subset on the best checkpoint
+    robustness_split: str = "test"
+
+
+@dataclass
 class TrainSchema:
     """The top level of ``conf/train.yaml``."""
 
@@ -96,6 +111,7 @@ class TrainSchema:
     train: bool = True
     test: bool = True
     ckpt_path: str | None = None
+    compare: CompareSchema = field(default_factory=CompareSchema)
 
 
 @dataclass
