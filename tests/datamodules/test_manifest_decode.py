@@ -1,0 +1,110 @@
+"""Decoding real image and audio files, and the decode cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from datamodules.manifest import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
+from tests.datamodules.conftest import write_png, write_wav
+
+
+@pytest.mark.parametrize("name", ["red.png", "gray.jpg", "clear.png", "palette.png"])
+def test_every_image_kind_becomes_rgb_of_the_configured_size(media: Path, name: str) -> None:
+    x = load_image(media / "img" / name, 32)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
+
+
+def test_image_pixels_survive_conversion(media: Path) -> None:
+    red = load_image(media / "img/red.png", 8)
+    assert red[0].min() == 255 and red[1].max() == 0 and red[2].max() == 0
+    gray = load_image(media / "img/gray.jpg", 8).int()
+    assert (gray - 100).abs().max() <= 2 and (gray[0] == gray[1]).all()  # grey stays grey in all channels
+    assert (load_image(media / "img/clear.png", 8) == 255).all()  # transparency composited onto white
+    blue = load_image(media / "img/palette.png", 8)
+    assert blue[2].min() == 255 and blue[0].max() == 0
+
+
+@pytest.mark.parametrize("name", ["corrupt.png", "empty.png"])
+def test_broken_images_raise_decode_error(media: Path, name: str) -> None:
+    with pytest.raises(DecodeError, match="cannot decode image"):
+        load_image(media / "img" / name, 32)
+
+
+def test_audio_is_resampled_and_mixed_down(media: Path) -> None:
+    mono = load_audio(media / "wav/mono8k.wav", 8000, 16000)
+    assert mono.shape == (4000,) and mono.dtype == torch.float32
+    stereo = load_audio(media / "wav/stereo44k.wav", 8000, 16000)
+    assert abs(stereo.shape[0] - 4000) <= 1
+    # The right channel is silent: the mix-down halves the left's 0.5 amplitude; the 440 Hz tone survives.
+    assert 0.22 < stereo.abs().max() < 0.28
+    spectrum = torch.fft.rfft(stereo).abs()
+    assert abs(spectrum.argmax().item() * 8000 / stereo.shape[0] - 440) < 5
+
+
+def test_flac_and_ogg_decode_like_wav(media: Path) -> None:
+    wav = load_audio(media / "wav/mono8k.wav", 8000, 8000)
+    flac = load_audio(media / "wav/tone.flac", 8000, 8000)
+    assert flac.shape == wav.shape
+    assert torch.allclose(flac, wav, atol=0.02)  # same tone, recorded at 16 kHz and resampled
+    if (media / "wav/tone.ogg").exists():
+        assert load_audio(media / "wav/tone.ogg", 8000, 8000).shape[0] == pytest.approx(4000, abs=2)
+
+
+def test_long_audio_is_cropped(media: Path) -> None:
+    assert load_audio(media / "wav/long.wav", 8000, 8000).shape == (8000,)
+
+
+def test_empty_and_corrupt_audio_raise(media: Path) -> None:
+    with pytest.raises(DecodeError, match="empty audio"):
+        load_audio(media / "wav/empty.wav", 8000, 8000)
+    with pytest.raises(DecodeError, match="cannot decode audio"):
+        load_audio(media / "wav/corrupt.wav", 8000, 8000)
+
+
+def test_cache_decodes_once_and_redecodes_changed_files(media: Path, tmp_path: Path) -> None:
+    settings = DecodeSettings(16, 8000, 8000)
+    paths = [media / "img/red.png", media / "img/gray.jpg", media / "img/corrupt.png", media / "img/nope.png"]
+    first = MediaCache(settings, tmp_path / "cache", key="k")
+    out = first.get_many("image", paths)
+    assert first.decoded == 3  # the missing file is not decoded, it is reported
+    assert isinstance(out[paths[2]], DecodeError) and "missing file" in str(out[paths[3]])
+    first.save()
+
+    second = MediaCache(settings, tmp_path / "cache", key="k")
+    again = second.get_many("image", paths)
+    assert second.decoded == 0
+    assert torch.equal(again[paths[0]], out[paths[0]]) and isinstance(again[paths[2]], DecodeError)
+
+    write_png(paths[0], (30, 20), "RGB", (0, 255, 0))
+    os.utime(paths[0], ns=(1, 1))  # a different mtime, whatever the clock resolution
+    third = MediaCache(settings, tmp_path / "cache", key="k")
+    changed = third.get_many("image", paths)
+    assert third.decoded == 1 and changed[paths[0]][1].min() == 255
+
+    other = MediaCache(DecodeSettings(8, 8000, 8000), tmp_path / "cache", key="k")  # other settings, other key
+    other.get_many("image", paths[:1])
+    assert other.decoded == 1
+
+
+def test_unreadable_cache_file_is_ignored(media: Path, tmp_path: Path) -> None:
+    cache = MediaCache(DecodeSettings(16, 8000, 8000), tmp_path / "c")
+    assert cache.path is not None
+    cache.path.parent.mkdir(parents=True)
+    cache.path.write_bytes(b"not a torch file")
+    fresh = MediaCache(DecodeSettings(16, 8000, 8000), tmp_path / "c")
+    assert fresh.entries == {}
+    fresh.get_many("audio", [media / "wav/mono8k.wav"])
+    assert fresh.decoded == 1
+
+
+def test_write_helpers_make_real_files(tmp_path: Path) -> None:
+    wav = write_wav(tmp_path / "a.wav", 0.25, 44100, 2)
+    info = sf.info(str(wav))
+    assert (info.samplerate, info.channels, info.frames) == (44100, 2, 11025)
+    assert np.asarray(load_image(write_png(tmp_path / "b.png"), 4)).shape == (3, 4, 4)
