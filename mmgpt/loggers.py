@@ -15,8 +15,14 @@ def wandb_logger(project: str, save_dir: str, name: str | None = None, group: st
 
     Offline mode is chosen when neither ``WANDB_MODE`` nor ``WANDB_API_KEY`` is set, so nothing tries to reach
     the network by surprise; ``wandb sync <save_dir>/wandb/offline-run-*`` uploads such runs later.
+    Inside a Hydra multirun, ``group=None`` means the sweep's group (:func:`mmgpt.tracking.sweep_group`), so the
+    runs of one sweep (e.g. one ``mmgpt-compare``) sit together.
     """
     from pytorch_lightning.loggers import WandbLogger
+
+    from mmgpt.tracking import sweep_group
+
+    group = group or sweep_group()
 
     offline = "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ
     if offline:

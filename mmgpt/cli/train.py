@@ -25,6 +25,7 @@ from mmgpt.cli.common import (
 )
 from mmgpt.config import CONFIG_DIR, check_targets, resolved
 from mmgpt.lit_module import MultimodalClassifier
+from mmgpt.tracking import dashboard_hparams, label_run, log_final, reset_peak_memory
 
 log = logging.getLogger("mmgpt.train")
 
@@ -49,6 +50,7 @@ def fusion_name(cfg: DictConfig) -> str:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate and test as configured; write ``results.json`` into the run directory and return it."""
     check_targets(cfg)
+    reset_peak_memory()  # tracking: this run's peak, not the multirun process's
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
@@ -63,6 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     for lg in loggers:
         lg.log_hyperparams(run_config)
+    label_run(loggers, fusion=fusion_name(cfg), seed=int(cfg.seed))  # tracking: wandb tags + config
 
     t0 = time.perf_counter()
     try:
@@ -91,6 +94,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
         if rank_zero():
             write_json(out_dir / "results.json", results)
+            log_final(loggers, results, dashboard_hparams(cfg, results["fusion"]))  # tracking: summary, HParams
             log.info("val %s | test %s", _fmt(val), _fmt(test))
             log.info("results: %s", out_dir / "results.json")
             log.info("metrics: %s", out_dir / "metrics.csv")
