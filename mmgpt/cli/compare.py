@@ -66,6 +66,15 @@ def clear_unfinished(run_dir: Path) -> list[Path]:
     return removed
 
 
+def best_checkpoint(run_dir: Path, results: dict[str, Any]) -> Path | None:
+    """The run's best checkpoint: inside ``run_dir`` when the sweep was moved or copied, else as recorded."""
+    recorded = results.get("best_ckpt")
+    if not recorded:
+        return None
+    candidates = [run_dir / "checkpoints" / Path(recorded).name, Path(recorded)]
+    return next((p for p in candidates if p.is_file()), None)
+
+
 def robustness_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
     """The ``mmgpt-eval`` config (conf/eval.yaml's keys) that evaluates ``ckpt_path`` on every modality subset."""
     return OmegaConf.create(
@@ -89,10 +98,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         results = train(cfg)
     else:
         log.info("%s: finished run (results.json), not trained again", run_dir)
-    ckpt = results.get("best_ckpt")
     if cfg.compare.robustness and rank_zero() and not (run_dir / EVAL_RESULTS).is_file():
-        if ckpt and Path(ckpt).is_file():
-            evaluate(robustness_config(cfg, ckpt))
+        ckpt = best_checkpoint(run_dir, results)
+        if ckpt is not None:
+            evaluate(robustness_config(cfg, str(ckpt)))
         else:
             log.warning("%s: no best checkpoint, so no missing-modality evaluation", run_dir)
     return results
