@@ -36,3 +36,10 @@ test-all: $(STAMP)
 
 clean:
 	rm -rf logs .pytest_cache
+
+# `make export-synthetic OUT=dir`: write the embedded synthetic set as a manifest folder (PNG + WAV + JSON Lines),
+# to show the format `mmgpt-train data=manifest data.root=dir` reads. ARGS passes options, e.g. ARGS='--num-train 500'.
+OUT ?= data_out/synthetic
+.PHONY: export-synthetic
+export-synthetic: $(STAMP)
+	$(BIN)/mmgpt-data export-synthetic $(OUT) $(ARGS)
