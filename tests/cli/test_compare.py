@@ -1,0 +1,334 @@
+"""``mmgpt-compare``: the sweep machinery with stand-in training (fast), then a tiny real sweep (2 fusions x 2 seeds,
+a few steps; marked slow): its report, rebuild, resume, wandb and TensorBoard tracking."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import statistics
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import mmgpt.cli.compare as compare
+from mmgpt.config import CONFIG_DIR
+from mmgpt.tracking import offline_wandb_runs, wandb_sync_command
+
+TINY = [
+    "experiment=smoke",
+    "model/fusion=early,late",
+    "seed=0,1",
+    "logger=many",                      # CSV + TensorBoard + wandb (offline)
+    "model.dim=16",
+    "data.num_train=32",
+    "data.num_val=16",
+    "data.num_test=16",
+    "data.batch_size=16",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "callbacks.progress=null",
+]
+JOBS = ["0_early_seed0", "1_early_seed1", "2_late_seed0", "3_late_seed1"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sweep machinery, with `train` and `evaluate` replaced by stand-ins that write the same files in milliseconds.
+
+
+class FakeRuns:
+    """Stand-ins for :func:`train` and :func:`evaluate` that record their calls and write plausible run files."""
+
+    def __init__(self) -> None:
+        self.trained: list[str] = []
+        self.evaluated: list[str] = []
+
+    def train(self, cfg: Any) -> dict[str, Any]:
+        from mmgpt.cli.common import write_json
+        from mmgpt.cli.train import fusion_name
+
+        out = Path(cfg.paths.output_dir)
+        self.trained.append(out.name)
+        fusion, seed = fusion_name(cfg), int(cfg.seed)
+        acc = {"early": 0.6, "late": 0.7}[fusion] + 0.01 * seed
+        (out / "checkpoints").mkdir(parents=True)
+        (out / "checkpoints" / "best.ckpt").write_bytes(b"")
+        (out / "metrics.csv").write_text(f"epoch,step,val/acc\n0,1,{acc / 2}\n1,2,{acc}\n2,2,{acc}\n")
+        results = {"fusion": fusion, "seed": seed, "val": {"val/acc": acc}, "test": {"test/acc": acc - 0.05},
+                   "params": {"total": 100 * len(fusion), "fusion": 10}, "samples_per_sec": 50.0 + seed,
+                   "peak_memory_mb": 300.0, "peak_memory_kind": "cpu_max_rss", "wall_time_s": 1.0 + seed,
+                   "epochs": 2, "global_step": 2, "best_ckpt": str(out / "checkpoints" / "best.ckpt")}
+        write_json(out / "results.json", results)
+        return results
+
+    def evaluate(self, cfg: Any) -> dict[str, Any]:
+        from mmgpt.cli.common import write_json
+
+        out = Path(cfg.paths.output_dir)
+        self.evaluated.append(out.name)
+        assert Path(cfg.ckpt_path).is_file() and cfg.split == "test" and cfg.subsets
+        results = {"split": cfg.split, "metrics": {}, "subsets": {"image+text": {"acc": 0.5}, "text": {"acc": 0.25}}}
+        write_json(out / "eval_results.json", results)
+        return results
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeRuns:
+    runs = FakeRuns()
+    monkeypatch.setattr(compare, "train", runs.train)
+    monkeypatch.setattr(compare, "evaluate", runs.evaluate)
+    return runs
+
+
+def test_sweep_trains_each_point_once_and_resume_skips_finished(fake: FakeRuns, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    compare.main(["model/fusion=early,late", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"])
+    assert fake.trained == fake.evaluated == JOBS
+    rows = {row["run_dir"]: row for row in csv_rows(sweep_dir / "runs.csv")}
+    assert sorted(rows) == JOBS
+    for job, res in results_of(sweep_dir).items():
+        assert float(rows[job]["val_acc"]) == res["val"]["val/acc"]
+        assert rows[job]["test_acc[text]"] == "0.25"
+    assert [row["fusion"] for row in csv_rows(sweep_dir / "report.csv")] == ["late", "early"]
+
+    # interrupted: job 2 never finished (leftovers only), job 3 finished training but not its evaluation
+    (sweep_dir / JOBS[2] / "results.json").unlink()
+    (sweep_dir / JOBS[3] / "eval_results.json").unlink()
+    (sweep_dir / "report.md").unlink()
+    kept = {j: (sweep_dir / j / "results.json").stat().st_mtime_ns for j in (JOBS[0], JOBS[1], JOBS[3])}
+    fake.trained.clear(), fake.evaluated.clear()
+    compare.main([f"resume={sweep_dir}"])
+    assert fake.trained == [JOBS[2]]
+    assert fake.evaluated == [JOBS[2], JOBS[3]]
+    assert {j: (sweep_dir / j / "results.json").stat().st_mtime_ns for j in kept} == kept
+    assert (sweep_dir / "report.md").is_file() and len(csv_rows(sweep_dir / "runs.csv")) == 4
+
+    # resuming a finished sweep trains nothing
+    fake.trained.clear(), fake.evaluated.clear()
+    compare.main([f"resume={sweep_dir}"])
+    assert fake.trained == fake.evaluated == []
+
+
+def test_two_sweeps_never_share_a_directory(fake: FakeRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMGPT_LOG_DIR", str(tmp_path))
+    for _ in range(2):
+        compare.main(["model/fusion=early", "seed=0", "compare.robustness=false"])
+    sweeps = sorted((tmp_path / "compare" / "multiruns").iterdir())
+    assert len(sweeps) == 2
+    assert all((s / "0_early_seed0" / "results.json").is_file() for s in sweeps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A tiny real sweep: 2 fusions x 2 seeds, a few steps, CSV + TensorBoard + wandb (offline).
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the tiny comparison once for the module; returns its sweep directory."""
+    sweep_dir = tmp_path_factory.mktemp("compare") / "sweep"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        compare.main([*TINY, f"hydra.sweep.dir={sweep_dir}"])
+    return sweep_dir
+
+
+def results_of(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))}
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_compare_config_defaults() -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("compare", return_hydra_config=True)
+        train_cfg = compose("train", overrides=["experiment=compare_fusion"])
+    assert cfg.task_name == "compare"
+    assert cfg.hydra.runtime.choices.experiment == "compare_fusion"
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.hydra.sweeper.params["model/fusion"] == "early,late,cross_attention"
+    assert cfg.hydra.sweeper.params.seed == "0,1,2"
+    # the experiment file alone reproduces the comparison's settings with mmgpt-train too
+    assert train_cfg.trainer.max_epochs == cfg.trainer.max_epochs
+    assert train_cfg.compare.fusions == cfg.compare.fusions
+
+
+@pytest.mark.slow
+def test_sweep_writes_report_whose_numbers_are_the_runs(sweep: Path) -> None:
+    results = results_of(sweep)
+    assert sorted(results) == JOBS  # job number first: run directories never collide
+    for name in ("report.md", "report.csv", "runs.csv"):
+        assert (sweep / name).stat().st_size > 0
+    for name in ("val_curves.png", "metric_vs_params.png", "metric_vs_throughput.png"):
+        assert (sweep / name).read_bytes().startswith(b"\x89PNG")
+
+    for row in csv_rows(sweep / "runs.csv"):
+        res = results[row["run_dir"]]
+        assert (row["fusion"], int(row["seed"])) == (res["fusion"], res["seed"])
+        assert float(row["val_acc"]) == res["val"]["val/acc"]
+        assert float(row["test_acc"]) == res["test"]["test/acc"]
+        assert float(row["samples_per_sec"]) == res["samples_per_sec"]
+        assert int(row["params_total"]) == res["params"]["total"]
+        subsets = json.loads((sweep / row["run_dir"] / "eval_results.json").read_text())["subsets"]
+        assert float(row["test_acc[audio+image+text]"]) == subsets["audio+image+text"]["acc"]
+        assert float(row["test_acc[text]"]) == subsets["text"]["acc"]
+
+    summary = {row["fusion"]: row for row in csv_rows(sweep / "report.csv")}
+    assert set(summary) == {"early", "late"}
+    for fusion, row in summary.items():
+        runs = [r for r in results.values() if r["fusion"] == fusion]
+        assert row["seeds"] == "0 1"
+        for column, values in {
+            "val_acc": [r["val"]["val/acc"] for r in runs],
+            "test_acc": [r["test"]["test/acc"] for r in runs],
+            "samples_per_sec": [r["samples_per_sec"] for r in runs],
+            "peak_memory_mb": [r["peak_memory_mb"] for r in runs],
+            "wall_time_s": [r["wall_time_s"] for r in runs],
+        }.items():
+            assert float(row[f"{column}_mean"]) == pytest.approx(statistics.mean(values), rel=1e-12)
+            assert float(row[f"{column}_std"]) == pytest.approx(statistics.stdev(values), rel=1e-12)
+        assert int(row["params_total"]) == runs[0]["params"]["total"]
+    # ranked by mean validation accuracy
+    ranked = sorted(summary.values(), key=lambda row: int(row["rank"]))
+    assert float(ranked[0]["val_acc_mean"]) >= float(ranked[1]["val_acc_mean"])
+    md = (sweep / "report.md").read_text()
+    assert "mmgpt-compare experiment=smoke model/fusion=early,late seed=0,1" in md
+    assert "## Missing-modality robustness" in md and "audio+image+text" in md
+
+
+@pytest.mark.slow
+def test_report_from_directories_is_the_same(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    names = ["report.md", "report.csv", "runs.csv", "val_curves.png", "metric_vs_params.png",
+             "metric_vs_throughput.png"]
+    before = {n: (sweep / n).read_bytes() for n in names}
+    for n in names:
+        (sweep / n).unlink()
+    compare.main([f"report={sweep}"])
+    assert {n: (sweep / n).read_bytes() for n in names} == before
+    assert "report.md" in capsys.readouterr().out
+
+
+@pytest.fixture
+def interrupted(sweep: Path, tmp_path: Path) -> Path:
+    """A copy of the sweep as an interruption would leave it: job 3 mid-training, job 1 before its evaluation."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    (copy / JOBS[3] / "results.json").unlink()
+    (copy / JOBS[3] / "eval_results.json").unlink()
+    (copy / JOBS[3] / "checkpoints" / "stale-attempt.ckpt").write_bytes(b"")
+    (copy / JOBS[1] / "eval_results.json").unlink()
+    for name in ("report.md", "report.csv"):
+        (copy / name).unlink()
+    return copy
+
+
+@pytest.mark.slow
+def test_resume_of_a_real_sweep_skips_finished_runs(interrupted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: list[tuple[str, int]] = []
+    evaluated: list[str] = []
+    real_train, real_evaluate = compare.train, compare.evaluate
+
+    def counting_train(cfg: Any) -> dict[str, Any]:
+        trained.append((Path(cfg.paths.output_dir).name, int(cfg.seed)))
+        return real_train(cfg)
+
+    def counting_evaluate(cfg: Any) -> dict[str, Any]:
+        evaluated.append(Path(cfg.paths.output_dir).name)
+        return real_evaluate(cfg)
+
+    monkeypatch.setattr(compare, "train", counting_train)
+    monkeypatch.setattr(compare, "evaluate", counting_evaluate)
+    finished = {j: (interrupted / j / "results.json").stat().st_mtime_ns for j in JOBS[:3]}
+    compare.main([f"resume={interrupted}"])
+
+    assert trained == [(JOBS[3], 1)]
+    assert evaluated == [JOBS[1], JOBS[3]]
+    assert {j: (interrupted / j / "results.json").stat().st_mtime_ns for j in JOBS[:3]} == finished
+    assert not (interrupted / JOBS[3] / "checkpoints" / "stale-attempt.ckpt").exists()
+    assert sorted(results_of(interrupted)) == JOBS
+    assert len(csv_rows(interrupted / "runs.csv")) == 4
+
+
+def wandb_records(path: Path) -> Iterator[Any]:
+    """The records of a wandb ``.wandb`` file (a LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        buf += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = pb.Record()
+            record.ParseFromString(buf)
+            buf = b""
+            yield record
+
+
+@pytest.mark.slow
+def test_wandb_runs_are_separate_and_share_one_group(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = results_of(sweep)
+    runs = offline_wandb_runs(sweep)
+    assert sorted(p.parent.parent.name for p in runs) == JOBS  # one run per job, in the job's directory
+    ids, groups = set(), set()
+    for run_dir in runs:
+        res = results[run_dir.parent.parent.name]
+        run_records = [r.run for r in wandb_records(next(run_dir.glob("run-*.wandb"))) if r.HasField("run")]
+        summary = {u.key: json.loads(u.value_json) for r in wandb_records(next(run_dir.glob("run-*.wandb")))
+                   if r.HasField("summary") for u in r.summary.update if u.key}
+        ids |= {r.run_id for r in run_records}
+        groups |= {r.run_group for r in run_records}
+        assert {f"fusion:{res['fusion']}", f"seed:{res['seed']}"} <= set(run_records[-1].tags)
+        assert summary["params/total"] == res["params"]["total"]
+        assert summary["samples_per_sec"] == pytest.approx(res["samples_per_sec"])
+    assert len(ids) == len(JOBS)
+    assert groups == {f"compare-{sweep.name}"}
+    assert wandb_sync_command(sweep) == f"wandb sync {sweep}/*/wandb/offline-run-*"
+
+
+@pytest.mark.slow
+def test_tensorboard_hparams_hold_fusion_and_final_metrics(sweep: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for job, res in results_of(sweep).items():
+        acc = EventAccumulator(str(sweep / job / "tensorboard"))
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")
+        starts = [plugin_data_pb2.HParamsPluginData.FromString(c) for c in content.values()]
+        hparams = next(s.session_start_info.hparams for s in starts if s.HasField("session_start_info"))
+        assert hparams["fusion"].string_value == res["fusion"]
+        assert hparams["seed"].number_value == res["seed"]
+        assert acc.Scalars("final/val/acc")[-1].value == pytest.approx(res["val"]["val/acc"], rel=1e-6)
+        assert acc.Scalars("final/params/total")[-1].value == res["params"]["total"]
+
+
+def test_clear_unfinished_keeps_hydra_record_and_log(tmp_path: Path) -> None:
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "compare.log").write_text("log")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "metrics.csv").write_text("")
+    removed = compare.clear_unfinished(tmp_path)
+    assert sorted(p.name for p in removed) == ["checkpoints", "metrics.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", "compare.log"]
+
+
+def test_report_of_a_directory_without_runs_fails(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        compare.main([f"report={tmp_path}"])
