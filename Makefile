@@ -43,3 +43,9 @@ OUT ?= data_out/synthetic
 .PHONY: export-synthetic
 export-synthetic: $(STAMP)
 	$(BIN)/mmgpt-data export-synthetic $(OUT) $(ARGS)
+
+# mmgpt-compare: early/late/cross-attention x 3 seeds (conf/experiment/compare_fusion.yaml), then report.md,
+# report.csv and plots in the sweep directory. `make compare ARGS='seed=0,1 trainer.max_epochs=8'`.
+.PHONY: compare
+compare: $(STAMP)
+	$(BIN)/mmgpt-compare $(ARGS)
