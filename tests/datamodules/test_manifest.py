@@ -254,3 +254,15 @@ def test_bad_options_are_refused(make_folder: FolderFactory) -> None:
         module(root, on_error="ignore")
     with pytest.raises(ValueError, match="modality_dropout.video"):
         module(root, modality_dropout={"video": 0.5})
+
+
+def test_worker_processes_deliver_the_same_batches(make_folder: FolderFactory) -> None:
+    root = make_folder(train=good_rows(8), val=good_rows(8))
+    inline = module(root, batch_size=8)
+    inline.setup("fit")
+    workers = module(root, batch_size=8, num_workers=1, pin_memory=False)
+    workers.setup("fit")
+    for _ in range(2):  # persistent workers serve a second epoch too
+        a, b = next(iter(inline.val_dataloader())), next(iter(workers.val_dataloader()))
+        assert a.ids == b.ids and torch.equal(a.inputs["audio"], b.inputs["audio"])
+        assert torch.equal(a.present["image"], b.present["image"])
