@@ -57,6 +57,32 @@ def finished_results(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def config_differences(run_dir: Path, cfg: DictConfig) -> list[str]:
+    """Keys whose value in the finished run's ``config.yaml`` differs from ``cfg`` (empty when none or no file).
+
+    Where runs are stored (``paths.*``, and paths under the run directory) is not a difference: a sweep may have
+    been moved or copied before it is resumed.
+    """
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return []
+    saved = _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    old_dir, new_dir = str(saved.get("paths.output_dir")), str(now.get("paths.output_dir"))
+    saved = {k: v.replace(old_dir, new_dir) if isinstance(v, str) else v for k, v in saved.items()}
+    keys = (saved.keys() | now.keys()) - {k for k in saved.keys() | now.keys() if k.startswith("paths.")}
+    return sorted(k for k in keys if saved.get(k) != now.get(k))
+
+
 def clear_unfinished(run_dir: Path) -> list[Path]:
     """Remove what an interrupted attempt left in ``run_dir`` (checkpoints, logs of metrics), keep Hydra's files.
 
@@ -146,6 +172,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         with relaunchable_job(run_dir):
             results = train(cfg)
     else:
+        changed = config_differences(run_dir, cfg)
+        if changed:
+            raise ValueError(
+                f"{run_dir} holds a finished run with another config ({', '.join(changed[:8])}); resume a sweep with "
+                "the overrides it was started with, or start a new one"
+            )
         log.info("%s: finished run (results.json), not trained again", run_dir)
     if cfg.compare.robustness and rank_zero() and not (run_dir / EVAL_RESULTS).is_file():
         ckpt = best_checkpoint(run_dir, results)

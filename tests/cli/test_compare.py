@@ -332,3 +332,32 @@ def test_clear_unfinished_keeps_hydra_record_and_log(tmp_path: Path) -> None:
 def test_report_of_a_directory_without_runs_fails(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         compare.main([f"report={tmp_path}"])
+
+
+@pytest.mark.slow
+def test_ddp_sim_jobs_each_launch_their_own_processes(tmp_path: Path) -> None:
+    """With trainer=ddp_sim every job of the sweep trains on two processes, the second job too."""
+    sweep_dir = tmp_path / "sweep"
+    compare.main(["experiment=smoke", "trainer=ddp_sim", "model/fusion=early", "seed=0,1", "logger=csv",
+                  "compare.robustness=false", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                  "trainer.limit_test_batches=1", "callbacks.progress=null", f"hydra.sweep.dir={sweep_dir}"])
+    results = results_of(sweep_dir)
+    assert sorted(results) == ["0_early_seed0", "1_early_seed1"]
+    assert [r["world_size"] for r in results.values()] == [2, 2]
+    assert (sweep_dir / "report.md").is_file()
+
+
+def test_a_finished_run_with_another_config_is_not_reused(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=smoke", f"paths.output_dir={tmp_path}"])
+    OmegaConf.save(cfg, tmp_path / "config.yaml", resolve=True)
+    assert compare.config_differences(tmp_path, cfg) == []
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "config.yaml").write_text((tmp_path / "config.yaml").read_text())
+    cfg.paths.output_dir = str(moved)
+    assert compare.config_differences(moved, cfg) == []  # a moved sweep is the same sweep
+    cfg.trainer.max_epochs = 7
+    assert compare.config_differences(moved, cfg) == ["trainer.max_epochs"]
