@@ -49,3 +49,12 @@ export-synthetic: $(STAMP)
 .PHONY: compare
 compare: $(STAMP)
 	$(BIN)/mmgpt-compare $(ARGS)
+
+.PHONY: bench
+bench: $(STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md (tens of minutes on 2 CPU cores)
+	$(BIN)/python -m bench.lightning_overhead
+	$(BIN)/python -m bench.attention
+	$(BIN)/python -m bench.fusions
+	$(BIN)/python -m bench.compile
+	$(BIN)/python bench/dataloader.py
+	$(BIN)/python -m bench.report
