@@ -33,7 +33,7 @@ TINY = [
     "trainer.limit_train_batches=2",
     "callbacks.progress=null",
 ]
-JOBS = ["0_early_seed0", "1_early_seed1", "2_late_seed0", "3_late_seed1"]
+JOBS = ["0_early_seed0", "1_late_seed0", "2_early_seed1", "3_late_seed1"]  # seed-major order
 
 
 # ---------------------------------------------------------------------------------------------------------------
