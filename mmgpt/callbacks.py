@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from pathlib import Path
@@ -62,4 +63,54 @@ class RunConfigInCheckpoint(pl.Callback):
         self.commit = git_commit(Path(__file__).parent)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        checkpoint["mmgpt"] = {"config": self.config, "git_commit": self.commit, "torch": str(torch.__version__)}
+        from pytorch_lightning.loggers import WandbLogger
+
+        wandb_id = next((lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        checkpoint["mmgpt"] = {"config": self.config, "git_commit": self.commit, "torch": str(torch.__version__),
+                               "wandb_id": wandb_id}
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN or infinite loss / gradient."""
+
+
+class NonFiniteGuard(pl.Callback):
+    """Stops (``action="stop"``) or skips the optimizer step (``action="skip"``) when gradients are not finite.
+
+    A NaN or infinite loss makes every gradient non-finite, so checking the gradients after backward catches both.
+    The decision is reduced across DDP processes so that all ranks stop or skip together. A skipped step sets
+    every gradient to None, which makes the optimizer leave the parameters (and its moments) untouched; the
+    learning-rate schedule still advances.
+
+    Args:
+        action: ``"stop"`` raises :class:`NonFiniteError` naming the step and the batch's sample ids;
+            ``"skip"`` drops the update, logs a warning and counts it in ``train/skipped_steps``.
+    """
+
+    def __init__(self, action: str = "stop") -> None:
+        if action not in ("stop", "skip"):
+            raise ValueError(f"action must be 'stop' or 'skip', got {action!r}")
+        self.action = action
+        self.skipped = 0
+        self._ids: list[Any] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._ids = list(getattr(batch, "ids", []) or [])
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        finite = all(bool(torch.isfinite(g).all()) for g in grads)
+        finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        where = f"step {trainer.global_step} (epoch {trainer.current_epoch}), batch sample ids {self._ids[:32]}"
+        if self.action == "stop":
+            raise NonFiniteError(f"non-finite loss or gradients at {where}; set callbacks.nonfinite.action=skip "
+                                 "to skip such steps instead")
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self.skipped += 1
+        logging.getLogger(__name__).warning("skipped the update at %s: non-finite gradients", where)
+        pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False)

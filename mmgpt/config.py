@@ -72,6 +72,8 @@ class ModelSchema:
     net: Any = MISSING
     fusion: Any = MISSING
     module: Any = MISSING
+    compile: bool = False                   # torch.compile the network
+    activation_checkpointing: bool = False  # recompute Transformer blocks in backward to save memory
 
 
 @dataclass
@@ -111,6 +113,7 @@ class TrainSchema:
     train: bool = True
     test: bool = True
     ckpt_path: str | None = None
+    resume: str | None = None  # null | auto: continue from the run directory's newest good checkpoint
     compare: CompareSchema = field(default_factory=CompareSchema)
 
 

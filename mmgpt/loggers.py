@@ -28,5 +28,7 @@ def wandb_logger(project: str, save_dir: str, name: str | None = None, group: st
     if offline:
         log.info("wandb: offline mode (set WANDB_MODE=online or WANDB_API_KEY to upload live)")
     os.makedirs(save_dir, exist_ok=True)
+    if id is not None:
+        kwargs.setdefault("resume", "allow")  # a resumed training run continues its wandb run
     return WandbLogger(project=project, save_dir=save_dir, name=name, group=group, tags=list(tags or []), id=id,
                        offline=offline, log_model=False, **kwargs)

@@ -10,7 +10,8 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
 from mmgpt.callbacks import RunConfigInCheckpoint, Throughput
@@ -23,7 +24,9 @@ from mmgpt.cli.common import (
     rank_zero,
     write_json,
 )
+from mmgpt.checkpointing import check_resume_compatible, find_resume_checkpoint, load_checkpoint
 from mmgpt.config import CONFIG_DIR, check_targets, resolved
+from mmgpt.layers import Block
 from mmgpt.lit_module import MultimodalClassifier
 from mmgpt.tracking import dashboard_hparams, label_run, log_final, reset_peak_memory
 
@@ -33,13 +36,42 @@ log = logging.getLogger("mmgpt.train")
 def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> MultimodalClassifier:
     """The LightningModule of ``cfg.model.module`` around ``cfg.model.net``, sized for the datamodule's classes."""
     net = OmegaConf.to_container(cfg.model.net, resolve=True)
-    return instantiate(
+    module = instantiate(
         cfg.model.module,
         net=net,
         num_classes=datamodule.num_classes,
         class_names=list(datamodule.class_names),
         _recursive_=False,
     )
+    apply_speedups(module.net, compile=cfg.model.get("compile", False),
+                   activation_checkpointing=cfg.model.get("activation_checkpointing", False))
+    return module
+
+
+def apply_speedups(net: nn.Module, compile: bool, activation_checkpointing: bool) -> None:
+    """Optionally recompute Transformer blocks in backward (less memory) and ``torch.compile`` the network.
+
+    Both act in place and keep parameter names, so checkpoints load into a plain network.
+    """
+    if activation_checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+        apply_activation_checkpointing(net, check_fn=lambda m: isinstance(m, Block))
+    if compile:
+        net.compile()
+
+
+def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``ckpt_path`` if given; with ``resume=auto`` the run directory's newest good one."""
+    if cfg.ckpt_path:
+        return Path(cfg.ckpt_path)
+    if cfg.get("resume") == "auto":
+        found = find_resume_checkpoint(out_dir)
+        log.info("resume=auto: %s", f"continuing from {found}" if found else f"no checkpoint in {out_dir}, starting fresh")
+        return found
+    if cfg.get("resume") not in (None, "auto"):
+        raise ValueError(f"resume={cfg.resume!r}: expected null or 'auto' (use ckpt_path=PATH for a given checkpoint)")
+    return None
 
 
 def fusion_name(cfg: DictConfig) -> str:
@@ -58,6 +90,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data, _convert_="all")
     module = build_module(cfg, datamodule)
+    resume_from = resume_checkpoint(cfg, out_dir)
+    if resume_from is not None:
+        saved = load_checkpoint(resume_from)
+        check_resume_compatible(saved, module.hparams["net"], resume_from)
+        wandb_id = (saved.get("mmgpt") or {}).get("wandb_id")
+        if wandb_id and cfg.logger and "wandb" in cfg.logger:
+            with open_dict(cfg):
+                cfg.logger.wandb.id = wandb_id  # the resumed run continues the same wandb run
     callbacks = instantiate_group(cfg.callbacks) + [RunConfigInCheckpoint(run_config)]
     loggers = instantiate_group(cfg.logger)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -70,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         if cfg.train:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = ckpt or None
         val = metrics_of(trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False))
