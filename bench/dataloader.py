@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--num-train", type=int, default=4000, help="training samples to export (no --root)")
     parser.add_argument("--fusion", default="early")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--loader-epochs", type=int, default=3)
     parser.add_argument("--train-epochs", type=int, default=2, help="training epochs (the rate is from epoch 2 on)")
     parser.add_argument("--train-batches", type=int, default=20, help="batches per training epoch")

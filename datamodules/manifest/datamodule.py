@@ -78,7 +78,8 @@ class ManifestDataModule(pl.LightningDataModule):
         max_audio_seconds: longer recordings are cropped to this length (shorter ones padded, with masks).
         max_text_length: token limit of the byte tokenizer; longer texts are truncated.
         batch_size: per-process batch size.
-        num_workers: DataLoader workers (decoded data is in memory, so 0 is usually fastest).
+        num_workers: DataLoader worker processes. Decoded data is in memory (shared with forked workers), so
+            one worker, collating while the model trains, is usually enough; 0 collates in the training process.
         pin_memory: pin batches for faster host-to-GPU copies; None pins when CUDA is available.
         augment: randomly flip training images (off by default: digits and text are not mirror-symmetric).
         modality_dropout: per-modality probability of dropping that modality from a training sample
