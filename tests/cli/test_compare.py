@@ -336,11 +336,21 @@ def test_report_of_a_directory_without_runs_fails(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_sim_jobs_each_launch_their_own_processes(tmp_path: Path) -> None:
-    """With trainer=ddp_sim every job of the sweep trains on two processes, the second job too."""
+    """With trainer=ddp_sim every job of the sweep trains on two processes, the second job too.
+
+    Run as the installed command: Lightning's DDP launcher re-executes the command line, which inside pytest
+    would be pytest itself.
+    """
+    import subprocess
+    import sys
+
     sweep_dir = tmp_path / "sweep"
-    compare.main(["experiment=smoke", "trainer=ddp_sim", "model/fusion=early", "seed=0,1", "logger=csv",
-                  "compare.robustness=false", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                  "trainer.limit_test_batches=1", "callbacks.progress=null", f"hydra.sweep.dir={sweep_dir}"])
+    command = [str(Path(sys.executable).parent / "mmgpt-compare"), "experiment=smoke", "trainer=ddp_sim",
+               "model/fusion=early", "seed=0,1", "logger=csv", "compare.robustness=false",
+               "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+               "callbacks.progress=null", f"hydra.sweep.dir={sweep_dir}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     results = results_of(sweep_dir)
     assert sorted(results) == ["0_early_seed0", "1_early_seed1"]
     assert [r["world_size"] for r in results.values()] == [2, 2]
