@@ -93,7 +93,10 @@ def clear_unfinished(run_dir: Path) -> list[Path]:
     for path in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
         if path.name in _KEEP_ON_RETRY or path.suffix == ".log":
             continue
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
         removed.append(path)
     if removed:
         log.info("%s: removed %d leftovers of an unfinished attempt", run_dir, len(removed))
