@@ -71,6 +71,7 @@ class ModelSchema:
     modalities: list[str] = field(default_factory=lambda: ["audio", "image", "text"])
     net: Any = MISSING
     fusion: Any = MISSING
+    decoder: Any = None                 # model/decoder: the text decoder matching the fusion (task=caption)
     module: Any = MISSING
     compile: bool = False                   # torch.compile the network
     activation_checkpointing: bool = False  # recompute Transformer blocks in backward to save memory

@@ -5,17 +5,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mmgpt.layers.attention import Attention
+from mmgpt.layers.attention import Attention, KVCache
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: Linear -> GELU -> Linear."""
+    """Position-wise feed-forward: Linear -> GELU -> Linear.
 
-    def __init__(self, dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+    Args:
+        dim: width D.
+        mlp_ratio: hidden width / D.
+        dropout: dropout on the output.
+        approximate: ``nn.GELU``'s approximation (``"tanh"`` is GPT-2's ``gelu_new``).
+    """
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0, approximate: str = "none") -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(dropout)
+            nn.Linear(dim, hidden), nn.GELU(approximate=approximate), nn.Linear(hidden, dim), nn.Dropout(dropout)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -34,6 +41,7 @@ class Block(nn.Module):
         mlp_ratio: MLP hidden width / D.
         dropout: dropout rate.
         gate_init: None for an ungated block, else the initial value of the tanh gates.
+        approximate: the MLP's GELU approximation (``"tanh"`` for GPT-2 weights).
     """
 
     def __init__(
@@ -43,12 +51,13 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         gate_init: float | None = None,
+        approximate: str = "none",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_ratio, dropout)
+        self.mlp = MLP(dim, mlp_ratio, dropout, approximate)
         self.gates = None if gate_init is None else nn.Parameter(torch.full((2,), float(gate_init)))
 
     def forward(
@@ -58,14 +67,19 @@ class Block(nn.Module):
         causal: bool = False,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        prefix: int = 0,
+        cache: KVCache | None = None,
     ) -> Tensor:
-        """x (B, N, D) -> (B, N, D). ``mask`` pads x's keys in self-attention; ``context_mask`` pads the context."""
+        """x (B, N, D) -> (B, N, D). ``mask`` pads x's keys in self-attention; ``context_mask`` pads the context.
+
+        ``prefix`` (prefix-LM masking) and ``cache`` (KV cache) are passed to :class:`Attention`.
+        """
         g_attn, g_mlp = (1.0, 1.0) if self.gates is None else torch.tanh(self.gates).unbind(0)
         h = self.norm1(x)
         if context is None:
-            x = x + g_attn * self.attn(h, key_mask=mask, causal=causal)
+            x = x + g_attn * self.attn(h, key_mask=mask, causal=causal, prefix=prefix, cache=cache)
         else:
-            x = x + g_attn * self.attn(h, context=context, key_mask=context_mask)
+            x = x + g_attn * self.attn(h, context=context, key_mask=context_mask, cache=cache)
         return x + g_mlp * self.mlp(self.norm2(x))
 
 
