@@ -8,7 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from datamodules.collate import Collate
@@ -66,6 +66,7 @@ class SyntheticDataModule(pl.LightningDataModule):
         augment: flip training images.
         modality_dropout: per-modality probability of dropping that modality from a training sample
             (never a sample's last modality), e.g. ``{"audio": 0.2}``.
+        shuffle: shuffle the training split each epoch (off: a fixed order, e.g. to compare 1 vs N processes).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class SyntheticDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         augment: bool = True,
         modality_dropout: dict[str, float] | None = None,
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,17 +114,23 @@ class SyntheticDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Our own sampler, because Lightning's automatic one always shuffles training data: with
+            # shuffle=false, N processes then see exactly the samples one process would, in the same steps.
+            sampler = DistributedSampler(self.splits[split], shuffle=shuffle, seed=hp.seed)
         return DataLoader(
             self.splits[split],
             batch_size=hp.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
             collate_fn=self.train_collate if split == "train" else self.collate,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=self.hparams.shuffle)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -20,7 +20,10 @@ class LogMel(nn.Module):
         super().__init__()
         self.hop_length = hop_length
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, center=True
+            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, center=True,
+            # Zero (not reflect) padding at the edges: a clip's frames are then the same whether it is the
+            # longest clip of its batch or is followed by padding, so encodings never depend on the batch.
+            pad_mode="constant",
         )
 
     def forward(self, wave: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -70,11 +73,8 @@ class AudioEncoder(nn.Module):
         self.frontend = LogMel(sample_rate, n_mels, n_fft, hop_length)
         # Per-frame LayerNorm over mel bins: no batch statistics, so a sample's tokens never depend on its batch.
         self.norm_in = nn.LayerNorm(n_mels)
-        self.subsample = nn.Sequential(
-            nn.Conv1d(n_mels, dim, kernel_size=3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1),
-        )
+        self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
         self.pos_emb = nn.Parameter(torch.zeros(1, max_frames, dim))
         nn.init.normal_(self.pos_emb, std=0.02)
         self.drop = nn.Dropout(dropout)
@@ -85,12 +85,15 @@ class AudioEncoder(nn.Module):
         if mask is None:
             mask = torch.ones_like(x, dtype=torch.bool)
         spec, frame_mask = self.frontend(x, mask)  # (B, C, L), (B, L)
-        spec = self.norm_in(spec.transpose(1, 2)).transpose(1, 2) * frame_mask[:, None]  # padded frames zeroed so they cannot leak through convs
-        h = self.subsample(spec).transpose(1, 2)  # (B, F, D)
+        # Padded positions are zeroed before each convolution, exactly as the convolutions' own zero padding
+        # would be, so a clip encodes the same whether or not padding follows it in the batch.
+        spec = self.norm_in(spec.transpose(1, 2)).transpose(1, 2) * frame_mask[:, None]  # (B, C, L)
+        h = nn.functional.gelu(self.conv1(spec))  # (B, D, ceil(L/2))
+        mask1 = frame_mask[:, ::2]  # (B, ceil(L/2)): output j is real if its centre frame 2j is
+        h = self.conv2(h * mask1[:, None]).transpose(1, 2)  # (B, F, D)
+        tok_mask = mask1[:, ::2]  # (B, F)
         F_ = h.shape[1]
         if F_ > self.max_frames:
             raise ValueError(f"audio gives {F_} frames but the encoder's max_frames is {self.max_frames}")
-        # A subsampled frame is real if any of its input frames was (stride 4 overall).
-        tok_mask = frame_mask[:, ::4][:, :F_]  # (B, F)
         h = self.drop(h + self.pos_emb[:, :F_])
         return EncoderOutput(self.transformer(h, mask=tok_mask), tok_mask)

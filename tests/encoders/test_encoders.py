@@ -85,6 +85,8 @@ def test_audio_tokens_do_not_depend_on_padding_length():
     n = int(a.mask.sum())
     assert n == int(b.mask.sum())
     torch.testing.assert_close(a.tokens[:, :n], b.tokens[:, :n], atol=1e-5, rtol=1e-4)
+    alone = encode_padded(3000)  # the longest clip of its batch: no padding after it
+    torch.testing.assert_close(alone.tokens[:, :n], a.tokens[:, :n], atol=1e-5, rtol=1e-4)
 
 
 def test_audio_empty_clip_has_no_real_tokens():
