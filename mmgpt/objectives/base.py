@@ -55,3 +55,27 @@ class Objective(nn.Module, ABC):
     def evaluate(self, net: MultimodalTransformer, batch: MultimodalBatch, metrics: nn.ModuleDict) -> list[str]:
         """Extra, costlier evaluation on a validation/test batch (e.g. generation). Returns the updated keys."""
         return []
+
+
+def with_text(batch: MultimodalBatch, texts: list[str], max_length: int) -> MultimodalBatch:
+    """A copy of ``batch`` whose text modality is ``texts`` (e.g. the captions), tokenized and present."""
+    from dataclasses import replace
+
+    from mmgpt.tokenizer import ByteTokenizer
+
+    ids, mask = ByteTokenizer(max_length).batch_encode(texts)
+    inputs = {**batch.inputs, "text": ids.to(batch.device)}
+    masks = {**batch.masks, "text": mask.to(batch.device)}
+    present = {**batch.present, "text": mask.any(dim=1).to(batch.device)}
+    return replace(batch, inputs=inputs, masks=masks, present=present)
+
+
+def source_batch(batch: MultimodalBatch, source: str, max_length: int) -> MultimodalBatch:
+    """``batch`` itself (``source="text"``) or with its captions as the text modality (``"caption"``)."""
+    if source == "text":
+        return batch
+    if source == "caption":
+        if batch.captions is None:
+            raise ValueError("source='caption' needs batches with captions")
+        return with_text(batch, list(batch.captions), max_length)
+    raise ValueError(f"unknown text source {source!r} (expected 'text' or 'caption')")

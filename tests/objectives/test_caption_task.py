@@ -35,3 +35,15 @@ def test_caption_checkpoint_rebuilds_and_generates(compose_cfg):
     batch = next(iter(dm.val_dataloader()))
     out = generate(module.net.eval(), batch)
     assert len(out.texts) == 4 and out.tokens.dtype == torch.long
+
+
+def test_pretrain_task_composes_every_objective(compose_cfg):
+    from mmgpt.config import check_targets
+
+    cfg = compose_cfg(["experiment=smoke", "debug=fdr", "task=pretrain", "model/fusion=early", "logger=csv",
+                       "model.module.objectives.mlm.weight=1.0", "model.module.objectives.classify.weight=1.0",
+                       "model.module.objectives.lm.max_new_tokens=4"])
+    check_targets(cfg)
+    results = train(cfg)
+    assert {"val/acc", "val/token_acc", "val/mlm_acc", "val/match_acc", "val/lm_loss", "val/contrastive_loss",
+            "val/mlm_loss", "val/matching_loss", "val/classify_loss"} <= set(results["val"])
