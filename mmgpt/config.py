@@ -72,6 +72,8 @@ class ModelSchema:
     net: Any = MISSING
     fusion: Any = MISSING
     decoder: Any = None                 # model/decoder: the text decoder matching the fusion (task=caption)
+    freeze: list[str] = field(default_factory=list)  # network parts not trained (fine-tuning)
+    lora: Any = None                    # add_lora arguments ({rank, alpha, parts, targets}) or null
     module: Any = MISSING
     compile: bool = False                   # torch.compile the network
     activation_checkpointing: bool = False  # recompute Transformer blocks in backward to save memory
@@ -115,6 +117,7 @@ class TrainSchema:
     test: bool = True
     ckpt_path: str | None = None
     resume: str | None = None  # null | auto: continue from the run directory's newest good checkpoint
+    init_from: str | None = None        # initialise the network from this checkpoint (partial load, reported)
     compare: CompareSchema = field(default_factory=CompareSchema)
 
 

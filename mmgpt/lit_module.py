@@ -18,6 +18,9 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from mmgpt.batch import MultimodalBatch
+from mmgpt.finetune import freeze as freeze_parts
+from mmgpt.finetune import parameter_counts
+from mmgpt.lora import add_lora
 from mmgpt.model import ModelOutput, MultimodalTransformer
 from mmgpt.objectives import Classification, Objective
 from mmgpt.optim import param_groups
@@ -65,6 +68,9 @@ class MultimodalModule(pl.LightningModule):
         objectives: name -> objective config (``_target_`` with a ``weight``); None: classification only.
         eval_generation_batches: validation/test batches on which objectives also run their costlier
             evaluation (caption generation) each epoch.
+        freeze: network parts whose parameters are not trained (``encoders.image``, ``fusion``, ``decoder``...).
+        lora: keyword arguments of :func:`mmgpt.lora.add_lora` (``rank``, ``alpha``, ``parts``, ``targets``) to
+            add LoRA adapters to attention projections, or None. Applied after ``freeze``, so adapters train.
     """
 
     def __init__(
@@ -77,14 +83,21 @@ class MultimodalModule(pl.LightningModule):
         class_names: list[str] | None = None,
         objectives: Mapping[str, Any] | None = None,
         eval_generation_batches: int = 2,
+        freeze: list[str] | None = None,
+        lora: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         net, optimizer, scheduler, class_names = _plain(net), _plain(optimizer), _plain(scheduler), _plain(class_names)
-        objectives = _plain(objectives)
+        objectives, freeze, lora = _plain(objectives), _plain(freeze), _plain(lora)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.save_hyperparameters()
         self.net: MultimodalTransformer = instantiate(net, head={"num_classes": num_classes})
+        if freeze:
+            frozen = freeze_parts(self.net, freeze)
+            log.info("frozen %d parameter tensors under %s", len(frozen), list(freeze))
+        if lora:
+            add_lora(self.net, **lora)
         self.objectives = nn.ModuleDict(build_objectives(objectives, num_classes, label_smoothing))
         # One metric dict per split ("train" cannot be a ModuleDict key: it is nn.Module.train).
         for split in SPLITS:
@@ -96,6 +109,8 @@ class MultimodalModule(pl.LightningModule):
         self.eval_modalities: frozenset[str] | None = None
         for part, n in self.net.param_counts().items():
             log.info("parameters %-16s %10d", part, n)
+        trainable, total = parameter_counts(self)
+        log.info("trainable parameters %d of %d (%.1f%%)", trainable, total, 100.0 * trainable / max(total, 1))
 
     @property
     def criterion(self) -> nn.Module:

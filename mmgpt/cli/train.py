@@ -26,6 +26,7 @@ from mmgpt.cli.common import (
 )
 from mmgpt.checkpointing import check_resume_compatible, find_resume_checkpoint, load_checkpoint
 from mmgpt.config import CONFIG_DIR, check_targets, resolved
+from mmgpt.finetune import init_from_checkpoint, parameter_counts
 from mmgpt.layers import Block
 from mmgpt.lit_module import MultimodalClassifier
 from mmgpt.tracking import dashboard_hparams, label_run, log_final, reset_peak_memory
@@ -90,6 +91,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data, _convert_="all")
     module = build_module(cfg, datamodule)
+    init_report = init_from_checkpoint(module.net, cfg.init_from) if cfg.get("init_from") else None  # fine-tuning
     resume_from = resume_checkpoint(cfg, out_dir)
     if resume_from is not None:
         saved = load_checkpoint(resume_from)
@@ -123,6 +125,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "val": val,
             "test": test,
             "params": module.net.param_counts(),
+            "params_trainable": parameter_counts(module)[0],
+            "init_from": None if init_report is None else {
+                "path": str(cfg.init_from), "loaded": len(init_report.loaded), "missing": init_report.missing,
+                "unexpected": init_report.unexpected, "mismatched": sorted(init_report.mismatched)},
             "samples_per_sec": throughput.steady_rate if throughput else None,
             "wall_time_s": time.perf_counter() - t0,
             "epochs": trainer.current_epoch,
