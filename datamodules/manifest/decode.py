@@ -81,7 +81,7 @@ def load_audio(path: str | Path, sample_rate: int, max_samples: int) -> Tensor:
         DecodeError: libsndfile cannot read the file, or it holds no samples.
     """
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(str(path) if isinstance(path, (str, Path)) else path) as f:  # a path or a file object
             sr_in = f.samplerate
             # Read what the crop keeps, plus a margin so the resampler's filter has context at the end.
             frames = math.ceil(max_samples * sr_in / sample_rate) + 64
