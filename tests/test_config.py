@@ -11,7 +11,6 @@ from mmgpt.cli.common import instantiate_group
 from mmgpt.cli.train import build_module
 from mmgpt.config import CONFIG_DIR, ConfigKeyError, check_targets
 
-NEEDS_GPU = {"trainer=gpu", "trainer=ddp"}
 
 
 def options(group: str) -> list[str]:
@@ -29,11 +28,13 @@ ALL_OPTIONS = [
 ]
 
 
+#: Options that need a folder of data from the user: composed and key-checked here, built in their own tests
+#: (tests/datamodules/test_manifest*.py, tests/datamodules/test_shards.py).
+NEEDS_DATA = {"data=manifest", "data=shards"}
+
+
 def extra_overrides(option: str, tmp_path: Path) -> list[str]:
-    """Options that need a value from the user to be usable."""
-    if option == "data=manifest":
-        pytest.skip("data=manifest needs a data folder; covered by tests/datamodules/test_manifest*.py")
-    return []
+    return [f"data.root={tmp_path}"] if option in NEEDS_DATA else []
 
 
 def test_groups_have_the_documented_options():
@@ -46,8 +47,8 @@ def test_groups_have_the_documented_options():
 def test_option_composes_and_instantiates(option, compose_cfg, tmp_path):
     cfg = compose_cfg([option, *extra_overrides(option, tmp_path)])
     check_targets(cfg)
-    if option in NEEDS_GPU:
-        return  # composes and every key is valid; building a GPU trainer needs a GPU
+    if cfg.trainer.accelerator == "gpu" or option in NEEDS_DATA:
+        return  # composes and every key is valid; building it needs a GPU / a data folder
     datamodule = instantiate(cfg.data, _convert_="all")
     module = build_module(cfg, datamodule)
     assert module.net.param_counts()["total"] > 0
