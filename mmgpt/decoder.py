@@ -257,3 +257,10 @@ class TextDecoder(nn.Module):
 
 def _prefix_len(cond: Conditioning) -> int:
     return 0 if cond.prefix is None else cond.prefix.shape[1]
+
+
+class NoConditioning(Conditioner):
+    """No media at all: the decoder is a plain language model (GPT-2 parity, text-only pre-training)."""
+
+    def forward(self, fused: FusionOutput, encoded: dict[str, EncoderOutput]) -> Conditioning:
+        return Conditioning()
