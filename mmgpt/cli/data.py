@@ -2,7 +2,8 @@
 
 ``mmgpt-data check DIR`` reads every row and decodes every file once, and prints every problem with its file and
 line; it exits with status 1 when there is any. ``mmgpt-data export-synthetic OUT`` writes the embedded synthetic
-set out as a manifest folder (PNG + WAV + JSON Lines).
+set out as a manifest folder (PNG + WAV + JSON Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
+WebDataset tar shards for streaming (``data=shards data.root=OUT``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(args: argparse.Namespace) -> int:
+    from datamodules.shards import ShardError, write_shards
+
+    try:
+        summary = write_shards(args.root, args.out, args.samples_per_shard, args.allow_outside_root)
+    except ShardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for split, info in summary["splits"].items():
+        print(f"{split}: {info['samples']} samples in {len(info['shards'])} shards")
+    print(f"train with: mmgpt-train data=shards data.root={args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgpt-data", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--sample-rate", type=int, default=8000)
     export.add_argument("--max-audio-seconds", type=float, default=1.0)
     export.set_defaults(func=_export)
+
+    shard = sub.add_parser("shard", help="write a manifest folder as WebDataset tar shards (data=shards)")
+    shard.add_argument("root", type=Path, help="the manifest folder")
+    shard.add_argument("out", type=Path, help="a new, empty folder for the shards")
+    shard.add_argument("--samples-per-shard", type=int, default=256)
+    shard.add_argument("--allow-outside-root", action="store_true")
+    shard.set_defaults(func=_shard)
     return parser
 
 

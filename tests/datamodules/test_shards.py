@@ -49,3 +49,15 @@ def test_refuses_a_non_empty_output_and_a_missing_folder(shard_dir, tmp_path):
         write_shards(shard_dir.parent / "folder", shard_dir)
     with pytest.raises(ShardError, match="shards.json"):
         ShardDataModule(str(tmp_path))
+
+
+def test_shard_command_and_training_on_shards(shard_dir, tmp_path, compose_cfg):
+    from mmgpt.cli.data import main as data_main
+    from mmgpt.cli.train import train
+
+    assert data_main(["shard", str(shard_dir.parent / "folder"), str(tmp_path / "cli")]) == 0
+    assert data_main(["shard", str(shard_dir.parent / "folder"), str(tmp_path / "cli")]) == 1  # not empty
+    cfg = compose_cfg(["model.dim=32", "model.num_heads=2", "data=shards", f"data.root={tmp_path / 'cli'}", "data.batch_size=8",
+                       "data.num_workers=0", "logger=csv", "debug=fdr"])
+    results = train(cfg)
+    assert results["global_step"] == 1 and "val/acc" in results["val"]
