@@ -47,3 +47,17 @@ def test_pretrain_task_composes_every_objective(compose_cfg):
     results = train(cfg)
     assert {"val/acc", "val/token_acc", "val/mlm_acc", "val/match_acc", "val/lm_loss", "val/contrastive_loss",
             "val/mlm_loss", "val/matching_loss", "val/classify_loss"} <= set(results["val"])
+
+
+@pytest.mark.parametrize("task", ["classify", "caption", "pretrain", "adversarial", "finetune"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_every_task_composes_checks_and_builds(task, fusion, compose_cfg):
+    from datamodules.synthetic import SyntheticDataModule
+    from mmgpt.cli.train import build_module
+    from mmgpt.config import check_targets
+
+    cfg = compose_cfg(["experiment=smoke", f"task={task}", f"model/fusion={fusion}"])
+    check_targets(cfg)
+    module = build_module(cfg, SyntheticDataModule(num_train=4, num_val=4, num_test=4))
+    assert (module.net.decoder is not None) == (task in ("caption", "pretrain"))
+    assert len(module.objectives) >= 1
