@@ -99,6 +99,8 @@ class MultimodalModule(pl.LightningModule):
         if lora:
             add_lora(self.net, **lora)
         self.objectives = nn.ModuleDict(build_objectives(objectives, num_classes, label_smoothing))
+        if not any(o.uses_head for o in self.objectives.values()):
+            freeze_parts(self.net, ["head"])  # unused (e.g. captioning): DDP must not wait for its gradients
         # One metric dict per split ("train" cannot be a ModuleDict key: it is nn.Module.train).
         for split in SPLITS:
             setattr(self, f"{split}_metrics", nn.ModuleDict({n: o.make_metrics() for n, o in self.objectives.items()}))

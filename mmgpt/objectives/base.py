@@ -33,6 +33,10 @@ class Objective(nn.Module, ABC):
         weight: this objective's weight in the total loss.
     """
 
+    #: Whether the loss goes through the network's classification head (when no objective does, the module
+    #: freezes the head so DDP sees no parameter without a gradient).
+    uses_head: bool = False
+
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
         self.weight = float(weight)

@@ -19,6 +19,8 @@ class Classification(Objective):
         label_smoothing: cross-entropy label smoothing.
     """
 
+    uses_head = True
+
     def __init__(self, num_classes: int, weight: float = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__(weight)
         self.num_classes = num_classes

@@ -61,3 +61,20 @@ def test_every_task_composes_checks_and_builds(task, fusion, compose_cfg):
     module = build_module(cfg, SyntheticDataModule(num_train=4, num_val=4, num_test=4))
     assert (module.net.decoder is not None) == (task in ("caption", "pretrain"))
     assert len(module.objectives) >= 1
+
+
+@pytest.mark.parametrize("task", ["caption", "pretrain"])
+def test_without_a_head_objective_every_trainable_parameter_gets_a_gradient(task, compose_cfg):
+    """What DDP without find_unused_parameters needs: no trainable parameter left without a gradient."""
+    from datamodules.synthetic import SyntheticDataModule
+    from mmgpt.cli.train import build_module
+
+    cfg = compose_cfg(["experiment=smoke", f"task={task}", "model/fusion=late"])
+    dm = SyntheticDataModule(num_train=8, num_val=4, num_test=4, batch_size=8)
+    dm.setup("fit")
+    module = build_module(cfg, dm)
+    assert not any(p.requires_grad for p in module.net.head.parameters())
+    batch = next(iter(dm.train_dataloader()))
+    sum(o.weight * o(module.net, batch).loss for o in module.objectives.values()).backward()
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
