@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend needed
+from matplotlib.ticker import MaxNLocator
 
 from mmgpt.report.summary import GroupSummary, Stat
 
@@ -32,6 +33,7 @@ def plot_val_curves(groups: Sequence[GroupSummary], path: Path) -> Path:
                         color=colour, alpha=0.2, linewidth=0)
     metric = groups[0].metric if groups else "metric"
     ax.set(xlabel="epoch", ylabel=f"val/{metric}", title=f"Validation {metric} (mean ± std over seeds)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize="small")

@@ -135,7 +135,8 @@ def _md_header(groups: Sequence[GroupSummary], root: Path, info: dict[str, Any])
     lines = ["# Fusion comparison", ""]
     lines.append(f"- runs: {len(runs)}, configurations: {len(groups)}, directory: `{root}`")
     if info:
-        lines.append("- command: `mmgpt-compare " + " ".join(info["overrides"]) + "`")
+        lines.append("- command: `" + " ".join(["mmgpt-compare", *info["overrides"]]) + "`"
+                     + ("" if info["overrides"] else " (defaults)"))
         choices = ", ".join(f"{k}={info[k]}" for k in ("data", "experiment", "trainer", "logger") if info.get(k))
         lines.append(f"- config choices: {choices}")
     total = sum(float(r.results.get("wall_time_s") or 0.0) for r in runs)
