@@ -114,3 +114,17 @@ class NonFiniteGuard(pl.Callback):
         self.skipped += 1
         logging.getLogger(__name__).warning("skipped the update at %s: non-finite gradients", where)
         pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False)
+
+
+class RestoreLoaderPosition(pl.Callback):
+    """Hands a resumed run's saved dataloader position to the training dataloader.
+
+    Lightning restores the state of stateful dataloaders when it builds them after loading a checkpoint; but
+    ``trainer.estimated_stepping_batches`` (which the learning-rate schedule needs) builds them earlier, before
+    the checkpoint's loop state is loaded, and the saved position would be dropped. This loads it at train start,
+    before the first batch is drawn. A no-op when not resuming or when the loaders keep no state.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Private Lightning API (pytorch-lightning 2.x): the same call Lightning makes in FitLoop.setup_data.
+        trainer.fit_loop._load_combined_loader_states()
