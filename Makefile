@@ -14,12 +14,18 @@ help:
 	@echo "make test-all  also run tests marked slow"
 	@echo "make train ARGS='model/fusion=late trainer.max_epochs=3'   train with Hydra overrides"
 
+DEV_STAMP := $(VENV)/.installed-dev
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(DEV_STAMP)
+
+install: $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/mmgpt-train $(ARGS)
@@ -27,10 +33,10 @@ demo: $(STAMP)
 train: $(STAMP)
 	$(BIN)/mmgpt-train $(ARGS)
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-test-all: $(STAMP)
+test-all: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu" $(ARGS)
 
 clean:
@@ -50,7 +56,7 @@ compare: $(STAMP)
 	$(BIN)/mmgpt-compare $(ARGS)
 
 .PHONY: bench
-bench: $(STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md (tens of minutes on 2 CPU cores)
+bench: $(DEV_STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md (tens of minutes on 2 CPU cores)
 	$(BIN)/python -m bench.lightning_overhead
 	$(BIN)/python -m bench.attention
 	$(BIN)/python -m bench.fusions
