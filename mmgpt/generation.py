@@ -134,7 +134,8 @@ def generate(
         if finished.all():
             break
         new_pos = positions[:, -1:] + 1  # (B, 1)
-        ids, mask = torch.cat([ids, nxt[:, None]], dim=1), torch.cat([mask, torch.ones_like(nxt[:, None], dtype=torch.bool)], 1)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)  # (B, T + 1)
+        mask = torch.cat([mask, torch.ones_like(nxt[:, None], dtype=torch.bool)], dim=1)
         positions = torch.cat([positions, new_pos], dim=1)
         if cache is not None:
             step_ids, step_mask, step_pos = nxt[:, None], mask[:, -1:], new_pos

@@ -78,8 +78,6 @@ def test_lora_starts_as_the_base_model_and_trains_only_adapters(fusion):
 
 
 def test_lora_through_the_module_config(compose_cfg):
-    from mmgpt.lit_module import MultimodalModule
-
     cfg = compose_cfg(["experiment=smoke", "debug=fdr", "logger=csv", "model.freeze=[encoders,fusion]",
                        "model.lora={rank:2,alpha:4,parts:[fusion]}"])
     results = train(cfg)

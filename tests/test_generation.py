@@ -57,8 +57,10 @@ def test_kv_cached_generation_equals_uncached(fusion, temperature):
     batch = make_batch(3)
     prompts = ["", "2 red", "1 b"]  # different lengths: left padding
     cfg = dict(max_new_tokens=12, temperature=temperature, top_k=50, top_p=0.9)
-    cached = generate(net, batch, prompts, GenerationConfig(**cfg, use_cache=True), generator=torch.Generator().manual_seed(1))
-    plain = generate(net, batch, prompts, GenerationConfig(**cfg, use_cache=False), generator=torch.Generator().manual_seed(1))
+    cached = generate(net, batch, prompts, GenerationConfig(**cfg, use_cache=True),
+                      generator=torch.Generator().manual_seed(1))
+    plain = generate(net, batch, prompts, GenerationConfig(**cfg, use_cache=False),
+                     generator=torch.Generator().manual_seed(1))
     assert cached.tokens.shape[0] == 3 and cached.tokens.shape[1] >= 1
     assert torch.equal(cached.tokens, plain.tokens)
     assert cached.texts == plain.texts

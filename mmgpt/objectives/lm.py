@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import BLEUScore, Perplexity
@@ -44,7 +44,9 @@ class CausalLM(Objective):
         max_new_tokens: generation length limit when scoring generated texts.
     """
 
-    def __init__(self, weight: float = 1.0, target: str = "caption", max_length: int = 64, max_new_tokens: int = 40) -> None:
+    def __init__(
+        self, weight: float = 1.0, target: str = "caption", max_length: int = 64, max_new_tokens: int = 40
+    ) -> None:
         super().__init__(weight)
         self.target = target
         self.tokenizer = ByteTokenizer(max_length)
@@ -81,8 +83,3 @@ class CausalLM(Objective):
         metrics["bleu"].update(hyps, [[r] for r in refs])
         return ["exact_match", "bleu"]
 
-
-def token_accuracy(logits: Tensor, target: Tensor, ignore_index: int = ByteTokenizer.PAD) -> Tensor:
-    """Fraction of non-ignored positions where the arg-max of ``logits`` (B, T, V) equals ``target`` (B, T)."""
-    keep = target != ignore_index
-    return (logits.argmax(-1)[keep] == target[keep]).float().mean()

@@ -50,7 +50,9 @@ class MaskedLM(Objective):
         max_length: token limit when encoding captions.
     """
 
-    def __init__(self, dim: int, weight: float = 1.0, rate: float = 0.15, source: str = "text", max_length: int = 64) -> None:
+    def __init__(
+        self, dim: int, weight: float = 1.0, rate: float = 0.15, source: str = "text", max_length: int = 64
+    ) -> None:
         super().__init__(weight)
         self.rate = rate
         self.source = source
