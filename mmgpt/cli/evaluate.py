@@ -81,10 +81,12 @@ def format_report(results: dict[str, Any]) -> str:
     split = results["split"]
     lines = [f"checkpoint: {results['ckpt_path']}", f"split: {split}"]
     lines += [f"  {k:<12} {v:.4f}" for k, v in sorted(results["metrics"].items())]
-    if "subsets" in results:
-        lines.append(f"{'modalities':<20} {'acc':>8} {'f1':>8} {'loss':>8}")
-        for name, m in results["subsets"].items():
-            lines.append(f"{name:<20} {m['acc']:>8.4f} {m['f1']:>8.4f} {m['loss']:>8.4f}")
+    if results.get("subsets"):
+        # Whatever metrics the task logs (acc/f1/loss for classification, token_acc/ppl/... for captioning).
+        names = sorted({k for m in results["subsets"].values() for k in m})
+        lines.append(f"{'modalities':<20} " + " ".join(f"{n:>10}" for n in names))
+        for subset, m in results["subsets"].items():
+            lines.append(f"{subset:<20} " + " ".join(f"{m[n]:>10.4f}" if n in m else f"{'-':>10}" for n in names))
     return "\n".join(lines)
 
 
