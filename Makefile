@@ -12,6 +12,9 @@ help:
 	@echo "make demo      create .venv, install, train the default model on the synthetic set (about 3 min on 2 CPUs)"
 	@echo "make test      create .venv, install, run the default test suite"
 	@echo "make test-all  also run tests marked slow"
+	@echo "make compare   early/late/cross-attention x 3 seeds, then report.md/report.csv/plots in the sweep directory"
+	@echo "make bench     run the benchmark suite and rewrite BENCHMARKS.md"
+	@echo "make export-synthetic OUT=dir   write the synthetic set as a manifest folder"
 	@echo "make train ARGS='model/fusion=late trainer.max_epochs=3'   train with Hydra overrides"
 
 DEV_STAMP := $(VENV)/.installed-dev
