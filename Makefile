@@ -9,7 +9,7 @@ ARGS ?=
 .PHONY: demo test test-all install train lint clean help
 
 help:
-	@echo "make demo      create .venv, install, train the default model on the synthetic set (about 3 min on 2 CPUs)"
+	@echo "make demo      create .venv, install, train the default model on the synthetic set (about 4 min on 2 CPUs, set-up included)"
 	@echo "make test      create .venv, install, run the default test suite"
 	@echo "make test-all  also run tests marked slow"
 	@echo "make compare   early/late/cross-attention x 3 seeds, then report.md/report.csv/plots in the sweep directory"

@@ -71,7 +71,9 @@ def main() -> None:
         "",
         f"Default config (`model.dim=64`), batch {args.batch}, one training step (forward, backward, AdamW); the "
         "sequence grows through the text (T tokens) next to 16 image patches and 26 audio frames. "
-        "Command: `python -m bench.fusions`.",
+        "Command: `python -m bench.fusions`. Peak MB on CPU is the growth of the resident set during one step "
+        "after a warm-up step: small tensors reuse freed heap, so the small-T figures understate; the large-T "
+        "ones (mmap-backed tensors) are the meaningful comparison. On a GPU it is the CUDA allocator's peak.",
         "",
         "| fusion | params | text tokens T | samples/s | peak MB (step) |",
         "|---|---:|---:|---:|---:|",

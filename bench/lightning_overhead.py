@@ -29,7 +29,7 @@ def batches(dm, n: int) -> list:
 
 
 def plain_loop(module, data: list) -> float:
-    """The same optimizer, schedule, loss and training metrics as the LightningModule, without Lightning."""
+    """The same optimizer, schedule, objectives and training metrics as the LightningModule, without Lightning."""
     net = module.net
     net.train()
     hp = dict(module.hparams.optimizer)
@@ -38,9 +38,11 @@ def plain_loop(module, data: list) -> float:
     scheduler = instantiate(module.hparams.scheduler)(optimizer, total_steps=len(data))
     t0 = time.perf_counter()
     for batch in data:
-        logits = net(batch).logits
-        loss = module.criterion(logits, batch.labels)
-        module.train_metrics.update(logits.detach(), batch.labels)
+        loss = 0.0
+        for name, objective in module.objectives.items():  # the module's own objectives and training metrics
+            out = objective(net, batch)
+            loss = loss + objective.weight * out.loss
+            objective.update(module.train_metrics[name], out)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +71,39 @@ def finish_wandb(loggers: list[Any]) -> None:
 
 def rank_zero() -> bool:
     return pl.utilities.rank_zero_only.rank == 0
+
+
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def relaunchable_job(run_dir: Path) -> Iterator[None]:
+    """Let Lightning's DDP launcher start the other ranks of *this* job of a multirun (``trainer=ddp_sim``).
+
+    The launcher re-runs ``sys.argv`` plus ``hydra.run.dir=<HydraConfig run.dir>`` in each new process. Inside a
+    multirun that would be the whole sweep, so for the duration of the job the command line becomes this job's
+    overrides in run mode, and ``run.dir`` its directory. Afterwards the DDP environment variables and the process
+    group are cleared, so that the next job launches its own processes. Outside a multirun this does nothing.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        yield
+        return
+    hc = HydraConfig.get()
+    saved_argv, saved_run_dir = sys.argv, hc.run.dir
+    saved_env = {k: os.environ.get(k) for k in _DDP_ENV}
+    sys.argv = [sys.argv[0], *(str(o) for o in hc.overrides.task), "hydra.mode=RUN"]
+    with read_write(hc), open_dict(hc):
+        hc.run.dir = str(run_dir)
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        with read_write(hc), open_dict(hc):
+            hc.run.dir = saved_run_dir
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -18,23 +18,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
-from mmgpt.cli.common import rank_zero
+from mmgpt.cli.common import rank_zero, relaunchable_job
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
 from mmgpt.config import CONFIG_DIR
@@ -45,7 +40,6 @@ from mmgpt.tracking import wandb_sync_command
 log = logging.getLogger("mmgpt.compare")
 
 #: Environment variables Lightning's DDP launcher sets in the launching process.
-_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 #: What an unfinished run directory keeps when its job starts again: Hydra's record of the job and the job log.
 _KEEP_ON_RETRY = (".hydra",)
@@ -130,39 +124,6 @@ def robustness_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
             "paths": {"output_dir": str(cfg.paths.output_dir)},
         }
     )
-
-
-@contextmanager
-def relaunchable_job(run_dir: Path) -> Iterator[None]:
-    """Let Lightning's DDP launcher start the other ranks of *this* job of a multirun (``trainer=ddp_sim``).
-
-    The launcher re-runs ``sys.argv`` plus ``hydra.run.dir=<HydraConfig run.dir>`` in each new process. Inside a
-    multirun that would be the whole sweep, so for the duration of the job the command line becomes this job's
-    overrides in run mode, and ``run.dir`` its directory. Afterwards the DDP environment variables and the process
-    group are cleared, so that the next job launches its own processes. Outside a multirun this does nothing.
-    """
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        yield
-        return
-    hc = HydraConfig.get()
-    saved_argv, saved_run_dir = sys.argv, hc.run.dir
-    saved_env = {k: os.environ.get(k) for k in _DDP_ENV}
-    sys.argv = [sys.argv[0], *(str(o) for o in hc.overrides.task), "hydra.mode=RUN"]
-    with read_write(hc), open_dict(hc):
-        hc.run.dir = str(run_dir)
-    try:
-        yield
-    finally:
-        sys.argv = saved_argv
-        with read_write(hc), open_dict(hc):
-            hc.run.dir = saved_run_dir
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from mmgpt.cli.common import (
     metrics_of,
     peak_memory,
     rank_zero,
+    relaunchable_job,
     write_json,
 )
 from mmgpt.checkpointing import check_resume_compatible, find_resume_checkpoint, load_checkpoint
@@ -157,7 +158,8 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    results = train(cfg)
+    with relaunchable_job(Path(cfg.paths.output_dir)):  # multirun x DDP: each sweep point launches its own ranks
+        results = train(cfg)
     return results["val"].get("val/acc")
 
 

@@ -34,3 +34,21 @@ def test_submitit_local_executor_runs_a_sweep_job(tmp_path):
     (results,) = tmp_path.glob("train/multiruns/*/0/results.json")
     assert json.loads(results.read_text())["fusion"] == "late"
     assert list(tmp_path.glob("train/multiruns/*/.submitit/*/*_result.pkl"))  # submitit ran and collected the job
+
+
+def test_multirun_with_ddp_sim_gives_one_directory_per_sweep_point(tmp_path):
+    """Each sweep point launches its own 2 DDP processes; the ranks write into that point's directory only."""
+    env = {**os.environ, "MMGPT_LOG_DIR": str(tmp_path), "CI": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [str(BIN / "mmgpt-train"), "-m", "trainer=ddp_sim", "experiment=smoke", "debug=fdr", "logger=csv",
+         "model/fusion=early,late"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = tmp_path.glob("train/multiruns/*")
+    points = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert points == ["0", "1"]
+    for point, fusion in zip(points, ["early", "late"]):
+        results = json.loads((sweep / point / "results.json").read_text())
+        assert results["world_size"] == 2 and results["fusion"] == fusion
+    assert not list(tmp_path.glob("train/runs/*"))  # no stray single-run directories from the child ranks
