@@ -17,6 +17,15 @@ from mmgpt.batch import MODALITIES, MultimodalBatch
 from mmgpt.tokenizer import ByteTokenizer
 
 
+#: The image normalisation every datamodule applies: pixels in [0, 1] -> (x - mean) / std.
+IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
+
+
+def normalize_image(image: Tensor) -> Tensor:
+    """(3, H, W) float pixels in [0, 1] -> the normalised image every mmgpt model is trained on."""
+    return (image - IMAGE_MEAN) / IMAGE_STD
+
+
 class Collate:
     """Pads text and audio, stacks images, builds padding and presence masks.
 

@@ -26,14 +26,12 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.collate import Collate
+from datamodules.collate import Collate, normalize_image
 from datamodules.manifest.decode import load_audio, load_image
 from datamodules.manifest.records import read_index, resolve_media
 from mmgpt.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
-
-_MEAN, _STD = 0.5, 0.25  # the image normalisation every mmgpt datamodule uses
 
 
 class ShardError(ValueError):
@@ -135,8 +133,7 @@ class ShardDataset(IterableDataset):
         image = audio = None
         for key, value in raw.items():
             if key.startswith("image."):
-                img = load_image(io.BytesIO(value), self.image_size).float() / 255.0
-                image = (img - _MEAN) / _STD  # (3, H, W)
+                image = normalize_image(load_image(io.BytesIO(value), self.image_size).float() / 255.0)
             elif key.startswith("audio."):
                 audio = load_audio(io.BytesIO(value), self.sample_rate, self.max_audio_samples)
         return {"id": meta["id"], "text": meta["text"], "image": image, "audio": audio,

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.collate import Collate, check_dropout_probs
+from datamodules.collate import Collate, check_dropout_probs, normalize_image
 from datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
 from datamodules.manifest.decode import DecodeSettings, MediaCache
 from datamodules.manifest.records import ManifestIndex, read_index
@@ -41,8 +41,6 @@ class ManifestDataset(Dataset):
         augment: randomly flip images horizontally.
     """
 
-    MEAN, STD = 0.5, 0.25
-
     def __init__(self, samples: list[Sample], class_index: dict[str, int], augment: bool = False) -> None:
         self.samples = samples
         self.class_index = class_index
@@ -55,7 +53,7 @@ class ManifestDataset(Dataset):
         s = self.samples[i]
         image = None
         if s.image is not None:
-            image = (s.image.float() / 255.0 - self.MEAN) / self.STD  # (3, H, W)
+            image = normalize_image(s.image.float() / 255.0)  # (3, H, W)
             if self.augment and torch.rand(()) < 0.5:
                 image = image.flip(-1)
         return {

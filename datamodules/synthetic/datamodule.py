@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from datamodules.collate import Collate
+from datamodules.collate import IMAGE_MEAN, IMAGE_STD, Collate
 from datamodules.resumable import EpochSampler, ResumableLoader
 from datamodules.synthetic.generator import CLASSES, SyntheticGenerator, SyntheticSample
 from mmgpt.tokenizer import ByteTokenizer
@@ -46,7 +46,7 @@ def image_transform(image_size: int, augment: bool) -> v2.Transform:
     steps: list[v2.Transform] = [v2.Resize((image_size, image_size), antialias=True)]
     if augment:
         steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=False), v2.Normalize(mean=[0.5] * 3, std=[0.25] * 3)]
+    steps += [v2.ToDtype(torch.float32, scale=False), v2.Normalize(mean=[IMAGE_MEAN] * 3, std=[IMAGE_STD] * 3)]
     return v2.Compose(steps)
 
 

@@ -16,13 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
-import soundfile as sf
 import torch
-import torchaudio.functional as AF
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
 from mmgpt.batch import MultimodalBatch
 from mmgpt.generation import GenerationConfig, generate
@@ -33,7 +29,6 @@ from mmgpt.tokenizer import ByteTokenizer
 log = logging.getLogger("mmgpt.generate")
 
 #: The image normalisation of mmgpt's datamodules.
-MEAN, STD = 0.5, 0.25
 
 
 @dataclass
@@ -56,20 +51,19 @@ class GenerateSchema:
 
 
 def load_image(path: str | Path, image_size: int) -> torch.Tensor:
-    """Any Pillow image -> (3, S, S) float, normalised as the datamodules do."""
-    with Image.open(path) as im:
-        rgb = im.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-    x = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
-    return (x - MEAN) / STD
+    """Any Pillow image -> (3, S, S) float, decoded and normalised exactly as the datamodules do for training."""
+    # Imported here: the entry point sits at the edge, importing mmgpt never pulls in datamodules.
+    from datamodules.collate import normalize_image
+    from datamodules.manifest.decode import load_image as decode_image
+
+    return normalize_image(decode_image(path, image_size).float() / 255.0)
 
 
 def load_audio(path: str | Path, sample_rate: int, max_samples: int | None) -> torch.Tensor:
-    """A sound file -> mono (S,) float at ``sample_rate``, cropped to ``max_samples``."""
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    wave = torch.from_numpy(data.mean(axis=1))
-    if sr != sample_rate:
-        wave = AF.resample(wave, sr, sample_rate)
-    return wave[:max_samples] if max_samples else wave
+    """A sound file -> mono (S,) float at ``sample_rate``, cropped to ``max_samples``, as for training."""
+    from datamodules.manifest.decode import load_audio as decode_audio
+
+    return decode_audio(path, sample_rate, max_samples or 600 * sample_rate)  # uncropped: up to 10 minutes
 
 
 def _as_list(value: Any) -> list[Any]:
