@@ -1,4 +1,4 @@
-"""Callbacks: training throughput, and the run config stored in every checkpoint."""
+"""Callbacks: training throughput; what checkpoints carry besides weights (run config, RNG states); fault guards."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+
+from mmgpt.rng import rng_states, set_rng_states
 
 
 class Throughput(pl.Callback):
@@ -68,6 +70,43 @@ class RunConfigInCheckpoint(pl.Callback):
         wandb_id = next((lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
         checkpoint["mmgpt"] = {"config": self.config, "git_commit": self.commit, "torch": str(torch.__version__),
                                "wandb_id": wandb_id}
+
+
+class RngStateInCheckpoint(pl.Callback):
+    """Saves every process's random-number-generator states in checkpoints and restores them when a run resumes.
+
+    Together with the loader's seeded data randomness (:mod:`datamodules.resumable`) this makes a resumed run
+    draw the same dropout masks, masking and adversarial starts as the uninterrupted run. Under DDP each rank's
+    states are gathered into the checkpoint (``checkpoint["callbacks"]``, list indexed by global rank) and each
+    rank gets its own back; resuming with another number of processes restores none (with a warning), as the
+    draws could not match anyway. The states are applied at train start, after Lightning's set-up and sanity
+    check, just before the first batch is drawn.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[dict[str, Any]] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        states = rng_states()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, states)  # Lightning dumps checkpoints on every rank
+            return {"per_rank": gathered}
+        return {"per_rank": [states]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = list(state_dict["per_rank"])
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if len(pending) != trainer.world_size:
+            logging.getLogger(__name__).warning(
+                "the checkpoint holds RNG states of %d processes, this run has %d: not restoring them (the run "
+                "continues, but its random draws differ from an uninterrupted run's)", len(pending), trainer.world_size)
+            return
+        set_rng_states(pending[trainer.global_rank])
 
 
 class NonFiniteError(RuntimeError):

@@ -1,5 +1,6 @@
 """A training process killed with SIGKILL mid-epoch and restarted with resume=auto ends exactly where an
-uninterrupted run ends: same weights, same metrics."""
+uninterrupted run ends: same weights, same metrics, with every source of randomness on (image flips and
+modality dropout in the data, dropout in the model), so the RNG states and the loader position must both resume."""
 
 import json
 import os
@@ -14,8 +15,9 @@ import torch
 
 BIN = Path(sys.executable).parent
 # 256 samples / batch 32 = 8 steps per epoch, 2 epochs; a checkpoint after every step.
-ARGS = ["experiment=smoke", "logger=csv", "data.num_train=256", "data.augment=false", "trainer.max_epochs=2",
-        "callbacks.step_checkpoint.every_n_train_steps=1", "test=false"]
+ARGS = ["experiment=smoke", "logger=csv", "data.num_train=256", "trainer.max_epochs=2", "test=false",
+        "callbacks.step_checkpoint.every_n_train_steps=1",
+        "data.augment=true", "data.modality_dropout.audio=0.2", "data.modality_dropout.image=0.2", "model.dropout=0.1"]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

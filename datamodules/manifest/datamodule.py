@@ -22,6 +22,7 @@ from datamodules.collate import Collate, check_dropout_probs, normalize_image
 from datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
 from datamodules.manifest.decode import DecodeSettings, MediaCache
 from datamodules.manifest.records import ManifestIndex, read_index
+from datamodules.resumable import resumable_loader
 from mmgpt.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class ManifestDataModule(pl.LightningDataModule):
             (``experiment=smoke`` sets it). Every row is still checked.
         num_val: the same for the validation split.
         num_test: the same for the test split.
+        seed: shuffling and augmentation seed (each epoch's order and each sample's flips follow from it).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class ManifestDataModule(pl.LightningDataModule):
         num_train: int | None = None,
         num_val: int | None = None,
         num_test: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if on_error not in ON_ERROR:
@@ -209,15 +212,9 @@ class ManifestDataModule(pl.LightningDataModule):
             raise ValueError(f"{self.root} has no {split} split")
         hp = self.hparams
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
-        return DataLoader(
-            self.splits[split],
-            batch_size=hp.batch_size,
-            shuffle=train,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            pin_memory=pin,
-            collate_fn=self.train_collate if train else self.collate,
-        )
+        return resumable_loader(self.splits[split], shuffle=train, seed=hp.seed, batch_size=hp.batch_size,
+                                collate_fn=self.train_collate if train else self.collate, num_workers=hp.num_workers,
+                                trainer=self.trainer if train else None, pin_memory=pin)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from datamodules.collate import IMAGE_MEAN, IMAGE_STD, Collate
-from datamodules.resumable import EpochSampler, ResumableLoader
+from datamodules.resumable import resumable_loader
 from datamodules.synthetic.generator import CLASSES, SyntheticGenerator, SyntheticSample
 from mmgpt.tokenizer import ByteTokenizer
 
@@ -115,25 +115,10 @@ class SyntheticDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
-        # Our own sampler: Lightning's automatic DistributedSampler always shuffles training data, and this one
-        # also lets a run resume mid-epoch exactly (ResumableLoader). With shuffle=false, N processes see exactly
-        # the samples one process would, in the same steps.
-        sampler = EpochSampler(self.splits[split], shuffle=shuffle, seed=hp.seed, rank=rank, world_size=world)
-        return ResumableLoader(
-            self.splits[split],
-            batch_size=hp.batch_size,
-            sampler=sampler,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            collate_fn=self.train_collate if split == "train" else self.collate,
-            consumed=self._batches_trained if split == "train" else None,
-        )
-
-    def _batches_trained(self) -> int:
-        """Batches of the current epoch the model has been trained on (Lightning's own count)."""
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        train = split == "train"
+        return resumable_loader(self.splits[split], shuffle=shuffle, seed=hp.seed, batch_size=hp.batch_size,
+                                collate_fn=self.train_collate if train else self.collate, num_workers=hp.num_workers,
+                                trainer=self.trainer if train else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=self.hparams.shuffle)

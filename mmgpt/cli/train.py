@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
-from mmgpt.callbacks import RestoreLoaderPosition, RunConfigInCheckpoint, Throughput
+from mmgpt.callbacks import RestoreLoaderPosition, RngStateInCheckpoint, RunConfigInCheckpoint, Throughput
 from mmgpt.cli.common import (
     finish_wandb,
     hydra_choice,
@@ -101,7 +101,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if wandb_id and cfg.logger and "wandb" in cfg.logger:
             with open_dict(cfg):
                 cfg.logger.wandb.id = wandb_id  # the resumed run continues the same wandb run
-    callbacks = instantiate_group(cfg.callbacks) + [RunConfigInCheckpoint(run_config), RestoreLoaderPosition()]
+    callbacks = instantiate_group(cfg.callbacks) + [RunConfigInCheckpoint(run_config), RngStateInCheckpoint(),
+                                                    RestoreLoaderPosition()]
     loggers = instantiate_group(cfg.logger)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if rank_zero():
