@@ -109,6 +109,19 @@ class RngStateInCheckpoint(pl.Callback):
         set_rng_states(pending[trainer.global_rank])
 
 
+class FlushLogsWithCheckpoint(pl.Callback):
+    """Writes the loggers' buffered metrics whenever a checkpoint is saved.
+
+    Lightning's CSV logger buffers rows (up to ``flush_logs_every_n_steps``); a run killed after a checkpoint
+    would lose rows logged before it (an epoch's validation metrics, say), which the resumed run never logs
+    again. Flushing with each checkpoint keeps ``metrics.csv`` at least as current as the newest checkpoint.
+    """
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        for lg in trainer.loggers:
+            lg.save()
+
+
 class NonFiniteError(RuntimeError):
     """Training produced a NaN or infinite loss / gradient."""
 

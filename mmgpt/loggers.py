@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
+from pathlib import Path
 from typing import Any
+
+from lightning_fabric.loggers.logger import rank_zero_experiment
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 log = logging.getLogger(__name__)
 
@@ -32,3 +38,52 @@ def wandb_logger(project: str, save_dir: str, name: str | None = None, group: st
         kwargs.setdefault("resume", "allow")  # a resumed training run continues its wandb run
     return WandbLogger(project=project, save_dir=save_dir, name=name, group=group, tags=list(tags or []), id=id,
                        offline=offline, log_model=False, **kwargs)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued instead of deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger`` for runs that resume: a resumed run appends to its ``metrics.csv``.
+
+    The stock logger deletes an existing ``metrics.csv`` when it starts, so a run continued with
+    ``resume=auto`` would lose the metric history of everything before the restart. New metric names are
+    still handled (the file is rewritten with the wider header, keeping every row).
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def trim_metrics_csv(path: str | Path, last_step: int) -> int:
+    """Drop the rows of a ``metrics.csv`` logged after step ``last_step``; returns how many were dropped.
+
+    A run that resumes from a checkpoint taken at ``last_step`` repeats the steps after it; their rows from the
+    interrupted attempt (those already flushed to disk) would otherwise appear twice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    keep = [r for r in rows if not r.get("step") or float(r["step"]) <= last_step]
+    if len(keep) < len(rows):
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(keep)
+        os.replace(tmp, path)
+    return len(rows) - len(keep)

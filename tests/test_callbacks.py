@@ -1,11 +1,11 @@
-"""Training callbacks: the non-finite guard and throughput."""
+"""Training callbacks: the non-finite guard, throughput, and what a checkpoint carries for an exact resume."""
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from mmgpt.callbacks import NonFiniteError, NonFiniteGuard, Throughput
+from mmgpt.callbacks import NonFiniteError, NonFiniteGuard, RestoreLoaderPosition, RngStateInCheckpoint, Throughput
 from mmgpt.cli.train import build_module
 
 
@@ -66,3 +66,43 @@ def test_throughput_steady_rate_skips_the_first_epoch():
     assert t.steady_rate == pytest.approx(105.0)
     t.history = [42.0]
     assert t.steady_rate == 42.0
+
+
+RANDOM = ["experiment=smoke", "model.dropout=0.2", "data.augment=true", "data.modality_dropout.audio=0.3",
+          "data.modality_dropout.image=0.3"]
+
+
+def _fit(compose_cfg, tmp_path, steps: int, ckpt_path=None, save_every: int | None = None) -> torch.nn.Module:
+    cfg = compose_cfg(RANDOM)
+    pl.seed_everything(0)
+    dm = instantiate(cfg.data, _convert_="all")
+    module = build_module(cfg, dm)
+    callbacks = [RngStateInCheckpoint(), RestoreLoaderPosition()]
+    if save_every:
+        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="step{step}", save_top_k=-1,
+                                                      every_n_train_steps=save_every, auto_insert_metric_name=False))
+    pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=bool(save_every),
+               enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks,
+               enable_model_summary=False).fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    return module
+
+
+def test_resuming_mid_epoch_with_dropout_and_data_randomness_repeats_the_uninterrupted_run(compose_cfg, tmp_path):
+    """4 steps per epoch; resuming from the checkpoint taken at step 3 (mid-epoch) of a 6-step run ends with the
+    weights that run ended with."""
+    full = _fit(compose_cfg, tmp_path, steps=6, save_every=3)
+    torch.manual_seed(1234)  # whatever state the resuming process is in, the checkpoint's states take over
+    resumed = _fit(compose_cfg, tmp_path, steps=6, ckpt_path=tmp_path / "step3.ckpt")
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_rng_states_are_not_restored_onto_another_number_of_processes(caplog):
+    callback = RngStateInCheckpoint()
+    saved = callback.state_dict()
+    callback.load_state_dict({"per_rank": [saved["per_rank"][0]] * 2})
+    before = torch.get_rng_state()
+    with caplog.at_level("WARNING"):
+        callback.on_train_start(type("T", (), {"world_size": 1, "global_rank": 0})(), None)
+    assert "2 processes, this run has 1" in caplog.text
+    assert torch.equal(torch.get_rng_state(), before)

@@ -14,7 +14,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
-from mmgpt.callbacks import RestoreLoaderPosition, RngStateInCheckpoint, RunConfigInCheckpoint, Throughput
+from mmgpt.callbacks import (
+    FlushLogsWithCheckpoint,
+    RestoreLoaderPosition,
+    RngStateInCheckpoint,
+    RunConfigInCheckpoint,
+    Throughput,
+)
 from mmgpt.cli.common import (
     finish_wandb,
     hydra_choice,
@@ -30,6 +36,7 @@ from mmgpt.config import CONFIG_DIR, check_targets, resolved
 from mmgpt.finetune import init_from_checkpoint, parameter_counts
 from mmgpt.layers import Block
 from mmgpt.lit_module import MultimodalClassifier
+from mmgpt.loggers import trim_metrics_csv
 from mmgpt.tracking import dashboard_hparams, label_run, log_final, reset_peak_memory
 
 log = logging.getLogger("mmgpt.train")
@@ -97,12 +104,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume_from is not None:
         saved = load_checkpoint(resume_from)
         check_resume_compatible(saved, module.hparams["net"], resume_from)
+        if rank_zero():  # the interrupted attempt's rows after the checkpoint are about to be logged again
+            trim_metrics_csv(out_dir / "metrics.csv", int(saved.get("global_step", 0)))
         wandb_id = (saved.get("mmgpt") or {}).get("wandb_id")
         if wandb_id and cfg.logger and "wandb" in cfg.logger:
             with open_dict(cfg):
                 cfg.logger.wandb.id = wandb_id  # the resumed run continues the same wandb run
     callbacks = instantiate_group(cfg.callbacks) + [RunConfigInCheckpoint(run_config), RngStateInCheckpoint(),
-                                                    RestoreLoaderPosition()]
+                                                    FlushLogsWithCheckpoint(), RestoreLoaderPosition()]
     loggers = instantiate_group(cfg.logger)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if rank_zero():

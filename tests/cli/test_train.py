@@ -112,3 +112,22 @@ def test_misspelt_key_on_the_command_line_is_a_clear_error(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode != 0
     assert "Key 'max_epocs' not in 'TrainerSchema'" in proc.stderr and "full_key: trainer.max_epocs" in proc.stderr
+
+
+def test_resume_auto_continues_the_same_wandb_run(compose_cfg):
+    """The wandb run id is stored in the checkpoint; the resumed run logs into the same run (offline here)."""
+    from mmgpt.tracking import offline_wandb_runs
+
+    first = compose_cfg(["experiment=smoke", "logger=wandb", "trainer.max_epochs=1", "test=false"])
+    train(first)
+    run = Path(first.paths.output_dir)
+    (before,) = offline_wandb_runs(run)
+    saved_id = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["mmgpt"]["wandb_id"]
+    assert saved_id and before.name.endswith(f"-{saved_id}")
+
+    results = train(compose_cfg(["experiment=smoke", "logger=wandb", "trainer.max_epochs=2", "test=false",
+                                 "resume=auto"]))
+    assert results["epochs"] == 2
+    runs = offline_wandb_runs(run)
+    assert len(runs) == 2 and all(p.name.endswith(f"-{saved_id}") for p in runs)  # one wandb run, two sessions
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["mmgpt"]["wandb_id"] == saved_id
