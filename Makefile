@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test test-all install train lint clean help
+.PHONY: demo test test-all test-slow install train lint clean help
 
 help:
 	@echo "make demo      create .venv, install, train the default model on the synthetic set (about 4 min on 2 CPUs, set-up included)"
 	@echo "make test      create .venv, install, run the default test suite"
-	@echo "make test-all  also run tests marked slow"
+	@echo "make test-all  also run tests marked slow (about 5 min on 2 CPUs)"
+	@echo "make test-slow only the tests marked slow (CI runs make test, then this)"
 	@echo "make compare   early/late/cross-attention x 3 seeds, then report.md/report.csv/plots in the sweep directory"
 	@echo "make bench     run the benchmark suite and rewrite BENCHMARKS.md"
 	@echo "make export-synthetic OUT=dir   write the synthetic set as a manifest folder"
@@ -41,6 +42,9 @@ test: $(DEV_STAMP)
 
 test-all: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu" $(ARGS)
+
+test-slow: $(DEV_STAMP)
+	$(BIN)/python -m pytest -q -m "slow and not gpu" $(ARGS)
 
 clean:
 	rm -rf logs .pytest_cache
