@@ -1,4 +1,5 @@
-"""Launching: SLURM via hydra-submitit-launcher (run here with submitit's local executor)."""
+"""Launching: SLURM via hydra-submitit-launcher (run here with submitit's local executor), multirun x DDP, and
+multi-node torchrun (two "nodes" on this machine)."""
 
 import json
 import os
@@ -6,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from mmgpt.config import CONFIG_DIR
@@ -52,3 +54,35 @@ def test_multirun_with_ddp_sim_gives_one_directory_per_sweep_point(tmp_path):
         results = json.loads((sweep / point / "results.json").read_text())
         assert results["world_size"] == 2 and results["fusion"] == fusion
     assert not list(tmp_path.glob("train/runs/*"))  # no stray single-run directories from the child ranks
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_node_torchrun_launch_trains_one_run(tmp_path):
+    """The README's multi-node command, with two 'nodes' of one CPU process each on this machine: one torchrun per
+    node, a shared c10d rendezvous, ``trainer.num_nodes=2``; both ranks train one run in one directory."""
+    env = {**os.environ, "MMGPT_LOG_DIR": str(tmp_path), "CI": "1", "WANDB_MODE": "offline"}
+    port = _free_port()
+    nodes = [
+        subprocess.Popen(
+            [str(BIN / "torchrun"), "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(rank),
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "twonodes",
+             str(BIN / "mmgpt-train"), "trainer=ddp_sim", "trainer.devices=1", "trainer.num_nodes=2",
+             "experiment=smoke", "logger=csv"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    logs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in logs[0] and "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1]
+    (results,) = tmp_path.glob("train/runs/*/results.json")  # one run directory for both nodes
+    saved = json.loads(results.read_text())
+    assert results.parent.name == "torchrun-twonodes"
+    assert saved["world_size"] == 2 and saved["global_step"] == 2  # 128 samples / (2 ranks x 32)
