@@ -68,5 +68,5 @@ bench: $(DEV_STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md (tens 
 	$(BIN)/python -m bench.attention
 	$(BIN)/python -m bench.fusions
 	$(BIN)/python -m bench.compile
-	$(BIN)/python bench/dataloader.py
+	$(BIN)/python -m bench.dataloader
 	$(BIN)/python -m bench.report

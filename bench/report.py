@@ -11,7 +11,7 @@ from pathlib import Path
 from bench.common import RESULTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["lightning_overhead", "attention", "fusions", "compile"]
+ORDER = ["lightning_overhead", "attention", "fusions", "compile", "dataloader"]
 
 HEADER = """# Benchmarks
 
@@ -38,10 +38,6 @@ def main() -> None:
         m = json.loads(js.read_text())["machine"]
         parts.append(md.read_text() + f"\n_Measured {m['date']} on {m['cpu']} ({m['cpu_threads']} threads), GPU: "
                      f"{m['gpu']}, torch {m['torch']}, 1-min load average {m['load_avg_1m']}._\n")
-    loader = ROOT / "bench" / "RESULTS-dataloader.md"
-    if loader.exists():
-        parts.append("## Dataloader vs training\n\nSee [bench/RESULTS-dataloader.md](bench/RESULTS-dataloader.md) "
-                     "(`python bench/dataloader.py`).\n")
     has_gpu = any(
         json.loads(p.read_text())["machine"]["gpu"] != "none" for p in RESULTS_DIR.glob("*.json")
     ) if RESULTS_DIR.exists() else False

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
-from mmgpt.rng import mix_seed, seeded
+from mmgpt.rng import mix_seed, preserved_rng, seed_all, seeded
 
 
 class SampleKey(NamedTuple):
@@ -67,6 +67,15 @@ class KeyedDataset(Dataset):
     def __getitem__(self, key: SampleKey) -> tuple[SampleKey, Any]:
         with seeded(key.seed):
             return key, self.dataset[key.index]
+
+    def __getitems__(self, keys: Sequence[SampleKey]) -> list[tuple[SampleKey, Any]]:
+        """A batch's samples, each under its own seed; the caller's generator states are saved once per batch."""
+        out = []
+        with preserved_rng():
+            for key in keys:
+                seed_all(key.seed)
+                out.append((key, self.dataset[key.index]))
+        return out
 
 
 class SeededCollate:
