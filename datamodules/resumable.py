@@ -23,6 +23,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from mmgpt.rng import mix_seed, preserved_rng, seed_all, seeded
 
 
+#: Turns a list of samples into a batch.
+Collator = Callable[[list[Any]], Any]
+
+
 class SampleKey(NamedTuple):
     """What :class:`EpochSampler` yields: a dataset index and the seed of that sample's randomness this epoch."""
 
@@ -81,7 +85,7 @@ class KeyedDataset(Dataset):
 class SeededCollate:
     """Collates ``(key, sample)`` pairs with the global generators seeded by the batch's keys."""
 
-    def __init__(self, collate_fn: Callable[[list[Any]], Any]) -> None:
+    def __init__(self, collate_fn: Collator) -> None:
         self.collate_fn = collate_fn
 
     def __call__(self, pairs: Sequence[tuple[SampleKey, Any]]) -> Any:
@@ -102,12 +106,12 @@ class ResumableLoader(DataLoader):
         **kwargs: as for ``DataLoader`` (``batch_size``, ``num_workers``...); not ``shuffle`` or ``generator``.
     """
 
-    def __init__(self, dataset: Dataset, *, sampler: EpochSampler, collate_fn: Callable[[list[Any]], Any] | None = None,
+    def __init__(self, dataset: Dataset, *, sampler: EpochSampler, collate_fn: Collator | None = None,
                  consumed: Callable[[], int] | None = None, **kwargs: Any) -> None:
         if not isinstance(sampler, EpochSampler):
             raise TypeError(f"ResumableLoader needs an EpochSampler, got {type(sampler).__name__}")
-        super().__init__(KeyedDataset(dataset), sampler=sampler, collate_fn=SeededCollate(collate_fn or default_collate),
-                         **kwargs)
+        super().__init__(KeyedDataset(dataset), sampler=sampler,
+                         collate_fn=SeededCollate(collate_fn or default_collate), **kwargs)
         self.consumed = consumed
         self._yielded = 0
         self._skip = 0
@@ -127,11 +131,14 @@ class ResumableLoader(DataLoader):
         return {"epoch": self.sampler.epoch, "batches": self.consumed() if self.consumed else self._yielded}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.set_epoch(state["epoch"])
-        self._skip = state["batches"]
+        epoch, batches = state["epoch"], state["batches"]
+        if batches >= len(self):  # saved at the epoch's end: the next one starts from its beginning
+            epoch, batches = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self._skip = batches
 
 
-def resumable_loader(dataset: Dataset, *, shuffle: bool, seed: int, batch_size: int, collate_fn: Callable[[list[Any]], Any],
+def resumable_loader(dataset: Dataset, *, shuffle: bool, seed: int, batch_size: int, collate_fn: Collator,
                      num_workers: int = 0, trainer: Any = None, **kwargs: Any) -> ResumableLoader:
     """A :class:`ResumableLoader` over this process's share of ``dataset`` (all of it outside DDP).
 

@@ -13,12 +13,14 @@ check it). Shard order is shuffled per epoch with a seed shared by all ranks.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
+import math
 import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from datamodules.collate import Collate, normalize_image
 from datamodules.manifest.decode import load_audio, load_image
 from datamodules.manifest.records import read_index, resolve_media
+from mmgpt.rng import mix_seed
 from mmgpt.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,8 @@ def write_shards(root: str | Path, out: str | Path, samples_per_shard: int = 256
     index = read_index(root)
     if index.problems:
         shown = "\n  ".join(str(p) for p in index.problems[:20])
-        raise ShardError(f"{root}: {len(index.problems)} problem(s); fix them first (mmgpt-data check {root}):\n  {shown}")
+        raise ShardError(f"{root}: {len(index.problems)} problem(s); fix them first (mmgpt-data check {root}):"
+                         f"\n  {shown}")
     if out.exists() and any(out.iterdir()):
         raise ShardError(f"{out} is not empty; shards are written into a new folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +81,8 @@ def write_shards(root: str | Path, out: str | Path, samples_per_shard: int = 256
                         sample[f"{modality}{path.suffix.lower()}"] = path.read_bytes()
                 sink.write(sample)
         shards = sorted(p.name for p in out.glob(f"{split}-*.tar"))
-        summary["splits"][split] = {"shards": shards, "samples": len(rows)}
+        sizes = [min(samples_per_shard, len(rows) - i * samples_per_shard) for i in range(len(shards))]
+        summary["splits"][split] = {"shards": shards, "samples": len(rows), "sizes": sizes}
         log.info("%s: %d samples in %d shards", split, len(rows), len(shards))
     (out / "labels.txt").write_text("".join(f"{c}\n" for c in index.class_names))
     (out / "shards.json").write_text(json.dumps(summary, indent=2))
@@ -87,6 +92,24 @@ def write_shards(root: str | Path, out: str | Path, samples_per_shard: int = 256
 def worker_shards(shards: list[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
     """The shards one data-loading worker of one rank reads: an exact partition over all ranks x workers."""
     return shards[rank * num_workers + worker :: world_size * num_workers]
+
+
+def delivered_before(batches_per_worker: Sequence[int], consumed: int) -> tuple[list[int], int]:
+    """Where a multi-worker DataLoader over an iterable dataset stands after ``consumed`` batches of an epoch.
+
+    The loader takes one batch from each worker in turn, skipping workers whose stream has ended. Given how many
+    batches each worker yields this epoch, returns how many each had delivered and which worker delivers next.
+    """
+    delivered = [0] * len(batches_per_worker)
+    left, rounds = consumed, max(batches_per_worker, default=0)
+    for t in range(rounds):
+        for w, n in enumerate(batches_per_worker):
+            if n > t:
+                if left == 0:
+                    return delivered, w
+                delivered[w] += 1
+                left -= 1
+    return delivered, 0
 
 
 class ShardDataset(IterableDataset):
@@ -99,15 +122,19 @@ class ShardDataset(IterableDataset):
         sample_rate: audio sample rate after resampling.
         max_audio_samples: longer clips are cropped.
         rank: this process's DDP rank; world_size: number of ranks.
-        shuffle: shuffle shard order per epoch (same permutation on every rank) and samples within a small buffer.
+        shuffle: shuffle the shard order per epoch (the same permutation on every rank).
         seed: shuffling seed.
+        batch_size: the loader's batch size (to resume mid-epoch, see :meth:`resume_at`).
+        sizes: samples per shard, by path (from ``shards.json``; to resume mid-epoch).
     """
 
     def __init__(self, shards: list[str], class_names: list[str], image_size: int, sample_rate: int,
                  max_audio_samples: int, rank: int = 0, world_size: int = 1, shuffle: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, batch_size: int = 1, sizes: dict[str, int] | None = None) -> None:
         super().__init__()
         self.shards = list(shards)
+        self.batch_size, self.sizes = batch_size, dict(sizes or {})
+        self.resume: tuple[int, int] | None = None  # (epoch, batches of it already trained on)
         self.class_index = {c: i for i, c in enumerate(class_names)}
         self.image_size, self.sample_rate, self.max_audio_samples = image_size, sample_rate, max_audio_samples
         self.rank, self.world_size = rank, world_size
@@ -117,18 +144,46 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Make epoch ``epoch`` continue after the ``batches`` batches (of this rank) already trained on.
+
+        Each worker skips, without decoding, the samples it had delivered, and takes over the part of the worker
+        whose batch came next, so the loader yields exactly the batches an uninterrupted epoch would have.
+        """
+        missing = [s for s in self.shards if s not in self.sizes]
+        if missing:
+            raise ShardError(f"cannot resume mid-epoch: no sample count for {missing[0]} (shards written by an "
+                             "older mmgpt-data shard lack them in shards.json; write the shards again)")
+        self.resume = (epoch, batches)
+
+    def _epoch_shards(self, epoch: int) -> list[str]:
+        shards = list(self.shards)
+        if self.shuffle:
+            random.Random(self.seed + epoch).shuffle(shards)
+        return shards
+
+    def batches_per_worker(self, epoch: int, num_workers: int) -> list[int]:
+        """How many batches each of ``num_workers`` workers (1 for none) yields in ``epoch`` on this rank."""
+        shards = self._epoch_shards(epoch)
+        n = max(1, num_workers)
+        parts = [worker_shards(shards, self.rank, self.world_size, w, n) for w in range(n)]
+        return [math.ceil(sum(self.sizes[s] for s in part) / self.batch_size) for part in parts]
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        shards = list(self.shards)
-        if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(shards)
-        mine = worker_shards(shards, self.rank, self.world_size, worker, num_workers)
+        shards = self._epoch_shards(self.epoch)
+        role, skip = worker, 0
+        if self.resume is not None and self.resume[0] == self.epoch and self.resume[1] > 0:
+            delivered, first = delivered_before(self.batches_per_worker(self.epoch, num_workers), self.resume[1])
+            role = (worker + first) % num_workers  # worker 0 must yield the batch the epoch continues with
+            skip = delivered[role] * self.batch_size
+        mine = worker_shards(shards, self.rank, self.world_size, role, num_workers)
         if not mine:
             return
         # The partition above is ours, so WebDataset must not split again (by node or by worker).
         stream = wds.WebDataset(mine, shardshuffle=False, nodesplitter=_all, workersplitter=_all, empty_check=False)
-        for raw in stream:
+        for raw in itertools.islice(stream, skip, None):
             yield self._decode(raw)
 
     def _decode(self, raw: dict[str, Any]) -> dict[str, Any]:
@@ -148,12 +203,43 @@ def _all(urls: Any) -> Any:
 
 
 class EpochLoader(DataLoader):
-    """A DataLoader that tells its :class:`ShardDataset` the epoch each time a pass starts (before workers fork)."""
+    """A DataLoader that tells its :class:`ShardDataset` the epoch each time a pass starts (before workers fork),
+    and whose position Lightning checkpoints and restores (like :class:`datamodules.resumable.ResumableLoader`).
 
-    def __iter__(self):  # noqa: ANN204 - same return type as DataLoader.__iter__
-        self._epoch = getattr(self, "_epoch", -1) + 1
+    Args:
+        consumed: returns how many batches of the current epoch the model has trained on (the trainer's count).
+        **kwargs: as for ``DataLoader``.
+    """
+
+    def __init__(self, *args: Any, consumed: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.consumed = consumed
+        self._epoch = -1
+        self._resume_epoch: int | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: this runs at the first batch, after Lightning has restored a resumed position (it may
+        # create the iterator before it does).
+        if self._resume_epoch is not None:
+            self._epoch, self._resume_epoch = self._resume_epoch, None
+        else:
+            self._epoch += 1
         self.dataset.set_epoch(self._epoch)
-        return super().__iter__()
+        # Workers' base seed from the loader's own generator, not the global one: creating an iterator (each
+        # epoch, and again after a resume) must not shift the training process's random draws.
+        self.generator = torch.Generator().manual_seed(mix_seed(self.dataset.seed, self._epoch))
+        yield from super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self.consumed() if self.consumed else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, batches = state["epoch"], state["batches"]
+        self.dataset.resume_at(epoch, batches)
+        if batches >= sum(self.dataset.batches_per_worker(epoch, self.num_workers)):  # saved at the epoch's end
+            epoch, batches = epoch + 1, 0
+            self.dataset.resume = None
+        self._resume_epoch = epoch
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -196,16 +282,22 @@ class ShardDataModule(pl.LightningDataModule):
         if split not in self.meta["splits"]:
             raise ShardError(f"{self.root}: no {split} shards")
         shards = [str(self.root / s) for s in self.meta["splits"][split]["shards"]]
+        sizes = self.meta["splits"][split].get("sizes")
         return ShardDataset(shards, self.class_names, hp.image_size, hp.sample_rate,
                             int(hp.max_audio_seconds * hp.sample_rate), rank, world_size,
-                            shuffle=hp.shuffle and split == "train", seed=hp.seed)
+                            shuffle=hp.shuffle and split == "train", seed=hp.seed, batch_size=hp.batch_size,
+                            sizes=dict(zip(shards, sizes)) if sizes else None)
 
     def _loader(self, split: str) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         hp = self.hparams
+        consumed = None
+        if split == "train" and trainer is not None:
+            def consumed() -> int:
+                return trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return EpochLoader(self.dataset(split, rank, world), batch_size=hp.batch_size, num_workers=hp.num_workers,
-                           collate_fn=self.collate, persistent_workers=False)
+                           collate_fn=self.collate, persistent_workers=False, consumed=consumed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

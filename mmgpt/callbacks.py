@@ -175,8 +175,17 @@ class RestoreLoaderPosition(pl.Callback):
     ``trainer.estimated_stepping_batches`` (which the learning-rate schedule needs) builds them earlier, before
     the checkpoint's loop state is loaded, and the saved position would be dropped. This loads it at train start,
     before the first batch is drawn. A no-op when not resuming or when the loaders keep no state.
+
+    Loaders without a length (streaming, ``data=shards``) have already been asked for their first batch by then
+    (Lightning prefetches one to detect the end of the epoch), so the fetcher's iterator is created again, now
+    from the restored position.
     """
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Private Lightning API (pytorch-lightning 2.x): the same call Lightning makes in FitLoop.setup_data.
-        trainer.fit_loop._load_combined_loader_states()
+        # Private Lightning API (pytorch-lightning 2.x): the same calls Lightning makes in FitLoop.setup_data.
+        loop = trainer.fit_loop
+        if not (loop.restarting and loop._combined_loader_states_to_load):
+            return
+        loop._load_combined_loader_states()
+        if loop._data_fetcher is not None:
+            iter(loop._data_fetcher)

@@ -1,7 +1,8 @@
 """A training run killed with SIGKILL mid-epoch and restarted with resume=auto ends exactly where an
 uninterrupted run ends: same weights, same metrics, with every source of randomness on (image flips and
 modality dropout in the data, dropout in the model), so the RNG states and the loader position must both resume.
-Once on one process and once on two DDP processes (each rank's RNG states are saved and restored)."""
+On one process, on two DDP processes (each rank's RNG states are saved and restored), and streaming tar shards
+through two loader workers (the stream's position is restored)."""
 
 import csv
 import json
@@ -15,15 +16,29 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.folders import export_and_shard
+
 BIN = Path(sys.executable).parent
 # 8 steps per epoch (256 samples / batch 32 on one process; 512 / (2 x 32) on two), 2 epochs; a checkpoint
 # after every step; killed at step 11 = 3 steps into the second epoch.
-COMMON = ["experiment=smoke", "logger=csv", "trainer.max_epochs=2", "test=false",
-          "callbacks.step_checkpoint.every_n_train_steps=1",
-          "data.augment=true", "data.modality_dropout.audio=0.2", "data.modality_dropout.image=0.2",
+COMMON = ["logger=csv", "trainer.max_epochs=2", "test=false", "callbacks.step_checkpoint.every_n_train_steps=1",
           "model.dropout=0.1"]
-SETUPS = {"one_process": ["data.num_train=256"], "ddp_sim": ["trainer=ddp_sim", "data.num_train=512"]}
+RANDOM_DATA = ["data.augment=true", "data.modality_dropout.audio=0.2", "data.modality_dropout.image=0.2"]
+SETUPS = {
+    "one_process": ["experiment=smoke", "data.num_train=256", *RANDOM_DATA],
+    "ddp_sim": ["experiment=smoke", "trainer=ddp_sim", "data.num_train=512", *RANDOM_DATA],
+    # streamed from tar shards by 2 loader workers with uneven streams (shards of 48 samples, 256 in all); the
+    # smoke experiment's model and trainer settings (its data sizes are not options of data=shards)
+    "shards": ["data=shards", "data.batch_size=32", "data.num_workers=2", "model.dim=32", "model.num_heads=2",
+               "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1"],
+}
 KILL_AT = 11
+
+
+@pytest.fixture(scope="module")
+def shard_root(tmp_path_factory) -> Path:
+    return export_and_shard(tmp_path_factory.mktemp("kill_shards"), num_train=256, samples_per_shard=48, num_val=64,
+                            num_test=64)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -47,8 +62,10 @@ def _newest_step(run_dir: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("setup", list(SETUPS))
-def test_sigkill_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_path, setup):
+def test_sigkill_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_path, setup, request):
     args = [str(BIN / "mmgpt-train"), *COMMON, *SETUPS[setup]]
+    if setup == "shards":
+        args.append(f"data.root={request.getfixturevalue('shard_root')}")
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
     subprocess.run([*args, f"hydra.run.dir={full_dir}"], env=_env(tmp_path), check=True, capture_output=True,
                    timeout=600)
@@ -71,7 +88,8 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_pat
                    capture_output=True, timeout=600)
     full = json.loads((full_dir / "results.json").read_text())
     resumed = json.loads((killed_dir / "results.json").read_text())
-    assert resumed["global_step"] == full["global_step"] == 16
+    # 8 steps per epoch; on shards 9 (2 workers stream 144 and 112 samples: 5 + 4 batches of 32)
+    assert resumed["global_step"] == full["global_step"] == (18 if setup == "shards" else 16)
     assert resumed["world_size"] == full["world_size"]
     assert resumed["val"] == full["val"]
     # the metric history survives the restart: every validation row, none twice

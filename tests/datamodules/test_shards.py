@@ -6,16 +6,20 @@ from pathlib import Path
 import pytest
 from torch.utils.data import DataLoader
 
-from datamodules.manifest.export import export_synthetic
-from datamodules.shards import ShardDataModule, ShardError, worker_shards, write_shards
+from datamodules.shards import (
+    EpochLoader,
+    ShardDataModule,
+    ShardError,
+    delivered_before,
+    worker_shards,
+    write_shards,
+)
+from tests.folders import export_and_shard
 
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("shards")
-    export_synthetic(base / "folder", num_train=48, num_val=12, num_test=6, seed=0)
-    write_shards(base / "folder", base / "out", samples_per_shard=6)
-    return base / "out"
+    return export_and_shard(tmp_path_factory.mktemp("shards"), num_train=48, samples_per_shard=6)
 
 
 def test_partition_is_exact():
@@ -57,7 +61,60 @@ def test_shard_command_and_training_on_shards(shard_dir, tmp_path, compose_cfg):
 
     assert data_main(["shard", str(shard_dir.parent / "folder"), str(tmp_path / "cli")]) == 0
     assert data_main(["shard", str(shard_dir.parent / "folder"), str(tmp_path / "cli")]) == 1  # not empty
-    cfg = compose_cfg(["model.dim=32", "model.num_heads=2", "data=shards", f"data.root={tmp_path / 'cli'}", "data.batch_size=8",
-                       "data.num_workers=0", "logger=csv", "debug=fdr"])
+    cfg = compose_cfg(["model.dim=32", "model.num_heads=2", "data=shards", f"data.root={tmp_path / 'cli'}",
+                       "data.batch_size=8", "data.num_workers=0", "logger=csv", "debug=fdr"])
     results = train(cfg)
     assert results["global_step"] == 1 and "val/acc" in results["val"]
+
+
+def test_delivery_order_of_workers_with_uneven_streams():
+    # round-robin over workers with 3, 1 and 2 batches: w0 w1 w2 | w0 w2 | w0
+    assert delivered_before([3, 1, 2], 0) == ([0, 0, 0], 0)
+    assert delivered_before([3, 1, 2], 4) == ([2, 1, 1], 2)
+    assert delivered_before([3, 1, 2], 5) == ([2, 1, 2], 0)
+    assert delivered_before([3, 1, 2], 6) == ([3, 1, 2], 0)
+
+
+@pytest.fixture(scope="module")
+def uneven_shards(tmp_path_factory) -> Path:
+    """50 samples in 9 shards (the last one of 2): two workers stream 26 and 24 samples."""
+    return export_and_shard(tmp_path_factory.mktemp("uneven"), num_train=50, samples_per_shard=6, seed=1)
+
+
+def _epoch_ids(dm: ShardDataModule, num_workers: int, epoch: int, state: dict | None = None) -> list[list[str]]:
+    loader = EpochLoader(dm.dataset("train"), batch_size=4, num_workers=num_workers, collate_fn=dm.collate)
+    if state is None:
+        loader.load_state_dict({"epoch": epoch, "batches": 0})
+    else:
+        loader.load_state_dict(state)
+    return [batch.ids for batch in loader]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_streaming_resumes_mid_epoch_with_exactly_the_remaining_batches(uneven_shards, num_workers):
+    dm = ShardDataModule(str(uneven_shards), batch_size=4, num_workers=num_workers, shuffle=True)
+    full = _epoch_ids(dm, num_workers, epoch=1)
+    assert sorted(i for b in full for i in b) == sorted({i for b in full for i in b}) and len(sum(full, [])) == 50
+    # mid-epoch, and past the point where the shorter worker's stream has ended
+    for consumed in (1, 5, len(full) - 2, len(full) - 1):
+        assert _epoch_ids(dm, num_workers, 1, {"epoch": 1, "batches": consumed}) == full[consumed:], consumed
+
+
+def test_a_position_saved_at_the_end_of_an_epoch_resumes_at_the_next(uneven_shards):
+    dm = ShardDataModule(str(uneven_shards), batch_size=4, num_workers=0, shuffle=True)
+    full = _epoch_ids(dm, 0, epoch=1)
+    assert _epoch_ids(dm, 0, 0, {"epoch": 0, "batches": len(_epoch_ids(dm, 0, 0))}) == full
+
+
+def test_shards_without_sample_counts_refuse_a_mid_epoch_resume(uneven_shards, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(uneven_shards, old)
+    meta = json.loads((old / "shards.json").read_text())
+    for split in meta["splits"].values():
+        del split["sizes"]  # as written before the counts were recorded
+    (old / "shards.json").write_text(json.dumps(meta))
+    with pytest.raises(ShardError, match="no sample count"):
+        _epoch_ids(ShardDataModule(str(old), batch_size=4, num_workers=0), 0, 1, {"epoch": 1, "batches": 3})
