@@ -66,6 +66,26 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
+def prepare_metrics_csv(path: str | Path, resume_step: int | None) -> None:
+    """Ready a run directory's ``metrics.csv`` for a run that resumes at ``resume_step`` or (None) starts afresh.
+
+    A resumed run continues the file (:func:`trim_metrics_csv`). A fresh run in a directory that already holds
+    one (``hydra.run.dir`` reused) would otherwise append to another run's rows: the old file is renamed to
+    ``metrics.<n>.csv`` (the first free n) and kept.
+    """
+    path = Path(path)
+    if resume_step is not None:
+        trim_metrics_csv(path, resume_step)
+    elif path.is_file():
+        n = 1
+        while path.with_name(f"{path.stem}.{n}{path.suffix}").exists():
+            n += 1
+        kept = path.with_name(f"{path.stem}.{n}{path.suffix}")
+        os.replace(path, kept)
+        log.warning("%s held the metrics of an earlier run; kept as %s (use resume=auto to continue a run)",
+                    path, kept.name)
+
+
 def trim_metrics_csv(path: str | Path, last_step: int) -> int:
     """Drop the rows of a ``metrics.csv`` logged after step ``last_step``; returns how many were dropped.
 

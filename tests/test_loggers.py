@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pytorch_lightning.loggers import CSVLogger
 
-from mmgpt.loggers import ResumableCSVLogger, trim_metrics_csv
+from mmgpt.loggers import ResumableCSVLogger, prepare_metrics_csv, trim_metrics_csv
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -44,3 +44,15 @@ def test_trim_drops_only_rows_after_the_checkpoint_step(tmp_path: Path) -> None:
     assert [r["step"] for r in _rows(path)] == ["4", "7", "8"]
     assert trim_metrics_csv(path, 8) == 0
     assert trim_metrics_csv(tmp_path / "absent.csv", 3) == 0
+
+
+def test_a_fresh_run_in_a_used_directory_keeps_the_old_metrics_aside(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss\n0,9,1.0\n0,12,0.9\n")
+    prepare_metrics_csv(path, resume_step=10)  # resuming at step 10: continue the file without the later row
+    assert [r["step"] for r in _rows(path)] == ["9"]
+    prepare_metrics_csv(path, resume_step=None)  # a new run: the old file is kept under another name
+    assert not path.exists() and [r["step"] for r in _rows(tmp_path / "metrics.1.csv")] == ["9"]
+    path.write_text("epoch,step\n0,1\n")
+    prepare_metrics_csv(path, resume_step=None)
+    assert (tmp_path / "metrics.2.csv").is_file() and not path.exists()

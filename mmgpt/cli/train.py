@@ -36,7 +36,7 @@ from mmgpt.config import CONFIG_DIR, check_targets, resolved
 from mmgpt.finetune import init_from_checkpoint, parameter_counts
 from mmgpt.layers import Block
 from mmgpt.lit_module import MultimodalClassifier
-from mmgpt.loggers import trim_metrics_csv
+from mmgpt.loggers import prepare_metrics_csv
 from mmgpt.tracking import dashboard_hparams, label_run, log_final, reset_peak_memory
 
 log = logging.getLogger("mmgpt.train")
@@ -104,12 +104,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume_from is not None:
         saved = load_checkpoint(resume_from)
         check_resume_compatible(saved, module.hparams["net"], resume_from)
-        if rank_zero():  # the interrupted attempt's rows after the checkpoint are about to be logged again
-            trim_metrics_csv(out_dir / "metrics.csv", int(saved.get("global_step", 0)))
         wandb_id = (saved.get("mmgpt") or {}).get("wandb_id")
         if wandb_id and cfg.logger and "wandb" in cfg.logger:
             with open_dict(cfg):
                 cfg.logger.wandb.id = wandb_id  # the resumed run continues the same wandb run
+    if rank_zero():  # a resumed run continues metrics.csv; a fresh one never appends to another run's
+        resume_step = None if resume_from is None else int(saved.get("global_step", 0))
+        prepare_metrics_csv(out_dir / "metrics.csv", resume_step)
     callbacks = instantiate_group(cfg.callbacks) + [RunConfigInCheckpoint(run_config), RngStateInCheckpoint(),
                                                     FlushLogsWithCheckpoint(), RestoreLoaderPosition()]
     loggers = instantiate_group(cfg.logger)
