@@ -94,6 +94,21 @@ def worker_shards(shards: list[str], rank: int, world_size: int, worker: int, nu
     return shards[rank * num_workers + worker :: world_size * num_workers]
 
 
+def first_samples(shards: list[str], sizes: dict[str, int], limit: int) -> tuple[list[str], dict[str, int]]:
+    """The shards holding the first ``limit`` samples (in the order written), the last one's count cut to fit."""
+    kept: list[str] = []
+    left = limit
+    for shard in shards:
+        if left <= 0:
+            break
+        kept.append(shard)
+        left -= sizes[shard]
+    cut = dict(sizes)
+    if kept and left < 0:
+        cut[kept[-1]] += left
+    return kept, {s: cut[s] for s in kept}
+
+
 def delivered_before(batches_per_worker: Sequence[int], consumed: int) -> tuple[list[int], int]:
     """Where a multi-worker DataLoader over an iterable dataset stands after ``consumed`` batches of an epoch.
 
@@ -181,10 +196,14 @@ class ShardDataset(IterableDataset):
         mine = worker_shards(shards, self.rank, self.world_size, role, num_workers)
         if not mine:
             return
-        # The partition above is ours, so WebDataset must not split again (by node or by worker).
-        stream = wds.WebDataset(mine, shardshuffle=False, nodesplitter=_all, workersplitter=_all, empty_check=False)
-        for raw in itertools.islice(stream, skip, None):
+        for raw in itertools.islice(itertools.chain.from_iterable(self._read(s) for s in mine), skip, None):
             yield self._decode(raw)
+
+    def _read(self, shard: str) -> Iterator[dict[str, Any]]:
+        """The raw samples of one shard; only the first ``sizes[shard]`` when that is fewer (``data.num_train``)."""
+        # The partition is ours, so WebDataset must not split again (by node or by worker).
+        stream = wds.WebDataset([shard], shardshuffle=False, nodesplitter=_all, workersplitter=_all, empty_check=False)
+        return itertools.islice(stream, self.sizes.get(shard))
 
     def _decode(self, raw: dict[str, Any]) -> dict[str, Any]:
         meta = json.loads(raw["json"])
@@ -255,11 +274,16 @@ class ShardDataModule(pl.LightningDataModule):
         max_text_length: token limit.
         shuffle: shuffle training shards each epoch.
         seed: shuffling seed.
+        num_train: stream only the first ``num_train`` training samples (in the order written; None: all), for
+            quick runs (``experiment=smoke`` sets it); needs the per-shard counts of ``shards.json``.
+        num_val: the same for the validation split.
+        num_test: the same for the test split.
     """
 
     def __init__(self, root: str, batch_size: int = 64, num_workers: int = 2, image_size: int = 32,
                  sample_rate: int = 8000, max_audio_seconds: float = 1.0, max_text_length: int = 64,
-                 shuffle: bool = True, seed: int = 0) -> None:
+                 shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
+                 num_test: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.root = Path(root)
@@ -282,11 +306,18 @@ class ShardDataModule(pl.LightningDataModule):
         if split not in self.meta["splits"]:
             raise ShardError(f"{self.root}: no {split} shards")
         shards = [str(self.root / s) for s in self.meta["splits"][split]["shards"]]
-        sizes = self.meta["splits"][split].get("sizes")
+        counts = self.meta["splits"][split].get("sizes")
+        sizes = dict(zip(shards, counts)) if counts else {}
+        limit = {"train": hp.num_train, "val": hp.num_val, "test": hp.num_test}.get(split)
+        if limit is not None:
+            if not counts:
+                raise ShardError(f"{self.root / 'shards.json'}: no per-shard sample counts, so data.num_{split} "
+                                 "cannot be applied; write the shards again with mmgpt-data shard")
+            shards, sizes = first_samples(shards, sizes, int(limit))
         return ShardDataset(shards, self.class_names, hp.image_size, hp.sample_rate,
                             int(hp.max_audio_seconds * hp.sample_rate), rank, world_size,
                             shuffle=hp.shuffle and split == "train", seed=hp.seed, batch_size=hp.batch_size,
-                            sizes=dict(zip(shards, sizes)) if sizes else None)
+                            sizes=sizes)
 
     def _loader(self, split: str) -> DataLoader:
         trainer = self.trainer

@@ -27,10 +27,8 @@ RANDOM_DATA = ["data.augment=true", "data.modality_dropout.audio=0.2", "data.mod
 SETUPS = {
     "one_process": ["experiment=smoke", "data.num_train=256", *RANDOM_DATA],
     "ddp_sim": ["experiment=smoke", "trainer=ddp_sim", "data.num_train=512", *RANDOM_DATA],
-    # streamed from tar shards by 2 loader workers with uneven streams (shards of 48 samples, 256 in all); the
-    # smoke experiment's model and trainer settings (its data sizes are not options of data=shards)
-    "shards": ["data=shards", "data.batch_size=32", "data.num_workers=2", "model.dim=32", "model.num_heads=2",
-               "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1"],
+    # streamed from tar shards by 2 loader workers with uneven streams (shards of 48 samples, 256 in all)
+    "shards": ["experiment=smoke", "data=shards", "data.num_train=256", "data.num_workers=2"],
 }
 KILL_AT = 11
 

@@ -61,8 +61,8 @@ def test_shard_command_and_training_on_shards(shard_dir, tmp_path, compose_cfg):
 
     assert data_main(["shard", str(shard_dir.parent / "folder"), str(tmp_path / "cli")]) == 0
     assert data_main(["shard", str(shard_dir.parent / "folder"), str(tmp_path / "cli")]) == 1  # not empty
-    cfg = compose_cfg(["model.dim=32", "model.num_heads=2", "data=shards", f"data.root={tmp_path / 'cli'}",
-                       "data.batch_size=8", "data.num_workers=0", "logger=csv", "debug=fdr"])
+    cfg = compose_cfg(["experiment=smoke", "data=shards", f"data.root={tmp_path / 'cli'}", "data.batch_size=8",
+                       "data.num_workers=0", "logger=csv", "debug=fdr"])
     results = train(cfg)
     assert results["global_step"] == 1 and "val/acc" in results["val"]
 
@@ -118,3 +118,12 @@ def test_shards_without_sample_counts_refuse_a_mid_epoch_resume(uneven_shards, t
     (old / "shards.json").write_text(json.dumps(meta))
     with pytest.raises(ShardError, match="no sample count"):
         _epoch_ids(ShardDataModule(str(old), batch_size=4, num_workers=0), 0, 1, {"epoch": 1, "batches": 3})
+
+
+def test_num_train_streams_only_the_first_samples(uneven_shards):
+    dm = ShardDataModule(str(uneven_shards), batch_size=4, num_workers=0, shuffle=False, num_train=15, num_val=4)
+    ids = [i for b in _epoch_ids(dm, 0, epoch=0) for i in b]
+    everything = [i for b in _epoch_ids(ShardDataModule(str(uneven_shards), batch_size=4, num_workers=0,
+                                                        shuffle=False), 0, epoch=0) for i in b]
+    assert ids == everything[:15]
+    assert sum(b.batch_size for b in dm.val_dataloader()) == 4
