@@ -118,6 +118,7 @@ class TrainSchema:
     ckpt_path: str | None = None
     resume: str | None = None  # null | auto: continue from the run directory's newest good checkpoint
     init_from: str | None = None        # initialise the network from this checkpoint (partial load, reported)
+    objectives: Any = None  # shorthand weights, e.g. {classify: 1.0, lm: 1.0}: see apply_objectives
     compare: CompareSchema = field(default_factory=CompareSchema)
 
 
@@ -212,6 +213,33 @@ def check_targets(cfg: Any, prefix: str = "") -> None:
         for i, node in enumerate(cfg):
             if isinstance(node, (DictConfig, ListConfig)):
                 check_targets(node, f"{prefix}[{i}]")
+
+
+def apply_objectives(cfg: DictConfig) -> None:
+    """Apply the ``objectives`` shorthand (objective name -> weight) to the task's objective definitions.
+
+    ``objectives: {classify: 1.0, lm: 1.0, contrastive: 0.1}`` sets those weights under
+    ``model.module.objectives`` and turns every other objective the task defines off (weight 0). With
+    ``task=classify`` (no definitions) only ``classify`` may be named: classification is the default objective.
+
+    Raises:
+        ConfigKeyError: a name the task does not define (naming the defined ones) or a negative weight.
+    """
+    weights = cfg.get("objectives")
+    if not weights:
+        return
+    defined = cfg.model.module.get("objectives") or {}
+    for name, weight in weights.items():
+        if float(weight) < 0:
+            raise ConfigKeyError(f"objectives.{name}={weight}: weights must be >= 0")
+        if name not in defined and not (name == "classify" and not defined):
+            raise ConfigKeyError(
+                f"objectives.{name}: the task defines no objective of that name (it defines: "
+                f"{', '.join(defined) or 'none; classification is the default'}); task=pretrain defines "
+                "classify, lm, contrastive, mlm and matching"
+            )
+    for name, definition in defined.items():
+        definition.weight = float(weights.get(name, 0.0))
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:

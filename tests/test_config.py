@@ -9,7 +9,7 @@ from omegaconf.errors import ConfigKeyError as OmegaConfKeyError
 
 from mmgpt.cli.common import instantiate_group
 from mmgpt.cli.train import build_module
-from mmgpt.config import CONFIG_DIR, ConfigKeyError, check_targets
+from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_targets
 
 
 
@@ -105,3 +105,20 @@ def test_shared_sizes_reach_every_part(compose_cfg):
     for name, p in module.net.named_parameters():
         if p.ndim == 1 and "norm" in name and "weight" in name and "norm_in" not in name:  # norm_in: over mel bins
             assert p.shape == (24,), name
+
+
+def test_objectives_shorthand_sets_the_task_weights_and_turns_the_rest_off(compose_cfg):
+    cfg = compose_cfg(["task=pretrain", "objectives={lm:1.0,mlm:0.5}"])
+    apply_objectives(cfg)
+    weights = {name: o.weight for name, o in cfg.model.module.objectives.items()}
+    assert weights == {"classify": 0.0, "lm": 1.0, "contrastive": 0.0, "mlm": 0.5, "matching": 0.0}
+    dm = instantiate(cfg.data, _convert_="all")
+    assert set(build_module(cfg, dm).objectives) == {"lm", "mlm"}  # weight-0 objectives are left out
+
+
+def test_objectives_shorthand_refuses_names_the_task_does_not_define(compose_cfg):
+    apply_objectives(compose_cfg(["objectives={classify:1.0}"]))  # task=classify: the default objective
+    with pytest.raises(ConfigKeyError, match=r"objectives.lm: the task defines no objective .*task=pretrain"):
+        apply_objectives(compose_cfg(["+objectives.lm=1.0"]))
+    with pytest.raises(ConfigKeyError, match=r"objectives.mlm=-1.0: weights must be >= 0"):
+        apply_objectives(compose_cfg(["task=pretrain", "objectives={mlm:-1.0}"]))

@@ -32,7 +32,7 @@ from mmgpt.cli.common import (
     write_json,
 )
 from mmgpt.checkpointing import check_resume_compatible, find_resume_checkpoint, load_checkpoint
-from mmgpt.config import CONFIG_DIR, check_targets, resolved
+from mmgpt.config import CONFIG_DIR, apply_objectives, check_targets, resolved
 from mmgpt.finetune import init_from_checkpoint, parameter_counts
 from mmgpt.layers import Block
 from mmgpt.lit_module import MultimodalClassifier
@@ -91,6 +91,7 @@ def fusion_name(cfg: DictConfig) -> str:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate and test as configured; write ``results.json`` into the run directory and return it."""
     check_targets(cfg)
+    apply_objectives(cfg)
     reset_peak_memory()  # tracking: this run's peak, not the multirun process's
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
