@@ -30,7 +30,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.collate import Collate, normalize_image
-from datamodules.manifest.decode import load_audio, load_image
+from datamodules.manifest.check import check_folder
+from datamodules.manifest.decode import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
 from datamodules.manifest.records import read_index, resolve_media
 from mmgpt.rng import mix_seed
 from mmgpt.tokenizer import ByteTokenizer
@@ -55,13 +56,14 @@ def write_shards(root: str | Path, out: str | Path, samples_per_shard: int = 256
         ShardError: the folder has problems (run ``mmgpt-data check`` for the full report) or ``out`` is not empty.
     """
     root, out = Path(root), Path(out)
-    index = read_index(root)
-    if index.problems:
-        shown = "\n  ".join(str(p) for p in index.problems[:20])
-        raise ShardError(f"{root}: {len(index.problems)} problem(s); fix them first (mmgpt-data check {root}):"
-                         f"\n  {shown}")
     if out.exists() and any(out.iterdir()):
         raise ShardError(f"{out} is not empty; shards are written into a new folder")
+    # The whole check of `mmgpt-data check` (every file exists and decodes) before anything is written, so that
+    # bad data is reported here, by file and line, rather than by a training run that streams it later.
+    report = check_folder(root, MediaCache(DecodeSettings(32, 16000, 16000)), allow_outside_root)
+    if not report.ok:
+        raise ShardError(f"{root}: nothing written, fix these first:\n{report.format(limit=20)}")
+    index = read_index(root)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"class_names": index.class_names, "splits": {}}
     for split, rows in index.rows.items():
@@ -209,10 +211,14 @@ class ShardDataset(IterableDataset):
         meta = json.loads(raw["json"])
         image = audio = None
         for key, value in raw.items():
-            if key.startswith("image."):
-                image = normalize_image(load_image(io.BytesIO(value), self.image_size).float() / 255.0)
-            elif key.startswith("audio."):
-                audio = load_audio(io.BytesIO(value), self.sample_rate, self.max_audio_samples)
+            try:
+                if key.startswith("image."):
+                    image = normalize_image(load_image(io.BytesIO(value), self.image_size).float() / 255.0)
+                elif key.startswith("audio."):
+                    audio = load_audio(io.BytesIO(value), self.sample_rate, self.max_audio_samples)
+            except DecodeError as e:
+                raise ShardError(f"{raw.get('__url__', 'a shard')}: sample {meta.get('id')!r} ({raw.get('__key__')}."
+                                 f"{key}): {e}") from e
         return {"id": meta["id"], "text": meta["text"], "image": image, "audio": audio,
                 "label": self.class_index[meta["label"]], "caption": meta.get("caption")}
 

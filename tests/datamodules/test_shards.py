@@ -1,9 +1,12 @@
 """WebDataset shards: written from a manifest folder, streamed exactly once per epoch across ranks and workers."""
 
+import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import webdataset as wds
 from torch.utils.data import DataLoader
 
 from datamodules.shards import (
@@ -107,9 +110,6 @@ def test_a_position_saved_at_the_end_of_an_epoch_resumes_at_the_next(uneven_shar
 
 
 def test_shards_without_sample_counts_refuse_a_mid_epoch_resume(uneven_shards, tmp_path):
-    import json
-    import shutil
-
     old = tmp_path / "old"
     shutil.copytree(uneven_shards, old)
     meta = json.loads((old / "shards.json").read_text())
@@ -127,3 +127,30 @@ def test_num_train_streams_only_the_first_samples(uneven_shards):
                                                         shuffle=False), 0, epoch=0) for i in b]
     assert ids == everything[:15]
     assert sum(b.batch_size for b in dm.val_dataloader()) == 4
+
+
+def test_shard_refuses_missing_and_undecodable_files_by_file_and_line_and_writes_nothing(shard_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(shard_dir.parent / "folder", bad)
+    rows = (bad / "train.jsonl").read_text().splitlines()
+    first, second = json.loads(rows[0]), json.loads(rows[1])
+    (bad / first["image"]).unlink()
+    (bad / second["audio"]).write_bytes(b"")
+    with pytest.raises(ShardError) as err:
+        write_shards(bad, tmp_path / "out")
+    message = str(err.value)
+    assert "train.jsonl:1" in message and "train.jsonl:2" in message and "nothing written" in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_sample_that_fails_to_decode_while_streaming_names_its_shard_and_id(tmp_path):
+    out = tmp_path / "s"
+    out.mkdir()
+    with wds.TarWriter(str(out / "train-000000.tar")) as sink:
+        sink.write({"__key__": "00000000_x", "json": json.dumps({"id": "x1", "text": "t", "label": "a"}),
+                    "audio.wav": b"not a wav"})
+    (out / "shards.json").write_text(json.dumps({"class_names": ["a"], "splits": {"train": {
+        "shards": ["train-000000.tar"], "samples": 1, "sizes": [1]}}}))
+    dm = ShardDataModule(str(out), batch_size=1, num_workers=0)
+    with pytest.raises(ShardError, match=r"train-000000.tar: sample 'x1' \(00000000_x.audio.wav\): cannot decode"):
+        next(iter(dm.train_dataloader()))
