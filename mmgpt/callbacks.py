@@ -35,7 +35,8 @@ class Throughput(pl.Callback):
         if self._samples and dt > 0:
             rate = self._samples / dt
             self.history.append(rate)
-            pl_module.log("train/samples_per_sec", rate, rank_zero_only=True)
+            # every rank's estimate of the whole job's rate, averaged (all ranks take part in the reduction)
+            pl_module.log("train/samples_per_sec", rate, sync_dist=True)
 
     @property
     def steady_rate(self) -> float | None:

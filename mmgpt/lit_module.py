@@ -129,7 +129,7 @@ class MultimodalModule(pl.LightningModule):
         if split != "train" and self.eval_modalities is not None:
             batch = batch.with_modalities(self.eval_modalities)
         bs = batch.batch_size
-        on_step, sync = split == "train", split != "train"
+        on_step = split == "train"  # values are averaged over DDP ranks (sync_dist), not rank 0's alone
         all_metrics: nn.ModuleDict = getattr(self, f"{split}_metrics")
         total: Tensor | None = None
         for name, objective in self.objectives.items():
@@ -137,20 +137,21 @@ class MultimodalModule(pl.LightningModule):
             total = objective.weight * out.loss if total is None else total + objective.weight * out.loss
             metrics = all_metrics[name]
             objective.update(metrics, out)
-            updated = list(metrics.keys()) if out.preds is not None else []
             if split != "train" and batch_idx < self.hparams.eval_generation_batches:
                 with torch.no_grad():
-                    updated += objective.evaluate(self.net, batch, metrics)
+                    objective.evaluate(self.net, batch, metrics)
+            # Only metrics that have seen data this epoch (generation metrics are not computed in training).
+            updated = [key for key, metric in metrics.items() if metric.update_called]
             if len(self.objectives) > 1:
                 self.log(f"{split}/{name}_loss", out.loss, on_step=on_step, on_epoch=True, batch_size=bs,
-                         sync_dist=sync)
+                         sync_dist=True)
             for key, value in out.values.items():
-                self.log(f"{split}/{key}", value, on_step=on_step, on_epoch=True, batch_size=bs, sync_dist=sync)
-            for key in dict.fromkeys(updated):
+                self.log(f"{split}/{key}", value, on_step=on_step, on_epoch=True, batch_size=bs, sync_dist=True)
+            for key in updated:
                 self.log(f"{split}/{key}", metrics[key], on_step=False, on_epoch=True, prog_bar=split == "val",
                          batch_size=bs)
         assert total is not None
-        self.log(f"{split}/loss", total, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=sync)
+        self.log(f"{split}/loss", total, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         return total
 
     def training_step(self, batch: MultimodalBatch, batch_idx: int) -> Tensor:

@@ -1,5 +1,7 @@
 """task=caption end to end: every fusion trains its decoder, logs LM and generation metrics, checkpoints rebuild."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -26,6 +28,9 @@ def test_caption_checkpoint_rebuilds_and_generates(compose_cfg):
     cfg = compose_cfg(["experiment=smoke", "task=caption", "model/fusion=late", "logger=csv",
                        "data.num_train=64", "data.num_val=32", "data.num_test=32"])
     results = train(cfg)
+    # generation metrics are computed on val/test only: training must not log never-updated metrics
+    header = (Path(cfg.paths.output_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train/token_acc" in header and not {"train/exact_match", "train/bleu"} & set(header)
     module = MultimodalModule.load_from_checkpoint(results["best_ckpt"], map_location="cpu")
     assert set(module.objectives) == {"lm"} and module.net.decoder is not None
     from datamodules.synthetic import SyntheticDataModule
