@@ -45,6 +45,9 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
     next newest good checkpoint. Returns None when the directory has no usable checkpoint.
     """
     ckpt_dir = Path(run_dir) / "checkpoints"
+    for stale in ckpt_dir.glob(".*.ckpt.tmp-*"):  # half-written by a process that was killed while saving
+        log.info("removing %s, left by an interrupted save", stale)
+        stale.unlink(missing_ok=True)
     candidates = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
     for path in candidates:
         try:

@@ -1,6 +1,7 @@
 """Crash-safe checkpoints and resuming."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +40,16 @@ def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_good_one(tmp_path)
     last.write_bytes(last.read_bytes()[:40])  # truncated, as by a crash mid-write without atomic saving
     assert find_resume_checkpoint(tmp_path) == good
     assert find_resume_checkpoint(tmp_path / "nowhere") is None
+    half = ckpts / ".step0000011.ckpt.tmp-4242"  # a save killed half-way (see AtomicCheckpointIO)
+    half.write_bytes(b"partial")
+    assert find_resume_checkpoint(tmp_path) == good and not half.exists()
+
+
+def test_one_last_checkpoint_per_run(compose_cfg):
+    cfg = compose_cfg(["experiment=smoke", "logger=csv", "callbacks.step_checkpoint.every_n_train_steps=1"])
+    train(cfg)
+    names = sorted(p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").glob("*.ckpt"))
+    assert [n for n in names if n.startswith("last")] == ["last.ckpt"], names
 
 
 def test_config_differences_name_the_keys():
