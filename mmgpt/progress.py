@@ -39,7 +39,8 @@ class LineProgressBar(ProgressBar):
         metrics = {k: v for k, v in self.get_metrics(trainer, trainer.lightning_module).items() if k != "v_num"}
         shown = " ".join(f"{k}={float(v):.4g}" if _is_number(v) else f"{k}={v}" for k, v in sorted(metrics.items()))
         if trainer.state.fn != "fit":  # a validate/test pass after training: no epoch to count
-            log.info("%s [%.0fs] %s", trainer.state.fn, time.perf_counter() - self._t0, shown)
+            fn = getattr(trainer.state.fn, "value", trainer.state.fn)  # "validate", not TrainerFn.VALIDATING
+            log.info("%s [%.0fs] %s", fn, time.perf_counter() - self._t0, shown)
             return
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
         log.info("epoch %d/%s step %d %s [%.0fs] %s", trainer.current_epoch + 1, total, trainer.global_step, what,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,10 @@ def apply_speedups(net: nn.Module, compile: bool, activation_checkpointing: bool
 def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
     """The checkpoint to resume from: ``ckpt_path`` if given; with ``resume=auto`` the run directory's newest good one."""
     if cfg.ckpt_path:
-        return Path(cfg.ckpt_path)
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+        return path
     if cfg.get("resume") == "auto":
         found = find_resume_checkpoint(out_dir)
         log.info("resume=auto: %s", f"continuing from {found}" if found else f"no checkpoint in {out_dir}, starting fresh")
@@ -125,7 +129,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         if cfg.train:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+            if resume_from is not None:  # a resumed run's checkpoint directory is expected to hold checkpoints
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+            except (KeyboardInterrupt, SystemExit):
+                _how_to_continue(out_dir)
+                raise
+            if trainer.interrupted:
+                _how_to_continue(out_dir)
+                raise SystemExit(130)
         ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = ckpt or None
         val = metrics_of(trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False))
@@ -162,6 +175,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return results
     finally:
         finish_wandb(loggers)
+
+
+def _how_to_continue(out_dir: Path) -> None:
+    if rank_zero():
+        log.warning("training was interrupted; continue it from its newest checkpoint with the same command plus: "
+                    "resume=auto hydra.run.dir=%s", out_dir)
 
 
 def _fmt(metrics: dict[str, float]) -> str:
