@@ -85,6 +85,13 @@ class Collate:
         )
 
 
+def require_positive(**values: int) -> None:
+    """Raise ``ValueError`` naming the ``data.`` key of any value below 1 (batch sizes, sample counts)."""
+    for key, value in values.items():
+        if value is not None and int(value) < 1:
+            raise ValueError(f"data.{key}={value}: expected a positive integer")
+
+
 def check_dropout_probs(probs: Mapping[str, float] | None) -> dict[str, float]:
     """Validate per-modality dropout probabilities: known modality names, values in [0, 1).
 

@@ -29,7 +29,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.collate import Collate, normalize_image
+from datamodules.collate import Collate, normalize_image, require_positive
 from datamodules.manifest.check import check_folder
 from datamodules.manifest.decode import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
 from datamodules.manifest.records import read_index, resolve_media
@@ -291,6 +291,7 @@ class ShardDataModule(pl.LightningDataModule):
                  shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
                  num_test: int | None = None) -> None:
         super().__init__()
+        require_positive(batch_size=batch_size, num_train=num_train, num_val=num_val, num_test=num_test)
         self.save_hyperparameters()
         self.root = Path(root)
         meta = self.root / "shards.json"

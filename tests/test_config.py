@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf.errors import ConfigKeyError as OmegaConfKeyError
 
@@ -122,3 +122,14 @@ def test_objectives_shorthand_refuses_names_the_task_does_not_define(compose_cfg
         apply_objectives(compose_cfg(["+objectives.lm=1.0"]))
     with pytest.raises(ConfigKeyError, match=r"objectives.mlm=-1.0: weights must be >= 0"):
         apply_objectives(compose_cfg(["task=pretrain", "objectives={mlm:-1.0}"]))
+
+
+def test_common_slips_get_a_message_naming_the_key(compose_cfg):
+    from mmgpt.cli.train import train
+
+    with pytest.raises(ConfigKeyError, match=r"model.fusion='late': .*model/fusion=late"):
+        train(compose_cfg(["experiment=smoke", "model.fusion=late"]))
+    with pytest.raises(InstantiationException, match=r"data.batch_size=-4: expected a positive integer"):
+        instantiate(compose_cfg(["data.batch_size=-4"]).data, _convert_="all")
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=/nowhere/x.ckpt: no such checkpoint file"):
+        train(compose_cfg(["experiment=smoke", "ckpt_path=/nowhere/x.ckpt"]))

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.collate import Collate, check_dropout_probs, normalize_image
+from datamodules.collate import Collate, check_dropout_probs, normalize_image, require_positive
 from datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
 from datamodules.manifest.decode import DecodeSettings, MediaCache
 from datamodules.manifest.records import ManifestIndex, read_index
@@ -119,6 +119,7 @@ class ManifestDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        require_positive(batch_size=batch_size, num_train=num_train, num_val=num_val, num_test=num_test)
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
         self.save_hyperparameters()

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from datamodules.collate import IMAGE_MEAN, IMAGE_STD, Collate
+from datamodules.collate import IMAGE_MEAN, IMAGE_STD, Collate, require_positive
 from datamodules.resumable import resumable_loader
 from datamodules.synthetic.generator import CLASSES, SyntheticGenerator, SyntheticSample
 from mmgpt.tokenizer import ByteTokenizer
@@ -87,6 +87,7 @@ class SyntheticDataModule(pl.LightningDataModule):
         shuffle: bool = True,
     ) -> None:
         super().__init__()
+        require_positive(batch_size=batch_size, num_train=num_train, num_val=num_val, num_test=num_test)
         self.save_hyperparameters()
         self.generator = SyntheticGenerator(image_size, sample_rate, max_seconds=max_audio_seconds)
         tokenizer, max_audio_samples = ByteTokenizer(max_text_length), int(max_audio_seconds * sample_rate)

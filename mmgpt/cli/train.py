@@ -33,7 +33,7 @@ from mmgpt.cli.common import (
     write_json,
 )
 from mmgpt.checkpointing import check_resume_compatible, find_resume_checkpoint, load_checkpoint
-from mmgpt.config import CONFIG_DIR, apply_objectives, check_targets, resolved
+from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_targets, resolved
 from mmgpt.finetune import init_from_checkpoint, parameter_counts
 from mmgpt.layers import Block
 from mmgpt.lit_module import MultimodalClassifier
@@ -94,6 +94,10 @@ def fusion_name(cfg: DictConfig) -> str:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate and test as configured; write ``results.json`` into the run directory and return it."""
+    for group in ("fusion", "decoder"):  # `model.fusion=late` where `model/fusion=late` was meant
+        if isinstance(cfg.model.get(group), str):
+            raise ConfigKeyError(f"model.{group}={cfg.model[group]!r}: to choose a {group}, use the config group "
+                                 f"with a slash: model/{group}={cfg.model[group]}")
     check_targets(cfg)
     apply_objectives(cfg)
     reset_peak_memory()  # tracking: this run's peak, not the multirun process's
