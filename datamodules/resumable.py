@@ -154,9 +154,17 @@ def resumable_loader(dataset: Dataset, *, shuffle: bool, seed: int, batch_size: 
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, rank=rank, world_size=world)
-    consumed = None
-    if trainer is not None:
-        def consumed() -> int:
-            return trainer.fit_loop.epoch_loop.batch_progress.current.processed
     return ResumableLoader(dataset, sampler=sampler, batch_size=batch_size, collate_fn=collate_fn,
-                           num_workers=num_workers, persistent_workers=num_workers > 0, consumed=consumed, **kwargs)
+                           num_workers=num_workers, persistent_workers=num_workers > 0,
+                           consumed=batches_trained(trainer), **kwargs)
+
+
+def batches_trained(trainer: Any) -> Callable[[], int] | None:
+    """The ``consumed`` callback of a training loader: the trainer's count of batches trained on this epoch.
+
+    A loader hands out more batches than that (Lightning fetches ahead), so this, not the loader's own count, is
+    the position to save. None without a trainer (evaluation loaders, loaders used outside Lightning).
+    """
+    if trainer is None:
+        return None
+    return lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed

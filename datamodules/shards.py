@@ -33,6 +33,7 @@ from datamodules.collate import Collate, normalize_image, require_positive
 from datamodules.manifest.check import check_folder
 from datamodules.manifest.decode import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
 from datamodules.manifest.records import read_index, resolve_media
+from datamodules.resumable import batches_trained
 from mmgpt.rng import mix_seed
 from mmgpt.tokenizer import ByteTokenizer
 
@@ -330,12 +331,9 @@ class ShardDataModule(pl.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         hp = self.hparams
-        consumed = None
-        if split == "train" and trainer is not None:
-            def consumed() -> int:
-                return trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return EpochLoader(self.dataset(split, rank, world), batch_size=hp.batch_size, num_workers=hp.num_workers,
-                           collate_fn=self.collate, persistent_workers=False, consumed=consumed)
+                           collate_fn=self.collate, persistent_workers=False,
+                           consumed=batches_trained(trainer if split == "train" else None))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.folders import export_and_shard
+from tests.folders import export_and_shard, newest_step
 
 BIN = Path(sys.executable).parent
 # 8 steps per epoch (256 samples / batch 32 on one process; 512 / (2 x 32) on two), 2 epochs; a checkpoint
@@ -48,16 +48,6 @@ def _val_rows(run_dir: Path) -> list[tuple[str, str, str]]:
         return [(r["epoch"], r["step"], r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
 
 
-def _newest_step(run_dir: Path) -> int:
-    steps = []
-    for p in (run_dir / "checkpoints").glob("step*.ckpt"):
-        try:
-            steps.append(torch.load(p, map_location="cpu", weights_only=True)["global_step"])
-        except Exception:  # noqa: BLE001 - being replaced right now
-            pass
-    return max(steps, default=-1)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("setup", list(SETUPS))
 def test_sigkill_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_path, setup, request):
@@ -72,7 +62,7 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_pat
     proc = subprocess.Popen([*args, f"hydra.run.dir={killed_dir}"], env=_env(tmp_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
-    while _newest_step(killed_dir) < KILL_AT and time.time() < deadline:
+    while newest_step((killed_dir / "checkpoints").glob("step*.ckpt")) < KILL_AT and time.time() < deadline:
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)

@@ -3,14 +3,18 @@ multi-node torchrun (two "nodes" on this machine)."""
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from mmgpt.config import CONFIG_DIR
+from tests.folders import newest_step
 
 BIN = Path(sys.executable).parent
 
@@ -57,8 +61,6 @@ def test_multirun_with_ddp_sim_gives_one_directory_per_sweep_point(tmp_path):
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -107,11 +109,6 @@ def test_preempted_slurm_job_is_requeued_and_resumes_where_it_stopped(tmp_path):
     """Pre-emption as SLURM delivers it to a submitit job (SIGUSR2), run with submitit's local executor: the launcher
     checkpoints the submission, the job exits to be requeued, the requeued job resumes (resume=auto) from its newest
     step checkpoint and finishes the run."""
-    import signal
-    import time
-
-    import torch
-
     env = {**os.environ, "MMGPT_LOG_DIR": str(tmp_path), "CI": "1", "WANDB_MODE": "offline"}
     sweep = subprocess.Popen(
         [str(BIN / "mmgpt-train"), "-m", "hydra/launcher=slurm_local", "resume=auto", "experiment=smoke",
@@ -119,17 +116,8 @@ def test_preempted_slurm_job_is_requeued_and_resumes_where_it_stopped(tmp_path):
          "callbacks.step_checkpoint.every_n_train_steps=1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    def newest_step() -> int:
-        steps = [-1]
-        for p in tmp_path.glob("train/multiruns/*/0/checkpoints/step*.ckpt"):
-            try:
-                steps.append(torch.load(p, map_location="cpu", weights_only=True)["global_step"])
-            except Exception:  # noqa: BLE001 - being replaced right now
-                pass
-        return max(steps)
-
     deadline = time.time() + 600
-    while newest_step() < 5 and time.time() < deadline:
+    while newest_step(tmp_path.glob("train/multiruns/*/0/checkpoints/step*.ckpt")) < 5 and time.time() < deadline:
         assert sweep.poll() is None, sweep.communicate()[0][-3000:]
         time.sleep(0.2)
     (task,) = _pids_running(f"submitit.core._submit {tmp_path}")  # the job's task (the training process)
