@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from bench.common import build_classifier, save
-from mmgpt.optim import param_groups
+from mmgpt.training.optim import param_groups
 
 
 def batches(dm, n: int) -> list:

@@ -6,7 +6,7 @@ after a restore its next pass regenerates that epoch's order and skips those bat
 makes the order a pure function of (seed, epoch), split across DDP ranks like ``DistributedSampler``.
 
 Data randomness (augmentation in the dataset, modality dropout in the collate function) is a pure function of
-(seed, epoch, sample index) too: each sample is loaded, and each batch collated, under :func:`mmgpt.rng.seeded`
+(seed, epoch, sample index) too: each sample is loaded, and each batch collated, under :func:`mmgpt.training.rng.seeded`
 with a seed derived from those. So a batch is the same whether it is built in the training process or in any of
 N workers, before or after a resume, and loading data never draws from the training process's generators.
 """
@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
-from mmgpt.rng import mix_seed, preserved_rng, seed_all, seeded
+from mmgpt.training.rng import mix_seed, preserved_rng, seed_all, seeded
 
 
 #: Turns a list of samples into a batch.

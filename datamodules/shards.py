@@ -29,12 +29,12 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.collate import Collate, normalize_image, require_positive
-from datamodules.manifest.check import check_folder
-from datamodules.manifest.decode import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
-from datamodules.manifest.records import read_index, resolve_media
-from datamodules.resumable import batches_trained
-from mmgpt.rng import mix_seed
+from mmgpt.datamodules.collate import Collate, normalize_image, require_positive
+from mmgpt.datamodules.manifest.check import check_folder
+from mmgpt.datamodules.manifest.decode import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
+from mmgpt.datamodules.manifest.records import read_index, resolve_media
+from mmgpt.datamodules.resumable import batches_trained
+from mmgpt.training.rng import mix_seed
 from mmgpt.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def delivered_before(batches_per_worker: Sequence[int], consumed: int) -> tuple[
 
 
 class ShardDataset(IterableDataset):
-    """Streams decoded per-sample dicts (see :mod:`datamodules.collate`) from tar shards.
+    """Streams decoded per-sample dicts (see :mod:`mmgpt.datamodules.collate`) from tar shards.
 
     Args:
         shards: shard paths of one split.
@@ -230,7 +230,7 @@ def _all(urls: Any) -> Any:
 
 class EpochLoader(DataLoader):
     """A DataLoader that tells its :class:`ShardDataset` the epoch each time a pass starts (before workers fork),
-    and whose position Lightning checkpoints and restores (like :class:`datamodules.resumable.ResumableLoader`).
+    and whose position Lightning checkpoints and restores (like :class:`mmgpt.datamodules.resumable.ResumableLoader`).
 
     Args:
         consumed: returns how many batches of the current epoch the model has trained on (the trainer's count).

@@ -1,8 +1,8 @@
-"""Offline-safe pretrained weights: a GPT-2 checkpoint as mmgpt's text decoder, torchvision backbones as image stems.
+"""Offline-safe pretrained weights: a GPT-2 checkpoint as mmgpt's text decoder, weight files read without running code.
 
 Nothing here downloads: GPT-2 weights are read from a local path (a Hugging Face ``transformers`` folder with
-``config.json`` and ``model.safetensors`` / ``pytorch_model.bin``, or a single such file), and torchvision
-weights are only fetched when the user names them (``weights="DEFAULT"``) and has them cached.
+``config.json`` and ``model.safetensors`` / ``pytorch_model.bin``, or a single such file). Torchvision image stems
+live with the image encoder (:class:`mmgpt.encoders.image.TorchvisionStem`).
 
 Legend: B batch, D dim (GPT-2's n_embd), L layers, H heads, V vocabulary.
 """
@@ -12,17 +12,30 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from mmgpt.decoder import Conditioner, NoConditioning, TextDecoder
-from mmgpt.finetune import read_state_dict
 
 log = logging.getLogger(__name__)
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Tensors of a Lightning checkpoint (``state_dict``), a plain ``.pt``/``.bin`` state dict, or ``.safetensors``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
 
 
 def read_gpt2(path: str | Path) -> tuple[dict[str, Tensor], dict]:
@@ -108,45 +121,3 @@ def gpt2_decoder(
         raise ValueError(f"GPT-2 weights do not fit the decoder: missing {new}, unexpected {unexpected}")
     log.info("GPT-2 decoder from %s: %d layers, D=%d, H=%d, V=%d", path, num_layers, D, num_heads, V)
     return decoder
-
-
-class TorchvisionStem(nn.Module):
-    """A torchvision ResNet trunk cut at stride ``patch_size`` plus a 1x1 projection to ``dim``: an image stem.
-
-    Drop-in for :class:`mmgpt.encoders.image.ConvStem` (same (B, D, H/p, W/p) token grid).
-
-    Args:
-        dim: width D.
-        patch_size: total stride, 4, 8, 16 or 32 (where the trunk is cut).
-        name: a torchvision ResNet (``resnet18``, ``resnet34``, ``resnet50``...).
-        weights: torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"``) or None for random init
-            (the default: nothing is downloaded unless asked for).
-        freeze: keep the trunk's weights fixed.
-    """
-
-    _CUTS = {4: "layer1", 8: "layer2", 16: "layer3", 32: "layer4"}
-
-    def __init__(self, dim: int, patch_size: int = 8, name: str = "resnet18", weights: str | None = None,
-                 freeze: bool = False) -> None:
-        super().__init__()
-        import torchvision
-
-        if patch_size not in self._CUTS:
-            raise ValueError(f"patch_size must be one of {sorted(self._CUTS)}, got {patch_size}")
-        resnet = torchvision.models.get_model(name, weights=weights)
-        layers: list[nn.Module] = []
-        for child_name, child in resnet.named_children():
-            layers.append(child)
-            if child_name == self._CUTS[patch_size]:
-                break
-        self.trunk = nn.Sequential(*layers)
-        with torch.no_grad():
-            channels = self.trunk(torch.zeros(1, 3, 2 * patch_size, 2 * patch_size)).shape[1]
-        self.proj = nn.Conv2d(channels, dim, kernel_size=1)
-        self.patch_size = patch_size
-        if freeze:
-            for p in self.trunk.parameters():
-                p.requires_grad_(False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.trunk(x))  # (B, D, H/p, W/p)

@@ -99,7 +99,7 @@ def test_unimportable_target_is_reported(compose_cfg):
 
 def test_shared_sizes_reach_every_part(compose_cfg):
     cfg = compose_cfg(["model.dim=24", "model.num_heads=3", "model/fusion=cross_attention"])
-    from datamodules.synthetic import SyntheticDataModule
+    from mmgpt.datamodules.synthetic import SyntheticDataModule
 
     module = build_module(cfg, SyntheticDataModule())
     for name, p in module.net.named_parameters():

@@ -6,7 +6,7 @@ import torch
 from mmgpt.generation import GenerationConfig, encode_prompts, generate, pick_next
 from mmgpt.tokenizer import ByteTokenizer
 from tests.conftest import make_batch
-from tests.tiny import FUSIONS, tiny_net
+from tests.helpers.tiny import FUSIONS, tiny_net
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mmgpt.decoder import Conditioning
-from mmgpt.pretrained import TorchvisionStem, gpt2_decoder
+from mmgpt.encoders.image import TorchvisionStem
+from mmgpt.pretrained import gpt2_decoder
 
 transformers = pytest.importorskip("transformers")
 

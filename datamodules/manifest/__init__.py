@@ -1,9 +1,9 @@
 """``data=manifest``: a user's own folder of images, recordings and texts, listed in JSON Lines or CSV files."""
 
-from datamodules.manifest.check import CheckReport, ManifestError, check_folder
-from datamodules.manifest.datamodule import ManifestDataModule, ManifestDataset
-from datamodules.manifest.decode import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
-from datamodules.manifest.records import Problem, Row, read_index, resolve_media
+from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, check_folder
+from mmgpt.datamodules.manifest.datamodule import ManifestDataModule, ManifestDataset
+from mmgpt.datamodules.manifest.decode import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
+from mmgpt.datamodules.manifest.records import Problem, Row, read_index, resolve_media
 
 __all__ = [
     "CheckReport",

@@ -1,6 +1,6 @@
 """The validation pass: read every row and decode every file once, and report every problem with file and line.
 
-:func:`check_folder` is what ``mmgpt-data check DIR`` runs and what :class:`~datamodules.manifest.ManifestDataModule`
+:func:`check_folder` is what ``mmgpt-data check DIR`` runs and what :class:`~mmgpt.datamodules.manifest.ManifestDataModule`
 runs before training; its decoded tensors are what the datamodule trains on, so checking costs no extra decoding.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from torch import Tensor
 
-from datamodules.manifest.decode import DecodeError, MediaCache
-from datamodules.manifest.records import MEDIA_KEYS, SPLITS, Problem, Row, read_index, resolve_media
+from mmgpt.datamodules.manifest.decode import DecodeError, MediaCache
+from mmgpt.datamodules.manifest.records import MEDIA_KEYS, SPLITS, Problem, Row, read_index, resolve_media
 
 
 class ManifestError(ValueError):

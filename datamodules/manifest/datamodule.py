@@ -1,7 +1,7 @@
 """``data=manifest data.root=DIR``: train on a folder of the user's own images, recordings and texts.
 
-The folder format is documented in :mod:`datamodules.manifest.records`. Before training, every row is read and
-every file decoded once (:func:`~datamodules.manifest.check.check_folder`); the decoded tensors stay in memory
+The folder format is documented in :mod:`mmgpt.datamodules.manifest.records`. Before training, every row is read and
+every file decoded once (:func:`~mmgpt.datamodules.manifest.check.check_folder`); the decoded tensors stay in memory
 (and in an on-disk cache when ``cache_dir`` is set), so no epoch decodes anything.
 """
 
@@ -18,11 +18,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.collate import Collate, check_dropout_probs, normalize_image, require_positive
-from datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
-from datamodules.manifest.decode import DecodeSettings, MediaCache
-from datamodules.manifest.records import ManifestIndex, read_index
-from datamodules.resumable import resumable_loader
+from mmgpt.datamodules.collate import Collate, check_dropout_probs, normalize_image, require_positive
+from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
+from mmgpt.datamodules.manifest.decode import DecodeSettings, MediaCache
+from mmgpt.datamodules.manifest.records import ManifestIndex, read_index
+from mmgpt.datamodules.resumable import resumable_loader
 from mmgpt.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ ON_ERROR = ("raise", "skip")
 
 
 class ManifestDataset(Dataset):
-    """Decoded samples as per-sample dicts (see :mod:`datamodules.collate`).
+    """Decoded samples as per-sample dicts (see :mod:`mmgpt.datamodules.collate`).
 
     Images are cached as uint8 and normalised here (the same normalisation as the synthetic set), with an
     optional random horizontal flip for training.

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from datamodules.synthetic.generator import CLASSES, SyntheticGenerator
+from mmgpt.datamodules.synthetic.generator import CLASSES, SyntheticGenerator
 
 
 def write_image(path: Path, image: np.ndarray) -> None:

@@ -3,7 +3,7 @@
 A manifest folder ``DIR`` holds ``train`` and ``val`` (optionally ``test``) split files, each either
 ``<split>.jsonl`` (one JSON object per line) or ``<split>.csv`` (a header row, then one sample per row), and
 optionally ``labels.txt`` (one class name per line). A row has the keys of :data:`ROW_KEYS`; media paths are
-relative to ``DIR``. Nothing here decodes media: see :mod:`datamodules.manifest.decode` for that.
+relative to ``DIR``. Nothing here decodes media: see :mod:`mmgpt.datamodules.manifest.decode` for that.
 """
 
 from __future__ import annotations

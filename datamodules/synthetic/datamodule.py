@@ -11,16 +11,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from datamodules.collate import IMAGE_MEAN, IMAGE_STD, Collate, require_positive
-from datamodules.resumable import resumable_loader
-from datamodules.synthetic.generator import CLASSES, SyntheticGenerator, SyntheticSample
+from mmgpt.datamodules.collate import IMAGE_MEAN, IMAGE_STD, Collate, require_positive
+from mmgpt.datamodules.resumable import resumable_loader
+from mmgpt.datamodules.synthetic.generator import CLASSES, SyntheticGenerator, SyntheticSample
 from mmgpt.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
 
 
 class SyntheticDataset(Dataset):
-    """Wraps generated samples as per-sample dicts (see :mod:`datamodules.collate`)."""
+    """Wraps generated samples as per-sample dicts (see :mod:`mmgpt.datamodules.collate`)."""
 
     def __init__(self, samples: list[SyntheticSample], transform: v2.Transform) -> None:
         self.samples = samples
@@ -51,7 +51,7 @@ def image_transform(image_size: int, augment: bool) -> v2.Transform:
 
 
 class SyntheticDataModule(pl.LightningDataModule):
-    """Generates train/val/test splits of the synthetic set (see :mod:`datamodules.synthetic.generator`).
+    """Generates train/val/test splits of the synthetic set (see :mod:`mmgpt.datamodules.synthetic.generator`).
 
     Args:
         num_train: training samples.

@@ -35,7 +35,7 @@ from mmgpt.cli.train import train
 from mmgpt.config import CONFIG_DIR
 from mmgpt.report import ReportFiles, write_report
 from mmgpt.report.runs import EVAL_RESULTS, RESULTS
-from mmgpt.tracking import wandb_sync_command
+from mmgpt.training.tracking import wandb_sync_command
 
 log = logging.getLogger("mmgpt.compare")
 

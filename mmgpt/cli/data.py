@@ -18,7 +18,7 @@ from pathlib import Path
 # The datamodules are imported inside the commands: this entry point sits at the edge, and importing mmgpt
 # never pulls in datamodules.
 def _check(args: argparse.Namespace) -> int:
-    from datamodules.manifest import DecodeSettings, MediaCache, check_folder
+    from mmgpt.datamodules.manifest import DecodeSettings, MediaCache, check_folder
 
     settings = DecodeSettings(args.image_size, args.sample_rate, int(round(args.max_audio_seconds * args.sample_rate)))
     cache = MediaCache(settings, args.cache_dir, key=str(args.root.resolve()), threads=args.threads)
@@ -30,7 +30,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from datamodules.manifest.export import export_synthetic
+    from mmgpt.datamodules.manifest.export import export_synthetic
 
     counts = export_synthetic(args.out, args.num_train, args.num_val, args.num_test, args.seed, args.image_size,
                               args.sample_rate, args.max_audio_seconds)
@@ -39,7 +39,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _shard(args: argparse.Namespace) -> int:
-    from datamodules.shards import ShardError, write_shards
+    from mmgpt.datamodules.shards import ShardError, write_shards
 
     try:
         summary = write_shards(args.root, args.out, args.samples_per_shard, args.allow_outside_root)

@@ -16,14 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
 from mmgpt.cli.common import metrics_of, rank_zero, write_json
 from mmgpt.config import CONFIG_DIR, check_targets
-from mmgpt.lit_module import MultimodalClassifier
-from mmgpt.progress import progress_bar
+from mmgpt.training.lit_module import MultimodalClassifier
+from mmgpt.training.progress import progress_bar
 
 log = logging.getLogger("mmgpt.eval")
 
 
 def load_run_config(ckpt_path: str | Path) -> dict[str, Any] | None:
-    """The resolved run config stored in a checkpoint by :class:`~mmgpt.callbacks.RunConfigInCheckpoint`."""
+    """The resolved run config stored in a checkpoint by :class:`~mmgpt.training.callbacks.RunConfigInCheckpoint`."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     return (ckpt.get("mmgpt") or {}).get("config")
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
-from mmgpt.callbacks import (
+from mmgpt.training.callbacks import (
     FlushLogsWithCheckpoint,
     RestoreLoaderPosition,
     RngStateInCheckpoint,
@@ -32,13 +32,13 @@ from mmgpt.cli.common import (
     relaunchable_job,
     write_json,
 )
-from mmgpt.checkpointing import check_resume_compatible, find_resume_checkpoint, load_checkpoint
+from mmgpt.training.checkpointing import check_resume_compatible, find_resume_checkpoint, load_checkpoint
 from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_targets, resolved
-from mmgpt.finetune import init_from_checkpoint, parameter_counts
+from mmgpt.training.finetune import init_from_checkpoint, parameter_counts
 from mmgpt.layers import Block
-from mmgpt.lit_module import MultimodalClassifier
-from mmgpt.loggers import prepare_metrics_csv
-from mmgpt.tracking import dashboard_hparams, label_run, log_final, reset_peak_memory
+from mmgpt.training.lit_module import MultimodalClassifier
+from mmgpt.training.loggers import prepare_metrics_csv
+from mmgpt.training.tracking import dashboard_hparams, label_run, log_final, reset_peak_memory
 
 log = logging.getLogger("mmgpt.train")
 

@@ -93,3 +93,45 @@ class ImageEncoder(nn.Module):
         h = self.drop(h + self.pos_emb)
         patch_mask = torch.ones(B, self.num_patches, dtype=torch.bool, device=x.device)
         return EncoderOutput(self.transformer(h, mask=None), patch_mask)
+
+
+class TorchvisionStem(nn.Module):
+    """A torchvision ResNet trunk cut at stride ``patch_size`` plus a 1x1 projection to ``dim``: an image stem.
+
+    Drop-in for :class:`ConvStem` (same (B, D, H/p, W/p) token grid).
+
+    Args:
+        dim: width D.
+        patch_size: total stride, 4, 8, 16 or 32 (where the trunk is cut).
+        name: a torchvision ResNet (``resnet18``, ``resnet34``, ``resnet50``...).
+        weights: torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"``) or None for random init
+            (the default: nothing is downloaded unless asked for).
+        freeze: keep the trunk's weights fixed.
+    """
+
+    _CUTS = {4: "layer1", 8: "layer2", 16: "layer3", 32: "layer4"}
+
+    def __init__(self, dim: int, patch_size: int = 8, name: str = "resnet18", weights: str | None = None,
+                 freeze: bool = False) -> None:
+        super().__init__()
+        import torchvision
+
+        if patch_size not in self._CUTS:
+            raise ValueError(f"patch_size must be one of {sorted(self._CUTS)}, got {patch_size}")
+        resnet = torchvision.models.get_model(name, weights=weights)
+        layers: list[nn.Module] = []
+        for child_name, child in resnet.named_children():
+            layers.append(child)
+            if child_name == self._CUTS[patch_size]:
+                break
+        self.trunk = nn.Sequential(*layers)
+        with torch.no_grad():
+            channels = self.trunk(torch.zeros(1, 3, 2 * patch_size, 2 * patch_size)).shape[1]
+        self.proj = nn.Conv2d(channels, dim, kernel_size=1)
+        self.patch_size = patch_size
+        if freeze:
+            for p in self.trunk.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.trunk(x))  # (B, D, H/p, W/p)

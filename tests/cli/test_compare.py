@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 
 import mmgpt.cli.compare as compare
 from mmgpt.config import CONFIG_DIR
-from mmgpt.tracking import offline_wandb_runs, wandb_sync_command
+from mmgpt.training.tracking import offline_wandb_runs, wandb_sync_command
 
 TINY = [
     "experiment=smoke",

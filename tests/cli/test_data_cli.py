@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.manifest import ManifestDataModule
-from datamodules.synthetic import CLASSES, SyntheticDataModule
+from mmgpt.datamodules.manifest import ManifestDataModule
+from mmgpt.datamodules.synthetic import CLASSES, SyntheticDataModule
 from mmgpt.cli.data import main
 from tests.datamodules.conftest import FolderFactory, good_rows, make_folder, media  # noqa: F401  (fixtures)
 

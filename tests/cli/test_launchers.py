@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mmgpt.config import CONFIG_DIR
-from tests.folders import newest_step
+from tests.helpers.folders import newest_step
 
 BIN = Path(sys.executable).parent
 

@@ -12,7 +12,7 @@ from omegaconf import open_dict
 
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
-from mmgpt.lit_module import MultimodalClassifier
+from mmgpt.training.lit_module import MultimodalClassifier
 
 FUSIONS = ["early", "late", "cross_attention"]
 BIN = Path(sys.executable).parent
@@ -116,7 +116,7 @@ def test_misspelt_key_on_the_command_line_is_a_clear_error(tmp_path):
 
 def test_resume_auto_continues_the_same_wandb_run(compose_cfg):
     """The wandb run id is stored in the checkpoint; the resumed run logs into the same run (offline here)."""
-    from mmgpt.tracking import offline_wandb_runs
+    from mmgpt.training.tracking import offline_wandb_runs
 
     first = compose_cfg(["experiment=smoke", "logger=wandb", "trainer.max_epochs=1", "test=false"])
     train(first)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.manifest import DecodeSettings, ManifestDataModule, ManifestError, MediaCache, check_folder, read_index
-from datamodules.manifest import decode as decode_module
+from mmgpt.datamodules.manifest import DecodeSettings, ManifestDataModule, ManifestError, MediaCache, check_folder, read_index
+from mmgpt.datamodules.manifest import decode as decode_module
 from tests.datamodules.conftest import FolderFactory, good_rows, write_rows
 
 
@@ -174,7 +174,7 @@ def test_on_error_raise_stops_with_the_full_report(make_folder: FolderFactory, t
 def test_on_error_skip_trains_without_bad_rows_and_says_which(make_folder: FolderFactory, tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     dm = module(bad_folder(make_folder), on_error="skip", report_dir=str(tmp_path / "run"))
-    with caplog.at_level(logging.WARNING, logger="datamodules.manifest"):
+    with caplog.at_level(logging.WARNING, logger="mmgpt.datamodules.manifest"):
         dm.setup("fit")
     assert (len(dm.splits["train"]), len(dm.splits["val"])) == (8, 4)
     assert "skipped 7 row(s) in total: train.jsonl:9, train.jsonl:10" in caplog.text

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from datamodules.manifest import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
+from mmgpt.datamodules.manifest import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
 from tests.datamodules.conftest import write_png, write_wav
 
 

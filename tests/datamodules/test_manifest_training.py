@@ -12,8 +12,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from datamodules.collate import Collate, random_modality_dropout
-from datamodules.manifest import ManifestDataModule
+from mmgpt.datamodules.collate import Collate, random_modality_dropout
+from mmgpt.datamodules.manifest import ManifestDataModule
 from mmgpt.batch import MODALITIES
 from mmgpt.cli.train import build_module, train
 from mmgpt.config import check_targets

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datamodules.resumable import EpochSampler, ResumableLoader, SampleKey
-from datamodules.synthetic import SyntheticDataModule
+from mmgpt.datamodules.resumable import EpochSampler, ResumableLoader, SampleKey
+from mmgpt.datamodules.synthetic import SyntheticDataModule
 from mmgpt.batch import MultimodalBatch
 
 

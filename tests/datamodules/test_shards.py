@@ -9,7 +9,7 @@ import pytest
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from datamodules.shards import (
+from mmgpt.datamodules.shards import (
     EpochLoader,
     ShardDataModule,
     ShardError,
@@ -17,7 +17,7 @@ from datamodules.shards import (
     worker_shards,
     write_shards,
 )
-from tests.folders import export_and_shard
+from tests.helpers.folders import export_and_shard
 
 
 @pytest.fixture(scope="module")

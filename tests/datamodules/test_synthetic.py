@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.synthetic import CLASSES, SyntheticDataModule, SyntheticGenerator, ceilings
-from datamodules.synthetic.generator import MODALITY_FACTORS, QTYPES, answer, caption
+from mmgpt.datamodules.synthetic import CLASSES, SyntheticDataModule, SyntheticGenerator, ceilings
+from mmgpt.datamodules.synthetic.generator import MODALITY_FACTORS, QTYPES, answer, caption
 
 # The figures README.md documents; if the rule changes, the README and this table must change together.
 DOCUMENTED_CEILINGS = {

@@ -5,7 +5,7 @@ import torch
 
 from mmgpt.objectives import AdversarialClassification, EmbeddingAttack, robust_accuracy
 from tests.conftest import make_batch
-from tests.tiny import tiny_net
+from tests.helpers.tiny import tiny_net
 
 
 @pytest.mark.parametrize("fusion", ["early", "late", "cross_attention"])

@@ -7,7 +7,7 @@ import torch
 
 from mmgpt.cli.train import train
 from mmgpt.generation import generate
-from mmgpt.lit_module import MultimodalModule
+from mmgpt.training.lit_module import MultimodalModule
 
 FUSIONS = ["early", "late", "cross_attention"]
 
@@ -33,7 +33,7 @@ def test_caption_checkpoint_rebuilds_and_generates(compose_cfg):
     assert "train/token_acc" in header and not {"train/exact_match", "train/bleu"} & set(header)
     module = MultimodalModule.load_from_checkpoint(results["best_ckpt"], map_location="cpu")
     assert set(module.objectives) == {"lm"} and module.net.decoder is not None
-    from datamodules.synthetic import SyntheticDataModule
+    from mmgpt.datamodules.synthetic import SyntheticDataModule
 
     dm = SyntheticDataModule(num_train=8, num_val=4, num_test=4, batch_size=4, image_size=32, max_text_length=64)
     dm.setup("validate")
@@ -57,7 +57,7 @@ def test_pretrain_task_composes_every_objective(compose_cfg):
 @pytest.mark.parametrize("task", ["classify", "caption", "pretrain", "adversarial", "finetune"])
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_every_task_composes_checks_and_builds(task, fusion, compose_cfg):
-    from datamodules.synthetic import SyntheticDataModule
+    from mmgpt.datamodules.synthetic import SyntheticDataModule
     from mmgpt.cli.train import build_module
     from mmgpt.config import check_targets
 
@@ -71,7 +71,7 @@ def test_every_task_composes_checks_and_builds(task, fusion, compose_cfg):
 @pytest.mark.parametrize("task", ["caption", "pretrain"])
 def test_without_a_head_objective_every_trainable_parameter_gets_a_gradient(task, compose_cfg):
     """What DDP without find_unused_parameters needs: no trainable parameter left without a gradient."""
-    from datamodules.synthetic import SyntheticDataModule
+    from mmgpt.datamodules.synthetic import SyntheticDataModule
     from mmgpt.cli.train import build_module
 
     cfg = compose_cfg(["experiment=smoke", f"task={task}", "model/fusion=late"])

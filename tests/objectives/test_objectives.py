@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from mmgpt.lit_module import build_objectives
+from mmgpt.training.lit_module import build_objectives
 from mmgpt.objectives import CausalLM, Classification, Contrastive, Matching, MaskedLM
 from mmgpt.objectives.matching import counterfactual
 from mmgpt.objectives.mlm import mask_tokens
 from mmgpt.tokenizer import ByteTokenizer
 from tests.conftest import make_batch
-from tests.tiny import DIM, FUSIONS, tiny_net
+from tests.helpers.tiny import DIM, FUSIONS, tiny_net
 
 CAPTIONS = ["2 red circles; 3 high beeps", "1 blue square; 1 low chirp", "3 green triangles; 2 mid beeps",
             "1 red square; 2 high chirps", "2 blue circles; 1 mid beep", "3 red triangles; 3 low beeps"]

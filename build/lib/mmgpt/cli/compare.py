@@ -1,0 +1,228 @@
+"""``mmgpt-compare``: every fusion strategy x several seeds as one Hydra multirun, then one report.
+
+::
+
+    mmgpt-compare                                          # conf/compare.yaml: experiment=compare_fusion
+    mmgpt-compare model/fusion=early,late seed=0,1 trainer.max_epochs=2 data=manifest data.root=DIR
+    mmgpt-compare report=DIR [compare.metric=f1]           # rebuild DIR's report from its run directories
+    mmgpt-compare resume=DIR [more overrides]              # finish an interrupted comparison in DIR
+
+Each job of the sweep is one :func:`mmgpt.cli.train.train` run in ``<sweep dir>/<job>_<fusion>_seed<seed>``,
+followed by the missing-modality evaluation of :func:`mmgpt.cli.evaluate.evaluate` on its best checkpoint.
+A job whose directory already holds ``results.json`` is not trained again (that is how ``resume=DIR`` skips
+finished runs). When the sweep ends, :class:`CompareReport` writes the report (:func:`mmgpt.report.write_report`)
+into the sweep directory and prints where it is, with the ``wandb sync`` command for offline wandb runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+import mmgpt.cli  # noqa: F401  (registers the config schemas)
+from mmgpt.cli.common import rank_zero, relaunchable_job
+from mmgpt.cli.evaluate import evaluate
+from mmgpt.cli.train import train
+from mmgpt.config import CONFIG_DIR
+from mmgpt.report import ReportFiles, write_report
+from mmgpt.report.runs import EVAL_RESULTS, RESULTS
+from mmgpt.training.tracking import wandb_sync_command
+
+log = logging.getLogger("mmgpt.compare")
+
+#: Environment variables Lightning's DDP launcher sets in the launching process.
+
+#: What an unfinished run directory keeps when its job starts again: Hydra's record of the job and the job log.
+_KEEP_ON_RETRY = (".hydra",)
+
+
+def finished_results(run_dir: Path) -> dict[str, Any] | None:
+    """The ``results.json`` of a finished run in ``run_dir``; None when the run never finished."""
+    path = run_dir / RESULTS
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def config_differences(run_dir: Path, cfg: DictConfig) -> list[str]:
+    """Keys whose value in the finished run's ``config.yaml`` differs from ``cfg`` (empty when none or no file).
+
+    Where runs are stored (``paths.*``, and paths under the run directory) is not a difference: a sweep may have
+    been moved or copied before it is resumed.
+    """
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return []
+    saved = _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    old_dir, new_dir = str(saved.get("paths.output_dir")), str(now.get("paths.output_dir"))
+    saved = {k: v.replace(old_dir, new_dir) if isinstance(v, str) else v for k, v in saved.items()}
+    keys = (saved.keys() | now.keys()) - {k for k in saved.keys() | now.keys() if k.startswith("paths.")}
+    return sorted(k for k in keys if saved.get(k) != now.get(k))
+
+
+def clear_unfinished(run_dir: Path) -> list[Path]:
+    """Remove what an interrupted attempt left in ``run_dir`` (checkpoints, logs of metrics), keep Hydra's files.
+
+    Without this, a retried run would mix two attempts: stale checkpoints next to new ones, two TensorBoard
+    event files. Returns the removed paths.
+    """
+    removed = []
+    for path in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+        if path.name in _KEEP_ON_RETRY or path.suffix == ".log":
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path)
+    if removed:
+        log.info("%s: removed %d leftovers of an unfinished attempt", run_dir, len(removed))
+    return removed
+
+
+def best_checkpoint(run_dir: Path, results: dict[str, Any]) -> Path | None:
+    """The run's best checkpoint: inside ``run_dir`` when the sweep was moved or copied, else as recorded."""
+    recorded = results.get("best_ckpt")
+    if not recorded:
+        return None
+    candidates = [run_dir / "checkpoints" / Path(recorded).name, Path(recorded)]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def robustness_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
+    """The ``mmgpt-eval`` config (conf/eval.yaml's keys) that evaluates ``ckpt_path`` on every modality subset.
+
+    The evaluation runs in this one process (``devices=1``) even when training used several.
+    """
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(trainer, dict)
+    trainer.update(devices=1, num_nodes=1, strategy="auto")
+    return OmegaConf.create(
+        {
+            "ckpt_path": ckpt_path,
+            "split": cfg.compare.robustness_split,
+            "subsets": True,
+            "data": OmegaConf.to_container(cfg.data, resolve=True),
+            "trainer": trainer,
+            "paths": {"output_dir": str(cfg.paths.output_dir)},
+        }
+    )
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """One point of the sweep: train unless already finished, then the missing-modality evaluation unless done."""
+    run_dir = Path(cfg.paths.output_dir)
+    results = finished_results(run_dir)
+    if results is None:
+        if rank_zero():  # other ranks (DDP) start while rank 0 trains: leave its files alone
+            clear_unfinished(run_dir)
+        with relaunchable_job(run_dir):
+            results = train(cfg)
+    else:
+        changed = config_differences(run_dir, cfg)
+        if changed:
+            raise ValueError(
+                f"{run_dir} holds a finished run with another config ({', '.join(changed[:8])}); resume a sweep with "
+                "the overrides it was started with, or start a new one"
+            )
+        log.info("%s: finished run (results.json), not trained again", run_dir)
+    if cfg.compare.robustness and rank_zero() and not (run_dir / EVAL_RESULTS).is_file():
+        ckpt = best_checkpoint(run_dir, results)
+        if ckpt is not None:
+            evaluate(robustness_config(cfg, str(ckpt)))
+        else:
+            log.warning("%s: no best checkpoint, so no missing-modality evaluation", run_dir)
+    return results
+
+
+def report(sweep_dir: Path, metric: str) -> ReportFiles:
+    """Write the report of ``sweep_dir`` and print where it is, how to see the dashboards and sync wandb."""
+    files = write_report(sweep_dir, metric=metric)
+    print(f"\nreport: {files.markdown}\n        {files.summary_csv}\n        {files.runs_csv}")
+    for path in files.plots:
+        print(f"        {path}")
+    print(f"TensorBoard (HParams tab compares the runs): tensorboard --logdir {sweep_dir}")
+    sync = wandb_sync_command(sweep_dir)
+    if sync:
+        print(f"wandb runs are offline; upload them with:\n  {sync}")
+    return files
+
+
+class CompareReport(Callback):
+    """Hydra callback: when the multirun ends, write the comparison report into the sweep directory."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        report(Path(config.hydra.sweep.dir), metric=str(config.compare.metric))
+
+
+def previous_overrides(sweep_dir: Path) -> list[str]:
+    """The overrides an existing sweep was launched with (``<sweep_dir>/multirun.yaml``), to launch it again."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; resume=DIR needs the directory of an mmgpt-compare sweep")
+    cfg = OmegaConf.load(path)
+    hydra_overrides = [
+        str(o) for o in cfg.hydra.overrides.hydra if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))
+    ]
+    return [*hydra_overrides, *(str(o) for o in cfg.hydra.overrides.task)]
+
+
+def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
+    """Remove ``key=value`` from ``args``; return the value (None when absent) and the other arguments."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
+    return (values[-1] if values else None), [a for a in args if not a.startswith(f"{key}=")]
+
+
+def _sweep_metric(sweep_dir: Path) -> str:
+    path = sweep_dir / "multirun.yaml"
+    metric = OmegaConf.select(OmegaConf.load(path), "compare.metric") if path.is_file() else None
+    return str(metric or "acc")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="compare")
+def _compare_app(cfg: DictConfig) -> float | None:
+    results = run_job(cfg)
+    return (results.get("val") or {}).get(f"val/{cfg.compare.metric}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: ``report=DIR`` and ``resume=DIR`` are handled here, everything else goes to Hydra."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    report_dir, args = _take(args, "report")
+    if report_dir is not None:
+        metric, args = _take(args, "compare.metric")
+        if args:
+            raise SystemExit(f"mmgpt-compare report=DIR accepts only compare.metric=..., not: {' '.join(args)}")
+        report(Path(report_dir).resolve(), metric or _sweep_metric(Path(report_dir)))
+        return
+    resume_dir, args = _take(args, "resume")
+    if resume_dir is not None:
+        sweep_dir = Path(resume_dir).resolve()
+        args = [*previous_overrides(sweep_dir), *args, f"hydra.sweep.dir={sweep_dir}"]
+        log.info("resuming %s with: %s", sweep_dir, " ".join(args))
+    saved, sys.argv = sys.argv, [sys.argv[0], *args]
+    try:
+        _compare_app()
+    finally:
+        sys.argv = saved
+
+
+if __name__ == "__main__":
+    main()

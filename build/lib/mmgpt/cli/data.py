@@ -1,0 +1,97 @@
+"""``mmgpt-data``: tools for manifest folders (``data=manifest``).
+
+``mmgpt-data check DIR`` reads every row and decodes every file once, and prints every problem with its file and
+line; it exits with status 1 when there is any. ``mmgpt-data export-synthetic OUT`` writes the embedded synthetic
+set out as a manifest folder (PNG + WAV + JSON Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
+WebDataset tar shards for streaming (``data=shards data.root=OUT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+# The datamodules are imported inside the commands: this entry point sits at the edge, and importing mmgpt
+# never pulls in datamodules.
+def _check(args: argparse.Namespace) -> int:
+    from mmgpt.datamodules.manifest import DecodeSettings, MediaCache, check_folder
+
+    settings = DecodeSettings(args.image_size, args.sample_rate, int(round(args.max_audio_seconds * args.sample_rate)))
+    cache = MediaCache(settings, args.cache_dir, key=str(args.root.resolve()), threads=args.threads)
+    report = check_folder(args.root, cache, allow_outside_root=args.allow_outside_root)
+    if cache.decoded:
+        cache.save()
+    print(report.format(limit=args.limit))
+    return 0 if report.ok else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mmgpt.datamodules.manifest.export import export_synthetic
+
+    counts = export_synthetic(args.out, args.num_train, args.num_val, args.num_test, args.seed, args.image_size,
+                              args.sample_rate, args.max_audio_seconds)
+    print(f"wrote {args.out}: {counts} samples; train with: mmgpt-train data=manifest data.root={args.out}")
+    return 0
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from mmgpt.datamodules.shards import ShardError, write_shards
+
+    try:
+        summary = write_shards(args.root, args.out, args.samples_per_shard, args.allow_outside_root)
+    except ShardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for split, info in summary["splits"].items():
+        print(f"{split}: {info['samples']} samples in {len(info['shards'])} shards")
+    print(f"train with: mmgpt-train data=shards data.root={args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmgpt-data", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check", help="validate a manifest folder: report every bad row and file")
+    check.add_argument("root", type=Path, help="the folder (train.jsonl/.csv, val..., test..., labels.txt)")
+    check.add_argument("--image-size", type=int, default=32)
+    check.add_argument("--sample-rate", type=int, default=8000)
+    check.add_argument("--max-audio-seconds", type=float, default=1.0)
+    check.add_argument("--allow-outside-root", action="store_true", help="accept absolute paths and paths outside root")
+    check.add_argument("--cache-dir", default=None, help="reuse/fill an on-disk cache of decoded media")
+    check.add_argument("--threads", type=int, default=4, help="decoding threads")
+    check.add_argument("--limit", type=int, default=None, help="print at most this many problems (default: all)")
+    check.set_defaults(func=_check)
+
+    export = sub.add_parser("export-synthetic", help="write the embedded synthetic set as a manifest folder")
+    export.add_argument("out", type=Path)
+    export.add_argument("--num-train", type=int, default=4000)
+    export.add_argument("--num-val", type=int, default=1000)
+    export.add_argument("--num-test", type=int, default=1000)
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--image-size", type=int, default=32)
+    export.add_argument("--sample-rate", type=int, default=8000)
+    export.add_argument("--max-audio-seconds", type=float, default=1.0)
+    export.set_defaults(func=_export)
+
+    shard = sub.add_parser("shard", help="write a manifest folder as WebDataset tar shards (data=shards)")
+    shard.add_argument("root", type=Path, help="the manifest folder")
+    shard.add_argument("out", type=Path, help="a new, empty folder for the shards")
+    shard.add_argument("--samples-per-shard", type=int, default=256)
+    shard.add_argument("--allow-outside-root", action="store_true")
+    shard.set_defaults(func=_shard)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Structured config schemas (registered with Hydra's ConfigStore) and a check of every ``_target_`` node.
+
+The schemas make Hydra reject a misspelt key at compose time, both on the command line and inside YAML files.
+:func:`check_targets` then checks, before anything is built, that every key of every ``_target_`` node names
+a parameter of its target, and reports the full key path otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"  # conf/ at the top of the repository, mapped in as mmgpt/conf
+
+
+@dataclass
+class TrainerSchema:
+    """The ``pytorch_lightning.Trainer`` arguments mmgpt's trainer configs may set."""
+
+    _target_: str = "pytorch_lightning.Trainer"
+    default_root_dir: str | None = None
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: Any = "32-true"
+    max_epochs: int | None = None
+    min_epochs: int | None = None
+    max_steps: int = -1
+    max_time: Any = None
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str | None = None
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 50
+    check_val_every_n_epoch: int | None = 1
+    val_check_interval: Any = None
+    num_sanity_val_steps: int = 2
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    overfit_batches: Any = 0.0
+    fast_dev_run: Any = False
+    deterministic: Any = False
+    benchmark: bool | None = None
+    detect_anomaly: bool = False
+    profiler: Any = None
+    enable_model_summary: bool = False
+    enable_progress_bar: bool = True
+    enable_checkpointing: bool | None = None
+    use_distributed_sampler: bool = True
+    sync_batchnorm: bool = False
+    plugins: Any = None
+
+
+@dataclass
+class ModelSchema:
+    """``model``: shared sizes plus the network, fusion and LightningModule configs."""
+
+    dim: int = 64
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    encoder_layers: int = 1
+    modalities: list[str] = field(default_factory=lambda: ["audio", "image", "text"])
+    net: Any = MISSING
+    fusion: Any = MISSING
+    decoder: Any = None                 # model/decoder: the text decoder matching the fusion (task=caption)
+    freeze: list[str] = field(default_factory=list)  # network parts not trained (fine-tuning)
+    lora: Any = None                    # add_lora arguments ({rank, alpha, parts, targets}) or null
+    module: Any = MISSING
+    compile: bool = False                   # torch.compile the network
+    activation_checkpointing: bool = False  # recompute Transformer blocks in backward to save memory
+
+
+@dataclass
+class PathsSchema:
+    log_dir: str = "logs"
+    output_dir: str = MISSING
+
+
+@dataclass
+class CompareSchema:
+    """``compare``: what ``mmgpt-compare`` sweeps and reports (unused by ``mmgpt-train``).
+
+    ``fusions`` and ``seeds`` are Hydra sweep strings (``early,late``, ``range(0,3)``); the command line's
+    ``model/fusion=...`` and ``seed=...`` take precedence over them.
+    """
+
+    fusions: str = "early,late,cross_attention"
+    seeds: str = "0,1,2"
+    metric: str = "acc"                 # the report's metric: val/<metric> and test/<metric>
+    robustness: bool = True             # evaluate every modality subset on the best checkpoint
+    robustness_split: str = "test"
+
+
+@dataclass
+class TrainSchema:
+    """The top level of ``conf/train.yaml``."""
+
+    data: Any = MISSING
+    model: ModelSchema = field(default_factory=ModelSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    logger: Any = None
+    callbacks: Any = None
+    paths: PathsSchema = field(default_factory=PathsSchema)
+    task_name: str = "train"
+    seed: int = 0
+    tags: list[str] = field(default_factory=list)
+    train: bool = True
+    test: bool = True
+    ckpt_path: str | None = None
+    resume: str | None = None  # null | auto: continue from the run directory's newest good checkpoint
+    init_from: str | None = None        # initialise the network from this checkpoint (partial load, reported)
+    objectives: Any = None  # shorthand weights, e.g. {classify: 1.0, lm: 1.0}: see apply_objectives
+    compare: CompareSchema = field(default_factory=CompareSchema)
+
+
+@dataclass
+class EvalSchema:
+    """The top level of ``conf/eval.yaml``."""
+
+    data: Any = None
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    logger: Any = None
+    paths: PathsSchema = field(default_factory=PathsSchema)
+    task_name: str = "eval"
+    seed: int = 0
+    ckpt_path: str = MISSING
+    split: str = "val"
+    subsets: bool = True
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainSchema)
+    cs.store(name="eval_schema", node=EvalSchema)
+
+
+_HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+class ConfigKeyError(ValueError):
+    """A config key that its ``_target_`` does not accept."""
+
+
+def _resolve_target(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    try:
+        obj = importlib.import_module(module)
+        return getattr(obj, name)
+    except (ImportError, AttributeError):
+        # Nested attributes (Class.method) or a module path.
+        parts = path.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+            return obj
+        raise
+
+
+def check_targets(cfg: Any, prefix: str = "") -> None:
+    """Raise :class:`ConfigKeyError` naming the key path when a node has a key nobody reads.
+
+    Checks that every key of a ``_target_`` node is a parameter of its target (targets taking ``**kwargs``
+    accept any key), that every ``_target_`` imports, and that nodes typed by a schema dataclass hold only
+    its fields (Hydra's ``+key=value`` overrides can add keys that the schema does not have).
+    """
+    if isinstance(cfg, DictConfig):
+        items = [(k, cfg._get_node(k)) for k in cfg.keys()]
+        schema = OmegaConf.get_type(cfg)
+        if dataclasses.is_dataclass(schema):
+            known = {f.name for f in dataclasses.fields(schema)}
+            for key in cfg.keys():
+                if key not in known:
+                    raise ConfigKeyError(
+                        f"config key '{prefix + '.' if prefix else ''}{key}' is not in the {schema.__name__} schema "
+                        f"(known keys: {', '.join(sorted(known))})"
+                    )
+        target = cfg.get("_target_") if "_target_" in cfg else None
+        if target is not None:
+            where = prefix or "<root>"
+            try:
+                obj = _resolve_target(str(target))
+            except (ImportError, AttributeError) as e:
+                raise ConfigKeyError(f"{where}._target_: cannot import {target!r} ({e})") from e
+            try:
+                params = inspect.signature(obj).parameters
+            except (TypeError, ValueError):
+                params = None
+            if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                for key in cfg.keys():
+                    if key not in _HYDRA_KEYS and key not in params:
+                        allowed = ", ".join(k for k in params if k not in ("self", "args", "kwargs"))
+                        raise ConfigKeyError(
+                            f"config key '{prefix + '.' if prefix else ''}{key}' is not a parameter of {target} "
+                            f"(it accepts: {allowed})"
+                        )
+        for key, node in items:
+            if isinstance(node, (DictConfig, ListConfig)):
+                check_targets(node, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(cfg, ListConfig):
+        for i, node in enumerate(cfg):
+            if isinstance(node, (DictConfig, ListConfig)):
+                check_targets(node, f"{prefix}[{i}]")
+
+
+def apply_objectives(cfg: DictConfig) -> None:
+    """Apply the ``objectives`` shorthand (objective name -> weight) to the task's objective definitions.
+
+    ``objectives: {classify: 1.0, lm: 1.0, contrastive: 0.1}`` sets those weights under
+    ``model.module.objectives`` and turns every other objective the task defines off (weight 0). With
+    ``task=classify`` (no definitions) only ``classify`` may be named: classification is the default objective.
+
+    Raises:
+        ConfigKeyError: a name the task does not define (naming the defined ones) or a negative weight.
+    """
+    weights = cfg.get("objectives")
+    if not weights:
+        return
+    defined = cfg.model.module.get("objectives") or {}
+    for name, weight in weights.items():
+        if float(weight) < 0:
+            raise ConfigKeyError(f"objectives.{name}={weight}: weights must be >= 0")
+        if name not in defined and not (name == "classify" and not defined):
+            raise ConfigKeyError(
+                f"objectives.{name}: the task defines no objective of that name (it defines: "
+                f"{', '.join(defined) or 'none; classification is the default'}); task=pretrain defines "
+                "classify, lm, contrastive, mlm and matching"
+            )
+    for name, definition in defined.items():
+        definition.weight = float(weights.get(name, 0.0))
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers with every interpolation resolved (hydra: nodes included when available)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

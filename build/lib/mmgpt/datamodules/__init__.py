@@ -1,0 +1,1 @@
+"""LightningDataModules for mmgpt. They yield :class:`mmgpt.batch.MultimodalBatch`."""

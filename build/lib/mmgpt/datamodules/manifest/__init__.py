@@ -1,0 +1,23 @@
+"""``data=manifest``: a user's own folder of images, recordings and texts, listed in JSON Lines or CSV files."""
+
+from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, check_folder
+from mmgpt.datamodules.manifest.datamodule import ManifestDataModule, ManifestDataset
+from mmgpt.datamodules.manifest.decode import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
+from mmgpt.datamodules.manifest.records import Problem, Row, read_index, resolve_media
+
+__all__ = [
+    "CheckReport",
+    "DecodeError",
+    "DecodeSettings",
+    "ManifestDataModule",
+    "ManifestDataset",
+    "ManifestError",
+    "MediaCache",
+    "Problem",
+    "Row",
+    "check_folder",
+    "load_audio",
+    "load_image",
+    "read_index",
+    "resolve_media",
+]

@@ -1,0 +1,300 @@
+"""Reading a manifest folder: split files (JSON Lines or CSV), rows, the class list, and every problem found.
+
+A manifest folder ``DIR`` holds ``train`` and ``val`` (optionally ``test``) split files, each either
+``<split>.jsonl`` (one JSON object per line) or ``<split>.csv`` (a header row, then one sample per row), and
+optionally ``labels.txt`` (one class name per line). A row has the keys of :data:`ROW_KEYS`; media paths are
+relative to ``DIR``. Nothing here decodes media: see :mod:`mmgpt.datamodules.manifest.decode` for that.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Splits a manifest folder may hold, and whether each is required.
+SPLITS: dict[str, bool] = {"train": True, "val": True, "test": False}
+#: Keys a row may have. ``text``, ``image``, ``audio``, ``caption`` and ``id`` may be absent or null.
+ROW_KEYS: tuple[str, ...] = ("id", "text", "image", "audio", "label", "caption")
+MEDIA_KEYS: tuple[str, ...] = ("image", "audio")
+LABELS_FILE = "labels.txt"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest folder.
+
+    Attributes:
+        file: the file it is in, relative to the folder (a split file, ``labels.txt``, or a media file's row).
+        line: 1-based line number in ``file`` (CSV: the header is line 1), None for whole-file problems.
+        message: what is wrong, naming the key and value.
+        fatal: True when skipping rows cannot fix it (a missing or empty split, an unreadable ``labels.txt``).
+    """
+
+    file: str
+    line: int | None
+    message: str
+    fatal: bool = False
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class Row:
+    """One sample as written in a split file, with its location for error reports.
+
+    Attributes:
+        split: ``train``, ``val`` or ``test``.
+        file: the split file's name (``train.jsonl``).
+        line: 1-based line number of the row.
+        id: the sample id (``<split>:<line>`` when the row gives none).
+        label: the class name (integer labels become their decimal string).
+        text: the text, or None when absent.
+        image: the image path relative to the folder, or None.
+        audio: the audio path relative to the folder, or None.
+        caption: optional caption.
+        label_is_int: the label was written as an integer (for sorting the class list numerically).
+    """
+
+    split: str
+    file: str
+    line: int
+    id: str
+    label: str
+    text: str | None = None
+    image: str | None = None
+    audio: str | None = None
+    caption: str | None = None
+    label_is_int: bool = False
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass
+class ManifestIndex:
+    """Every parsed row of a folder, its class list and the problems found while reading (no decoding yet).
+
+    Attributes:
+        root: the folder.
+        rows: split -> rows that parsed cleanly (media not yet checked).
+        class_names: the class list, in index order.
+        problems: every problem found so far.
+        files: split -> split file name, for the splits present.
+    """
+
+    root: Path
+    rows: dict[str, list[Row]] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_media(root: Path, rel: str, allow_outside_root: bool = False) -> Path:
+    """The path of media file ``rel`` inside ``root``.
+
+    The check is lexical (``..`` and absolute paths), so a symlink inside the folder may still point elsewhere:
+    that is the user's own choice, not something a manifest row can do.
+
+    Raises:
+        ValueError: ``rel`` is absolute or escapes ``root`` and ``allow_outside_root`` is False.
+    """
+    root = Path(os.path.normpath(os.path.abspath(root)))
+    path = Path(os.path.normpath(os.path.join(root, rel)))
+    if allow_outside_root:
+        return path
+    if os.path.isabs(rel) or os.path.splitdrive(rel)[0]:
+        raise ValueError(f"absolute path {rel!r} refused (paths are relative to the folder; allow_outside_root=true opts in)")
+    if path != root and root not in path.parents:
+        raise ValueError(f"path {rel!r} escapes the folder (allow_outside_root=true opts in)")
+    return path
+
+
+def _split_file(root: Path, split: str, index: ManifestIndex) -> Path | None:
+    found = [root / f"{split}{ext}" for ext in (".jsonl", ".csv") if (root / f"{split}{ext}").is_file()]
+    if len(found) > 1:
+        index.problems.append(Problem(found[0].name, None, f"both {split}.jsonl and {split}.csv exist; keep one", True))
+        return None
+    if not found:
+        if SPLITS[split]:
+            index.problems.append(Problem(f"{split}.jsonl", None, f"missing split: neither {split}.jsonl nor {split}.csv", True))
+        return None
+    return found[0]
+
+
+def _read_lines(path: Path, index: ManifestIndex) -> list[tuple[int, str]] | None:
+    """(line number, text) of every non-blank line; undecodable UTF-8 lines are reported and left out."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        index.problems.append(Problem(path.name, None, f"cannot read: {e}", True))
+        return None
+    out = []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            index.problems.append(Problem(path.name, n, f"not valid UTF-8 ({e.reason} at byte {e.start})"))
+            continue
+        if text.strip():
+            out.append((n, text.rstrip("\r")))
+    return out
+
+
+def _parse_jsonl(path: Path, index: ManifestIndex) -> list[tuple[int, dict[str, Any]]]:
+    lines = _read_lines(path, index)
+    out = []
+    for n, text in lines or []:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            index.problems.append(Problem(path.name, n, f"malformed JSON: {e.msg} (column {e.colno})"))
+            continue
+        if not isinstance(obj, dict):
+            index.problems.append(Problem(path.name, n, f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        out.append((n, obj))
+    return out
+
+
+def _parse_csv(path: Path, index: ManifestIndex) -> list[tuple[int, dict[str, Any]]]:
+    lines = _read_lines(path, index)
+    if not lines:
+        return []
+    # csv.reader over the kept lines; quoted newlines inside a field are not supported (one sample per line).
+    header_line, header_text = lines[0]
+    header = [h.strip() for h in next(csv.reader(io.StringIO(header_text)))]
+    unknown = [h for h in header if h not in ROW_KEYS]
+    if unknown:
+        index.problems.append(
+            Problem(path.name, header_line, f"unknown column(s) {unknown}; allowed: {list(ROW_KEYS)}", True)
+        )
+        return []
+    out = []
+    for n, text in lines[1:]:
+        cells = next(csv.reader(io.StringIO(text)))
+        if len(cells) != len(header):
+            index.problems.append(Problem(path.name, n, f"{len(cells)} fields, the header has {len(header)}"))
+            continue
+        # An empty cell is a missing value.
+        out.append((n, {k: (v if v != "" else None) for k, v in zip(header, cells)}))
+    return out
+
+
+def _row(split: str, file: str, n: int, obj: dict[str, Any], index: ManifestIndex) -> Row | None:
+    """Validate one parsed object; report and return None when it is unusable."""
+    bad = False
+
+    def problem(msg: str) -> None:
+        nonlocal bad
+        index.problems.append(Problem(file, n, msg))
+        bad = True
+
+    unknown = sorted(set(obj) - set(ROW_KEYS))
+    if unknown:
+        problem(f"unknown key(s) {unknown}; allowed: {list(ROW_KEYS)}")
+    label = obj.get("label")
+    if label is None:
+        problem("missing label")
+    elif isinstance(label, bool) or not isinstance(label, (str, int)):
+        problem(f"label {label!r}: expected a string or an integer")
+    elif isinstance(label, str) and not label.strip():
+        problem("empty label")
+    for key in ("text", "caption", *MEDIA_KEYS):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            problem(f"{key} {obj[key]!r}: expected a string or null")
+    for key in MEDIA_KEYS:
+        if isinstance(obj.get(key), str) and not obj[key].strip():
+            problem(f"{key}: empty path (use null for a missing {key})")
+    if all(obj.get(k) is None for k in ("text", *MEDIA_KEYS)):
+        problem("no modality: text, image and audio are all missing")
+    sid = obj.get("id")
+    if sid is not None and (isinstance(sid, bool) or not isinstance(sid, (str, int))):
+        problem(f"id {sid!r}: expected a string or an integer")
+    if bad:
+        return None
+    return Row(
+        split=split,
+        file=file,
+        line=n,
+        id=str(sid) if sid is not None else f"{split}:{n}",
+        label=str(label),
+        text=obj.get("text"),
+        image=obj.get("image"),
+        audio=obj.get("audio"),
+        caption=obj.get("caption"),
+        label_is_int=isinstance(label, int),
+    )
+
+
+def _class_list(root: Path, train: list[Row], index: ManifestIndex) -> list[str]:
+    path = root / LABELS_FILE
+    if path.is_file():
+        lines = _read_lines(path, index) or []
+        names = [t.strip() for _, t in lines]
+        seen: dict[str, int] = {}
+        for n, name in zip((n for n, _ in lines), names):
+            if name in seen:
+                index.problems.append(Problem(LABELS_FILE, n, f"duplicate class {name!r} (first on line {seen[name]})", True))
+            seen.setdefault(name, n)
+        if not names:
+            index.problems.append(Problem(LABELS_FILE, None, "no class names", True))
+        return list(dict.fromkeys(names))
+    labels = {r.label for r in train}
+    if train and all(r.label_is_int for r in train):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def read_index(root: str | Path) -> ManifestIndex:
+    """Parse every split file of ``root`` and build the class list; report problems instead of raising.
+
+    Row-level problems (bad JSON, unknown keys, missing label, duplicate ids, a label outside the class list)
+    leave that row out of :attr:`ManifestIndex.rows`; whole-file problems are marked ``fatal``.
+    """
+    root = Path(root)
+    index = ManifestIndex(root=root)
+    if not root.is_dir():
+        index.problems.append(Problem(str(root), None, "not a directory", True))
+        return index
+    for split in SPLITS:
+        path = _split_file(root, split, index)
+        if path is None:
+            continue
+        index.files[split] = path.name
+        parsed = _parse_jsonl(path, index) if path.suffix == ".jsonl" else _parse_csv(path, index)
+        if not parsed and not any(p.file == path.name for p in index.problems):
+            index.problems.append(Problem(path.name, None, "empty split: no rows", True))
+        rows = [r for n, obj in parsed if (r := _row(split, path.name, n, obj, index)) is not None]
+        index.rows[split] = _unique_ids(rows, index)
+    index.class_names = _class_list(root, index.rows.get("train", []), index)
+    classes = set(index.class_names)
+    for split, rows in index.rows.items():
+        kept = []
+        for r in rows:
+            if r.label in classes:
+                kept.append(r)
+            else:
+                source = LABELS_FILE if (root / LABELS_FILE).is_file() else "the train split's labels"
+                index.problems.append(Problem(r.file, r.line, f"label {r.label!r} is not in the class list (from {source})"))
+        index.rows[split] = kept
+    return index
+
+
+def _unique_ids(rows: list[Row], index: ManifestIndex) -> list[Row]:
+    first: dict[str, int] = {}
+    kept = []
+    for r in rows:
+        if r.id in first:
+            index.problems.append(Problem(r.file, r.line, f"duplicate id {r.id!r} (first on line {first[r.id]})"))
+            continue
+        first[r.id] = r.line
+        kept.append(r)
+    return kept

@@ -1,0 +1,170 @@
+"""A DataLoader that can resume in the middle of an epoch, exactly where a checkpoint was taken.
+
+Lightning saves the state of a training DataLoader that has ``state_dict``/``load_state_dict`` in each checkpoint
+and restores it on resume; :class:`ResumableLoader` records the epoch and how many batches it has handed out, and
+after a restore its next pass regenerates that epoch's order and skips those batches. :class:`EpochSampler`
+makes the order a pure function of (seed, epoch), split across DDP ranks like ``DistributedSampler``.
+
+Data randomness (augmentation in the dataset, modality dropout in the collate function) is a pure function of
+(seed, epoch, sample index) too: each sample is loaded, and each batch collated, under :func:`mmgpt.training.rng.seeded`
+with a seed derived from those. So a batch is the same whether it is built in the training process or in any of
+N workers, before or after a resume, and loading data never draws from the training process's generators.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+
+from mmgpt.training.rng import mix_seed, preserved_rng, seed_all, seeded
+
+
+#: Turns a list of samples into a batch.
+Collator = Callable[[list[Any]], Any]
+
+
+class SampleKey(NamedTuple):
+    """What :class:`EpochSampler` yields: a dataset index and the seed of that sample's randomness this epoch."""
+
+    index: int
+    seed: int
+
+
+class EpochSampler(DistributedSampler):
+    """``DistributedSampler`` (seeded per-epoch order split across ranks) that can start part-way into an epoch.
+
+    Being a ``DistributedSampler``, Lightning keeps it instead of injecting its own (which always shuffles
+    training data); on a single process it is used with ``rank=0, world_size=1``. It yields
+    :class:`SampleKey` s (index + per-sample seed), which :class:`ResumableLoader` unpacks.
+
+    Args:
+        dataset: the map-style dataset.
+        shuffle: permute per epoch with ``seed + epoch``.
+        seed: shuffling and data-randomness seed, the same on every rank.
+        rank: this process's rank; world_size: number of ranks.
+    """
+
+    def __init__(self, dataset: Dataset, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0  # samples of this rank's share to skip (resuming mid-epoch); reset after one pass
+
+    def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
+        start, self.start = self.start, 0
+        epoch = self.epoch
+        for i in itertools.islice(super().__iter__(), start, None):
+            yield SampleKey(i, mix_seed(self.seed, epoch, i))
+
+
+class KeyedDataset(Dataset):
+    """Loads ``dataset[key.index]`` with the global generators seeded by ``key.seed``; returns ``(key, sample)``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: SampleKey) -> tuple[SampleKey, Any]:
+        with seeded(key.seed):
+            return key, self.dataset[key.index]
+
+    def __getitems__(self, keys: Sequence[SampleKey]) -> list[tuple[SampleKey, Any]]:
+        """A batch's samples, each under its own seed; the caller's generator states are saved once per batch."""
+        out = []
+        with preserved_rng():
+            for key in keys:
+                seed_all(key.seed)
+                out.append((key, self.dataset[key.index]))
+        return out
+
+
+class SeededCollate:
+    """Collates ``(key, sample)`` pairs with the global generators seeded by the batch's keys."""
+
+    def __init__(self, collate_fn: Collator) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, pairs: Sequence[tuple[SampleKey, Any]]) -> Any:
+        keys = [k for k, _ in pairs]
+        with seeded(mix_seed(keys[0].seed, len(keys))):
+            return self.collate_fn([sample for _, sample in pairs])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over an :class:`EpochSampler` whose position Lightning checkpoints and restores.
+
+    Args:
+        dataset: the map-style dataset (wrapped so that each sample's randomness is seeded; see the module doc).
+        sampler: the :class:`EpochSampler` over it.
+        collate_fn: turns a list of samples into a batch (default: torch's ``default_collate``).
+        consumed: returns how many batches of the current epoch the model has trained on. The loader itself
+            has handed out more (Lightning fetches ahead), so the datamodule passes the trainer's own count.
+        **kwargs: as for ``DataLoader`` (``batch_size``, ``num_workers``...); not ``shuffle`` or ``generator``.
+    """
+
+    def __init__(self, dataset: Dataset, *, sampler: EpochSampler, collate_fn: Collator | None = None,
+                 consumed: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        if not isinstance(sampler, EpochSampler):
+            raise TypeError(f"ResumableLoader needs an EpochSampler, got {type(sampler).__name__}")
+        super().__init__(KeyedDataset(dataset), sampler=sampler,
+                         collate_fn=SeededCollate(collate_fn or default_collate), **kwargs)
+        self.consumed = consumed
+        self._yielded = 0
+        self._skip = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self._skip = self._skip, 0
+        self.sampler.start = skip * self.batch_size
+        self._yielded = skip
+        # The loader draws its workers' base seed from this generator instead of the global one, so creating an
+        # iterator (at each epoch start, and once more after a resume) leaves the training process's draws alone.
+        self.generator = torch.Generator().manual_seed(mix_seed(self.sampler.seed, self.sampler.epoch))
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self.consumed() if self.consumed else self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, batches = state["epoch"], state["batches"]
+        if batches >= len(self):  # saved at the epoch's end: the next one starts from its beginning
+            epoch, batches = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self._skip = batches
+
+
+def resumable_loader(dataset: Dataset, *, shuffle: bool, seed: int, batch_size: int, collate_fn: Collator,
+                     num_workers: int = 0, trainer: Any = None, **kwargs: Any) -> ResumableLoader:
+    """A :class:`ResumableLoader` over this process's share of ``dataset`` (all of it outside DDP).
+
+    Our own sampler rather than the one Lightning injects: Lightning's automatic ``DistributedSampler`` always
+    shuffles training data, and this one also resumes mid-epoch exactly. With ``shuffle=False``, N processes see
+    exactly the samples one process would, in the same steps.
+
+    Args:
+        trainer: the Lightning trainer of a training loader (its count of batches trained on this epoch is the
+            position saved in checkpoints); None for evaluation loaders.
+        **kwargs: more ``DataLoader`` arguments (e.g. ``pin_memory``).
+    """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, rank=rank, world_size=world)
+    return ResumableLoader(dataset, sampler=sampler, batch_size=batch_size, collate_fn=collate_fn,
+                           num_workers=num_workers, persistent_workers=num_workers > 0,
+                           consumed=batches_trained(trainer), **kwargs)
+
+
+def batches_trained(trainer: Any) -> Callable[[], int] | None:
+    """The ``consumed`` callback of a training loader: the trainer's count of batches trained on this epoch.
+
+    A loader hands out more batches than that (Lightning fetches ahead), so this, not the loader's own count, is
+    the position to save. None without a trainer (evaluation loaders, loaders used outside Lightning).
+    """
+    if trainer is None:
+        return None
+    return lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed

@@ -1,0 +1,55 @@
+"""Text encoder: byte tokens -> Transformer tokens. Legend: B batch, T text tokens, D dim."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mmgpt.encoders.base import EncoderOutput
+from mmgpt.layers import Transformer
+from mmgpt.tokenizer import ByteTokenizer
+
+
+class TextEncoder(nn.Module):
+    """Token + learned position embeddings and a stack of Transformer blocks.
+
+    Args:
+        dim: width D.
+        num_layers: Transformer blocks.
+        num_heads: attention heads.
+        max_length: longest sequence (position table size).
+        vocab_size: token vocabulary (the byte tokenizer's by default).
+        causal: GPT-style causal attention (True) or bidirectional (False).
+        mlp_ratio: MLP hidden width / D.
+        dropout: dropout rate.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_layers: int,
+        num_heads: int,
+        max_length: int = 128,
+        vocab_size: int = ByteTokenizer.vocab_size,
+        causal: bool = False,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.causal = causal
+        self.max_length = max_length
+        self.tok_emb = nn.Embedding(vocab_size, dim)
+        self.pos_emb = nn.Parameter(torch.zeros(1, max_length, dim))
+        nn.init.normal_(self.pos_emb, std=0.02)
+        self.drop = nn.Dropout(dropout)
+        self.transformer = Transformer(dim, num_layers, num_heads, mlp_ratio, dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
+        """x (B, T) token ids, mask (B, T) True = real token -> tokens (B, T, D)."""
+        B, T = x.shape
+        if T > self.max_length:
+            raise ValueError(f"text has {T} tokens but the encoder's max_length is {self.max_length}")
+        if mask is None:
+            mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
+        h = self.drop(self.tok_emb(x) + self.pos_emb[:, :T])  # (B, T, D)
+        return EncoderOutput(self.transformer(h, mask=mask, causal=self.causal), mask)

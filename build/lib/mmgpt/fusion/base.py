@@ -1,0 +1,58 @@
+"""The fusion interface. Legend: B batch, N tokens, K ensemble members, D dim."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class FusionOutput:
+    """What a fusion strategy hands to the head.
+
+    Attributes:
+        pooled: (B, D) one vector per sample, or (B, K, D) one per ensemble member (late logit averaging).
+        member_mask: (B, K) bool when ``pooled`` is per member: the head's logits are averaged over True members.
+        tokens: (B, N, D) the fused token sequence, when the strategy has one.
+        mask: (B, N) bool padding mask of ``tokens``.
+    """
+
+    pooled: Tensor
+    member_mask: Tensor | None = None
+    tokens: Tensor | None = None
+    mask: Tensor | None = None
+
+
+class Fusion(nn.Module, ABC):
+    """Fuses per-modality tokens into pooled features.
+
+    Subclasses receive the modality names at construction (to size per-modality parameters) and must iterate
+    modalities in sorted order, so results never depend on the order of the input dicts.
+    """
+
+    def __init__(self, modalities: Sequence[str]) -> None:
+        super().__init__()
+        self.modalities: tuple[str, ...] = tuple(sorted(modalities))
+
+    @abstractmethod
+    def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> FusionOutput:
+        """tokens[m] (B, N_m, D), masks[m] (B, N_m) bool (all False where a sample lacks m) -> FusionOutput."""
+
+    def check_inputs(self, tokens: dict[str, Tensor]) -> None:
+        if set(tokens) != set(self.modalities):
+            raise KeyError(f"{type(self).__name__} was built for {list(self.modalities)}, got {sorted(tokens)}")
+
+
+class ModalityEmbedding(nn.Module):
+    """A learned type vector per modality, added to that modality's tokens."""
+
+    def __init__(self, modalities: Sequence[str], dim: int) -> None:
+        super().__init__()
+        self.table = nn.ParameterDict({m: nn.Parameter(torch.randn(dim) * 0.02) for m in sorted(modalities)})
+
+    def forward(self, modality: str, x: Tensor) -> Tensor:
+        return x + self.table[modality]

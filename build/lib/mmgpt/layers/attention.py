@@ -1,0 +1,137 @@
+"""The one attention implementation of mmgpt (self, causal and cross), on ``F.scaled_dot_product_attention``.
+
+Legend: B batch, N query tokens, M key/value tokens, D dim, H heads, Dh head dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class KVCache:
+    """Keys and values one attention layer has already computed, so each generated token costs one step.
+
+    Self-attention appends the new keys/values on every call; cross-attention computes its context's keys and
+    values on the first call and reuses them afterwards.
+
+    Attributes:
+        k: (B, H, M, Dh) cached keys, None before the first call.
+        v: (B, H, M, Dh) cached values.
+    """
+
+    k: Tensor | None = None
+    v: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Number of cached key positions M."""
+        return 0 if self.k is None else self.k.shape[2]
+
+
+def build_attention_mask(
+    key_mask: Tensor | None,
+    num_queries: int,
+    num_keys: int,
+    causal: bool,
+    device: torch.device,
+    prefix: int = 0,
+) -> Tensor | None:
+    """Boolean mask (True = may attend) broadcastable to (B, H, N, M), or None when nothing is masked.
+
+    Rows whose keys are all masked (a sample that lacks a modality entirely) are opened up to every key, so
+    softmax never sees an empty row and never yields NaN; callers ignore those rows through the padding mask.
+
+    Args:
+        key_mask: (B, M) bool, True = real key.
+        num_queries: N.
+        num_keys: M.
+        causal: query i sees keys j <= i + (M - N) (the diagonal is aligned to the end for KV caches).
+        device: where to build the mask.
+        prefix: with ``causal``, the first ``prefix`` keys are visible to every query (prefix-LM masking: a
+            bidirectional prefix, e.g. media tokens, followed by causal text).
+    """
+    mask: Tensor | None = None
+    if causal:
+        # Query i may see keys j <= i + (M - N): aligns the causal diagonal to the end when M > N (KV caches).
+        offset = num_keys - num_queries
+        mask = torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).tril(diagonal=offset)
+        if prefix:
+            mask[:, :prefix] = True
+        mask = mask[None, None]  # (1, 1, N, M)
+    if key_mask is not None:
+        km = key_mask[:, None, None, :].bool()  # (B, 1, 1, M)
+        mask = km if mask is None else (mask & km)
+    if mask is None:
+        return None
+    empty = ~mask.any(dim=-1, keepdim=True)  # (B|1, 1, N, 1)
+    return mask | empty
+
+
+class Attention(nn.Module):
+    """Multi-head attention: self-attention when ``context`` is None, cross-attention otherwise.
+
+    Args:
+        dim: model width D.
+        num_heads: number of heads H; ``dim`` must be divisible by it.
+        dropout: dropout on attention weights and on the output projection (training only).
+        context_dim: width of the context for cross-attention (defaults to ``dim``).
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, context_dim: int | None = None) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim or dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        key_mask: Tensor | None = None,
+        causal: bool = False,
+        prefix: int = 0,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """Attend from ``x`` (B, N, D) to ``context`` (B, M, Dc), or to ``x`` itself.
+
+        Args:
+            x: queries (B, N, D).
+            context: keys/values (B, M, Dc); None for self-attention.
+            key_mask: (B, M) bool, True = real key; padded keys are never attended to. With a self-attention
+                cache, M counts the cached keys too.
+            causal: forbid query i from seeing keys after position i.
+            prefix: with ``causal``, the number of leading keys every query may see (prefix-LM masking).
+            cache: keys/values of earlier calls. Self-attention appends this call's keys/values to it; cross-
+                attention fills it on the first call and then ignores ``context``.
+        Returns:
+            (B, N, D).
+        """
+        B, N, D = x.shape
+        H = self.num_heads
+        q = self.q(x).view(B, N, H, D // H).transpose(1, 2)  # (B, H, N, Dh)
+        if context is not None and cache is not None and cache.k is not None:
+            k, v = cache.k, cache.v  # cross-attention: the context's keys/values do not change
+        else:
+            ctx = x if context is None else context
+            k, v = self.kv(ctx).view(B, ctx.shape[1], 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, Dh)
+            if cache is not None:
+                if context is None and cache.k is not None:
+                    k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)  # (B, H, M, Dh)
+                cache.k, cache.v = k, v
+        M = k.shape[2]
+        mask = build_attention_mask(key_mask, N, M, causal, x.device, prefix)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, N, Dh)
+        y = y.transpose(1, 2).reshape(B, N, D)
+        return self.proj_drop(self.proj(y))

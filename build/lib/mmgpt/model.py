@@ -1,0 +1,147 @@
+"""The multimodal Transformer: encoders -> fusion -> head (classification) and, optionally, a text decoder (GPT).
+
+Legend: B batch, K ensemble members, T text tokens, D dim, C classes, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from mmgpt.batch import MultimodalBatch
+from mmgpt.decoder import Conditioning, DecoderCache, DecoderOutput, TextDecoder
+from mmgpt.encoders import EncoderOutput
+from mmgpt.fusion import Fusion, FusionOutput
+
+
+class ClassificationHead(nn.Module):
+    """LayerNorm -> Dropout -> Linear, applied on the last dimension (works on (B, D) and (B, K, D))."""
+
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(dropout), nn.Linear(dim, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+@dataclass
+class ModelOutput:
+    """Attributes:
+    logits: (B, C) class scores.
+    fusion: the fusion output (pooled features, fused tokens).
+    encoded: per-modality encoder outputs, masks already combined with sample presence.
+    """
+
+    logits: Tensor
+    fusion: FusionOutput
+    encoded: dict[str, EncoderOutput]
+
+
+class MultimodalTransformer(nn.Module):
+    """Encoders (one per modality) feed a fusion strategy whose pooled output feeds a head.
+
+    Every encoder runs on every batch, also for samples that lack its modality (their tokens are masked out),
+    so all parameters take part in every step and DDP needs no ``find_unused_parameters``.
+
+    With a ``decoder``, the network also writes text: the fusion runs on the media with the text marked absent,
+    and the decoder's conditioner turns its output into a prefix or a cross-attention context (:meth:`decode`).
+
+    Args:
+        encoders: modality name -> encoder module returning :class:`EncoderOutput`.
+        fusion: the fusion strategy; it must have been built for the same modality names.
+        head: maps pooled features (..., D) to logits (..., C).
+        decoder: optional causal text decoder (captioning, language modelling, generation).
+        text_modality: the modality the decoder writes; it is hidden from the conditioning.
+    """
+
+    def __init__(
+        self,
+        encoders: Mapping[str, nn.Module],
+        fusion: Fusion,
+        head: nn.Module,
+        decoder: TextDecoder | None = None,
+        text_modality: str = "text",
+    ) -> None:
+        super().__init__()
+        if set(encoders) != set(fusion.modalities):
+            raise ValueError(f"encoders {sorted(encoders)} do not match fusion modalities {list(fusion.modalities)}")
+        self.encoders = nn.ModuleDict({m: encoders[m] for m in sorted(encoders)})
+        self.fusion = fusion
+        self.head = head
+        self.decoder = decoder
+        self.text_modality = text_modality
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.encoders.keys())
+
+    def encode(self, batch: MultimodalBatch) -> dict[str, EncoderOutput]:
+        out: dict[str, EncoderOutput] = {}
+        for m, encoder in self.encoders.items():
+            enc = encoder(batch.inputs[m], batch.masks.get(m))
+            out[m] = EncoderOutput(enc.tokens, enc.mask & batch.presence(m)[:, None])
+        return out
+
+    def fuse(self, encoded: dict[str, EncoderOutput]) -> FusionOutput:
+        """Run the fusion on encoder outputs (masks already combined with presence)."""
+        return self.fusion({m: e.tokens for m, e in encoded.items()}, {m: e.mask for m, e in encoded.items()})
+
+    def classify(self, fused: FusionOutput) -> Tensor:
+        """Head logits (B, C) from a fusion output; per-member logits are averaged over present members."""
+        logits = self.head(fused.pooled)  # (B, C) or (B, K, C)
+        if fused.member_mask is not None:
+            w = fused.member_mask.to(logits.dtype).unsqueeze(-1)  # (B, K, 1)
+            logits = (logits * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)  # (B, C)
+        return logits
+
+    def forward(self, batch: MultimodalBatch) -> ModelOutput:
+        encoded = self.encode(batch)
+        fused = self.fuse(encoded)
+        return ModelOutput(logits=self.classify(fused), fusion=fused, encoded=encoded)
+
+    def condition(self, batch: MultimodalBatch) -> Conditioning:
+        """The decoder's conditioning: the media fused with the text modality marked absent (no answer leaks)."""
+        decoder = self._need_decoder()
+        media = batch.with_modalities(set(self.modalities) - {self.text_modality})
+        encoded = self.encode(media)
+        return decoder.conditioner(self.fuse(encoded), encoded)
+
+    def decode(
+        self,
+        batch: MultimodalBatch,
+        ids: Tensor,
+        mask: Tensor | None = None,
+        cond: Conditioning | None = None,
+        positions: Tensor | None = None,
+        cache: DecoderCache | None = None,
+    ) -> DecoderOutput:
+        """Next-token logits (B, T, V) for text ``ids`` (B, T) conditioned on the batch's media.
+
+        ``cond`` may be passed to reuse a conditioning (generation computes it once); see
+        :meth:`mmgpt.decoder.TextDecoder.forward` for ``mask``, ``positions`` and ``cache``.
+        """
+        decoder = self._need_decoder()
+        cond = self.condition(batch) if cond is None else cond
+        return decoder(ids, cond, mask=mask, positions=positions, cache=cache)
+
+    def _need_decoder(self) -> TextDecoder:
+        if self.decoder is None:
+            raise RuntimeError("this network has no text decoder: build it with model.net.decoder (task=caption)")
+        return self.decoder
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameter count per part: each encoder, the fusion, the head, the decoder if any, and the total."""
+        counts = {f"encoders.{m}": _count(e) for m, e in self.encoders.items()}
+        counts["fusion"] = _count(self.fusion)
+        counts["head"] = _count(self.head)
+        if self.decoder is not None:
+            counts["decoder"] = _count(self.decoder)
+        counts["total"] = _count(self)
+        return counts
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

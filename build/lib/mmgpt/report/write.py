@@ -1,0 +1,227 @@
+"""``report.md``, ``report.csv`` (one row per fusion) and ``runs.csv`` (one row per run) of a comparison."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from mmgpt.report.runs import RunRecord
+from mmgpt.report.summary import GroupSummary, Stat
+
+
+def _num(value: float | int | None) -> str:
+    """A number as CSV text: the shortest repr that reads back to the same float; empty for None."""
+    return "" if value is None else repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _count(value: float | None) -> str:
+    """A parameter count (a mean over seeds, normally all equal) without a spurious ``.0``."""
+    return "" if value is None else str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _subset_names(groups: Sequence[GroupSummary]) -> list[str]:
+    return list(dict.fromkeys(s for g in groups for s in g.subsets))
+
+
+def _split(groups: Sequence[GroupSummary]) -> str:
+    return next((g.subsets_split for g in groups if g.subsets_split), "test")
+
+
+def summary_rows(groups: Sequence[GroupSummary]) -> list[dict[str, str]]:
+    """The rows of ``report.csv``: one per group, in rank order, means and stds as separate columns."""
+    subsets, split = _subset_names(groups), _split(groups)
+    rows = []
+    for rank, g in enumerate(groups, 1):
+        m = g.metric
+        stats: dict[str, Stat] = {
+            "samples_per_sec": g.samples_per_sec,
+            "peak_memory_mb": g.peak_memory_mb,
+            f"val_{m}": g.val,
+            f"test_{m}": g.test,
+            "wall_time_s": g.wall_time_s,
+            **{f"{split}_{m}[{s}]": g.subsets.get(s, Stat(None, None, 0)) for s in subsets},
+        }
+        row = {
+            "rank": str(rank),
+            "name": g.name,
+            "fusion": g.fusion,
+            "runs": str(len(g.runs)),
+            "seeds": " ".join(str(s) for s in g.seeds),
+            "params_total": _count(g.params.mean),
+            "params_fusion": _count(g.fusion_params.mean),
+            "peak_memory_kind": g.peak_memory_kind,
+        }
+        for key, stat in stats.items():
+            row[f"{key}_mean"], row[f"{key}_std"] = _num(stat.mean), _num(stat.std)
+        rows.append(row)
+    return rows
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root)) or "."
+    except ValueError:
+        return str(path)
+
+
+def run_rows(groups: Sequence[GroupSummary], root: Path) -> list[dict[str, str]]:
+    """The rows of ``runs.csv``: every run with the numbers the summary was computed from."""
+    subsets, split = _subset_names(groups), _split(groups)
+    rows = []
+    for g in groups:
+        m = g.metric
+        for r in g.runs:
+            res, params = r.results, r.results.get("params") or {}
+            row = {
+                "name": g.name,
+                "fusion": r.fusion,
+                "seed": str(r.seed),
+                "run_dir": _rel(r.run_dir, root),
+                "params_total": _num(params.get("total")),
+                "params_fusion": _num(params.get("fusion")),
+                "samples_per_sec": _num(res.get("samples_per_sec")),
+                "peak_memory_mb": _num(res.get("peak_memory_mb")),
+                "peak_memory_kind": str(res.get("peak_memory_kind", "")),
+                f"val_{m}": _num(r.metric(f"val/{m}")),
+                f"test_{m}": _num(r.metric(f"test/{m}")),
+                "wall_time_s": _num(res.get("wall_time_s")),
+                "epochs": _num(res.get("epochs")),
+                "global_step": _num(res.get("global_step")),
+            }
+            for s in subsets:
+                row[f"{split}_{m}[{s}]"] = _num(((r.subsets or {}).get(s) or {}).get(m))
+            rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, str]]) -> Path:
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def sweep_info(root: Path) -> dict[str, Any]:
+    """What ``<root>/multirun.yaml`` (written by Hydra at launch) says about the sweep; empty without one."""
+    path = root / "multirun.yaml"
+    if not path.is_file():
+        return {}
+    cfg = OmegaConf.load(path)
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
+    return {
+        "overrides": [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task") or []],
+        "data": choices.get("data"),
+        "experiment": choices.get("experiment"),
+        "trainer": choices.get("trainer"),
+        "logger": choices.get("logger"),
+    }
+
+
+def _md_header(groups: Sequence[GroupSummary], root: Path, info: dict[str, Any]) -> list[str]:
+    runs = [r for g in groups for r in g.runs]
+    metric = groups[0].metric if groups else "acc"
+    lines = ["# Fusion comparison", ""]
+    lines.append(f"- runs: {len(runs)}, configurations: {len(groups)}, directory: `{root}`")
+    if info:
+        lines.append("- command: `" + " ".join(["mmgpt-compare", *info["overrides"]]) + "`"
+                     + ("" if info["overrides"] else " (defaults)"))
+        choices = ", ".join(f"{k}={info[k]}" for k in ("data", "experiment", "trainer", "logger") if info.get(k))
+        lines.append(f"- config choices: {choices}")
+    total = sum(float(r.results.get("wall_time_s") or 0.0) for r in runs)
+    lines.append(f"- summed wall time of the runs: {total:.0f} s")
+    lines.append(f"- ranked by mean validation {metric} of each run's best checkpoint (best first); "
+                 "values are mean ± sample std over seeds")
+    return lines
+
+
+def _md_summary(groups: Sequence[GroupSummary]) -> list[str]:
+    metric = groups[0].metric if groups else "acc"
+    kinds = sorted({g.peak_memory_kind for g in groups})
+    header = ["rank", "fusion", "seeds", "params (fusion)", "train samples/s", f"peak memory MB ({'/'.join(kinds)})",
+              f"best val {metric}", f"test {metric}", "wall time s"]
+    rows = [
+        [str(i), g.name, " ".join(map(str, g.seeds)),
+         f"{g.params.mean:,.0f} ({g.fusion_params.mean:,.0f})" if g.params.mean is not None else "n/a",
+         g.samples_per_sec.fmt(1), g.peak_memory_mb.fmt(0), g.val.fmt(4), g.test.fmt(4), g.wall_time_s.fmt(1)]
+        for i, g in enumerate(groups, 1)
+    ]
+    return _table(header, rows)
+
+
+def _md_robustness(groups: Sequence[GroupSummary]) -> list[str]:
+    subsets = _subset_names(groups)
+    if not subsets:
+        return ["No missing-modality evaluation (`eval_results.json`) in these runs."]
+    metric, split = groups[0].metric, _split(groups)
+    lines = [f"{split} {metric} of the best checkpoint when only these modalities are present "
+             "(the others marked absent), from each run's `eval_results.json`.", ""]
+    rows = [[g.name, *(g.subsets[s].fmt(3) if s in g.subsets else "n/a" for s in subsets)] for g in groups]
+    return lines + _table(["fusion", *subsets], rows)
+
+
+def _md_runs(groups: Sequence[GroupSummary], root: Path) -> list[str]:
+    metric = groups[0].metric if groups else "acc"
+    header = ["fusion", "seed", "run dir", "params", "samples/s", "peak MB", f"val {metric}", f"test {metric}",
+              "wall s"]
+    rows = []
+    for g in groups:
+        for r in g.runs:
+            res = r.results
+            val, test = r.metric(f"val/{metric}"), r.metric(f"test/{metric}")
+            rows.append([
+                g.name, str(r.seed), f"`{_rel(r.run_dir, root)}`", f"{(res.get('params') or {}).get('total', 0):,}",
+                _fixed(res.get("samples_per_sec"), 1), _fixed(res.get("peak_memory_mb"), 0), _fixed(val, 4),
+                _fixed(test, 4), _fixed(res.get("wall_time_s"), 1),
+            ])
+    return _table(header, rows)
+
+
+def _fixed(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{float(value):.{digits}f}"
+
+
+def render_markdown(groups: Sequence[GroupSummary], root: Path, plots: Sequence[Path]) -> str:
+    """The text of ``report.md``."""
+    lines = _md_header(groups, root, sweep_info(root))
+    lines += ["", "## Summary", ""] + _md_summary(groups)
+    lines += ["", "## Missing-modality robustness", ""] + _md_robustness(groups)
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({os.path.relpath(p, root)})" for p in plots]
+    lines += ["", "## Runs", ""] + _md_runs(groups, root)
+    lines += [
+        "",
+        "## Where the numbers come from",
+        "",
+        "- parameters, throughput, peak memory, wall time, best val and test metrics: each run's `results.json`;",
+        "- train samples/s: steady-state rate of the `Throughput` callback (mean over epochs after the first);",
+        "- peak memory: `cpu_max_rss` is the process's maximum resident set during the run, `cuda_allocated` the "
+        "CUDA allocator peak;",
+        "- best val: the validation metric of the checkpoint kept by `ModelCheckpoint` (monitor `val/<metric>`), "
+        "test: that checkpoint on the test split;",
+        "- validation curves: each run's `metrics.csv`; robustness: each run's `eval_results.json`;",
+        "- `report.csv` has these numbers at full precision, `runs.csv` the per-run values.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_tables(groups: Sequence[GroupSummary], root: Path, out_dir: Path, plots: Sequence[Path]) -> list[Path]:
+    """Write ``report.md``, ``report.csv`` and ``runs.csv`` into ``out_dir``."""
+    md = out_dir / "report.md"
+    md.write_text(render_markdown(groups, root, plots))
+    return [md, write_csv(out_dir / "report.csv", summary_rows(groups)),
+            write_csv(out_dir / "runs.csv", run_rows(groups, root))]
+
+
+__all__ = ["RunRecord", "render_markdown", "run_rows", "summary_rows", "sweep_info", "write_tables"]

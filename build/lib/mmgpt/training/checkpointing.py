@@ -1,0 +1,92 @@
+"""Checkpoints that survive crashes: atomic writes, finding the newest good checkpoint, config compatibility."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same directory, fsyncs it, then renames it into place.
+
+    A crash while saving leaves the previous ``last.ckpt`` intact: the rename is atomic on POSIX file systems.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs while unpickling)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint under ``run_dir/checkpoints`` that loads; corrupt ones are reported and skipped.
+
+    ``last.ckpt`` is preferred when it is the newest; a truncated or otherwise unreadable file falls back to the
+    next newest good checkpoint. Returns None when the directory has no usable checkpoint.
+    """
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    for stale in ckpt_dir.glob(".*.ckpt.tmp-*"):  # half-written by a process that was killed while saving
+        log.info("removing %s, left by an interrupted save", stale)
+        stale.unlink(missing_ok=True)
+    candidates = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(path)
+        except Exception as e:  # noqa: BLE001 - any failure to read means "not usable"
+            log.warning("skipping unreadable checkpoint %s (%s: %s)", path, type(e).__name__, e)
+            continue
+        if "state_dict" not in ckpt or "global_step" not in ckpt:
+            log.warning("skipping %s: not a training checkpoint", path)
+            continue
+        return path
+    return None
+
+
+def config_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Key paths where two plain config trees differ (``model.dim: 64 != 128``)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(current), key=str):
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if key not in saved:
+                out.append(f"{where}: absent in the checkpoint")
+            elif key not in current:
+                out.append(f"{where}: absent in the current config")
+            else:
+                out += config_differences(saved[key], current[key], where)
+        return out
+    return [] if saved == current else [f"{prefix}: {saved!r} (checkpoint) != {current!r} (now)"]
+
+
+def check_resume_compatible(ckpt: dict[str, Any], net_config: dict[str, Any], path: str | Path) -> None:
+    """Refuse to resume from a checkpoint whose network config differs from the one being trained."""
+    saved = (ckpt.get("hyper_parameters") or {}).get("net")
+    if saved is None:
+        raise ValueError(f"{path}: the checkpoint stores no network config, so it cannot be checked for resuming")
+    saved = {k: v for k, v in saved.items()}
+    current = dict(net_config)
+    # head.num_classes is filled in from the data on both sides; compare it too (a different class count is fatal).
+    diffs = config_differences(saved, current, "model.net")
+    if diffs:
+        shown = "\n  ".join(diffs[:20])
+        raise ValueError(f"refusing to resume from {path}: its model config differs from the current one:\n  {shown}")

@@ -1,0 +1,178 @@
+"""The LightningModule: objectives composed with weights, metrics per split, optimisation and logging.
+
+The network is built from its config (``net``), which is saved in the checkpoint's hyperparameters together with
+the objectives and the number and names of classes, so ``MultimodalModule.load_from_checkpoint(path)`` needs
+no YAML. With no ``objectives`` the module is the original classifier (cross-entropy, ``acc``/``f1``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from mmgpt.batch import MultimodalBatch
+from mmgpt.training.finetune import freeze as freeze_parts
+from mmgpt.training.finetune import parameter_counts
+from mmgpt.lora import add_lora
+from mmgpt.model import ModelOutput, MultimodalTransformer
+from mmgpt.objectives import Classification, Objective
+from mmgpt.training.optim import param_groups
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+def build_objectives(cfg: Mapping[str, Any] | None, num_classes: int, label_smoothing: float) -> dict[str, Objective]:
+    """Instantiate the objective configs (name -> ``_target_`` dict); objectives of weight 0 are left out.
+
+    A ``num_classes: null`` entry is filled in with ``num_classes``. None gives the plain classifier.
+    """
+    if cfg is None:
+        return {"classify": Classification(num_classes, label_smoothing=label_smoothing)}
+    out: dict[str, Objective] = {}
+    for name in sorted(cfg):
+        node = dict(cfg[name])
+        if "num_classes" in node and node["num_classes"] is None:
+            node["num_classes"] = num_classes
+        if float(node.get("weight", 1.0)) == 0.0:
+            continue
+        out[name] = instantiate(node)
+    if not out:
+        raise ValueError("every objective has weight 0: nothing to train")
+    return out
+
+
+class MultimodalModule(pl.LightningModule):
+    """Trains a :class:`~mmgpt.model.MultimodalTransformer` on a weighted sum of objectives.
+
+    Args:
+        net: config of the network (``_target_`` dicts); ``head.num_classes`` is filled in from ``num_classes``.
+        num_classes: number of classes C.
+        optimizer: ``_partial_`` config of the optimizer; called with parameter groups. ``weight_decay`` is
+            applied to matrices only.
+        scheduler: ``_partial_`` config of a schedule, called with (optimizer, total_steps); None for constant.
+        label_smoothing: cross-entropy label smoothing of the default classification objective.
+        class_names: names of the classes, in index order (saved so evaluation maps names the same way).
+        objectives: name -> objective config (``_target_`` with a ``weight``); None: classification only.
+        eval_generation_batches: validation/test batches on which objectives also run their costlier
+            evaluation (caption generation) each epoch.
+        freeze: network parts whose parameters are not trained (``encoders.image``, ``fusion``, ``decoder``...).
+        lora: keyword arguments of :func:`mmgpt.lora.add_lora` (``rank``, ``alpha``, ``parts``, ``targets``) to
+            add LoRA adapters to attention projections, or None. Applied after ``freeze``, so adapters train.
+    """
+
+    def __init__(
+        self,
+        net: Mapping[str, Any],
+        num_classes: int,
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        class_names: list[str] | None = None,
+        objectives: Mapping[str, Any] | None = None,
+        eval_generation_batches: int = 2,
+        freeze: list[str] | None = None,
+        lora: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        net, optimizer, scheduler, class_names = _plain(net), _plain(optimizer), _plain(scheduler), _plain(class_names)
+        objectives, freeze, lora = _plain(objectives), _plain(freeze), _plain(lora)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self.save_hyperparameters()
+        self.net: MultimodalTransformer = instantiate(net, head={"num_classes": num_classes})
+        if freeze:
+            frozen = freeze_parts(self.net, freeze)
+            log.info("frozen %d parameter tensors under %s", len(frozen), list(freeze))
+        if lora:
+            add_lora(self.net, **lora)
+        self.objectives = nn.ModuleDict(build_objectives(objectives, num_classes, label_smoothing))
+        if not any(o.uses_head for o in self.objectives.values()):
+            freeze_parts(self.net, ["head"])  # unused (e.g. captioning): DDP must not wait for its gradients
+        # One metric dict per split ("train" cannot be a ModuleDict key: it is nn.Module.train).
+        for split in SPLITS:
+            setattr(self, f"{split}_metrics", nn.ModuleDict({n: o.make_metrics() for n, o in self.objectives.items()}))
+        names = [k for o in self.train_metrics.values() for k in o]
+        if len(names) != len(set(names)):
+            raise ValueError(f"objectives log metrics under the same name: {sorted(names)}")
+        #: When set, evaluation marks every other modality absent (missing-modality robustness).
+        self.eval_modalities: frozenset[str] | None = None
+        for part, n in self.net.param_counts().items():
+            log.info("parameters %-16s %10d", part, n)
+        trainable, total = parameter_counts(self)
+        log.info("trainable parameters %d of %d (%.1f%%)", trainable, total, 100.0 * trainable / max(total, 1))
+
+    @property
+    def criterion(self) -> nn.Module:
+        """The classification loss (kept for callers of the original classifier)."""
+        classify = self.objectives["classify"] if "classify" in self.objectives else None
+        if not isinstance(classify, Classification):
+            raise AttributeError("this module has no classify objective")
+        return classify.criterion
+
+    def forward(self, batch: MultimodalBatch) -> ModelOutput:
+        return self.net(batch)
+
+    def _step(self, batch: MultimodalBatch, split: str, batch_idx: int = 0) -> Tensor:
+        if split != "train" and self.eval_modalities is not None:
+            batch = batch.with_modalities(self.eval_modalities)
+        bs = batch.batch_size
+        on_step = split == "train"  # values are averaged over DDP ranks (sync_dist), not rank 0's alone
+        all_metrics: nn.ModuleDict = getattr(self, f"{split}_metrics")
+        total: Tensor | None = None
+        for name, objective in self.objectives.items():
+            out = objective(self.net, batch)
+            total = objective.weight * out.loss if total is None else total + objective.weight * out.loss
+            metrics = all_metrics[name]
+            objective.update(metrics, out)
+            if split != "train" and batch_idx < self.hparams.eval_generation_batches:
+                with torch.no_grad():
+                    objective.evaluate(self.net, batch, metrics)
+            # Only metrics that have seen data this epoch (generation metrics are not computed in training).
+            updated = [key for key, metric in metrics.items() if metric.update_called]
+            if len(self.objectives) > 1:
+                self.log(f"{split}/{name}_loss", out.loss, on_step=on_step, on_epoch=True, batch_size=bs,
+                         sync_dist=True)
+            for key, value in out.values.items():
+                self.log(f"{split}/{key}", value, on_step=on_step, on_epoch=True, batch_size=bs, sync_dist=True)
+            for key in updated:
+                self.log(f"{split}/{key}", metrics[key], on_step=False, on_epoch=True, prog_bar=split == "val",
+                         batch_size=bs)
+        assert total is not None
+        self.log(f"{split}/loss", total, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
+        return total
+
+    def training_step(self, batch: MultimodalBatch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train", batch_idx)
+
+    def validation_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
+        self._step(batch, "val", batch_idx)
+
+    def test_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
+        self._step(batch, "test", batch_idx)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_cfg = dict(self.hparams.optimizer)
+        weight_decay = opt_cfg.pop("weight_decay", 0.0)
+        optimizer = instantiate(opt_cfg)(param_groups(self, weight_decay))
+        if self.hparams.scheduler is None:
+            return {"optimizer": optimizer}
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+#: The original name (checkpoints and callers that train a classifier).
+MultimodalClassifier = MultimodalModule

@@ -1,0 +1,42 @@
+"""Optimisation helpers: parameter groups and the warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; biases, norms, embeddings tables of rank < 2 are not decayed."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(
+    optimizer: Optimizer, total_steps: int, warmup_steps: int | float = 0.05, min_lr_ratio: float = 0.05
+) -> LambdaLR:
+    """Linear warm-up to the base learning rate, then cosine decay to ``min_lr_ratio`` of it.
+
+    Args:
+        optimizer: the optimizer.
+        total_steps: optimizer steps in the whole run.
+        warmup_steps: warm-up length in steps, or as a fraction of ``total_steps`` when < 1.
+        min_lr_ratio: final learning rate / base learning rate.
+    """
+    warmup = int(warmup_steps * total_steps) if warmup_steps < 1 else int(warmup_steps)
+    warmup = max(1, min(warmup, total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,113 @@
+"""Fine-tuning helpers: partial loading from a checkpoint with a report, freezing named parts, parameter counts.
+
+The two-step recipe (pre-train without labels, then fine-tune a classifier on few labels)::
+
+    # 1. pre-train: causal LM on captions + contrastive + matching (labels unused)
+    mmgpt-train task=pretrain hydra.run.dir=runs/pretrain
+    # 2. fine-tune: classification on 200 labelled samples, encoders frozen (or LoRA on attention projections)
+    mmgpt-train task=finetune init_from=runs/pretrain/checkpoints/last.ckpt data.num_train=200 \\
+        model.freeze=[encoders]                   # or: model.lora={rank:4,alpha:8,parts:[fusion]}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mmgpt.pretrained import read_state_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_partial` did.
+
+    Attributes:
+        loaded: keys copied into the model.
+        missing: model keys the checkpoint does not have (left as initialised).
+        unexpected: checkpoint keys the model does not have (ignored).
+        mismatched: keys present in both with different shapes (left as initialised), with both shapes.
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        def show(keys: Sequence[str]) -> str:
+            return ", ".join(keys[:8]) + (f", ... (+{len(keys) - 8})" if len(keys) > 8 else "")
+
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        if self.missing:
+            lines.append(f"missing (kept initialised) {len(self.missing)}: {show(self.missing)}")
+        if self.unexpected:
+            lines.append(f"unexpected (ignored) {len(self.unexpected)}: {show(self.unexpected)}")
+        if self.mismatched:
+            lines.append("shape mismatch (kept initialised): "
+                         + ", ".join(f"{k} {a}->{b}" for k, (a, b) in self.mismatched.items()))
+        return "; ".join(lines)
+
+
+def load_partial(model: nn.Module, state: Mapping[str, Tensor], prefix: str = "") -> LoadReport:
+    """Copy the tensors of ``state`` whose names (minus ``prefix``) and shapes match ``model``'s.
+
+    Keys of layers wrapped by LoRA (``x.base.weight``) also accept the unwrapped name (``x.weight``).
+    """
+    own = model.state_dict()
+    alias = {k.replace(".base.", ".", 1): k for k in own if ".base." in k}
+    report = LoadReport()
+    new: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if prefix and not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        target = name if name in own else alias.get(name)
+        if target is None:
+            report.unexpected.append(name)
+        elif own[target].shape != value.shape:
+            report.mismatched[target] = (tuple(value.shape), tuple(own[target].shape))
+        else:
+            new[target] = value
+            report.loaded.append(target)
+    report.missing = [k for k in own if k not in new and k not in report.mismatched]
+    model.load_state_dict({**own, **new})
+    return report
+
+
+def freeze(model: nn.Module, parts: Sequence[str]) -> list[str]:
+    """Stop gradients for every parameter under the named parts (``encoders.image``, ``fusion``...).
+
+    Returns:
+        the names of the frozen parameters.
+    Raises:
+        AttributeError: a part that the model does not have.
+    """
+    frozen: list[str] = []
+    for part in parts:
+        module = model.get_submodule(part)
+        for name, p in module.named_parameters():
+            p.requires_grad_(False)
+            frozen.append(f"{part}.{name}")
+    return frozen
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) numbers of parameters."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def init_from_checkpoint(net: nn.Module, path: str | Path) -> LoadReport:
+    """Initialise ``net`` from a checkpoint: a Lightning one (keys under ``net.``) or a plain network state dict."""
+    state = read_state_dict(path)
+    prefix = "net." if any(k.startswith("net.") for k in state) else ""
+    report = load_partial(net, state, prefix)
+    log.info("init_from %s: %s", path, report.summary())
+    return report
