@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 from pathlib import Path
@@ -16,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
 from mmgpt.cli.common import metrics_of, rank_zero, write_json
 from mmgpt.config import CONFIG_DIR, check_targets
+from mmgpt.training.checkpointing import load_checkpoint
+from mmgpt.training.distributed import is_sharded_checkpoint
 from mmgpt.training.lit_module import MultimodalClassifier
 from mmgpt.training.progress import progress_bar
 
@@ -24,8 +27,21 @@ log = logging.getLogger("mmgpt.eval")
 
 def load_run_config(ckpt_path: str | Path) -> dict[str, Any] | None:
     """The resolved run config stored in a checkpoint by :class:`~mmgpt.training.callbacks.RunConfigInCheckpoint`."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(ckpt_path)  # a file, or a sharded checkpoint's metadata
     return (ckpt.get("mmgpt") or {}).get("config")
+
+
+def load_module(ckpt_path: Path) -> MultimodalClassifier:
+    """The module of a checkpoint file, or of a sharded checkpoint folder (``trainer=fsdp``), consolidated here."""
+    if ckpt_path.is_dir():
+        from mmgpt.training.distributed import consolidate
+
+        log.info("%s is a sharded checkpoint: consolidating it in memory", ckpt_path)
+        buffer = io.BytesIO()
+        torch.save(consolidate(ckpt_path), buffer)
+        buffer.seek(0)
+        return MultimodalClassifier.load_from_checkpoint(buffer, map_location="cpu")
+    return MultimodalClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
 
 
 def modality_subsets(modalities: tuple[str, ...]) -> list[frozenset[str]]:
@@ -36,11 +52,11 @@ def modality_subsets(modalities: tuple[str, ...]) -> list[frozenset[str]]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; write ``eval_results.json`` into the run directory."""
     ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    if not (ckpt_path.is_file() or is_sharded_checkpoint(ckpt_path)):
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file (or sharded checkpoint folder)")
     if cfg.split not in ("val", "test"):
         raise ValueError(f"split={cfg.split!r}: expected 'val' or 'test'")
-    module = MultimodalClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
+    module = load_module(ckpt_path)
     if cfg.data is not None:
         data_cfg = cfg.data
     else:

@@ -75,7 +75,7 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
     """The checkpoint to resume from: ``ckpt_path`` if given; with ``resume=auto`` the run directory's newest good one."""
     if cfg.ckpt_path:
         path = Path(cfg.ckpt_path)
-        if not path.is_file():
+        if not path.exists():  # a file, or a sharded checkpoint's folder (trainer=fsdp)
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
         return path
     if cfg.get("resume") == "auto":

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from mmgpt.training.distributed import is_sharded_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs while unpickling)."""
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs while unpickling).
+
+    A sharded checkpoint (a folder, written by ``trainer=fsdp``) gives its metadata only: loop state,
+    callbacks, hyperparameters, without ``state_dict`` (:func:`mmgpt.training.distributed.consolidate` reads
+    the weights).
+    """
+    if Path(path).is_dir():
+        from mmgpt.training.distributed import load_sharded_meta
+
+        return load_sharded_meta(path)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -48,6 +60,15 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
     for stale in ckpt_dir.glob(".*.ckpt.tmp-*"):  # half-written by a process that was killed while saving
         log.info("removing %s, left by an interrupted save", stale)
         stale.unlink(missing_ok=True)
+    for stale in ckpt_dir.glob(".*.ckpt.tmp"):  # a sharded checkpoint folder whose save was interrupted
+        log.info("removing %s, left by an interrupted save", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in ckpt_dir.glob(".*.ckpt.old"):  # killed between the two renames of a sharded save: put it back
+        target = old.with_name(old.name[1:-len(".old")])
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, target)
     candidates = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
     for path in candidates:
         try:
@@ -55,7 +76,7 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
         except Exception as e:  # noqa: BLE001 - any failure to read means "not usable"
             log.warning("skipping unreadable checkpoint %s (%s: %s)", path, type(e).__name__, e)
             continue
-        if "state_dict" not in ckpt or "global_step" not in ckpt:
+        if ("state_dict" not in ckpt and not is_sharded_checkpoint(path)) or "global_step" not in ckpt:
             log.warning("skipping %s: not a training checkpoint", path)
             continue
         return path

@@ -1,12 +1,216 @@
-"""Helpers the distributed trainer configs point at."""
+"""Distributed training helpers: FSDP2 sharding per layer, sharded gradient clipping, sharded checkpoints.
+
+``trainer=fsdp`` (GPUs) and ``trainer=fsdp_sim`` (2 CPU processes, gloo) use Lightning's
+:class:`~pytorch_lightning.strategies.ModelParallelStrategy`, which calls the LightningModule's
+``configure_model()``; that calls :func:`shard_module` here. Each instance of a class in :data:`SHARD_CLASSES`
+(the Transformer :class:`~mmgpt.layers.Block`; pretrained backbones add their own layer classes with
+:func:`register_shard_class`) becomes one FSDP unit whose parameters are all-gathered just before it runs and
+freed after; everything else (embeddings, heads, objectives' parameters) forms the root unit.
+
+Checkpoints written by that strategy are *sharded*: a folder ``name.ckpt/`` holding one ``.distcp`` file per
+rank (torch.distributed.checkpoint), its ``.metadata`` and Lightning's ``meta.pt`` (loop state, callbacks,
+hyperparameters). :func:`consolidate` turns one into an ordinary single-file checkpoint
+(``python -m mmgpt.training.distributed CKPT_DIR OUT.ckpt``); ``mmgpt-eval`` does it in memory by itself.
+"""
 
 from __future__ import annotations
 
-from torch import nn
+import argparse
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
 
 from mmgpt.layers import Block
 
+log = logging.getLogger(__name__)
+
+#: Module classes sharded as their own FSDP unit (and whose activations ``model.activation_checkpointing``
+#: recomputes). Add a pretrained backbone's layer class with :func:`register_shard_class`.
+SHARD_CLASSES: list[type[nn.Module]] = [Block]
+
+#: The file Lightning writes beside the shards of a sharded checkpoint (everything but weights and optimizer).
+META_FILE = "meta.pt"
+
+
+def register_shard_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """Make every instance of ``cls`` its own FSDP unit (usable as a class decorator); returns ``cls``."""
+    if cls not in SHARD_CLASSES:
+        SHARD_CLASSES.append(cls)
+    return cls
+
 
 def fsdp_wrap_classes() -> set[type[nn.Module]]:
-    """Module classes FSDP shards as units (``auto_wrap_policy``) and checkpoints activations of: the blocks."""
-    return {Block}
+    """The classes of :data:`SHARD_CLASSES` as a set (FSDP1's ``auto_wrap_policy`` form)."""
+    return set(SHARD_CLASSES)
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``fully_shard`` has been applied to ``module`` (its class is then an ``FSDPModule``)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def shard_module(root: nn.Module, *, mesh: Any = None, forward_methods: Iterable[str] = (),
+                 reshard_after_forward: bool = True) -> int:
+    """Apply FSDP2's ``fully_shard`` to every :data:`SHARD_CLASSES` instance under ``root``, then to ``root``.
+
+    Args:
+        root: the module to shard in place (a LightningModule, or a bare network).
+        mesh: the 1-D data-parallel device mesh; None for the default (all ranks of the process group).
+        forward_methods: methods of ``root`` other than ``forward`` through which it is run (``training_step``):
+            FSDP all-gathers the root unit's parameters around those calls, as it does around ``forward``.
+        reshard_after_forward: free the gathered parameters of each layer after its forward (ZeRO-3) rather
+            than keeping them until backward (ZeRO-2: more memory, fewer all-gathers).
+
+    Returns:
+        The number of layer units (the root not counted).
+    """
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    classes = tuple(SHARD_CLASSES)
+    # Innermost first: a unit's parameters are those not already owned by a unit below it.
+    layers = [m for m in root.modules() if isinstance(m, classes) and m is not root]
+    for layer in reversed(layers):
+        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(root, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    for name in forward_methods:
+        register_fsdp_forward_method(root, name)
+    return len(layers)
+
+
+def local(t: Tensor) -> Tensor:
+    """This rank's part of a (possibly sharded) tensor: the local shard of a DTensor, else ``t`` itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def clip_grad_norm_(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
+    """Clip gradients to a total 2-norm of ``max_norm``, the norm taken over *all* shards of every rank.
+
+    With FSDP2 the gradients are DTensors sharded over the ranks; the norm of each rank's shards is combined
+    across ranks (``full_tensor``) so every rank scales by the same factor, exactly as unsharded clipping would.
+    Returns the total norm before clipping.
+    """
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in parameters if p.grad is not None]
+    grads = [p.grad for p in params]
+    if not grads:
+        return torch.zeros(())
+    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()  # sum of squares over the shards of every rank
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a complete sharded checkpoint folder (shards' index and Lightning's metadata written)."""
+    path = Path(path)
+    return path.is_dir() and (path / ".metadata").is_file() and (path / META_FILE).is_file()
+
+
+def load_sharded_meta(path: str | Path) -> dict[str, Any]:
+    """Everything a sharded checkpoint holds except weights and optimizer state (``meta.pt``)."""
+    return torch.load(Path(path) / META_FILE, map_location="cpu", weights_only=True)
+
+
+def consolidate(path: str | Path) -> dict[str, Any]:
+    """A sharded checkpoint folder as one ordinary checkpoint dict (full tensors, on CPU, in this process).
+
+    No process group is needed: the shards are read from the files. Weights come back under ``state_dict``
+    (names as in an unsharded module), optimizer states as ``optimizer_states`` (keyed by parameter name, as
+    torch.distributed.checkpoint stores them), and ``meta.pt``'s entries as they are.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    path = Path(path)
+    if not is_sharded_checkpoint(path):
+        raise FileNotFoundError(f"{path}: not a complete sharded checkpoint folder (.metadata and {META_FILE})")
+    state: dict[str, Any] = {}
+    _load_state_dict(state, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    optimizers = sorted((k for k in state if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
+    out = {**load_sharded_meta(path), "state_dict": state.pop("state_dict")}
+    out["optimizer_states"] = [state.pop(k) for k in optimizers]
+    return out
+
+
+def save_atomically(save: Any, path: Path, is_rank_zero: bool, barrier: Any) -> None:
+    """Write a checkpoint folder through ``save(tmp_path)`` on every rank, then swap it into ``path``.
+
+    A process killed while saving leaves the previous complete folder (or none) at ``path``, never a mix of
+    old and new shards: the new folder is written under a temporary name and renamed into place by rank 0.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    old = path.with_name(f".{path.name}.old")
+    if is_rank_zero:
+        for stale in (tmp, old):
+            if stale.exists():
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    barrier()
+    save(tmp)
+    barrier()
+    if is_rank_zero:
+        if path.exists():
+            os.replace(path, old) if path.is_dir() else path.unlink()
+        os.replace(tmp, path)
+        if old.exists():
+            shutil.rmtree(old)
+    barrier()
+
+
+def fsdp2_strategy(**kwargs: Any) -> Any:
+    """Lightning's FSDP2 strategy (``ModelParallelStrategy``), as pure data parallelism with atomic sharded saves.
+
+    ``data_parallel_size`` defaults to every process (``ModelParallelStrategy`` alone would make that the
+    number of nodes and use the processes of a node for tensor parallelism, which mmgpt does not implement);
+    each sharded checkpoint folder is written under a temporary name and swapped into place, so a crash while
+    saving never leaves a half-written ``last.ckpt``. Keyword arguments go to ``ModelParallelStrategy``.
+    """
+    from pytorch_lightning.strategies import ModelParallelStrategy
+
+    class FSDP2Strategy(ModelParallelStrategy):
+        def setup_environment(self) -> None:
+            if self._data_parallel_size == "auto" and self._tensor_parallel_size == "auto":
+                self._data_parallel_size = self.num_nodes * self.num_processes
+                self._tensor_parallel_size = 1
+            super().setup_environment()
+
+        def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+            if not self._save_distributed_checkpoint:
+                return super().save_checkpoint(checkpoint, filepath, storage_options)
+            path = Path(self.broadcast(str(filepath)))
+            save_atomically(lambda tmp: super(FSDP2Strategy, self).save_checkpoint(checkpoint, tmp, storage_options),
+                            path, self.is_global_zero, self.barrier)
+
+    return FSDP2Strategy(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mmgpt.training.distributed CKPT_DIR OUT.ckpt``: consolidate a sharded checkpoint."""
+    parser = argparse.ArgumentParser(description="Write a sharded (FSDP) checkpoint folder as one checkpoint file "
+                                                 "that mmgpt-eval, mmgpt-generate and init_from load on one device.")
+    parser.add_argument("checkpoint", type=Path, help="sharded checkpoint folder, e.g. run/checkpoints/last.ckpt")
+    parser.add_argument("output", type=Path, help="the single-file checkpoint to write")
+    args = parser.parse_args(argv)
+    try:
+        ckpt = consolidate(args.checkpoint)
+    except FileNotFoundError as e:
+        parser.exit(2, f"error: {e}\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, args.output)
+    print(f"wrote {args.output} ({len(ckpt['state_dict'])} tensors, step {ckpt.get('global_step')})")
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from mmgpt.batch import MultimodalBatch
+from mmgpt.training.distributed import clip_grad_norm_, is_sharded, shard_module
 from mmgpt.training.finetune import freeze as freeze_parts
 from mmgpt.training.finetune import parameter_counts
 from mmgpt.lora import add_lora
@@ -162,6 +163,27 @@ class MultimodalModule(pl.LightningModule):
 
     def test_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
         self._step(batch, "test", batch_idx)
+
+    def configure_model(self) -> None:
+        """Under FSDP2 (``ModelParallelStrategy``: ``trainer=fsdp`` / ``fsdp_sim``), shard per Transformer block.
+
+        Other strategies leave the module as it is. Called again by ``validate``/``test`` after ``fit``: a
+        module already sharded is left alone.
+        """
+        mesh = self.device_mesh
+        if mesh is None or is_sharded(self):
+            return
+        dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+        units = shard_module(self, mesh=dp_mesh, forward_methods=("training_step", "validation_step", "test_step"))
+        log.info("FSDP2: %d layer units + the root, sharded over %d processes", units, dp_mesh.size())
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # Sharded parameters: the total norm over every rank's shards (Lightning's FSDP1 plugin refuses to clip).
+        if is_sharded(self) and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
+            clip_grad_norm_(self.parameters(), float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = dict(self.hparams.optimizer)

@@ -9,6 +9,7 @@ import torch
 
 from mmgpt.datamodules.manifest.export import export_synthetic
 from mmgpt.datamodules.shards import write_shards
+from mmgpt.training.checkpointing import load_checkpoint
 
 
 def export_and_shard(base: Path, num_train: int, samples_per_shard: int, num_val: int = 12, num_test: int = 6,
@@ -24,7 +25,7 @@ def newest_step(checkpoints: Iterable[Path]) -> int:
     steps = [-1]
     for path in checkpoints:
         try:
-            steps.append(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+            steps.append(load_checkpoint(path)["global_step"])  # a file, or a sharded folder's metadata
         except Exception:  # noqa: BLE001 - being written or replaced right now
             pass
     return max(steps)
