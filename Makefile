@@ -6,13 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test test-all test-slow install train lint clean help
+.PHONY: demo test test-all test-slow test-gpu gpu-dry-run gpu-wheels install train lint clean help
 
 help:
 	@echo "make demo      create .venv, install, train the default model on the synthetic set (about 4 min on 2 CPUs, set-up included)"
 	@echo "make test      create .venv, install, run the default test suite"
 	@echo "make test-all  also run tests marked slow (about 5 min on 2 CPUs)"
 	@echo "make test-slow only the tests marked slow (CI runs make test, then this)"
+	@echo "make test-gpu  the tests marked gpu (skipped without CUDA); bench/gpu.sh runs them and every GPU figure"
+	@echo "make gpu-dry-run  bench/gpu.sh without CUDA: GPU sections skipped, the step benchmark at tiny shapes"
 	@echo "make compare   early/late/cross-attention x 3 seeds, then report.md/report.csv/plots in the sweep directory"
 	@echo "make bench     run the benchmark suite and rewrite BENCHMARKS.md"
 	@echo "make export-synthetic OUT=dir   write the synthetic set as a manifest folder"
@@ -45,6 +47,18 @@ test-all: $(DEV_STAMP)
 
 test-slow: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m "slow and not gpu" $(ARGS)
+
+test-gpu: $(DEV_STAMP)
+	$(BIN)/python -m pytest -q -m gpu tests/gpu $(ARGS)
+
+# bench/gpu.sh is THE script for every GPU figure (results under OUT); without CUDA it is a dry run.
+GPU_OUT ?= /tmp/mmgpt-gpu-dry-run
+gpu-dry-run: $(DEV_STAMP)
+	OUT=$(GPU_OUT) PYTHON=$(BIN)/python bash bench/gpu.sh
+
+# Wheels (Python 3.12, manylinux x86-64) of the packages the GPU machine lacks, into .whl/ (git-ignored).
+gpu-wheels:
+	bash bench/gpu_wheels.sh
 
 clean:
 	rm -rf logs .pytest_cache

@@ -11,6 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from mmgpt.training.distributed import local
 from mmgpt.training.rng import rng_states, set_rng_states
 
 
@@ -152,7 +153,7 @@ class NonFiniteGuard(pl.Callback):
         self._ids = list(getattr(batch, "ids", []) or [])
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        grads = [local(p.grad) for p in pl_module.parameters() if p.grad is not None]  # this rank's shards (FSDP)
         finite = all(bool(torch.isfinite(g).all()) for g in grads)
         finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:

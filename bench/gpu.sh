@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# THE prepared script for every GPU figure mmgpt wants, in time-boxed sections (under 5 min in all). Each section
+# writes its results under $OUT as soon as it finishes, so a run cut short keeps what was done:
+#   summary.txt              one line per section: ok / skipped (why) / failed (exit code)
+#   env.txt                  nvidia-smi, torch, CUDA, Lightning versions
+#   test_gpu.log             `pytest -m gpu`: DDP, bf16, SDPA backends, torch.compile, FSDP2, no-sync step, memory
+#   gpu_step.{json,md}       bf16 step time, tokens/s, MFU per fusion at dim 768 / 12 layers (bench/gpu_step.py)
+#   lightning_overhead.{json,md}   Lightning / plain-PyTorch step time ratio (bench/lightning_overhead.py)
+# Without CUDA (CI's dry run, `make gpu-dry-run`) the GPU sections are skipped and gpu_step runs at tiny shapes
+# on the CPU, so the script is known to start. Python packages missing on the GPU machine travel as wheels in
+# .whl/ (bench/gpu_wheels.sh fetches them) and are installed into /tmp/site when present.
+#   OUT=dir bash bench/gpu.sh        (default OUT: bench/results/gpu; PYTHON defaults to python3)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-bench/results/gpu}"
+PY="${PYTHON:-python3}"
+mkdir -p "$OUT"
+: >"$OUT/summary.txt"
+export PYTHONUNBUFFERED=1 CI=1 WANDB_MODE=offline MMGPT_LOG_DIR="${MMGPT_LOG_DIR:-/tmp/mmgpt-gpu-logs}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+failed=0
+
+note() { echo "$1: $2" | tee -a "$OUT/summary.txt"; }
+# section NAME SECONDS COMMAND...: run with a time limit, record ok / failed / timed out
+section() {
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS rc=0
+    echo "== $name (limit ${limit}s)"
+    timeout --kill-after=10 "$limit" "$@" || rc=$?
+    if [ "$rc" -eq 0 ]; then note "$name" "ok ($((SECONDS - t0)) s)"
+    elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then note "$name" "timed out after ${limit} s"; failed=1
+    else note "$name" "failed (exit $rc, $((SECONDS - t0)) s)"; failed=1; fi
+}
+
+# 1. wheels (hydra-core, omegaconf, wandb, soundfile, webdataset, submitit...) when carried
+if compgen -G ".whl/*.whl" >/dev/null; then
+    section wheels 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PYTHONPATH"
+else
+    note wheels "skipped (no .whl/*.whl: bench/gpu_wheels.sh fetches them where pip reaches PyPI)"
+fi
+
+# 2. environment
+{ nvidia-smi 2>&1 || echo "nvidia-smi: not available"
+  "$PY" -c 'import torch, pytorch_lightning as pl; print("torch", torch.__version__, "cuda", torch.version.cuda,
+"available", torch.cuda.is_available(), "devices", torch.cuda.device_count(), "lightning", pl.__version__)'
+} >"$OUT/env.txt" 2>&1
+CUDA=$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
+note env "cuda=$CUDA ($(tail -n 1 "$OUT/env.txt"))"
+
+# 3. the GPU test suite (tests marked gpu)
+if [ "$CUDA" = 1 ]; then
+    section test-gpu 110 bash -c "'$PY' -m pytest -q -m gpu -p no:cacheprovider --timeout 100 tests/gpu \
+        >'$OUT/test_gpu.log' 2>&1"
+else
+    note test-gpu "skipped (no CUDA)"
+fi
+
+# 4. bf16 step time, tokens/s and MFU per fusion at dim 768 / 12 layers (tiny shapes on CPU: a smoke check)
+if [ "$CUDA" = 1 ]; then
+    section gpu-step 90 "$PY" -m bench.gpu_step --out "$OUT"
+else
+    section gpu-step-smoke 120 "$PY" -m bench.gpu_step --out "$OUT" --smoke --fusions early
+fi
+
+# 5. configured (Lightning) / plain step ratio
+if [ "$CUDA" = 1 ]; then
+    section lightning-overhead 45 bash -c "'$PY' -m bench.lightning_overhead --steps 30 --rounds 3 && \
+        cp bench/results/lightning_overhead.json bench/results/lightning_overhead.md '$OUT/'"
+else
+    note lightning-overhead "skipped (no CUDA)"
+fi
+
+# 6. cached vs uncached backbone epochs: only once mmgpt can cache frozen backbone features
+if "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("mmgpt.training.feature_cache") is None)' 2>/dev/null; then
+    note backbone-cache "feature present but not yet benchmarked here: add its section to bench/gpu.sh"
+else
+    note backbone-cache "skipped (mmgpt has no backbone feature cache yet: no figure to measure)"
+fi
+
+echo "results in $OUT"
+exit $failed
