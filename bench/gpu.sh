@@ -33,7 +33,9 @@ section() {
 }
 
 # 1. wheels (hydra-core, omegaconf, wandb, soundfile, webdataset, submitit...) when carried
-if compgen -G ".whl/*.whl" >/dev/null; then
+if "$PY" -c 'import hydra, omegaconf, soundfile, webdataset' 2>/dev/null; then
+    note wheels "skipped (hydra-core, omegaconf, soundfile, webdataset already importable)"
+elif compgen -G ".whl/*.whl" >/dev/null; then
     section wheels 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PYTHONPATH"
@@ -41,13 +43,14 @@ else
     note wheels "skipped (no .whl/*.whl: bench/gpu_wheels.sh fetches them where pip reaches PyPI)"
 fi
 
-# 2. environment
+# 2. environment (one interpreter start: each costs seconds)
 { nvidia-smi 2>&1 || echo "nvidia-smi: not available"
   "$PY" -c 'import torch, pytorch_lightning as pl; print("torch", torch.__version__, "cuda", torch.version.cuda,
-"available", torch.cuda.is_available(), "devices", torch.cuda.device_count(), "lightning", pl.__version__)'
+"devices", torch.cuda.device_count(), "lightning", pl.__version__); print("cuda_available", int(torch.cuda.is_available()))'
 } >"$OUT/env.txt" 2>&1
-CUDA=$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
-note env "cuda=$CUDA ($(tail -n 1 "$OUT/env.txt"))"
+CUDA=$(sed -n 's/^cuda_available \([01]\)$/\1/p' "$OUT/env.txt")
+CUDA=${CUDA:-0}
+note env "cuda=$CUDA ($(grep '^torch ' "$OUT/env.txt" || echo 'torch did not import'))"
 
 # 3. the GPU test suite (tests marked gpu)
 if [ "$CUDA" = 1 ]; then
@@ -73,7 +76,7 @@ else
 fi
 
 # 6. cached vs uncached backbone epochs: only once mmgpt can cache frozen backbone features
-if "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("mmgpt.training.feature_cache") is None)' 2>/dev/null; then
+if [ -e mmgpt/training/feature_cache.py ]; then
     note backbone-cache "feature present but not yet benchmarked here: add its section to bench/gpu.sh"
 else
     note backbone-cache "skipped (mmgpt has no backbone feature cache yet: no figure to measure)"
