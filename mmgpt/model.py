@@ -19,7 +19,7 @@ from mmgpt.fusion import Fusion, FusionOutput
 class ClassificationHead(nn.Module):
     """LayerNorm -> Dropout -> Linear, applied on the last dimension (works on (B, D) and (B, K, D))."""
 
-    def __init__(self, dim: int, num_classes: int, dropout: float = 0.0) -> None:
+    def __init__(self, *, dim: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(dropout), nn.Linear(dim, num_classes))
 
@@ -59,6 +59,7 @@ class MultimodalTransformer(nn.Module):
 
     def __init__(
         self,
+        *,
         encoders: Mapping[str, nn.Module],
         fusion: Fusion,
         head: nn.Module,

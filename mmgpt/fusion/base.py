@@ -34,7 +34,7 @@ class Fusion(nn.Module, ABC):
     modalities in sorted order, so results never depend on the order of the input dicts.
     """
 
-    def __init__(self, modalities: Sequence[str]) -> None:
+    def __init__(self, *, modalities: Sequence[str]) -> None:
         super().__init__()
         self.modalities: tuple[str, ...] = tuple(sorted(modalities))
 
@@ -50,9 +50,9 @@ class Fusion(nn.Module, ABC):
 class ModalityEmbedding(nn.Module):
     """A learned type vector per modality, added to that modality's tokens."""
 
-    def __init__(self, modalities: Sequence[str], dim: int) -> None:
+    def __init__(self, *, modalities: Sequence[str], dim: int) -> None:
         super().__init__()
-        self.table = nn.ParameterDict({m: nn.Parameter(torch.randn(dim) * 0.02) for m in sorted(modalities)})
+        self.table = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in sorted(modalities)})
 
     def forward(self, modality: str, x: Tensor) -> Tensor:
         return x + self.table[modality]

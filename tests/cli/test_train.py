@@ -12,7 +12,7 @@ from omegaconf import open_dict
 
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
-from mmgpt.training.lit_module import MultimodalClassifier
+from mmgpt.training.lit_module import MultimodalModule
 
 FUSIONS = ["early", "late", "cross_attention"]
 BIN = Path(sys.executable).parent
@@ -23,8 +23,7 @@ def test_fast_dev_run(fusion, compose_cfg):
     cfg = compose_cfg(["experiment=smoke", "debug=fdr", f"model/fusion={fusion}", "logger=csv"])
     results = train(cfg)
     assert results["global_step"] == 1
-    assert results["fusion_target"].endswith({"early": "EarlyFusion", "late": "LateFusion",
-                                              "cross_attention": "CrossAttentionFusion"}[fusion])
+    assert results["fusion_type"] == fusion
     assert {"val/acc", "val/f1", "val/loss"} <= set(results["val"])
     assert {"test/acc", "test/f1", "test/loss"} <= set(results["test"])
 
@@ -53,7 +52,7 @@ def test_checkpoint_rebuilds_without_yaml_and_eval_reproduces_val(compose_cfg, t
     results = train(cfg)
     ckpt = results["best_ckpt"]
 
-    module = MultimodalClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+    module = MultimodalModule.load_from_checkpoint(ckpt, map_location="cpu")
     assert module.hparams.class_names and module.net.head.net[-1].out_features == len(module.hparams.class_names)
     stored = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert stored["mmgpt"]["config"]["model"]["dim"] == cfg.model.dim

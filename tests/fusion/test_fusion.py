@@ -14,22 +14,22 @@ from tests.conftest import DIM, HEADS, IMAGE_SIZE, SAMPLE_RATE, make_batch
 
 MODS = ["audio", "image", "text"]
 FUSIONS: dict[str, Callable[[], Fusion]] = {
-    "early": lambda: EarlyFusion(MODS, DIM, 2, HEADS),
-    "late_concat": lambda: LateFusion(MODS, DIM, 1, HEADS, combiner=ConcatMLP(MODS, DIM)),
-    "late_logit_average": lambda: LateFusion(MODS, DIM, 1, HEADS, combiner=LogitAverage()),
-    "cross_attention": lambda: CrossAttentionFusion(MODS, DIM, 2, HEADS),
-    "cross_attention_gated": lambda: CrossAttentionFusion(MODS, DIM, 2, HEADS, gate_init=0.5),
+    "early": lambda: EarlyFusion(modalities=MODS, dim=DIM, num_layers=2, num_heads=HEADS),
+    "late_concat": lambda: LateFusion(modalities=MODS, dim=DIM, num_layers=1, num_heads=HEADS, combiner=ConcatMLP(modalities=MODS, dim=DIM)),
+    "late_logit_average": lambda: LateFusion(modalities=MODS, dim=DIM, num_layers=1, num_heads=HEADS, combiner=LogitAverage()),
+    "cross_attention": lambda: CrossAttentionFusion(modalities=MODS, dim=DIM, num_layers=2, num_heads=HEADS),
+    "cross_attention_gated": lambda: CrossAttentionFusion(modalities=MODS, dim=DIM, num_layers=2, num_heads=HEADS, gate_init=0.5),
 }
 
 
 def build(fusion: str, num_classes: int = 5) -> MultimodalTransformer:
     torch.manual_seed(0)
     encoders = {
-        "text": TextEncoder(DIM, 1, HEADS, max_length=16),
-        "image": ImageEncoder(DIM, 1, HEADS, image_size=IMAGE_SIZE, patch_size=4),
-        "audio": AudioEncoder(DIM, 1, HEADS, sample_rate=SAMPLE_RATE, n_mels=16, n_fft=128, hop_length=80),
+        "text": TextEncoder(dim=DIM, num_layers=1, num_heads=HEADS, max_length=16),
+        "image": ImageEncoder(dim=DIM, num_layers=1, num_heads=HEADS, image_size=IMAGE_SIZE, patch_size=4),
+        "audio": AudioEncoder(dim=DIM, num_layers=1, num_heads=HEADS, sample_rate=SAMPLE_RATE, n_mels=16, n_fft=128, hop_length=80),
     }
-    return MultimodalTransformer(encoders, FUSIONS[fusion](), ClassificationHead(DIM, num_classes))
+    return MultimodalTransformer(encoders=encoders, fusion=FUSIONS[fusion](), head=ClassificationHead(dim=DIM, num_classes=num_classes))
 
 
 @pytest.fixture(params=sorted(FUSIONS))
@@ -97,11 +97,11 @@ def test_present_modalities_matter(fusion_name):
 
 
 def test_fusion_rejects_unknown_modalities():
-    fusion = EarlyFusion(MODS, DIM, 1, HEADS)
+    fusion = EarlyFusion(modalities=MODS, dim=DIM, num_layers=1, num_heads=HEADS)
     with pytest.raises(KeyError, match="built for"):
         fusion({"text": torch.randn(1, 2, DIM)}, {"text": torch.ones(1, 2, dtype=torch.bool)})
 
 
 def test_cross_attention_query_must_be_a_modality():
     with pytest.raises(ValueError, match="query"):
-        CrossAttentionFusion(MODS, DIM, 1, HEADS, query="video")
+        CrossAttentionFusion(modalities=MODS, dim=DIM, num_layers=1, num_heads=HEADS, query="video")
