@@ -29,7 +29,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
-from mmgpt.cli.common import rank_zero, relaunchable_job
+from mmgpt.training.safe_load import check_stored_overrides
+from mmgpt.cli.common import rank_zero, relaunchable_job, user_errors
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
 from mmgpt.config import CONFIG_DIR
@@ -181,7 +182,9 @@ def previous_overrides(sweep_dir: Path) -> list[str]:
     hydra_overrides = [
         str(o) for o in cfg.hydra.overrides.hydra if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))
     ]
-    return [*hydra_overrides, *(str(o) for o in cfg.hydra.overrides.task)]
+    overrides = [*hydra_overrides, *(str(o) for o in cfg.hydra.overrides.task)]
+    check_stored_overrides(overrides, path)  # a sweep directory from elsewhere must not name code to call
+    return overrides
 
 
 def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
@@ -202,6 +205,7 @@ def _compare_app(cfg: DictConfig) -> float | None:
     return (results.get("val") or {}).get(f"val/{cfg.compare.metric}")
 
 
+@user_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: ``report=DIR`` and ``resume=DIR`` are handled here, everything else goes to Hydra."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -44,6 +44,9 @@ DATAMODULES: dict[str, str] = {
 #: Data settings that name places the datamodule writes to; rebuilt from a checkpoint they point into the run dir.
 _WRITING_DATA_KEYS = {"cache_dir": "cache", "report_dir": "."}
 
+#: The network class that checkpoints written before the typed spec named at the top of ``net``.
+_LEGACY_NETWORK = "mmgpt.model.MultimodalTransformer"
+
 #: The hyperparameters of :class:`~mmgpt.training.lit_module.MultimodalModule` and the kind of spec each holds.
 _MODULE_SPECS = {"optimizer": "optimizer", "scheduler": "scheduler"}
 _MODULE_PLAIN = {"num_classes", "label_smoothing", "class_names", "eval_generation_batches", "freeze", "lora"}
@@ -91,6 +94,8 @@ def module_hparams(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
         for key, value in hparams.items():
             where = f"hyper_parameters.{key}"
             if key == "net":
+                if isinstance(value, Mapping) and value.get("_target_") == _LEGACY_NETWORK:
+                    value = {k: v for k, v in value.items() if k != "_target_"}
                 spec = registry.NetworkSpec.from_dict(_legacy_or_typed(value, where), where)
                 spec.check(where)
                 out[key] = registry.for_checkpoint(spec.to_dict())

@@ -84,7 +84,7 @@ def test_ddp_sim_two_processes_match_one_process_with_the_same_global_batch(tmp_
     biases) into full-size steps of random sign, which hides what this test checks.
     """
     common = ["experiment=smoke", "logger=csv", "data.shuffle=false", "data.augment=false", "trainer.max_epochs=1",
-              "model.module.optimizer._target_=torch.optim.SGD", "~model.module.optimizer.betas",
+              "model.module.optimizer.type=sgd", "~model.module.optimizer.betas",
               "model.module.optimizer.lr=0.1"]
     two = _train_subprocess(tmp_path, "ddp", "trainer=ddp_sim", "data.batch_size=16", *common)
     one = _train_subprocess(tmp_path, "single", "trainer=cpu", "data.batch_size=32", *common)
