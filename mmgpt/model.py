@@ -92,11 +92,7 @@ class MultimodalTransformer(nn.Module):
 
     def classify(self, fused: FusionOutput) -> Tensor:
         """Head logits (B, C) from a fusion output; per-member logits are averaged over present members."""
-        logits = self.head(fused.pooled)  # (B, C) or (B, K, C)
-        if fused.member_mask is not None:
-            w = fused.member_mask.to(logits.dtype).unsqueeze(-1)  # (B, K, 1)
-            logits = (logits * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)  # (B, C)
-        return logits
+        return fused.average_members(self.head(fused.pooled))  # (B, C) from (B, C) or (B, K, C)
 
     def forward(self, batch: MultimodalBatch) -> ModelOutput:
         encoded = self.encode(batch)

@@ -26,6 +26,16 @@ class FusionOutput:
     tokens: Tensor | None = None
     mask: Tensor | None = None
 
+    def average_members(self, values: Tensor) -> Tensor:
+        """Per-member ``values`` (B, K, ...) averaged over each sample's present members -> (B, ...).
+
+        Values that are already per sample (no ``member_mask``, or ``values`` of one dimension less) pass through.
+        """
+        if self.member_mask is None or values.dim() < 3:
+            return values
+        w = self.member_mask.to(values.dtype).unsqueeze(-1)  # (B, K, 1)
+        return (values * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+
 
 class Fusion(nn.Module, ABC):
     """Fuses per-modality tokens into pooled features.
