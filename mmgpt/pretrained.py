@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mmgpt.layers import mark_pretrained
 from mmgpt.decoder import Conditioner, NoConditioning, TextDecoder
+from mmgpt.layers import mark_pretrained
 
 log = logging.getLogger(__name__)
 

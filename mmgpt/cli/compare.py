@@ -29,14 +29,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
-from mmgpt.training.checkpointing import config_differences
-from mmgpt.training.safe_load import check_stored_overrides
 from mmgpt.cli.common import rank_zero, relaunchable_job, user_errors
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
 from mmgpt.config import CONFIG_DIR
 from mmgpt.report import ReportFiles, write_report
 from mmgpt.report.runs import EVAL_RESULTS, RESULTS
+from mmgpt.training.checkpointing import config_differences
+from mmgpt.training.safe_load import check_stored_overrides
 from mmgpt.training.tracking import wandb_sync_command
 
 log = logging.getLogger("mmgpt.compare")

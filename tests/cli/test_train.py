@@ -130,3 +130,17 @@ def test_resume_auto_continues_the_same_wandb_run(compose_cfg):
     runs = offline_wandb_runs(run)
     assert len(runs) == 2 and all(p.name.endswith(f"-{saved_id}") for p in runs)  # one wandb run, two sessions
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["mmgpt"]["wandb_id"] == saved_id
+
+
+def test_run_output_has_no_lightning_adverts(caplog):
+    import logging
+
+    from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+    from mmgpt.cli import quiet_lightning
+
+    quiet_lightning()
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("\N{ELECTRIC LIGHT BULB} Tip: try installing a product")
+        rank_zero_info("GPU available: False")
+    assert "Tip:" not in caplog.text and "GPU available" in caplog.text

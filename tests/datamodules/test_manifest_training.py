@@ -12,11 +12,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mmgpt.datamodules.collate import Collate, random_modality_dropout
-from mmgpt.datamodules.manifest import ManifestDataModule
 from mmgpt.batch import MODALITIES
 from mmgpt.cli.train import build_module, train
 from mmgpt.config import check_targets
+from mmgpt.datamodules.collate import Collate, random_modality_dropout
+from mmgpt.datamodules.manifest import ManifestDataModule
 from mmgpt.tokenizer import ByteTokenizer
 from tests.datamodules.conftest import FolderFactory, good_rows
 

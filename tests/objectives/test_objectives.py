@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from mmgpt.training.lit_module import build_objectives
-from mmgpt.objectives import CausalLM, Classification, Contrastive, Matching, MaskedLM
+from mmgpt.objectives import CausalLM, Classification, Contrastive, MaskedLM, Matching
 from mmgpt.objectives.matching import counterfactual
 from mmgpt.objectives.mlm import mask_tokens
-from mmgpt.tokenizer import ByteTokenizer
 from mmgpt.registry import SpecError
+from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.training.lit_module import build_objectives
 from tests.conftest import make_batch
 from tests.helpers.tiny import DIM, FUSIONS, tiny_net
 
