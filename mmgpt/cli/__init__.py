@@ -1,4 +1,9 @@
-"""Command-line entry points: thin Hydra apps around plain functions."""
+"""Command-line entry points: thin Hydra apps around plain functions.
+
+The edge of the library: the only place Hydra composes configs and ``instantiate`` runs (on the user's own data,
+trainer, callbacks and loggers). They wire ``mmgpt.datamodules``, the network (through :mod:`mmgpt.registry`) and
+``mmgpt.training`` together; nothing imports from here except the tests.
+"""
 
 import logging
 import os

@@ -1,4 +1,8 @@
-"""Fusion strategies: one interface (:class:`Fusion`), swapped by Hydra's ``model/fusion`` group."""
+"""Fusion strategies: one interface (:class:`Fusion`), chosen by the ``model/fusion`` config group.
+
+Each strategy is one class here plus one registry line and one YAML under ``conf/model/fusion/``; built from
+``layers``, used by :class:`mmgpt.model.MultimodalTransformer`.
+"""
 
 from mmgpt.fusion.base import Fusion, FusionOutput, ModalityEmbedding
 from mmgpt.fusion.cross_attention import CrossAttentionFusion

@@ -1,4 +1,7 @@
-"""Building blocks shared by every encoder and fusion: one attention, one MLP, one block."""
+"""Building blocks shared by every encoder and fusion: one attention, one MLP, one block, one weight init.
+
+Imports nothing else from mmgpt; everything else in the network code builds on it.
+"""
 
 from mmgpt.layers.attention import Attention, KVCache, build_attention_mask
 from mmgpt.layers.block import MLP, Block, GatedCrossAttentionBlock, Transformer, cross_attention_block
