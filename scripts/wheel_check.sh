@@ -5,10 +5,11 @@
 #   usage: scripts/wheel_check.sh [PYTHON]      (default: .venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="$(realpath "${1:-.venv/bin/python}")"
+PY="${1:-.venv/bin/python}"
+PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"   # absolute, not resolved: keep the venv
 WORK="$(mktemp -d /tmp/mmgpt-wheel-check.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
-"$PY" -m pip wheel --no-deps --no-build-isolation -q -w "$WORK/dist" . 2>&1 | grep -v "WARNING: Location" || true
+"$PY" -m pip wheel --no-deps -q -w "$WORK/dist" . 2>&1 | grep -v "WARNING: Location" || true
 WHEEL="$(ls "$WORK"/dist/mmgpt-*.whl)"
 for f in mmgpt/conf/train.yaml mmgpt/conf/eval.yaml mmgpt/conf/model/default.yaml mmgpt/datamodules/synthetic/generator.py; do
   unzip -l "$WHEEL" | grep -q " $f\$" || { echo "wheel-check: $f missing from $WHEEL"; exit 1; }
@@ -16,7 +17,7 @@ done
 if unzip -l "$WHEEL" | awk '{print $4}' | grep -q '^datamodules/'; then
   echo "wheel-check: the wheel installs a top-level 'datamodules' package"; exit 1
 fi
-"$PY" -m pip install --no-deps --no-compile -q --target "$WORK/site" "$WHEEL" 2>&1 | grep -v "WARNING: Location" || true
+"$PY" -m pip install --no-deps --no-compile -q --disable-pip-version-check --root-user-action=ignore --target "$WORK/site" "$WHEEL" 2>&1 | grep -v "WARNING: Location" || true
 export PYTHONPATH="$WORK/site"
 mkdir -p "$WORK/elsewhere" && cd "$WORK/elsewhere"   # an unrelated directory: no conf/, no checkout
 where="$("$PY" -c 'import mmgpt; print(mmgpt.__file__)')"
