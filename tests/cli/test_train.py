@@ -144,3 +144,21 @@ def test_run_output_has_no_lightning_adverts(caplog):
         rank_zero_info("\N{ELECTRIC LIGHT BULB} Tip: try installing a product")
         rank_zero_info("GPU available: False")
     assert "Tip:" not in caplog.text and "GPU available" in caplog.text
+
+
+def test_a_copied_run_directory_uses_its_own_best_checkpoint(compose_cfg, tmp_path):
+    import shutil
+
+    cfg = compose_cfg(["experiment=smoke", "logger=csv", "test=false"])
+    first = train(cfg)
+    original = Path(cfg.paths.output_dir)
+    copy = tmp_path / "copied"
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)  # the run directory was moved: the checkpoint's recorded paths no longer exist
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(copy)
+        cfg.resume = "auto"
+    again = train(cfg)
+    assert Path(again["best_ckpt"]).parent == copy / "checkpoints"
+    assert Path(again["best_ckpt"]).name == Path(first["best_ckpt"]).name
+    assert again["val"]["val/acc"] == pytest.approx(first["val"]["val/acc"])
