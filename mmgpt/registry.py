@@ -65,6 +65,11 @@ BUILTIN: dict[str, Part] = {
     "early": Part("fusion", "mmgpt.fusion.early:EarlyFusion"),
     "late": Part("fusion", "mmgpt.fusion.late:LateFusion"),
     "cross_attention": Part("fusion", "mmgpt.fusion.cross_attention:CrossAttentionFusion"),
+    "tensor": Part("fusion", "mmgpt.fusion.tensor:TensorFusion"),
+    "low_rank": Part("fusion", "mmgpt.fusion.tensor:LowRankFusion"),
+    "mult": Part("fusion", "mmgpt.fusion.mult:MulTFusion"),
+    "bottleneck": Part("fusion", "mmgpt.fusion.bottleneck:BottleneckFusion"),
+    "resampler": Part("fusion", "mmgpt.fusion.resampler:ResamplerFusion"),
     "concat_mlp": Part("combiner", "mmgpt.fusion.late:ConcatMLP"),
     "logit_average": Part("combiner", "mmgpt.fusion.late:LogitAverage"),
     # head, text decoder and its conditioners
@@ -291,20 +296,9 @@ class NetworkSpec:
             check_spec(self.decoder, f"{where}.decoder", "decoder")
 
 
-#: Which conditioning of the text decoder suits each fusion: (conditioner, does the decoder cross-attend).
-#: The one place that pairs fusions with decoders (YAML, tests and builders all go through it).
-DECODER_PAIRING: dict[str, tuple[str, bool]] = {
-    "early": ("fused_prefix", False),          # the fused token sequence is a bidirectional prefix
-    "late": ("pooled_prefix", False),          # the pooled per-modality vectors are a short prefix
-    "cross_attention": ("media_context", True),  # the decoder cross-attends to the media tokens (Flamingo)
-}
-
-
 def decoder_pairing(fusion_type: str) -> tuple[str, bool]:
-    """The (conditioner, cross_attention) that suits ``fusion_type``; a fusion of the user's may declare its own
-    with a ``decoder_pairing`` class attribute."""
-    if fusion_type in DECODER_PAIRING:
-        return DECODER_PAIRING[fusion_type]
+    """The (conditioner, does the decoder cross-attend) that suits ``fusion_type``: what its class declares in
+    :attr:`mmgpt.fusion.Fusion.decoder_pairing`. The YAML, the tests and every builder go through this."""
     declared = getattr(part(fusion_type, "fusion", "model.net.fusion").resolve(), "decoder_pairing", None)
     if declared is None:
         raise SpecError(f"model.net.fusion.type: {fusion_type!r} declares no decoder conditioning; give "

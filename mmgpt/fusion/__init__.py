@@ -5,11 +5,16 @@ Each strategy is one class here plus one registry line and one YAML under ``conf
 """
 
 from mmgpt.fusion.base import Fusion, FusionOutput, ModalityEmbedding
+from mmgpt.fusion.bottleneck import BottleneckFusion
 from mmgpt.fusion.cross_attention import CrossAttentionFusion
 from mmgpt.fusion.early import EarlyFusion
 from mmgpt.fusion.late import Combiner, ConcatMLP, LateFusion, LogitAverage
+from mmgpt.fusion.mult import MulTFusion
+from mmgpt.fusion.resampler import ResamplerFusion
+from mmgpt.fusion.tensor import LowRankFusion, TensorFusion
 
 __all__ = [
+    "BottleneckFusion",
     "Combiner",
     "ConcatMLP",
     "CrossAttentionFusion",
@@ -18,5 +23,9 @@ __all__ = [
     "FusionOutput",
     "LateFusion",
     "LogitAverage",
+    "LowRankFusion",
     "ModalityEmbedding",
+    "MulTFusion",
+    "ResamplerFusion",
+    "TensorFusion",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import ClassVar
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,11 @@ class Fusion(nn.Module, ABC):
     Subclasses receive the modality names at construction (to size per-modality parameters) and must iterate
     modalities in sorted order, so results never depend on the order of the input dicts.
     """
+
+    #: How a text decoder is conditioned on this fusion: (a registered conditioner, whether the decoder
+    #: cross-attends). ``fused_prefix`` needs ``FusionOutput.tokens``; ``media_context`` cross-attends to the media
+    #: encoders' tokens. The one place fusions are paired with decoders (:func:`mmgpt.registry.decoder_pairing`).
+    decoder_pairing: ClassVar[tuple[str, bool] | None] = None
 
     def __init__(self, *, modalities: Sequence[str]) -> None:
         super().__init__()

@@ -32,6 +32,8 @@ class CrossAttentionFusion(Fusion):
         dropout: dropout rate.
     """
 
+    decoder_pairing = ("media_context", True)  # the decoder cross-attends to the media tokens (Flamingo)
+
     def __init__(
         self,
         *,

@@ -26,6 +26,8 @@ class EarlyFusion(Fusion):
         dropout: dropout rate.
     """
 
+    decoder_pairing = ("fused_prefix", False)  # the fused token sequence as a bidirectional prefix
+
     def __init__(
         self,
         *,

@@ -60,6 +60,8 @@ class LateFusion(Fusion):
         dropout: dropout rate.
     """
 
+    decoder_pairing = ("pooled_prefix", False)  # the pooled per-modality vectors as a short prefix
+
     def __init__(
         self,
         *,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from torch import nn
 
-#: Names of the raw parameters that are learned tables (initialised like embeddings).
-TABLE_PARAMETERS = frozenset({"pos_emb", "cls", "null"})
+#: Names of the raw parameters that are learned tables (initialised like embeddings), and of the parameter dicts
+#: holding one table vector per modality (modality-type embeddings).
+TABLE_PARAMETERS = frozenset({"pos_emb", "cls", "null", "queries"})
+TABLE_DICTS = frozenset({"table"})
 
 
 def mark_pretrained(module: nn.Module) -> nn.Module:
@@ -20,12 +22,12 @@ def mark_pretrained(module: nn.Module) -> nn.Module:
     return module
 
 
-def _fresh_modules(module: nn.Module):
+def _fresh_modules(module: nn.Module, name: str = ""):
     if getattr(module, "_mmgpt_pretrained", False):
         return
-    yield module
-    for child in module.children():
-        yield from _fresh_modules(child)
+    yield name, module
+    for child_name, child in module.named_children():
+        yield from _fresh_modules(child, child_name)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -33,10 +35,10 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
 
     Called once by :func:`mmgpt.registry.build_network` on the assembled network.
     """
-    for sub in _fresh_modules(module):
+    for name, sub in _fresh_modules(module):
         if isinstance(sub, nn.Embedding):
             nn.init.normal_(sub.weight, std=std)
-        elif isinstance(sub, nn.ParameterDict):  # modality-type embeddings, one vector per modality
+        elif isinstance(sub, nn.ParameterDict) and name in TABLE_DICTS:  # one vector per modality
             for p in sub.values():
                 nn.init.normal_(p, std=std)
         for name, p in sub.named_parameters(recurse=False):
