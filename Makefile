@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test test-all test-slow test-gpu gpu-dry-run gpu-wheels install train lint clean help
+.PHONY: demo test test-all test-slow test-gpu gpu-dry-run gpu-wheels install train lint wheel-check clean help
 
 help:
 	@echo "make demo      create .venv, install, train the default model on the synthetic set (about 4 min on 2 CPUs, set-up included)"
@@ -15,6 +15,8 @@ help:
 	@echo "make test-slow only the tests marked slow (CI runs make test, then this)"
 	@echo "make test-gpu  the tests marked gpu (skipped without CUDA); bench/gpu.sh runs them and every GPU figure"
 	@echo "make gpu-dry-run  bench/gpu.sh without CUDA: GPU sections skipped, the step benchmark at tiny shapes"
+	@echo "make lint      ruff (configured in pyproject.toml)"
+	@echo "make wheel-check  build the wheel, install it apart from the checkout, run mmgpt-train and mmgpt-eval from it"
 	@echo "make compare   early/late/cross-attention x 3 seeds, then report.md/report.csv/plots in the sweep directory"
 	@echo "make bench     run the benchmark suite and rewrite BENCHMARKS.md"
 	@echo "make export-synthetic OUT=dir   write the synthetic set as a manifest folder"
@@ -59,9 +61,14 @@ gpu-dry-run: $(DEV_STAMP)
 # Wheels (Python 3.12, manylinux x86-64) of the packages the GPU machine lacks, into .whl/ (git-ignored).
 gpu-wheels:
 	bash bench/gpu_wheels.sh
+lint: $(DEV_STAMP)  ## ruff, configured in pyproject.toml
+	$(BIN)/ruff check mmgpt datamodules tests bench scripts
+
+wheel-check: $(DEV_STAMP)  ## build the wheel, install it apart from the checkout, train + evaluate from another folder
+	bash scripts/wheel_check.sh $(BIN)/python
 
 clean:
-	rm -rf logs .pytest_cache
+	rm -rf logs .pytest_cache build
 
 # `make export-synthetic OUT=dir`: write the embedded synthetic set as a manifest folder (PNG + WAV + JSON Lines),
 # to show the format `mmgpt-train data=manifest data.root=dir` reads. ARGS passes options, e.g. ARGS='--num-train 500'.

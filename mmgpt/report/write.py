@@ -108,6 +108,12 @@ def write_csv(path: Path, rows: Sequence[dict[str, str]]) -> Path:
     return path
 
 
+def _params(total: float | None, fusion: float | None) -> str:
+    if total is None:
+        return "n/a"
+    return f"{total:,.0f}" + (f" ({fusion:,.0f})" if fusion is not None else "")
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -153,7 +159,7 @@ def _md_summary(groups: Sequence[GroupSummary]) -> list[str]:
               f"best val {metric}", f"test {metric}", "wall time s"]
     rows = [
         [str(i), g.name, " ".join(map(str, g.seeds)),
-         f"{g.params.mean:,.0f} ({g.fusion_params.mean:,.0f})" if g.params.mean is not None else "n/a",
+         _params(g.params.mean, g.fusion_params.mean),
          g.samples_per_sec.fmt(1), g.peak_memory_mb.fmt(0), g.val.fmt(4), g.test.fmt(4), g.wall_time_s.fmt(1)]
         for i, g in enumerate(groups, 1)
     ]
