@@ -46,8 +46,9 @@ def random_batch(cfg, batch: int, device: torch.device) -> MultimodalBatch:
 
 
 def measure(fusion: str, args: argparse.Namespace, device: torch.device) -> dict:
-    from mmgpt.cli.train import build_module
     from torch.utils.flop_counter import FlopCounterMode
+
+    from mmgpt.cli.train import build_module
 
     cfg = compose_train_config([f"model/fusion={fusion}", *(SMALL if args.smoke else BIG)])
     data = SimpleNamespace(num_classes=15, class_names=[str(i) for i in range(15)])

@@ -33,7 +33,6 @@ from mmgpt.cli.common import (
     write_json,
 )
 from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_model_specs, check_targets, resolved
-from mmgpt.layers import Block
 from mmgpt.registry import import_plugins
 from mmgpt.training.callbacks import (
     FlushLogsWithCheckpoint,
@@ -43,6 +42,7 @@ from mmgpt.training.callbacks import (
     Throughput,
 )
 from mmgpt.training.checkpointing import check_resume_compatible, find_resume_checkpoint
+from mmgpt.training.distributed import SHARD_CLASSES
 from mmgpt.training.finetune import LoadReport, init_from_checkpoint, parameter_counts
 from mmgpt.training.lit_module import MultimodalModule
 from mmgpt.training.loggers import prepare_metrics_csv
@@ -122,7 +122,8 @@ def apply_speedups(net: nn.Module, compile: bool, activation_checkpointing: bool
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
-        apply_activation_checkpointing(net, check_fn=lambda m: isinstance(m, Block))
+        layers = tuple(SHARD_CLASSES)  # the Transformer blocks, and any registered backbone layer class
+        apply_activation_checkpointing(net, check_fn=lambda m: isinstance(m, layers))
     if compile:
         net.compile()
 

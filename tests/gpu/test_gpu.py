@@ -161,8 +161,8 @@ def test_peak_memory_at_vit_b_bert_base_scale(compose_cfg):
     """
     from types import SimpleNamespace
 
-    from mmgpt.cli.train import build_module
     from bench.gpu_step import BIG, random_batch
+    from mmgpt.cli.train import build_module
 
     peaks = {}
     for ckpt in (False, True):
