@@ -31,7 +31,7 @@ BIN = Path(sys.executable).parent
 COMMON = ["experiment=smoke", "logger=csv", "data.num_train=256", "trainer.max_epochs=2", "test=false",
           "callbacks.step_checkpoint.every_n_train_steps=1", "model.dropout=0.1", "data.augment=true",
           "data.modality_dropout.audio=0.2", "data.modality_dropout.image=0.2", "trainer.gradient_clip_val=0.05",
-          "model.module.optimizer._target_=torch.optim.SGD", "~model.module.optimizer.betas",
+          "model.module.optimizer.type=sgd", "~model.module.optimizer.betas",
           "model.module.optimizer.lr=0.2"]
 KILL_AT = 6
 #: FSDP reduce-scatters where DDP all-reduces: the same sums in another order, so float rounding differs.

@@ -93,7 +93,7 @@ def _curve(compose_cfg, fusion: str, precision: str) -> tuple[list[float], dict[
     objectives in one run: head, decoder, generation), then one validation batch with greedy generation."""
     cfg = compose_cfg(["experiment=smoke", f"model/fusion={fusion}", "task=caption", "model.dim=32",
                        "data.batch_size=8", "model.module.objectives.lm.max_new_tokens=8",
-                       "+model.module.objectives.classify={_target_:mmgpt.objectives.Classification,num_classes:null}"])
+                       "+model.module.objectives.classify={type:classify,num_classes:null}"])
     pl.seed_everything(0, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     module = build_module(cfg, datamodule)
