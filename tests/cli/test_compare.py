@@ -330,7 +330,7 @@ def test_clear_unfinished_keeps_hydra_record_and_log(tmp_path: Path) -> None:
 
 
 def test_report_of_a_directory_without_runs_fails(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SystemExit, match=r"^error: .*no finished run \(no results.json\)"):
         compare.main([f"report={tmp_path}"])
 
 
