@@ -190,17 +190,35 @@ def _md_significance(diffs: Sequence[Difference] | None) -> list[str]:
     return lines
 
 
+def is_baseline(group: GroupSummary) -> bool:
+    """A unimodal baseline run (``model/fusion=unimodal_<modality>``)."""
+    return group.fusion.startswith("unimodal")
+
+
+def gain_over_baselines(groups: Sequence[GroupSummary]) -> dict[str, float]:
+    """Each fusion's mean test metric minus the best unimodal baseline's; empty without baselines."""
+    baselines = [g.test.mean for g in groups if is_baseline(g) and g.test.mean is not None]
+    if not baselines:
+        return {}
+    best = max(baselines)
+    return {g.name: g.test.mean - best for g in groups if not is_baseline(g) and g.test.mean is not None}
+
+
 def _md_summary(groups: Sequence[GroupSummary], diffs: Sequence[Difference] | None = None) -> list[str]:
     metric = groups[0].metric if groups else "acc"
     ties = _ties(diffs)
+    gains = gain_over_baselines(groups)
     kinds = sorted({g.peak_memory_kind for g in groups})
     header = ["rank", "fusion", "seeds", "params (fusion)", "train samples/s", f"peak memory MB ({'/'.join(kinds)})",
               f"best val {metric}", f"test {metric}", "wall time s"]
+    if gains:
+        header.append(f"test {metric} gain over best unimodal")
     rows = [
         [str(i) + (" (tie)" if i > 1 and frozenset((groups[i - 2].name, g.name)) in ties else ""),
          g.name, " ".join(map(str, g.seeds)),
          _params(g.params.mean, g.fusion_params.mean),
          g.samples_per_sec.fmt(1), g.peak_memory_mb.fmt(0), g.val.fmt(4), g.test.fmt(4), g.wall_time_s.fmt(1)]
+        + ([("baseline" if is_baseline(g) else f"{gains[g.name]:+.4f}" if g.name in gains else "n/a")] if gains else [])
         for i, g in enumerate(groups, 1)
     ]
     return _table(header, rows)
