@@ -26,6 +26,11 @@ def test_fast_dev_run(fusion, compose_cfg):
     assert results["fusion_type"] == fusion
     assert {"val/acc", "val/f1", "val/loss"} <= set(results["val"])
     assert {"test/acc", "test/f1", "test/loss"} <= set(results["test"])
+    from mmgpt.training.predictions import read_predictions  # the final evaluation's per-sample predictions
+
+    ids, labels, scores = read_predictions(results["run_dir"], "test")
+    assert len(ids) == len(labels) == scores.shape[0] > 0 and scores.shape[1] == 15
+    assert abs(scores.sum(axis=1) - 1).max() < 1e-5
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

@@ -160,3 +160,47 @@ def test_stat_formatting() -> None:
     assert Stat.of([]).fmt() == "n/a"
     assert Stat.of([1.0, 3.0]).fmt(1) == "2.0 ± 1.4"
     assert Stat.of([1.0, None, 3.0]).n == 2
+
+
+def _predictions(run: Path, rate: float, seed: int, n: int = 400) -> None:
+    import numpy as np
+
+    labels = np.random.default_rng(99).integers(0, 5, n)
+    rng = np.random.default_rng(seed)
+    scores = rng.random((n, 5)).astype(np.float32)
+    right = rng.random(n) < rate
+    scores[np.arange(n), labels] = np.where(right, 2.0, -1.0)
+    np.savez(run / "predictions_test.npz", ids=np.array([f"s{i}" for i in range(n)]), labels=labels, scores=scores)
+
+
+def test_report_tests_every_pair_and_marks_ties(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    job = 0
+    for fusion, val, rate in (("early", 0.91, 0.90), ("late", 0.90, 0.895), ("cross_attention", 0.80, 0.60)):
+        for seed in range(3):
+            _predictions(make_run(root, f"{job}_{fusion}", fusion, seed, val=val + 0.001 * seed, test=rate), rate,
+                         seed=100 * job)
+            job += 1
+    text = (root / write_report(root).markdown.name).read_text()
+    assert "## Are the differences real?" in text and "## Methods: the significance test" in text
+    table = text.split("## Are the differences real?")[1]
+    assert "| early − late |" in table and "**no**" in table.split("| early − late |")[1].splitlines()[0]
+    assert "| cross_attention − early |" in table
+    assert "yes" in table.split("| cross_attention − early |")[1].splitlines()[0]
+    assert "Not distinguishable: early and late" in table
+    assert "| 2 (tie) | late |" in text  # ranked second, but not distinguishable from the first
+
+
+def test_report_without_predictions_says_so(sweep: Path) -> None:
+    text = (sweep / write_report(sweep).markdown.name).read_text()
+    assert "no significance test" in text
+
+
+def test_report_shows_each_fusions_gain_over_the_best_unimodal_baseline(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    for job, (fusion, test) in enumerate((("early", 0.9), ("unimodal_image", 0.6), ("unimodal_text", 0.7))):
+        make_run(root, f"{job}_{fusion}", fusion, 0, val=test, test=test)
+    text = (root / write_report(root).markdown.name).read_text()
+    assert "gain over best unimodal" in text
+    assert next(ln for ln in text.splitlines() if "| early |" in ln).rstrip(" |").endswith("+0.2000")
+    assert next(ln for ln in text.splitlines() if "| unimodal_text |" in ln).rstrip(" |").endswith("baseline")
