@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from mmgpt.datamodules.manifest.export import write_image, write_labels, write_manifest
+from mmgpt.datamodules.synthetic.export import write_image, write_labels, write_manifest
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = {

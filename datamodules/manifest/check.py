@@ -12,8 +12,9 @@ from pathlib import Path
 
 from torch import Tensor
 
-from mmgpt.datamodules.manifest.decode import DecodeError, MediaCache
+from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.manifest.records import MEDIA_KEYS, SPLITS, Problem, Row, read_index, resolve_media
+from mmgpt.datamodules.store import MediaCache
 
 
 class ManifestError(ValueError):

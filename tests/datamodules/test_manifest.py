@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmgpt.datamodules.manifest import DecodeSettings, ManifestDataModule, ManifestError, MediaCache, check_folder, read_index
-from mmgpt.datamodules.manifest import decode as decode_module
+from mmgpt.datamodules import decode as decode_module
 from tests.datamodules.conftest import FolderFactory, good_rows, write_rows
 
 

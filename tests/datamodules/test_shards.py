@@ -9,10 +9,12 @@ import pytest
 import webdataset as wds
 from torch.utils.data import DataLoader
 
+from mmgpt.datamodules.resumable import SeededCollate
+
 from mmgpt.datamodules.shards import (
-    EpochLoader,
     ShardDataModule,
     ShardError,
+    StreamLoader,
     delivered_before,
     worker_shards,
     write_shards,
@@ -38,7 +40,7 @@ def test_every_sample_once_per_epoch_across_two_ranks_and_two_workers(shard_dir)
         for rank in range(2):
             ds = dm.dataset("train", rank=rank, world_size=2)
             ds.set_epoch(epoch_orders)
-            for batch in DataLoader(ds, batch_size=4, num_workers=2, collate_fn=dm.collate):
+            for batch in DataLoader(ds, batch_size=4, num_workers=2, collate_fn=SeededCollate(dm.collate)):
                 seen.update(batch.ids)
         assert len(seen) == 48 and set(seen.values()) == {1}
 
@@ -85,7 +87,7 @@ def uneven_shards(tmp_path_factory) -> Path:
 
 
 def _epoch_ids(dm: ShardDataModule, num_workers: int, epoch: int, state: dict | None = None) -> list[list[str]]:
-    loader = EpochLoader(dm.dataset("train"), batch_size=4, num_workers=num_workers, collate_fn=dm.collate)
+    loader = StreamLoader(dm.dataset("train"), batch_size=4, num_workers=num_workers, collate_fn=dm.collate)
     if state is None:
         loader.load_state_dict({"epoch": epoch, "batches": 0})
     else:

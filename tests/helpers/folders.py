@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mmgpt.datamodules.manifest.export import export_synthetic
+from mmgpt.datamodules.synthetic.export import export_synthetic
 from mmgpt.datamodules.shards import write_shards
 
 
