@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import threading
 import warnings
 from fractions import Fraction
@@ -84,8 +85,11 @@ def load_image(source: Source, image_size: int, max_pixels: int | None = DEFAULT
             else:
                 rgb = _to_rgb(im)
             rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
-    except Image.DecompressionBombError as e:
-        raise DecodeError(f"image refused as a decompression bomb: {e}") from e
+    except Image.DecompressionBombError as e:  # above twice Pillow's threshold: refused before we see the size
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise DecodeError(f"image of {size} is larger than the limit of {max_pixels or Image.MAX_IMAGE_PIXELS:,} "
+                          "(data.max_image_pixels)") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if isinstance(e, DecodeError):
             raise

@@ -45,6 +45,7 @@ class CheckReport:
         problems: every problem, in file and line order.
         rows_read: split -> rows read from its file (including bad ones that parsed as a row).
         decoded: media files decoded by this pass (0 when every file came from the cache).
+        warnings: things that do not stop training but deserve a look (samples shared by train and val/test).
     """
 
     root: Path
@@ -53,6 +54,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     rows_read: dict[str, int] = field(default_factory=dict)
     decoded: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def fatal(self) -> list[Problem]:
@@ -75,6 +77,7 @@ class CheckReport:
         lines += [f"  {p}" for p in shown]
         if len(shown) < len(self.problems):
             lines.append(f"  ... and {len(self.problems) - len(shown)} more")
+        lines += [f"  warning: {w}" for w in self.warnings]
         for split in SPLITS:
             if split in self.rows_read or split in self.samples:
                 n_bad = sum(1 for f, _ in self.bad_rows if f.startswith(split + "."))
@@ -95,7 +98,8 @@ def check_folder(root: str | Path, cache: MediaCache, allow_outside_root: bool =
     """
     root = Path(root)
     index = read_index(root)
-    report = CheckReport(root=root, class_names=index.class_names, problems=list(index.problems))
+    report = CheckReport(root=root, class_names=index.class_names, problems=list(index.problems),
+                         warnings=list(index.warnings))
     # Resolve media paths; a refused path is a problem of its row.
     wanted: dict[str, dict[int, dict[str, Path]]] = {}
     for split, rows in index.rows.items():

@@ -138,6 +138,8 @@ class ManifestDataModule(MultimodalDataModule):
                  time.perf_counter() - t0, {k: len(v) for k, v in report.samples.items()}, cache.decoded,
                  len(cache.entries) - cache.decoded)
         self._write_report(report)
+        for warning in report.warnings:
+            log.warning("%s: %s", self.root, warning)
         if report.fatal:
             raise ManifestError(report, "these problems stop training whatever data.on_error says")
         if report.problems:
@@ -160,6 +162,7 @@ class ManifestDataModule(MultimodalDataModule):
             "samples": {k: len(v) for k, v in report.samples.items()},
             "skipped_rows": [f"{f}:{n}" for f, n in report.bad_rows],
             "problems": [str(p) for p in report.problems],
+            "warnings": list(report.warnings),
             "class_names": report.class_names,
         }
         path.write_text(json.dumps(data, indent=2))
