@@ -6,7 +6,6 @@ import itertools
 import json
 import math
 import random
-import tarfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,25 +24,82 @@ def read_tar(shard: str) -> Iterator[dict[str, Any]]:
     """The raw samples of one shard, in order: ``{"__key__", "__url__", "<ext>": bytes, ...}``.
 
     Members of one sample are consecutive and share the part of their name before the first dot (WebDataset's
-    layout); the tar is read as a stream, one member at a time.
+    layout). The tar is read as a stream of 512-byte headers and member data, parsed here rather than by
+    ``tarfile``, whose per-member overhead was a third of the streaming loader's time; POSIX (ustar, pax) and
+    GNU long names are understood, and a header whose checksum is wrong is an error naming the shard.
     """
     sample: dict[str, Any] = {}
-    try:
-        with tarfile.open(shard, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                if sample and key != sample["__key__"]:
-                    yield sample
-                    sample = {}
-                if not sample:
-                    sample = {"__key__": key, "__url__": shard}
-                sample[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
-    except (tarfile.TarError, OSError) as e:
-        raise ShardError(f"{shard}: cannot read the shard ({e})") from e
+    for name, data in _tar_members(shard):
+        folder, _, base = name.rpartition("/")
+        stem, _, ext = base.partition(".")
+        key = f"{folder}/{stem}" if folder else stem  # the folder part stays in the key, as in WebDataset
+        if sample and key != sample["__key__"]:
+            yield sample
+            sample = {}
+        if not sample:
+            sample = {"__key__": key, "__url__": shard}
+        sample[ext] = data
     if sample:
         yield sample
+
+
+def _tar_members(shard: str) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of every regular file in a tar, in order."""
+    try:
+        with open(shard, "rb", buffering=1 << 20) as f:
+            long_name: str | None = None
+            while True:
+                header = f.read(512)
+                if len(header) < 512 or header.count(0) == 512:
+                    return  # end of archive (two zero blocks), or a file cut at a header boundary
+                if sum(header[:148]) + 256 + sum(header[156:]) != _octal(header[148:156]):
+                    raise ShardError(f"{shard}: not a tar file, or damaged (bad header checksum at byte "
+                                     f"{f.tell() - 512})")
+                size, kind = _octal(header[124:136]), header[156:157]
+                data = f.read(size)
+                if len(data) < size:
+                    raise ShardError(f"{shard}: truncated (a member ends past the end of the file)")
+                f.seek((-size) % 512, 1)
+                if kind in (b"x", b"L"):  # pax extended header / GNU long name: the next member's name
+                    long_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode()
+                    continue
+                if kind not in (b"0", b"\0", b"7"):  # folders, links, global pax headers...
+                    long_name = None
+                    continue
+                name = long_name or _ustar_name(header)
+                long_name = None
+                yield name, data
+    except OSError as e:
+        raise ShardError(f"{shard}: cannot read the shard ({e})") from e
+
+
+def _octal(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256 for large sizes
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _ustar_name(header: bytes) -> str:
+    name = header[:100].split(b"\0", 1)[0].decode()
+    if header[257:262] == b"ustar":
+        prefix = header[345:500].split(b"\0", 1)[0].decode()
+        if prefix:
+            return f"{prefix}/{name}"
+    return name
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The ``path`` record of a pax extended header (records are ``<length> <key>=<value>\\n``)."""
+    pos = 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        if key == b"path":
+            return value.decode()
+        pos += length
+    return None
 
 
 class ShardDataset(IterableDataset):
