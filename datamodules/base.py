@@ -10,6 +10,7 @@ sample) in both loaders, so batches do not depend on worker counts and resuming 
 
 from __future__ import annotations
 
+import inspect
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -147,3 +148,14 @@ class MultimodalDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+def shared_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The base's options picked from a subclass constructor's arguments (its ``locals()`` on entry), so that
+    each subclass lists the options in its signature (for config checking) but forwards them in one line."""
+    return {name: arguments[name] for name in SHARED_OPTIONS if name in arguments}
+
+
+#: The options every datamodule takes (the base constructor's keyword arguments).
+SHARED_OPTIONS: tuple[str, ...] = tuple(p for p in inspect.signature(MultimodalDataModule.__init__).parameters
+                                         if p != "self")

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mmgpt.datamodules.base import MultimodalDataModule, ProcessedDataset
+from mmgpt.datamodules.base import MultimodalDataModule, ProcessedDataset, shared_options
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
 from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
 from mmgpt.datamodules.manifest.records import ManifestIndex, read_index
@@ -89,11 +89,7 @@ class ManifestDataModule(MultimodalDataModule):
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         shuffle: bool = True,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, image_size=image_size,
-                         sample_rate=sample_rate, max_audio_seconds=max_audio_seconds,
-                         max_text_length=max_text_length, max_image_pixels=max_image_pixels, augment=augment,
-                         modality_dropout=modality_dropout, pin_memory=pin_memory, shuffle=shuffle, seed=seed,
-                         num_train=num_train, num_val=num_val, num_test=num_test)
+        super().__init__(**shared_options(locals()))
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
         self.save_hyperparameters()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmgpt.datamodules.base import SPLITS, MultimodalDataModule
+from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, shared_options
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
 from mmgpt.datamodules.shards.dataset import ShardDataset
 from mmgpt.datamodules.shards.format import META_FILE, ShardError, read_meta
@@ -41,11 +41,7 @@ class ShardDataModule(MultimodalDataModule):
                  shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
                  num_test: int | None = None, augment: bool = False, modality_dropout: dict[str, float] | None = None,
                  pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, image_size=image_size,
-                         sample_rate=sample_rate, max_audio_seconds=max_audio_seconds,
-                         max_text_length=max_text_length, max_image_pixels=max_image_pixels, augment=augment,
-                         modality_dropout=modality_dropout, pin_memory=pin_memory, shuffle=shuffle, seed=seed,
-                         num_train=num_train, num_val=num_val, num_test=num_test)
+        super().__init__(**shared_options(locals()))
         self.save_hyperparameters()
         self.root = Path(root)
         self.meta = read_meta(self.root)

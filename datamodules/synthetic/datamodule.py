@@ -8,7 +8,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, ProcessedDataset
+from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, ProcessedDataset, shared_options
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
 from mmgpt.datamodules.synthetic.generator import CLASSES, SyntheticGenerator, SyntheticSample
 
@@ -60,11 +60,7 @@ class SyntheticDataModule(MultimodalDataModule):
         pin_memory: bool | None = None,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, image_size=image_size,
-                         sample_rate=sample_rate, max_audio_seconds=max_audio_seconds,
-                         max_text_length=max_text_length, max_image_pixels=max_image_pixels, augment=augment,
-                         modality_dropout=modality_dropout, pin_memory=pin_memory, shuffle=shuffle, seed=seed,
-                         num_train=num_train, num_val=num_val, num_test=num_test)
+        super().__init__(**shared_options(locals()))
         self.save_hyperparameters()
         self.generator = SyntheticGenerator(image_size, sample_rate, max_seconds=max_audio_seconds)
         self.splits: dict[str, ProcessedDataset] = {}

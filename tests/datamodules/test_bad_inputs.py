@@ -55,6 +55,19 @@ def test_the_pixel_limit_is_configurable_and_a_large_image_below_it_decodes_redu
     assert image.shape == (3, 8, 8) and int(image.max()) == 0
 
 
+def test_a_large_image_is_reduced_at_once_not_converted_at_full_size(bombs: dict[str, Path]) -> None:
+    # In a fresh process, so its peak memory is this decode's: the 144 M grey pixels once (144 MB), never the
+    # full-size RGB conversion (432 MB more) the decoder used to make before resizing.
+    code = ("import resource\n"
+            "from mmgpt.datamodules.decode import load_image\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"load_image({str(bombs['12k'])!r}, 32, max_pixels=150_000_000)\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n")
+    grown_mb = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                    cwd=Path(__file__).parents[2]).stdout)
+    assert grown_mb < 250, grown_mb
+
+
 def _bomb_folder(make_folder: FolderFactory, bombs: dict[str, Path]) -> Path:
     root = make_folder(train=good_rows(6) + [{"id": "big", "text": "t", "image": "img/bomb14k.png", "label": "cat"},
                                              {"id": "gone", "text": "t", "audio": "wav/gone.wav", "label": "dog"},

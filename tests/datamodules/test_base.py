@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from mmgpt.datamodules.base import MultimodalDataModule
+from mmgpt.datamodules.base import SHARED_OPTIONS, MultimodalDataModule
 from mmgpt.datamodules.manifest import ManifestDataModule
 from mmgpt.datamodules.resumable import StreamLoader
 from mmgpt.datamodules.shards import ShardDataModule
@@ -29,7 +29,7 @@ def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_datamodule_takes_every_shared_option_and_its_config_sets_it() -> None:
-    shared = set(inspect.signature(MultimodalDataModule.__init__).parameters) - {"self"}
+    shared = set(SHARED_OPTIONS)
     for name, cls in DATAMODULES.items():
         params = set(inspect.signature(cls.__init__).parameters)
         assert shared <= params, (name, shared - params)
