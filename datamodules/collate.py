@@ -28,7 +28,8 @@ class Collate:
             only: give the evaluation loaders a Collate without it); see :func:`random_modality_dropout`.
     """
 
-    def __init__(self, processors: Mapping[str, Processor], modality_dropout: Mapping[str, float] | None = None) -> None:
+    def __init__(self, processors: Mapping[str, Processor],
+                 modality_dropout: Mapping[str, float] | None = None) -> None:
         self.processors = dict(sorted(processors.items()))
         self.modality_dropout = check_dropout_probs(modality_dropout, self.processors)
 

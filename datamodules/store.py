@@ -1,4 +1,5 @@
-"""The store: where decoded inputs (and, later, cached features) live, keyed by (source identity, processor fingerprint).
+"""The store: where decoded inputs (and, later, cached features) live, keyed by source identity and processor
+fingerprint.
 
 :class:`MediaStore` is the interface (see docs/data.md); :class:`MediaCache` implements it today as a dict in
 memory plus one ``.pt`` file on disk per (folder, settings). A memory-mapped store (issue 16) replaces it behind

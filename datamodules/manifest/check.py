@@ -1,6 +1,7 @@
 """The validation pass: read every row and decode every file once, and report every problem with file and line.
 
-:func:`check_folder` is what ``mmgpt-data check DIR`` runs and what :class:`~mmgpt.datamodules.manifest.ManifestDataModule`
+:func:`check_folder` is what ``mmgpt-data check DIR`` runs and what
+:class:`~mmgpt.datamodules.manifest.ManifestDataModule`
 runs before training; its decoded tensors are what the datamodule trains on, so checking costs no extra decoding.
 """
 
@@ -114,7 +115,8 @@ def check_folder(root: str | Path, cache: MediaCache, allow_outside_root: bool =
                 except ValueError as e:
                     report.problems.append(Problem(row.file, row.line, f"{key}: {e}"))
     decoded = {
-        key: cache.get_many(key, [p for per_split in wanted.values() for m in per_split.values() for k, p in m.items() if k == key])
+        key: cache.get_many(key, [p for per_split in wanted.values() for m in per_split.values()
+                                  for k, p in m.items() if k == key])
         for key in MEDIA_KEYS
     }
     report.decoded = cache.decoded

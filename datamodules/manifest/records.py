@@ -113,7 +113,8 @@ def resolve_media(root: Path, rel: str, allow_outside_root: bool = False) -> Pat
     if allow_outside_root:
         return path
     if os.path.isabs(rel) or os.path.splitdrive(rel)[0]:
-        raise ValueError(f"absolute path {rel!r} refused (paths are relative to the folder; allow_outside_root=true opts in)")
+        raise ValueError(f"absolute path {rel!r} refused (paths are relative to the folder; "
+                         "allow_outside_root=true opts in)")
     if path != root and root not in path.parents:
         raise ValueError(f"path {rel!r} escapes the folder (allow_outside_root=true opts in)")
     return path
@@ -126,7 +127,8 @@ def _split_file(root: Path, split: str, index: ManifestIndex) -> Path | None:
         return None
     if not found:
         if SPLITS[split]:
-            index.problems.append(Problem(f"{split}.jsonl", None, f"missing split: neither {split}.jsonl nor {split}.csv", True))
+            index.problems.append(
+                Problem(f"{split}.jsonl", None, f"missing split: neither {split}.jsonl nor {split}.csv", True))
         return None
     return found[0]
 
@@ -180,7 +182,8 @@ def _parse_csv(path: Path, index: ManifestIndex) -> list[tuple[int, dict[str, An
         )
         return []
     if "label" not in header:
-        index.problems.append(Problem(path.name, header_line, f"the header has no 'label' column (columns: {header})", True))
+        index.problems.append(
+            Problem(path.name, header_line, f"the header has no 'label' column (columns: {header})", True))
         return []
     out = []
     for n, text in lines[1:]:
@@ -250,7 +253,8 @@ def _class_list(root: Path, train: list[Row], index: ManifestIndex) -> list[str]
         seen: dict[str, int] = {}
         for n, name in zip((n for n, _ in lines), names):
             if name in seen:
-                index.problems.append(Problem(LABELS_FILE, n, f"duplicate class {name!r} (first on line {seen[name]})", True))
+                index.problems.append(
+                    Problem(LABELS_FILE, n, f"duplicate class {name!r} (first on line {seen[name]})", True))
             seen.setdefault(name, n)
         if not names:
             index.problems.append(Problem(LABELS_FILE, None, "no class names", True))
@@ -291,7 +295,8 @@ def read_index(root: str | Path) -> ManifestIndex:
                 kept.append(r)
             else:
                 source = LABELS_FILE if (root / LABELS_FILE).is_file() else "the train split's labels"
-                index.problems.append(Problem(r.file, r.line, f"label {r.label!r} is not in the class list (from {source})"))
+                index.problems.append(
+                    Problem(r.file, r.line, f"label {r.label!r} is not in the class list (from {source})"))
         index.rows[split] = kept
     index.warnings += _leakage(index)
     return index

@@ -21,7 +21,8 @@ def _check(args: argparse.Namespace) -> int:
     from mmgpt.datamodules.manifest import DecodeSettings, MediaCache, check_folder
     from mmgpt.datamodules.processors import audio_samples
 
-    settings = DecodeSettings(args.image_size, args.sample_rate, audio_samples(args.max_audio_seconds, args.sample_rate),
+    max_samples = audio_samples(args.max_audio_seconds, args.sample_rate)
+    settings = DecodeSettings(args.image_size, args.sample_rate, max_samples,
                               args.max_image_pixels if args.max_image_pixels > 0 else None)
     cache = MediaCache(settings, args.cache_dir, key=str(args.root.resolve()), threads=args.threads)
     report = check_folder(args.root, cache, allow_outside_root=args.allow_outside_root)

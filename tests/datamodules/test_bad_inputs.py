@@ -1,4 +1,5 @@
-"""Issue 10 item 7, data side: each bad input a user can feed, fed exactly, ending in a named problem or a correct value."""
+"""Issue 10 item 7, data side: each bad input a user can feed, fed exactly, ending in a named problem or a correct
+value."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from PIL import Image
 
 from mmgpt.cli.data import main as data_main
 from mmgpt.datamodules.decode import DecodeError, load_audio, load_image, resample_rates
-from mmgpt.datamodules.manifest import DecodeSettings, ManifestDataModule, ManifestError, MediaCache, check_folder, read_index
+from mmgpt.datamodules.manifest import (
+    DecodeSettings,
+    ManifestDataModule,
+    ManifestError,
+    MediaCache,
+    check_folder,
+    read_index,
+)
 from mmgpt.datamodules.processors import TextProcessor
 from mmgpt.tokenizer import ByteTokenizer
 from tests.datamodules.conftest import FolderFactory, good_rows

@@ -12,7 +12,6 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from mmgpt.datamodules.resumable import SeededCollate
-
 from mmgpt.datamodules.shards import (
     ShardDataModule,
     ShardError,
