@@ -183,6 +183,17 @@ def test_a_folder_without_a_test_split_says_so(make_folder: FolderFactory) -> No
     assert with_test.has_split("test")
 
 
+def test_training_on_a_folder_without_a_test_split_ends_with_results(compose_cfg, make_folder: FolderFactory) -> None:
+    from mmgpt.cli.train import train
+
+    root = make_folder(train=good_rows(8), val=good_rows(4))
+    cfg = compose_cfg(["experiment=smoke", "data=manifest", f"data.root={root}", "data.image_size=16",
+                       "data.batch_size=4", "model.dim=16", "logger=csv", "trainer.max_epochs=1"])
+    results = train(cfg)
+    assert results["test"] == {} and "val/acc" in results["val"]
+    assert json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["test"] == {}
+
+
 # -- (5) the same sample in train and val/test -------------------------------------------------------------------
 def test_samples_shared_by_train_and_evaluation_splits_are_warned_about(make_folder: FolderFactory,
                                                                         capsys: pytest.CaptureFixture,
