@@ -21,7 +21,9 @@ from tests.conftest import DIM, HEADS, IMAGE_SIZE, SAMPLE_RATE, make_batch
 
 MODS = ["audio", "image", "text"]
 #: option name -> overrides of the train config: every YAML of conf/model/fusion, plus variants of some.
-FUSIONS: dict[str, list[str]] = {p.stem: [f"model/fusion={p.stem}"] for p in (CONFIG_DIR / "model" / "fusion").glob("*.yaml")}
+FUSIONS: dict[str, list[str]] = {
+    p.stem: [f"model/fusion={p.stem}"] for p in (CONFIG_DIR / "model" / "fusion").glob("*.yaml")
+}
 FUSIONS |= {
     "late_logit_average": ["model/fusion=late", "model/fusion/combiner=logit_average"],
     "cross_attention_gated": ["model/fusion=cross_attention", "model.fusion.gate_init=0.5"],
