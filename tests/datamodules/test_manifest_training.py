@@ -88,7 +88,8 @@ def test_modality_dropout_drops_only_in_training_and_never_everything(make_folde
     for p in train_present:
         assert torch.stack([p[m] for m in MODALITIES]).any(dim=0).all()  # every sample keeps a modality
     # The rule itself: a sample's only modality is never dropped.
-    only = {"audio": torch.tensor([True, False]), "image": torch.tensor([False, True]), "text": torch.tensor([False, False])}
+    only = {"audio": torch.tensor([True, False]), "image": torch.tensor([False, True]),
+            "text": torch.tensor([False, False])}
     kept = random_modality_dropout(only, {"audio": 0.99, "image": 0.99})
     assert kept["audio"].tolist() == [True, False] and kept["image"].tolist() == [False, True]
     with pytest.raises(ValueError, match=r"modality_dropout.audio=1.0"):
