@@ -1,6 +1,7 @@
 """The validation pass: read every row and decode every file once, and report every problem with file and line.
 
-:func:`check_folder` is what ``mmgpt-data check DIR`` runs and what :class:`~mmgpt.datamodules.manifest.ManifestDataModule`
+:func:`check_folder` is what ``mmgpt-data check DIR`` runs and what
+:class:`~mmgpt.datamodules.manifest.ManifestDataModule`
 runs before training; its decoded tensors are what the datamodule trains on, so checking costs no extra decoding.
 """
 
@@ -12,8 +13,9 @@ from pathlib import Path
 
 from torch import Tensor
 
-from mmgpt.datamodules.manifest.decode import DecodeError, MediaCache
+from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.manifest.records import MEDIA_KEYS, SPLITS, Problem, Row, read_index, resolve_media
+from mmgpt.datamodules.store import MediaCache
 
 
 class ManifestError(ValueError):
@@ -44,6 +46,7 @@ class CheckReport:
         problems: every problem, in file and line order.
         rows_read: split -> rows read from its file (including bad ones that parsed as a row).
         decoded: media files decoded by this pass (0 when every file came from the cache).
+        warnings: things that do not stop training but deserve a look (samples shared by train and val/test).
     """
 
     root: Path
@@ -52,6 +55,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     rows_read: dict[str, int] = field(default_factory=dict)
     decoded: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def fatal(self) -> list[Problem]:
@@ -74,6 +78,7 @@ class CheckReport:
         lines += [f"  {p}" for p in shown]
         if len(shown) < len(self.problems):
             lines.append(f"  ... and {len(self.problems) - len(shown)} more")
+        lines += [f"  warning: {w}" for w in self.warnings]
         for split in SPLITS:
             if split in self.rows_read or split in self.samples:
                 n_bad = sum(1 for f, _ in self.bad_rows if f.startswith(split + "."))
@@ -94,7 +99,8 @@ def check_folder(root: str | Path, cache: MediaCache, allow_outside_root: bool =
     """
     root = Path(root)
     index = read_index(root)
-    report = CheckReport(root=root, class_names=index.class_names, problems=list(index.problems))
+    report = CheckReport(root=root, class_names=index.class_names, problems=list(index.problems),
+                         warnings=list(index.warnings))
     # Resolve media paths; a refused path is a problem of its row.
     wanted: dict[str, dict[int, dict[str, Path]]] = {}
     for split, rows in index.rows.items():
@@ -109,7 +115,8 @@ def check_folder(root: str | Path, cache: MediaCache, allow_outside_root: bool =
                 except ValueError as e:
                     report.problems.append(Problem(row.file, row.line, f"{key}: {e}"))
     decoded = {
-        key: cache.get_many(key, [p for per_split in wanted.values() for m in per_split.values() for k, p in m.items() if k == key])
+        key: cache.get_many(key, [p for per_split in wanted.values() for m in per_split.values()
+                                  for k, p in m.items() if k == key])
         for key in MEDIA_KEYS
     }
     report.decoded = cache.decoded

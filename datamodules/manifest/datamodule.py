@@ -10,64 +10,31 @@ from __future__ import annotations
 import json
 import logging
 import time
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from mmgpt.datamodules.collate import Collate, check_dropout_probs, normalize_image, require_positive
+from mmgpt.datamodules.base import MultimodalDataModule, ProcessedDataset, shared_options
+from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
 from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
-from mmgpt.datamodules.manifest.decode import DecodeSettings, MediaCache
 from mmgpt.datamodules.manifest.records import ManifestIndex, read_index
-from mmgpt.datamodules.resumable import resumable_loader
-from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.datamodules.processors import audio_samples
+from mmgpt.datamodules.store import DecodeSettings, MediaCache
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
 
 
-class ManifestDataset(Dataset):
-    """Decoded samples as per-sample dicts (see :mod:`mmgpt.datamodules.collate`).
-
-    Images are cached as uint8 and normalised here (the same normalisation as the synthetic set), with an
-    optional random horizontal flip for training.
-
-    Args:
-        samples: the decoded samples.
-        class_index: class name -> label index.
-        augment: randomly flip images horizontally.
-    """
-
-    def __init__(self, samples: list[Sample], class_index: dict[str, int], augment: bool = False) -> None:
-        self.samples = samples
-        self.class_index = class_index
-        self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        s = self.samples[i]
-        image = None
-        if s.image is not None:
-            image = normalize_image(s.image.float() / 255.0)  # (3, H, W)
-            if self.augment and torch.rand(()) < 0.5:
-                image = image.flip(-1)
-        return {
-            "id": s.row.id,
-            "text": s.row.text,
-            "image": image,
-            "audio": s.audio,
-            "label": self.class_index[s.row.label],
-            "caption": s.row.caption,
-        }
+def sample_fields(s: Sample, class_index: dict[str, int]) -> dict[str, Any]:
+    """A checked sample's stored values: the row's text, the decoded (3, H, W) uint8 image and (S,) waveform."""
+    return {"id": s.row.id, "label": class_index[s.row.label], "caption": s.row.caption, "text": s.row.text,
+            "image": s.image, "audio": s.audio}
 
 
-class ManifestDataModule(pl.LightningDataModule):
+class ManifestDataModule(MultimodalDataModule):
     """Train/val/test splits from a manifest folder, validated before use.
 
     Args:
@@ -94,6 +61,8 @@ class ManifestDataModule(pl.LightningDataModule):
         num_val: the same for the validation split.
         num_test: the same for the test split.
         seed: shuffling and augmentation seed (each epoch's order and each sample's flips follow from it).
+        max_image_pixels: images with more pixels are refused as a problem of their row (None: no limit).
+        shuffle: shuffle the training split each epoch.
     """
 
     def __init__(
@@ -117,21 +86,18 @@ class ManifestDataModule(pl.LightningDataModule):
         num_val: int | None = None,
         num_test: int | None = None,
         seed: int = 0,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        shuffle: bool = True,
     ) -> None:
-        super().__init__()
-        require_positive(batch_size=batch_size, num_train=num_train, num_val=num_val, num_test=num_test)
+        super().__init__(**shared_options(locals()))
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
         self.save_hyperparameters()
         self.root = Path(root).expanduser().absolute()
-        self.modality_dropout = check_dropout_probs(modality_dropout)
-        max_audio_samples = int(round(max_audio_seconds * sample_rate))
-        self.settings = DecodeSettings(image_size, sample_rate, max_audio_samples)
-        tokenizer = ByteTokenizer(max_text_length)
-        self.collate = Collate(tokenizer, image_size, max_audio_samples)
-        self.train_collate = Collate(tokenizer, image_size, max_audio_samples, modality_dropout=self.modality_dropout)
+        self.settings = DecodeSettings(image_size, sample_rate, audio_samples(max_audio_seconds, sample_rate),
+                                       max_image_pixels)
         self.report: CheckReport | None = None
-        self.splits: dict[str, ManifestDataset] = {}
+        self.splits: dict[str, ProcessedDataset] = {}
 
     @cached_property
     def index(self) -> ManifestIndex:
@@ -168,6 +134,8 @@ class ManifestDataModule(pl.LightningDataModule):
                  time.perf_counter() - t0, {k: len(v) for k, v in report.samples.items()}, cache.decoded,
                  len(cache.entries) - cache.decoded)
         self._write_report(report)
+        for warning in report.warnings:
+            log.warning("%s: %s", self.root, warning)
         if report.fatal:
             raise ManifestError(report, "these problems stop training whatever data.on_error says")
         if report.problems:
@@ -190,6 +158,7 @@ class ManifestDataModule(pl.LightningDataModule):
             "samples": {k: len(v) for k, v in report.samples.items()},
             "skipped_rows": [f"{f}:{n}" for f, n in report.bad_rows],
             "problems": [str(p) for p in report.problems],
+            "warnings": list(report.warnings),
             "class_names": report.class_names,
         }
         path.write_text(json.dumps(data, indent=2))
@@ -201,27 +170,20 @@ class ManifestDataModule(pl.LightningDataModule):
         if self.report.class_names != self.index.class_names:  # the folder changed since the model was sized
             raise ManifestError(self.report, f"class list changed while loading: {self.index.class_names}")
         class_index = {c: i for i, c in enumerate(self.report.class_names)}
-        limits = {"train": self.hparams.num_train, "val": self.hparams.num_val, "test": self.hparams.num_test}
         for split, samples in self.report.samples.items():
-            if limits[split] is not None and limits[split] < len(samples):
-                log.info("using the first %d of %d %s samples (data.num_%s)", limits[split], len(samples), split, split)
-                samples = samples[: limits[split]]
-            self.splits[split] = ManifestDataset(samples, class_index, augment=self.hparams.augment and split == "train")
+            limit = self.limits[split]
+            if limit is not None and limit < len(samples):
+                log.info("using the first %d of %d %s samples (data.num_%s)", limit, len(samples), split, split)
+                samples = samples[:limit]
+            self.splits[split] = ProcessedDataset(samples, partial(sample_fields, class_index=class_index),
+                                                  self.processors, train=split == "train")
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        if split not in self.splits:
-            raise ValueError(f"{self.root} has no {split} split")
-        hp = self.hparams
-        pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
-        return resumable_loader(self.splits[split], shuffle=train, seed=hp.seed, batch_size=hp.batch_size,
-                                collate_fn=self.train_collate if train else self.collate, num_workers=hp.num_workers,
-                                trainer=self.trainer if train else None, pin_memory=pin)
+    def has_split(self, split: str) -> bool:
+        """Whether the folder has ``split``'s file (``test`` is optional); read from the file names, no decoding."""
+        return split in self.index.files
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+    def describe(self) -> str:
+        return str(self.root)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+    def make_dataset(self, split: str, rank: int = 0, world_size: int = 1) -> Dataset:
+        return self.splits[split]

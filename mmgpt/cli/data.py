@@ -19,8 +19,11 @@ from pathlib import Path
 # never pulls in datamodules.
 def _check(args: argparse.Namespace) -> int:
     from mmgpt.datamodules.manifest import DecodeSettings, MediaCache, check_folder
+    from mmgpt.datamodules.processors import audio_samples
 
-    settings = DecodeSettings(args.image_size, args.sample_rate, int(round(args.max_audio_seconds * args.sample_rate)))
+    max_samples = audio_samples(args.max_audio_seconds, args.sample_rate)
+    settings = DecodeSettings(args.image_size, args.sample_rate, max_samples,
+                              args.max_image_pixels if args.max_image_pixels > 0 else None)
     cache = MediaCache(settings, args.cache_dir, key=str(args.root.resolve()), threads=args.threads)
     report = check_folder(args.root, cache, allow_outside_root=args.allow_outside_root)
     if cache.decoded:
@@ -30,7 +33,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from mmgpt.datamodules.manifest.export import export_synthetic
+    from mmgpt.datamodules.synthetic.export import export_synthetic
 
     counts = export_synthetic(args.out, args.num_train, args.num_val, args.num_test, args.seed, args.image_size,
                               args.sample_rate, args.max_audio_seconds)
@@ -61,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--image-size", type=int, default=32)
     check.add_argument("--sample-rate", type=int, default=8000)
     check.add_argument("--max-audio-seconds", type=float, default=1.0)
+    check.add_argument("--max-image-pixels", type=int, default=89_478_485,
+                       help="refuse larger images (data.max_image_pixels; 0: no limit)")
     check.add_argument("--allow-outside-root", action="store_true", help="accept absolute paths and paths outside root")
     check.add_argument("--cache-dir", default=None, help="reuse/fill an on-disk cache of decoded media")
     check.add_argument("--threads", type=int, default=4, help="decoding threads")

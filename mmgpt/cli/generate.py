@@ -55,15 +55,15 @@ class GenerateSchema:
 def load_image(path: str | Path, image_size: int) -> torch.Tensor:
     """Any Pillow image -> (3, S, S) float, decoded and normalised exactly as the datamodules do for training."""
     # Imported here: the entry point sits at the edge, importing mmgpt never pulls in datamodules.
-    from mmgpt.datamodules.collate import normalize_image
-    from mmgpt.datamodules.manifest.decode import load_image as decode_image
+    from mmgpt.datamodules.decode import load_image as decode_image
+    from mmgpt.datamodules.processors import normalize_image
 
     return normalize_image(decode_image(path, image_size).float() / 255.0)
 
 
 def load_audio(path: str | Path, sample_rate: int, max_samples: int | None) -> torch.Tensor:
     """A sound file -> mono (S,) float at ``sample_rate``, cropped to ``max_samples``, as for training."""
-    from mmgpt.datamodules.manifest.decode import load_audio as decode_audio
+    from mmgpt.datamodules.decode import load_audio as decode_audio
 
     return decode_audio(path, sample_rate, max_samples or 600 * sample_rate)  # uncropped: up to 10 minutes
 

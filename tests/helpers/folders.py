@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from mmgpt.datamodules.manifest.export import export_synthetic
 from mmgpt.datamodules.shards import write_shards
+from mmgpt.datamodules.synthetic.export import export_synthetic
 from mmgpt.training.checkpointing import load_checkpoint
 
 
