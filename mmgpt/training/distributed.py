@@ -16,8 +16,11 @@ hyperparameters). :func:`consolidate` turns one into an ordinary single-file che
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import enum
 import logging
 import os
+import pickle
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -123,6 +126,45 @@ def load_sharded_meta(path: str | Path) -> dict[str, Any]:
     return torch.load(Path(path) / META_FILE, map_location="cpu", weights_only=True)
 
 
+class _IndexUnpickler(pickle.Unpickler):
+    """Unpickles a sharded checkpoint's index (``.metadata``) without running code: only the classes (dataclasses
+    and enums) of torch.distributed.checkpoint, torch sizes and dtypes, and plain containers; any other global
+    (a function a crafted index would call) is refused before it is imported."""
+
+    _SAFE = {("torch", "Size"), ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+             ("builtins", "slice"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+             ("pathlib", "PurePosixPath")}  # _get_layout: name -> torch.layout
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._SAFE:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module.startswith("torch.distributed.checkpoint."):
+            obj = super().find_class(module, name)
+            if isinstance(obj, type) and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)):
+                return obj
+        raise pickle.UnpicklingError(f"the sharded checkpoint's index names {module}.{name}; refused")
+
+
+def _safe_reader(path: Path) -> Any:
+    """A FileSystemReader whose index is read with :class:`_IndexUnpickler` (the shards themselves are read with
+    ``torch.load(weights_only=True)`` by torch)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            with open(Path(self.path) / ".metadata", "rb") as f:
+                metadata = _IndexUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(path)
+
+
 def consolidate(path: str | Path) -> dict[str, Any]:
     """A sharded checkpoint folder as one ordinary checkpoint dict (full tensors, on CPU, in this process).
 
@@ -130,7 +172,7 @@ def consolidate(path: str | Path) -> dict[str, Any]:
     (names as in an unsharded module), optimizer states as ``optimizer_states`` (keyed by parameter name, as
     torch.distributed.checkpoint stores them), and ``meta.pt``'s entries as they are.
     """
-    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.api import CheckpointException as DCPException  # a BaseException
     from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
@@ -138,7 +180,14 @@ def consolidate(path: str | Path) -> dict[str, Any]:
     if not is_sharded_checkpoint(path):
         raise FileNotFoundError(f"{path}: not a complete sharded checkpoint folder (.metadata and {META_FILE})")
     state: dict[str, Any] = {}
-    _load_state_dict(state, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    try:
+        _load_state_dict(state, storage_reader=_safe_reader(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    except (Exception, DCPException) as e:  # torch wraps reader errors in a multi-line CheckpointException
+        from mmgpt.training.safe_load import CheckpointError
+
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if "refused" in ln), lines[-1] if lines else type(e).__name__)
+        raise CheckpointError(f"{path}: cannot read the sharded checkpoint ({reason})") from None
     optimizers = sorted((k for k in state if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
     out = {**load_sharded_meta(path), "state_dict": state.pop("state_dict")}
     out["optimizer_states"] = [state.pop(k) for k in optimizers]

@@ -144,9 +144,8 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu", plug
     if Path(path).is_dir():
         from mmgpt.training.distributed import consolidate
 
-        # torch.distributed.checkpoint unpickles the shards' index (.metadata) with plain pickle
-        log.warning("%s is a sharded checkpoint: consolidating it in memory (its index is read with pickle: "
-                    "open only sharded checkpoints you trust)", path)
+        # the index (.metadata) is read with a restricted unpickler, the shards with weights_only=True
+        log.info("%s is a sharded checkpoint: consolidating it in memory", path)
         state = consolidate(path)["state_dict"]
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: the checkpoint holds no state_dict")

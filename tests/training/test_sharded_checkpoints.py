@@ -49,3 +49,35 @@ def test_resume_auto_skips_half_written_folders_and_restores_one_caught_between_
     found = find_resume_checkpoint(tmp_path)
     assert found == ckpts / "last.ckpt" and is_sharded_checkpoint(found)
     assert not (ckpts / ".last.ckpt.old").exists() and not (ckpts / ".last.ckpt.tmp").exists()
+
+
+def test_a_sharded_checkpoints_index_is_read_without_running_code(tmp_path):
+    """The index (.metadata) of torch.distributed.checkpoint is a pickle: mmgpt reads it with a restricted
+    unpickler, so a crafted index is refused and nothing it names is called."""
+    import os
+    import pickle
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from mmgpt.training.distributed import META_FILE, consolidate
+    from mmgpt.training.safe_load import CheckpointError
+
+    folder = tmp_path / "step.ckpt"
+    weights = {"w": torch.randn(3, 4), "b": torch.arange(5.0)}
+    dcp.save({"state_dict": weights}, checkpoint_id=folder, no_dist=True)
+    torch.save({"global_step": 3}, folder / META_FILE)
+    out = consolidate(folder)
+    torch.testing.assert_close(out["state_dict"], weights)
+    assert out["global_step"] == 3
+
+    marker = tmp_path / "ran"
+
+    class Crafted:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (folder / ".metadata").write_bytes(pickle.dumps(Crafted()))
+    with pytest.raises(CheckpointError, match=r"step\.ckpt: cannot read .*posix\.system; refused"):
+        consolidate(folder)
+    assert not marker.exists()
