@@ -2,7 +2,8 @@
 
 from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, check_folder
 from mmgpt.datamodules.manifest.datamodule import ManifestDataModule, ManifestDataset
-from mmgpt.datamodules.manifest.decode import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
+from mmgpt.datamodules.manifest.decode import DecodeError, DecodeSettings, load_audio, load_image
+from mmgpt.datamodules.manifest.media import MediaFiles
 from mmgpt.datamodules.manifest.records import Problem, Row, read_index, resolve_media
 
 __all__ = [
@@ -12,7 +13,7 @@ __all__ = [
     "ManifestDataModule",
     "ManifestDataset",
     "ManifestError",
-    "MediaCache",
+    "MediaFiles",
     "Problem",
     "Row",
     "check_folder",

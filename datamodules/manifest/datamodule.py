@@ -1,15 +1,19 @@
 """``data=manifest data.root=DIR``: train on a folder of the user's own images, recordings and texts.
 
 The folder format is documented in :mod:`mmgpt.datamodules.manifest.records`. Before training, every row is read and
-every file decoded once (:func:`~mmgpt.datamodules.manifest.check.check_folder`); the decoded tensors stay in memory
-(and in an on-disk cache when ``cache_dir`` is set), so no epoch decodes anything.
+every file checked once (:func:`~mmgpt.datamodules.manifest.check.check_folder`; ``check=full`` decodes it into the
+memory-mapped media store under ``cache_dir``), and the datasets read each sample from the store on demand: no epoch
+decodes anything, and memory does not grow with the folder (the store's pages are shared by every process).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import time
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmgpt.datamodules.collate import Collate, check_dropout_probs, normalize_image, require_positive
 from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
-from mmgpt.datamodules.manifest.decode import DecodeSettings, MediaCache
+from mmgpt.datamodules.manifest.decode import DecodeError, DecodeSettings
+from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles, Progress
 from mmgpt.datamodules.manifest.records import ManifestIndex, read_index
 from mmgpt.datamodules.resumable import resumable_loader
 from mmgpt.tokenizer import ByteTokenizer
@@ -30,41 +35,98 @@ log = logging.getLogger(__name__)
 ON_ERROR = ("raise", "skip")
 
 
-class ManifestDataset(Dataset):
-    """Decoded samples as per-sample dicts (see :mod:`mmgpt.datamodules.collate`).
+class FailureLog:
+    """Files that failed to decode while loading, as lines appended to one file, so loader workers' failures
+    are counted in the training process too (each line is one small ``O_APPEND`` write)."""
 
-    Images are cached as uint8 and normalised here (the same normalisation as the synthetic set), with an
-    optional random horizontal flip for training.
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+
+    def add(self, message: str) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, (message.replace("\n", " ") + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[str]:
+        return self.path.read_text().splitlines() if self.path.is_file() else []
+
+
+class ManifestDataset(Dataset):
+    """Samples as per-sample dicts (see :mod:`mmgpt.datamodules.collate`), read from the media store on demand.
+
+    Images are stored as uint8 and normalised here (the same normalisation as the synthetic set), with an
+    optional random horizontal flip for training. A file that fails to decode here (``data.check`` other than
+    ``full``) raises under ``on_error=raise``; under ``skip`` it is logged, counted in ``failures`` and the sample
+    is None (dropped from its batch by :class:`DropFailed`).
 
     Args:
-        samples: the decoded samples.
+        samples: the usable rows and their media paths.
         class_index: class name -> label index.
+        media: the media store reader.
         augment: randomly flip images horizontally.
+        on_error: ``raise`` or ``skip``.
+        failures: where skipped files are recorded.
     """
 
-    def __init__(self, samples: list[Sample], class_index: dict[str, int], augment: bool = False) -> None:
+    def __init__(self, samples: list[Sample], class_index: dict[str, int], media: MediaFiles, augment: bool = False,
+                 on_error: str = "raise", failures: FailureLog | None = None) -> None:
         self.samples = samples
         self.class_index = class_index
+        self.media = media
         self.augment = augment
+        self.on_error = on_error
+        self.failures = failures
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
         s = self.samples[i]
+        media: dict[str, Any] = {"image": None, "audio": None}
+        for key in media:
+            path = getattr(s, key)
+            if path is None:
+                continue
+            try:
+                media[key] = self.media.get(key, path)
+            except DecodeError as e:
+                message = f"{s.row.where}: {key} {getattr(s.row, key)!r}: {e}"
+                if self.on_error == "raise":
+                    raise DecodeError(f"{message} (data.on_error=skip trains without it)") from None
+                log.warning("skipping a sample that failed to load: %s", message)
+                if self.failures is not None:
+                    self.failures.add(message)
+                return None
         image = None
-        if s.image is not None:
-            image = normalize_image(s.image.float() / 255.0)  # (3, H, W)
+        if media["image"] is not None:
+            image = normalize_image(media["image"].float() / 255.0)  # (3, H, W)
             if self.augment and torch.rand(()) < 0.5:
                 image = image.flip(-1)
         return {
             "id": s.row.id,
             "text": s.row.text,
             "image": image,
-            "audio": s.audio,
+            "audio": media["audio"],
             "label": self.class_index[s.row.label],
             "caption": s.row.caption,
         }
+
+
+class DropFailed:
+    """Wraps a collate function: samples that failed to load (None) are left out of their batch."""
+
+    def __init__(self, collate_fn: Callable[[Sequence[dict[str, Any]]], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, samples: Sequence[dict[str, Any] | None]) -> Any:
+        kept = [s for s in samples if s is not None]
+        if not kept:
+            raise DecodeError(f"all {len(samples)} samples of a batch failed to load (see the warnings above)")
+        return self.collate_fn(kept)
 
 
 class ManifestDataModule(pl.LightningDataModule):
@@ -77,8 +139,9 @@ class ManifestDataModule(pl.LightningDataModule):
         max_audio_seconds: longer recordings are cropped to this length (shorter ones padded, with masks).
         max_text_length: token limit of the byte tokenizer; longer texts are truncated.
         batch_size: per-process batch size.
-        num_workers: DataLoader worker processes. Decoded data is in memory (shared with forked workers), so
-            one worker, collating while the model trains, is usually enough; 0 collates in the training process.
+        num_workers: DataLoader worker processes. Decoded data is memory-mapped from the store (pages shared by
+            every process), so one worker, collating while the model trains, is usually enough; 0 collates in the
+            training process.
         pin_memory: pin batches for faster host-to-GPU copies; None pins when CUDA is available.
         augment: randomly flip training images (off by default: digits and text are not mirror-symmetric).
         modality_dropout: per-modality probability of dropping that modality from a training sample
@@ -86,8 +149,15 @@ class ManifestDataModule(pl.LightningDataModule):
         on_error: ``raise`` stops with the full problem report; ``skip`` trains without the bad rows and logs
             how many were skipped and which.
         allow_outside_root: accept media paths that are absolute or lead outside ``root``.
-        cache_dir: on-disk cache of decoded media (keyed by file and decoding settings); None: memory only.
+        cache_dir: the media store (decoded media, memory-mapped, keyed by file and decoding settings) lives in
+            ``cache_dir/media-store``, shared by every run, rank and worker; None: a temporary store for this run.
         decode_threads: threads decoding files in the validation pass.
+        check: what the validation pass does with each media file: ``full`` decodes it into the store (every
+            problem is known before training), ``headers`` reads only its header (image size and mode, audio rate,
+            channels and frames; files are decoded into the store as training first reads them), ``off`` trusts
+            the files (a file that fails to decode in training is an error, or under ``on_error=skip`` is
+            logged, counted and skipped).
+        memory_cache_mb: per-process LRU of decoded samples, in MiB (0: none; the OS page cache holds the store).
         report_dir: where ``data_report.json`` (the problems found and rows skipped) is written; None: nowhere.
         num_train: use only the first ``num_train`` usable training samples (None: all); for quick runs
             (``experiment=smoke`` sets it). Every row is still checked.
@@ -112,6 +182,8 @@ class ManifestDataModule(pl.LightningDataModule):
         allow_outside_root: bool = False,
         cache_dir: str | None = None,
         decode_threads: int = 4,
+        check: str = "full",
+        memory_cache_mb: float = 0,
         report_dir: str | None = None,
         num_train: int | None = None,
         num_val: int | None = None,
@@ -122,6 +194,10 @@ class ManifestDataModule(pl.LightningDataModule):
         require_positive(batch_size=batch_size, num_train=num_train, num_val=num_val, num_test=num_test)
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
+        if check not in CHECKS:
+            raise ValueError(f"data.check={check!r}: expected one of {CHECKS}")
+        if memory_cache_mb < 0:
+            raise ValueError(f"data.memory_cache_mb={memory_cache_mb}: expected >= 0")
         self.save_hyperparameters()
         self.root = Path(root).expanduser().absolute()
         self.modality_dropout = check_dropout_probs(modality_dropout)
@@ -132,6 +208,8 @@ class ManifestDataModule(pl.LightningDataModule):
         self.train_collate = Collate(tokenizer, image_size, max_audio_samples, modality_dropout=self.modality_dropout)
         self.report: CheckReport | None = None
         self.splits: dict[str, ManifestDataset] = {}
+        self.media: MediaFiles | None = None
+        self.failures: FailureLog | None = None
 
     @cached_property
     def index(self) -> ManifestIndex:
@@ -152,7 +230,7 @@ class ManifestDataModule(pl.LightningDataModule):
         return len(self.class_names)
 
     def check(self) -> CheckReport:
-        """Run the validation pass (decoding every file once) and apply the ``on_error`` policy.
+        """Run the validation pass (``check``: decoding every file into the store once) and apply ``on_error``.
 
         Raises:
             ManifestError: with every problem, when there are problems and ``on_error`` is ``raise``, or when a
@@ -160,13 +238,14 @@ class ManifestDataModule(pl.LightningDataModule):
         """
         hp = self.hparams
         t0 = time.perf_counter()
-        cache = MediaCache(self.settings, hp.cache_dir, key=str(self.root), threads=hp.decode_threads)
-        report = check_folder(self.root, cache, hp.allow_outside_root)
-        if cache.decoded:
-            cache.save()
-        log.info("checked %s in %.1fs: %s samples, %d files decoded (%d from cache)", self.root,
-                 time.perf_counter() - t0, {k: len(v) for k, v in report.samples.items()}, cache.decoded,
-                 len(cache.entries) - cache.decoded)
+        store = None if hp.cache_dir is None else Path(hp.cache_dir) / "media-store"
+        self.media = MediaFiles(self.settings, store, threads=hp.decode_threads, memory_cache_mb=hp.memory_cache_mb)
+        progress = Progress(f"data.check={hp.check} {self.root.name}")
+        report = check_folder(self.root, self.media, hp.allow_outside_root, check=hp.check, progress=progress)
+        progress.close()
+        log.info("checked %s (data.check=%s) in %.1fs: %s samples, %d files decoded, %d entries in the store %s",
+                 self.root, hp.check, time.perf_counter() - t0, {k: len(v) for k, v in report.samples.items()},
+                 report.decoded, len(self.media.store), self.media.store.root)
         self._write_report(report)
         if report.fatal:
             raise ManifestError(report, "these problems stop training whatever data.on_error says")
@@ -201,12 +280,34 @@ class ManifestDataModule(pl.LightningDataModule):
         if self.report.class_names != self.index.class_names:  # the folder changed since the model was sized
             raise ManifestError(self.report, f"class list changed while loading: {self.index.class_names}")
         class_index = {c: i for i, c in enumerate(self.report.class_names)}
+        report_dir = self.hparams.report_dir
+        if report_dir is None:
+            fd, failures = tempfile.mkstemp(prefix="mmgpt-decode-failures-", suffix=".txt")
+            os.close(fd)
+        else:
+            failures = str(Path(report_dir) / "decode_failures.txt")
+        self.failures = FailureLog(failures)
+        assert self.media is not None
         limits = {"train": self.hparams.num_train, "val": self.hparams.num_val, "test": self.hparams.num_test}
         for split, samples in self.report.samples.items():
             if limits[split] is not None and limits[split] < len(samples):
                 log.info("using the first %d of %d %s samples (data.num_%s)", limits[split], len(samples), split, split)
                 samples = samples[: limits[split]]
-            self.splits[split] = ManifestDataset(samples, class_index, augment=self.hparams.augment and split == "train")
+            self.splits[split] = ManifestDataset(samples, class_index, self.media,
+                                                 augment=self.hparams.augment and split == "train",
+                                                 on_error=self.hparams.on_error, failures=self.failures)
+
+    @property
+    def decode_failures(self) -> list[str]:
+        """``file:line: what`` of every file that failed to load while training (under ``on_error=skip``),
+        in any process (loader workers included)."""
+        return self.failures.read() if self.failures is not None else []
+
+    def teardown(self, stage: str | None = None) -> None:
+        failed = self.decode_failures
+        if failed:
+            log.warning("data.on_error=skip: %d sample(s) skipped because a file failed to load while running:\n%s",
+                        len(failed), "\n".join(f"  {f}" for f in failed))
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.splits:
@@ -214,7 +315,8 @@ class ManifestDataModule(pl.LightningDataModule):
         hp = self.hparams
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
         return resumable_loader(self.splits[split], shuffle=train, seed=hp.seed, batch_size=hp.batch_size,
-                                collate_fn=self.train_collate if train else self.collate, num_workers=hp.num_workers,
+                                collate_fn=DropFailed(self.train_collate if train else self.collate),
+                                num_workers=hp.num_workers,
                                 trainer=self.trainer if train else None, pin_memory=pin)
 
     def train_dataloader(self) -> DataLoader:

@@ -1,4 +1,4 @@
-"""Decoding media files into the tensors the model takes, and a cache so each file is decoded once.
+"""Decoding media files into the tensors the model takes (:mod:`~mmgpt.datamodules.manifest.media` stores them).
 
 Images: anything Pillow reads, composited onto white when it has transparency, converted to RGB and resized to a
 square of ``image_size`` -> (3, H, W) uint8. Audio: WAV / FLAC / OGG (whatever ``soundfile``'s libsndfile reads),
@@ -8,13 +8,9 @@ Legend: H/W image height/width, S audio samples.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +22,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-#: Bump when decoding changes, so old on-disk caches are not reused.
+#: Bump when decoding changes, so stored arrays decoded the old way are not reused (part of the fingerprint).
 CACHE_VERSION = 1
 
 
@@ -96,99 +92,3 @@ def load_audio(path: str | Path, sample_rate: int, max_samples: int) -> Tensor:
     if sr_in != sample_rate:
         wave = AF.resample(wave, sr_in, sample_rate)
     return wave[:max_samples].contiguous()
-
-
-def _file_stat(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
-
-
-class MediaCache:
-    """Decoded media by path, in memory and (optionally) on disk, keyed by file and preprocessing settings.
-
-    Each entry remembers the file's size and modification time: a changed file is decoded again. The on-disk
-    cache is one file per (folder, settings) under ``cache_dir``, rewritten atomically when entries were added,
-    so several runs on the same folder (one per fusion) decode once.
-
-    Args:
-        settings: decoding settings.
-        cache_dir: where the on-disk cache lives; None keeps it in memory only.
-        key: what identifies the data set (its folder), mixed into the cache file name.
-        threads: decoding threads (Pillow and libsndfile release the GIL).
-    """
-
-    def __init__(self, settings: DecodeSettings, cache_dir: str | Path | None = None, key: str = "",
-                 threads: int = 4) -> None:
-        self.settings = settings
-        self.threads = max(1, threads)
-        self.entries: dict[str, tuple[tuple[int, int] | None, Tensor | None, str | None]] = {}
-        self.decoded = 0  # files decoded by this object (0 on a warm cache)
-        self.path: Path | None = None
-        if cache_dir is not None:
-            digest = hashlib.sha256(repr((CACHE_VERSION, key, sorted(asdict(settings).items()))).encode()).hexdigest()
-            self.path = Path(cache_dir) / f"media-{digest[:16]}.pt"
-            self._load()
-
-    def _load(self) -> None:
-        assert self.path is not None
-        if not self.path.is_file():
-            return
-        try:
-            self.entries = torch.load(self.path, map_location="cpu", weights_only=True)
-            log.info("media cache %s: %d entries", self.path, len(self.entries))
-        except Exception as e:  # a truncated or foreign file: start afresh, but say so
-            log.warning("ignoring unreadable media cache %s (%s)", self.path, e)
-            self.entries = {}
-
-    def save(self) -> None:
-        """Write the on-disk cache (atomically) if it has one; failures are logged, never fatal."""
-        if self.path is None:
-            return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(self.entries, tmp)
-            tmp.replace(self.path)
-            log.info("media cache written: %s (%d entries)", self.path, len(self.entries))
-        except OSError as e:
-            log.warning("could not write media cache %s: %s", self.path, e)
-
-    def get_many(self, kind: str, paths: Iterable[Path]) -> dict[Path, Tensor | DecodeError]:
-        """Decoded tensors (or the error) for ``paths`` of ``kind`` ``image``/``audio``; decodes what is stale."""
-        decode: Callable[[Path], Tensor]
-        s = self.settings
-        if kind == "image":
-            decode = lambda p: load_image(p, s.image_size)  # noqa: E731
-        elif kind == "audio":
-            decode = lambda p: load_audio(p, s.sample_rate, s.max_audio_samples)  # noqa: E731
-        else:
-            raise ValueError(f"unknown media kind {kind!r}")
-        out: dict[Path, Tensor | DecodeError] = {}
-        todo: list[tuple[Path, tuple[int, int] | None]] = []
-        for p in dict.fromkeys(paths):
-            stat = _file_stat(p)
-            if stat is None:
-                out[p] = DecodeError("missing file" if not os.path.lexists(p) else "cannot read file")
-                continue
-            hit = self.entries.get(f"{kind}:{p}")
-            if hit is not None and hit[0] == stat:
-                out[p] = hit[1] if hit[1] is not None else DecodeError(hit[2] or "cannot decode")
-            else:
-                todo.append((p, stat))
-
-        def work(item: tuple[Path, tuple[int, int] | None]) -> Tensor | DecodeError:
-            try:
-                return decode(item[0])
-            except DecodeError as e:
-                return e
-
-        with ThreadPoolExecutor(self.threads) as pool:
-            for (p, stat), result in zip(todo, pool.map(work, todo)):
-                out[p] = result
-                ok = isinstance(result, Tensor)
-                self.entries[f"{kind}:{p}"] = (stat, result if ok else None, None if ok else str(result))
-        self.decoded += len(todo)
-        return out

@@ -18,13 +18,16 @@ from pathlib import Path
 # The datamodules are imported inside the commands: this entry point sits at the edge, and importing mmgpt
 # never pulls in datamodules.
 def _check(args: argparse.Namespace) -> int:
-    from mmgpt.datamodules.manifest import DecodeSettings, MediaCache, check_folder
+    from mmgpt.datamodules.manifest import DecodeSettings, MediaFiles, check_folder
+    from mmgpt.datamodules.manifest.media import Progress
 
     settings = DecodeSettings(args.image_size, args.sample_rate, int(round(args.max_audio_seconds * args.sample_rate)))
-    cache = MediaCache(settings, args.cache_dir, key=str(args.root.resolve()), threads=args.threads)
-    report = check_folder(args.root, cache, allow_outside_root=args.allow_outside_root)
-    if cache.decoded:
-        cache.save()
+    store = None if args.cache_dir is None else Path(args.cache_dir) / "media-store"
+    media = MediaFiles(settings, store, threads=args.threads)
+    progress = Progress(f"checking ({args.check})")  # a bar with the time left, on a terminal's stderr
+    report = check_folder(args.root, media, allow_outside_root=args.allow_outside_root, check=args.check,
+                          progress=progress)
+    progress.close()
     print(report.format(limit=args.limit))
     return 0 if report.ok else 1
 
@@ -62,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--sample-rate", type=int, default=8000)
     check.add_argument("--max-audio-seconds", type=float, default=1.0)
     check.add_argument("--allow-outside-root", action="store_true", help="accept absolute paths and paths outside root")
-    check.add_argument("--cache-dir", default=None, help="reuse/fill an on-disk cache of decoded media")
+    check.add_argument("--cache-dir", default=None,
+                       help="reuse/fill the media store in CACHE_DIR/media-store (data.cache_dir of training)")
+    check.add_argument("--check", choices=("full", "headers"), default="full",
+                       help="full: decode every file; headers: read only each file's header (large folders)")
     check.add_argument("--threads", type=int, default=4, help="decoding threads")
     check.add_argument("--limit", type=int, default=None, help="print at most this many problems (default: all)")
     check.set_defaults(func=_check)
