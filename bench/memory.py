@@ -1,0 +1,255 @@
+"""Peak anonymous memory of the manifest data path (check, one loader pass, DDP ranks x workers) vs folder size.
+
+    python bench/memory.py build DIR --num-train 60000 [--chunk 3000]     # an exported synthetic folder, in chunks
+    python bench/memory.py watch -- CMD ...                                # peak RssAnon / USS of CMD and children
+    python bench/memory.py loader ROOT CACHE [--workers 1] [--ddp 2]       # one pass over the training loader
+
+Memory is what a process owns: ``RssAnon`` from ``/proc/<pid>/status`` (anonymous resident pages, not the
+file-backed pages of the store, which the OS page cache holds once for every process) and USS
+(``Private_Clean + Private_Dirty`` from ``/proc/<pid>/smaps_rollup``), summed over the process and all its
+descendants, sampled every 50 ms (USS every 0.5 s) while the command runs. This file is run by path (not ``-m``) so
+that the same scenario runs against another checkout's code (``PYTHONPATH=/work/main``: the in-memory cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def children(pid: int) -> list[int]:
+    """``pid`` and all its descendants that still exist."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def uss_kb(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith(("Private_Clean:", "Private_Dirty:")))
+
+
+def watch(cmd: list[str], env: dict[str, str] | None = None, interval: float = 0.05, uss_every: float = 0.5) -> dict:
+    """Run ``cmd``; peak summed RssAnon and USS (MiB) of its process tree, its largest process, and wall time."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)
+    peak_anon = peak_one = peak_uss = 0
+    last_uss = 0.0
+    procs_seen = 1
+    while proc.poll() is None:
+        pids = children(proc.pid)
+        procs_seen = max(procs_seen, len(pids))
+        anon = [_status_kb(p, "RssAnon") for p in pids]
+        peak_anon, peak_one = max(peak_anon, sum(anon)), max(peak_one, max(anon, default=0))
+        if time.perf_counter() - last_uss >= uss_every:
+            peak_uss = max(peak_uss, sum(uss_kb(p) for p in pids))
+            last_uss = time.perf_counter()
+        time.sleep(interval)
+    return {"cmd": " ".join(cmd), "rc": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1),
+            "peak_rss_anon_mb": round(peak_anon / 1024, 1), "peak_rss_anon_one_process_mb": round(peak_one / 1024, 1),
+            "peak_uss_mb": round(peak_uss / 1024, 1), "processes": procs_seen}
+
+
+def build(out: Path, num_train: int, chunk: int, image_size: int, sample_rate: int) -> None:
+    """An exported synthetic folder of ``num_train`` training samples, written ``chunk`` samples at a time.
+
+    The exporter holds all its samples in memory, so a large folder is ``num_train / chunk`` exports (seeds
+    0, 1, ...; part ``k`` in ``part<k>/``) whose rows are concatenated with ids prefixed by ``p<k>-``; val and
+    test (500 each) come from part 0.
+    """
+    from mmgpt.datamodules.manifest.export import export_synthetic
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for k in range((num_train + chunk - 1) // chunk):
+        n = min(chunk, num_train - k * chunk)
+        part = out / f"part{k}"
+        if not (part / "train.jsonl").exists():
+            t0 = time.perf_counter()
+            export_synthetic(part, num_train=n, num_val=500 if k == 0 else 1, num_test=500 if k == 0 else 1,
+                             seed=1000 * k, image_size=image_size, sample_rate=sample_rate)
+            print(f"part {k}: {n} samples in {time.perf_counter() - t0:.0f}s", flush=True)
+        for split in rows if k == 0 else ["train"]:
+            for line in (part / f"{split}.jsonl").read_text().splitlines():
+                r = json.loads(line)
+                r.update(id=f"p{k}-{r['id']}", image=f"part{k}/{r['image']}", audio=f"part{k}/{r['audio']}")
+                rows[split].append(json.dumps(r))
+    for split, lines in rows.items():
+        (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
+    (out / "labels.txt").write_text((out / "part0" / "labels.txt").read_text())
+    print(f"wrote {out}: { {k: len(v) for k, v in rows.items()} }")
+
+
+def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: int, ddp: int, rank: int) -> None:
+    """Set up the manifest datamodule (its validation pass) and make one pass over the training loader."""
+    if ddp > 1 and rank < 0:  # the launcher: start the ranks and wait (kept light: it imports nothing big)
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "WORLD_SIZE": str(ddp)}
+        procs = [subprocess.Popen([sys.executable, __file__, "loader", root, cache, "--workers", str(workers),
+                                   "--image-size", str(image_size), "--sample-rate", str(sample_rate),
+                                   "--ddp", str(ddp), "--rank", str(r)], env={**env, "RANK": str(r)})
+                 for r in range(ddp)]
+        sys.exit(max(p.wait() for p in procs))
+    import torch
+    import torch.distributed as dist
+
+    from mmgpt.datamodules.manifest import ManifestDataModule
+
+    if ddp > 1:
+        dist.init_process_group("gloo", rank=rank, world_size=ddp)
+    t0 = time.perf_counter()
+    dm = ManifestDataModule(root, image_size=image_size, sample_rate=sample_rate, cache_dir=cache,
+                            num_workers=workers, batch_size=64, report_dir=None, pin_memory=False)
+    dm.setup("fit")
+    t1 = time.perf_counter()
+    n = 0
+    for batch in dm.train_dataloader():
+        n += batch.batch_size
+        assert torch.isfinite(batch.inputs["image"]).all()
+    t2 = time.perf_counter()
+    print(f"rank {max(rank, 0)}: setup {t1 - t0:.1f}s, {n} samples in {t2 - t1:.1f}s ({n / (t2 - t1):,.0f}/s)",
+          flush=True)
+    if ddp > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+SIZES = ("60", "6k", "20k", "60k")
+ROWS = [
+    ("new check full cold", "`mmgpt-data check` (data.check=full), empty store"),
+    ("new check full warm", "`mmgpt-data check`, store filled"),
+    ("new check headers", "`mmgpt-data check --check headers`, no store"),
+    ("new loader 1proc w0", "setup + one training-loader pass, 0 workers"),
+    ("new loader 1proc w1", "setup + one training-loader pass, 1 worker (default)"),
+    ("new loader ddp2 w2", "2 DDP ranks x 2 workers: setup + one pass"),
+    ("new epoch", "`mmgpt-train` one epoch (1 worker)"),
+    ("old check full cold", "today's cache: `mmgpt-data check`, empty cache"),
+    ("old loader 1proc w0", "today's cache: setup + one pass, 0 workers"),
+    ("old loader 1proc w1", "today's cache: setup + one pass, 1 worker"),
+]
+
+
+def report(results: Path) -> None:
+    """BENCHMARKS.md's memory section (bench/results/memory.md) from the JSON lines ``watch`` appended."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.common import save
+
+    runs = {}
+    for line in results.read_text().splitlines():
+        r = json.loads(line)
+        runs[r["label"]] = r  # the last run of a label wins
+    sizes = [s for s in SIZES if any(k.endswith(" " + s) for k in runs)]
+
+    def cell(label: str, size: str, key: str) -> str:
+        r = runs.get(f"{label} {size}")
+        return "" if r is None or r["rc"] != 0 else f"{r[key]:,.0f}"
+
+    lines = [
+        "## Memory vs data set size (media store)",
+        "",
+        "Exported synthetic manifest folders (`bench/memory.py build DIR --num-train N`: `mmgpt-data export-synthetic` "
+        "in chunks of 3,000, 500 val + 500 test; `60` is one export with 60/20/20) at `image_size=224`, "
+        "`sample_rate=16000`. Peak anonymous resident memory (`RssAnon`, MiB) and peak unique memory (USS = "
+        "Private_Clean + Private_Dirty from `smaps_rollup`, MiB), each summed over the process and its children and "
+        "sampled while the command ran (`python bench/memory.py watch -- CMD`). `new` is the media store, `old` "
+        "today's in-memory cache (same scenario run with `PYTHONPATH` at the previous code). A sum of RssAnon counts "
+        "pages a forked worker still shares with its parent once per process; USS does not.",
+        "",
+        "| run | " + " | ".join(f"RssAnon {s}" for s in sizes) + " | " + " | ".join(f"USS {s}" for s in sizes)
+        + " | " + " | ".join(f"s {s}" for s in sizes) + " |",
+        "|---|" + "---:|" * (3 * len(sizes)),
+    ]
+    for label, what in ROWS:
+        if not any(f"{label} {s}" in runs for s in sizes):
+            continue
+        lines.append(f"| {what} | " + " | ".join(cell(label, s, "peak_rss_anon_mb") for s in sizes) + " | "
+                     + " | ".join(cell(label, s, "peak_uss_mb") for s in sizes) + " | "
+                     + " | ".join(cell(label, s, "wall_s") for s in sizes) + " |")
+
+    def get(label: str, key: str = "peak_rss_anon_mb") -> float | None:
+        r = runs.get(label)
+        return None if r is None or r["rc"] != 0 else float(r[key])
+
+    big = "60k" if "60k" in sizes else ("20k" if "20k" in sizes else None)
+    lines.append("")
+    if big:
+        for label, what in [("new check full cold", "`mmgpt-data check`"), ("new loader 1proc w1", "one loader pass")]:
+            a, b = get(f"{label} 6k"), get(f"{label} {big}")
+            if a and b:
+                lines.append(f"- {what}: peak RssAnon {b:,.0f} MiB at {big} vs {a:,.0f} MiB at 6k: "
+                             f"**{100 * (b / a - 1):+.1f}%** (target: within 10%).")
+    new_growth = (get("new loader ddp2 w2 6k", "peak_uss_mb") or 0) - (get("new loader ddp2 w2 60", "peak_uss_mb") or 0)
+    old_growth = (get("old loader 1proc w0 6k", "peak_uss_mb") or 0) - (get("old loader 1proc w0 60", "peak_uss_mb") or 0)
+    if old_growth > 0:
+        lines.append(f"- 2 DDP ranks x 2 workers, summed USS growth 60 -> 6k samples: {new_growth:,.0f} MiB; one "
+                     f"process with today's cache: {old_growth:,.0f} MiB; **{100 * new_growth / old_growth:.0f}%** "
+                     "(target: below 20%).")
+    save("memory", {"runs": runs}, "\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("out", type=Path)
+    b.add_argument("--num-train", type=int, required=True)
+    b.add_argument("--chunk", type=int, default=3000)
+    b.add_argument("--image-size", type=int, default=224)
+    b.add_argument("--sample-rate", type=int, default=16000)
+    w = sub.add_parser("watch")
+    w.add_argument("--json", type=Path, default=None, help="append the result as a JSON line to this file")
+    w.add_argument("--label", default="")
+    w.add_argument("command", nargs=argparse.REMAINDER)
+    lo = sub.add_parser("loader")
+    lo.add_argument("root")
+    lo.add_argument("cache")
+    lo.add_argument("--workers", type=int, default=1)
+    lo.add_argument("--image-size", type=int, default=224)
+    lo.add_argument("--sample-rate", type=int, default=16000)
+    lo.add_argument("--ddp", type=int, default=1)
+    lo.add_argument("--rank", type=int, default=-1)
+    r = sub.add_parser("report")
+    r.add_argument("results", type=Path, help="the JSON lines file of watch --json")
+    a = p.parse_args()
+    if a.cmd == "report":
+        report(a.results)
+        return
+    if a.cmd == "build":
+        build(a.out, a.num_train, a.chunk, a.image_size, a.sample_rate)
+    elif a.cmd == "loader":
+        loader(a.root, a.cache, a.workers, a.image_size, a.sample_rate, a.ddp, a.rank)
+    else:
+        command = a.command[1:] if a.command[:1] == ["--"] else a.command
+        result = {"label": a.label, **watch(command)}
+        print(json.dumps(result), flush=True)
+        if a.json is not None:
+            with open(a.json, "a") as f:
+                f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
