@@ -138,7 +138,7 @@ def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: in
         dist.destroy_process_group()
 
 
-SIZES = ("60", "6k", "20k", "60k")
+SIZES = ("60", "6k", "20k", "30k", "60k")
 ROWS = [
     ("new check full cold", "`mmgpt-data check` (data.check=full), empty store"),
     ("new check full warm", "`mmgpt-data check`, store filled"),
@@ -194,7 +194,7 @@ def report(results: Path) -> None:
         r = runs.get(label)
         return None if r is None or r["rc"] != 0 else float(r[key])
 
-    big = "60k" if "60k" in sizes else ("20k" if "20k" in sizes else None)
+    big = next((s for s in ("60k", "30k", "20k") if s in sizes), None)
     lines.append("")
     if big:
         for label, what in [("new check full cold", "`mmgpt-data check`"), ("new loader 1proc w1", "one loader pass")]:

@@ -7,6 +7,7 @@ checking costs no extra decoding.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,19 @@ class ManifestError(ValueError):
 
 @dataclass(slots=True)
 class Sample:
-    """A usable row and the paths of its media files (their decoded arrays are in the media store)."""
+    """A usable row (its decoded media are in the media store; the paths are resolved when asked, so a large
+    folder holds no second copy of them)."""
 
     row: Row
-    image: str | None
-    audio: str | None
+    root: str  # the folder (one string shared by every sample)
+
+    @property
+    def image(self) -> str | None:
+        return None if self.row.image is None else os.path.normpath(os.path.join(self.root, self.row.image))
+
+    @property
+    def audio(self) -> str | None:
+        return None if self.row.audio is None else os.path.normpath(os.path.join(self.root, self.row.audio))
 
 
 @dataclass
@@ -104,6 +113,7 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
     total = 0 if check == "off" else sum(getattr(r, k) is not None for rows in index.rows.values() for r in rows
                                          for k in MEDIA_KEYS)
     done, decoded_before = 0, media.decoded
+    root_str = os.path.normpath(os.path.abspath(root))  # what resolve_media joins paths to
     for split, rows in index.rows.items():
         report.rows_read[split] = len(rows)
         kept: list[Sample] = []
@@ -137,7 +147,7 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
                         report.problems.append(Problem(row.file, row.line, f"{key} {getattr(row, key)!r}: {error}"))
                         ok = False
                 if ok:
-                    kept.append(Sample(row, paths.get("image"), paths.get("audio")))
+                    kept.append(Sample(row, root_str))
         report.samples[split] = kept
         already = any(p.fatal and p.file == index.files.get(split) for p in report.problems)
         if not kept and not already:

@@ -279,6 +279,7 @@ class ManifestDataModule(pl.LightningDataModule):
         self.report = self.check()
         if self.report.class_names != self.index.class_names:  # the folder changed since the model was sized
             raise ManifestError(self.report, f"class list changed while loading: {self.index.class_names}")
+        self.__dict__.pop("index", None)  # its rows duplicate the report's; class_names now come from the report
         class_index = {c: i for i, c in enumerate(self.report.class_names)}
         report_dir = self.hparams.report_dir
         if report_dir is None:

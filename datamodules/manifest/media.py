@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -96,11 +96,18 @@ class MediaFiles:
             store = tmp
         self.store = store if isinstance(store, MediaStore) else MediaStore(store, memory_cache_mb=memory_cache_mb)
         self.decoded = 0  # files decoded by this object in this process (0 on a warm store)
-        self._decoders: dict[str, Callable[[str], Tensor]] = {
-            "image": lambda p: decode.load_image(p, settings.image_size),
-            "audio": lambda p: decode.load_audio(p, settings.sample_rate, settings.max_audio_samples),
-        }
-        self._fingerprints = {kind: fingerprint(kind, settings) for kind in self._decoders}
+        self._fingerprints = {kind: fingerprint(kind, settings) for kind in ("image", "audio")}
+
+    def decode(self, kind: str, path: str) -> Tensor:
+        """Decode one file (no store involved).
+
+        Raises:
+            DecodeError: it cannot be decoded.
+        """
+        s = self.settings
+        if kind == "image":
+            return decode.load_image(path, s.image_size)
+        return decode.load_audio(path, s.sample_rate, s.max_audio_samples)
 
     def check_many(self, kind: str, paths: Sequence[str], mode: str = "full") -> dict[str, str | None]:
         """path -> the problem (None when fine) of each file, by ``mode``: ``full`` decodes (and stores) what the
@@ -131,11 +138,9 @@ class MediaFiles:
             with ThreadPoolExecutor(self.threads) as pool:
                 out.update(zip((p for p, _ in todo), pool.map(work, todo)))
             return out
-        decode = self._decoders[kind]
-
         def decode_one(item: tuple[str, SourceId]) -> Tensor | DecodeError:
             try:
-                return decode(item[0])
+                return self.decode(kind, item[0])
             except DecodeError as e:
                 return e
 
@@ -162,7 +167,7 @@ class MediaFiles:
                 raise DecodeError(hit.error)
             return torch.from_numpy(self.store.read(hit))
         try:
-            value = self._decoders[kind](path)
+            value = self.decode(kind, path)
         except DecodeError as e:
             self.store.put(NAMESPACE, fp, src, str(e))
             raise

@@ -45,7 +45,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-@dataclass
+@dataclass(slots=True)  # no per-row __dict__: a large folder holds one Row per sample
 class Row:
     """One sample as written in a split file, with its location for error reports.
 

@@ -115,3 +115,14 @@ def test_a_truncated_store_segment_is_rebuilt_by_the_next_check(make_folder: Fol
     assert "truncated shard" in caplog.text
     assert again.report is not None and again.report.ok and again.report.decoded > 0
     assert sum(b.batch_size for b in again.train_dataloader()) == 8
+
+
+def test_datasets_pickle_for_spawned_workers(make_folder: FolderFactory, tmp_path: Path) -> None:
+    import pickle
+
+    root = make_folder(train=good_rows(4), val=good_rows(2))
+    dm = module(root, cache_dir=str(tmp_path / "c"))
+    dm.setup("fit")
+    copy = pickle.loads(pickle.dumps(dm.splits["train"]))
+    a, b = dm.splits["train"][1], copy[1]
+    assert a is not None and b is not None and a["id"] == b["id"] and torch.equal(a["audio"], b["audio"])
