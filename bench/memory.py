@@ -119,6 +119,9 @@ def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: in
 
     from mmgpt.datamodules.manifest import ManifestDataModule
 
+    # One intra-op thread, as in a loader worker: on a shared machine OpenMP threads of the main process
+    # spin against other jobs and make a 0-worker pass many times slower (memory is the same either way).
+    torch.set_num_threads(1)
     if ddp > 1:
         dist.init_process_group("gloo", rank=rank, world_size=ddp)
     t0 = time.perf_counter()
