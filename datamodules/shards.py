@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmgpt.datamodules.collate import Collate, normalize_image, require_positive
 from mmgpt.datamodules.manifest.check import check_folder
-from mmgpt.datamodules.manifest.decode import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
+from mmgpt.datamodules.manifest.decode import DecodeError, DecodeSettings, load_audio, load_image
+from mmgpt.datamodules.manifest.media import MediaFiles
 from mmgpt.datamodules.manifest.records import read_index, resolve_media
 from mmgpt.datamodules.resumable import batches_trained
 from mmgpt.training.rng import mix_seed
@@ -61,7 +62,7 @@ def write_shards(root: str | Path, out: str | Path, samples_per_shard: int = 256
         raise ShardError(f"{out} is not empty; shards are written into a new folder")
     # The whole check of `mmgpt-data check` (every file exists and decodes) before anything is written, so that
     # bad data is reported here, by file and line, rather than by a training run that streams it later.
-    report = check_folder(root, MediaCache(DecodeSettings(32, 16000, 16000)), allow_outside_root)
+    report = check_folder(root, MediaFiles(DecodeSettings(32, 16000, 16000)), allow_outside_root)  # a temporary store
     if not report.ok:
         raise ShardError(f"{root}: nothing written, fix these first:\n{report.format(limit=20)}")
     index = read_index(root)
