@@ -105,13 +105,15 @@ def build(out: Path, num_train: int, chunk: int, image_size: int, sample_rate: i
     print(f"wrote {out}: { {k: len(v) for k, v in rows.items()} }")
 
 
-def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: int, ddp: int, rank: int) -> None:
+def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: int, ddp: int, rank: int,
+           batch_size: int = 64) -> None:
     """Set up the manifest datamodule (its validation pass) and make one pass over the training loader."""
     if ddp > 1 and rank < 0:  # the launcher: start the ranks and wait (kept light: it imports nothing big)
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "WORLD_SIZE": str(ddp)}
         procs = [subprocess.Popen([sys.executable, __file__, "loader", root, cache, "--workers", str(workers),
                                    "--image-size", str(image_size), "--sample-rate", str(sample_rate),
-                                   "--ddp", str(ddp), "--rank", str(r)], env={**env, "RANK": str(r)})
+                                   "--ddp", str(ddp), "--rank", str(r), "--batch-size", str(batch_size)],
+                                  env={**env, "RANK": str(r)})
                  for r in range(ddp)]
         sys.exit(max(p.wait() for p in procs))
     import torch
@@ -126,7 +128,7 @@ def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: in
         dist.init_process_group("gloo", rank=rank, world_size=ddp)
     t0 = time.perf_counter()
     dm = ManifestDataModule(root, image_size=image_size, sample_rate=sample_rate, cache_dir=cache,
-                            num_workers=workers, batch_size=64, report_dir=None, pin_memory=False)
+                            num_workers=workers, batch_size=batch_size, report_dir=None, pin_memory=False)
     dm.setup("fit")
     t1 = time.perf_counter()
     n = 0
@@ -235,6 +237,7 @@ def main() -> None:
     lo.add_argument("--sample-rate", type=int, default=16000)
     lo.add_argument("--ddp", type=int, default=1)
     lo.add_argument("--rank", type=int, default=-1)
+    lo.add_argument("--batch-size", type=int, default=64)
     r = sub.add_parser("report")
     r.add_argument("results", type=Path, help="the JSON lines file of watch --json")
     a = p.parse_args()
@@ -244,7 +247,7 @@ def main() -> None:
     if a.cmd == "build":
         build(a.out, a.num_train, a.chunk, a.image_size, a.sample_rate)
     elif a.cmd == "loader":
-        loader(a.root, a.cache, a.workers, a.image_size, a.sample_rate, a.ddp, a.rank)
+        loader(a.root, a.cache, a.workers, a.image_size, a.sample_rate, a.ddp, a.rank, a.batch_size)
     else:
         command = a.command[1:] if a.command[:1] == ["--"] else a.command
         result = {"label": a.label, **watch(command)}
