@@ -109,7 +109,7 @@ def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: in
            batch_size: int = 64) -> None:
     """Set up the manifest datamodule (its validation pass) and make one pass over the training loader."""
     if ddp > 1 and rank < 0:  # the launcher: start the ranks and wait (kept light: it imports nothing big)
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "WORLD_SIZE": str(ddp)}
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(20000 + os.getpid() % 20000), "WORLD_SIZE": str(ddp)}
         procs = [subprocess.Popen([sys.executable, __file__, "loader", root, cache, "--workers", str(workers),
                                    "--image-size", str(image_size), "--sample-rate", str(sample_rate),
                                    "--ddp", str(ddp), "--rank", str(r), "--batch-size", str(batch_size)],
