@@ -51,7 +51,8 @@ def uss_kb(pid: int) -> int:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return 0
-    return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    private = ("Private_Clean:", "Private_Dirty:")
+    return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith(private))
 
 
 def watch(cmd: list[str], env: dict[str, str] | None = None, interval: float = 0.05, uss_every: float = 0.5) -> dict:
@@ -109,7 +110,8 @@ def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: in
            batch_size: int = 64) -> None:
     """Set up the manifest datamodule (its validation pass) and make one pass over the training loader."""
     if ddp > 1 and rank < 0:  # the launcher: start the ranks and wait (kept light: it imports nothing big)
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(20000 + os.getpid() % 20000), "WORLD_SIZE": str(ddp)}
+        port = str(20000 + os.getpid() % 20000)
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": str(ddp)}
         procs = [subprocess.Popen([sys.executable, __file__, "loader", root, cache, "--workers", str(workers),
                                    "--image-size", str(image_size), "--sample-rate", str(sample_rate),
                                    "--ddp", str(ddp), "--rank", str(r), "--batch-size", str(batch_size)],
@@ -151,10 +153,12 @@ ROWS = [
     ("new loader 1proc w0", "setup + one training-loader pass, 0 workers"),
     ("new loader 1proc w1", "setup + one training-loader pass, 1 worker (default)"),
     ("new loader ddp2 w2", "2 DDP ranks x 2 workers: setup + one pass"),
+    ("new loader ddp2 w2 b16", "2 DDP ranks x 2 workers, batch 16: setup + one pass"),
     ("new epoch", "`mmgpt-train` one epoch (1 worker)"),
     ("old check full cold", "today's cache: `mmgpt-data check`, empty cache"),
     ("old loader 1proc w0", "today's cache: setup + one pass, 0 workers"),
     ("old loader 1proc w1", "today's cache: setup + one pass, 1 worker"),
+    ("old loader 1proc w0 b16", "today's cache: setup + one pass, 0 workers, batch 16"),
 ]
 
 
@@ -202,16 +206,23 @@ def report(results: Path) -> None:
     big = next((s for s in ("60k", "30k", "20k") if s in sizes), None)
     lines.append("")
     if big:
-        for label, what in [("new check full cold", "`mmgpt-data check`"), ("new loader 1proc w1", "one loader pass")]:
+        for label, what in [("new check full cold", "`mmgpt-data check`"),
+                            ("new check full warm", "`mmgpt-data check` (warm)"),
+                            ("new loader 1proc w0", "one loader pass (0 workers)"),
+                            ("new loader 1proc w1", "one loader pass (1 worker, summed)")]:
             a, b = get(f"{label} 6k"), get(f"{label} {big}")
             if a and b:
                 lines.append(f"- {what}: peak RssAnon {b:,.0f} MiB at {big} vs {a:,.0f} MiB at 6k: "
                              f"**{100 * (b / a - 1):+.1f}%** (target: within 10%).")
-    new_growth = (get("new loader ddp2 w2 6k", "peak_uss_mb") or 0) - (get("new loader ddp2 w2 60", "peak_uss_mb") or 0)
-    old_growth = (get("old loader 1proc w0 6k", "peak_uss_mb") or 0) - (get("old loader 1proc w0 60", "peak_uss_mb") or 0)
-    if old_growth > 0:
-        lines.append(f"- 2 DDP ranks x 2 workers, summed USS growth 60 -> 6k samples: {new_growth:,.0f} MiB; one "
-                     f"process with today's cache: {old_growth:,.0f} MiB; **{100 * new_growth / old_growth:.0f}%** "
+    for suffix, note in [("", "batch 64 (a 60-sample folder gives each rank one batch of 30)"),
+                         (" b16", "batch 16 (whole batches in both folders)")]:
+        n60, n6k = (get(f"new loader ddp2 w2{suffix} {c}", "peak_uss_mb") for c in ("60", "6k"))
+        o60, o6k = (get(f"old loader 1proc w0{suffix} {c}", "peak_uss_mb") for c in ("60", "6k"))
+        if None in (n60, n6k, o60, o6k) or o6k <= o60:
+            continue
+        lines.append(f"- {note}: 2 DDP ranks x 2 workers, summed USS {n60:,.0f} -> {n6k:,.0f} MiB from 60 to 6k "
+                     f"samples (growth {n6k - n60:,.0f} MiB); one process with today's cache {o60:,.0f} -> {o6k:,.0f} "
+                     f"MiB (growth {o6k - o60:,.0f} MiB): **{100 * (n6k - n60) / (o6k - o60):.0f}%** "
                      "(target: below 20%).")
     save("memory", {"runs": runs}, "\n".join(lines))
 

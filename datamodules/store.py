@@ -89,9 +89,10 @@ class _Writer:
     def __init__(self, root: Path) -> None:
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:10]}"
         self.tmp = root / f"tmp-{self.name}.bin"
-        self.file = open(self.tmp, "wb")
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 (closed by MediaStore._commit)
         self.offset = 0
-        self.rows: list[tuple[int, int, int, int, tuple[int, ...], int, int]] = []  # hash, off, n, dtype, shape, size, mtime
+        # hash, offset, nbytes, dtype code, shape, source size, source mtime_ns
+        self.rows: list[tuple[int, int, int, int, tuple[int, ...], int, int]] = []
         self.errors: dict[int, str] = {}
         self.pending: dict[int, int] = {}  # key hash -> row
 
@@ -150,7 +151,8 @@ class MediaStore:
     def __getstate__(self) -> dict:
         # Pickled into spawned workers: the index travels, open maps and this process's writer do not.
         state = self.__dict__.copy()
-        state.update(_maps={}, _fds={}, _writer=None, _writer_pid=-1, _exit_hook_pid=-1, _lru=OrderedDict(), _lru_bytes=0)
+        state.update(_maps={}, _fds={}, _writer=None, _writer_pid=-1, _exit_hook_pid=-1, _lru=OrderedDict(),
+                     _lru_bytes=0)
         return state
 
     def refresh(self) -> None:
@@ -193,7 +195,7 @@ class MediaStore:
         w = self._own_writer()
         if w is not None and h in w.pending:  # written by this process, not committed yet
             row = w.pending[h]
-            _, _, n, _, _, size, mtime = w.rows[row]
+            size, mtime = w.rows[row][5:7]
             if (size, mtime) == (source.size, source.mtime_ns):
                 return Hit(-1 - row, w.errors.get(row))
         i = int(np.searchsorted(self._hash, h))
@@ -341,7 +343,8 @@ class MediaStore:
             with np.load(idx, allow_pickle=False) as z:
                 header = json.loads(z["header"].tobytes().decode())
                 if header.get("version") != STORE_VERSION:
-                    log.info("store %s: skipping segment %s of format version %s", self.root, name, header.get("version"))
+                    log.info("store %s: skipping segment %s of format version %s", self.root, name,
+                             header.get("version"))
                     return None
                 h = z["hash"]
                 cols = [h, np.zeros(len(h), np.int64), z["offset"], z["nbytes"], z["size"], z["mtime"], z["dtype"],
@@ -366,7 +369,6 @@ class MediaStore:
                     self.root, name, why)
         for suffix in (".idx.npz", ".bin"):
             (self.root / f"{name}{suffix}").unlink(missing_ok=True)
-        return None
 
     def _clean_stale_tmp(self) -> None:
         now = time.time()

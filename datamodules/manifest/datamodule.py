@@ -22,8 +22,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmgpt.datamodules.collate import Collate, check_dropout_probs, normalize_image, require_positive
-from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
+from mmgpt.datamodules.collate import (
+    Collate,
+    check_dropout_probs,
+    normalize_image,
+    require_positive,
+)
+from mmgpt.datamodules.manifest.check import (
+    CheckReport,
+    ManifestError,
+    Sample,
+    check_folder,
+)
 from mmgpt.datamodules.manifest.decode import DecodeError, DecodeSettings
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles, Progress
 from mmgpt.datamodules.manifest.records import ManifestIndex, read_index

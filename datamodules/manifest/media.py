@@ -221,6 +221,6 @@ class Progress:
 def _duration(seconds: float) -> str:
     if seconds == float("inf"):
         return "unknown time"
-    m, s = divmod(int(round(seconds)), 60)
+    m, s = divmod(round(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmgpt.datamodules.manifest import DecodeError, DecodeSettings, ManifestDataModule, ManifestError, MediaFiles, check_folder
+from mmgpt.datamodules.manifest import (
+    DecodeError,
+    DecodeSettings,
+    ManifestDataModule,
+    ManifestError,
+    MediaFiles,
+    check_folder,
+)
 from mmgpt.datamodules.manifest.check import Sample
 from tests.datamodules.conftest import FolderFactory, good_rows, write_png, write_wav
 

@@ -112,7 +112,7 @@ def test_a_damaged_segment_is_detected_dropped_and_rebuilt_with_a_warning(tmp_pa
     srcs = sources(tmp_path, 10)
     fill(str(tmp_path / "s"), srcs[:5], list(range(5)))
     fill(str(tmp_path / "s"), srcs, list(range(5, 10)))  # a second segment, left intact
-    first = sorted((tmp_path / "s").glob("seg-*.bin"))[0]
+    first = min((tmp_path / "s").glob("seg-*.bin"))
     index = first.with_name(first.name[: -len(".bin")] + ".idx.npz")
     if damage == "truncated shard":
         first.write_bytes(first.read_bytes()[:100])
