@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles
-from mmgpt.datamodules.manifest.records import MEDIA_KEYS, SPLITS, Problem, Row, read_index, resolve_media
+from mmgpt.datamodules.manifest.records import (
+    MEDIA_KEYS,
+    SPLITS,
+    Problem,
+    Row,
+    read_index,
+    resolve_media,
+)
 
 
 class ManifestError(ValueError):
