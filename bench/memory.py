@@ -46,20 +46,27 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
-def uss_kb(pid: int) -> int:
+def rollup_kb(pid: int) -> dict[str, int]:
+    """USS (Private_Clean + Private_Dirty), its dirty part, and Pss_Anon + Pss_Shmem of ``pid``, in KiB.
+
+    Private_Clean holds file pages no other process maps at the moment (shared libraries included), so USS
+    moves with whatever else runs on the machine; the dirty part and proportional anonymous memory do not."""
     try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0
-    private = ("Private_Clean:", "Private_Dirty:")
-    return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith(private))
+        fields = {line.split(":")[0]: int(line.split()[1]) for line in Path(f"/proc/{pid}/smaps_rollup").read_text()
+                  .splitlines()[1:] if line.split()[-1] == "kB"}
+    except (OSError, ValueError, IndexError):
+        return {"uss": 0, "uss_dirty": 0, "pss_anon": 0}
+    return {"uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
+            "uss_dirty": fields.get("Private_Dirty", 0),
+            "pss_anon": fields.get("Pss_Anon", 0) + fields.get("Pss_Shmem", 0)}
 
 
 def watch(cmd: list[str], env: dict[str, str] | None = None, interval: float = 0.05, uss_every: float = 0.5) -> dict:
     """Run ``cmd``; peak summed RssAnon and USS (MiB) of its process tree, its largest process, and wall time."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
-    peak_anon = peak_one = peak_uss = 0
+    peak_anon = peak_one = 0
+    peak = {"uss": 0, "uss_dirty": 0, "pss_anon": 0}
     last_uss = 0.0
     procs_seen = 1
     while proc.poll() is None:
@@ -68,12 +75,13 @@ def watch(cmd: list[str], env: dict[str, str] | None = None, interval: float = 0
         anon = [_status_kb(p, "RssAnon") for p in pids]
         peak_anon, peak_one = max(peak_anon, sum(anon)), max(peak_one, max(anon, default=0))
         if time.perf_counter() - last_uss >= uss_every:
-            peak_uss = max(peak_uss, sum(uss_kb(p) for p in pids))
+            rollups = [rollup_kb(p) for p in pids]
+            peak = {k: max(v, sum(r[k] for r in rollups)) for k, v in peak.items()}
             last_uss = time.perf_counter()
         time.sleep(interval)
     return {"cmd": " ".join(cmd), "rc": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1),
             "peak_rss_anon_mb": round(peak_anon / 1024, 1), "peak_rss_anon_one_process_mb": round(peak_one / 1024, 1),
-            "peak_uss_mb": round(peak_uss / 1024, 1), "processes": procs_seen}
+            **{f"peak_{k}_mb": round(v / 1024, 1) for k, v in peak.items()}, "processes": procs_seen}
 
 
 def build(out: Path, num_train: int, chunk: int, image_size: int, sample_rate: int) -> None:

@@ -2,7 +2,12 @@
 
 from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, check_folder
 from mmgpt.datamodules.manifest.datamodule import ManifestDataModule, ManifestDataset
-from mmgpt.datamodules.manifest.decode import DecodeError, DecodeSettings, load_audio, load_image
+from mmgpt.datamodules.manifest.decode import (
+    DecodeError,
+    DecodeSettings,
+    load_audio,
+    load_image,
+)
 from mmgpt.datamodules.manifest.media import MediaFiles
 from mmgpt.datamodules.manifest.records import Problem, Row, read_index, resolve_media
 
