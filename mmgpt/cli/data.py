@@ -1,7 +1,8 @@
 """``mmgpt-data``: tools for manifest folders (``data=manifest``).
 
-``mmgpt-data check DIR`` reads every row and decodes every file once, and prints every problem with its file and
-line; it exits with status 1 when there is any. ``mmgpt-data export-synthetic OUT`` writes the embedded synthetic
+``mmgpt-data check DIR`` reads every row and decodes every file once (``--check headers``: reads only each file's
+header), and prints every problem with its file and line; it exits with status 1 when there is any. With
+``--cache-dir`` the decoded media go to the media store training reads (``data.cache_dir``). ``mmgpt-data export-synthetic OUT`` writes the embedded synthetic
 set out as a manifest folder (PNG + WAV + JSON Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
 WebDataset tar shards for streaming (``data=shards data.root=OUT``).
 """
