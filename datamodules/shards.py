@@ -62,7 +62,7 @@ def write_shards(root: str | Path, out: str | Path, samples_per_shard: int = 256
         raise ShardError(f"{out} is not empty; shards are written into a new folder")
     # The whole check of `mmgpt-data check` (every file exists and decodes) before anything is written, so that
     # bad data is reported here, by file and line, rather than by a training run that streams it later.
-    report = check_folder(root, MediaFiles(DecodeSettings(32, 16000, 16000)), allow_outside_root)  # a temporary store
+    report = check_folder(root, MediaFiles(DecodeSettings(32, 16000, 16000), keep=False), allow_outside_root)
     if not report.ok:
         raise ShardError(f"{root}: nothing written, fix these first:\n{report.format(limit=20)}")
     index = read_index(root)

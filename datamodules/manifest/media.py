@@ -83,12 +83,15 @@ class MediaFiles:
         store: the store, or its folder; None makes a temporary one, deleted with this object.
         threads: decoding threads in the validation pass (Pillow and libsndfile release the GIL).
         memory_cache_mb: per-process LRU of decoded arrays, in MiB (0: none; see :class:`MediaStore`).
+        keep: store what the validation pass decodes; False only checks (decode, drop), for a one-off
+            ``mmgpt-data check`` without a store folder.
     """
 
     def __init__(self, settings: DecodeSettings, store: MediaStore | str | Path | None = None, *, threads: int = 4,
-                 memory_cache_mb: float = 0) -> None:
+                 memory_cache_mb: float = 0, keep: bool = True) -> None:
         self.settings = settings
         self.threads = max(1, threads)
+        self.keep = keep
         if store is None:
             tmp = tempfile.mkdtemp(prefix="mmgpt-media-")
             # Only the creating process deletes it (a forked loader worker dropping its copy must not).
@@ -146,7 +149,8 @@ class MediaFiles:
 
         with ThreadPoolExecutor(self.threads) as pool:
             for (p, src), result in zip(todo, pool.map(decode_one, todo)):
-                self.store.put(NAMESPACE, fp, src, result.numpy() if isinstance(result, Tensor) else str(result))
+                if self.keep:
+                    self.store.put(NAMESPACE, fp, src, result.numpy() if isinstance(result, Tensor) else str(result))
                 out[p] = None if isinstance(result, Tensor) else str(result)
         self.decoded += len(todo)
         return out

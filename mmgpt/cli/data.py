@@ -24,7 +24,7 @@ def _check(args: argparse.Namespace) -> int:
 
     settings = DecodeSettings(args.image_size, args.sample_rate, int(round(args.max_audio_seconds * args.sample_rate)))
     store = None if args.cache_dir is None else Path(args.cache_dir) / "media-store"
-    media = MediaFiles(settings, store, threads=args.threads)
+    media = MediaFiles(settings, store, threads=args.threads, keep=store is not None)  # no store: decode and drop
     progress = Progress(f"checking ({args.check})")  # a bar with the time left, on a terminal's stderr
     report = check_folder(args.root, media, allow_outside_root=args.allow_outside_root, check=args.check,
                           progress=progress)

@@ -133,3 +133,12 @@ def test_datasets_pickle_for_spawned_workers(make_folder: FolderFactory, tmp_pat
     copy = pickle.loads(pickle.dumps(dm.splits["train"]))
     a, b = dm.splits["train"][1], copy[1]
     assert a is not None and b is not None and a["id"] == b["id"] and torch.equal(a["audio"], b["audio"])
+
+
+def test_a_check_that_keeps_nothing_decodes_every_file_and_stores_none(make_folder: FolderFactory) -> None:
+    root = make_folder(train=good_rows(6) + [{"id": "bad", "text": "t", "image": "img/corrupt.png", "label": "cat"}],
+                       val=good_rows(2))
+    (root / "img/corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    media = MediaFiles(DecodeSettings(16, 8000, 8000), keep=False)
+    report = check_folder(root, media)
+    assert report.bad_rows == [("train.jsonl", 7)] and report.decoded > 0 and len(media.store) == 0
