@@ -115,7 +115,7 @@ def build(out: Path, num_train: int, chunk: int, image_size: int, sample_rate: i
 
 
 def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: int, ddp: int, rank: int,
-           batch_size: int = 64) -> None:
+           batch_size: int = 64, max_seconds: float | None = None) -> None:
     """Set up the manifest datamodule (its validation pass) and make one pass over the training loader."""
     if ddp > 1 and rank < 0:  # the launcher: start the ranks and wait (kept light: it imports nothing big)
         port = str(20000 + os.getpid() % 20000)
@@ -142,12 +142,16 @@ def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: in
     dm.setup("fit")
     t1 = time.perf_counter()
     n = 0
-    for batch in dm.train_dataloader():
+    loader = dm.train_dataloader()
+    for batch in loader:
         n += batch.batch_size
         assert torch.isfinite(batch.inputs["image"]).all()
+        if max_seconds is not None and time.perf_counter() - t1 > max_seconds:
+            break
     t2 = time.perf_counter()
-    print(f"rank {max(rank, 0)}: setup {t1 - t0:.1f}s, {n} samples in {t2 - t1:.1f}s ({n / (t2 - t1):,.0f}/s)",
-          flush=True)
+    total = len(loader.sampler)  # type: ignore[arg-type]
+    print(f"rank {max(rank, 0)}: setup {t1 - t0:.1f}s, {n} of {total} samples in {t2 - t1:.1f}s "
+          f"({n / (t2 - t1):,.0f}/s)", flush=True)
     if ddp > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -257,6 +261,7 @@ def main() -> None:
     lo.add_argument("--ddp", type=int, default=1)
     lo.add_argument("--rank", type=int, default=-1)
     lo.add_argument("--batch-size", type=int, default=64)
+    lo.add_argument("--max-seconds", type=float, default=None, help="stop the pass after this long")
     r = sub.add_parser("report")
     r.add_argument("results", type=Path, help="the JSON lines file of watch --json")
     a = p.parse_args()
@@ -266,7 +271,7 @@ def main() -> None:
     if a.cmd == "build":
         build(a.out, a.num_train, a.chunk, a.image_size, a.sample_rate)
     elif a.cmd == "loader":
-        loader(a.root, a.cache, a.workers, a.image_size, a.sample_rate, a.ddp, a.rank, a.batch_size)
+        loader(a.root, a.cache, a.workers, a.image_size, a.sample_rate, a.ddp, a.rank, a.batch_size, a.max_seconds)
     else:
         command = a.command[1:] if a.command[:1] == ["--"] else a.command
         result = {"label": a.label, **watch(command)}
