@@ -268,10 +268,11 @@ class MediaStore:
         if w.offset >= self.segment_bytes:
             self._commit()
 
-    def flush(self) -> None:
-        """Commit this process's open segment (if any) and load what every process committed."""
+    def flush(self, refresh: bool = True) -> None:
+        """Commit this process's open segment (if any) and (``refresh``) load what every process committed."""
         self._commit()
-        self.refresh()
+        if refresh:
+            self.refresh()
 
     def _own_writer(self, create: bool = False) -> _Writer | None:
         if self._writer_pid != os.getpid():  # a forked child never appends to its parent's open file

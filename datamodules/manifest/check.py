@@ -160,7 +160,7 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
         if not kept and not already:
             report.problems.append(Problem(index.files[split], None, "no usable rows", True))
     if check == "full":
-        media.flush()  # commit what was decoded, so every process (and the next run) reads it from the store
+        media.flush(refresh=False)  # commit: every process (and the next run) reads it from the store
     report.decoded = media.decoded - decoded_before
     report.problems.sort(key=lambda p: (p.file, p.line or 0))
     return report

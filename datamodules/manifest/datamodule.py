@@ -253,6 +253,7 @@ class ManifestDataModule(pl.LightningDataModule):
         progress = Progress(f"data.check={hp.check} {self.root.name}")
         report = check_folder(self.root, self.media, hp.allow_outside_root, check=hp.check, progress=progress)
         progress.close()
+        self.media.store.refresh()  # what this pass (and any other process) committed, for the datasets
         log.info("checked %s (data.check=%s) in %.1fs: %s samples, %d files decoded, %d entries in the store %s",
                  self.root, hp.check, time.perf_counter() - t0, {k: len(v) for k, v in report.samples.items()},
                  report.decoded, len(self.media.store), self.media.store.root)

@@ -180,9 +180,9 @@ class MediaFiles:
         self.store.put(NAMESPACE, fp, src, value.numpy())
         return value
 
-    def flush(self) -> None:
-        """Commit what this process decoded, so every other process sees it."""
-        self.store.flush()
+    def flush(self, refresh: bool = True) -> None:
+        """Commit what this process decoded, so every other process sees it; ``refresh`` loads it here too."""
+        self.store.flush(refresh=refresh)
 
 
 def _remove_if_owner(path: str, pid: int) -> None:
