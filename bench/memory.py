@@ -174,7 +174,7 @@ ROWS = [
 ]
 
 
-def report(results: Path) -> None:
+def report(results: Path, note: str = "") -> None:
     """BENCHMARKS.md's memory section (bench/results/memory.md) from the JSON lines ``watch`` appended."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench.common import save
@@ -236,6 +236,14 @@ def report(results: Path) -> None:
                      f"samples (growth {n6k - n60:,.0f} MiB); one process with today's cache {o60:,.0f} -> {o6k:,.0f} "
                      f"MiB (growth {o6k - o60:,.0f} MiB): **{100 * (n6k - n60) / (o6k - o60):.0f}%** "
                      "(target: below 20%).")
+        dirty = [get(f"{k}{suffix} {c}", "peak_uss_dirty_mb") for k in ("new loader ddp2 w2", "old loader 1proc w0")
+                 for c in ("60", "6k")]
+        if None not in dirty and dirty[3] > dirty[2]:
+            lines.append(f"  Private_Dirty only (USS without clean file pages, which move with other jobs' use of "
+                         f"the same libraries): {dirty[0]:,.0f} -> {dirty[1]:,.0f} MiB vs {dirty[2]:,.0f} -> "
+                         f"{dirty[3]:,.0f} MiB: **{100 * (dirty[1] - dirty[0]) / (dirty[3] - dirty[2]):.0f}%**.")
+    if note:
+        lines += ["", note]
     save("memory", {"runs": runs}, "\n".join(lines))
 
 
@@ -264,9 +272,10 @@ def main() -> None:
     lo.add_argument("--max-seconds", type=float, default=None, help="stop the pass after this long")
     r = sub.add_parser("report")
     r.add_argument("results", type=Path, help="the JSON lines file of watch --json")
+    r.add_argument("--note", default="", help="a paragraph appended to the section")
     a = p.parse_args()
     if a.cmd == "report":
-        report(a.results)
+        report(a.results, a.note)
         return
     if a.cmd == "build":
         build(a.out, a.num_train, a.chunk, a.image_size, a.sample_rate)
