@@ -213,7 +213,7 @@ def report(results: Path, note: str = "") -> None:
 
     def get(label: str, key: str = "peak_rss_anon_mb") -> float | None:
         r = runs.get(label)
-        return None if r is None or r["rc"] != 0 else float(r[key])
+        return None if r is None or r["rc"] != 0 or key not in r else float(r[key])
 
     big = next((s for s in ("60k", "30k", "20k") if s in sizes), None)
     lines.append("")
@@ -226,13 +226,13 @@ def report(results: Path, note: str = "") -> None:
             if a and b:
                 lines.append(f"- {what}: peak RssAnon {b:,.0f} MiB at {big} vs {a:,.0f} MiB at 6k: "
                              f"**{100 * (b / a - 1):+.1f}%** (target: within 10%).")
-    for suffix, note in [("", "batch 64 (a 60-sample folder gives each rank one batch of 30)"),
+    for suffix, batch_note in [("", "batch 64 (a 60-sample folder gives each rank one batch of 30)"),
                          (" b16", "batch 16 (whole batches in both folders)")]:
         n60, n6k = (get(f"new loader ddp2 w2{suffix} {c}", "peak_uss_mb") for c in ("60", "6k"))
         o60, o6k = (get(f"old loader 1proc w0{suffix} {c}", "peak_uss_mb") for c in ("60", "6k"))
         if None in (n60, n6k, o60, o6k) or o6k <= o60:
             continue
-        lines.append(f"- {note}: 2 DDP ranks x 2 workers, summed USS {n60:,.0f} -> {n6k:,.0f} MiB from 60 to 6k "
+        lines.append(f"- {batch_note}: 2 DDP ranks x 2 workers, summed USS {n60:,.0f} -> {n6k:,.0f} MiB from 60 to 6k "
                      f"samples (growth {n6k - n60:,.0f} MiB); one process with today's cache {o60:,.0f} -> {o6k:,.0f} "
                      f"MiB (growth {o6k - o60:,.0f} MiB): **{100 * (n6k - n60) / (o6k - o60):.0f}%** "
                      "(target: below 20%).")
