@@ -218,21 +218,20 @@ class MediaStore:
             return cached.copy()
         seg = int(self._seg[i])
         dtype = np.dtype(DTYPES[self._dtype[i]])
-        shape = tuple(int(d) for d in self._shape[i] if d >= 0)
+        shape = tuple(d for d in self._shape[i].tolist() if d >= 0)
         off, n = int(self._off[i]), int(self._nbytes[i])
-        path = self.root / f"{self._segments[seg]}.bin"
         if self.mmap:
             mm = self._maps.get(seg)
             if mm is None:
-                mm = self._maps[seg] = np.memmap(path, dtype=np.uint8, mode="r")
+                mm = self._maps[seg] = np.memmap(self._bin(seg), dtype=np.uint8, mode="r")
             out = np.frombuffer(mm, dtype=dtype, count=n // dtype.itemsize, offset=off).reshape(shape).copy()
         else:
             fd = self._fds.get(seg)
             if fd is None:
-                fd = self._fds[seg] = os.open(path, os.O_RDONLY)
+                fd = self._fds[seg] = os.open(self._bin(seg), os.O_RDONLY)
             buf = np.empty(n, np.uint8)
             if os.preadv(fd, [buf], off) != n:
-                raise OSError(f"media store {self.root}: {path.name} is shorter than its index says")
+                raise OSError(f"media store {self.root}: {self._bin(seg).name} is shorter than its index says")
             out = buf.view(dtype).reshape(shape)
         if self.lru_budget and n <= self.lru_budget:
             self._lru[i] = out.copy()
@@ -240,6 +239,9 @@ class MediaStore:
             while self._lru_bytes > self.lru_budget:
                 self._lru_bytes -= self._lru.popitem(last=False)[1].nbytes
         return out
+
+    def _bin(self, seg: int) -> Path:
+        return self.root / f"{self._segments[seg]}.bin"
 
     # --- writing ----------------------------------------------------------------------------------------------
 

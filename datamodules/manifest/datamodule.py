@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -83,8 +84,9 @@ class ManifestDataset(Dataset):
     """
 
     def __init__(self, samples: list[Sample], class_index: dict[str, int], media: MediaFiles, augment: bool = False,
-                 on_error: str = "raise", failures: FailureLog | None = None) -> None:
+                 on_error: str = "raise", failures: FailureLog | None = None, refs: np.ndarray | None = None) -> None:
         self.samples = samples
+        self.refs = refs  # (N, 2) store entries of (image, audio) found by a full check; -1: look up by path
         self.class_index = class_index
         self.media = media
         self.augment = augment
@@ -97,7 +99,10 @@ class ManifestDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any] | None:
         s = self.samples[i]
         media: dict[str, Any] = {"image": None, "audio": None}
-        for key in media:
+        for j, key in enumerate(media):
+            if self.refs is not None and self.refs[i, j] >= 0:
+                media[key] = self.media.read_entry(int(self.refs[i, j]))
+                continue
             path = getattr(s, key)
             if path is None:
                 continue
@@ -305,9 +310,13 @@ class ManifestDataModule(pl.LightningDataModule):
             if limits[split] is not None and limits[split] < len(samples):
                 log.info("using the first %d of %d %s samples (data.num_%s)", limits[split], len(samples), split, split)
                 samples = samples[: limits[split]]
+            refs = None
+            if self.hparams.check == "full":  # every file was checked into the store: read by entry, no lookups
+                refs = np.array([[self.media.entry(k, p) if (p := getattr(s, k)) else -1 for k in ("image", "audio")]
+                                 for s in samples], dtype=np.int64).reshape(-1, 2)
             self.splits[split] = ManifestDataset(samples, class_index, self.media,
                                                  augment=self.hparams.augment and split == "train",
-                                                 on_error=self.hparams.on_error, failures=self.failures)
+                                                 on_error=self.hparams.on_error, failures=self.failures, refs=refs)
 
     @property
     def decode_failures(self) -> list[str]:

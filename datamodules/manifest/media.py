@@ -25,7 +25,7 @@ from torch import Tensor
 
 from mmgpt.datamodules.manifest import decode
 from mmgpt.datamodules.manifest.decode import CACHE_VERSION, DecodeError, DecodeSettings
-from mmgpt.datamodules.store import MediaStore, SourceId
+from mmgpt.datamodules.store import Hit, MediaStore, SourceId
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,17 @@ class MediaFiles:
             self.decoded += 1
         self.store.put(NAMESPACE, fp, src, value.numpy())
         return value
+
+    def entry(self, kind: str, path: str) -> int:
+        """The committed store entry of ``path`` as it is now (-1: none, stale, or a decode error), so a dataset
+        checked in full can read it by index (:meth:`read_entry`) without a stat and a lookup per sample."""
+        src = SourceId.of(path)
+        hit = None if src is None else self.store.lookup(NAMESPACE, self._fingerprints[kind], src)
+        return hit.index if hit is not None and hit.error is None and hit.index >= 0 else -1
+
+    def read_entry(self, index: int) -> Tensor:
+        """The tensor of committed entry ``index`` (from :meth:`entry`)."""
+        return torch.from_numpy(self.store.read(Hit(index, None)))
 
     def flush(self, refresh: bool = True) -> None:
         """Commit what this process decoded, so every other process sees it; ``refresh`` loads it here too."""
