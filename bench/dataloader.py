@@ -24,8 +24,8 @@ from hydra.utils import instantiate
 
 from bench.common import build_classifier, compose_train_config, save
 from bench.lightning_overhead import plain_loop
-from mmgpt.datamodules.manifest.export import export_synthetic
 from mmgpt.datamodules.shards import write_shards
+from mmgpt.datamodules.synthetic.export import export_synthetic
 
 
 def loader_pass(loader) -> tuple[float, int]:

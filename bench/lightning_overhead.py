@@ -16,10 +16,10 @@ import time
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from bench.common import build_classifier, save
+from mmgpt import registry
 from mmgpt.training.optim import param_groups
 
 
@@ -32,10 +32,11 @@ def plain_loop(module, data: list) -> float:
     """The same optimizer, schedule, objectives and training metrics as the LightningModule, without Lightning."""
     net = module.net
     net.train()
-    hp = dict(module.hparams.optimizer)
-    wd = hp.pop("weight_decay", 0.0)
-    optimizer = instantiate(hp)(param_groups(module, wd))
-    scheduler = instantiate(module.hparams.scheduler)(optimizer, total_steps=len(data))
+    spec = dict(module.hparams.optimizer)  # built as MultimodalModule.configure_optimizers does (the registry)
+    wd = spec.pop("weight_decay", 0.0)
+    optimizer = registry.build(spec, "model.module.optimizer", "optimizer", params=param_groups(module, wd))
+    scheduler = registry.build(module.hparams.scheduler, "model.module.scheduler", "scheduler", optimizer=optimizer,
+                               total_steps=len(data))
     t0 = time.perf_counter()
     for batch in data:
         loss = 0.0

@@ -1,8 +1,7 @@
-"""Collation of per-sample dicts into a :class:`~mmgpt.batch.MultimodalBatch`.
+"""Collation of per-sample dicts into a :class:`~mmgpt.batch.MultimodalBatch`, asking each modality's processor.
 
-A sample is a dict with ``id``, ``label`` (int or None), optional ``caption``, and per modality either a tensor
-or None (missing): ``text`` (str), ``image`` (3, H, W) float tensor, ``audio`` (S,) float tensor.
-Legend: B batch, T text tokens, S audio samples.
+A sample is a dict with ``id``, ``label`` (int or None), optional ``caption``, and per modality name its
+processor's ``transform`` output, or None (missing). See docs/data.md.
 """
 
 from __future__ import annotations
@@ -13,71 +12,41 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmgpt.batch import MODALITIES, MultimodalBatch
-from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.batch import MultimodalBatch
+from mmgpt.datamodules.processors import IMAGE_MEAN, IMAGE_STD, Processor, normalize_image
 
-
-#: The image normalisation every datamodule applies: pixels in [0, 1] -> (x - mean) / std.
-IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
-
-
-def normalize_image(image: Tensor) -> Tensor:
-    """(3, H, W) float pixels in [0, 1] -> the normalised image every mmgpt model is trained on."""
-    return (image - IMAGE_MEAN) / IMAGE_STD
+__all__ = ["IMAGE_MEAN", "IMAGE_STD", "Collate", "check_dropout_probs", "normalize_image", "random_modality_dropout",
+           "require_positive"]
 
 
 class Collate:
-    """Pads text and audio, stacks images, builds padding and presence masks.
+    """Builds a batch: each modality's processor pads/stacks its column; presence masks; modality dropout.
 
     Args:
-        tokenizer: encodes the ``text`` strings.
-        image_size: side of the (square) images; missing images become zeros of this size.
-        max_audio_samples: waveforms longer than this are cropped (the datamodule decides where).
+        processors: modality name -> its processor; every name is in every batch's ``inputs``.
         modality_dropout: per-modality probability of marking a present modality absent in a sample (training
             only: give the evaluation loaders a Collate without it); see :func:`random_modality_dropout`.
     """
 
-    def __init__(
-        self,
-        tokenizer: ByteTokenizer,
-        image_size: int,
-        max_audio_samples: int,
-        modality_dropout: Mapping[str, float] | None = None,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.image_size = image_size
-        self.max_audio_samples = max_audio_samples
-        self.modality_dropout = check_dropout_probs(modality_dropout)
+    def __init__(self, processors: Mapping[str, Processor],
+                 modality_dropout: Mapping[str, float] | None = None) -> None:
+        self.processors = dict(sorted(processors.items()))
+        self.modality_dropout = check_dropout_probs(modality_dropout, self.processors)
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> MultimodalBatch:
-        B = len(samples)
-        text_ids, text_mask = self.tokenizer.batch_encode([s.get("text") for s in samples])
-
-        images = torch.zeros(B, 3, self.image_size, self.image_size)
-        for i, s in enumerate(samples):
-            if s.get("image") is not None:
-                images[i] = s["image"]
-
-        lengths = [min(len(s["audio"]), self.max_audio_samples) if s.get("audio") is not None else 0 for s in samples]
-        S = max(1, max(lengths))
-        audio = torch.zeros(B, S)
-        audio_mask = torch.zeros(B, S, dtype=torch.bool)
-        for i, (s, n) in enumerate(zip(samples, lengths)):
-            if n:
-                audio[i, :n] = s["audio"][:n]
-                audio_mask[i, :n] = True
-
-        present = {
-            "text": torch.tensor([s.get("text") is not None for s in samples]),
-            "image": torch.tensor([s.get("image") is not None for s in samples]),
-            "audio": torch.tensor([n > 0 for n in lengths]),
-        }
+        inputs: dict[str, Tensor] = {}
+        masks: dict[str, Tensor] = {}
+        present: dict[str, Tensor] = {}
+        for name, processor in self.processors.items():
+            inputs[name], mask, present[name] = processor.collate([s.get(name) for s in samples])
+            if mask is not None:
+                masks[name] = mask
         if any(p > 0 for p in self.modality_dropout.values()):
             present = random_modality_dropout(present, self.modality_dropout)
         labels = [s.get("label") for s in samples]
         return MultimodalBatch(
-            inputs={"text": text_ids, "image": images, "audio": audio},
-            masks={"text": text_mask, "audio": audio_mask},
+            inputs=inputs,
+            masks=masks,
             present=present,
             labels=None if any(y is None for y in labels) else torch.tensor(labels, dtype=torch.long),
             ids=[s.get("id") for s in samples],
@@ -85,23 +54,25 @@ class Collate:
         )
 
 
-def require_positive(**values: int) -> None:
+def require_positive(**values: int | None) -> None:
     """Raise ``ValueError`` naming the ``data.`` key of any value below 1 (batch sizes, sample counts)."""
     for key, value in values.items():
         if value is not None and int(value) < 1:
             raise ValueError(f"data.{key}={value}: expected a positive integer")
 
 
-def check_dropout_probs(probs: Mapping[str, float] | None) -> dict[str, float]:
-    """Validate per-modality dropout probabilities: known modality names, values in [0, 1).
+def check_dropout_probs(probs: Mapping[str, float] | None, modalities: Sequence[str] | Mapping[str, Any] = (
+        "audio", "image", "text")) -> dict[str, float]:
+    """Validate per-modality dropout probabilities: declared modality names, values in [0, 1).
 
     Raises:
         ValueError: naming the offending key.
     """
+    names = sorted(modalities)
     out: dict[str, float] = {}
     for m, p in (probs or {}).items():
-        if m not in MODALITIES:
-            raise ValueError(f"modality_dropout.{m}: unknown modality (expected one of {list(MODALITIES)})")
+        if m not in names:
+            raise ValueError(f"modality_dropout.{m}: unknown modality (expected one of {names})")
         if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"modality_dropout.{m}={p}: expected a probability in [0, 1)")
         out[m] = float(p)

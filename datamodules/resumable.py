@@ -1,9 +1,13 @@
-"""A DataLoader that can resume in the middle of an epoch, exactly where a checkpoint was taken.
+"""The two DataLoaders that resume in the middle of an epoch, exactly where a checkpoint was taken.
 
 Lightning saves the state of a training DataLoader that has ``state_dict``/``load_state_dict`` in each checkpoint
-and restores it on resume; :class:`ResumableLoader` records the epoch and how many batches it has handed out, and
-after a restore its next pass regenerates that epoch's order and skips those batches. :class:`EpochSampler`
-makes the order a pure function of (seed, epoch), split across DDP ranks like ``DistributedSampler``.
+and restores it on resume. Both loaders here record the epoch and how many batches the model has trained on:
+
+* :class:`ResumableLoader`, over a map-style dataset: after a restore its next pass regenerates that epoch's
+  order and skips those batches. :class:`EpochSampler` makes the order a pure function of (seed, epoch), split
+  across DDP ranks like ``DistributedSampler``.
+* :class:`StreamLoader`, over a :class:`StreamingDataset` (tar shards): it tells the dataset the epoch before
+  workers fork; after a restore each worker skips, undecoded, what it had delivered (:func:`delivered_before`).
 
 Data randomness (augmentation in the dataset, modality dropout in the collate function) is a pure function of
 (seed, epoch, sample index) too: each sample is loaded, and each batch collated, under :func:`mmgpt.training.rng.seeded`
@@ -15,13 +19,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
 
 from mmgpt.training.rng import mix_seed, preserved_rng, seed_all, seeded
-
 
 #: Turns a list of samples into a batch.
 Collator = Callable[[list[Any]], Any]
@@ -168,3 +171,80 @@ def batches_trained(trainer: Any) -> Callable[[], int] | None:
     if trainer is None:
         return None
     return lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+class StreamingDataset(Protocol):
+    """What :class:`StreamLoader` needs of an iterable dataset (see :class:`mmgpt.datamodules.shards.ShardDataset`).
+
+    It yields ``(SampleKey, sample)`` pairs, each sample's randomness seeded by its key, like :class:`KeyedDataset`.
+    """
+
+    seed: int
+    resume: tuple[int, int] | None
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def resume_at(self, epoch: int, batches: int) -> None: ...
+
+    def batches_per_worker(self, epoch: int, num_workers: int) -> list[int]: ...
+
+
+def delivered_before(batches_per_worker: Sequence[int], consumed: int) -> tuple[list[int], int]:
+    """Where a multi-worker DataLoader over an iterable dataset stands after ``consumed`` batches of an epoch.
+
+    The loader takes one batch from each worker in turn, skipping workers whose stream has ended. Given how many
+    batches each worker yields this epoch, returns how many each had delivered and which worker delivers next.
+    """
+    delivered = [0] * len(batches_per_worker)
+    left, rounds = consumed, max(batches_per_worker, default=0)
+    for t in range(rounds):
+        for w, n in enumerate(batches_per_worker):
+            if n > t:
+                if left == 0:
+                    return delivered, w
+                delivered[w] += 1
+                left -= 1
+    return delivered, 0
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader over a :class:`StreamingDataset` that tells it the epoch each time a pass starts (before
+    workers fork), and whose position Lightning checkpoints and restores (like :class:`ResumableLoader`).
+
+    Args:
+        dataset: the streaming dataset; it yields ``(SampleKey, sample)`` pairs.
+        collate_fn: turns a list of samples into a batch (run under the batch's seed, see :class:`SeededCollate`).
+        consumed: returns how many batches of the current epoch the model has trained on (the trainer's count).
+        **kwargs: as for ``DataLoader``.
+    """
+
+    def __init__(self, dataset: IterableDataset, *, collate_fn: Collator | None = None,
+                 consumed: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, collate_fn=SeededCollate(collate_fn or default_collate), **kwargs)
+        self.consumed = consumed
+        self._epoch = -1
+        self._resume_epoch: int | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: this runs at the first batch, after Lightning has restored a resumed position (it may
+        # create the iterator before it does).
+        if self._resume_epoch is not None:
+            self._epoch, self._resume_epoch = self._resume_epoch, None
+        else:
+            self._epoch += 1
+        self.dataset.set_epoch(self._epoch)
+        # Workers' base seed from the loader's own generator, not the global one: creating an iterator (each
+        # epoch, and again after a resume) must not shift the training process's random draws.
+        self.generator = torch.Generator().manual_seed(mix_seed(self.dataset.seed, self._epoch))
+        yield from super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self.consumed() if self.consumed else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, batches = state["epoch"], state["batches"]
+        self.dataset.resume_at(epoch, batches)
+        if batches >= sum(self.dataset.batches_per_worker(epoch, self.num_workers)):  # saved at the epoch's end
+            epoch, batches = epoch + 1, 0
+            self.dataset.resume = None
+        self._resume_epoch = epoch

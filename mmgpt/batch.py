@@ -5,7 +5,7 @@ Legend: B batch, T text tokens, S audio samples, H/W image height/width.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -59,7 +59,8 @@ class MultimodalBatch:
             return {k: v.to(device, non_blocking=non_blocking) for k, v in d.items()}
 
         labels = self.labels.to(device, non_blocking=non_blocking) if self.labels is not None else None
-        return replace(self, inputs=move(self.inputs), masks=move(self.masks), present=move(self.present), labels=labels)
+        return replace(self, inputs=move(self.inputs), masks=move(self.masks), present=move(self.present),
+                       labels=labels)
 
     def pin_memory(self) -> MultimodalBatch:
         """Pin every tensor (the DataLoader calls this when ``pin_memory=True``)."""
@@ -77,7 +78,3 @@ class MultimodalBatch:
         """
         present = {m: (self.presence(m) if m in keep else torch.zeros_like(self.presence(m))) for m in self.inputs}
         return replace(self, present=present)
-
-
-def batch_field_names() -> list[str]:
-    return [f.name for f in fields(MultimodalBatch)]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from mmgpt.encoders import EncoderOutput
 from mmgpt.fusion import FusionOutput, ModalityEmbedding
-from mmgpt.layers import Block, KVCache
+from mmgpt.layers import Block, KVCache, cross_attention_block
 from mmgpt.tokenizer import ByteTokenizer
 
 
@@ -58,7 +58,7 @@ class FusedPrefix(Conditioner):
         dim: width D.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, *, dim: int) -> None:
         super().__init__()
         self.proj = nn.Linear(dim, dim)
 
@@ -75,7 +75,7 @@ class PooledPrefix(Conditioner):
         dim: width D.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, *, dim: int) -> None:
         super().__init__()
         self.proj = nn.Linear(dim, dim)
 
@@ -95,10 +95,10 @@ class MediaContext(Conditioner):
         modalities: the media modalities whose encoder tokens are attended to (sorted; e.g. audio, image).
     """
 
-    def __init__(self, dim: int, modalities: Sequence[str] = ("audio", "image")) -> None:
+    def __init__(self, *, dim: int, modalities: Sequence[str] = ("audio", "image")) -> None:
         super().__init__()
         self.modalities = tuple(sorted(modalities))
-        self.type_emb = ModalityEmbedding(self.modalities, dim)
+        self.type_emb = ModalityEmbedding(modalities=self.modalities, dim=dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, fused: FusionOutput, encoded: dict[str, EncoderOutput]) -> Conditioning:
@@ -163,6 +163,7 @@ class TextDecoder(nn.Module):
 
     def __init__(
         self,
+        *,
         conditioner: Conditioner,
         dim: int,
         num_layers: int,
@@ -180,15 +181,15 @@ class TextDecoder(nn.Module):
         self.max_length = max_length
         self.tok_emb = nn.Embedding(vocab_size, dim)
         self.pos_emb = nn.Embedding(max_length, dim)
-        nn.init.normal_(self.tok_emb.weight, std=0.02)
-        nn.init.normal_(self.pos_emb.weight, std=0.02)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio, dropout, approximate=approximate) for _ in range(num_layers)
+            Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, approximate=approximate)
+            for _ in range(num_layers)
         )
         self.cross_blocks = (
             nn.ModuleList(
-                Block(dim, num_heads, mlp_ratio, dropout, gate_init=gate_init, approximate=approximate)
+                cross_attention_block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
+                                      gate_init=gate_init, approximate=approximate)
                 for _ in range(num_layers)
             )
             if cross_attention
@@ -232,7 +233,8 @@ class TextDecoder(nn.Module):
             start = 0 if first else int(cache.key_mask.shape[1] - _prefix_len(cond))  # type: ignore[union-attr]
             positions = torch.arange(start, start + T, device=ids.device).expand(B, T)
         if int(positions.max()) >= self.max_length:
-            raise ValueError(f"text position {int(positions.max())} is beyond the decoder's max_length={self.max_length}")
+            raise ValueError(f"text position {int(positions.max())} is beyond the decoder's "
+                             f"max_length={self.max_length}")
         x = self.drop(self.tok_emb(ids) + self.pos_emb(positions))  # (B, T, D)
         prefix = 0
         if first and cond.prefix is not None:
@@ -250,7 +252,8 @@ class TextDecoder(nn.Module):
                     x, context=cond.context, context_mask=cond.context_mask,
                     cache=cache.cross_attn[i] if cache is not None else None,
                 )
-            x = block(x, mask=key_mask, causal=True, prefix=prefix, cache=cache.self_attn[i] if cache is not None else None)
+            x = block(x, mask=key_mask, causal=True, prefix=prefix,
+                      cache=cache.self_attn[i] if cache is not None else None)
         h = self.norm(x[:, prefix:])  # (B, T, D)
         return DecoderOutput(logits=self.lm_head(h), hidden=h)
 

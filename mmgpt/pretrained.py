@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.decoder import Conditioner, NoConditioning, TextDecoder
+from mmgpt.layers import mark_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,12 @@ def gpt2_to_decoder(state: dict[str, Tensor], num_layers: int) -> dict[str, Tens
             b + "norm1.weight": state[h + "ln_1.weight"], b + "norm1.bias": state[h + "ln_1.bias"],
             b + "attn.q.weight": w_attn[:, :D].t(), b + "attn.q.bias": b_attn[:D],
             b + "attn.kv.weight": w_attn[:, D:].t(), b + "attn.kv.bias": b_attn[D:],  # k then v, as Attention splits
-            b + "attn.proj.weight": state[h + "attn.c_proj.weight"].t(), b + "attn.proj.bias": state[h + "attn.c_proj.bias"],
+            b + "attn.proj.weight": state[h + "attn.c_proj.weight"].t(),
+            b + "attn.proj.bias": state[h + "attn.c_proj.bias"],
             b + "norm2.weight": state[h + "ln_2.weight"], b + "norm2.bias": state[h + "ln_2.bias"],
             b + "mlp.net.0.weight": state[h + "mlp.c_fc.weight"].t(), b + "mlp.net.0.bias": state[h + "mlp.c_fc.bias"],
-            b + "mlp.net.2.weight": state[h + "mlp.c_proj.weight"].t(), b + "mlp.net.2.bias": state[h + "mlp.c_proj.bias"],
+            b + "mlp.net.2.weight": state[h + "mlp.c_proj.weight"].t(),
+            b + "mlp.net.2.bias": state[h + "mlp.c_proj.bias"],
         }
     return {k: v.contiguous() for k, v in out.items()}
 
@@ -107,7 +110,7 @@ def gpt2_decoder(
         raise ValueError(f"{path}: no config.json with n_head; pass num_heads")
     V, D = state["wte.weight"].shape
     decoder = TextDecoder(
-        conditioner or NoConditioning(), D, num_layers, num_heads, vocab_size=V,
+        conditioner=conditioner or NoConditioning(), dim=D, num_layers=num_layers, num_heads=num_heads, vocab_size=V,
         max_length=state["wpe.weight"].shape[0], cross_attention=cross_attention, gate_init=gate_init,
         mlp_ratio=state["h.0.mlp.c_fc.weight"].shape[1] / D, dropout=dropout, approximate="tanh",
     )
@@ -120,4 +123,4 @@ def gpt2_decoder(
     if new or unexpected:
         raise ValueError(f"GPT-2 weights do not fit the decoder: missing {new}, unexpected {unexpected}")
     log.info("GPT-2 decoder from %s: %d layers, D=%d, H=%d, V=%d", path, num_layers, D, num_heads, V)
-    return decoder
+    return mark_pretrained(decoder)

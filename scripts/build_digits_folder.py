@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from mmgpt.datamodules.manifest.export import write_image, write_labels, write_manifest
+from mmgpt.datamodules.synthetic.export import write_image, write_labels, write_manifest
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = {
@@ -76,7 +76,8 @@ def build_audio(out: Path, split: str, rng: np.random.Generator) -> list[tuple[s
             for k in range(CLIPS_PER_DIGIT[split]):
                 voice = f"{rng.choice(ACCENTS[split])}+{rng.choice(VARIANTS)}"
                 wav = Path(tmp) / "clip.wav"
-                speak(word, voice, int(rng.integers(120, 211)), int(rng.integers(15, 86)), int(rng.integers(60, 181)), wav)
+                speed, pitch, amp = (int(rng.integers(lo, hi)) for lo, hi in ((120, 211), (15, 86), (60, 181)))
+                speak(word, voice, speed, pitch, amp, wav)
                 # A third of the clips are stored losslessly as FLAC, to show the folder may mix formats.
                 rel = f"audio/{split}/{word}_{k:03d}" + (".flac" if k % 3 == 2 else ".wav")
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,8 @@ def build(out: Path, num_rows: dict[str, int], seed: int) -> dict[str, int]:
     digits = load_digits()
     order = rng.permutation(len(digits.target))
     n = len(order)
-    scan_splits = {"train": order[: int(0.6 * n)], "val": order[int(0.6 * n) : int(0.8 * n)], "test": order[int(0.8 * n) :]}
+    scan_splits = {"train": order[: int(0.6 * n)], "val": order[int(0.6 * n) : int(0.8 * n)],
+                   "test": order[int(0.8 * n) :]}
     write_labels(out, [str(d) for d in range(10)])
     counts = {}
     for split, rows_wanted in num_rows.items():

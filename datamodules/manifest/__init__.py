@@ -1,26 +1,23 @@
 """``data=manifest``: a user's own folder of images, recordings and texts, listed in JSON Lines or CSV files."""
 
+from mmgpt.datamodules.decode import DecodeError, load_audio, load_image
 from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, check_folder
-from mmgpt.datamodules.manifest.datamodule import ManifestDataModule, ManifestDataset
-from mmgpt.datamodules.manifest.decode import (
-    DecodeError,
-    DecodeSettings,
-    load_audio,
-    load_image,
-)
+from mmgpt.datamodules.manifest.datamodule import ManifestDataModule, StoreDataset
 from mmgpt.datamodules.manifest.media import MediaFiles
 from mmgpt.datamodules.manifest.records import Problem, Row, read_index, resolve_media
+from mmgpt.datamodules.store import DecodeSettings, MediaCache
 
 __all__ = [
     "CheckReport",
     "DecodeError",
     "DecodeSettings",
     "ManifestDataModule",
-    "ManifestDataset",
     "ManifestError",
+    "MediaCache",
     "MediaFiles",
     "Problem",
     "Row",
+    "StoreDataset",
     "check_folder",
     "load_audio",
     "load_image",

@@ -1,8 +1,8 @@
 """The validation pass: read every row and check every file once, and report every problem with file and line.
 
-:func:`check_folder` is what ``mmgpt-data check DIR`` runs and what :class:`~mmgpt.datamodules.manifest.ManifestDataModule`
-runs before training; with ``check=full`` the decoded arrays go to the media store the datamodule trains from, so
-checking costs no extra decoding.
+:func:`check_folder` is what ``mmgpt-data check DIR`` runs and what
+:class:`~mmgpt.datamodules.manifest.ManifestDataModule` runs before training; with ``check=full`` the decoded
+arrays go to the media store the datamodule trains from, so checking costs no extra decoding.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class CheckReport:
         problems: every problem, in file and line order.
         rows_read: split -> rows read from its file (including bad ones that parsed as a row).
         decoded: media files decoded by this pass (0 when every file came from the store).
+        warnings: things that do not stop training but deserve a look (samples shared by train and val/test).
     """
 
     root: Path
@@ -67,6 +68,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     rows_read: dict[str, int] = field(default_factory=dict)
     decoded: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def fatal(self) -> list[Problem]:
@@ -89,6 +91,7 @@ class CheckReport:
         lines += [f"  {p}" for p in shown]
         if len(shown) < len(self.problems):
             lines.append(f"  ... and {len(self.problems) - len(shown)} more")
+        lines += [f"  warning: {w}" for w in self.warnings]
         for split in SPLITS:
             if split in self.rows_read or split in self.samples:
                 n_bad = sum(1 for f, _ in self.bad_rows if f.startswith(split + "."))
@@ -116,7 +119,8 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
         raise ValueError(f"check={check!r}: expected one of {CHECKS}")
     root = Path(root)
     index = read_index(root)
-    report = CheckReport(root=root, class_names=index.class_names, problems=list(index.problems))
+    report = CheckReport(root=root, class_names=index.class_names, problems=list(index.problems),
+                         warnings=list(index.warnings))
     total = 0 if check == "off" else sum(getattr(r, k) is not None for rows in index.rows.values() for r in rows
                                          for k in MEDIA_KEYS)
     done, decoded_before = 0, media.decoded

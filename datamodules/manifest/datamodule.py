@@ -2,7 +2,7 @@
 
 The folder format is documented in :mod:`mmgpt.datamodules.manifest.records`. Before training, every row is read and
 every file checked once (:func:`~mmgpt.datamodules.manifest.check.check_folder`; ``check=full`` decodes it into the
-memory-mapped media store under ``cache_dir``), and the datasets read each sample from the store on demand: no epoch
+on-disk media store under ``cache_dir``), and the datasets read each sample from the store on demand: no epoch
 decodes anything, and memory does not grow with the folder (the store's pages are shared by every process).
 """
 
@@ -13,33 +13,21 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from mmgpt.datamodules.collate import (
-    Collate,
-    check_dropout_probs,
-    normalize_image,
-    require_positive,
-)
-from mmgpt.datamodules.manifest.check import (
-    CheckReport,
-    ManifestError,
-    Sample,
-    check_folder,
-)
-from mmgpt.datamodules.manifest.decode import DecodeError, DecodeSettings
+from mmgpt.datamodules.base import MultimodalDataModule, ProcessedDataset, process, shared_options
+from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError
+from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles, Progress
 from mmgpt.datamodules.manifest.records import ManifestIndex, read_index
-from mmgpt.datamodules.resumable import resumable_loader
-from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.datamodules.processors import Processor, audio_samples
+from mmgpt.datamodules.store import DecodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -66,37 +54,33 @@ class FailureLog:
         return self.path.read_text().splitlines() if self.path.is_file() else []
 
 
-class ManifestDataset(Dataset):
-    """Samples as per-sample dicts (see :mod:`mmgpt.datamodules.collate`), read from the media store on demand.
+class StoreDataset(ProcessedDataset):
+    """Samples read from the media store on demand, each modality's stored value through its processor.
 
-    Images are stored as uint8 and normalised here (the same normalisation as the synthetic set), with an
-    optional random horizontal flip for training. A file that fails to decode here (``data.check`` other than
-    ``full``) raises under ``on_error=raise``; under ``skip`` it is logged, counted in ``failures`` and the sample
-    is None (dropped from its batch by :class:`DropFailed`).
+    A sample checked in full is read by its store entry (``refs``); otherwise by path, decoding (and storing) a
+    file the store lacks. A file that fails to decode here (``data.check`` other than ``full``) raises under
+    ``on_error=raise``; under ``skip`` it is logged, counted in ``failures`` and the sample is None (left out of
+    its batch by :class:`DropFailed`).
 
     Args:
-        samples: the usable rows and their media paths.
+        samples: the usable rows.
         class_index: class name -> label index.
         media: the media store reader.
-        augment: randomly flip images horizontally.
+        processors: modality name -> processor.
+        train: apply training-time augmentation.
         on_error: ``raise`` or ``skip``.
         failures: where skipped files are recorded.
+        refs: (N, 2) store entries of (image, audio) found by a full check; -1: look up by path.
     """
 
-    def __init__(self, samples: list[Sample], class_index: dict[str, int], media: MediaFiles, augment: bool = False,
-                 on_error: str = "raise", failures: FailureLog | None = None, refs: np.ndarray | None = None) -> None:
-        self.samples = samples
-        self.refs = refs  # (N, 2) store entries of (image, audio) found by a full check; -1: look up by path
-        self.class_index = class_index
-        self.media = media
-        self.augment = augment
-        self.on_error = on_error
-        self.failures = failures
+    def __init__(self, samples: list[Sample], class_index: dict[str, int], media: MediaFiles,
+                 processors: Mapping[str, Processor], *, train: bool, on_error: str = "raise",
+                 failures: FailureLog | None = None, refs: np.ndarray | None = None) -> None:
+        super().__init__(samples, dict, processors, train)
+        self.samples, self.class_index, self.media = samples, class_index, media
+        self.on_error, self.failures, self.refs = on_error, failures, refs
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
+    def __getitem__(self, i: int) -> dict[str, Any] | None:  # type: ignore[override]
         s = self.samples[i]
         media: dict[str, Any] = {"image": None, "audio": None}
         for j, key in enumerate(media):
@@ -116,19 +100,9 @@ class ManifestDataset(Dataset):
                 if self.failures is not None:
                     self.failures.add(message)
                 return None
-        image = None
-        if media["image"] is not None:
-            image = normalize_image(media["image"].float() / 255.0)  # (3, H, W)
-            if self.augment and torch.rand(()) < 0.5:
-                image = image.flip(-1)
-        return {
-            "id": s.row.id,
-            "text": s.row.text,
-            "image": image,
-            "audio": media["audio"],
-            "label": self.class_index[s.row.label],
-            "caption": s.row.caption,
-        }
+        fields = {"id": s.row.id, "label": self.class_index[s.row.label], "caption": s.row.caption,
+                  "text": s.row.text, **media}
+        return process(fields, self.processors, train=self.train)
 
 
 class DropFailed:
@@ -144,7 +118,7 @@ class DropFailed:
         return self.collate_fn(kept)
 
 
-class ManifestDataModule(pl.LightningDataModule):
+class ManifestDataModule(MultimodalDataModule):
     """Train/val/test splits from a manifest folder, validated before use.
 
     Args:
@@ -154,9 +128,8 @@ class ManifestDataModule(pl.LightningDataModule):
         max_audio_seconds: longer recordings are cropped to this length (shorter ones padded, with masks).
         max_text_length: token limit of the byte tokenizer; longer texts are truncated.
         batch_size: per-process batch size.
-        num_workers: DataLoader worker processes. Decoded data is memory-mapped from the store (pages shared by
-            every process), so one worker, collating while the model trains, is usually enough; 0 collates in the
-            training process.
+        num_workers: DataLoader worker processes. Decoded data is in memory (shared with forked workers), so
+            one worker, collating while the model trains, is usually enough; 0 collates in the training process.
         pin_memory: pin batches for faster host-to-GPU copies; None pins when CUDA is available.
         augment: randomly flip training images (off by default: digits and text are not mirror-symmetric).
         modality_dropout: per-modality probability of dropping that modality from a training sample
@@ -164,7 +137,7 @@ class ManifestDataModule(pl.LightningDataModule):
         on_error: ``raise`` stops with the full problem report; ``skip`` trains without the bad rows and logs
             how many were skipped and which.
         allow_outside_root: accept media paths that are absolute or lead outside ``root``.
-        cache_dir: the media store (decoded media, memory-mapped, keyed by file and decoding settings) lives in
+        cache_dir: the media store (decoded media on disk, keyed by file and decoding settings) lives in
             ``cache_dir/media-store``, shared by every run, rank and worker; None: a temporary store for this run.
         decode_threads: threads decoding files in the validation pass.
         check: what the validation pass does with each media file: ``full`` decodes it into the store (every
@@ -179,6 +152,8 @@ class ManifestDataModule(pl.LightningDataModule):
         num_val: the same for the validation split.
         num_test: the same for the test split.
         seed: shuffling and augmentation seed (each epoch's order and each sample's flips follow from it).
+        max_image_pixels: images with more pixels are refused as a problem of their row (None: no limit).
+        shuffle: shuffle the training split each epoch.
     """
 
     def __init__(
@@ -204,9 +179,10 @@ class ManifestDataModule(pl.LightningDataModule):
         num_val: int | None = None,
         num_test: int | None = None,
         seed: int = 0,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        shuffle: bool = True,
     ) -> None:
-        super().__init__()
-        require_positive(batch_size=batch_size, num_train=num_train, num_val=num_val, num_test=num_test)
+        super().__init__(**shared_options(locals()))
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
         if check not in CHECKS:
@@ -215,16 +191,13 @@ class ManifestDataModule(pl.LightningDataModule):
             raise ValueError(f"data.memory_cache_mb={memory_cache_mb}: expected >= 0")
         self.save_hyperparameters()
         self.root = Path(root).expanduser().absolute()
-        self.modality_dropout = check_dropout_probs(modality_dropout)
-        max_audio_samples = int(round(max_audio_seconds * sample_rate))
-        self.settings = DecodeSettings(image_size, sample_rate, max_audio_samples)
-        tokenizer = ByteTokenizer(max_text_length)
-        self.collate = Collate(tokenizer, image_size, max_audio_samples)
-        self.train_collate = Collate(tokenizer, image_size, max_audio_samples, modality_dropout=self.modality_dropout)
+        self.settings = DecodeSettings(image_size, sample_rate, audio_samples(max_audio_seconds, sample_rate),
+                                       max_image_pixels)
         self.report: CheckReport | None = None
-        self.splits: dict[str, ManifestDataset] = {}
+        self.splits: dict[str, ProcessedDataset] = {}
         self.media: MediaFiles | None = None
         self.failures: FailureLog | None = None
+        self.collate, self.train_collate = DropFailed(self.collate), DropFailed(self.train_collate)
 
     @cached_property
     def index(self) -> ManifestIndex:
@@ -263,6 +236,8 @@ class ManifestDataModule(pl.LightningDataModule):
                  self.root, hp.check, time.perf_counter() - t0, {k: len(v) for k, v in report.samples.items()},
                  report.decoded, len(self.media.store), self.media.store.root)
         self._write_report(report)
+        for warning in report.warnings:
+            log.warning("%s: %s", self.root, warning)
         if report.fatal:
             raise ManifestError(report, "these problems stop training whatever data.on_error says")
         if report.problems:
@@ -285,6 +260,7 @@ class ManifestDataModule(pl.LightningDataModule):
             "samples": {k: len(v) for k, v in report.samples.items()},
             "skipped_rows": [f"{f}:{n}" for f, n in report.bad_rows],
             "problems": [str(p) for p in report.problems],
+            "warnings": list(report.warnings),
             "class_names": report.class_names,
         }
         path.write_text(json.dumps(data, indent=2))
@@ -305,18 +281,18 @@ class ManifestDataModule(pl.LightningDataModule):
             failures = str(Path(report_dir) / "decode_failures.txt")
         self.failures = FailureLog(failures)
         assert self.media is not None
-        limits = {"train": self.hparams.num_train, "val": self.hparams.num_val, "test": self.hparams.num_test}
         for split, samples in self.report.samples.items():
-            if limits[split] is not None and limits[split] < len(samples):
-                log.info("using the first %d of %d %s samples (data.num_%s)", limits[split], len(samples), split, split)
-                samples = samples[: limits[split]]
+            limit = self.limits[split]
+            if limit is not None and limit < len(samples):
+                log.info("using the first %d of %d %s samples (data.num_%s)", limit, len(samples), split, split)
+                samples = samples[:limit]
             refs = None
             if self.hparams.check == "full":  # every file was checked into the store: read by entry, no lookups
                 refs = np.array([[self.media.entry(k, p) if (p := getattr(s, k)) else -1 for k in ("image", "audio")]
                                  for s in samples], dtype=np.int64).reshape(-1, 2)
-            self.splits[split] = ManifestDataset(samples, class_index, self.media,
-                                                 augment=self.hparams.augment and split == "train",
-                                                 on_error=self.hparams.on_error, failures=self.failures, refs=refs)
+            self.splits[split] = StoreDataset(samples, class_index, self.media, self.processors,
+                                              train=split == "train", on_error=self.hparams.on_error,
+                                              failures=self.failures, refs=refs)
 
     @property
     def decode_failures(self) -> list[str]:
@@ -330,21 +306,12 @@ class ManifestDataModule(pl.LightningDataModule):
             log.warning("data.on_error=skip: %d sample(s) skipped because a file failed to load while running:\n%s",
                         len(failed), "\n".join(f"  {f}" for f in failed))
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        if split not in self.splits:
-            raise ValueError(f"{self.root} has no {split} split")
-        hp = self.hparams
-        pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
-        return resumable_loader(self.splits[split], shuffle=train, seed=hp.seed, batch_size=hp.batch_size,
-                                collate_fn=DropFailed(self.train_collate if train else self.collate),
-                                num_workers=hp.num_workers,
-                                trainer=self.trainer if train else None, pin_memory=pin)
+    def has_split(self, split: str) -> bool:
+        """Whether the folder has ``split``'s file (``test`` is optional); read from the file names, no decoding."""
+        return split in self.index.files
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+    def describe(self) -> str:
+        return str(self.root)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+    def make_dataset(self, split: str, rank: int = 0, world_size: int = 1) -> Dataset:
+        return self.splits[split]

@@ -1,4 +1,4 @@
-"""A manifest's media files through the :class:`~mmgpt.datamodules.store.MediaStore`: checked, decoded once, read back.
+"""A manifest's media files through the :class:`~mmgpt.datamodules.store.DiskStore`: checked, decoded once, read back.
 
 :class:`MediaFiles` is what the validation pass and the datasets share. The validation pass checks files in
 chunks (``full``: decode and write to the store, then drop; ``headers``: read only each file's header), so its
@@ -23,9 +23,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from mmgpt.datamodules.manifest import decode
-from mmgpt.datamodules.manifest.decode import CACHE_VERSION, DecodeError, DecodeSettings
-from mmgpt.datamodules.store import Hit, MediaStore, SourceId
+from mmgpt.datamodules import decode
+from mmgpt.datamodules.decode import DecodeError
+from mmgpt.datamodules.disk_store import DiskStore, Hit, SourceId
+from mmgpt.datamodules.store import CACHE_VERSION, DecodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ NAMESPACE = "media"
 def fingerprint(kind: str, settings: DecodeSettings) -> str:
     """What the decoded array of a ``kind`` file depends on besides the file: part of its store key."""
     if kind == "image":
-        return f"image:v{CACHE_VERSION}:size={settings.image_size}"
+        return f"image:v{CACHE_VERSION}:size={settings.image_size}:max_pixels={settings.max_image_pixels}"
     if kind == "audio":
         return f"audio:v{CACHE_VERSION}:rate={settings.sample_rate}:max={settings.max_audio_samples}"
     raise ValueError(f"unknown media kind {kind!r}")
@@ -82,12 +83,12 @@ class MediaFiles:
         settings: decoding settings (their fingerprint is part of every store key).
         store: the store, or its folder; None makes a temporary one, deleted with this object.
         threads: decoding threads in the validation pass (Pillow and libsndfile release the GIL).
-        memory_cache_mb: per-process LRU of decoded arrays, in MiB (0: none; see :class:`MediaStore`).
+        memory_cache_mb: per-process LRU of decoded arrays, in MiB (0: none; see :class:`DiskStore`).
         keep: store what the validation pass decodes; False only checks (decode, drop), for a one-off
             ``mmgpt-data check`` without a store folder.
     """
 
-    def __init__(self, settings: DecodeSettings, store: MediaStore | str | Path | None = None, *, threads: int = 4,
+    def __init__(self, settings: DecodeSettings, store: DiskStore | str | Path | None = None, *, threads: int = 4,
                  memory_cache_mb: float = 0, keep: bool = True) -> None:
         self.settings = settings
         self.threads = max(1, threads)
@@ -97,7 +98,7 @@ class MediaFiles:
             # Only the creating process deletes it (a forked loader worker dropping its copy must not).
             weakref.finalize(self, _remove_if_owner, tmp, os.getpid())
             store = tmp
-        self.store = store if isinstance(store, MediaStore) else MediaStore(store, memory_cache_mb=memory_cache_mb)
+        self.store = store if isinstance(store, DiskStore) else DiskStore(store, memory_cache_mb=memory_cache_mb)
         self.decoded = 0  # files decoded by this object in this process (0 on a warm store)
         self._fingerprints = {kind: fingerprint(kind, settings) for kind in ("image", "audio")}
 
@@ -109,7 +110,7 @@ class MediaFiles:
         """
         s = self.settings
         if kind == "image":
-            return decode.load_image(path, s.image_size)
+            return decode.load_image(path, s.image_size, s.max_image_pixels)
         return decode.load_audio(path, s.sample_rate, s.max_audio_samples)
 
     def check_many(self, kind: str, paths: Sequence[str], mode: str = "full") -> dict[str, str | None]:

@@ -3,7 +3,8 @@
 A manifest folder ``DIR`` holds ``train`` and ``val`` (optionally ``test``) split files, each either
 ``<split>.jsonl`` (one JSON object per line) or ``<split>.csv`` (a header row, then one sample per row), and
 optionally ``labels.txt`` (one class name per line). A row has the keys of :data:`ROW_KEYS`; media paths are
-relative to ``DIR``. Nothing here decodes media: see :mod:`mmgpt.datamodules.manifest.decode` for that.
+relative to ``DIR``. Nothing here decodes media: see :mod:`mmgpt.datamodules.decode` and
+:mod:`mmgpt.datamodules.manifest.media` for that.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class ManifestIndex:
         class_names: the class list, in index order.
         problems: every problem found so far.
         files: split -> split file name, for the splits present.
+        warnings: things that do not stop training but deserve a look (a sample in train and in val/test).
     """
 
     root: Path
@@ -96,6 +98,7 @@ class ManifestIndex:
     class_names: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolve_media(root: Path, rel: str, allow_outside_root: bool = False) -> Path:
@@ -112,7 +115,8 @@ def resolve_media(root: Path, rel: str, allow_outside_root: bool = False) -> Pat
     if allow_outside_root:
         return path
     if os.path.isabs(rel) or os.path.splitdrive(rel)[0]:
-        raise ValueError(f"absolute path {rel!r} refused (paths are relative to the folder; allow_outside_root=true opts in)")
+        raise ValueError(f"absolute path {rel!r} refused (paths are relative to the folder; "
+                         "allow_outside_root=true opts in)")
     if path != root and root not in path.parents:
         raise ValueError(f"path {rel!r} escapes the folder (allow_outside_root=true opts in)")
     return path
@@ -125,7 +129,8 @@ def _split_file(root: Path, split: str, index: ManifestIndex) -> Path | None:
         return None
     if not found:
         if SPLITS[split]:
-            index.problems.append(Problem(f"{split}.jsonl", None, f"missing split: neither {split}.jsonl nor {split}.csv", True))
+            index.problems.append(
+                Problem(f"{split}.jsonl", None, f"missing split: neither {split}.jsonl nor {split}.csv", True))
         return None
     return found[0]
 
@@ -182,6 +187,10 @@ def _parse_csv(path: Path, index: ManifestIndex) -> list[tuple[int, dict[str, An
             Problem(path.name, header_line, f"unknown column(s) {unknown}; allowed: {list(ROW_KEYS)}", True)
         )
         return []
+    if "label" not in header:
+        index.problems.append(
+            Problem(path.name, header_line, f"the header has no 'label' column (columns: {header})", True))
+        return []
     out = []
     for n, text in lines[1:]:
         cells = next(csv.reader(io.StringIO(text)))
@@ -218,8 +227,11 @@ def _row(split: str, file: str, n: int, obj: dict[str, Any], index: ManifestInde
     for key in MEDIA_KEYS:
         if isinstance(obj.get(key), str) and not obj[key].strip():
             problem(f"{key}: empty path (use null for a missing {key})")
-    if all(obj.get(k) is None for k in ("text", *MEDIA_KEYS)):
-        problem("no modality: text, image and audio are all missing")
+    text = obj.get("text")
+    if isinstance(text, str) and not text.strip():
+        text = None  # an empty text is a missing text, not a present modality
+    if text is None and all(obj.get(k) is None for k in MEDIA_KEYS):
+        problem("no modality: text, image and audio are all missing (an empty text counts as missing)")
     sid = obj.get("id")
     if sid is not None and (isinstance(sid, bool) or not isinstance(sid, (str, int))):
         problem(f"id {sid!r}: expected a string or an integer")
@@ -231,7 +243,7 @@ def _row(split: str, file: str, n: int, obj: dict[str, Any], index: ManifestInde
         line=n,
         id=str(sid) if sid is not None else f"{split}:{n}",
         label=str(label),
-        text=obj.get("text"),
+        text=text,
         image=obj.get("image"),
         audio=obj.get("audio"),
         caption=obj.get("caption"),
@@ -247,7 +259,8 @@ def _class_list(root: Path, train: list[Row], index: ManifestIndex) -> list[str]
         seen: dict[str, int] = {}
         for n, name in zip((n for n, _ in lines), names):
             if name in seen:
-                index.problems.append(Problem(LABELS_FILE, n, f"duplicate class {name!r} (first on line {seen[name]})", True))
+                index.problems.append(
+                    Problem(LABELS_FILE, n, f"duplicate class {name!r} (first on line {seen[name]})", True))
             seen.setdefault(name, n)
         if not names:
             index.problems.append(Problem(LABELS_FILE, None, "no class names", True))
@@ -292,9 +305,34 @@ def read_index(root: str | Path) -> ManifestIndex:
                 kept.append(r)
             else:
                 source = LABELS_FILE if (root / LABELS_FILE).is_file() else "the train split's labels"
-                index.problems.append(Problem(r.file, r.line, f"label {r.label!r} is not in the class list (from {source})"))
+                index.problems.append(
+                    Problem(r.file, r.line, f"label {r.label!r} is not in the class list (from {source})"))
         index.rows[split] = kept
+    index.warnings += _leakage(index)
     return index
+
+
+def _leakage(index: ManifestIndex, limit: int = 10) -> list[str]:
+    """A warning per evaluation split that shares samples (the same id, or the same image/audio file) with train."""
+    train = index.rows.get("train", [])
+    by_id = {r.id: r for r in train}
+    by_file = {(k, os.path.normpath(getattr(r, k))): r for r in train for k in MEDIA_KEYS if getattr(r, k) is not None}
+    out = []
+    for split in ("val", "test"):
+        found = []
+        for r in index.rows.get(split, []):
+            if r.id in by_id:
+                found.append(f"id {r.id!r} ({r.where} and {by_id[r.id].where})")
+            for k in MEDIA_KEYS:
+                rel = getattr(r, k)
+                twin = by_file.get((k, os.path.normpath(rel))) if rel is not None else None
+                if twin is not None:
+                    found.append(f"{k} {rel!r} ({r.where}, id {r.id!r}, and {twin.where}, id {twin.id!r})")
+        if found:
+            more = f"; ... and {len(found) - limit} more" if len(found) > limit else ""
+            out.append(f"{index.files[split]}: {len(found)} sample(s) also in {index.files['train']} (leakage "
+                       f"between train and {split}?): " + "; ".join(found[:limit]) + more)
+    return out
 
 
 def _unique_ids(rows: list[Row], index: ManifestIndex) -> list[Row]:

@@ -6,58 +6,28 @@ import logging
 import time
 from typing import Any
 
-import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
+from torch.utils.data import Dataset
 
-from mmgpt.datamodules.collate import IMAGE_MEAN, IMAGE_STD, Collate, require_positive
-from mmgpt.datamodules.resumable import resumable_loader
+from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, ProcessedDataset, shared_options
+from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
 from mmgpt.datamodules.synthetic.generator import CLASSES, SyntheticGenerator, SyntheticSample
-from mmgpt.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
 
 
-class SyntheticDataset(Dataset):
-    """Wraps generated samples as per-sample dicts (see :mod:`mmgpt.datamodules.collate`)."""
-
-    def __init__(self, samples: list[SyntheticSample], transform: v2.Transform) -> None:
-        self.samples = samples
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        s = self.samples[i]
-        return {
-            "id": s.id,
-            "text": s.text,
-            "image": self.transform(torch.from_numpy(s.image)),
-            "audio": torch.from_numpy(s.audio),
-            "label": s.label,
-            "caption": s.caption,
-        }
+def sample_fields(s: SyntheticSample) -> dict[str, Any]:
+    """A generated sample's stored values: the image as (3, H, W) float in [0, 1], the waveform, the question."""
+    return {"id": s.id, "label": s.label, "caption": s.caption, "text": s.text, "image": s.image, "audio": s.audio}
 
 
-def image_transform(image_size: int, augment: bool) -> v2.Transform:
-    """Resize, (on training data) light augmentation that keeps the answer (flips), and normalisation."""
-    steps: list[v2.Transform] = [v2.Resize((image_size, image_size), antialias=True)]
-    if augment:
-        steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=False), v2.Normalize(mean=[IMAGE_MEAN] * 3, std=[IMAGE_STD] * 3)]
-    return v2.Compose(steps)
-
-
-class SyntheticDataModule(pl.LightningDataModule):
+class SyntheticDataModule(MultimodalDataModule):
     """Generates train/val/test splits of the synthetic set (see :mod:`mmgpt.datamodules.synthetic.generator`).
 
     Args:
         num_train: training samples.
         num_val: validation samples.
         num_test: test samples.
-        seed: generation seed; splits use seed, seed + 1, seed + 2.
+        seed: generation seed; splits use seed, seed + 1, seed + 2 (also the shuffling and augmentation seed).
         image_size: image side in pixels.
         sample_rate: audio sample rate in Hz.
         max_audio_seconds: longest clip.
@@ -68,6 +38,8 @@ class SyntheticDataModule(pl.LightningDataModule):
         modality_dropout: per-modality probability of dropping that modality from a training sample
             (never a sample's last modality), e.g. ``{"audio": 0.2}``.
         shuffle: shuffle the training split each epoch (off: a fixed order, e.g. to compare 1 vs N processes).
+        pin_memory: pin batches for host-to-GPU copies; None pins when CUDA is available.
+        max_image_pixels: as for the other datamodules (generated images are small; kept for one option set).
     """
 
     def __init__(
@@ -85,47 +57,32 @@ class SyntheticDataModule(pl.LightningDataModule):
         augment: bool = True,
         modality_dropout: dict[str, float] | None = None,
         shuffle: bool = True,
+        pin_memory: bool | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__()
-        require_positive(batch_size=batch_size, num_train=num_train, num_val=num_val, num_test=num_test)
+        super().__init__(**shared_options(locals()))
         self.save_hyperparameters()
         self.generator = SyntheticGenerator(image_size, sample_rate, max_seconds=max_audio_seconds)
-        tokenizer, max_audio_samples = ByteTokenizer(max_text_length), int(max_audio_seconds * sample_rate)
-        self.collate = Collate(tokenizer, image_size, max_audio_samples)
-        self.train_collate = Collate(tokenizer, image_size, max_audio_samples, modality_dropout=modality_dropout)
-        self.splits: dict[str, SyntheticDataset] = {}
+        self.splits: dict[str, ProcessedDataset] = {}
 
     @property
     def class_names(self) -> list[str]:
         return list(CLASSES)
 
-    @property
-    def num_classes(self) -> int:
-        return len(CLASSES)
+    def has_split(self, split: str) -> bool:
+        return split in SPLITS  # every count is at least 1
+
+    def describe(self) -> str:
+        return "the synthetic data set"
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        hp = self.hparams
         t0 = time.perf_counter()
-        sizes = {"train": hp.num_train, "val": hp.num_val, "test": hp.num_test}
-        for k, (split, n) in enumerate(sizes.items()):
-            samples = self.generator.generate(n, seed=hp.seed + k, prefix=split)
-            self.splits[split] = SyntheticDataset(samples, image_transform(hp.image_size, hp.augment and split == "train"))
-        log.info("generated synthetic data %s in %.1fs", sizes, time.perf_counter() - t0)
+        for k, split in enumerate(SPLITS):
+            samples = self.generator.generate(self.limits[split], seed=self.seed + k, prefix=split)
+            self.splits[split] = ProcessedDataset(samples, sample_fields, self.processors, train=split == "train")
+        log.info("generated synthetic data %s in %.1fs", self.limits, time.perf_counter() - t0)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        train = split == "train"
-        return resumable_loader(self.splits[split], shuffle=shuffle, seed=hp.seed, batch_size=hp.batch_size,
-                                collate_fn=self.train_collate if train else self.collate, num_workers=hp.num_workers,
-                                trainer=self.trainer if train else None)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=self.hparams.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def make_dataset(self, split: str, rank: int = 0, world_size: int = 1) -> Dataset:
+        return self.splits[split]

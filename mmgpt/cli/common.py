@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import resource
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -19,7 +20,29 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict, read_write
 
+from mmgpt.errors import UserError
+
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Report a :class:`~mmgpt.errors.UserError` (or a missing file) as one line and exit 1, not a traceback.
+
+    ``MMGPT_TRACEBACK=1`` re-raises, for debugging.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, FileNotFoundError) as e:
+            if os.environ.get("MMGPT_TRACEBACK"):
+                raise
+            raise SystemExit(f"error: {e}") from None
+
+    return wrapper
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
@@ -40,7 +63,8 @@ def peak_memory() -> dict[str, Any]:
     """Peak memory of this process: CUDA allocator peak when on GPU, else the process's maximum resident set."""
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20, "peak_memory_kind": "cuda_allocated"}
-    return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_memory_kind": "cpu_max_rss"}
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_memory_mb": rss_mb, "peak_memory_kind": "cpu_max_rss"}
 
 
 def metrics_of(results: list[dict[str, float]] | None) -> dict[str, float]:

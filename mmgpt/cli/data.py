@@ -2,8 +2,9 @@
 
 ``mmgpt-data check DIR`` reads every row and decodes every file once (``--check headers``: reads only each file's
 header), and prints every problem with its file and line; it exits with status 1 when there is any. With
-``--cache-dir`` the decoded media go to the media store training reads (``data.cache_dir``). ``mmgpt-data export-synthetic OUT`` writes the embedded synthetic
-set out as a manifest folder (PNG + WAV + JSON Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
+``--cache-dir`` the decoded media go to the media store training reads (``data.cache_dir``).
+``mmgpt-data export-synthetic OUT`` writes the embedded synthetic set out as a manifest folder (PNG + WAV + JSON
+Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
 WebDataset tar shards for streaming (``data=shards data.root=OUT``).
 """
 
@@ -21,8 +22,11 @@ from pathlib import Path
 def _check(args: argparse.Namespace) -> int:
     from mmgpt.datamodules.manifest import DecodeSettings, MediaFiles, check_folder
     from mmgpt.datamodules.manifest.media import Progress
+    from mmgpt.datamodules.processors import audio_samples
 
-    settings = DecodeSettings(args.image_size, args.sample_rate, int(round(args.max_audio_seconds * args.sample_rate)))
+    max_samples = audio_samples(args.max_audio_seconds, args.sample_rate)
+    settings = DecodeSettings(args.image_size, args.sample_rate, max_samples,
+                              args.max_image_pixels if args.max_image_pixels > 0 else None)
     store = None if args.cache_dir is None else Path(args.cache_dir) / "media-store"
     media = MediaFiles(settings, store, threads=args.threads, keep=store is not None)  # no store: decode and drop
     progress = Progress(f"checking ({args.check})")  # a bar with the time left, on a terminal's stderr
@@ -34,7 +38,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from mmgpt.datamodules.manifest.export import export_synthetic
+    from mmgpt.datamodules.synthetic.export import export_synthetic
 
     counts = export_synthetic(args.out, args.num_train, args.num_val, args.num_test, args.seed, args.image_size,
                               args.sample_rate, args.max_audio_seconds)
@@ -65,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--image-size", type=int, default=32)
     check.add_argument("--sample-rate", type=int, default=8000)
     check.add_argument("--max-audio-seconds", type=float, default=1.0)
+    check.add_argument("--max-image-pixels", type=int, default=89_478_485,
+                       help="refuse larger images (data.max_image_pixels; 0: no limit)")
     check.add_argument("--allow-outside-root", action="store_true", help="accept absolute paths and paths outside root")
     check.add_argument("--cache-dir", default=None,
                        help="reuse/fill the media store in CACHE_DIR/media-store (data.cache_dir of training)")

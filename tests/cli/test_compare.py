@@ -153,8 +153,13 @@ def test_compare_config_defaults() -> None:
     assert cfg.task_name == "compare"
     assert cfg.hydra.runtime.choices.experiment == "compare_fusion"
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    assert cfg.hydra.sweeper.params["model/fusion"] == "early,late,cross_attention"
+    # the three fusions and one unimodal baseline per modality (issue 13: does fusing help at all?)
+    assert cfg.hydra.sweeper.params["model/fusion"] == (
+        "early,late,cross_attention,unimodal_audio,unimodal_image,unimodal_text")
     assert cfg.hydra.sweeper.params.seed == "0,1,2"
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        no_baselines = compose("compare", overrides=["compare.baselines=false"], return_hydra_config=True)
+    assert no_baselines.hydra.sweeper.params["model/fusion"] == "early,late,cross_attention"
     # the experiment file alone reproduces the comparison's settings with mmgpt-train too
     assert train_cfg.trainer.max_epochs == cfg.trainer.max_epochs
     assert train_cfg.compare.fusions == cfg.compare.fusions
@@ -330,7 +335,7 @@ def test_clear_unfinished_keeps_hydra_record_and_log(tmp_path: Path) -> None:
 
 
 def test_report_of_a_directory_without_runs_fails(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SystemExit, match=r"^error: .*no finished run \(no results.json\)"):
         compare.main([f"report={tmp_path}"])
 
 
@@ -363,11 +368,11 @@ def test_a_finished_run_with_another_config_is_not_reused(tmp_path: Path) -> Non
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=smoke", f"paths.output_dir={tmp_path}"])
     OmegaConf.save(cfg, tmp_path / "config.yaml", resolve=True)
-    assert compare.config_differences(tmp_path, cfg) == []
+    assert compare.changed_keys(tmp_path, cfg) == []
     moved = tmp_path / "moved"
     moved.mkdir()
     (moved / "config.yaml").write_text((tmp_path / "config.yaml").read_text())
     cfg.paths.output_dir = str(moved)
-    assert compare.config_differences(moved, cfg) == []  # a moved sweep is the same sweep
+    assert compare.changed_keys(moved, cfg) == []  # a moved sweep is the same sweep
     cfg.trainer.max_epochs = 7
-    assert compare.config_differences(moved, cfg) == ["trainer.max_epochs"]
+    assert compare.changed_keys(moved, cfg) == ["trainer.max_epochs"]

@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmgpt.datamodules.manifest import DecodeSettings, ManifestDataModule, ManifestError, MediaFiles, check_folder, read_index
-from mmgpt.datamodules.manifest import decode as decode_module
+from mmgpt.datamodules import decode as decode_module
+from mmgpt.datamodules.manifest import (
+    DecodeSettings,
+    ManifestDataModule,
+    ManifestError,
+    MediaFiles,
+    check_folder,
+    read_index,
+)
 from tests.datamodules.conftest import FolderFactory, good_rows, write_rows
 
 
@@ -41,7 +48,8 @@ def test_class_list_from_sorted_train_labels_and_ints_sort_numerically(make_fold
 
 def test_labels_txt_fixes_the_order_and_rejects_unknown_labels(make_folder: FolderFactory) -> None:
     root = make_folder(train=[{"text": "x", "label": "dog"}, {"text": "y", "label": "cat"}],
-                       val=[{"text": "z", "label": "dog"}, {"text": "w", "label": "bird"}], labels=["dog", "cat", "fish"])
+                       val=[{"text": "z", "label": "dog"}, {"text": "w", "label": "bird"}],
+                       labels=["dog", "cat", "fish"])
     index = read_index(root)
     assert index.class_names == ["dog", "cat", "fish"]
     assert [str(p) for p in index.problems] == ["val.jsonl:2: label 'bird' is not in the class list (from labels.txt)"]
@@ -150,7 +158,8 @@ def test_paths_outside_the_folder_need_an_opt_in(make_folder: FolderFactory, tmp
     from tests.datamodules.conftest import write_wav
 
     write_wav(outside)
-    rows = [{"text": "a", "audio": "../elsewhere.wav", "label": "x"}, {"text": "b", "audio": str(outside), "label": "x"},
+    rows = [{"text": "a", "audio": "../elsewhere.wav", "label": "x"},
+            {"text": "b", "audio": str(outside), "label": "x"},
             {"text": "c", "audio": "wav/./../wav/mono8k.wav", "label": "x"}]  # stays inside: fine
     root = make_folder(train=rows, val=[{"text": "v", "label": "x"}])
     refused = check_folder(root, MediaFiles(DecodeSettings(16, 8000, 8000)))

@@ -127,8 +127,9 @@ def test_headers_check_catches_a_truncated_png_header_and_a_wrong_wav_header(tmp
     data[20:22] = (0x7777).to_bytes(2, "little")  # fmt chunk: an audio format code libsndfile does not know
     (tmp_path / "wrong.wav").write_bytes(bytes(data))
     files = MediaFiles(DecodeSettings(16, 8000, 8000))
-    assert "cannot decode image" in files.check_many("image", [str(tmp_path / "cut.png")], mode="headers")[str(tmp_path / "cut.png")]
-    assert "cannot decode audio" in files.check_many("audio", [str(tmp_path / "wrong.wav")], mode="headers")[str(tmp_path / "wrong.wav")]
+    cut, wrong = str(tmp_path / "cut.png"), str(tmp_path / "wrong.wav")
+    assert "cannot decode image" in files.check_many("image", [cut], mode="headers")[cut]
+    assert "cannot decode audio" in files.check_many("audio", [wrong], mode="headers")[wrong]
     assert files.check_many("audio", [str(wav)], mode="headers")[str(wav)] is None
 
 

@@ -12,12 +12,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mmgpt.datamodules.collate import Collate, random_modality_dropout
-from mmgpt.datamodules.manifest import ManifestDataModule
 from mmgpt.batch import MODALITIES
 from mmgpt.cli.train import build_module, train
 from mmgpt.config import check_targets
-from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.datamodules.collate import Collate, random_modality_dropout
+from mmgpt.datamodules.manifest import ManifestDataModule
+from mmgpt.datamodules.processors import default_processors
 from tests.datamodules.conftest import FolderFactory, good_rows
 
 FUSIONS = [
@@ -62,7 +62,7 @@ def test_every_fusion_handles_any_missing_subset(compose_cfg: Callable[..., Dict
     batch.present = present
     out = module.net(batch)
     assert out.logits.shape == (7, 2) and torch.isfinite(out.logits).all()
-    loss = module.criterion(out.logits, batch.labels)
+    loss = torch.nn.functional.cross_entropy(out.logits, batch.labels)
     loss.backward()
     # Every parameter takes part (DDP needs no find_unused_parameters) and no gradient is NaN.
     for name, p in module.named_parameters():
@@ -88,11 +88,13 @@ def test_modality_dropout_drops_only_in_training_and_never_everything(make_folde
     for p in train_present:
         assert torch.stack([p[m] for m in MODALITIES]).any(dim=0).all()  # every sample keeps a modality
     # The rule itself: a sample's only modality is never dropped.
-    only = {"audio": torch.tensor([True, False]), "image": torch.tensor([False, True]), "text": torch.tensor([False, False])}
+    only = {"audio": torch.tensor([True, False]), "image": torch.tensor([False, True]),
+            "text": torch.tensor([False, False])}
     kept = random_modality_dropout(only, {"audio": 0.99, "image": 0.99})
     assert kept["audio"].tolist() == [True, False] and kept["image"].tolist() == [False, True]
     with pytest.raises(ValueError, match=r"modality_dropout.audio=1.0"):
-        Collate(ByteTokenizer(8), 16, 100, modality_dropout={"audio": 1.0})
+        Collate(default_processors(image_size=16, sample_rate=100, max_audio_seconds=1.0, max_text_length=8),
+                modality_dropout={"audio": 1.0})
 
 
 def test_synthetic_datamodule_takes_modality_dropout(compose_cfg: Callable[..., DictConfig]) -> None:

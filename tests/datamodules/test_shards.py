@@ -1,7 +1,9 @@
 """WebDataset shards: written from a manifest folder, streamed exactly once per epoch across ranks and workers."""
 
+import io
 import json
 import shutil
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -9,11 +11,13 @@ import pytest
 import webdataset as wds
 from torch.utils.data import DataLoader
 
+from mmgpt.datamodules.resumable import SeededCollate
 from mmgpt.datamodules.shards import (
-    EpochLoader,
     ShardDataModule,
     ShardError,
+    StreamLoader,
     delivered_before,
+    read_tar,
     worker_shards,
     write_shards,
 )
@@ -38,7 +42,7 @@ def test_every_sample_once_per_epoch_across_two_ranks_and_two_workers(shard_dir)
         for rank in range(2):
             ds = dm.dataset("train", rank=rank, world_size=2)
             ds.set_epoch(epoch_orders)
-            for batch in DataLoader(ds, batch_size=4, num_workers=2, collate_fn=dm.collate):
+            for batch in DataLoader(ds, batch_size=4, num_workers=2, collate_fn=SeededCollate(dm.collate)):
                 seen.update(batch.ids)
         assert len(seen) == 48 and set(seen.values()) == {1}
 
@@ -85,7 +89,7 @@ def uneven_shards(tmp_path_factory) -> Path:
 
 
 def _epoch_ids(dm: ShardDataModule, num_workers: int, epoch: int, state: dict | None = None) -> list[list[str]]:
-    loader = EpochLoader(dm.dataset("train"), batch_size=4, num_workers=num_workers, collate_fn=dm.collate)
+    loader = StreamLoader(dm.dataset("train"), batch_size=4, num_workers=num_workers, collate_fn=dm.collate)
     if state is None:
         loader.load_state_dict({"epoch": epoch, "batches": 0})
     else:
@@ -154,3 +158,31 @@ def test_a_sample_that_fails_to_decode_while_streaming_names_its_shard_and_id(tm
     dm = ShardDataModule(str(out), batch_size=1, num_workers=0)
     with pytest.raises(ShardError, match=r"train-000000.tar: sample 'x1' \(00000000_x.audio.wav\): cannot decode"):
         next(iter(dm.train_dataloader()))
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_the_tar_reader_groups_members_as_webdataset_does(tmp_path, shard_dir, fmt):
+    def by_webdataset(path):
+        return [{k: v for k, v in s.items() if k != "__url__" and k != "__local_path__"}
+                for s in wds.WebDataset([str(path)], shardshuffle=False, empty_check=False)]
+
+    def ours(path):
+        return [{k: v for k, v in s.items() if k != "__url__"} for s in read_tar(str(path))]
+
+    written = shard_dir / "train-000000.tar"
+    assert ours(written) == by_webdataset(written) and len(ours(written)) == 6
+    path = tmp_path / "t.tar"
+    long = "x" * (150 if fmt != tarfile.USTAR_FORMAT else 90)  # past 100 characters: a pax or GNU long name
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for name in ["a1.json", "a1.image.png", "sub/dir/b2.json", f"{long}.json", f"{long}.audio.wav", "big.bin"]:
+            data = bytes(range(256)) * 3000 if name == "big.bin" else name.encode() * 3
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1.5  # a fractional mtime: pax headers for every member
+            tar.addfile(info, io.BytesIO(data))
+    assert ours(path) == by_webdataset(path)
+    assert [s["__key__"] for s in ours(path)] == ["a1", "sub/dir/b2", long, "big"]
+    damaged = bytearray(path.read_bytes())
+    damaged[0:10] = b"#" * 10  # in the first header: its checksum no longer matches
+    (tmp_path / "bad.tar").write_bytes(bytes(damaged))
+    with pytest.raises(ShardError, match="bad.tar: not a tar file, or damaged"):
+        ours(tmp_path / "bad.tar")

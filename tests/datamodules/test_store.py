@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmgpt.datamodules.store import MediaStore, SourceId
+from mmgpt.datamodules.disk_store import DiskStore as MediaStore
+from mmgpt.datamodules.disk_store import SourceId
 
 
 def sources(tmp_path: Path, n: int) -> list[SourceId]:
@@ -180,3 +181,24 @@ def test_a_forked_child_writes_its_own_segment(tmp_path: Path) -> None:
     for i, src in enumerate(srcs):
         hit = fresh.lookup("media", "fp", src)
         assert hit is not None and np.array_equal(fresh.read(hit), value(3 + i))
+
+
+def test_the_store_interface_get_put_flush_by_store_key(tmp_path: Path) -> None:
+    import torch
+
+    from mmgpt.datamodules.decode import DecodeError
+    from mmgpt.datamodules.disk_store import KeyedDiskStore
+    from mmgpt.datamodules.store import StoreKey, file_stat
+
+    (src,) = sources(tmp_path, 1)
+    stat = file_stat(Path(src.path))
+    keyed = KeyedDiskStore(MediaStore(tmp_path / "s"))
+    key = StoreKey(src.path, stat, "fp")
+    assert keyed.get(key) is None
+    keyed.put(key, torch.arange(6, dtype=torch.uint8).reshape(2, 3))
+    keyed.put(StoreKey(src.path, stat, "fp2"), DecodeError("broken"))
+    keyed.flush()
+    again = KeyedDiskStore(MediaStore(tmp_path / "s"))
+    assert torch.equal(again.get(key), torch.arange(6, dtype=torch.uint8).reshape(2, 3))
+    assert str(again.get(StoreKey(src.path, stat, "fp2"))) == "broken"
+    assert again.get(StoreKey(src.path, (1, 2), "fp")) is None  # another stat: stale

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from mmgpt.datamodules.manifest.export import export_synthetic
 from mmgpt.datamodules.shards import write_shards
+from mmgpt.datamodules.synthetic.export import export_synthetic
 
 
 def export_and_shard(base: Path, num_train: int, samples_per_shard: int, num_val: int = 12, num_test: int = 6,

@@ -28,7 +28,7 @@ SETUPS = {
     "one_process": ["experiment=smoke", "data.num_train=256", *RANDOM_DATA],
     "ddp_sim": ["experiment=smoke", "trainer=ddp_sim", "data.num_train=512", *RANDOM_DATA],
     # streamed from tar shards by 2 loader workers with uneven streams (shards of 48 samples, 256 in all)
-    "shards": ["experiment=smoke", "data=shards", "data.num_train=256", "data.num_workers=2"],
+    "shards": ["experiment=smoke", "data=shards", "data.num_train=256", "data.num_workers=2", *RANDOM_DATA],
 }
 KILL_AT = 11
 

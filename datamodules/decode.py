@@ -1,0 +1,219 @@
+"""Decoding media files (a path, or the bytes of a shard member) into the tensors the processors store.
+
+Images: anything Pillow reads, composited onto white when it has transparency, high bit depths (16-bit grey or
+colour, 32-bit integer, float) scaled to 8 bits, converted to RGB and resized to a square of ``image_size`` ->
+(3, H, W) uint8. Images above ``max_pixels`` are refused from their header, before any pixel is decoded. Audio:
+WAV / FLAC / OGG (whatever ``soundfile``'s libsndfile reads), mixed down to mono, resampled to ``sample_rate``
+and cropped to ``max_samples`` -> (S,) float32.
+
+Memory is bounded per file: JPEG decodes straight at a reduced scale (Pillow's ``draft``); other formats that
+are large are reduced by an integer factor right after decoding, and only one such large decode runs at a time
+whatever the number of decoding threads. Resampling between rates whose ratio reduces to large integers (44111
+-> 8000 Hz) uses a nearby ratio of small integers, so the filter stays small.
+Legend: H/W image height/width, S audio samples.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import struct
+import threading
+import warnings
+import wave
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+#: Default refusal threshold (pixels) for images: Pillow's own warning threshold (about 9459 x 9459).
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+#: Images above this many pixels are decoded one at a time and reduced at once (a few hundred MB of RGB).
+LARGE_IMAGE_PIXELS = 16_000_000
+#: Resampling uses rates ``orig, new`` reduced to at most this (the filter costs about orig x new x 12 floats).
+MAX_RESAMPLE_RATE_PARTS = 1000
+
+_large_decode = threading.Lock()
+# mmgpt refuses images above data.max_image_pixels itself, with a named problem; Pillow's warning about images
+# above its own threshold would only repeat that, and its error would bypass the limit the user chose.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+Source = str | Path | BinaryIO | bytes
+
+
+class DecodeError(ValueError):
+    """A media file that cannot be decoded (or decodes to nothing, or is refused by a limit)."""
+
+
+def _open(source: Source) -> str | BinaryIO:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(source)
+    return str(source) if isinstance(source, Path) else source
+
+
+def load_image(source: Source, image_size: int, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Tensor:
+    """Decode any Pillow image to a (3, image_size, image_size) uint8 RGB tensor.
+
+    Args:
+        source: a path, an open binary file, or the file's bytes.
+        image_size: side of the square output.
+        max_pixels: refuse images with more pixels than this (None: no limit).
+
+    Raises:
+        DecodeError: the file is not an image Pillow can read, has no pixels, has more than ``max_pixels``, or
+            has values that cannot be mapped to 8 bits.
+    """
+    if max_pixels is not None and max_pixels > Image.MAX_IMAGE_PIXELS * 2:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's error would otherwise refuse what the user allowed
+    try:
+        with Image.open(_open(source)) as im:
+            w, h = im.size
+            if w == 0 or h == 0:
+                raise DecodeError("image has no pixels")
+            if max_pixels is not None and w * h > max_pixels:
+                raise DecodeError(f"image of {w}x{h} = {w * h:,} pixels is larger than the limit of {max_pixels:,} "
+                                  "(data.max_image_pixels)")
+            im.draft("RGB", (image_size, image_size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that suffices
+            if im.width * im.height > LARGE_IMAGE_PIXELS:
+                with _large_decode:
+                    rgb = _to_rgb(_reduce_large(im, image_size))
+            else:
+                rgb = _to_rgb(im)
+            rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
+    except Image.DecompressionBombError as e:  # above twice Pillow's threshold: refused before we see the size
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise DecodeError(f"image of {size} is larger than the limit of {max_pixels or Image.MAX_IMAGE_PIXELS:,} "
+                          "(data.max_image_pixels)") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, DecodeError):
+            raise
+        raise DecodeError(f"cannot decode image: {e}") from e
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+def _reduce_large(im: Image.Image, image_size: int) -> Image.Image:
+    """Decode a large image and shrink it at once by an integer factor (box average), keeping >= 4 x image_size."""
+    im.load()
+    factor = max(1, min(im.width, im.height) // (4 * image_size))
+    if factor == 1:
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _to_8bit(im)  # reduce() takes 8-bit modes; scale first (one full-size 8-bit copy)
+    if im.mode not in ("L", "RGB", "RGBA"):
+        has_alpha = "A" in im.mode or "transparency" in im.info
+        im = im.convert("RGBA" if has_alpha else "RGB")
+    return im.reduce(factor)
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """High-bit-depth single-channel modes (I;16*, I, F) -> L, scaled, not clipped."""
+    a = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        out = a.astype(np.float32) / 257.0  # 0..65535 -> 0..255
+    elif im.mode == "I":
+        # Mode I is what Pillow gives 16-bit greyscale PNG/TIFF (and 32-bit integer TIFF): a 16-bit range.
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 65535:
+            raise DecodeError(f"32-bit integer image with values in [{lo}, {hi}]: expected 0..65535")
+        out = a.astype(np.float32) / 257.0
+    else:  # F: float pixels, in [0, 1] (the usual convention) or in [0, 255]
+        if not np.isfinite(a).all():
+            raise DecodeError("float image contains NaN or infinite pixels")
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and hi <= 1.0:
+            out = a * 255.0
+        elif lo >= 0.0 and hi <= 255.0:
+            out = a
+        else:
+            raise DecodeError(f"float image with values in [{lo:g}, {hi:g}]: expected [0, 1] or [0, 255]")
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="L")
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any mode -> RGB: high bit depths scaled to 8 bits, transparency composited onto white."""
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _to_8bit(im)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return im.convert("RGB")
+
+
+def resample_rates(orig: int, new: int, limit: int = MAX_RESAMPLE_RATE_PARTS) -> tuple[int, int]:
+    """The (orig, new) pair to resample with: the exact ratio when it reduces to integers <= ``limit``, else the
+    nearest ratio that does (e.g. 44111 -> 8000 Hz: 397 -> 72, a frequency error of 3e-6).
+
+    The cost of a windowed-sinc resampler grows with the reduced integers (torchaudio builds ``new`` filters of
+    about ``orig`` taps each), so rates such as 44111 Hz, coprime with the target, would need a filter of
+    hundreds of millions of taps.
+    """
+    g = math.gcd(orig, new)
+    if max(orig, new) // g <= limit:
+        return orig // g, new // g
+    ratio = Fraction(new, orig)  # < 1 when downsampling
+    if ratio < 1:
+        r = ratio.limit_denominator(limit)
+        return r.denominator, r.numerator
+    r = (1 / ratio).limit_denominator(limit)
+    return r.numerator, r.denominator
+
+
+def _read_pcm16_wav(source: Source, frames_for: Callable[[int], int]) -> tuple[int, np.ndarray] | None:
+    """(rate, (S, channels) float32) of a plain 16-bit PCM WAV through the standard library, or None for any other
+    file (libsndfile reads those). Per call it costs a sixth of libsndfile's on in-memory bytes (shard members),
+    and gives the same values (sample / 32768)."""
+    if isinstance(source, (str, Path)) and not str(source).lower().endswith(".wav"):
+        return None
+    position = source.tell() if hasattr(source, "tell") else None
+    try:
+        with wave.open(_open(source), "rb") as w:
+            if w.getsampwidth() != 2 or w.getcomptype() != "NONE":
+                raise wave.Error("not 16-bit PCM")
+            rate, channels = w.getframerate(), w.getnchannels()
+            raw = w.readframes(frames_for(rate))
+    except (wave.Error, EOFError, OSError, ValueError, struct.error):
+        if position is not None:
+            source.seek(position)  # type: ignore[union-attr]
+        return None
+    pcm = np.frombuffer(raw, dtype="<i2").reshape(-1, channels)
+    return rate, pcm.astype(np.float32) / np.float32(32768.0)
+
+
+def load_audio(source: Source, sample_rate: int, max_samples: int) -> Tensor:
+    """Decode a WAV/FLAC/OGG file to a mono (S,) float32 waveform at ``sample_rate``, S <= ``max_samples``.
+
+    Only the part that survives cropping is read, so long recordings cost little.
+
+    Raises:
+        DecodeError: libsndfile cannot read the file, or it holds no samples.
+    """
+    # Read what the crop keeps, plus a margin so the resampler's filter has context at the end.
+    frames_for = lambda sr_in: math.ceil(max_samples * sr_in / sample_rate) + 64  # noqa: E731
+    read = _read_pcm16_wav(source, frames_for)
+    if read is None:
+        try:
+            with sf.SoundFile(_open(source)) as f:
+                read = f.samplerate, f.read(frames=frames_for(f.samplerate), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+            raise DecodeError(f"cannot decode audio: {e}") from e
+    sr_in, data = read  # data: (S_in, channels) float32
+    if data.shape[0] == 0:
+        raise DecodeError("empty audio: no samples")
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)  # (S_in,) mixed down to mono
+    if not np.isfinite(mono).all():
+        raise DecodeError("audio contains NaN or infinite samples")
+    wave = torch.from_numpy(np.ascontiguousarray(mono))
+    if sr_in != sample_rate:
+        orig, new = resample_rates(sr_in, sample_rate)
+        wave = AF.resample(wave, orig, new)
+    return wave[:max_samples].contiguous()

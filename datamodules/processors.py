@@ -1,0 +1,225 @@
+"""Modality kinds and their processors: how a raw sample becomes an encoder input (see docs/data.md).
+
+A processor owns every setting its modality's decoding depends on, and has four jobs: ``decode`` (a file or
+bytes -> the stored form), ``transform`` (stored form -> encoder input, with training-time augmentation),
+``collate`` (per-sample inputs -> a batch tensor, a padding mask and presence) and ``fingerprint`` (a stable
+string of the decode settings, for store keys). The scratch encoders' preprocessing is the set built by
+:func:`default_processors`; a pretrained backbone brings its own processor of the same kind.
+Legend: B batch, T text tokens, S audio samples, N feature steps, F feature size.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, Source, load_audio, load_image
+from mmgpt.tokenizer import ByteTokenizer
+
+#: The kinds of modality a datamodule can declare.
+KINDS: tuple[str, ...] = ("text", "image", "audio", "features")
+
+#: The image normalisation of the scratch image encoder: pixels in [0, 1] -> (x - mean) / std.
+IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
+
+
+def audio_samples(max_audio_seconds: float, sample_rate: int) -> int:
+    """The one rule for clip lengths in samples, used by every datamodule and ``mmgpt-data``."""
+    return int(round(max_audio_seconds * sample_rate))
+
+
+def normalize_image(image: Tensor) -> Tensor:
+    """(3, H, W) float pixels in [0, 1] -> the normalised image every scratch mmgpt model is trained on."""
+    return (image - IMAGE_MEAN) / IMAGE_STD
+
+
+class Processor(ABC):
+    """One modality's raw-sample -> encoder-input rules (see the module doc)."""
+
+    kind: str
+
+    def decode(self, source: Any) -> Any:
+        """A file (path or bytes) or an inline value -> the stored form. Raises ``DecodeError``."""
+        return source
+
+    def transform(self, stored: Any, *, train: bool) -> Any:
+        """The stored form -> the encoder input of one sample (random augmentation only when ``train``)."""
+        return stored
+
+    def is_present(self, value: Any) -> bool:
+        """Whether a sample's value counts as a present modality."""
+        return value is not None
+
+    @abstractmethod
+    def collate(self, values: Sequence[Any]) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Per-sample inputs (None = missing) -> (batch input (B, ...), padding mask (B, ...) or None, present (B,))."""
+
+    def fingerprint(self) -> str:
+        """Every setting ``decode`` depends on, as a stable string (part of store keys)."""
+        return f"{type(self).__name__}"
+
+
+class TextProcessor(Processor):
+    """Text: a string per sample, tokenized at collation. Empty or blank text counts as missing.
+
+    Args:
+        tokenizer: the tokenizer (the byte tokenizer of the scratch text encoder by default).
+    """
+
+    kind = "text"
+
+    def __init__(self, *, tokenizer: ByteTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def is_present(self, value: Any) -> bool:
+        return isinstance(value, str) and bool(value.strip())
+
+    def collate(self, values: Sequence[Any]) -> tuple[Tensor, Tensor | None, Tensor]:
+        present = [self.is_present(v) for v in values]
+        ids, mask = self.tokenizer.batch_encode([v if p else None for v, p in zip(values, present)])  # (B, T)
+        return ids, mask, torch.tensor(present)
+
+    def fingerprint(self) -> str:
+        return f"text:{type(self.tokenizer).__name__}:{self.tokenizer.max_length}"
+
+
+class ImageProcessor(Processor):
+    """Images: decoded to (3, S, S) uint8 RGB (stored), then scaled to [0, 1], normalised, flipped in training.
+
+    Args:
+        image_size: side S of the square images.
+        max_pixels: images with more pixels are refused when decoded (None: no limit).
+        augment: randomly flip training images horizontally (p = 0.5, drawn from the global generator, which
+            the loaders seed per sample).
+        mean: normalisation mean; std: normalisation standard deviation.
+    """
+
+    kind = "image"
+
+    def __init__(self, *, image_size: int, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, augment: bool = False,
+                 mean: float = IMAGE_MEAN, std: float = IMAGE_STD) -> None:
+        if max_pixels is not None and int(max_pixels) < 1:
+            raise ValueError(f"data.max_image_pixels={max_pixels}: expected a positive integer or null")
+        self.image_size, self.max_pixels, self.augment = image_size, max_pixels, augment
+        self.mean, self.std = mean, std
+
+    def decode(self, source: Source) -> Tensor:
+        return load_image(source, self.image_size, self.max_pixels)  # (3, S, S) uint8
+
+    def transform(self, stored: Tensor | np.ndarray, *, train: bool) -> Tensor:
+        image = torch.as_tensor(stored)
+        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()  # (3, S, S) in [0, 1]
+        image = (image - self.mean) / self.std
+        if train and self.augment and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image
+
+    def collate(self, values: Sequence[Any]) -> tuple[Tensor, Tensor | None, Tensor]:
+        S = self.image_size
+        images = torch.zeros(len(values), 3, S, S)  # (B, 3, S, S)
+        for i, v in enumerate(values):
+            if v is not None:
+                images[i] = v
+        return images, None, torch.tensor([v is not None for v in values])
+
+    def fingerprint(self) -> str:
+        return f"image:{self.image_size}:{self.max_pixels}"
+
+
+class AudioProcessor(Processor):
+    """Audio: decoded to a mono (S,) float32 waveform at ``sample_rate``, cropped to ``max_samples``; padded
+    with a mask at collation. A clip of no samples counts as missing.
+
+    Args:
+        sample_rate: the rate waveforms are resampled to (Hz).
+        max_samples: longer clips are cropped (see :func:`audio_samples`).
+    """
+
+    kind = "audio"
+
+    def __init__(self, *, sample_rate: int, max_samples: int) -> None:
+        self.sample_rate, self.max_samples = sample_rate, max_samples
+
+    def decode(self, source: Source) -> Tensor:
+        return load_audio(source, self.sample_rate, self.max_samples)  # (S,)
+
+    def transform(self, stored: Tensor | np.ndarray, *, train: bool) -> Tensor:
+        return torch.as_tensor(stored)
+
+    def is_present(self, value: Any) -> bool:
+        return value is not None and len(value) > 0
+
+    def collate(self, values: Sequence[Any]) -> tuple[Tensor, Tensor | None, Tensor]:
+        lengths = [min(len(v), self.max_samples) if v is not None else 0 for v in values]
+        S = max(1, max(lengths))
+        audio = torch.zeros(len(values), S)  # (B, S)
+        mask = torch.zeros(len(values), S, dtype=torch.bool)
+        for i, (v, n) in enumerate(zip(values, lengths)):
+            if n:
+                audio[i, :n] = v[:n]
+                mask[i, :n] = True
+        return audio, mask, torch.tensor([n > 0 for n in lengths])
+
+    def fingerprint(self) -> str:
+        return f"audio:{self.sample_rate}:{self.max_samples}"
+
+
+class FeaturesProcessor(Processor):
+    """Pre-extracted features: a (N, F) sequence or an (F,) vector per sample (``.npy`` files or arrays).
+
+    Sequences are padded to the longest in the batch (mask (B, N)); vectors are stacked as (B, 1, F).
+
+    Args:
+        dim: the feature size F every sample must have.
+        max_steps: longer sequences are cropped (None: no limit).
+    """
+
+    kind = "features"
+
+    def __init__(self, *, dim: int, max_steps: int | None = None) -> None:
+        self.dim, self.max_steps = dim, max_steps
+
+    def decode(self, source: Any) -> Tensor:
+        try:
+            array = np.load(source, allow_pickle=False) if isinstance(source, (str, bytes)) or hasattr(source, "read") \
+                else np.asarray(source)
+        except (OSError, ValueError) as e:
+            raise DecodeError(f"cannot read features: {e}") from e
+        x = torch.as_tensor(np.asarray(array, dtype=np.float32))
+        x = x[None] if x.ndim == 1 else x  # (N, F)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise DecodeError(f"features of shape {tuple(array.shape)}: expected (N, {self.dim}) or ({self.dim},)")
+        return x[: self.max_steps] if self.max_steps else x
+
+    def is_present(self, value: Any) -> bool:
+        return value is not None and len(value) > 0
+
+    def collate(self, values: Sequence[Any]) -> tuple[Tensor, Tensor | None, Tensor]:
+        lengths = [len(v) if self.is_present(v) else 0 for v in values]
+        N = max(1, max(lengths))
+        out = torch.zeros(len(values), N, self.dim)  # (B, N, F)
+        mask = torch.zeros(len(values), N, dtype=torch.bool)
+        for i, (v, n) in enumerate(zip(values, lengths)):
+            if n:
+                out[i, :n] = torch.as_tensor(v)
+                mask[i, :n] = True
+        return out, mask, torch.tensor([n > 0 for n in lengths])
+
+    def fingerprint(self) -> str:
+        return f"features:{self.dim}:{self.max_steps}"
+
+
+def default_processors(*, image_size: int, sample_rate: int, max_audio_seconds: float, max_text_length: int,
+                       augment: bool = False, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                       ) -> dict[str, Processor]:
+    """The scratch encoders' processors for the three built-in modalities ``text``, ``image``, ``audio``."""
+    return {
+        "text": TextProcessor(tokenizer=ByteTokenizer(max_text_length)),
+        "image": ImageProcessor(image_size=image_size, max_pixels=max_image_pixels, augment=augment),
+        "audio": AudioProcessor(sample_rate=sample_rate, max_samples=audio_samples(max_audio_seconds, sample_rate)),
+    }
