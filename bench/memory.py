@@ -193,7 +193,8 @@ def report(results: Path, note: str = "") -> None:
         "## Memory vs data set size (media store)",
         "",
         "Synthetic manifest folders at `image_size=224`, `sample_rate=16000` (how each was made: the note below; "
-        "`bench/memory.py build DIR --num-train N` exports a large one in chunks). Peak anonymous resident memory (`RssAnon`, MiB) and peak unique memory (USS = "
+        "`bench/memory.py build DIR --num-train N` exports a large one in chunks). Peak anonymous resident memory "
+        "(`RssAnon`, MiB) and peak unique memory (USS = "
         "Private_Clean + Private_Dirty from `smaps_rollup`, MiB), each summed over the process and its children and "
         "sampled while the command ran (`python bench/memory.py watch -- CMD`). `new` is the media store, `old` "
         "today's in-memory cache (same scenario run with `PYTHONPATH` at the previous code). A sum of RssAnon counts "
