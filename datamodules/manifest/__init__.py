@@ -2,7 +2,8 @@
 
 from mmgpt.datamodules.decode import DecodeError, load_audio, load_image
 from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, check_folder
-from mmgpt.datamodules.manifest.datamodule import ManifestDataModule
+from mmgpt.datamodules.manifest.datamodule import ManifestDataModule, StoreDataset
+from mmgpt.datamodules.manifest.media import MediaFiles
 from mmgpt.datamodules.manifest.records import Problem, Row, read_index, resolve_media
 from mmgpt.datamodules.store import DecodeSettings, MediaCache
 
@@ -13,8 +14,10 @@ __all__ = [
     "ManifestDataModule",
     "ManifestError",
     "MediaCache",
+    "MediaFiles",
     "Problem",
     "Row",
+    "StoreDataset",
     "check_folder",
     "load_audio",
     "load_image",

@@ -1,21 +1,26 @@
-"""The validation pass: read every row and decode every file once, and report every problem with file and line.
+"""The validation pass: read every row and check every file once, and report every problem with file and line.
 
 :func:`check_folder` is what ``mmgpt-data check DIR`` runs and what
-:class:`~mmgpt.datamodules.manifest.ManifestDataModule`
-runs before training; its decoded tensors are what the datamodule trains on, so checking costs no extra decoding.
+:class:`~mmgpt.datamodules.manifest.ManifestDataModule` runs before training; with ``check=full`` the decoded
+arrays go to the media store the datamodule trains from, so checking costs no extra decoding.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch import Tensor
-
-from mmgpt.datamodules.decode import DecodeError
-from mmgpt.datamodules.manifest.records import MEDIA_KEYS, SPLITS, Problem, Row, read_index, resolve_media
-from mmgpt.datamodules.store import MediaCache
+from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles
+from mmgpt.datamodules.manifest.records import (
+    MEDIA_KEYS,
+    SPLITS,
+    Problem,
+    Row,
+    read_index,
+    resolve_media,
+)
 
 
 class ManifestError(ValueError):
@@ -26,13 +31,21 @@ class ManifestError(ValueError):
         super().__init__(report.format(limit=None) + (f"\n{note}" if note else ""))
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
-    """A row whose media decoded: what the dataset hands to the collate function."""
+    """A usable row (its decoded media are in the media store; the paths are resolved when asked, so a large
+    folder holds no second copy of them)."""
 
     row: Row
-    image: Tensor | None  # (3, H, W) uint8
-    audio: Tensor | None  # (S,) float32
+    root: str  # the folder (one string shared by every sample)
+
+    @property
+    def image(self) -> str | None:
+        return None if self.row.image is None else os.path.normpath(os.path.join(self.root, self.row.image))
+
+    @property
+    def audio(self) -> str | None:
+        return None if self.row.audio is None else os.path.normpath(os.path.join(self.root, self.row.audio))
 
 
 @dataclass
@@ -45,7 +58,7 @@ class CheckReport:
         samples: split -> the usable samples, in file order.
         problems: every problem, in file and line order.
         rows_read: split -> rows read from its file (including bad ones that parsed as a row).
-        decoded: media files decoded by this pass (0 when every file came from the cache).
+        decoded: media files decoded by this pass (0 when every file came from the store).
         warnings: things that do not stop training but deserve a look (samples shared by train and val/test).
     """
 
@@ -92,52 +105,66 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_folder(root: str | Path, cache: MediaCache, allow_outside_root: bool = False) -> CheckReport:
-    """Read every split file, decode every referenced file (through ``cache``) and collect every problem.
+def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool = False, check: str = "full",
+                 progress: Callable[[int, int], None] | None = None, chunk: int = 512) -> CheckReport:
+    """Read every split file, check every referenced file (through ``media``) and collect every problem.
 
-    Never raises for bad data: everything wrong is a :class:`Problem` in the report.
+    Rows are checked ``chunk`` at a time and decoded media go to the store, never into the report, so memory does
+    not grow with the folder. ``check``: ``full`` decodes every file the store does not hold yet, ``headers``
+    reads each such file's header only, ``off`` trusts the files (problems then show up in training).
+    ``progress(done, total)`` is called after each chunk. Never raises for bad data: everything wrong is a
+    :class:`Problem` in the report.
     """
+    if check not in CHECKS:
+        raise ValueError(f"check={check!r}: expected one of {CHECKS}")
     root = Path(root)
     index = read_index(root)
     report = CheckReport(root=root, class_names=index.class_names, problems=list(index.problems),
                          warnings=list(index.warnings))
-    # Resolve media paths; a refused path is a problem of its row.
-    wanted: dict[str, dict[int, dict[str, Path]]] = {}
+    total = 0 if check == "off" else sum(getattr(r, k) is not None for rows in index.rows.values() for r in rows
+                                         for k in MEDIA_KEYS)
+    done, decoded_before = 0, media.decoded
+    root_str = os.path.normpath(os.path.abspath(root))  # what resolve_media joins paths to
     for split, rows in index.rows.items():
         report.rows_read[split] = len(rows)
-        for i, row in enumerate(rows):
-            for key in MEDIA_KEYS:
-                rel = getattr(row, key)
-                if rel is None:
-                    continue
-                try:
-                    wanted.setdefault(split, {}).setdefault(i, {})[key] = resolve_media(root, rel, allow_outside_root)
-                except ValueError as e:
-                    report.problems.append(Problem(row.file, row.line, f"{key}: {e}"))
-    decoded = {
-        key: cache.get_many(key, [p for per_split in wanted.values() for m in per_split.values()
-                                  for k, p in m.items() if k == key])
-        for key in MEDIA_KEYS
-    }
-    report.decoded = cache.decoded
-    bad_lines = Counter((p.file, p.line) for p in report.problems)
-    for split, rows in index.rows.items():
         kept: list[Sample] = []
-        for i, row in enumerate(rows):
-            media: dict[str, Tensor | None] = {"image": None, "audio": None}
-            ok = (row.file, row.line) not in bad_lines
-            for key, path in wanted.get(split, {}).get(i, {}).items():
-                value = decoded[key][path]
-                if isinstance(value, DecodeError):
-                    report.problems.append(Problem(row.file, row.line, f"{key} {getattr(row, key)!r}: {value}"))
-                    ok = False
-                else:
-                    media[key] = value
-            if ok:
-                kept.append(Sample(row, media["image"], media["audio"]))
+        for start in range(0, len(rows), chunk):
+            resolved: list[dict[str, str]] = []
+            bad: set[int] = set()
+            for j, row in enumerate(rows[start : start + chunk]):
+                paths = {}
+                for key in MEDIA_KEYS:
+                    rel = getattr(row, key)
+                    if rel is None:
+                        continue
+                    try:
+                        paths[key] = str(resolve_media(root, rel, allow_outside_root))
+                    except ValueError as e:  # a refused path is a problem of its row
+                        report.problems.append(Problem(row.file, row.line, f"{key}: {e}"))
+                        bad.add(j)
+                resolved.append(paths)
+            status: dict[str, dict[str, str | None]] = {}
+            if check != "off":
+                for key in MEDIA_KEYS:
+                    status[key] = media.check_many(key, [p[key] for p in resolved if key in p], check)
+                    done += len([p for p in resolved if key in p])
+                if progress is not None:
+                    progress(done, total)
+            for j, (row, paths) in enumerate(zip(rows[start : start + chunk], resolved)):
+                ok = j not in bad
+                for key, path in paths.items():
+                    error = status[key][path] if status else None
+                    if error is not None:
+                        report.problems.append(Problem(row.file, row.line, f"{key} {getattr(row, key)!r}: {error}"))
+                        ok = False
+                if ok:
+                    kept.append(Sample(row, root_str))
         report.samples[split] = kept
         already = any(p.fatal and p.file == index.files.get(split) for p in report.problems)
         if not kept and not already:
             report.problems.append(Problem(index.files[split], None, "no usable rows", True))
+    if check == "full":
+        media.flush(refresh=False)  # commit: every process (and the next run) reads it from the store
+    report.decoded = media.decoded - decoded_before
     report.problems.sort(key=lambda p: (p.file, p.line or 0))
     return report

@@ -1,37 +1,121 @@
 """``data=manifest data.root=DIR``: train on a folder of the user's own images, recordings and texts.
 
 The folder format is documented in :mod:`mmgpt.datamodules.manifest.records`. Before training, every row is read and
-every file decoded once (:func:`~mmgpt.datamodules.manifest.check.check_folder`); the decoded tensors stay in memory
-(and in an on-disk cache when ``cache_dir`` is set), so no epoch decodes anything.
+every file checked once (:func:`~mmgpt.datamodules.manifest.check.check_folder`; ``check=full`` decodes it into the
+on-disk media store under ``cache_dir``), and the datasets read each sample from the store on demand: no epoch
+decodes anything, and memory does not grow with the folder (the store's pages are shared by every process).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import time
-from functools import cached_property, partial
+from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset
 
-from mmgpt.datamodules.base import MultimodalDataModule, ProcessedDataset, shared_options
-from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.datamodules.base import MultimodalDataModule, ProcessedDataset, process, shared_options
+from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError
 from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
+from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles, Progress
 from mmgpt.datamodules.manifest.records import ManifestIndex, read_index
-from mmgpt.datamodules.processors import audio_samples
-from mmgpt.datamodules.store import DecodeSettings, MediaCache
+from mmgpt.datamodules.processors import Processor, audio_samples
+from mmgpt.datamodules.store import DecodeSettings
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
 
 
-def sample_fields(s: Sample, class_index: dict[str, int]) -> dict[str, Any]:
-    """A checked sample's stored values: the row's text, the decoded (3, H, W) uint8 image and (S,) waveform."""
-    return {"id": s.row.id, "label": class_index[s.row.label], "caption": s.row.caption, "text": s.row.text,
-            "image": s.image, "audio": s.audio}
+class FailureLog:
+    """Files that failed to decode while loading, as lines appended to one file, so loader workers' failures
+    are counted in the training process too (each line is one small ``O_APPEND`` write)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+
+    def add(self, message: str) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, (message.replace("\n", " ") + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[str]:
+        return self.path.read_text().splitlines() if self.path.is_file() else []
+
+
+class StoreDataset(ProcessedDataset):
+    """Samples read from the media store on demand, each modality's stored value through its processor.
+
+    A sample checked in full is read by its store entry (``refs``); otherwise by path, decoding (and storing) a
+    file the store lacks. A file that fails to decode here (``data.check`` other than ``full``) raises under
+    ``on_error=raise``; under ``skip`` it is logged, counted in ``failures`` and the sample is None (left out of
+    its batch by :class:`DropFailed`).
+
+    Args:
+        samples: the usable rows.
+        class_index: class name -> label index.
+        media: the media store reader.
+        processors: modality name -> processor.
+        train: apply training-time augmentation.
+        on_error: ``raise`` or ``skip``.
+        failures: where skipped files are recorded.
+        refs: (N, 2) store entries of (image, audio) found by a full check; -1: look up by path.
+    """
+
+    def __init__(self, samples: list[Sample], class_index: dict[str, int], media: MediaFiles,
+                 processors: Mapping[str, Processor], *, train: bool, on_error: str = "raise",
+                 failures: FailureLog | None = None, refs: np.ndarray | None = None) -> None:
+        super().__init__(samples, dict, processors, train)
+        self.samples, self.class_index, self.media = samples, class_index, media
+        self.on_error, self.failures, self.refs = on_error, failures, refs
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:  # type: ignore[override]
+        s = self.samples[i]
+        media: dict[str, Any] = {"image": None, "audio": None}
+        for j, key in enumerate(media):
+            if self.refs is not None and self.refs[i, j] >= 0:
+                media[key] = self.media.read_entry(int(self.refs[i, j]))
+                continue
+            path = getattr(s, key)
+            if path is None:
+                continue
+            try:
+                media[key] = self.media.get(key, path)
+            except DecodeError as e:
+                message = f"{s.row.where}: {key} {getattr(s.row, key)!r}: {e}"
+                if self.on_error == "raise":
+                    raise DecodeError(f"{message} (data.on_error=skip trains without it)") from None
+                log.warning("skipping a sample that failed to load: %s", message)
+                if self.failures is not None:
+                    self.failures.add(message)
+                return None
+        fields = {"id": s.row.id, "label": self.class_index[s.row.label], "caption": s.row.caption,
+                  "text": s.row.text, **media}
+        return process(fields, self.processors, train=self.train)
+
+
+class DropFailed:
+    """Wraps a collate function: samples that failed to load (None) are left out of their batch."""
+
+    def __init__(self, collate_fn: Callable[[Sequence[dict[str, Any]]], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, samples: Sequence[dict[str, Any] | None]) -> Any:
+        kept = [s for s in samples if s is not None]
+        if not kept:
+            raise DecodeError(f"all {len(samples)} samples of a batch failed to load (see the warnings above)")
+        return self.collate_fn(kept)
 
 
 class ManifestDataModule(MultimodalDataModule):
@@ -53,8 +137,15 @@ class ManifestDataModule(MultimodalDataModule):
         on_error: ``raise`` stops with the full problem report; ``skip`` trains without the bad rows and logs
             how many were skipped and which.
         allow_outside_root: accept media paths that are absolute or lead outside ``root``.
-        cache_dir: on-disk cache of decoded media (keyed by file and decoding settings); None: memory only.
+        cache_dir: the media store (decoded media on disk, keyed by file and decoding settings) lives in
+            ``cache_dir/media-store``, shared by every run, rank and worker; None: a temporary store for this run.
         decode_threads: threads decoding files in the validation pass.
+        check: what the validation pass does with each media file: ``full`` decodes it into the store (every
+            problem is known before training), ``headers`` reads only its header (image size and mode, audio rate,
+            channels and frames; files are decoded into the store as training first reads them), ``off`` trusts
+            the files (a file that fails to decode in training is an error, or under ``on_error=skip`` is
+            logged, counted and skipped).
+        memory_cache_mb: per-process LRU of decoded samples, in MiB (0: none; the OS page cache holds the store).
         report_dir: where ``data_report.json`` (the problems found and rows skipped) is written; None: nowhere.
         num_train: use only the first ``num_train`` usable training samples (None: all); for quick runs
             (``experiment=smoke`` sets it). Every row is still checked.
@@ -81,6 +172,8 @@ class ManifestDataModule(MultimodalDataModule):
         allow_outside_root: bool = False,
         cache_dir: str | None = None,
         decode_threads: int = 4,
+        check: str = "full",
+        memory_cache_mb: float = 0,
         report_dir: str | None = None,
         num_train: int | None = None,
         num_val: int | None = None,
@@ -92,12 +185,19 @@ class ManifestDataModule(MultimodalDataModule):
         super().__init__(**shared_options(locals()))
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
+        if check not in CHECKS:
+            raise ValueError(f"data.check={check!r}: expected one of {CHECKS}")
+        if memory_cache_mb < 0:
+            raise ValueError(f"data.memory_cache_mb={memory_cache_mb}: expected >= 0")
         self.save_hyperparameters()
         self.root = Path(root).expanduser().absolute()
         self.settings = DecodeSettings(image_size, sample_rate, audio_samples(max_audio_seconds, sample_rate),
                                        max_image_pixels)
         self.report: CheckReport | None = None
         self.splits: dict[str, ProcessedDataset] = {}
+        self.media: MediaFiles | None = None
+        self.failures: FailureLog | None = None
+        self.collate, self.train_collate = DropFailed(self.collate), DropFailed(self.train_collate)
 
     @cached_property
     def index(self) -> ManifestIndex:
@@ -118,7 +218,7 @@ class ManifestDataModule(MultimodalDataModule):
         return len(self.class_names)
 
     def check(self) -> CheckReport:
-        """Run the validation pass (decoding every file once) and apply the ``on_error`` policy.
+        """Run the validation pass (``check``: decoding every file into the store once) and apply ``on_error``.
 
         Raises:
             ManifestError: with every problem, when there are problems and ``on_error`` is ``raise``, or when a
@@ -126,13 +226,15 @@ class ManifestDataModule(MultimodalDataModule):
         """
         hp = self.hparams
         t0 = time.perf_counter()
-        cache = MediaCache(self.settings, hp.cache_dir, key=str(self.root), threads=hp.decode_threads)
-        report = check_folder(self.root, cache, hp.allow_outside_root)
-        if cache.decoded:
-            cache.save()
-        log.info("checked %s in %.1fs: %s samples, %d files decoded (%d from cache)", self.root,
-                 time.perf_counter() - t0, {k: len(v) for k, v in report.samples.items()}, cache.decoded,
-                 len(cache.entries) - cache.decoded)
+        store = None if hp.cache_dir is None else Path(hp.cache_dir) / "media-store"
+        self.media = MediaFiles(self.settings, store, threads=hp.decode_threads, memory_cache_mb=hp.memory_cache_mb)
+        progress = Progress(f"data.check={hp.check} {self.root.name}")
+        report = check_folder(self.root, self.media, hp.allow_outside_root, check=hp.check, progress=progress)
+        progress.close()
+        self.media.store.refresh()  # what this pass (and any other process) committed, for the datasets
+        log.info("checked %s (data.check=%s) in %.1fs: %s samples, %d files decoded, %d entries in the store %s",
+                 self.root, hp.check, time.perf_counter() - t0, {k: len(v) for k, v in report.samples.items()},
+                 report.decoded, len(self.media.store), self.media.store.root)
         self._write_report(report)
         for warning in report.warnings:
             log.warning("%s: %s", self.root, warning)
@@ -169,14 +271,40 @@ class ManifestDataModule(MultimodalDataModule):
         self.report = self.check()
         if self.report.class_names != self.index.class_names:  # the folder changed since the model was sized
             raise ManifestError(self.report, f"class list changed while loading: {self.index.class_names}")
+        self.__dict__.pop("index", None)  # its rows duplicate the report's; class_names now come from the report
         class_index = {c: i for i, c in enumerate(self.report.class_names)}
+        report_dir = self.hparams.report_dir
+        if report_dir is None:
+            fd, failures = tempfile.mkstemp(prefix="mmgpt-decode-failures-", suffix=".txt")
+            os.close(fd)
+        else:
+            failures = str(Path(report_dir) / "decode_failures.txt")
+        self.failures = FailureLog(failures)
+        assert self.media is not None
         for split, samples in self.report.samples.items():
             limit = self.limits[split]
             if limit is not None and limit < len(samples):
                 log.info("using the first %d of %d %s samples (data.num_%s)", limit, len(samples), split, split)
                 samples = samples[:limit]
-            self.splits[split] = ProcessedDataset(samples, partial(sample_fields, class_index=class_index),
-                                                  self.processors, train=split == "train")
+            refs = None
+            if self.hparams.check == "full":  # every file was checked into the store: read by entry, no lookups
+                refs = np.array([[self.media.entry(k, p) if (p := getattr(s, k)) else -1 for k in ("image", "audio")]
+                                 for s in samples], dtype=np.int64).reshape(-1, 2)
+            self.splits[split] = StoreDataset(samples, class_index, self.media, self.processors,
+                                              train=split == "train", on_error=self.hparams.on_error,
+                                              failures=self.failures, refs=refs)
+
+    @property
+    def decode_failures(self) -> list[str]:
+        """``file:line: what`` of every file that failed to load while training (under ``on_error=skip``),
+        in any process (loader workers included)."""
+        return self.failures.read() if self.failures is not None else []
+
+    def teardown(self, stage: str | None = None) -> None:
+        failed = self.decode_failures
+        if failed:
+            log.warning("data.on_error=skip: %d sample(s) skipped because a file failed to load while running:\n%s",
+                        len(failed), "\n".join(f"  {f}" for f in failed))
 
     def has_split(self, split: str) -> bool:
         """Whether the folder has ``split``'s file (``test`` is optional); read from the file names, no decoding."""

@@ -3,7 +3,8 @@
 A manifest folder ``DIR`` holds ``train`` and ``val`` (optionally ``test``) split files, each either
 ``<split>.jsonl`` (one JSON object per line) or ``<split>.csv`` (a header row, then one sample per row), and
 optionally ``labels.txt`` (one class name per line). A row has the keys of :data:`ROW_KEYS`; media paths are
-relative to ``DIR``. Nothing here decodes media: see :mod:`mmgpt.datamodules.manifest.decode` for that.
+relative to ``DIR``. Nothing here decodes media: see :mod:`mmgpt.datamodules.decode` and
+:mod:`mmgpt.datamodules.manifest.media` for that.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-@dataclass
+@dataclass(slots=True)  # no per-row __dict__: a large folder holds one Row per sample
 class Row:
     """One sample as written in a split file, with its location for error reports.
 
@@ -133,29 +135,34 @@ def _split_file(root: Path, split: str, index: ManifestIndex) -> Path | None:
     return found[0]
 
 
-def _read_lines(path: Path, index: ManifestIndex) -> list[tuple[int, str]] | None:
-    """(line number, text) of every non-blank line; undecodable UTF-8 lines are reported and left out."""
+def _iter_lines(path: Path, index: ManifestIndex) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every non-blank line, read one at a time (a split file of a large folder is never
+    held whole); undecodable UTF-8 lines are reported and left out."""
     try:
-        data = path.read_bytes()
+        f = open(path, "rb")  # noqa: SIM115 (closed below; opening fails before any line is yielded)
     except OSError as e:
         index.problems.append(Problem(path.name, None, f"cannot read: {e}", True))
-        return None
-    out = []
-    for n, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            index.problems.append(Problem(path.name, n, f"not valid UTF-8 ({e.reason} at byte {e.start})"))
-            continue
-        if text.strip():
-            out.append((n, text.rstrip("\r")))
-    return out
+        return
+    with f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                text = raw.rstrip(b"\n").decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                index.problems.append(Problem(path.name, n, f"not valid UTF-8 ({e.reason} at byte {e.start})"))
+                continue
+            if text.strip():
+                yield n, text.rstrip("\r")
 
 
-def _parse_jsonl(path: Path, index: ManifestIndex) -> list[tuple[int, dict[str, Any]]]:
-    lines = _read_lines(path, index)
-    out = []
-    for n, text in lines or []:
+def _read_lines(path: Path, index: ManifestIndex) -> list[tuple[int, str]] | None:
+    """All of :func:`_iter_lines`, or None when the file cannot be read."""
+    before = len(index.problems)
+    lines = list(_iter_lines(path, index))
+    return None if any(p.line is None and p.file == path.name for p in index.problems[before:]) else lines
+
+
+def _parse_jsonl(path: Path, index: ManifestIndex) -> Iterator[tuple[int, dict[str, Any]]]:
+    for n, text in _iter_lines(path, index):
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
@@ -164,8 +171,7 @@ def _parse_jsonl(path: Path, index: ManifestIndex) -> list[tuple[int, dict[str, 
         if not isinstance(obj, dict):
             index.problems.append(Problem(path.name, n, f"expected a JSON object, got {type(obj).__name__}"))
             continue
-        out.append((n, obj))
-    return out
+        yield n, obj
 
 
 def _parse_csv(path: Path, index: ManifestIndex) -> list[tuple[int, dict[str, Any]]]:
@@ -282,9 +288,13 @@ def read_index(root: str | Path) -> ManifestIndex:
             continue
         index.files[split] = path.name
         parsed = _parse_jsonl(path, index) if path.suffix == ".jsonl" else _parse_csv(path, index)
-        if not parsed and not any(p.file == path.name for p in index.problems):
+        rows, n_parsed = [], 0
+        for n, obj in parsed:  # one row at a time: the parsed objects of a large split never all exist at once
+            n_parsed += 1
+            if (r := _row(split, path.name, n, obj, index)) is not None:
+                rows.append(r)
+        if not n_parsed and not any(p.file == path.name for p in index.problems):
             index.problems.append(Problem(path.name, None, "empty split: no rows", True))
-        rows = [r for n, obj in parsed if (r := _row(split, path.name, n, obj, index)) is not None]
         index.rows[split] = _unique_ids(rows, index)
     index.class_names = _class_list(root, index.rows.get("train", []), index)
     classes = set(index.class_names)

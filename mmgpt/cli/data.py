@@ -1,8 +1,10 @@
 """``mmgpt-data``: tools for manifest folders (``data=manifest``).
 
-``mmgpt-data check DIR`` reads every row and decodes every file once, and prints every problem with its file and
-line; it exits with status 1 when there is any. ``mmgpt-data export-synthetic OUT`` writes the embedded synthetic
-set out as a manifest folder (PNG + WAV + JSON Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
+``mmgpt-data check DIR`` reads every row and decodes every file once (``--check headers``: reads only each file's
+header), and prints every problem with its file and line; it exits with status 1 when there is any. With
+``--cache-dir`` the decoded media go to the media store training reads (``data.cache_dir``).
+``mmgpt-data export-synthetic OUT`` writes the embedded synthetic set out as a manifest folder (PNG + WAV + JSON
+Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
 WebDataset tar shards for streaming (``data=shards data.root=OUT``).
 """
 
@@ -18,16 +20,19 @@ from pathlib import Path
 # The datamodules are imported inside the commands: this entry point sits at the edge, and importing mmgpt
 # never pulls in datamodules.
 def _check(args: argparse.Namespace) -> int:
-    from mmgpt.datamodules.manifest import DecodeSettings, MediaCache, check_folder
+    from mmgpt.datamodules.manifest import DecodeSettings, MediaFiles, check_folder
+    from mmgpt.datamodules.manifest.media import Progress
     from mmgpt.datamodules.processors import audio_samples
 
     max_samples = audio_samples(args.max_audio_seconds, args.sample_rate)
     settings = DecodeSettings(args.image_size, args.sample_rate, max_samples,
                               args.max_image_pixels if args.max_image_pixels > 0 else None)
-    cache = MediaCache(settings, args.cache_dir, key=str(args.root.resolve()), threads=args.threads)
-    report = check_folder(args.root, cache, allow_outside_root=args.allow_outside_root)
-    if cache.decoded:
-        cache.save()
+    store = None if args.cache_dir is None else Path(args.cache_dir) / "media-store"
+    media = MediaFiles(settings, store, threads=args.threads, keep=store is not None)  # no store: decode and drop
+    progress = Progress(f"checking ({args.check})")  # a bar with the time left, on a terminal's stderr
+    report = check_folder(args.root, media, allow_outside_root=args.allow_outside_root, check=args.check,
+                          progress=progress)
+    progress.close()
     print(report.format(limit=args.limit))
     return 0 if report.ok else 1
 
@@ -67,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--max-image-pixels", type=int, default=89_478_485,
                        help="refuse larger images (data.max_image_pixels; 0: no limit)")
     check.add_argument("--allow-outside-root", action="store_true", help="accept absolute paths and paths outside root")
-    check.add_argument("--cache-dir", default=None, help="reuse/fill an on-disk cache of decoded media")
+    check.add_argument("--cache-dir", default=None,
+                       help="reuse/fill the media store in CACHE_DIR/media-store (data.cache_dir of training)")
+    check.add_argument("--check", choices=("full", "headers"), default="full",
+                       help="full: decode every file; headers: read only each file's header (large folders)")
     check.add_argument("--threads", type=int, default=4, help="decoding threads")
     check.add_argument("--limit", type=int, default=None, help="print at most this many problems (default: all)")
     check.set_defaults(func=_check)

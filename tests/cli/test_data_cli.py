@@ -34,7 +34,11 @@ def test_check_passes_a_good_folder(make_folder: FolderFactory, capsys: pytest.C
     assert main(["check", str(root), "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
     assert "result: OK" in out and "classes (2): cat, dog" in out
-    assert len(list((tmp_path / "cache").glob("media-*.pt"))) == 1
+    assert len(list((tmp_path / "cache/media-store").glob("seg-*.idx.npz"))) == 1  # one segment, committed
+    assert main(["check", str(root), "--cache-dir", str(tmp_path / "cache")]) == 0  # warm: nothing new to commit
+    assert len(list((tmp_path / "cache/media-store").glob("seg-*.idx.npz"))) == 1
+    assert main(["check", str(root), "--check", "headers"]) == 0
+    assert capsys.readouterr().out.count("result: OK") == 2
 
 
 def test_export_synthetic_writes_a_folder_that_loads_as_the_synthetic_set(tmp_path: Path,

@@ -14,7 +14,7 @@ from mmgpt.datamodules.manifest import (
     DecodeSettings,
     ManifestDataModule,
     ManifestError,
-    MediaCache,
+    MediaFiles,
     check_folder,
     read_index,
 )
@@ -136,7 +136,7 @@ def bad_folder(make_folder: FolderFactory) -> Path:
 
 def test_check_reports_every_problem_with_file_and_line(make_folder: FolderFactory) -> None:
     root = bad_folder(make_folder)
-    report = check_folder(root, MediaCache(DecodeSettings(16, 8000, 8000)))
+    report = check_folder(root, MediaFiles(DecodeSettings(16, 8000, 8000)))
     assert report.bad_rows == [("train.jsonl", 9), ("train.jsonl", 10), ("train.jsonl", 11), ("train.jsonl", 12),
                                ("train.jsonl", 13), ("train.jsonl", 14), ("val.jsonl", 5)]
     text = [str(p) for p in report.problems]
@@ -162,10 +162,10 @@ def test_paths_outside_the_folder_need_an_opt_in(make_folder: FolderFactory, tmp
             {"text": "b", "audio": str(outside), "label": "x"},
             {"text": "c", "audio": "wav/./../wav/mono8k.wav", "label": "x"}]  # stays inside: fine
     root = make_folder(train=rows, val=[{"text": "v", "label": "x"}])
-    refused = check_folder(root, MediaCache(DecodeSettings(16, 8000, 8000)))
+    refused = check_folder(root, MediaFiles(DecodeSettings(16, 8000, 8000)))
     assert refused.bad_rows == [("train.jsonl", 1), ("train.jsonl", 2)] and not refused.fatal
     assert [str(p) for p in refused.problems][1].startswith("train.jsonl:2: audio: absolute path")
-    allowed = check_folder(root, MediaCache(DecodeSettings(16, 8000, 8000)), allow_outside_root=True)
+    allowed = check_folder(root, MediaFiles(DecodeSettings(16, 8000, 8000)), allow_outside_root=True)
     assert allowed.ok and len(allowed.samples["train"]) == 3
 
 

@@ -1,4 +1,4 @@
-"""Decoding real image and audio files, and the decode cache."""
+"""Decoding real image and audio files, checking their headers, and storing them in the media store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from mmgpt.datamodules.manifest import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
+from mmgpt.datamodules.manifest import DecodeError, DecodeSettings, MediaFiles, load_audio, load_image
 from tests.datamodules.conftest import write_png, write_wav
 
 
@@ -67,40 +67,70 @@ def test_empty_and_corrupt_audio_raise(media: Path) -> None:
         load_audio(media / "wav/corrupt.wav", 8000, 8000)
 
 
-def test_cache_decodes_once_and_redecodes_changed_files(media: Path, tmp_path: Path) -> None:
+def test_store_decodes_once_and_redecodes_changed_files(media: Path, tmp_path: Path) -> None:
     settings = DecodeSettings(16, 8000, 8000)
-    paths = [media / "img/red.png", media / "img/gray.jpg", media / "img/corrupt.png", media / "img/nope.png"]
-    first = MediaCache(settings, tmp_path / "cache", key="k")
-    out = first.get_many("image", paths)
+    paths = [str(media / p) for p in ("img/red.png", "img/gray.jpg", "img/corrupt.png", "img/nope.png")]
+    first = MediaFiles(settings, tmp_path / "store")
+    out = first.check_many("image", paths)
     assert first.decoded == 3  # the missing file is not decoded, it is reported
-    assert isinstance(out[paths[2]], DecodeError) and "missing file" in str(out[paths[3]])
-    first.save()
+    assert "cannot decode image" in out[paths[2]] and out[paths[3]] == "missing file"
+    red = first.get("image", paths[0])
+    first.flush()
 
-    second = MediaCache(settings, tmp_path / "cache", key="k")
-    again = second.get_many("image", paths)
-    assert second.decoded == 0
-    assert torch.equal(again[paths[0]], out[paths[0]]) and isinstance(again[paths[2]], DecodeError)
+    second = MediaFiles(settings, tmp_path / "store")
+    again = second.check_many("image", paths)
+    assert second.decoded == 0 and again == out  # errors are remembered too
+    assert torch.equal(second.get("image", paths[0]), red) and second.decoded == 0
 
-    write_png(paths[0], (30, 20), "RGB", (0, 255, 0))
+    write_png(Path(paths[0]), (30, 20), "RGB", (0, 255, 0))
     os.utime(paths[0], ns=(1, 1))  # a different mtime, whatever the clock resolution
-    third = MediaCache(settings, tmp_path / "cache", key="k")
-    changed = third.get_many("image", paths)
-    assert third.decoded == 1 and changed[paths[0]][1].min() == 255
+    third = MediaFiles(settings, tmp_path / "store")
+    third.check_many("image", paths)
+    assert third.decoded == 1 and third.get("image", paths[0])[1].min() == 255
+    third.flush()
+    assert MediaFiles(settings, tmp_path / "store").get("image", paths[0])[1].min() == 255  # the newer entry wins
 
-    other = MediaCache(DecodeSettings(8, 8000, 8000), tmp_path / "cache", key="k")  # other settings, other key
-    other.get_many("image", paths[:1])
+    other = MediaFiles(DecodeSettings(8, 8000, 8000), tmp_path / "store")  # other settings, other fingerprint
+    other.check_many("image", paths[:1])
     assert other.decoded == 1
 
 
-def test_unreadable_cache_file_is_ignored(media: Path, tmp_path: Path) -> None:
-    cache = MediaCache(DecodeSettings(16, 8000, 8000), tmp_path / "c")
-    assert cache.path is not None
-    cache.path.parent.mkdir(parents=True)
-    cache.path.write_bytes(b"not a torch file")
-    fresh = MediaCache(DecodeSettings(16, 8000, 8000), tmp_path / "c")
-    assert fresh.entries == {}
-    fresh.get_many("audio", [media / "wav/mono8k.wav"])
-    assert fresh.decoded == 1
+def test_get_decodes_what_the_store_lacks_and_raises_decode_errors(media: Path) -> None:
+    files = MediaFiles(DecodeSettings(16, 8000, 8000))  # a temporary store
+    wave = files.get("audio", str(media / "wav/mono8k.wav"))
+    assert wave.shape == (4000,) and files.decoded == 1
+    assert torch.equal(files.get("audio", str(media / "wav/mono8k.wav")), wave) and files.decoded == 1
+    with pytest.raises(DecodeError, match="cannot decode audio"):
+        files.get("audio", str(media / "wav/corrupt.wav"))
+    with pytest.raises(DecodeError, match="missing file"):
+        files.get("image", str(media / "img/nope.png"))
+
+
+@pytest.mark.parametrize("kind,name,message", [("image", "img/corrupt.png", "cannot decode image"),
+                                               ("image", "img/empty.png", "cannot decode image"),
+                                               ("audio", "wav/corrupt.wav", "cannot decode audio"),
+                                               ("audio", "wav/empty.wav", "empty audio")])
+def test_headers_check_catches_broken_headers_without_decoding(media: Path, kind: str, name: str, message: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    files = MediaFiles(DecodeSettings(16, 8000, 8000))
+    good = "img/red.png" if kind == "image" else "wav/stereo44k.wav"
+    out = files.check_many(kind, [str(media / name), str(media / good)], mode="headers")
+    assert message in out[str(media / name)] and out[str(media / good)] is None
+    assert files.decoded == 0 and len(files.store) == 0  # nothing decoded, nothing stored
+
+
+def test_headers_check_catches_a_truncated_png_header_and_a_wrong_wav_header(tmp_path: Path) -> None:
+    png = write_png(tmp_path / "a.png", (30, 20))
+    (tmp_path / "cut.png").write_bytes(png.read_bytes()[:20])  # signature + part of IHDR
+    wav = write_wav(tmp_path / "a.wav", 0.5, 8000)
+    data = bytearray(wav.read_bytes())
+    data[20:22] = (0x7777).to_bytes(2, "little")  # fmt chunk: an audio format code libsndfile does not know
+    (tmp_path / "wrong.wav").write_bytes(bytes(data))
+    files = MediaFiles(DecodeSettings(16, 8000, 8000))
+    cut, wrong = str(tmp_path / "cut.png"), str(tmp_path / "wrong.wav")
+    assert "cannot decode image" in files.check_many("image", [cut], mode="headers")[cut]
+    assert "cannot decode audio" in files.check_many("audio", [wrong], mode="headers")[wrong]
+    assert files.check_many("audio", [str(wav)], mode="headers")[str(wav)] is None
 
 
 def test_write_helpers_make_real_files(tmp_path: Path) -> None:

@@ -1,0 +1,144 @@
+"""The manifest datamodule on the media store: data.check=full|headers|off, on-demand reads, failures in training."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmgpt.datamodules.manifest import (
+    DecodeError,
+    DecodeSettings,
+    ManifestDataModule,
+    ManifestError,
+    MediaFiles,
+    check_folder,
+)
+from mmgpt.datamodules.manifest.check import Sample
+from tests.datamodules.conftest import FolderFactory, good_rows, write_png, write_wav
+
+
+def module(root: Path, **kw) -> ManifestDataModule:
+    kw.setdefault("image_size", 16)
+    kw.setdefault("batch_size", 4)
+    return ManifestDataModule(str(root), **kw)
+
+
+def broken_headers(root: Path) -> None:
+    """A PNG cut inside its header and a WAV whose fmt chunk names an unknown audio format."""
+    png = write_png(root / "img/ok.png", (30, 20)).read_bytes()
+    (root / "img/cut.png").write_bytes(png[:20])
+    data = bytearray(write_wav(root / "wav/ok.wav", 0.5, 8000).read_bytes())
+    data[20:22] = (0x7777).to_bytes(2, "little")
+    (root / "wav/wrong.wav").write_bytes(bytes(data))
+
+
+def test_check_headers_reports_broken_headers_without_decoding(make_folder: FolderFactory, tmp_path: Path) -> None:
+    rows = good_rows(8) + [{"id": "cut", "text": "t", "image": "img/cut.png", "label": "cat"},  # line 9
+                           {"id": "wrong", "text": "t", "audio": "wav/wrong.wav", "label": "dog"}]  # line 10
+    root = make_folder(train=rows, val=good_rows(4))
+    broken_headers(root)
+    with pytest.raises(ManifestError) as err:
+        module(root, check="headers", cache_dir=str(tmp_path / "c")).setup("fit")
+    assert "train.jsonl:9: image 'img/cut.png': cannot decode image" in str(err.value)
+    assert "train.jsonl:10: audio 'wav/wrong.wav': cannot decode audio" in str(err.value)
+    dm = module(root, check="headers", on_error="skip", cache_dir=str(tmp_path / "c"))
+    dm.setup("fit")
+    assert dm.report is not None and dm.report.decoded == 0 and len(dm.splits["train"]) == 8
+    full = module(root, cache_dir=str(tmp_path / "c"), on_error="skip")  # full decodes: same verdict
+    full.setup("fit")
+    assert full.report is not None and full.report.bad_rows == dm.report.bad_rows
+
+
+def test_check_headers_then_training_reads_what_full_would(make_folder: FolderFactory, tmp_path: Path) -> None:
+    root = make_folder(train=good_rows(8), val=good_rows(4))
+    lazy = module(root, check="headers", cache_dir=str(tmp_path / "lazy"), batch_size=8)
+    lazy.setup("fit")
+    full = module(root, cache_dir=str(tmp_path / "full"), batch_size=8)
+    full.setup("fit")
+    for _ in range(2):  # the second pass reads what the first decoded
+        a, b = next(iter(lazy.val_dataloader())), next(iter(full.val_dataloader()))
+        assert a.ids == b.ids and torch.equal(a.inputs["audio"], b.inputs["audio"])
+        assert torch.equal(a.inputs["image"], b.inputs["image"])
+    assert lazy.media is not None and lazy.media.decoded > 0  # decoded on demand, by the dataset
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_check_off_with_skip_counts_a_file_that_fails_during_training(make_folder: FolderFactory, tmp_path: Path,
+                                                                      workers: int) -> None:
+    rows = good_rows(8) + [{"id": "corrupt", "text": "t", "image": "img/corrupt.png", "label": "cat"}]  # line 9
+    root = make_folder(train=rows, val=good_rows(4))
+    (root / "img/corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    dm = module(root, check="off", on_error="skip", num_workers=workers, pin_memory=False,
+                report_dir=str(tmp_path / "report"))
+    dm.setup("fit")
+    assert dm.report is not None and dm.report.ok and len(dm.splits["train"]) == 9  # nothing checked up front
+    assert sum(b.batch_size for b in dm.train_dataloader()) == 8  # the failing sample is left out of its batch
+    failures = dm.decode_failures
+    assert len(failures) == 1 and failures[0].startswith("train.jsonl:9: image 'img/corrupt.png': cannot decode image")
+    assert (tmp_path / "report/decode_failures.txt").read_text().count("\n") == 1
+
+
+def test_check_off_with_raise_stops_at_the_failing_file(make_folder: FolderFactory) -> None:
+    rows = good_rows(4) + [{"id": "gone", "text": "t", "image": "img/nope.png", "label": "cat"}]  # line 5
+    root = make_folder(train=rows, val=good_rows(4))
+    dm = module(root, check="off", batch_size=8)
+    dm.setup("fit")
+    with pytest.raises(DecodeError, match=r"train.jsonl:5: image 'img/nope.png': missing file"):
+        next(iter(dm.train_dataloader()))
+
+
+def test_samples_hold_paths_and_the_check_streams_with_progress(make_folder: FolderFactory) -> None:
+    root = make_folder(train=good_rows(10), val=good_rows(4))
+    calls: list[tuple[int, int]] = []
+    report = check_folder(root, MediaFiles(DecodeSettings(16, 8000, 8000)), chunk=3,
+                          progress=lambda done, total: calls.append((done, total)))
+    assert report.ok and all(isinstance(s, Sample) and not isinstance(s.image, torch.Tensor)
+                             for s in report.samples["train"])
+    totals = {t for _, t in calls}
+    assert len(totals) == 1 and calls[-1][0] == calls[-1][1] > 0  # every media reference counted once
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and len(calls) == 4 + 2  # ceil(10/3) + ceil(4/3)
+
+
+def test_bad_check_option_is_refused(make_folder: FolderFactory) -> None:
+    root = make_folder(train=good_rows(2), val=good_rows(2))
+    with pytest.raises(ValueError, match="data.check='fast'"):
+        module(root, check="fast")
+    with pytest.raises(ValueError, match="data.memory_cache_mb=-1"):
+        module(root, memory_cache_mb=-1)
+
+
+def test_a_truncated_store_segment_is_rebuilt_by_the_next_check(make_folder: FolderFactory, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    root = make_folder(train=good_rows(8), val=good_rows(4))
+    module(root, cache_dir=str(tmp_path / "c")).setup("fit")
+    (seg,) = (tmp_path / "c/media-store").glob("seg-*.bin")
+    seg.write_bytes(seg.read_bytes()[: seg.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        again = module(root, cache_dir=str(tmp_path / "c"))
+        again.setup("fit")
+    assert "truncated shard" in caplog.text
+    assert again.report is not None and again.report.ok and again.report.decoded > 0
+    assert sum(b.batch_size for b in again.train_dataloader()) == 8
+
+
+def test_datasets_pickle_for_spawned_workers(make_folder: FolderFactory, tmp_path: Path) -> None:
+    import pickle
+
+    root = make_folder(train=good_rows(4), val=good_rows(2))
+    dm = module(root, cache_dir=str(tmp_path / "c"))
+    dm.setup("fit")
+    copy = pickle.loads(pickle.dumps(dm.splits["train"]))
+    a, b = dm.splits["train"][1], copy[1]
+    assert a is not None and b is not None and a["id"] == b["id"] and torch.equal(a["audio"], b["audio"])
+
+
+def test_a_check_that_keeps_nothing_decodes_every_file_and_stores_none(make_folder: FolderFactory) -> None:
+    root = make_folder(train=good_rows(6) + [{"id": "bad", "text": "t", "image": "img/corrupt.png", "label": "cat"}],
+                       val=good_rows(2))
+    (root / "img/corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    media = MediaFiles(DecodeSettings(16, 8000, 8000), keep=False)
+    report = check_folder(root, media)
+    assert report.bad_rows == [("train.jsonl", 7)] and report.decoded > 0 and len(media.store) == 0

@@ -1,0 +1,204 @@
+"""The memory-mapped media store: entries by source identity and fingerprint, concurrent writers, damage repair."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmgpt.datamodules.disk_store import DiskStore as MediaStore
+from mmgpt.datamodules.disk_store import SourceId
+
+
+def sources(tmp_path: Path, n: int) -> list[SourceId]:
+    out = []
+    for i in range(n):
+        p = tmp_path / "src" / f"{i}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(bytes([i % 256]) * (i + 1))
+        src = SourceId.of(p)
+        assert src is not None
+        out.append(src)
+    return out
+
+
+def value(i: int) -> np.ndarray:
+    return (np.arange(3 * 5 * (i % 7 + 1), dtype=np.float32) + i).reshape(3, 5, -1)
+
+
+def fill(root: str, srcs: list[SourceId], order: list[int]) -> None:
+    store = MediaStore(root, segment_bytes=4096)  # tiny segments: many commits while the other process writes
+    for i in order:
+        store.put("media", "fp", srcs[i], value(i) if i % 5 else f"error {i}")
+    store.flush()
+
+
+def test_put_flush_and_read_back_in_another_store_object(tmp_path: Path) -> None:
+    srcs = sources(tmp_path, 20)
+    fill(str(tmp_path / "s"), srcs, list(range(20)))
+    store = MediaStore(tmp_path / "s")
+    assert len(store) == 20
+    for i, src in enumerate(srcs):
+        hit = store.lookup("media", "fp", src)
+        assert hit is not None
+        if i % 5:
+            got = store.read(hit)
+            assert got.dtype == np.float32 and np.array_equal(got, value(i))
+        else:
+            assert hit.error == f"error {i}"
+    assert store.lookup("media", "other-fp", srcs[1]) is None  # another preprocessing: another key
+    assert store.lookup("features", "fp", srcs[1]) is None
+
+
+def test_uncommitted_entries_are_visible_to_their_own_process_only(tmp_path: Path) -> None:
+    srcs = sources(tmp_path, 2)
+    writer = MediaStore(tmp_path / "s")
+    writer.put("media", "fp", srcs[0], value(0))
+    hit = writer.lookup("media", "fp", srcs[0])
+    assert hit is not None and np.array_equal(writer.read(hit), value(0))
+    assert MediaStore(tmp_path / "s").lookup("media", "fp", srcs[0]) is None
+    writer.flush()
+    assert MediaStore(tmp_path / "s").lookup("media", "fp", srcs[0]) is not None
+
+
+def test_two_processes_filling_one_store_at_once_leave_a_valid_store(tmp_path: Path) -> None:
+    srcs = sources(tmp_path, 300)
+    ctx = mp.get_context("fork")
+    # Both write every key (in opposite orders), as two DDP ranks checking the same folder do.
+    procs = [ctx.Process(target=fill, args=(str(tmp_path / "s"), srcs, order))
+             for order in (list(range(300)), list(range(299, -1, -1)))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    store = MediaStore(tmp_path / "s")
+    assert len(store) == 300
+    assert not list((tmp_path / "s").glob("tmp-*"))  # every writer committed
+    assert len(list((tmp_path / "s").glob("seg-*.bin"))) > 2  # several segments from each writer
+    for i, src in enumerate(srcs):
+        hit = store.lookup("media", "fp", src)
+        assert hit is not None
+        if i % 5:
+            assert np.array_equal(store.read(hit), value(i))
+        else:
+            assert hit.error == f"error {i}"
+
+
+def test_a_changed_source_file_misses_and_its_new_entry_wins(tmp_path: Path) -> None:
+    srcs = sources(tmp_path, 1)
+    store = MediaStore(tmp_path / "s")
+    store.put("media", "fp", srcs[0], value(1))
+    store.flush()
+    path = Path(srcs[0].path)
+    path.write_bytes(b"changed")
+    os.utime(path, ns=(1, 1))
+    changed = SourceId.of(path)
+    assert changed is not None and store.lookup("media", "fp", changed) is None  # stale: decode again
+    store.put("media", "fp", changed, value(2))
+    store.flush()
+    fresh = MediaStore(tmp_path / "s")
+    hit = fresh.lookup("media", "fp", changed)
+    assert hit is not None and np.array_equal(fresh.read(hit), value(2)) and len(fresh) == 1
+    assert fresh.lookup("media", "fp", srcs[0]) is None
+
+
+@pytest.mark.parametrize("damage", ["truncated shard", "truncated index", "missing shard"])
+def test_a_damaged_segment_is_detected_dropped_and_rebuilt_with_a_warning(tmp_path: Path, damage: str,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    srcs = sources(tmp_path, 10)
+    fill(str(tmp_path / "s"), srcs[:5], list(range(5)))
+    fill(str(tmp_path / "s"), srcs, list(range(5, 10)))  # a second segment, left intact
+    first = min((tmp_path / "s").glob("seg-*.bin"))
+    index = first.with_name(first.name[: -len(".bin")] + ".idx.npz")
+    if damage == "truncated shard":
+        first.write_bytes(first.read_bytes()[:100])
+    elif damage == "truncated index":
+        index.write_bytes(index.read_bytes()[:50])
+    else:
+        first.unlink()
+    with caplog.at_level(logging.WARNING):
+        store = MediaStore(tmp_path / "s")
+    assert "is damaged" in caplog.text and first.stem in caplog.text
+    assert not first.exists() and not index.exists()  # dropped, so a later pass rebuilds it
+    assert [store.lookup("media", "fp", s) is not None for s in srcs] == [False] * 5 + [True] * 5
+    fill(str(tmp_path / "s"), srcs, list(range(5)))  # what a check pass does with the misses
+    store = MediaStore(tmp_path / "s")
+    for i in range(1, 5):
+        hit = store.lookup("media", "fp", srcs[i])
+        assert hit is not None and np.array_equal(store.read(hit), value(i))
+
+
+def test_the_index_loads_without_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    srcs = sources(tmp_path, 3)
+    fill(str(tmp_path / "s"), srcs, [1, 2])
+    loads = []
+    real = np.load
+
+    def spy(*args, **kwargs):
+        loads.append(kwargs.get("allow_pickle"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", spy)
+    assert len(MediaStore(tmp_path / "s")) == 2
+    assert loads == [False]
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_reads_and_memory_lru_stay_within_its_budget(tmp_path: Path, mmap: bool) -> None:
+    srcs = sources(tmp_path, 40)
+    store = MediaStore(tmp_path / "s", memory_cache_mb=0.002, mmap=mmap)  # about 2 KB: a few arrays
+    for i, src in enumerate(srcs):
+        store.put("media", "fp", src, value(i + 1))
+    store.flush()
+    for _ in range(2):
+        for i, src in enumerate(srcs):
+            hit = store.lookup("media", "fp", src)
+            assert hit is not None and np.array_equal(store.read(hit), value(i + 1))
+            assert store._lru_bytes <= store.lru_budget
+    assert 0 < len(store._lru) < 40
+
+
+def test_a_forked_child_writes_its_own_segment(tmp_path: Path) -> None:
+    srcs = sources(tmp_path, 2)
+    store = MediaStore(tmp_path / "s")
+    store.put("media", "fp", srcs[0], value(3))  # open segment in the parent
+
+    def child() -> None:
+        store.put("media", "fp", srcs[1], value(4))
+        store.flush()
+
+    p = mp.get_context("fork").Process(target=child)
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    store.flush()
+    fresh = MediaStore(tmp_path / "s")
+    for i, src in enumerate(srcs):
+        hit = fresh.lookup("media", "fp", src)
+        assert hit is not None and np.array_equal(fresh.read(hit), value(3 + i))
+
+
+def test_the_store_interface_get_put_flush_by_store_key(tmp_path: Path) -> None:
+    import torch
+
+    from mmgpt.datamodules.decode import DecodeError
+    from mmgpt.datamodules.disk_store import KeyedDiskStore
+    from mmgpt.datamodules.store import StoreKey, file_stat
+
+    (src,) = sources(tmp_path, 1)
+    stat = file_stat(Path(src.path))
+    keyed = KeyedDiskStore(MediaStore(tmp_path / "s"))
+    key = StoreKey(src.path, stat, "fp")
+    assert keyed.get(key) is None
+    keyed.put(key, torch.arange(6, dtype=torch.uint8).reshape(2, 3))
+    keyed.put(StoreKey(src.path, stat, "fp2"), DecodeError("broken"))
+    keyed.flush()
+    again = KeyedDiskStore(MediaStore(tmp_path / "s"))
+    assert torch.equal(again.get(key), torch.arange(6, dtype=torch.uint8).reshape(2, 3))
+    assert str(again.get(StoreKey(src.path, stat, "fp2"))) == "broken"
+    assert again.get(StoreKey(src.path, (1, 2), "fp")) is None  # another stat: stale
