@@ -71,6 +71,20 @@ def apply_speedups(net: nn.Module, compile: bool, activation_checkpointing: bool
         net.compile()
 
 
+def build_trainer(cfg: DictConfig, run_config: dict[str, Any],
+                  extra_callbacks: tuple[pl.Callback, ...] = ()) -> tuple[pl.Trainer, list[pl.Callback], list[Any]]:
+    """The Trainer of ``cfg.trainer`` with the configured callbacks and loggers, plus the callbacks every run needs.
+
+    Returns (trainer, callbacks, loggers). ``bench.configured_run`` times the Trainer this builds.
+    """
+    callbacks = instantiate_group(cfg.callbacks) + [RunConfigInCheckpoint(run_config), RngStateInCheckpoint(),
+                                                    FlushLogsWithCheckpoint(), RestoreLoaderPosition(),
+                                                    *extra_callbacks]
+    loggers = instantiate_group(cfg.logger)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return trainer, callbacks, loggers
+
+
 def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
     """The checkpoint to resume from: ``ckpt_path`` if given; with ``resume=auto`` the run directory's newest good one."""
     if cfg.ckpt_path:
@@ -120,10 +134,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero():  # a resumed run continues metrics.csv; a fresh one never appends to another run's
         resume_step = None if resume_from is None else int(saved.get("global_step", 0))
         prepare_metrics_csv(out_dir / "metrics.csv", resume_step)
-    callbacks = instantiate_group(cfg.callbacks) + [RunConfigInCheckpoint(run_config), RngStateInCheckpoint(),
-                                                    FlushLogsWithCheckpoint(), RestoreLoaderPosition()]
-    loggers = instantiate_group(cfg.logger)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer, callbacks, loggers = build_trainer(cfg, run_config)
     if rank_zero():
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     for lg in loggers:

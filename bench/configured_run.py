@@ -1,0 +1,251 @@
+"""The run users launch vs bare Lightning vs a hand-written loop doing the same work, per fusion, interleaved.
+
+    python -m bench.configured_run [--fusions early late cross_attention] [--steps 30] [--rounds 10] [--tag after]
+
+Three loops over the same model, the same datamodule (``data=synthetic``, batch 64, loaded in the main process as
+the default config does) and the same initial weights, alternated round by round in one process:
+
+- **plain**: a hand-written PyTorch loop doing what a default run does per step: the module's objectives and
+  training metrics, backward, clipping at ``trainer.gradient_clip_val`` (keeping the norm it computes), the
+  non-finite check on that norm (found_inf on a fused optimizer, read at logging intervals), the optimizer and
+  schedule steps, the step values written to CSV and TensorBoard every ``trainer.log_every_n_steps`` steps and a
+  progress line every 50 steps.
+- **bare**: ``pl.Trainer`` with logging, checkpointing, progress and every callback off.
+- **configured**: the Trainer ``mmgpt-train`` builds (:func:`mmgpt.cli.train.build_trainer`: callbacks from
+  ``conf/callbacks/default.yaml`` and the ones every run adds, CSV + TensorBoard loggers, progress lines).
+
+Each loop is timed from the start of step ``--warmup`` to the end of the last step, so set-up, the sanity check,
+the end-of-epoch validation and checkpoint are outside the window (those are not per-step costs). Ratios are taken
+per round (configured / plain, bare / plain) and the median and the range over rounds are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import logging
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+from bench.common import RESULTS_DIR, build_classifier, save
+from mmgpt.config import resolved
+from mmgpt.training.optim import param_groups
+
+log = logging.getLogger("bench.configured_run")
+PROGRESS_EVERY = 50  # LineProgressBar's default (conf/callbacks/default.yaml progress)
+
+
+class _Window(pl.Callback):
+    """Wall time from the start of training step ``warmup`` to the end of the last training step."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.t0 = self.t1 = 0.0
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.t1 = time.perf_counter()
+        self.steps = batch_idx + 1 - self.warmup
+
+    @property
+    def per_step(self) -> float:
+        return (self.t1 - self.t0) / self.steps
+
+
+def plain_loop(module, dm, cfg, out_dir: Path, warmup: int) -> float:
+    """A default run's per-step work, written by hand. Returns seconds per step after ``warmup`` steps."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    net = module.net
+    module.train()
+    hp = dict(module.hparams.optimizer)
+    wd = hp.pop("weight_decay", 0.0)
+    optimizer = instantiate(hp)(param_groups(module, wd))
+    fused = all(g.get("fused") for g in optimizer.param_groups)
+    loader = dm.train_dataloader()
+    scheduler = instantiate(module.hparams.scheduler)(optimizer, total_steps=len(loader))
+    clip, every = float(cfg.trainer.gradient_clip_val), int(cfg.trainer.log_every_n_steps)
+    writer = SummaryWriter(str(out_dir / "tensorboard"))
+    rows = (out_dir / "metrics.csv").open("w", newline="")
+    table = csv.writer(rows)
+    bad_steps: list[tuple[int, torch.Tensor]] = []
+    t0 = 0.0
+    it = iter(loader)
+    nxt = next(it, None)  # fetch one ahead, as Lightning's data fetcher does
+    step = 0
+    while nxt is not None:
+        batch, nxt = nxt, next(it, None)
+        if step == warmup:
+            t0 = time.perf_counter()
+        loss = 0.0
+        values = {}
+        for name, objective in module.objectives.items():  # the module's own objectives and training metrics
+            out = objective(net, batch)
+            loss = loss + objective.weight * out.loss
+            objective.update(module.train_metrics[name], out)
+            values.update({f"train/{k}": v.detach() for k, v in out.values.items()})
+        values["train/loss"] = loss.detach()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        bad = ~torch.isfinite(norm)
+        if fused:
+            optimizer.found_inf = bad.float()  # the fused kernel drops a non-finite update on the device
+        bad_steps.append((step, bad))
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if step % every == 0:  # the logging interval: the one host sync of the interval
+            flags = torch.stack([b for _, b in bad_steps]).tolist()
+            if any(flags):
+                raise FloatingPointError(f"non-finite gradients at step {bad_steps[flags.index(True)][0]}")
+            bad_steps.clear()
+            scalars = {k: float(v) for k, v in values.items()}
+            for k, v in scalars.items():
+                writer.add_scalar(k, v, step)
+            table.writerow([step, *scalars.values()])
+        if step % PROGRESS_EVERY == 0:
+            log.info("step %d loss %.4f", step, float(values["train/loss"]))
+    t1 = time.perf_counter()
+    epoch = {f"train/{k}": float(m.compute()) for ms in module.train_metrics.values() for k, m in ms.items()}
+    table.writerow([step, *epoch.values()])
+    rows.close()
+    writer.close()
+    return (t1 - t0) / (step - warmup)
+
+
+def bare_lightning(module, dm, cfg, out_dir: Path, warmup: int) -> float:
+    window = _Window(warmup)
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=1, max_epochs=1, precision=cfg.trainer.precision,
+        gradient_clip_val=cfg.trainer.gradient_clip_val, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[window], default_root_dir=str(out_dir),
+    )
+    trainer.fit(module, datamodule=dm)
+    return window.per_step
+
+
+def configured_lightning(module, dm, cfg, out_dir: Path, warmup: int) -> float:
+    from mmgpt.cli.train import build_trainer
+
+    cfg = copy.deepcopy(cfg)
+    cfg.paths.output_dir = str(out_dir)
+    window = _Window(warmup)
+    trainer, _, loggers = build_trainer(cfg, resolved(cfg), extra_callbacks=(window,))
+    for lg in loggers:
+        lg.log_hyperparams(resolved(cfg))
+    trainer.fit(module, datamodule=dm)
+    return window.per_step
+
+
+LOOPS = {"plain": plain_loop, "bare": bare_lightning, "configured": configured_lightning}
+
+
+def measure(fusion: str, steps: int, rounds: int, warmup: int) -> dict[str, list[float]]:
+    torch.manual_seed(0)
+    module, dm, cfg = build_classifier([f"model/fusion={fusion}", f"data.num_train={steps * 64}", "data.num_val=64",
+                                        "data.num_test=64", "trainer.max_epochs=1"])
+    init = copy.deepcopy(module.state_dict())
+    times: dict[str, list[float]] = {k: [] for k in LOOPS}
+    with tempfile.TemporaryDirectory(prefix="mmgpt-bench-") as tmp:
+        for r in range(rounds + 1):  # round 0 warms up and is dropped
+            for name, loop in LOOPS.items():
+                m = copy.deepcopy(module)
+                m.load_state_dict(init)
+                dm.trainer = None
+                t = loop(m, dm, cfg, Path(tmp) / f"{fusion}-{name}-{r}", warmup)
+                if r:
+                    times[name].append(t)
+            if r:
+                log.warning("%s round %d: %s", fusion, r, {k: f"{v[-1] * 1e3:.1f}ms" for k, v in times.items()})
+    return times
+
+
+def _git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).parent)
+    dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], capture_output=True, text=True,
+                           cwd=Path(__file__).parent)
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def summary(times: dict[str, list[float]]) -> dict[str, float]:
+    """Median ms/step per loop; median, min and max over rounds of the per-round ratios to the plain loop."""
+    out = {f"{k}_ms": statistics.median(v) * 1e3 for k, v in times.items()}
+    for k in ("bare", "configured"):
+        ratios = [a / b for a, b in zip(times[k], times["plain"])]
+        out[f"{k}_ratio"] = statistics.median(ratios)
+        out[f"{k}_ratio_min"], out[f"{k}_ratio_max"] = min(ratios), max(ratios)
+    return out
+
+
+def table(results: dict[str, dict], title: str) -> list[str]:
+    lines = [title, "", "| fusion | plain ms/step | bare ms/step | configured ms/step | bare / plain | configured / plain |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for fusion, r in results.items():
+        s = r["summary"]
+        lines.append(f"| {fusion} | {s['plain_ms']:.1f} | {s['bare_ms']:.1f} | {s['configured_ms']:.1f} | "
+                     f"{s['bare_ratio']:.3f}x ({s['bare_ratio_min']:.2f}-{s['bare_ratio_max']:.2f}) | "
+                     f"**{s['configured_ratio']:.3f}x** ({s['configured_ratio_min']:.2f}-{s['configured_ratio_max']:.2f}) |")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fusions", nargs="+", default=["early", "late", "cross_attention"])
+    p.add_argument("--steps", type=int, default=30, help="training steps per loop per round")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2, help="steps at the start of each loop left out of the timing")
+    p.add_argument("--tag", default="", help="suffix of the results file (e.g. 'before')")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("mmgpt").setLevel(logging.WARNING)
+    results = {}
+    for fusion in args.fusions:
+        times = measure(fusion, args.steps, args.rounds, args.warmup)
+        results[fusion] = {"seconds_per_step": times, "summary": summary(times)}
+    cmd = (f"python -m bench.configured_run --fusions {' '.join(args.fusions)} --steps {args.steps} "
+           f"--rounds {args.rounds}" + (f" --tag {args.tag}" if args.tag else ""))
+    name = "configured_run" + (f"_{args.tag}" if args.tag else "")
+    md = [
+        "## The configured run vs bare Lightning vs a hand-written loop",
+        "",
+        f"Default model and data (batch 64, `data.num_workers=0`), {args.steps} training steps per loop per round "
+        f"(the first {args.warmup} untimed), median over {args.rounds} interleaved rounds, ratios per round with "
+        f"their range over rounds in brackets. Command: `{cmd}` (commit {_git_commit()}). **plain**: a hand-written "
+        "loop doing a default run's per-step work (objectives, training metrics, clipping, non-finite check, "
+        "schedule, the step values to CSV + TensorBoard every `log_every_n_steps`, a progress line every 50 steps); "
+        "**bare**: `pl.Trainer` with logging, checkpoints, progress and callbacks off; **configured**: the Trainer "
+        "`mmgpt-train` builds (`mmgpt.cli.train.build_trainer`: default callbacks, CSV + TensorBoard, progress). "
+        "The machine was shared with other jobs; interleaving the three loops round by round cancels most of that "
+        "load, the range shows what is left.",
+        "",
+    ]
+    before = RESULTS_DIR / "configured_run_before.json"
+    if not args.tag and before.exists():
+        old = json.loads(before.read_text())
+        md += table({k: v for k, v in old.items() if isinstance(v, dict) and "summary" in v},
+                    f"Before (commit {old.get('commit', '?')}, command `{old.get('command', '?')}`):")
+        md += [""] + table(results, f"After (commit {_git_commit()}):")
+    else:
+        md += table(results, f"Commit {_git_commit()}:")
+    save(name, {**results, "command": cmd, "commit": _git_commit(), "steps": args.steps, "rounds": args.rounds,
+                "warmup": args.warmup}, "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
