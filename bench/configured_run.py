@@ -211,7 +211,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2, help="steps at the start of each loop left out of the timing")
     p.add_argument("--tag", default="", help="suffix of the results file (e.g. 'before')")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a shared machine, several multi-threaded processes stall each other)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("mmgpt").setLevel(logging.WARNING)
     results = {}
@@ -219,12 +222,12 @@ def main() -> None:
         times = measure(fusion, args.steps, args.rounds, args.warmup)
         results[fusion] = {"seconds_per_step": times, "summary": summary(times)}
     cmd = (f"python -m bench.configured_run --fusions {' '.join(args.fusions)} --steps {args.steps} "
-           f"--rounds {args.rounds}" + (f" --tag {args.tag}" if args.tag else ""))
+           f"--rounds {args.rounds} --threads {args.threads}" + (f" --tag {args.tag}" if args.tag else ""))
     name = "configured_run" + (f"_{args.tag}" if args.tag else "")
     md = [
         "## The configured run vs bare Lightning vs a hand-written loop",
         "",
-        f"Default model and data (batch 64, `data.num_workers=0`), {args.steps} training steps per loop per round "
+        f"Default model and data (batch 64, `data.num_workers=0`), {args.threads} torch thread(s), {args.steps} training steps per loop per round "
         f"(the first {args.warmup} untimed), median over {args.rounds} interleaved rounds, ratios per round with "
         f"their range over rounds in brackets. Command: `{cmd}` (commit {_git_commit()}). **plain**: a hand-written "
         "loop doing a default run's per-step work (objectives, training metrics, clipping, non-finite check, "

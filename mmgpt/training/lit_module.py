@@ -15,7 +15,9 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from mmgpt.batch import MultimodalBatch
 from mmgpt.training.finetune import freeze as freeze_parts
@@ -23,7 +25,7 @@ from mmgpt.training.finetune import parameter_counts
 from mmgpt.lora import add_lora
 from mmgpt.model import ModelOutput, MultimodalTransformer
 from mmgpt.objectives import Classification, Objective
-from mmgpt.training.optim import param_groups
+from mmgpt.training.optim import grad_norm, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,21 @@ class MultimodalModule(pl.LightningModule):
 
     def test_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
         self._step(batch, "test", batch_idx)
+
+    def configure_gradient_clipping(self, optimizer: Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Norm clipping with the step's total gradient norm, computed once (:func:`~mmgpt.training.optim.grad_norm`,
+        shared with ``NonFiniteGuard``); value clipping and precision plugins that clip their own way (a
+        ``GradScaler``, FSDP, DeepSpeed) go through Lightning's default."""
+        plugin = self.trainer.precision_plugin
+        plain = type(plugin).clip_gradients is Precision.clip_gradients or (
+            isinstance(plugin, MixedPrecision) and plugin.scaler is None)
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and plain and (
+                type(plugin).clip_grad_by_norm is Precision.clip_grad_by_norm):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, grad_norm(self.trainer, optimizer))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = dict(self.hparams.optimizer)
