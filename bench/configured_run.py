@@ -44,29 +44,34 @@ log = logging.getLogger("bench.configured_run")
 PROGRESS_EVERY = 50  # LineProgressBar's default (conf/callbacks/default.yaml progress)
 
 
+def _clock() -> tuple[float, float]:
+    """(wall, this process's CPU time): CPU time hardly moves with other jobs' load on a shared machine."""
+    return time.perf_counter(), time.process_time()
+
+
 class _Window(pl.Callback):
-    """Wall time from the start of training step ``warmup`` to the end of the last training step."""
+    """Wall and CPU time from the start of training step ``warmup`` to the end of the last training step."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
-        self.t0 = self.t1 = 0.0
+        self.t0 = self.t1 = (0.0, 0.0)
         self.steps = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.warmup:
-            self.t0 = time.perf_counter()
+            self.t0 = _clock()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.t1 = time.perf_counter()
+        self.t1 = _clock()
         self.steps = batch_idx + 1 - self.warmup
 
     @property
-    def per_step(self) -> float:
-        return (self.t1 - self.t0) / self.steps
+    def per_step(self) -> tuple[float, float]:
+        return tuple((b - a) / self.steps for a, b in zip(self.t0, self.t1))
 
 
-def plain_loop(module, dm, cfg, out_dir: Path, warmup: int) -> float:
-    """A default run's per-step work, written by hand. Returns seconds per step after ``warmup`` steps."""
+def plain_loop(module, dm, cfg, out_dir: Path, warmup: int) -> tuple[float, float]:
+    """A default run's per-step work, written by hand. Returns (wall, CPU) seconds per step after ``warmup``."""
     from torch.utils.tensorboard import SummaryWriter
 
     net = module.net
@@ -82,14 +87,14 @@ def plain_loop(module, dm, cfg, out_dir: Path, warmup: int) -> float:
     rows = (out_dir / "metrics.csv").open("w", newline="")
     table = csv.writer(rows)
     bad_steps: list[tuple[int, torch.Tensor]] = []
-    t0 = 0.0
+    t0 = (0.0, 0.0)
     it = iter(loader)
     nxt = next(it, None)  # fetch one ahead, as Lightning's data fetcher does
     step = 0
     while nxt is not None:
         batch, nxt = nxt, next(it, None)
         if step == warmup:
-            t0 = time.perf_counter()
+            t0 = _clock()
         loss = 0.0
         values = {}
         for name, objective in module.objectives.items():  # the module's own objectives and training metrics
@@ -119,15 +124,15 @@ def plain_loop(module, dm, cfg, out_dir: Path, warmup: int) -> float:
             table.writerow([step, *scalars.values()])
         if step % PROGRESS_EVERY == 0:
             log.info("step %d loss %.4f", step, float(values["train/loss"]))
-    t1 = time.perf_counter()
+    t1 = _clock()
     epoch = {f"train/{k}": float(m.compute()) for ms in module.train_metrics.values() for k, m in ms.items()}
     table.writerow([step, *epoch.values()])
     rows.close()
     writer.close()
-    return (t1 - t0) / (step - warmup)
+    return tuple((b - a) / (step - warmup) for a, b in zip(t0, t1))
 
 
-def bare_lightning(module, dm, cfg, out_dir: Path, warmup: int) -> float:
+def bare_lightning(module, dm, cfg, out_dir: Path, warmup: int) -> tuple[float, float]:
     window = _Window(warmup)
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator, devices=1, max_epochs=1, precision=cfg.trainer.precision,
@@ -139,7 +144,7 @@ def bare_lightning(module, dm, cfg, out_dir: Path, warmup: int) -> float:
     return window.per_step
 
 
-def configured_lightning(module, dm, cfg, out_dir: Path, warmup: int) -> float:
+def configured_lightning(module, dm, cfg, out_dir: Path, warmup: int) -> tuple[float, float]:
     from mmgpt.cli.train import build_trainer
 
     cfg = copy.deepcopy(cfg)
@@ -160,16 +165,17 @@ def measure(fusion: str, steps: int, rounds: int, warmup: int) -> dict[str, list
     module, dm, cfg = build_classifier([f"model/fusion={fusion}", f"data.num_train={steps * 64}", "data.num_val=64",
                                         "data.num_test=64", "trainer.max_epochs=1"])
     init = copy.deepcopy(module.state_dict())
-    times: dict[str, list[float]] = {k: [] for k in LOOPS}
+    times: dict[str, list[float]] = {f"{k}_{c}": [] for k in LOOPS for c in ("wall", "cpu")}
     with tempfile.TemporaryDirectory(prefix="mmgpt-bench-") as tmp:
         for r in range(rounds + 1):  # round 0 warms up and is dropped
             for name, loop in LOOPS.items():
                 m = copy.deepcopy(module)
                 m.load_state_dict(init)
                 dm.trainer = None
-                t = loop(m, dm, cfg, Path(tmp) / f"{fusion}-{name}-{r}", warmup)
+                wall, cpu = loop(m, dm, cfg, Path(tmp) / f"{fusion}-{name}-{r}", warmup)
                 if r:
-                    times[name].append(t)
+                    times[f"{name}_wall"].append(wall)
+                    times[f"{name}_cpu"].append(cpu)
             if r:
                 log.warning("%s round %d: %s", fusion, r, {k: f"{v[-1] * 1e3:.1f}ms" for k, v in times.items()})
     return times
@@ -184,23 +190,27 @@ def _git_commit() -> str:
 
 
 def summary(times: dict[str, list[float]]) -> dict[str, float]:
-    """Median ms/step per loop; median, min and max over rounds of the per-round ratios to the plain loop."""
+    """Median ms/step per loop and clock; median, min and max over rounds of the per-round ratios to plain."""
     out = {f"{k}_ms": statistics.median(v) * 1e3 for k, v in times.items()}
     for k in ("bare", "configured"):
-        ratios = [a / b for a, b in zip(times[k], times["plain"])]
-        out[f"{k}_ratio"] = statistics.median(ratios)
-        out[f"{k}_ratio_min"], out[f"{k}_ratio_max"] = min(ratios), max(ratios)
+        for c in ("wall", "cpu"):
+            ratios = [a / b for a, b in zip(times[f"{k}_{c}"], times[f"plain_{c}"])]
+            out[f"{k}_{c}_ratio"] = statistics.median(ratios)
+            out[f"{k}_{c}_ratio_min"], out[f"{k}_{c}_ratio_max"] = min(ratios), max(ratios)
     return out
 
 
 def table(results: dict[str, dict], title: str) -> list[str]:
-    lines = [title, "", "| fusion | plain ms/step | bare ms/step | configured ms/step | bare / plain | configured / plain |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [title, "", "| fusion | clock | plain ms/step | bare ms/step | configured ms/step | bare / plain | "
+             "configured / plain |", "|---|---|---:|---:|---:|---:|---:|"]
     for fusion, r in results.items():
         s = r["summary"]
-        lines.append(f"| {fusion} | {s['plain_ms']:.1f} | {s['bare_ms']:.1f} | {s['configured_ms']:.1f} | "
-                     f"{s['bare_ratio']:.3f}x ({s['bare_ratio_min']:.2f}-{s['bare_ratio_max']:.2f}) | "
-                     f"**{s['configured_ratio']:.3f}x** ({s['configured_ratio_min']:.2f}-{s['configured_ratio_max']:.2f}) |")
+        for c in ("cpu", "wall"):
+            lines.append(
+                f"| {fusion} | {c} | {s[f'plain_{c}_ms']:.1f} | {s[f'bare_{c}_ms']:.1f} | {s[f'configured_{c}_ms']:.1f} | "
+                f"{s[f'bare_{c}_ratio']:.3f}x ({s[f'bare_{c}_ratio_min']:.2f}-{s[f'bare_{c}_ratio_max']:.2f}) | "
+                f"**{s[f'configured_{c}_ratio']:.3f}x** ({s[f'configured_{c}_ratio_min']:.2f}-"
+                f"{s[f'configured_{c}_ratio_max']:.2f}) |")
     return lines
 
 
@@ -234,8 +244,10 @@ def main() -> None:
         "schedule, the step values to CSV + TensorBoard every `log_every_n_steps`, a progress line every 50 steps); "
         "**bare**: `pl.Trainer` with logging, checkpoints, progress and callbacks off; **configured**: the Trainer "
         "`mmgpt-train` builds (`mmgpt.cli.train.build_trainer`: default callbacks, CSV + TensorBoard, progress). "
-        "The machine was shared with other jobs; interleaving the three loops round by round cancels most of that "
-        "load, the range shows what is left.",
+        "The machine (2 cores) was shared with other jobs: interleaving the three loops round by round cancels slow "
+        "drifts of that load, and the **cpu** rows (this process's CPU time, which other processes' load hardly "
+        "changes) are the ones to judge by; the **wall** rows show what the load left in wall-clock time, the "
+        "range over rounds in brackets.",
         "",
     ]
     before = RESULTS_DIR / "configured_run_before.json"
