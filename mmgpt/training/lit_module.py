@@ -150,11 +150,27 @@ class MultimodalModule(pl.LightningModule):
             for key, value in out.values.items():
                 self.log(f"{split}/{key}", value, on_step=on_step, on_epoch=True, batch_size=bs, sync_dist=True)
             for key in updated:
+                if split == "train" and not self._first_log_this_epoch(f"{split}/{key}"):
+                    continue  # epoch-only metric objects: Lightning keeps them once logged in an epoch
                 self.log(f"{split}/{key}", metrics[key], on_step=False, on_epoch=True, prog_bar=split == "val",
                          batch_size=bs)
         assert total is not None
         self.log(f"{split}/loss", total, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         return total
+
+    def _first_log_this_epoch(self, key: str) -> bool:
+        """Whether ``key`` is logged for the first time in this training epoch (of this Trainer).
+
+        A metric object logged ``on_epoch`` only is computed and reset by Lightning at the epoch's end from the
+        reference it got once; logging it again every step only costs time (Lightning moves its states to the
+        device on each call).
+        """
+        marks: dict[str, tuple[int, int]] = self.__dict__.setdefault("_epoch_logged", {})
+        mark = (id(self.trainer), self.trainer.current_epoch)
+        if marks.get(key) == mark:
+            return False
+        marks[key] = mark
+        return True
 
     def training_step(self, batch: MultimodalBatch, batch_idx: int) -> Tensor:
         return self._step(batch, "train", batch_idx)
