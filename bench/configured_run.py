@@ -157,6 +157,28 @@ def configured_lightning(module, dm, cfg, out_dir: Path, warmup: int) -> tuple[f
     return window.per_step
 
 
+SYNCS = """### Host-device syncs per training step that remain (default config, on a GPU)
+
+mmgpt's own per-step code reads nothing back to the host (`tests/training/test_no_sync.py`: on CPU every
+`.item()`/`bool()`/`float()`/`.tolist()`/`.cpu()` during a training step is recorded and none may come from
+mmgpt's code; on a GPU the guard, clipping and the fused optimizer step run under
+`torch.cuda.set_sync_debug_mode("error")`, a `gpu` test not yet run on a GPU). The non-finite flags, the
+progress bar's values and the logged values are read every `trainer.log_every_n_steps` steps (10), at epoch end
+and before checkpoints. What remains per step, found by reading Lightning 2.6 and torchmetrics 1.9 (not yet
+measured on a GPU):
+
+- **torchmetrics training metrics** (`train/acc`, `train/f1` of the classify objective): their update counts
+  classes with `torch.bincount`, which on CUDA reads the input's maximum back (one sync per metric per step)
+  unless `torch.use_deterministic_algorithms(True)` (torchmetrics then counts without it). Not fixed: computing
+  training accuracy without torchmetrics, or updating training metrics at the logging interval only, would.
+  (Their argument checks, which read tensors back on every update, are off: `validate_args=False`.)
+- **Under DDP**: Lightning broadcasts a SIGTERM flag from rank 0 every step and reads it (`.item()`,
+  `_TrainingEpochLoop._broadcast_sigterm_tensor`), not configurable; and the per-step `train/loss` is logged with
+  `sync_dist=True`, an all-reduce per step (a collective on the device, no host read with NCCL).
+- Avoided by configuration: Lightning's rich progress bar reads its values (`.item()`) every step; mmgpt's
+  (`IntervalRichProgressBar`) and the plain-line bar (non-terminal runs) read them at the logging interval only.
+"""
+
 LOOPS = {"plain": plain_loop, "bare": bare_lightning, "configured": configured_lightning}
 
 
@@ -258,6 +280,7 @@ def main() -> None:
         md += [""] + table(results, f"After (commit {_git_commit()}):")
     else:
         md += table(results, f"Commit {_git_commit()}:")
+    md += ["", SYNCS]
     save(name, {**results, "command": cmd, "commit": _git_commit(), "steps": args.steps, "rounds": args.rounds,
                 "warmup": args.warmup}, "\n".join(md))
 
