@@ -6,13 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test test-all test-slow install train lint clean help
+.PHONY: demo test test-all test-slow install train lint wheel-check clean help
 
 help:
 	@echo "make demo      create .venv, install, train the default model on the synthetic set (about 4 min on 2 CPUs, set-up included)"
 	@echo "make test      create .venv, install, run the default test suite"
 	@echo "make test-all  also run tests marked slow (about 5 min on 2 CPUs)"
 	@echo "make test-slow only the tests marked slow (CI runs make test, then this)"
+	@echo "make lint      ruff (configured in pyproject.toml)"
+	@echo "make wheel-check  build the wheel, install it apart from the checkout, run mmgpt-train and mmgpt-eval from it"
 	@echo "make compare   early/late/cross-attention x 3 seeds, then report.md/report.csv/plots in the sweep directory"
 	@echo "make bench     run the benchmark suite and rewrite BENCHMARKS.md"
 	@echo "make export-synthetic OUT=dir   write the synthetic set as a manifest folder"
@@ -46,8 +48,14 @@ test-all: $(DEV_STAMP)
 test-slow: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m "slow and not gpu" $(ARGS)
 
+lint: $(DEV_STAMP)  ## ruff, configured in pyproject.toml
+	$(BIN)/ruff check mmgpt datamodules tests bench scripts
+
+wheel-check: $(DEV_STAMP)  ## build the wheel, install it apart from the checkout, train + evaluate from another folder
+	bash scripts/wheel_check.sh $(BIN)/python
+
 clean:
-	rm -rf logs .pytest_cache
+	rm -rf logs .pytest_cache build
 
 # `make export-synthetic OUT=dir`: write the embedded synthetic set as a manifest folder (PNG + WAV + JSON Lines),
 # to show the format `mmgpt-train data=manifest data.root=dir` reads. ARGS passes options, e.g. ARGS='--num-train 500'.

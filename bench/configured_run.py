@@ -11,8 +11,8 @@ the default config does) and the same initial weights, alternated round by round
   schedule steps, the step values written to CSV and TensorBoard every ``trainer.log_every_n_steps`` steps and a
   progress line every 50 steps.
 - **bare**: ``pl.Trainer`` with logging, checkpointing, progress and every callback off.
-- **configured**: the Trainer ``mmgpt-train`` builds (:func:`mmgpt.cli.train.build_trainer`: callbacks from
-  ``conf/callbacks/default.yaml`` and the ones every run adds, CSV + TensorBoard loggers, progress lines).
+- **configured**: the Trainer ``mmgpt-train`` builds (``build_callbacks``, ``build_loggers`` and ``cfg.trainer`` of
+  :mod:`mmgpt.cli.train`: the callbacks of ``conf/callbacks/default.yaml``, CSV + TensorBoard, progress lines).
 
 Each loop is timed from the start of step ``--warmup`` to the end of the last step, so set-up, the sanity check,
 the end-of-epoch validation and checkpoint are outside the window (those are not per-step costs). Ratios are taken
@@ -34,9 +34,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 
 from bench.common import RESULTS_DIR, build_classifier, save
+from mmgpt import registry
 from mmgpt.config import resolved
 from mmgpt.training.optim import param_groups
 
@@ -76,12 +76,13 @@ def plain_loop(module, dm, cfg, out_dir: Path, warmup: int) -> tuple[float, floa
 
     net = module.net
     module.train()
-    hp = dict(module.hparams.optimizer)
-    wd = hp.pop("weight_decay", 0.0)
-    optimizer = instantiate(hp)(param_groups(module, wd))
+    spec = dict(module.hparams.optimizer)  # the module's own optimizer and schedule, as configure_optimizers builds them
+    wd = spec.pop("weight_decay", 0.0)
+    optimizer = registry.build(spec, "model.module.optimizer", "optimizer", params=param_groups(module, wd))
     fused = all(g.get("fused") for g in optimizer.param_groups)
     loader = dm.train_dataloader()
-    scheduler = instantiate(module.hparams.scheduler)(optimizer, total_steps=len(loader))
+    scheduler = registry.build(module.hparams.scheduler, "model.module.scheduler", "scheduler", optimizer=optimizer,
+                               total_steps=len(loader))
     clip, every = float(cfg.trainer.gradient_clip_val), int(cfg.trainer.log_every_n_steps)
     writer = SummaryWriter(str(out_dir / "tensorboard"))
     rows = (out_dir / "metrics.csv").open("w", newline="")
@@ -145,12 +146,16 @@ def bare_lightning(module, dm, cfg, out_dir: Path, warmup: int) -> tuple[float, 
 
 
 def configured_lightning(module, dm, cfg, out_dir: Path, warmup: int) -> tuple[float, float]:
-    from mmgpt.cli.train import build_trainer
+    """The Trainer as ``mmgpt.cli.train.train`` builds it (its callbacks, loggers and ``cfg.trainer``)."""
+    from hydra.utils import instantiate as build
+
+    from mmgpt.cli.train import build_callbacks, build_loggers
 
     cfg = copy.deepcopy(cfg)
     cfg.paths.output_dir = str(out_dir)
     window = _Window(warmup)
-    trainer, _, loggers = build_trainer(cfg, resolved(cfg), extra_callbacks=(window,))
+    loggers = build_loggers(cfg, None)
+    trainer = build(cfg.trainer, callbacks=[*build_callbacks(cfg), window], logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(resolved(cfg))
     trainer.fit(module, datamodule=dm)
@@ -265,7 +270,7 @@ def main() -> None:
         "loop doing a default run's per-step work (objectives, training metrics, clipping, non-finite check, "
         "schedule, the step values to CSV + TensorBoard every `log_every_n_steps`, a progress line every 50 steps); "
         "**bare**: `pl.Trainer` with logging, checkpoints, progress and callbacks off; **configured**: the Trainer "
-        "`mmgpt-train` builds (`mmgpt.cli.train.build_trainer`: default callbacks, CSV + TensorBoard, progress). "
+        "`mmgpt-train` builds (`build_callbacks`, `build_loggers`, `cfg.trainer` as in `mmgpt.cli.train`: default callbacks, CSV + TensorBoard, progress). "
         "The machine (2 cores) was shared with other jobs: interleaving the three loops round by round cancels slow "
         "drifts of that load, and the **cpu** rows (this process's CPU time, which other processes' load hardly "
         "changes) are the ones to judge by; the **wall** rows show what the load left in wall-clock time, the "

@@ -16,7 +16,6 @@ from torch import Tensor
 from mmgpt.batch import MODALITIES, MultimodalBatch
 from mmgpt.tokenizer import ByteTokenizer
 
-
 #: The image normalisation every datamodule applies: pixels in [0, 1] -> (x - mean) / std.
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
 

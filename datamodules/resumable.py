@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 
 from mmgpt.training.rng import mix_seed, preserved_rng, seed_all, seeded
 
-
 #: Turns a list of samples into a batch.
 Collator = Callable[[list[Any]], Any]
 

@@ -34,8 +34,8 @@ from mmgpt.datamodules.manifest.check import check_folder
 from mmgpt.datamodules.manifest.decode import DecodeError, DecodeSettings, MediaCache, load_audio, load_image
 from mmgpt.datamodules.manifest.records import read_index, resolve_media
 from mmgpt.datamodules.resumable import batches_trained
-from mmgpt.training.rng import mix_seed
 from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.training.rng import mix_seed
 
 log = logging.getLogger(__name__)
 

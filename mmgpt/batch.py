@@ -5,7 +5,7 @@ Legend: B batch, T text tokens, S audio samples, H/W image height/width.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -77,7 +77,3 @@ class MultimodalBatch:
         """
         present = {m: (self.presence(m) if m in keep else torch.zeros_like(self.presence(m))) for m in self.inputs}
         return replace(self, present=present)
-
-
-def batch_field_names() -> list[str]:
-    return [f.name for f in fields(MultimodalBatch)]

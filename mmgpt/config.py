@@ -17,6 +17,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from mmgpt.errors import UserError
+
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"  # conf/ at the top of the repository, mapped in as mmgpt/conf
 
 
@@ -119,6 +121,7 @@ class TrainSchema:
     resume: str | None = None  # null | auto: continue from the run directory's newest good checkpoint
     init_from: str | None = None        # initialise the network from this checkpoint (partial load, reported)
     objectives: Any = None  # shorthand weights, e.g. {classify: 1.0, lm: 1.0}: see apply_objectives
+    plugins: list[str] = field(default_factory=list)  # modules imported first, registering parts of the user's own
     compare: CompareSchema = field(default_factory=CompareSchema)
 
 
@@ -135,6 +138,7 @@ class EvalSchema:
     ckpt_path: str = MISSING
     split: str = "val"
     subsets: bool = True
+    plugins: list[str] = field(default_factory=list)  # the user's modules registering parts the checkpoint uses
 
 
 def register_schemas() -> None:
@@ -146,7 +150,7 @@ def register_schemas() -> None:
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
-class ConfigKeyError(ValueError):
+class ConfigKeyError(UserError):
     """A config key that its ``_target_`` does not accept."""
 
 
@@ -240,6 +244,23 @@ def apply_objectives(cfg: DictConfig) -> None:
             )
     for name, definition in defined.items():
         definition.weight = float(weights.get(name, 0.0))
+
+
+def check_model_specs(cfg: DictConfig) -> None:
+    """Check the typed specs of ``model``: the network, the objectives, the optimizer and the schedule.
+
+    Raises:
+        SpecError: naming the key path of an unknown part, a part of the wrong kind or an argument it lacks.
+    """
+    from mmgpt.registry import NetworkSpec, check_spec
+
+    NetworkSpec.from_dict(OmegaConf.to_container(cfg.model.net, resolve=True)).check()
+    module = OmegaConf.to_container(cfg.model.module, resolve=True)
+    for name, spec in (module.get("objectives") or {}).items():
+        check_spec(spec, f"model.module.objectives.{name}", "objective")
+    check_spec(module.get("optimizer"), "model.module.optimizer", "optimizer")
+    if module.get("scheduler") is not None:
+        check_spec(module["scheduler"], "model.module.scheduler", "scheduler")
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:

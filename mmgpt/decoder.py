@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from mmgpt.encoders import EncoderOutput
 from mmgpt.fusion import FusionOutput, ModalityEmbedding
-from mmgpt.layers import Block, KVCache
+from mmgpt.layers import Block, KVCache, cross_attention_block
 from mmgpt.tokenizer import ByteTokenizer
 
 
@@ -58,7 +58,7 @@ class FusedPrefix(Conditioner):
         dim: width D.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, *, dim: int) -> None:
         super().__init__()
         self.proj = nn.Linear(dim, dim)
 
@@ -75,7 +75,7 @@ class PooledPrefix(Conditioner):
         dim: width D.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, *, dim: int) -> None:
         super().__init__()
         self.proj = nn.Linear(dim, dim)
 
@@ -95,10 +95,10 @@ class MediaContext(Conditioner):
         modalities: the media modalities whose encoder tokens are attended to (sorted; e.g. audio, image).
     """
 
-    def __init__(self, dim: int, modalities: Sequence[str] = ("audio", "image")) -> None:
+    def __init__(self, *, dim: int, modalities: Sequence[str] = ("audio", "image")) -> None:
         super().__init__()
         self.modalities = tuple(sorted(modalities))
-        self.type_emb = ModalityEmbedding(self.modalities, dim)
+        self.type_emb = ModalityEmbedding(modalities=self.modalities, dim=dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, fused: FusionOutput, encoded: dict[str, EncoderOutput]) -> Conditioning:
@@ -163,6 +163,7 @@ class TextDecoder(nn.Module):
 
     def __init__(
         self,
+        *,
         conditioner: Conditioner,
         dim: int,
         num_layers: int,
@@ -180,15 +181,15 @@ class TextDecoder(nn.Module):
         self.max_length = max_length
         self.tok_emb = nn.Embedding(vocab_size, dim)
         self.pos_emb = nn.Embedding(max_length, dim)
-        nn.init.normal_(self.tok_emb.weight, std=0.02)
-        nn.init.normal_(self.pos_emb.weight, std=0.02)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio, dropout, approximate=approximate) for _ in range(num_layers)
+            Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, approximate=approximate)
+            for _ in range(num_layers)
         )
         self.cross_blocks = (
             nn.ModuleList(
-                Block(dim, num_heads, mlp_ratio, dropout, gate_init=gate_init, approximate=approximate)
+                cross_attention_block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
+                                      gate_init=gate_init, approximate=approximate)
                 for _ in range(num_layers)
             )
             if cross_attention

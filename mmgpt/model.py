@@ -19,7 +19,7 @@ from mmgpt.fusion import Fusion, FusionOutput
 class ClassificationHead(nn.Module):
     """LayerNorm -> Dropout -> Linear, applied on the last dimension (works on (B, D) and (B, K, D))."""
 
-    def __init__(self, dim: int, num_classes: int, dropout: float = 0.0) -> None:
+    def __init__(self, *, dim: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(dropout), nn.Linear(dim, num_classes))
 
@@ -59,6 +59,7 @@ class MultimodalTransformer(nn.Module):
 
     def __init__(
         self,
+        *,
         encoders: Mapping[str, nn.Module],
         fusion: Fusion,
         head: nn.Module,
@@ -91,11 +92,7 @@ class MultimodalTransformer(nn.Module):
 
     def classify(self, fused: FusionOutput) -> Tensor:
         """Head logits (B, C) from a fusion output; per-member logits are averaged over present members."""
-        logits = self.head(fused.pooled)  # (B, C) or (B, K, C)
-        if fused.member_mask is not None:
-            w = fused.member_mask.to(logits.dtype).unsqueeze(-1)  # (B, K, 1)
-            logits = (logits * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)  # (B, C)
-        return logits
+        return fused.average_members(self.head(fused.pooled))  # (B, C) from (B, C) or (B, K, C)
 
     def forward(self, batch: MultimodalBatch) -> ModelOutput:
         encoded = self.encode(batch)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.decoder import Conditioner, NoConditioning, TextDecoder
+from mmgpt.layers import mark_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def gpt2_decoder(
         raise ValueError(f"{path}: no config.json with n_head; pass num_heads")
     V, D = state["wte.weight"].shape
     decoder = TextDecoder(
-        conditioner or NoConditioning(), D, num_layers, num_heads, vocab_size=V,
+        conditioner=conditioner or NoConditioning(), dim=D, num_layers=num_layers, num_heads=num_heads, vocab_size=V,
         max_length=state["wpe.weight"].shape[0], cross_attention=cross_attention, gate_init=gate_init,
         mlp_ratio=state["h.0.mlp.c_fc.weight"].shape[1] / D, dropout=dropout, approximate="tanh",
     )
@@ -120,4 +121,4 @@ def gpt2_decoder(
     if new or unexpected:
         raise ValueError(f"GPT-2 weights do not fit the decoder: missing {new}, unexpected {unexpected}")
     log.info("GPT-2 decoder from %s: %d layers, D=%d, H=%d, V=%d", path, num_layers, D, num_heads, V)
-    return decoder
+    return mark_pretrained(decoder)

@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError as OmegaConfKeyError
 
 from mmgpt.cli.common import instantiate_group
 from mmgpt.cli.train import build_module
-from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_targets
-
+from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_model_specs, check_targets
+from mmgpt.registry import SpecError, build_network
 
 
 def options(group: str) -> list[str]:
@@ -62,7 +63,10 @@ def test_option_composes_and_instantiates(option, compose_cfg, tmp_path):
 def test_late_fusion_combiners(combiner, compose_cfg):
     cfg = compose_cfg(["model/fusion=late", f"model/fusion/combiner={combiner}"])
     check_targets(cfg)
-    assert cfg.model.fusion.combiner._target_.endswith({"concat_mlp": "ConcatMLP", "logit_average": "LogitAverage"}[combiner])
+    check_model_specs(cfg)
+    assert cfg.model.fusion.combiner.type == combiner
+    net = build_network(OmegaConf.to_container(cfg.model.net, resolve=True), num_classes=3)
+    assert type(net.fusion.combiner).__name__ == {"concat_mlp": "ConcatMLP", "logit_average": "LogitAverage"}[combiner]
 
 
 def test_misspelt_override_fails_at_compose_time(compose_cfg):
@@ -85,16 +89,28 @@ def test_appended_unknown_keys_are_rejected_before_anything_is_built(override, c
         check_targets(cfg)  # ... and the check that train() runs first refuses it
 
 
-def test_misspelt_key_under_a_target_names_the_key_and_the_target(compose_cfg):
+def test_misspelt_key_under_a_part_names_the_key_and_the_part(compose_cfg):
     cfg = compose_cfg(["+model.fusion.num_layer=3"])
-    with pytest.raises(ConfigKeyError, match=r"model\.fusion\.num_layer.*EarlyFusion.*num_layers"):
-        check_targets(cfg)
+    with pytest.raises(SpecError, match=r"model\.net\.fusion\.num_layer.*'early'.*num_layers"):
+        check_model_specs(cfg)
 
 
-def test_unimportable_target_is_reported(compose_cfg):
-    cfg = compose_cfg(["model.net.encoders.text._target_=mmgpt.encoders.NoSuchEncoder"])
-    with pytest.raises(ConfigKeyError, match=r"model\.net\.encoders\.text\._target_"):
-        check_targets(cfg)
+def test_unknown_part_is_reported(compose_cfg):
+    cfg = compose_cfg(["model.net.encoders.text.type=no_such_encoder"])
+    with pytest.raises(SpecError, match=r"model\.net\.encoders\.text\.type.*no_such_encoder.*text_encoder"):
+        check_model_specs(cfg)
+
+
+def test_part_of_the_wrong_kind_is_reported(compose_cfg):
+    cfg = compose_cfg(["model.net.encoders.text.type=early"])
+    with pytest.raises(SpecError, match=r"model\.net\.encoders\.text\.type: 'early' is a fusion"):
+        check_model_specs(cfg)
+
+
+def test_import_path_in_the_network_spec_is_refused(compose_cfg):
+    cfg = compose_cfg(["+model.net.encoders.text._target_=shutil.copyfile"])
+    with pytest.raises(SpecError, match=r"model\.net\.encoders\.text\._target_.*import paths are not accepted"):
+        check_model_specs(cfg)
 
 
 def test_shared_sizes_reach_every_part(compose_cfg):

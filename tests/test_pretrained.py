@@ -65,12 +65,12 @@ def test_gpt2_needs_heads_without_config(tmp_path):
 def test_torchvision_stem_gives_the_token_grid_and_plugs_into_the_image_encoder():
     from mmgpt.encoders import ImageEncoder
 
-    stem = TorchvisionStem(16, patch_size=8, name="resnet18", weights=None)
+    stem = TorchvisionStem(dim=16, patch_size=8, name="resnet18", weights=None)
     assert stem(torch.randn(2, 3, 32, 32)).shape == (2, 16, 4, 4)
-    enc = ImageEncoder(16, 1, 2, image_size=32, patch_size=8, stem=stem)
+    enc = ImageEncoder(dim=16, num_layers=1, num_heads=2, image_size=32, patch_size=8, stem=stem)
     out = enc(torch.randn(2, 3, 32, 32))
     assert out.tokens.shape == (2, 16, 16)
-    frozen = TorchvisionStem(16, patch_size=4, freeze=True)
+    frozen = TorchvisionStem(dim=16, patch_size=4, freeze=True)
     assert not any(p.requires_grad for p in frozen.trunk.parameters())
     assert all(p.requires_grad for p in frozen.proj.parameters())
 

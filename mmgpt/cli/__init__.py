@@ -1,6 +1,13 @@
-"""Command-line entry points: thin Hydra apps around plain functions."""
+"""Command-line entry points: thin Hydra apps around plain functions.
 
+The edge of the library: the only place Hydra composes configs and ``instantiate`` runs (on the user's own data,
+trainer, callbacks and loggers). They wire ``mmgpt.datamodules``, the network (through :mod:`mmgpt.registry`) and
+``mmgpt.training`` together; nothing imports from here except the tests.
+"""
+
+import logging
 import os
+import warnings
 from datetime import datetime
 
 from omegaconf import OmegaConf
@@ -21,5 +28,23 @@ def run_id() -> str:
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
 
 
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's "Tip: try installing <product>" lines from run output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).lstrip().startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+def quiet_lightning() -> None:
+    """Run output without Lightning's advert lines and its known deprecation notice (not ours to fix)."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)  # where Lightning's rank_zero_info records are made
+        if not any(isinstance(f, _NoAdverts) for f in logger.filters):
+            logger.addFilter(_NoAdverts())
+    # pytorch_lightning/utilities/_pytree.py on torch >= 2.10; fixed upstream, harmless here
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 register_schemas()
+quiet_lightning()
 OmegaConf.register_new_resolver("mmgpt_run_id", run_id, use_cache=True, replace=True)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import resource
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -19,7 +20,29 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict, read_write
 
+from mmgpt.errors import UserError
+
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Report a :class:`~mmgpt.errors.UserError` (or a missing file) as one line and exit 1, not a traceback.
+
+    ``MMGPT_TRACEBACK=1`` re-raises, for debugging.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, FileNotFoundError) as e:
+            if os.environ.get("MMGPT_TRACEBACK"):
+                raise
+            raise SystemExit(f"error: {e}") from None
+
+    return wrapper
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:

@@ -29,12 +29,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
-from mmgpt.cli.common import rank_zero, relaunchable_job
+from mmgpt.cli.common import rank_zero, relaunchable_job, user_errors
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
 from mmgpt.config import CONFIG_DIR
 from mmgpt.report import ReportFiles, write_report
 from mmgpt.report.runs import EVAL_RESULTS, RESULTS
+from mmgpt.training.checkpointing import config_differences
+from mmgpt.training.safe_load import check_stored_overrides
 from mmgpt.training.tracking import wandb_sync_command
 
 log = logging.getLogger("mmgpt.compare")
@@ -51,16 +53,16 @@ def finished_results(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+def _moved(node: Any, old: str, new: str) -> Any:
+    """``node`` with the run directory ``old`` replaced by ``new`` in every string."""
     if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
+        return {k: _moved(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_moved(v, old, new) for v in node]
+    return node.replace(old, new) if isinstance(node, str) else node
 
 
-def config_differences(run_dir: Path, cfg: DictConfig) -> list[str]:
+def changed_keys(run_dir: Path, cfg: DictConfig) -> list[str]:
     """Keys whose value in the finished run's ``config.yaml`` differs from ``cfg`` (empty when none or no file).
 
     Where runs are stored (``paths.*``, and paths under the run directory) is not a difference: a sweep may have
@@ -69,12 +71,12 @@ def config_differences(run_dir: Path, cfg: DictConfig) -> list[str]:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return []
-    saved = _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
-    now = _flat(OmegaConf.to_container(cfg, resolve=True))
-    old_dir, new_dir = str(saved.get("paths.output_dir")), str(now.get("paths.output_dir"))
-    saved = {k: v.replace(old_dir, new_dir) if isinstance(v, str) else v for k, v in saved.items()}
-    keys = (saved.keys() | now.keys()) - {k for k in saved.keys() | now.keys() if k.startswith("paths.")}
-    return sorted(k for k in keys if saved.get(k) != now.get(k))
+    saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    now = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(saved, dict) and isinstance(now, dict)
+    old_dir, new_dir = str((saved.get("paths") or {}).get("output_dir")), str(now["paths"]["output_dir"])
+    saved, now = ({k: v for k, v in c.items() if k != "paths"} for c in (_moved(saved, old_dir, new_dir), now))
+    return sorted({d.split(":", 1)[0] for d in config_differences(saved, now)})
 
 
 def clear_unfinished(run_dir: Path) -> list[Path]:
@@ -136,7 +138,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         with relaunchable_job(run_dir):
             results = train(cfg)
     else:
-        changed = config_differences(run_dir, cfg)
+        changed = changed_keys(run_dir, cfg)
         if changed:
             raise ValueError(
                 f"{run_dir} holds a finished run with another config ({', '.join(changed[:8])}); resume a sweep with "
@@ -181,7 +183,9 @@ def previous_overrides(sweep_dir: Path) -> list[str]:
     hydra_overrides = [
         str(o) for o in cfg.hydra.overrides.hydra if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))
     ]
-    return [*hydra_overrides, *(str(o) for o in cfg.hydra.overrides.task)]
+    overrides = [*hydra_overrides, *(str(o) for o in cfg.hydra.overrides.task)]
+    check_stored_overrides(overrides, path)  # a sweep directory from elsewhere must not name code to call
+    return overrides
 
 
 def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
@@ -202,6 +206,7 @@ def _compare_app(cfg: DictConfig) -> float | None:
     return (results.get("val") or {}).get(f"val/{cfg.compare.metric}")
 
 
+@user_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: ``report=DIR`` and ``resume=DIR`` are handled here, everything else goes to Hydra."""
     args = list(sys.argv[1:] if argv is None else argv)

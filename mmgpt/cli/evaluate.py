@@ -1,57 +1,51 @@
-"""``mmgpt-eval ckpt_path=PATH``: evaluate a checkpoint, on all modalities and on every subset of them."""
+"""``mmgpt-eval ckpt_path=PATH``: evaluate a checkpoint, on all modalities and on every subset of them.
+
+The checkpoint is opened by mmgpt's safe loader (:mod:`mmgpt.training.safe_load`): the network is rebuilt from
+registered parts only, and the stored data config may name only mmgpt's datamodules.
+"""
 
 from __future__ import annotations
 
-import itertools
 import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
-from mmgpt.cli.common import metrics_of, rank_zero, write_json
+from mmgpt.cli.common import metrics_of, rank_zero, user_errors, write_json
 from mmgpt.config import CONFIG_DIR, check_targets
-from mmgpt.training.lit_module import MultimodalClassifier
+from mmgpt.errors import UserError
+from mmgpt.training.evaluation import evaluate_subsets, modality_subsets
 from mmgpt.training.progress import progress_bar
+from mmgpt.training.safe_load import load_module, read_checkpoint, safe_data_config, stored_run_config
 
 log = logging.getLogger("mmgpt.eval")
 
-
-def load_run_config(ckpt_path: str | Path) -> dict[str, Any] | None:
-    """The resolved run config stored in a checkpoint by :class:`~mmgpt.training.callbacks.RunConfigInCheckpoint`."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    return (ckpt.get("mmgpt") or {}).get("config")
-
-
-def modality_subsets(modalities: tuple[str, ...]) -> list[frozenset[str]]:
-    """Every non-empty subset, largest first: (a, b, c), (a, b), (a, c), (b, c), (a), (b), (c)."""
-    return [frozenset(c) for r in range(len(modalities), 0, -1) for c in itertools.combinations(modalities, r)]
+__all__ = ["evaluate", "format_report", "modality_subsets"]
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; write ``eval_results.json`` into the run directory."""
     ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     if cfg.split not in ("val", "test"):
-        raise ValueError(f"split={cfg.split!r}: expected 'val' or 'test'")
-    module = MultimodalClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
-    if cfg.data is not None:
-        data_cfg = cfg.data
+        raise UserError(f"split={cfg.split!r}: expected 'val' or 'test'")
+    module = load_module(ckpt_path, map_location="cpu", plugins=list(cfg.get("plugins") or []))
+    out_dir = Path(cfg.paths.output_dir)
+    if cfg.data is not None:  # the user's own data config: checked like mmgpt-train's
+        check_targets(cfg.data, "data")
+        data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     else:
-        run_cfg = load_run_config(ckpt_path)
-        if run_cfg is None:
-            raise ValueError(f"{ckpt_path} stores no data config; pass one, e.g. data=synthetic")
-        data_cfg = OmegaConf.create(run_cfg["data"])
-    check_targets(data_cfg, "data")
+        run_cfg = stored_run_config(read_checkpoint(ckpt_path))
+        if not run_cfg or "data" not in run_cfg:
+            raise UserError(f"{ckpt_path} stores no data config; pass one, e.g. data=synthetic")
+        data_cfg = safe_data_config(run_cfg["data"], f"{ckpt_path}: mmgpt.config.data", out_dir)
     datamodule = instantiate(data_cfg, _convert_="all")
     if list(datamodule.class_names) != list(module.hparams.class_names or datamodule.class_names):
-        raise ValueError(
+        raise UserError(
             f"the data's classes {list(datamodule.class_names)} differ from the checkpoint's "
             f"{list(module.hparams.class_names)}"
         )
@@ -61,15 +55,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = metrics_of(run(module, datamodule=datamodule, verbose=False))
     results: dict[str, Any] = {"ckpt_path": str(ckpt_path), "split": cfg.split, "metrics": metrics}
     if cfg.subsets:
-        subsets: dict[str, dict[str, float]] = {}
-        for keep in modality_subsets(module.net.modalities):
-            module.eval_modalities = keep
-            m = metrics_of(run(module, datamodule=datamodule, verbose=False))
-            subsets["+".join(sorted(keep))] = {k.split("/", 1)[1]: v for k, v in m.items()}
-        module.eval_modalities = None
-        results["subsets"] = subsets
+        results["subsets"] = evaluate_subsets(trainer, module, datamodule, cfg.split, module.net.modalities)
     if rank_zero():
-        out_dir = Path(cfg.paths.output_dir)
         write_json(out_dir / "eval_results.json", results)
         print(format_report(results))
         log.info("eval results: %s", out_dir / "eval_results.json")
@@ -91,6 +78,7 @@ def format_report(results: dict[str, Any]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+@user_errors
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

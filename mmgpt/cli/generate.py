@@ -10,7 +10,6 @@ Each of ``image``/``audio``/``prompt`` is one value or a list; single values are
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from mmgpt.batch import MultimodalBatch
+from mmgpt.cli.common import user_errors
+from mmgpt.errors import UserError
 from mmgpt.generation import GenerationConfig, generate
-from mmgpt.training.lit_module import MultimodalModule
 from mmgpt.model import MultimodalTransformer
 from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.training.safe_load import load_module, read_checkpoint, stored_run_config
 
 log = logging.getLogger("mmgpt.generate")
-
-#: The image normalisation of mmgpt's datamodules.
 
 
 @dataclass
@@ -47,6 +46,9 @@ class GenerateSchema:
     use_cache: bool = True
     seed: int = 0
     device: str = "cpu"
+    plugins: list[str] = field(default_factory=list)  # your modules registering parts the checkpoint uses
+    # No run directory and no log file: the command prints its texts and writes nothing where it is run.
+    defaults: list[Any] = field(default_factory=lambda: [{"override hydra/job_logging": "stdout"}, "_self_"])
     hydra: Any = field(default_factory=lambda: {"output_subdir": None, "run": {"dir": "."}})
 
 
@@ -107,21 +109,18 @@ def build_batch(
 
 def run_generate(cfg: DictConfig) -> list[str]:
     """Load the checkpoint, build the batch, generate; returns the texts (prompt + continuation)."""
-    if not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    module = MultimodalModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
-    net = module.net.to(cfg.device).eval()
-    if net.decoder is None:
-        raise ValueError(f"{cfg.ckpt_path} has no text decoder: train it with task=caption")
     images, audios, prompts = _as_list(cfg.image), _as_list(cfg.audio), [str(p) for p in _as_list(cfg.prompt)]
     if not images and not audios:
-        raise ValueError("give image=... and/or audio=...")
+        raise UserError("give image=... and/or audio=... (the media to write about)")
+    module = load_module(cfg.ckpt_path, map_location="cpu", plugins=list(cfg.get("plugins") or []))
+    net = module.net.to(cfg.device).eval()
+    if net.decoder is None:
+        raise UserError(f"{cfg.ckpt_path} has no text decoder: train it with task=caption")
     n = max(len(images), len(audios), len(prompts), 1)
     for name, xs in (("image", images), ("audio", audios), ("prompt", prompts)):
         if len(xs) not in (0, 1, n):
-            raise ValueError(f"{name}: {len(xs)} values for a batch of {n}")
-    stored = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True).get("mmgpt") or {}
-    data_cfg = (stored.get("config") or {}).get("data") or {}
+            raise UserError(f"{name}: {len(xs)} values for a batch of {n}")
+    data_cfg = (stored_run_config(read_checkpoint(cfg.ckpt_path)) or {}).get("data") or {}
     max_audio = (
         int(data_cfg["max_audio_seconds"] * data_cfg["sample_rate"])
         if "max_audio_seconds" in data_cfg and "sample_rate" in data_cfg
@@ -144,6 +143,7 @@ ConfigStore.instance().store(name="generate", node=GenerateSchema)
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name="generate")
+@user_errors
 def main(cfg: DictConfig) -> None:
     run_generate(cfg)
 

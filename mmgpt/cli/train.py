@@ -1,10 +1,16 @@
-"""``mmgpt-train``: train a multimodal Transformer. All behaviour comes from the Hydra config (conf/train.yaml)."""
+"""``mmgpt-train``: train a multimodal Transformer. All behaviour comes from the Hydra config (conf/train.yaml).
+
+:func:`train` is the recipe, readable top to bottom: check the config, build data, model, callbacks, loggers and
+trainer, fit, evaluate the best checkpoint, write ``results.json``. Resuming, the run directory's files and the
+results are named helpers below it.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +21,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
-from mmgpt.training.callbacks import (
-    FlushLogsWithCheckpoint,
-    RestoreLoaderPosition,
-    RngStateInCheckpoint,
-    RunConfigInCheckpoint,
-    Throughput,
-)
 from mmgpt.cli.common import (
     finish_wandb,
     hydra_choice,
@@ -30,21 +29,78 @@ from mmgpt.cli.common import (
     peak_memory,
     rank_zero,
     relaunchable_job,
+    user_errors,
     write_json,
 )
-from mmgpt.training.checkpointing import check_resume_compatible, find_resume_checkpoint, load_checkpoint
-from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_targets, resolved
-from mmgpt.training.finetune import init_from_checkpoint, parameter_counts
+from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_model_specs, check_targets, resolved
 from mmgpt.layers import Block
-from mmgpt.training.lit_module import MultimodalClassifier
+from mmgpt.registry import import_plugins
+from mmgpt.training.callbacks import (
+    FlushLogsWithCheckpoint,
+    RestoreLoaderPosition,
+    RngStateInCheckpoint,
+    RunConfigInCheckpoint,
+    Throughput,
+)
+from mmgpt.training.checkpointing import check_resume_compatible, find_resume_checkpoint
+from mmgpt.training.finetune import LoadReport, init_from_checkpoint, parameter_counts
+from mmgpt.training.lit_module import MultimodalModule
 from mmgpt.training.loggers import prepare_metrics_csv
+from mmgpt.training.safe_load import read_checkpoint
 from mmgpt.training.tracking import dashboard_hparams, label_run, log_final, reset_peak_memory
 
 log = logging.getLogger("mmgpt.train")
 
+#: Callbacks that resuming and evaluation rely on (listed, with why, in conf/callbacks/default.yaml).
+REQUIRED_CALLBACKS = (RunConfigInCheckpoint, RngStateInCheckpoint, FlushLogsWithCheckpoint, RestoreLoaderPosition)
 
-def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> MultimodalClassifier:
-    """The LightningModule of ``cfg.model.module`` around ``cfg.model.net``, sized for the datamodule's classes."""
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, validate and test as configured; write ``results.json`` into the run directory and return it."""
+    check_config(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reset_peak_memory()  # tracking: this run's peak, not the multirun process's
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule: pl.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    module = build_module(cfg, datamodule)
+    init_report = init_from_checkpoint(module.net, cfg.init_from) if cfg.get("init_from") else None  # fine-tuning
+    resume = resume_state(cfg, out_dir, module)
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg, resume)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    record_run(cfg, out_dir, loggers, resume)
+
+    try:
+        t0 = time.perf_counter()
+        if cfg.train:
+            fit(trainer, module, datamodule, resume, out_dir)
+        best = best_checkpoint(trainer, out_dir)
+        val = metrics_of(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False))
+        test = test_metrics(cfg, trainer, module, datamodule, best)
+        results = assemble_results(cfg, trainer, module, val, test, best, init_report, time.perf_counter() - t0)
+        if rank_zero():
+            write_results(cfg, out_dir, results, loggers)
+        return results
+    finally:
+        finish_wandb(loggers)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Everything that can be checked before anything is built: keys, typed specs, the objectives shorthand."""
+    for group in ("fusion", "decoder"):  # `model.fusion=late` where `model/fusion=late` was meant
+        if isinstance(cfg.model.get(group), str):
+            raise ConfigKeyError(f"model.{group}={cfg.model[group]!r}: to choose a {group}, use the config group "
+                                 f"with a slash: model/{group}={cfg.model[group]}")
+    import_plugins(cfg.get("plugins"))
+    check_targets(cfg)
+    apply_objectives(cfg)
+    check_model_specs(cfg)
+
+
+def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> MultimodalModule:
+    """The LightningModule of ``cfg.model.module`` around the network spec ``cfg.model.net``, sized for the data."""
     net = OmegaConf.to_container(cfg.model.net, resolve=True)
     module = instantiate(
         cfg.model.module,
@@ -71,18 +127,36 @@ def apply_speedups(net: nn.Module, compile: bool, activation_checkpointing: bool
         net.compile()
 
 
-def build_trainer(cfg: DictConfig, run_config: dict[str, Any],
-                  extra_callbacks: tuple[pl.Callback, ...] = ()) -> tuple[pl.Trainer, list[pl.Callback], list[Any]]:
-    """The Trainer of ``cfg.trainer`` with the configured callbacks and loggers, plus the callbacks every run needs.
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """The ``callbacks`` group, in key order; the required ones must be among them."""
+    callbacks = instantiate_group(cfg.callbacks)
+    for required in REQUIRED_CALLBACKS:
+        if not any(isinstance(cb, required) for cb in callbacks):
+            raise ConfigKeyError(f"callbacks: {required.__name__} is required (resume and evaluation depend on it); "
+                                 "keep the entries of conf/callbacks/default.yaml's last section")
+    for cb in callbacks:
+        if isinstance(cb, RunConfigInCheckpoint):
+            cb.config = resolved(cfg)  # what mmgpt-eval rebuilds the data from
+    return callbacks
 
-    Returns (trainer, callbacks, loggers). ``bench.configured_run`` times the Trainer this builds.
-    """
-    callbacks = instantiate_group(cfg.callbacks) + [RunConfigInCheckpoint(run_config), RngStateInCheckpoint(),
-                                                    FlushLogsWithCheckpoint(), RestoreLoaderPosition(),
-                                                    *extra_callbacks]
-    loggers = instantiate_group(cfg.logger)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return trainer, callbacks, loggers
+
+@dataclass
+class ResumeState:
+    """Where a resumed run continues from: the checkpoint, its global step and its wandb run id."""
+
+    ckpt_path: Path
+    global_step: int
+    wandb_id: str | None
+
+
+def resume_state(cfg: DictConfig, out_dir: Path, module: MultimodalModule) -> ResumeState | None:
+    """The checkpoint to continue from (``ckpt_path``, or ``resume=auto``'s newest good one), checked to fit."""
+    path = resume_checkpoint(cfg, out_dir)
+    if path is None:
+        return None
+    saved = read_checkpoint(path)
+    check_resume_compatible(saved, module.hparams["net"], path)
+    return ResumeState(path, int(saved.get("global_step", 0)), (saved.get("mmgpt") or {}).get("wandb_id"))
 
 
 def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
@@ -97,100 +171,107 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
         log.info("resume=auto: %s", f"continuing from {found}" if found else f"no checkpoint in {out_dir}, starting fresh")
         return found
     if cfg.get("resume") not in (None, "auto"):
-        raise ValueError(f"resume={cfg.resume!r}: expected null or 'auto' (use ckpt_path=PATH for a given checkpoint)")
+        raise ConfigKeyError(f"resume={cfg.resume!r}: expected null or 'auto' (use ckpt_path=PATH for a given checkpoint)")
     return None
 
 
-def fusion_name(cfg: DictConfig) -> str:
-    """The ``model/fusion`` option (``early``...), or the fusion class name outside a Hydra app."""
-    return hydra_choice("model/fusion") or str(cfg.model.fusion._target_).rsplit(".", 1)[-1]
+def build_loggers(cfg: DictConfig, resume: ResumeState | None) -> list[Any]:
+    """The ``logger`` group; a resumed run continues the same wandb run."""
+    if resume is not None and resume.wandb_id and cfg.logger and "wandb" in cfg.logger:
+        with open_dict(cfg):
+            cfg.logger.wandb.id = resume.wandb_id
+    return instantiate_group(cfg.logger)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, validate and test as configured; write ``results.json`` into the run directory and return it."""
-    for group in ("fusion", "decoder"):  # `model.fusion=late` where `model/fusion=late` was meant
-        if isinstance(cfg.model.get(group), str):
-            raise ConfigKeyError(f"model.{group}={cfg.model[group]!r}: to choose a {group}, use the config group "
-                                 f"with a slash: model/{group}={cfg.model[group]}")
-    check_targets(cfg)
-    apply_objectives(cfg)
-    reset_peak_memory()  # tracking: this run's peak, not the multirun process's
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(cfg.seed, workers=True)
-    run_config = resolved(cfg)
-
-    datamodule = instantiate(cfg.data, _convert_="all")
-    module = build_module(cfg, datamodule)
-    init_report = init_from_checkpoint(module.net, cfg.init_from) if cfg.get("init_from") else None  # fine-tuning
-    resume_from = resume_checkpoint(cfg, out_dir)
-    if resume_from is not None:
-        saved = load_checkpoint(resume_from)
-        check_resume_compatible(saved, module.hparams["net"], resume_from)
-        wandb_id = (saved.get("mmgpt") or {}).get("wandb_id")
-        if wandb_id and cfg.logger and "wandb" in cfg.logger:
-            with open_dict(cfg):
-                cfg.logger.wandb.id = wandb_id  # the resumed run continues the same wandb run
+def record_run(cfg: DictConfig, out_dir: Path, loggers: list[Any], resume: ResumeState | None) -> None:
+    """The run directory's config.yaml and metrics.csv, the loggers' hyperparameters and run labels."""
     if rank_zero():  # a resumed run continues metrics.csv; a fresh one never appends to another run's
-        resume_step = None if resume_from is None else int(saved.get("global_step", 0))
-        prepare_metrics_csv(out_dir / "metrics.csv", resume_step)
-    trainer, callbacks, loggers = build_trainer(cfg, run_config)
-    if rank_zero():
+        prepare_metrics_csv(out_dir / "metrics.csv", None if resume is None else resume.global_step)
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    run_config = resolved(cfg)
     for lg in loggers:
         lg.log_hyperparams(run_config)
     label_run(loggers, fusion=fusion_name(cfg), seed=int(cfg.seed))  # tracking: wandb tags + config
 
-    t0 = time.perf_counter()
+
+def fit(trainer: pl.Trainer, module: MultimodalModule, datamodule: pl.LightningDataModule,
+        resume: ResumeState | None, out_dir: Path) -> None:
+    """``trainer.fit``, from the resume checkpoint if any; an interruption says how to continue."""
+    if resume is not None:  # a resumed run's checkpoint directory is expected to hold checkpoints
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     try:
-        if cfg.train:
-            if resume_from is not None:  # a resumed run's checkpoint directory is expected to hold checkpoints
-                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-            try:
-                trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-            except (KeyboardInterrupt, SystemExit):
-                _how_to_continue(out_dir)
-                raise
-            if trainer.interrupted:
-                _how_to_continue(out_dir)
-                raise SystemExit(130)
-        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        ckpt = ckpt or None
-        val = metrics_of(trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False))
-        test = metrics_of(trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)) if cfg.test else {}
-        throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
-        results = {
-            "fusion": fusion_name(cfg),
-            "fusion_target": str(cfg.model.fusion._target_),
-            "seed": int(cfg.seed),
-            "val": val,
-            "test": test,
-            "params": module.net.param_counts(),
-            "params_trainable": parameter_counts(module)[0],
-            "init_from": None if init_report is None else {
-                "path": str(cfg.init_from), "loaded": len(init_report.loaded), "missing": init_report.missing,
-                "unexpected": init_report.unexpected, "mismatched": sorted(init_report.mismatched)},
-            "train_samples_per_sec": throughput.steady_rate if throughput else None,  # training steps only
-            "val_samples_per_sec": throughput.val_rate if throughput else None,
-            "wall_time_s": time.perf_counter() - t0,
-            "epochs": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "world_size": trainer.world_size,
-            "best_ckpt": ckpt,
-            "run_dir": str(out_dir),
-            **peak_memory(),
-        }
-        if rank_zero():
-            write_json(out_dir / "results.json", results)
-            log_final(loggers, results, dashboard_hparams(cfg, results["fusion"]))  # tracking: summary, HParams
-            log.info("val %s | test %s", _fmt(val), _fmt(test))
-            log.info("results: %s", out_dir / "results.json")
-            log.info("metrics: %s", out_dir / "metrics.csv")
-            if ckpt:
-                log.info("best checkpoint: %s", ckpt)
-        return results
-    finally:
-        finish_wandb(loggers)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume and resume.ckpt_path, weights_only=True)
+    except (KeyboardInterrupt, SystemExit):
+        _how_to_continue(out_dir)
+        raise
+    if trainer.interrupted:
+        _how_to_continue(out_dir)
+        raise SystemExit(130)
+
+
+def best_checkpoint(trainer: pl.Trainer, out_dir: Path) -> str | None:
+    """The best checkpoint of this run, found in ``out_dir`` (also when the run directory was copied or moved)."""
+    path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not path:
+        return None
+    here = out_dir / "checkpoints" / Path(path).name
+    return str(here) if here.is_file() else path
+
+
+def test_metrics(cfg: DictConfig, trainer: pl.Trainer, module: MultimodalModule,
+                 datamodule: pl.LightningDataModule, best: str | None) -> dict[str, float]:
+    """Test metrics of the best checkpoint; empty when ``test=false`` or the data has no test split (said so)."""
+    if not cfg.test:
+        return {}
+    has_split = getattr(datamodule, "has_split", None)
+    if has_split is not None and not has_split("test"):
+        log.info("the data has no test split: test stage skipped (results.json has val metrics only)")
+        return {}
+    return metrics_of(trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False))
+
+
+def assemble_results(cfg: DictConfig, trainer: pl.Trainer, module: MultimodalModule, val: dict[str, float],
+                     test: dict[str, float], best: str | None, init_report: LoadReport | None,
+                     wall_time_s: float) -> dict[str, Any]:
+    """What ``results.json`` holds: metrics, sizes, speed, memory and where the run's files are."""
+    throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
+    return {
+        "fusion": fusion_name(cfg),
+        "fusion_type": str(cfg.model.fusion.type),
+        "seed": int(cfg.seed),
+        "val": val,
+        "test": test,
+        "params": module.net.param_counts(),
+        "params_trainable": parameter_counts(module)[0],
+        "init_from": None if init_report is None else {
+            "path": str(cfg.init_from), "loaded": len(init_report.loaded), "missing": init_report.missing,
+            "unexpected": init_report.unexpected, "mismatched": sorted(init_report.mismatched)},
+        "train_samples_per_sec": throughput.steady_rate if throughput else None,  # training steps only
+        "val_samples_per_sec": throughput.val_rate if throughput else None,
+        "wall_time_s": wall_time_s,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "world_size": trainer.world_size,
+        "best_ckpt": best,
+        "run_dir": str(Path(cfg.paths.output_dir)),
+        **peak_memory(),
+    }
+
+
+def write_results(cfg: DictConfig, out_dir: Path, results: dict[str, Any], loggers: list[Any]) -> None:
+    """``results.json``, the dashboards' summary and HParams, and where to find everything."""
+    write_json(out_dir / "results.json", results)
+    log_final(loggers, results, dashboard_hparams(cfg, results["fusion"]))  # tracking: summary, HParams
+    log.info("val %s | test %s", _fmt(results["val"]), _fmt(results["test"]))
+    log.info("results: %s", out_dir / "results.json")
+    log.info("metrics: %s", out_dir / "metrics.csv")
+    if results["best_ckpt"]:
+        log.info("best checkpoint: %s", results["best_ckpt"])
+
+
+def fusion_name(cfg: DictConfig) -> str:
+    """The ``model/fusion`` option (``early``...), or the fusion's registered type outside a Hydra app."""
+    return hydra_choice("model/fusion") or str(cfg.model.fusion.type)
 
 
 def _how_to_continue(out_dir: Path) -> None:
@@ -204,6 +285,7 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@user_errors
 def main(cfg: DictConfig) -> float | None:
     with relaunchable_job(Path(cfg.paths.output_dir)):  # multirun x DDP: each sweep point launches its own ranks
         results = train(cfg)

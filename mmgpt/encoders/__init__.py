@@ -1,4 +1,7 @@
-"""Modality encoders: raw input -> tokens (B, N, D) + padding mask (B, N)."""
+"""Modality encoders: raw input -> tokens (B, N, D) + padding mask (B, N). Image stems live with the image encoder.
+
+Built from ``layers``; registered by name in :mod:`mmgpt.registry` (``text_encoder``, ``image_encoder``, ...).
+"""
 
 from mmgpt.encoders.audio import AudioEncoder
 from mmgpt.encoders.base import EncoderOutput

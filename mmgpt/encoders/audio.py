@@ -16,7 +16,7 @@ from mmgpt.layers import Transformer
 class LogMel(nn.Module):
     """Waveform (B, S) -> log-mel spectrogram (B, C, L) with torchaudio, plus per-frame validity."""
 
-    def __init__(self, sample_rate: int, n_mels: int, n_fft: int, hop_length: int) -> None:
+    def __init__(self, *, sample_rate: int, n_mels: int, n_fft: int, hop_length: int) -> None:
         super().__init__()
         self.hop_length = hop_length
         self.mel = torchaudio.transforms.MelSpectrogram(
@@ -57,6 +57,7 @@ class AudioEncoder(nn.Module):
 
     def __init__(
         self,
+        *,
         dim: int,
         num_layers: int,
         num_heads: int,
@@ -70,15 +71,14 @@ class AudioEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.max_frames = max_frames
-        self.frontend = LogMel(sample_rate, n_mels, n_fft, hop_length)
+        self.frontend = LogMel(sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
         # Per-frame LayerNorm over mel bins: no batch statistics, so a sample's tokens never depend on its batch.
         self.norm_in = nn.LayerNorm(n_mels)
         self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, stride=2, padding=1)
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
         self.pos_emb = nn.Parameter(torch.zeros(1, max_frames, dim))
-        nn.init.normal_(self.pos_emb, std=0.02)
         self.drop = nn.Dropout(dropout)
-        self.transformer = Transformer(dim, num_layers, num_heads, mlp_ratio, dropout)
+        self.transformer = Transformer(dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         """x (B, S) waveform, mask (B, S) True = real sample -> tokens (B, F, D), F = ceil(ceil(L/2)/2)."""

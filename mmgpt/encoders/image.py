@@ -6,13 +6,13 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.encoders.base import EncoderOutput
-from mmgpt.layers import Transformer
+from mmgpt.layers import Transformer, mark_pretrained
 
 
 class PatchEmbed(nn.Module):
     """ViT's linear patch embedding: one ``patch_size`` x ``patch_size`` convolution with the same stride."""
 
-    def __init__(self, dim: int, patch_size: int, in_channels: int = 3) -> None:
+    def __init__(self, *, dim: int, patch_size: int, in_channels: int = 3) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
@@ -28,7 +28,7 @@ class ConvStem(nn.Module):
     :class:`PatchEmbed`, much faster to learn shapes on small data.
     """
 
-    def __init__(self, dim: int, patch_size: int, in_channels: int = 3) -> None:
+    def __init__(self, *, dim: int, patch_size: int, in_channels: int = 3) -> None:
         super().__init__()
         n = patch_size.bit_length() - 1
         if patch_size < 2 or 2**n != patch_size:
@@ -63,6 +63,7 @@ class ImageEncoder(nn.Module):
 
     def __init__(
         self,
+        *,
         dim: int,
         num_layers: int,
         num_heads: int,
@@ -78,11 +79,10 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
         self.image_size = image_size
         self.num_patches = (image_size // patch_size) ** 2
-        self.patch_embed = stem if stem is not None else PatchEmbed(dim, patch_size, in_channels)
+        self.patch_embed = stem if stem is not None else PatchEmbed(dim=dim, patch_size=patch_size, in_channels=in_channels)
         self.pos_emb = nn.Parameter(torch.zeros(1, self.num_patches, dim))
-        nn.init.normal_(self.pos_emb, std=0.02)
         self.drop = nn.Dropout(dropout)
-        self.transformer = Transformer(dim, num_layers, num_heads, mlp_ratio, dropout)
+        self.transformer = Transformer(dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         """x (B, 3, H, W) normalised image -> tokens (B, P, D); every patch is real (mask all True)."""
@@ -111,7 +111,7 @@ class TorchvisionStem(nn.Module):
 
     _CUTS = {4: "layer1", 8: "layer2", 16: "layer3", 32: "layer4"}
 
-    def __init__(self, dim: int, patch_size: int = 8, name: str = "resnet18", weights: str | None = None,
+    def __init__(self, *, dim: int, patch_size: int = 8, name: str = "resnet18", weights: str | None = None,
                  freeze: bool = False) -> None:
         super().__init__()
         import torchvision
@@ -119,6 +119,8 @@ class TorchvisionStem(nn.Module):
         if patch_size not in self._CUTS:
             raise ValueError(f"patch_size must be one of {sorted(self._CUTS)}, got {patch_size}")
         resnet = torchvision.models.get_model(name, weights=weights)
+        if weights is not None:
+            mark_pretrained(resnet)
         layers: list[nn.Module] = []
         for child_name, child in resnet.named_children():
             layers.append(child)

@@ -26,6 +26,7 @@ class TextEncoder(nn.Module):
 
     def __init__(
         self,
+        *,
         dim: int,
         num_layers: int,
         num_heads: int,
@@ -40,9 +41,8 @@ class TextEncoder(nn.Module):
         self.max_length = max_length
         self.tok_emb = nn.Embedding(vocab_size, dim)
         self.pos_emb = nn.Parameter(torch.zeros(1, max_length, dim))
-        nn.init.normal_(self.pos_emb, std=0.02)
         self.drop = nn.Dropout(dropout)
-        self.transformer = Transformer(dim, num_layers, num_heads, mlp_ratio, dropout)
+        self.transformer = Transformer(dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         """x (B, T) token ids, mask (B, T) True = real token -> tokens (B, T, D)."""

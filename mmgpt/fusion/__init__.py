@@ -1,11 +1,20 @@
-"""Fusion strategies: one interface (:class:`Fusion`), swapped by Hydra's ``model/fusion`` group."""
+"""Fusion strategies: one interface (:class:`Fusion`), chosen by the ``model/fusion`` config group.
+
+Each strategy is one class here plus one registry line and one YAML under ``conf/model/fusion/``; built from
+``layers``, used by :class:`mmgpt.model.MultimodalTransformer`.
+"""
 
 from mmgpt.fusion.base import Fusion, FusionOutput, ModalityEmbedding
+from mmgpt.fusion.bottleneck import BottleneckFusion
 from mmgpt.fusion.cross_attention import CrossAttentionFusion
 from mmgpt.fusion.early import EarlyFusion
 from mmgpt.fusion.late import Combiner, ConcatMLP, LateFusion, LogitAverage
+from mmgpt.fusion.mult import MulTFusion
+from mmgpt.fusion.resampler import ResamplerFusion
+from mmgpt.fusion.tensor import LowRankFusion, TensorFusion
 
 __all__ = [
+    "BottleneckFusion",
     "Combiner",
     "ConcatMLP",
     "CrossAttentionFusion",
@@ -14,5 +23,9 @@ __all__ = [
     "FusionOutput",
     "LateFusion",
     "LogitAverage",
+    "LowRankFusion",
     "ModalityEmbedding",
+    "MulTFusion",
+    "ResamplerFusion",
+    "TensorFusion",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import ClassVar
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,16 @@ class FusionOutput:
     tokens: Tensor | None = None
     mask: Tensor | None = None
 
+    def average_members(self, values: Tensor) -> Tensor:
+        """Per-member ``values`` (B, K, ...) averaged over each sample's present members -> (B, ...).
+
+        Values that are already per sample (no ``member_mask``, or ``values`` of one dimension less) pass through.
+        """
+        if self.member_mask is None or values.dim() < 3:
+            return values
+        w = self.member_mask.to(values.dtype).unsqueeze(-1)  # (B, K, 1)
+        return (values * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+
 
 class Fusion(nn.Module, ABC):
     """Fuses per-modality tokens into pooled features.
@@ -34,7 +45,12 @@ class Fusion(nn.Module, ABC):
     modalities in sorted order, so results never depend on the order of the input dicts.
     """
 
-    def __init__(self, modalities: Sequence[str]) -> None:
+    #: How a text decoder is conditioned on this fusion: (a registered conditioner, whether the decoder
+    #: cross-attends). ``fused_prefix`` needs ``FusionOutput.tokens``; ``media_context`` cross-attends to the media
+    #: encoders' tokens. The one place fusions are paired with decoders (:func:`mmgpt.registry.decoder_pairing`).
+    decoder_pairing: ClassVar[tuple[str, bool] | None] = None
+
+    def __init__(self, *, modalities: Sequence[str]) -> None:
         super().__init__()
         self.modalities: tuple[str, ...] = tuple(sorted(modalities))
 
@@ -50,9 +66,9 @@ class Fusion(nn.Module, ABC):
 class ModalityEmbedding(nn.Module):
     """A learned type vector per modality, added to that modality's tokens."""
 
-    def __init__(self, modalities: Sequence[str], dim: int) -> None:
+    def __init__(self, *, modalities: Sequence[str], dim: int) -> None:
         super().__init__()
-        self.table = nn.ParameterDict({m: nn.Parameter(torch.randn(dim) * 0.02) for m in sorted(modalities)})
+        self.table = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in sorted(modalities)})
 
     def forward(self, modality: str, x: Tensor) -> Tensor:
         return x + self.table[modality]

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.fusion.base import Fusion, FusionOutput, ModalityEmbedding
-from mmgpt.layers import Block
+from mmgpt.layers import Block, cross_attention_block
 
 
 class CrossAttentionFusion(Fusion):
@@ -32,8 +32,11 @@ class CrossAttentionFusion(Fusion):
         dropout: dropout rate.
     """
 
+    decoder_pairing = ("media_context", True)  # the decoder cross-attends to the media tokens (Flamingo)
+
     def __init__(
         self,
+        *,
         modalities: Sequence[str],
         dim: int,
         num_layers: int,
@@ -43,18 +46,21 @@ class CrossAttentionFusion(Fusion):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__(modalities)
+        super().__init__(modalities=modalities)
         if query not in self.modalities:
             raise ValueError(f"query modality {query!r} is not one of {list(self.modalities)}")
         self.query = query
         self.context_modalities = tuple(m for m in self.modalities if m != query)
-        self.type_emb = ModalityEmbedding(self.context_modalities, dim)
-        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.null = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.type_emb = ModalityEmbedding(modalities=self.context_modalities, dim=dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.null = nn.Parameter(torch.zeros(1, 1, dim))
         self.cross_blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio, dropout, gate_init=gate_init) for _ in range(num_layers)
+            cross_attention_block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, gate_init=gate_init)
+            for _ in range(num_layers)
         )
-        self.self_blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, dropout) for _ in range(num_layers))
+        self.self_blocks = nn.ModuleList(
+            Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout) for _ in range(num_layers)
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> FusionOutput:

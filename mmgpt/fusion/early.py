@@ -26,8 +26,11 @@ class EarlyFusion(Fusion):
         dropout: dropout rate.
     """
 
+    decoder_pairing = ("fused_prefix", False)  # the fused token sequence as a bidirectional prefix
+
     def __init__(
         self,
+        *,
         modalities: Sequence[str],
         dim: int,
         num_layers: int,
@@ -35,10 +38,10 @@ class EarlyFusion(Fusion):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__(modalities)
-        self.type_emb = ModalityEmbedding(self.modalities, dim)
-        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.transformer = Transformer(dim, num_layers, num_heads, mlp_ratio, dropout)
+        super().__init__(modalities=modalities)
+        self.type_emb = ModalityEmbedding(modalities=self.modalities, dim=dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.transformer = Transformer(dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
 
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> FusionOutput:
         self.check_inputs(tokens)

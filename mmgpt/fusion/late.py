@@ -26,10 +26,10 @@ class Combiner(nn.Module, ABC):
 class ConcatMLP(Combiner):
     """Concatenate the K pooled vectors and project back to D with an MLP."""
 
-    def __init__(self, modalities: Sequence[str], dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+    def __init__(self, *, modalities: Sequence[str], dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
         k = len(modalities)
-        self.net = nn.Sequential(nn.LayerNorm(k * dim), nn.Linear(k * dim, dim), MLP(dim, mlp_ratio, dropout))
+        self.net = nn.Sequential(nn.LayerNorm(k * dim), nn.Linear(k * dim, dim), MLP(dim=dim, mlp_ratio=mlp_ratio, dropout=dropout))
 
     def forward(self, pooled: dict[str, Tensor], present: dict[str, Tensor]) -> FusionOutput:
         return FusionOutput(pooled=self.net(torch.cat(list(pooled.values()), dim=-1)))
@@ -60,8 +60,11 @@ class LateFusion(Fusion):
         dropout: dropout rate.
     """
 
+    decoder_pairing = ("pooled_prefix", False)  # the pooled per-modality vectors as a short prefix
+
     def __init__(
         self,
+        *,
         modalities: Sequence[str],
         dim: int,
         num_layers: int,
@@ -70,9 +73,9 @@ class LateFusion(Fusion):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__(modalities)
+        super().__init__(modalities=modalities)
         self.stacks = nn.ModuleDict(
-            {m: Transformer(dim, num_layers, num_heads, mlp_ratio, dropout) for m in self.modalities}
+            {m: Transformer(dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout) for m in self.modalities}
         )
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in self.modalities})
         self.combiner = combiner

@@ -1,7 +1,14 @@
-"""Building blocks shared by every encoder and fusion: one attention, one MLP, one block."""
+"""Building blocks shared by every encoder and fusion: one attention, one MLP, one block, one weight init.
+
+Imports nothing else from mmgpt; everything else in the network code builds on it.
+"""
 
 from mmgpt.layers.attention import Attention, KVCache, build_attention_mask
-from mmgpt.layers.block import Block, MLP, Transformer
+from mmgpt.layers.block import MLP, Block, GatedCrossAttentionBlock, Transformer, cross_attention_block
+from mmgpt.layers.init import init_weights, mark_pretrained
 from mmgpt.layers.pooling import masked_mean
 
-__all__ = ["Attention", "Block", "KVCache", "MLP", "Transformer", "build_attention_mask", "masked_mean"]
+__all__ = [
+    "MLP", "Attention", "Block", "GatedCrossAttentionBlock", "KVCache", "Transformer", "build_attention_mask",
+    "cross_attention_block", "init_weights", "mark_pretrained", "masked_mean",
+]

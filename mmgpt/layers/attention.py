@@ -82,7 +82,7 @@ class Attention(nn.Module):
         context_dim: width of the context for cross-attention (defaults to ``dim``).
     """
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, context_dim: int | None = None) -> None:
+    def __init__(self, *, dim: int, num_heads: int, dropout: float = 0.0, context_dim: int | None = None) -> None:
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")

@@ -18,7 +18,7 @@ class MLP(nn.Module):
         approximate: ``nn.GELU``'s approximation (``"tanh"`` is GPT-2's ``gelu_new``).
     """
 
-    def __init__(self, dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0, approximate: str = "none") -> None:
+    def __init__(self, *, dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0, approximate: str = "none") -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.net = nn.Sequential(
@@ -32,33 +32,26 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm block: attention (self, or cross when a context is given) then MLP, each residual.
 
-    A cross-attention block (Flamingo style) may be *gated*: each residual branch is scaled by ``tanh(alpha)``
-    with alpha initialised at ``gate_init`` (0 means the block starts as the identity).
-
     Args:
         dim: width D.
         num_heads: attention heads.
         mlp_ratio: MLP hidden width / D.
         dropout: dropout rate.
-        gate_init: None for an ungated block, else the initial value of the tanh gates.
         approximate: the MLP's GELU approximation (``"tanh"`` for GPT-2 weights).
     """
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        dropout: float = 0.0,
-        gate_init: float | None = None,
-        approximate: str = "none",
+        self, *, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, approximate: str = "none"
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, dropout)
+        self.attn = Attention(dim=dim, num_heads=num_heads, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_ratio, dropout, approximate)
-        self.gates = None if gate_init is None else nn.Parameter(torch.full((2,), float(gate_init)))
+        self.mlp = MLP(dim=dim, mlp_ratio=mlp_ratio, dropout=dropout, approximate=approximate)
+
+    def gates(self) -> tuple[Tensor | float, Tensor | float]:
+        """The factors of the attention and MLP branches (1, 1: ungated)."""
+        return 1.0, 1.0
 
     def forward(
         self,
@@ -74,13 +67,58 @@ class Block(nn.Module):
 
         ``prefix`` (prefix-LM masking) and ``cache`` (KV cache) are passed to :class:`Attention`.
         """
-        g_attn, g_mlp = (1.0, 1.0) if self.gates is None else torch.tanh(self.gates).unbind(0)
+        g_attn, g_mlp = self.gates()
         h = self.norm1(x)
         if context is None:
             x = x + g_attn * self.attn(h, key_mask=mask, causal=causal, prefix=prefix, cache=cache)
         else:
             x = x + g_attn * self.attn(h, context=context, key_mask=context_mask, cache=cache)
         return x + g_mlp * self.mlp(self.norm2(x))
+
+
+class GatedCrossAttentionBlock(Block):
+    """A cross-attention block whose two residual branches are scaled by ``tanh`` gates (Flamingo).
+
+    ``attn_gate`` scales the cross-attention branch and ``ff_gate`` the MLP branch; both start at ``gate_init``,
+    so with 0 the block starts as the identity and a pretrained path is undisturbed at first.
+
+    Args:
+        dim, num_heads, mlp_ratio, dropout, approximate: as :class:`Block`.
+        gate_init: initial value of both gates (before ``tanh``).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        approximate: str = "none",
+        gate_init: float = 0.0,
+    ) -> None:
+        super().__init__(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, approximate=approximate)
+        self.attn_gate = nn.Parameter(torch.full((1,), float(gate_init)))
+        self.ff_gate = nn.Parameter(torch.full((1,), float(gate_init)))
+
+    def gates(self) -> tuple[Tensor, Tensor]:
+        return torch.tanh(self.attn_gate), torch.tanh(self.ff_gate)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:  # type: ignore[override]
+        # Checkpoints written before the gates had names stored them as one 2-vector `gates` (attention, MLP).
+        old = state_dict.pop(prefix + "gates", None)
+        if old is not None:
+            state_dict[prefix + "attn_gate"], state_dict[prefix + "ff_gate"] = old[0:1].clone(), old[1:2].clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def cross_attention_block(
+    *, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, gate_init: float | None = None,
+    approximate: str = "none",
+) -> Block:
+    """A block that cross-attends: :class:`GatedCrossAttentionBlock` when ``gate_init`` is given, else ungated."""
+    kwargs = {"dim": dim, "num_heads": num_heads, "mlp_ratio": mlp_ratio, "dropout": dropout, "approximate": approximate}
+    return Block(**kwargs) if gate_init is None else GatedCrossAttentionBlock(gate_init=gate_init, **kwargs)
 
 
 class Transformer(nn.Module):
@@ -94,9 +132,13 @@ class Transformer(nn.Module):
         dropout: dropout rate.
     """
 
-    def __init__(self, dim: int, num_layers: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+    def __init__(
+        self, *, dim: int, num_layers: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0
+    ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, dropout) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(
+            Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout) for _ in range(num_layers)
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:

@@ -1,4 +1,8 @@
-"""Training objectives, composed with weights by the LightningModule: (network, batch) -> loss and metrics."""
+"""Training objectives, composed with weights by the LightningModule: (network, batch) -> loss and metrics.
+
+Network-side code (they use :mod:`mmgpt.model`, never :mod:`mmgpt.training`); registered by name in
+:mod:`mmgpt.registry` and chosen per task in ``conf/task/``.
+"""
 
 from mmgpt.objectives.adversarial import AdversarialClassification, EmbeddingAttack, robust_accuracy
 from mmgpt.objectives.base import Objective, ObjectiveOutput

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from mmgpt.batch import MultimodalBatch
 from mmgpt.encoders import EncoderOutput

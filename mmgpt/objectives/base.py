@@ -74,12 +74,21 @@ def with_text(batch: MultimodalBatch, texts: list[str], max_length: int) -> Mult
     return replace(batch, inputs=inputs, masks=masks, present=present)
 
 
-def source_batch(batch: MultimodalBatch, source: str, max_length: int) -> MultimodalBatch:
-    """``batch`` itself (``source="text"``) or with its captions as the text modality (``"caption"``)."""
+def captions(batch: MultimodalBatch, source: str) -> list[str] | None:
+    """The captions when ``source`` is ``"caption"``, None when it is ``"text"`` (the batch's own text input).
+
+    The one place that reads an objective's text source, for every objective that has one.
+    """
     if source == "text":
-        return batch
+        return None
     if source == "caption":
         if batch.captions is None:
-            raise ValueError("source='caption' needs batches with captions")
-        return with_text(batch, list(batch.captions), max_length)
+            raise ValueError("the objective's text source is 'caption', but the batch has no captions")
+        return list(batch.captions)
     raise ValueError(f"unknown text source {source!r} (expected 'text' or 'caption')")
+
+
+def source_batch(batch: MultimodalBatch, source: str, max_length: int) -> MultimodalBatch:
+    """``batch`` itself (``source="text"``) or with its captions as the text modality (``"caption"``)."""
+    texts = captions(batch, source)
+    return batch if texts is None else with_text(batch, texts, max_length)

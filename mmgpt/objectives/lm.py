@@ -15,20 +15,17 @@ from torchmetrics.text import BLEUScore, Perplexity
 from mmgpt.batch import MultimodalBatch
 from mmgpt.generation import GenerationConfig, generate
 from mmgpt.model import MultimodalTransformer
-from mmgpt.objectives.base import Objective, ObjectiveOutput
+from mmgpt.objectives.base import Objective, ObjectiveOutput, captions
 from mmgpt.tokenizer import ByteTokenizer
 
 
 def target_texts(batch: MultimodalBatch, target: str) -> list[str]:
     """The texts to model: the batch's captions (``target="caption"``) or its text inputs decoded (``"text"``)."""
-    if target == "caption":
-        if batch.captions is None:
-            raise ValueError("the batch has no captions (the lm objective's target is 'caption')")
-        return list(batch.captions)
-    if target == "text":
-        tok = ByteTokenizer()
-        return [tok.decode(ids[m]) for ids, m in zip(batch.inputs["text"], batch.masks["text"], strict=True)]
-    raise ValueError(f"unknown lm target {target!r} (expected 'caption' or 'text')")
+    texts = captions(batch, target)
+    if texts is not None:
+        return texts
+    tok = ByteTokenizer()
+    return [tok.decode(ids[m]) for ids, m in zip(batch.inputs["text"], batch.masks["text"], strict=True)]
 
 
 class CausalLM(Objective):

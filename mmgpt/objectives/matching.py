@@ -71,11 +71,7 @@ class Matching(Objective):
     def score(self, net: MultimodalTransformer, batch: MultimodalBatch) -> Tensor:
         """(B,) logits of "consistent"."""
         fused = net.fuse(net.encode(batch))
-        pooled = fused.pooled
-        if pooled.dim() == 3:  # per-member vectors: average the present members
-            w = fused.member_mask.to(pooled.dtype).unsqueeze(-1)  # (B, K, 1)
-            pooled = (pooled * w).sum(1) / w.sum(1).clamp(min=1.0)
-        return self.head(pooled).squeeze(-1)
+        return self.head(fused.average_members(fused.pooled)).squeeze(-1)  # (B,)
 
     def forward(self, net: MultimodalTransformer, batch: MultimodalBatch) -> ObjectiveOutput:
         batch = source_batch(batch, self.source, self.max_length)

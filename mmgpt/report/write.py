@@ -11,7 +11,12 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from mmgpt.report.runs import RunRecord
+from mmgpt.report.significance import Difference, RunPredictions, accuracy, pairwise
 from mmgpt.report.summary import GroupSummary, Stat
+from mmgpt.training.predictions import read_predictions
+
+#: Bootstrap replicates of the significance test.
+N_BOOT = 1000
 
 
 def _num(value: float | int | None) -> str:
@@ -108,6 +113,12 @@ def write_csv(path: Path, rows: Sequence[dict[str, str]]) -> Path:
     return path
 
 
+def _params(total: float | None, fusion: float | None) -> str:
+    if total is None:
+        return "n/a"
+    return f"{total:,.0f}" + (f" ({fusion:,.0f})" if fusion is not None else "")
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -146,14 +157,49 @@ def _md_header(groups: Sequence[GroupSummary], root: Path, info: dict[str, Any])
     return lines
 
 
-def _md_summary(groups: Sequence[GroupSummary]) -> list[str]:
+def significance(groups: Sequence[GroupSummary], split: str = "test") -> list[Difference] | None:
+    """Every pair of groups compared on ``split``'s per-sample predictions (:mod:`mmgpt.report.significance`);
+    None when the metric is not accuracy, there are fewer than two groups or a run saved no predictions."""
+    if len(groups) < 2 or groups[0].metric != "acc":
+        return None
+    runs: dict[str, list[RunPredictions]] = {}
+    for g in groups:
+        preds = [read_predictions(r.run_dir, split) for r in g.runs]
+        if any(p is None for p in preds):
+            return None
+        runs[g.name] = [RunPredictions(*p) for p in preds if p is not None]
+    return pairwise(runs, accuracy, n_boot=N_BOOT)
+
+
+def _ties(diffs: Sequence[Difference] | None) -> set[frozenset[str]]:
+    return {frozenset((d.a, d.b)) for d in diffs or () if not d.distinguishable()}
+
+
+def _md_significance(diffs: Sequence[Difference] | None) -> list[str]:
+    if diffs is None:
+        return ["No per-sample predictions (`predictions_test.npz`) in every run, or a metric other than accuracy: "
+                "no significance test."]
+    rows = [[f"{d.a} − {d.b}", f"{d.diff:+.4f}", f"[{d.low:+.4f}, {d.high:+.4f}]", f"{d.p_value:.3f}",
+             f"{d.p_holm:.3f}", "yes" if d.distinguishable() else "**no**"] for d in diffs]
+    same = [f"{d.a} and {d.b}" for d in diffs if not d.distinguishable()]
+    lines = ["Difference of mean test accuracy for every pair, with a 95% bootstrap interval and a two-sided p-value, "
+             "Holm-adjusted over the pairs (see Methods).", ""]
+    lines += _table(["pair", "difference", "95% CI", "p", "p (Holm)", "distinguishable at 0.05"], rows)
+    lines += ["", ("Not distinguishable: " + "; ".join(same) + ". Their order in the ranking is not evidence that "
+                   "one is better.") if same else "Every pair is distinguishable at the 0.05 level (Holm)."]
+    return lines
+
+
+def _md_summary(groups: Sequence[GroupSummary], diffs: Sequence[Difference] | None = None) -> list[str]:
     metric = groups[0].metric if groups else "acc"
+    ties = _ties(diffs)
     kinds = sorted({g.peak_memory_kind for g in groups})
     header = ["rank", "fusion", "seeds", "params (fusion)", "train samples/s", f"peak memory MB ({'/'.join(kinds)})",
               f"best val {metric}", f"test {metric}", "wall time s"]
     rows = [
-        [str(i), g.name, " ".join(map(str, g.seeds)),
-         f"{g.params.mean:,.0f} ({g.fusion_params.mean:,.0f})" if g.params.mean is not None else "n/a",
+        [str(i) + (" (tie)" if i > 1 and frozenset((groups[i - 2].name, g.name)) in ties else ""),
+         g.name, " ".join(map(str, g.seeds)),
+         _params(g.params.mean, g.fusion_params.mean),
          g.train_samples_per_sec.fmt(1), g.peak_memory_mb.fmt(0), g.val.fmt(4), g.test.fmt(4), g.wall_time_s.fmt(1)]
         for i, g in enumerate(groups, 1)
     ]
@@ -195,7 +241,11 @@ def _fixed(value: float | None, digits: int) -> str:
 def render_markdown(groups: Sequence[GroupSummary], root: Path, plots: Sequence[Path]) -> str:
     """The text of ``report.md``."""
     lines = _md_header(groups, root, sweep_info(root))
-    lines += ["", "## Summary", ""] + _md_summary(groups)
+    diffs = significance(groups)
+    lines += ["", "## Summary", ""] + _md_summary(groups, diffs)
+    if diffs is not None and _ties(diffs):
+        lines += ["", "`(tie)`: not distinguishable from the fusion ranked just above it (next section)."]
+    lines += ["", "## Are the differences real?", ""] + _md_significance(diffs)
     lines += ["", "## Missing-modality robustness", ""] + _md_robustness(groups)
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({os.path.relpath(p, root)})" for p in plots]
     lines += ["", "## Runs", ""] + _md_runs(groups, root)
@@ -213,6 +263,18 @@ def render_markdown(groups: Sequence[GroupSummary], root: Path, plots: Sequence[
         "test: that checkpoint on the test split;",
         "- validation curves: each run's `metrics.csv`; robustness: each run's `eval_results.json`;",
         "- `report.csv` has these numbers at full precision, `runs.csv` the per-run values.",
+        "",
+        "## Methods: the significance test",
+        "",
+        "Each run saves its best checkpoint's per-sample test predictions (`predictions_test.npz`). For a pair of "
+        f"fusions, {N_BOOT} bootstrap replicates each draw seeds with replacement for each fusion (its runs are "
+        "independent of the other's) and test samples with replacement (the same draw for both: they are scored on "
+        "the same samples), and compute the difference of the mean accuracies. The 95% interval is the 2.5-97.5 "
+        "percentile range of the replicates; the two-sided p-value is 2 min(P(d <= 0), P(d >= 0)); p-values are "
+        "Holm-adjusted over all pairs. Resampling seeds carries seed-to-seed variation into the interval. With "
+        "three seeds that variation is estimated from three values: the test has little power against differences "
+        "smaller than the spread between seeds, and a pair marked not distinguishable may still differ; a t-test "
+        "over three seeds would have two degrees of freedom and even less power.",
         "",
     ]
     return "\n".join(lines)

@@ -1,30 +1,33 @@
 """The LightningModule: objectives composed with weights, metrics per split, optimisation and logging.
 
-The network is built from its config (``net``), which is saved in the checkpoint's hyperparameters together with
-the objectives and the number and names of classes, so ``MultimodalModule.load_from_checkpoint(path)`` needs
-no YAML. With no ``objectives`` the module is the original classifier (cross-entropy, ``acc``/``f1``).
+The network is built from its typed spec (``net``, :class:`mmgpt.registry.NetworkSpec`) by
+:func:`mmgpt.registry.build_network`; objectives, optimizer and schedule are registered parts too. The specs are
+saved in the checkpoint's hyperparameters with the number and names of classes, so a checkpoint rebuilds its model
+without YAML, and only from parts mmgpt registered (:mod:`mmgpt.training.safe_load`). With no ``objectives`` the
+module is the plain classifier (cross-entropy, ``acc``/``f1``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from mmgpt import registry
 from mmgpt.batch import MultimodalBatch
-from mmgpt.training.finetune import freeze as freeze_parts
-from mmgpt.training.finetune import parameter_counts
 from mmgpt.lora import add_lora
 from mmgpt.model import ModelOutput, MultimodalTransformer
 from mmgpt.objectives import Classification, Objective
+from mmgpt.training.finetune import freeze as freeze_parts
+from mmgpt.training.finetune import parameter_counts
 from mmgpt.training.optim import grad_norm, param_groups
 
 log = logging.getLogger(__name__)
@@ -36,21 +39,21 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
 
 
-def build_objectives(cfg: Mapping[str, Any] | None, num_classes: int, label_smoothing: float) -> dict[str, Objective]:
-    """Instantiate the objective configs (name -> ``_target_`` dict); objectives of weight 0 are left out.
+def build_objectives(specs: Mapping[str, Any] | None, num_classes: int, label_smoothing: float) -> dict[str, Objective]:
+    """Build the objective specs (name -> ``{type: <registered objective>, weight, ...}``); weight 0 is left out.
 
     A ``num_classes: null`` entry is filled in with ``num_classes``. None gives the plain classifier.
     """
-    if cfg is None:
-        return {"classify": Classification(num_classes, label_smoothing=label_smoothing)}
+    if specs is None:
+        return {"classify": Classification(num_classes=num_classes, label_smoothing=label_smoothing)}
     out: dict[str, Objective] = {}
-    for name in sorted(cfg):
-        node = dict(cfg[name])
+    for name in sorted(specs):
+        node = dict(specs[name])
         if "num_classes" in node and node["num_classes"] is None:
             node["num_classes"] = num_classes
         if float(node.get("weight", 1.0)) == 0.0:
             continue
-        out[name] = instantiate(node)
+        out[name] = registry.build(node, f"model.module.objectives.{name}", "objective")
     if not out:
         raise ValueError("every objective has weight 0: nothing to train")
     return out
@@ -60,14 +63,14 @@ class MultimodalModule(pl.LightningModule):
     """Trains a :class:`~mmgpt.model.MultimodalTransformer` on a weighted sum of objectives.
 
     Args:
-        net: config of the network (``_target_`` dicts); ``head.num_classes`` is filled in from ``num_classes``.
+        net: the network spec (:class:`mmgpt.registry.NetworkSpec` as a dict); the head gets ``num_classes``.
         num_classes: number of classes C.
-        optimizer: ``_partial_`` config of the optimizer; called with parameter groups. ``weight_decay`` is
-            applied to matrices only.
-        scheduler: ``_partial_`` config of a schedule, called with (optimizer, total_steps); None for constant.
+        optimizer: spec of a registered optimizer (``{type: adamw, lr: ...}``), built with parameter groups.
+            ``weight_decay`` is applied to matrices only.
+        scheduler: spec of a registered schedule, built with (optimizer, total_steps); None for constant.
         label_smoothing: cross-entropy label smoothing of the default classification objective.
         class_names: names of the classes, in index order (saved so evaluation maps names the same way).
-        objectives: name -> objective config (``_target_`` with a ``weight``); None: classification only.
+        objectives: name -> objective spec (``type`` with a ``weight``); None: classification only.
         eval_generation_batches: validation/test batches on which objectives also run their costlier
             evaluation (caption generation) each epoch.
         freeze: network parts whose parameters are not trained (``encoders.image``, ``fusion``, ``decoder``...).
@@ -94,7 +97,7 @@ class MultimodalModule(pl.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.save_hyperparameters()
-        self.net: MultimodalTransformer = instantiate(net, head={"num_classes": num_classes})
+        self.net: MultimodalTransformer = registry.build_network(net, num_classes)
         if freeze:
             frozen = freeze_parts(self.net, freeze)
             log.info("frozen %d parameter tensors under %s", len(frozen), list(freeze))
@@ -109,27 +112,28 @@ class MultimodalModule(pl.LightningModule):
         names = [k for o in self.train_metrics.values() for k in o]
         if len(names) != len(set(names)):
             raise ValueError(f"objectives log metrics under the same name: {sorted(names)}")
-        #: When set, evaluation marks every other modality absent (missing-modality robustness).
-        self.eval_modalities: frozenset[str] | None = None
         for part, n in self.net.param_counts().items():
             log.info("parameters %-16s %10d", part, n)
         trainable, total = parameter_counts(self)
         log.info("trainable parameters %d of %d (%.1f%%)", trainable, total, 100.0 * trainable / max(total, 1))
 
-    @property
-    def criterion(self) -> nn.Module:
-        """The classification loss (kept for callers of the original classifier)."""
-        classify = self.objectives["classify"] if "classify" in self.objectives else None
-        if not isinstance(classify, Classification):
-            raise AttributeError("this module has no classify objective")
-        return classify.criterion
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: str | torch.device = "cpu", plugins: list[str] | None = None
+    ) -> MultimodalModule:
+        """Rebuild a trained module from ``checkpoint_path`` through mmgpt's safe loader.
+
+        Only parts mmgpt registered are built (:mod:`mmgpt.training.safe_load`); ``plugins`` imports the user's
+        modules that register parts of their own.
+        """
+        from mmgpt.training.safe_load import load_module
+
+        return load_module(checkpoint_path, map_location=map_location, plugins=plugins)
 
     def forward(self, batch: MultimodalBatch) -> ModelOutput:
         return self.net(batch)
 
     def _step(self, batch: MultimodalBatch, split: str, batch_idx: int = 0) -> Tensor:
-        if split != "train" and self.eval_modalities is not None:
-            batch = batch.with_modalities(self.eval_modalities)
         bs = batch.batch_size
         on_step = split == "train"  # values are averaged over DDP ranks (sync_dist), not rank 0's alone
         all_metrics: nn.ModuleDict = getattr(self, f"{split}_metrics")
@@ -197,15 +201,12 @@ class MultimodalModule(pl.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        opt_cfg = dict(self.hparams.optimizer)
-        weight_decay = opt_cfg.pop("weight_decay", 0.0)
-        optimizer = instantiate(opt_cfg)(param_groups(self, weight_decay))
+        spec = dict(self.hparams.optimizer)
+        weight_decay = spec.pop("weight_decay", 0.0)
+        optimizer = registry.build(spec, "model.module.optimizer", "optimizer", params=param_groups(self, weight_decay))
         if self.hparams.scheduler is None:
             return {"optimizer": optimizer}
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total)
+        scheduler = registry.build(self.hparams.scheduler, "model.module.scheduler", "scheduler", optimizer=optimizer,
+                                   total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-#: The original name (checkpoints and callers that train a classifier).
-MultimodalClassifier = MultimodalModule

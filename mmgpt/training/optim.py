@@ -58,3 +58,8 @@ def warmup_cosine(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def constant(optimizer: Optimizer, total_steps: int) -> LambdaLR:
+    """The base learning rate throughout (``total_steps`` is accepted for a uniform schedule signature)."""
+    return LambdaLR(optimizer, lambda step: 1.0)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmgpt.cli.data import main
 from mmgpt.datamodules.manifest import ManifestDataModule
 from mmgpt.datamodules.synthetic import CLASSES, SyntheticDataModule
-from mmgpt.cli.data import main
 from tests.datamodules.conftest import FolderFactory, good_rows, make_folder, media  # noqa: F401  (fixtures)
 
 

@@ -12,7 +12,7 @@ from omegaconf import open_dict
 
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
-from mmgpt.training.lit_module import MultimodalClassifier
+from mmgpt.training.lit_module import MultimodalModule
 
 FUSIONS = ["early", "late", "cross_attention"]
 BIN = Path(sys.executable).parent
@@ -23,10 +23,14 @@ def test_fast_dev_run(fusion, compose_cfg):
     cfg = compose_cfg(["experiment=smoke", "debug=fdr", f"model/fusion={fusion}", "logger=csv"])
     results = train(cfg)
     assert results["global_step"] == 1
-    assert results["fusion_target"].endswith({"early": "EarlyFusion", "late": "LateFusion",
-                                              "cross_attention": "CrossAttentionFusion"}[fusion])
+    assert results["fusion_type"] == fusion
     assert {"val/acc", "val/f1", "val/loss"} <= set(results["val"])
     assert {"test/acc", "test/f1", "test/loss"} <= set(results["test"])
+    from mmgpt.training.predictions import read_predictions  # the final evaluation's per-sample predictions
+
+    ids, labels, scores = read_predictions(results["run_dir"], "test")
+    assert len(ids) == len(labels) == scores.shape[0] > 0 and scores.shape[1] == 15
+    assert abs(scores.sum(axis=1) - 1).max() < 1e-5
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
@@ -54,7 +58,7 @@ def test_checkpoint_rebuilds_without_yaml_and_eval_reproduces_val(compose_cfg, t
     results = train(cfg)
     ckpt = results["best_ckpt"]
 
-    module = MultimodalClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+    module = MultimodalModule.load_from_checkpoint(ckpt, map_location="cpu")
     assert module.hparams.class_names and module.net.head.net[-1].out_features == len(module.hparams.class_names)
     stored = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert stored["mmgpt"]["config"]["model"]["dim"] == cfg.model.dim
@@ -86,7 +90,7 @@ def test_ddp_sim_two_processes_match_one_process_with_the_same_global_batch(tmp_
     biases) into full-size steps of random sign, which hides what this test checks.
     """
     common = ["experiment=smoke", "logger=csv", "data.shuffle=false", "data.augment=false", "trainer.max_epochs=1",
-              "model.module.optimizer._target_=torch.optim.SGD", "~model.module.optimizer.betas",
+              "model.module.optimizer.type=sgd", "~model.module.optimizer.betas",
               "model.module.optimizer.lr=0.1"]
     two = _train_subprocess(tmp_path, "ddp", "trainer=ddp_sim", "data.batch_size=16", *common)
     one = _train_subprocess(tmp_path, "single", "trainer=cpu", "data.batch_size=32", *common)
@@ -132,3 +136,35 @@ def test_resume_auto_continues_the_same_wandb_run(compose_cfg):
     runs = offline_wandb_runs(run)
     assert len(runs) == 2 and all(p.name.endswith(f"-{saved_id}") for p in runs)  # one wandb run, two sessions
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["mmgpt"]["wandb_id"] == saved_id
+
+
+def test_run_output_has_no_lightning_adverts(caplog):
+    import logging
+
+    from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+    from mmgpt.cli import quiet_lightning
+
+    quiet_lightning()
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("\N{ELECTRIC LIGHT BULB} Tip: try installing a product")
+        rank_zero_info("GPU available: False")
+    assert "Tip:" not in caplog.text and "GPU available" in caplog.text
+
+
+def test_a_copied_run_directory_uses_its_own_best_checkpoint(compose_cfg, tmp_path):
+    import shutil
+
+    cfg = compose_cfg(["experiment=smoke", "logger=csv", "test=false"])
+    first = train(cfg)
+    original = Path(cfg.paths.output_dir)
+    copy = tmp_path / "copied"
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)  # the run directory was moved: the checkpoint's recorded paths no longer exist
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(copy)
+        cfg.resume = "auto"
+    again = train(cfg)
+    assert Path(again["best_ckpt"]).parent == copy / "checkpoints"
+    assert Path(again["best_ckpt"]).name == Path(first["best_ckpt"]).name
+    assert again["val"]["val/acc"] == pytest.approx(first["val"]["val/acc"])

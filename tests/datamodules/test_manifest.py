@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmgpt.datamodules.manifest import DecodeSettings, ManifestDataModule, ManifestError, MediaCache, check_folder, read_index
+from mmgpt.datamodules.manifest import (
+    DecodeSettings,
+    ManifestDataModule,
+    ManifestError,
+    MediaCache,
+    check_folder,
+    read_index,
+)
 from mmgpt.datamodules.manifest import decode as decode_module
 from tests.datamodules.conftest import FolderFactory, good_rows, write_rows
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmgpt.batch import MultimodalBatch
 from mmgpt.datamodules.resumable import EpochSampler, ResumableLoader, SampleKey
 from mmgpt.datamodules.synthetic import SyntheticDataModule
-from mmgpt.batch import MultimodalBatch
 
 
 def _datamodule(num_workers: int = 0, seed: int = 0, augment: bool = True) -> SyntheticDataModule:

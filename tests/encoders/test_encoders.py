@@ -7,7 +7,7 @@ from tests.conftest import DIM, HEADS, IMAGE_SIZE, SAMPLE_RATE
 
 
 def test_text_shapes_and_mask():
-    enc = TextEncoder(DIM, 1, HEADS, max_length=16)
+    enc = TextEncoder(dim=DIM, num_layers=1, num_heads=HEADS, max_length=16)
     x = torch.randint(0, 256, (2, 9))
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[1, 5:] = False
@@ -18,7 +18,7 @@ def test_text_shapes_and_mask():
 
 def test_text_causal_mode_has_no_future_leakage():
     torch.manual_seed(0)
-    enc = TextEncoder(DIM, 2, HEADS, max_length=16, causal=True).eval()
+    enc = TextEncoder(dim=DIM, num_layers=2, num_heads=HEADS, max_length=16, causal=True).eval()
     x = torch.randint(0, 256, (1, 10))
     x2 = x.clone()
     x2[0, 6:] = (x2[0, 6:] + 1) % 256
@@ -29,7 +29,7 @@ def test_text_causal_mode_has_no_future_leakage():
 
 def test_text_bidirectional_mode_sees_the_whole_sentence():
     torch.manual_seed(0)
-    enc = TextEncoder(DIM, 1, HEADS, max_length=16, causal=False).eval()
+    enc = TextEncoder(dim=DIM, num_layers=1, num_heads=HEADS, max_length=16, causal=False).eval()
     x = torch.randint(0, 256, (1, 10))
     x2 = x.clone()
     x2[0, -1] = (x2[0, -1] + 1) % 256
@@ -38,13 +38,13 @@ def test_text_bidirectional_mode_sees_the_whole_sentence():
 
 def test_text_too_long_is_a_clear_error():
     with pytest.raises(ValueError, match="max_length"):
-        TextEncoder(DIM, 1, HEADS, max_length=4)(torch.zeros(1, 5, dtype=torch.long))
+        TextEncoder(dim=DIM, num_layers=1, num_heads=HEADS, max_length=4)(torch.zeros(1, 5, dtype=torch.long))
 
 
 @pytest.mark.parametrize("stem", [None, "conv"])
 def test_image_shapes(stem):
-    s = ConvStem(DIM, 4) if stem else None
-    enc = ImageEncoder(DIM, 1, HEADS, image_size=IMAGE_SIZE, patch_size=4, stem=s)
+    s = ConvStem(dim=DIM, patch_size=4) if stem else None
+    enc = ImageEncoder(dim=DIM, num_layers=1, num_heads=HEADS, image_size=IMAGE_SIZE, patch_size=4, stem=s)
     out = enc(torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE))
     assert out.tokens.shape == (2, (IMAGE_SIZE // 4) ** 2, DIM)
     assert out.mask.shape == (2, 16) and out.mask.all()
@@ -52,11 +52,11 @@ def test_image_shapes(stem):
 
 def test_image_wrong_size_is_a_clear_error():
     with pytest.raises(ValueError, match="16x16"):
-        ImageEncoder(DIM, 1, HEADS, image_size=16, patch_size=4)(torch.randn(1, 3, 20, 20))
+        ImageEncoder(dim=DIM, num_layers=1, num_heads=HEADS, image_size=16, patch_size=4)(torch.randn(1, 3, 20, 20))
 
 
 def test_audio_shapes_and_masks_follow_lengths():
-    enc = AudioEncoder(DIM, 1, HEADS, sample_rate=SAMPLE_RATE, n_mels=16, n_fft=128, hop_length=80)
+    enc = AudioEncoder(dim=DIM, num_layers=1, num_heads=HEADS, sample_rate=SAMPLE_RATE, n_mels=16, n_fft=128, hop_length=80)
     wave = torch.randn(2, 8000) * 0.1
     mask = torch.ones(2, 8000, dtype=torch.bool)
     mask[1, 4000:] = False
@@ -71,7 +71,7 @@ def test_audio_shapes_and_masks_follow_lengths():
 
 def test_audio_tokens_do_not_depend_on_padding_length():
     torch.manual_seed(0)
-    enc = AudioEncoder(DIM, 1, HEADS, sample_rate=SAMPLE_RATE, n_mels=16, n_fft=128, hop_length=80).eval()
+    enc = AudioEncoder(dim=DIM, num_layers=1, num_heads=HEADS, sample_rate=SAMPLE_RATE, n_mels=16, n_fft=128, hop_length=80).eval()
     clip = torch.randn(3000) * 0.2
 
     def encode_padded(total: int):
@@ -90,7 +90,7 @@ def test_audio_tokens_do_not_depend_on_padding_length():
 
 
 def test_audio_empty_clip_has_no_real_tokens():
-    enc = AudioEncoder(DIM, 1, HEADS, sample_rate=SAMPLE_RATE, n_mels=16, n_fft=128, hop_length=80)
+    enc = AudioEncoder(dim=DIM, num_layers=1, num_heads=HEADS, sample_rate=SAMPLE_RATE, n_mels=16, n_fft=128, hop_length=80)
     out = enc(torch.zeros(2, 1000), torch.tensor([[True] * 1000, [False] * 1000]))
     assert out.mask[0].any() and not out.mask[1].any()
     assert torch.isfinite(out.tokens).all()

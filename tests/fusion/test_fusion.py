@@ -1,35 +1,47 @@
-"""Every fusion strategy, through the whole model: shapes, order invariance, gradients, missing modalities."""
+"""Every fusion strategy, through the whole model: shapes, order invariance, gradients, missing modalities.
 
-from collections.abc import Callable
+The suite runs on every option of ``conf/model/fusion/`` (and the variants below), built from the composed YAML
+through :func:`mmgpt.registry.build_network`: a new fusion is tested by adding its YAML.
+"""
+
+from functools import lru_cache
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch import nn
 
 from mmgpt.batch import MultimodalBatch
-from mmgpt.encoders import AudioEncoder, ImageEncoder, TextEncoder
-from mmgpt.fusion import ConcatMLP, CrossAttentionFusion, EarlyFusion, Fusion, LateFusion, LogitAverage
-from mmgpt.model import ClassificationHead, MultimodalTransformer
+from mmgpt.config import CONFIG_DIR
+from mmgpt.fusion import CrossAttentionFusion, EarlyFusion
+from mmgpt.model import MultimodalTransformer
+from mmgpt.registry import build_network
 from tests.conftest import DIM, HEADS, IMAGE_SIZE, SAMPLE_RATE, make_batch
 
 MODS = ["audio", "image", "text"]
-FUSIONS: dict[str, Callable[[], Fusion]] = {
-    "early": lambda: EarlyFusion(MODS, DIM, 2, HEADS),
-    "late_concat": lambda: LateFusion(MODS, DIM, 1, HEADS, combiner=ConcatMLP(MODS, DIM)),
-    "late_logit_average": lambda: LateFusion(MODS, DIM, 1, HEADS, combiner=LogitAverage()),
-    "cross_attention": lambda: CrossAttentionFusion(MODS, DIM, 2, HEADS),
-    "cross_attention_gated": lambda: CrossAttentionFusion(MODS, DIM, 2, HEADS, gate_init=0.5),
+#: option name -> overrides of the train config: every YAML of conf/model/fusion, plus variants of some.
+FUSIONS: dict[str, list[str]] = {p.stem: [f"model/fusion={p.stem}"] for p in (CONFIG_DIR / "model" / "fusion").glob("*.yaml")}
+FUSIONS |= {
+    "late_logit_average": ["model/fusion=late", "model/fusion/combiner=logit_average"],
+    "cross_attention_gated": ["model/fusion=cross_attention", "model.fusion.gate_init=0.5"],
+    "bottleneck_from_first_layer": ["model/fusion=bottleneck", "model.fusion.fusion_layer=0"],
 }
+TINY = [f"model.dim={DIM}", f"model.num_heads={HEADS}", "model.encoder_layers=1", f"data.image_size={IMAGE_SIZE}",
+        f"data.sample_rate={SAMPLE_RATE}", "data.max_text_length=16", "model.net.encoders.image.patch_size=4",
+        "model.net.encoders.audio.n_mels=16", "model.net.encoders.audio.n_fft=128"]
+
+
+@lru_cache(maxsize=None)
+def spec_of(fusion: str) -> dict:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*FUSIONS[fusion], *TINY])
+    return OmegaConf.to_container(cfg.model.net, resolve=True)
 
 
 def build(fusion: str, num_classes: int = 5) -> MultimodalTransformer:
     torch.manual_seed(0)
-    encoders = {
-        "text": TextEncoder(DIM, 1, HEADS, max_length=16),
-        "image": ImageEncoder(DIM, 1, HEADS, image_size=IMAGE_SIZE, patch_size=4),
-        "audio": AudioEncoder(DIM, 1, HEADS, sample_rate=SAMPLE_RATE, n_mels=16, n_fft=128, hop_length=80),
-    }
-    return MultimodalTransformer(encoders, FUSIONS[fusion](), ClassificationHead(DIM, num_classes))
+    return build_network(spec_of(fusion), num_classes)
 
 
 @pytest.fixture(params=sorted(FUSIONS))
@@ -96,12 +108,35 @@ def test_present_modalities_matter(fusion_name):
         assert not torch.allclose(model(a).logits, model(b).logits), f"changing {m} changed nothing"
 
 
+def test_every_fusion_yaml_is_in_the_suite():
+    assert {"early", "late", "cross_attention", "tensor", "low_rank", "mult", "bottleneck", "resampler"} <= set(FUSIONS)
+
+
 def test_fusion_rejects_unknown_modalities():
-    fusion = EarlyFusion(MODS, DIM, 1, HEADS)
+    fusion = EarlyFusion(modalities=MODS, dim=DIM, num_layers=1, num_heads=HEADS)
     with pytest.raises(KeyError, match="built for"):
         fusion({"text": torch.randn(1, 2, DIM)}, {"text": torch.ones(1, 2, dtype=torch.bool)})
 
 
 def test_cross_attention_query_must_be_a_modality():
     with pytest.raises(ValueError, match="query"):
-        CrossAttentionFusion(MODS, DIM, 1, HEADS, query="video")
+        CrossAttentionFusion(modalities=MODS, dim=DIM, num_layers=1, num_heads=HEADS, query="video")
+
+
+@lru_cache(maxsize=None)
+def caption_spec_of(fusion: str) -> dict:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*FUSIONS[fusion], *TINY, "task=caption", "model.decoder.gate_init=0.5"])
+    return OmegaConf.to_container(cfg.model.net, resolve=True)
+
+
+def test_every_fusion_conditions_the_text_decoder(fusion_name, batch):
+    """The decoder is paired with each fusion (registry.decoder_pairing) and learns from its conditioning."""
+    torch.manual_seed(0)
+    net = build_network(caption_spec_of(fusion_name), num_classes=5)
+    ids = torch.randint(0, 256, (batch.batch_size, 6))
+    out = net.decode(batch, ids)
+    assert out.logits.shape[:2] == (batch.batch_size, 6) and torch.isfinite(out.logits).all()
+    out.logits.float().logsumexp(-1).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.fusion.parameters()), \
+        "the decoder's loss does not reach the fusion"

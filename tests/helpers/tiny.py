@@ -1,33 +1,39 @@
-"""Tiny networks for the decoder, objective and fine-tuning tests (dim 16, one layer each)."""
+"""Tiny networks for the decoder, objective and fine-tuning tests (dim 16, one layer each), built from typed specs
+through :func:`mmgpt.registry.build_network`, as the YAML and the LightningModule build them."""
 
 from __future__ import annotations
 
-from mmgpt.decoder import FusedPrefix, MediaContext, PooledPrefix, TextDecoder
-from mmgpt.encoders import AudioEncoder, ImageEncoder, TextEncoder
-from mmgpt.fusion import ConcatMLP, CrossAttentionFusion, EarlyFusion, LateFusion, LogitAverage
-from mmgpt.model import ClassificationHead, MultimodalTransformer
+from typing import Any
+
+from mmgpt.model import MultimodalTransformer
+from mmgpt.registry import build_network
 
 DIM, HEADS, IMAGE_SIZE = 16, 2, 16
 MODS = ("audio", "image", "text")
 FUSIONS = ["early", "late", "late_logit_average", "cross_attention"]
 
 
+def tiny_spec(fusion: str = "early", decoder: bool = True, max_length: int = 48) -> dict[str, Any]:
+    """The network spec of a tiny network with the named fusion (+ a decoder, paired with it by the registry)."""
+    sizes = {"dim": DIM, "num_layers": 1, "num_heads": HEADS}
+    fusions = {
+        "early": {"type": "early", **sizes},
+        "late": {"type": "late", **sizes, "combiner": {"type": "concat_mlp", "modalities": list(MODS), "dim": DIM}},
+        "late_logit_average": {"type": "late", **sizes, "combiner": {"type": "logit_average"}},
+        "cross_attention": {"type": "cross_attention", **sizes, "gate_init": 0.0},
+    }
+    return {
+        "encoders": {
+            "text": {"type": "text_encoder", **sizes, "max_length": max_length},
+            "image": {"type": "image_encoder", **sizes, "image_size": IMAGE_SIZE, "patch_size": 8},
+            "audio": {"type": "audio_encoder", **sizes, "n_mels": 16, "n_fft": 128, "hop_length": 80},
+        },
+        "fusion": {**fusions[fusion], "modalities": list(MODS)},
+        "head": {"type": "classification_head", "dim": DIM},
+        "decoder": {"type": "text_decoder", **sizes, "max_length": max_length, "gate_init": 0.5} if decoder else None,
+    }
+
+
 def tiny_net(fusion: str = "early", num_classes: int = 5, decoder: bool = True, max_length: int = 48) -> MultimodalTransformer:
     """encoders + the named fusion + head (+ the decoder that matches the fusion)."""
-    enc = {
-        "text": TextEncoder(DIM, 1, HEADS, max_length=max_length),
-        "image": ImageEncoder(DIM, 1, HEADS, image_size=IMAGE_SIZE, patch_size=8),
-        "audio": AudioEncoder(DIM, 1, HEADS, n_mels=16, n_fft=128, hop_length=80),
-    }
-    if fusion == "early":
-        fus, cond, cross = EarlyFusion(MODS, DIM, 1, HEADS), FusedPrefix(DIM), False
-    elif fusion == "late":
-        fus, cond, cross = LateFusion(MODS, DIM, 1, HEADS, ConcatMLP(MODS, DIM)), PooledPrefix(DIM), False
-    elif fusion == "late_logit_average":
-        fus, cond, cross = LateFusion(MODS, DIM, 1, HEADS, LogitAverage()), PooledPrefix(DIM), False
-    elif fusion == "cross_attention":
-        fus, cond, cross = CrossAttentionFusion(MODS, DIM, 1, HEADS, gate_init=0.0), MediaContext(DIM), True
-    else:
-        raise ValueError(fusion)
-    dec = TextDecoder(cond, DIM, 1, HEADS, max_length=max_length, cross_attention=cross, gate_init=0.5) if decoder else None
-    return MultimodalTransformer(enc, fus, ClassificationHead(DIM, num_classes), decoder=dec)
+    return build_network(tiny_spec(fusion, decoder, max_length), num_classes)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mmgpt.layers import Attention, Block, Transformer, build_attention_mask
+from mmgpt.layers import Attention, Block, GatedCrossAttentionBlock, Transformer, build_attention_mask
 
 
 def naive_attention(attn: Attention, x, context=None, key_mask=None, causal=False):
@@ -24,7 +24,7 @@ def naive_attention(attn: Attention, x, context=None, key_mask=None, causal=Fals
 @pytest.mark.parametrize("causal", [False, True])
 def test_matches_naive_reference(causal):
     torch.manual_seed(0)
-    attn = Attention(16, 4).eval()
+    attn = Attention(dim=16, num_heads=4).eval()
     x = torch.randn(2, 5, 16)
     key_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
     got = attn(x, key_mask=key_mask, causal=causal)
@@ -34,7 +34,7 @@ def test_matches_naive_reference(causal):
 
 def test_cross_attention_matches_naive_reference():
     torch.manual_seed(0)
-    attn = Attention(16, 2).eval()
+    attn = Attention(dim=16, num_heads=2).eval()
     x, ctx = torch.randn(2, 3, 16), torch.randn(2, 6, 16)
     key_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
     torch.testing.assert_close(
@@ -44,7 +44,7 @@ def test_cross_attention_matches_naive_reference():
 
 def test_padded_keys_are_ignored():
     torch.manual_seed(0)
-    attn = Attention(16, 4).eval()
+    attn = Attention(dim=16, num_heads=4).eval()
     x = torch.randn(1, 6, 16)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0]], dtype=torch.bool)
     y1 = attn(x, key_mask=mask)
@@ -56,7 +56,7 @@ def test_padded_keys_are_ignored():
 
 def test_causal_attention_never_sees_the_future():
     torch.manual_seed(0)
-    model = Transformer(16, num_layers=2, num_heads=2).eval()
+    model = Transformer(dim=16, num_layers=2, num_heads=2).eval()
     x = torch.randn(1, 8, 16)
     y1 = model(x, causal=True)
     x2 = x.clone()
@@ -67,7 +67,7 @@ def test_causal_attention_never_sees_the_future():
 
 
 def test_fully_masked_rows_stay_finite():
-    attn = Attention(16, 2)
+    attn = Attention(dim=16, num_heads=2)
     x = torch.randn(2, 4, 16)
     y = attn(x, key_mask=torch.zeros(2, 4, dtype=torch.bool))
     assert torch.isfinite(y).all()
@@ -76,13 +76,22 @@ def test_fully_masked_rows_stay_finite():
 
 
 def test_gated_block_starts_as_identity_when_gate_is_zero():
-    block = Block(16, 2, gate_init=0.0)
+    block = GatedCrossAttentionBlock(dim=16, num_heads=2, gate_init=0.0)
     x, ctx = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
     torch.testing.assert_close(block(x, context=ctx), x)
-    ungated = Block(16, 2)
+    ungated = Block(dim=16, num_heads=2)
     assert not torch.allclose(ungated(x, context=ctx), x)
+
+
+def test_gated_block_names_its_gates_and_loads_the_old_gate_vector():
+    block = GatedCrossAttentionBlock(dim=16, num_heads=2, gate_init=0.25)
+    assert {n for n, _ in block.named_parameters() if "gate" in n} == {"attn_gate", "ff_gate"}
+    old = {k: v for k, v in block.state_dict().items() if not k.endswith("_gate")}
+    old["gates"] = torch.tensor([0.5, -0.75])  # checkpoints written before the gates had names
+    block.load_state_dict(old)
+    assert block.attn_gate.item() == 0.5 and block.ff_gate.item() == -0.75
 
 
 def test_dim_must_divide_heads():
     with pytest.raises(ValueError, match="divisible"):
-        Attention(10, 3)
+        Attention(dim=10, num_heads=3)

@@ -57,9 +57,9 @@ def test_pretrain_task_composes_every_objective(compose_cfg):
 @pytest.mark.parametrize("task", ["classify", "caption", "pretrain", "adversarial", "finetune"])
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_every_task_composes_checks_and_builds(task, fusion, compose_cfg):
-    from mmgpt.datamodules.synthetic import SyntheticDataModule
     from mmgpt.cli.train import build_module
     from mmgpt.config import check_targets
+    from mmgpt.datamodules.synthetic import SyntheticDataModule
 
     cfg = compose_cfg(["experiment=smoke", f"task={task}", f"model/fusion={fusion}"])
     check_targets(cfg)
@@ -71,8 +71,8 @@ def test_every_task_composes_checks_and_builds(task, fusion, compose_cfg):
 @pytest.mark.parametrize("task", ["caption", "pretrain"])
 def test_without_a_head_objective_every_trainable_parameter_gets_a_gradient(task, compose_cfg):
     """What DDP without find_unused_parameters needs: no trainable parameter left without a gradient."""
-    from mmgpt.datamodules.synthetic import SyntheticDataModule
     from mmgpt.cli.train import build_module
+    from mmgpt.datamodules.synthetic import SyntheticDataModule
 
     cfg = compose_cfg(["experiment=smoke", f"task={task}", "model/fusion=late"])
     dm = SyntheticDataModule(num_train=8, num_val=4, num_test=4, batch_size=8)

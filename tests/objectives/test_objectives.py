@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from mmgpt.training.lit_module import build_objectives
-from mmgpt.objectives import CausalLM, Classification, Contrastive, Matching, MaskedLM
+from mmgpt.objectives import CausalLM, Classification, Contrastive, MaskedLM, Matching
 from mmgpt.objectives.matching import counterfactual
 from mmgpt.objectives.mlm import mask_tokens
+from mmgpt.registry import SpecError
 from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.training.lit_module import build_objectives
 from tests.conftest import make_batch
 from tests.helpers.tiny import DIM, FUSIONS, tiny_net
 
@@ -94,10 +95,18 @@ def test_counterfactual_swaps_a_modality_from_another_sample():
 
 def test_objectives_compose_by_weight_and_weight_zero_drops_one():
     cfg = {
-        "classify": {"_target_": "mmgpt.objectives.Classification", "num_classes": None, "weight": 1.0},
-        "mlm": {"_target_": "mmgpt.objectives.MaskedLM", "dim": DIM, "weight": 0.0},
-        "contrastive": {"_target_": "mmgpt.objectives.Contrastive", "dim": DIM, "weight": 0.1, "embed_dim": 8},
+        "classify": {"type": "classify", "num_classes": None, "weight": 1.0},
+        "mlm": {"type": "masked_lm", "dim": DIM, "weight": 0.0},
+        "contrastive": {"type": "contrastive", "dim": DIM, "weight": 0.1, "embed_dim": 8},
     }
     objs = build_objectives(cfg, num_classes=7, label_smoothing=0.0)
     assert set(objs) == {"classify", "contrastive"}
     assert objs["classify"].num_classes == 7 and objs["contrastive"].weight == 0.1
+
+
+def test_objective_given_as_an_import_path_is_refused_before_anything_is_called(tmp_path):
+    target = tmp_path / "copied"
+    cfg = {"classify": {"_target_": "shutil.copyfile", "_args_": [__file__, str(target)], "weight": 1.0}}
+    with pytest.raises(SpecError, match=r"model\.module\.objectives\.classify"):
+        build_objectives(cfg, num_classes=7, label_smoothing=0.0)
+    assert not target.exists()

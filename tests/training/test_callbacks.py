@@ -7,8 +7,14 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from mmgpt.training.callbacks import NonFiniteError, NonFiniteGuard, RestoreLoaderPosition, RngStateInCheckpoint, Throughput
 from mmgpt.cli.train import build_module
+from mmgpt.training.callbacks import (
+    NonFiniteError,
+    NonFiniteGuard,
+    RestoreLoaderPosition,
+    RngStateInCheckpoint,
+    Throughput,
+)
 
 
 def poisoned_module(compose_cfg, bad_step: int, overrides: tuple[str, ...] = ()):

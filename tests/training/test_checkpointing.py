@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmgpt.training.checkpointing import AtomicCheckpointIO, config_differences, find_resume_checkpoint
 from mmgpt.cli.train import apply_speedups, train
+from mmgpt.training.checkpointing import AtomicCheckpointIO, config_differences, find_resume_checkpoint
 from tests.conftest import make_batch
 from tests.fusion.test_fusion import build
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mmgpt.cli.train import train
-from mmgpt.training.finetune import freeze, init_from_checkpoint, load_partial, parameter_counts, read_state_dict
 from mmgpt.lora import LoRALinear, add_lora
+from mmgpt.training.finetune import freeze, init_from_checkpoint, load_partial, parameter_counts, read_state_dict
 from tests.conftest import make_batch
 from tests.helpers.tiny import tiny_net
 
@@ -28,8 +28,8 @@ def test_freeze_then_train_leaves_frozen_weights_bit_identical(compose_cfg, tmp_
     cfg = compose_cfg(["experiment=smoke", "model/fusion=late", "logger=csv", "model.freeze=[encoders.image,fusion]",
                        "trainer.max_steps=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"])
     # Start from a known checkpoint, so the frozen values to compare against are on disk.
-    from mmgpt.datamodules.synthetic import SyntheticDataModule
     from mmgpt.cli.train import build_module
+    from mmgpt.datamodules.synthetic import SyntheticDataModule
 
     dm = SyntheticDataModule(num_train=8, num_val=8, num_test=8)
     net = build_module(cfg, dm).net

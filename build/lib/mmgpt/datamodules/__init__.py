@@ -1,1 +1,0 @@
-"""LightningDataModules for mmgpt. They yield :class:`mmgpt.batch.MultimodalBatch`."""

@@ -1,0 +1,355 @@
+"""The one way to build a network: a typed spec of registered part names, and the builder that reads it.
+
+A spec names parts by their registered ``type`` and gives their arguments; it never holds an import path::
+
+    {"encoders": {"text": {"type": "text_encoder", "dim": 64, ...}, ...},
+     "fusion": {"type": "early", "dim": 64, ...},
+     "head": {"type": "classification_head", "dim": 64},
+     "decoder": null}
+
+The YAML under ``conf/model/`` writes these specs, the tests build networks from them, the LightningModule
+receives them, and checkpoints store them. Since only registered names can be built, rebuilding a model from a
+checkpoint cannot call anything mmgpt did not register (see :mod:`mmgpt.training.safe_load`).
+
+Parts are kept in one table (:data:`BUILTIN`, name -> kind and where the class lives). A user's own part is added
+with :func:`register` from their own code, imported through the ``plugins`` config key; a checkpoint cannot import
+plugins by itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from mmgpt.errors import UserError
+
+#: Part kinds, and the spec slots whose values must be parts of a given kind.
+KINDS = ("encoder", "image_stem", "fusion", "combiner", "head", "decoder", "conditioner", "objective", "optimizer",
+         "scheduler")
+
+
+@dataclass(frozen=True)
+class Part:
+    """A registered part: its kind and the callable that builds it (or ``module:attr`` where it lives)."""
+
+    kind: str
+    factory: str | Callable[..., Any]
+    #: Arguments replaced when the part is rebuilt from a checkpoint, whose state dict supplies the weights
+    #: (e.g. no download of pretrained weights named in a checkpoint).
+    checkpoint_overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def resolve(self) -> Callable[..., Any]:
+        if callable(self.factory):
+            return self.factory
+        module, _, attr = self.factory.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+#: Every part mmgpt defines. Names are what specs (YAML, checkpoints) use in ``type:``.
+BUILTIN: dict[str, Part] = {
+    # encoders: raw input -> tokens (B, N, D) + mask
+    "text_encoder": Part("encoder", "mmgpt.encoders.text:TextEncoder"),
+    "image_encoder": Part("encoder", "mmgpt.encoders.image:ImageEncoder"),
+    "audio_encoder": Part("encoder", "mmgpt.encoders.audio:AudioEncoder"),
+    # image stems: (B, 3, H, W) -> (B, D, H/p, W/p)
+    "patch_embed": Part("image_stem", "mmgpt.encoders.image:PatchEmbed"),
+    "conv_stem": Part("image_stem", "mmgpt.encoders.image:ConvStem"),
+    "torchvision_stem": Part("image_stem", "mmgpt.encoders.image:TorchvisionStem",
+                             checkpoint_overrides={"weights": None}),
+    # fusions and late fusion's combiners
+    "early": Part("fusion", "mmgpt.fusion.early:EarlyFusion"),
+    "late": Part("fusion", "mmgpt.fusion.late:LateFusion"),
+    "cross_attention": Part("fusion", "mmgpt.fusion.cross_attention:CrossAttentionFusion"),
+    "tensor": Part("fusion", "mmgpt.fusion.tensor:TensorFusion"),
+    "low_rank": Part("fusion", "mmgpt.fusion.tensor:LowRankFusion"),
+    "mult": Part("fusion", "mmgpt.fusion.mult:MulTFusion"),
+    "bottleneck": Part("fusion", "mmgpt.fusion.bottleneck:BottleneckFusion"),
+    "resampler": Part("fusion", "mmgpt.fusion.resampler:ResamplerFusion"),
+    "concat_mlp": Part("combiner", "mmgpt.fusion.late:ConcatMLP"),
+    "logit_average": Part("combiner", "mmgpt.fusion.late:LogitAverage"),
+    # head, text decoder and its conditioners
+    "classification_head": Part("head", "mmgpt.model:ClassificationHead"),
+    "text_decoder": Part("decoder", "mmgpt.decoder:TextDecoder"),
+    "fused_prefix": Part("conditioner", "mmgpt.decoder:FusedPrefix"),
+    "pooled_prefix": Part("conditioner", "mmgpt.decoder:PooledPrefix"),
+    "media_context": Part("conditioner", "mmgpt.decoder:MediaContext"),
+    "no_conditioning": Part("conditioner", "mmgpt.decoder:NoConditioning"),
+    # objectives
+    "classify": Part("objective", "mmgpt.objectives.classify:Classification"),
+    "adversarial_classify": Part("objective", "mmgpt.objectives.adversarial:AdversarialClassification"),
+    "causal_lm": Part("objective", "mmgpt.objectives.lm:CausalLM"),
+    "contrastive": Part("objective", "mmgpt.objectives.contrastive:Contrastive"),
+    "masked_lm": Part("objective", "mmgpt.objectives.mlm:MaskedLM"),
+    "matching": Part("objective", "mmgpt.objectives.matching:Matching"),
+    # optimisation: an optimizer is called with parameter groups, a schedule with (optimizer, total_steps)
+    "adamw": Part("optimizer", "torch.optim:AdamW"),
+    "adam": Part("optimizer", "torch.optim:Adam"),
+    "sgd": Part("optimizer", "torch.optim:SGD"),
+    "warmup_cosine": Part("scheduler", "mmgpt.training.optim:warmup_cosine"),
+    "constant": Part("scheduler", "mmgpt.training.optim:constant"),
+}
+
+_USER: dict[str, Part] = {}
+
+#: Class paths that checkpoints written before the typed spec stored in ``_target_``, and their part names.
+#: Only these are translated; any other ``_target_`` in a stored config is refused.
+LEGACY_TARGETS: dict[str, str] = {
+    "mmgpt.encoders.TextEncoder": "text_encoder",
+    "mmgpt.encoders.ImageEncoder": "image_encoder",
+    "mmgpt.encoders.AudioEncoder": "audio_encoder",
+    "mmgpt.encoders.image.PatchEmbed": "patch_embed",
+    "mmgpt.encoders.image.ConvStem": "conv_stem",
+    "mmgpt.pretrained.TorchvisionStem": "torchvision_stem",
+    "mmgpt.fusion.EarlyFusion": "early",
+    "mmgpt.fusion.LateFusion": "late",
+    "mmgpt.fusion.CrossAttentionFusion": "cross_attention",
+    "mmgpt.fusion.ConcatMLP": "concat_mlp",
+    "mmgpt.fusion.LogitAverage": "logit_average",
+    "mmgpt.model.ClassificationHead": "classification_head",
+    "mmgpt.decoder.TextDecoder": "text_decoder",
+    "mmgpt.decoder.FusedPrefix": "fused_prefix",
+    "mmgpt.decoder.PooledPrefix": "pooled_prefix",
+    "mmgpt.decoder.MediaContext": "media_context",
+    "mmgpt.objectives.Classification": "classify",
+    "mmgpt.objectives.AdversarialClassification": "adversarial_classify",
+    "mmgpt.objectives.CausalLM": "causal_lm",
+    "mmgpt.objectives.Contrastive": "contrastive",
+    "mmgpt.objectives.MaskedLM": "masked_lm",
+    "mmgpt.objectives.Matching": "matching",
+    "torch.optim.AdamW": "adamw",
+    "torch.optim.Adam": "adam",
+    "torch.optim.SGD": "sgd",
+    "mmgpt.optim.warmup_cosine": "warmup_cosine",
+}
+
+#: Keys of a spec that mark Hydra instantiation; never accepted in a spec.
+_HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+
+class SpecError(UserError):
+    """A spec that cannot be built: an unknown or wrong-kind part, an argument the part does not take."""
+
+
+def register(name: str, kind: str, factory: Callable[..., Any], *, replace: bool = False) -> None:
+    """Add a user's own part (an encoder, a fusion...) under ``name``, usable in specs as ``type: name``.
+
+    Call it from a module listed in the config's ``plugins`` (imported at start-up). Checkpoints that use the
+    part load only when the same plugin is imported again: ``mmgpt-eval ckpt_path=... 'plugins=[my.module]'``.
+    """
+    if kind not in KINDS:
+        raise SpecError(f"register({name!r}): kind {kind!r} is not one of {', '.join(KINDS)}")
+    if not replace and (name in BUILTIN or name in _USER):
+        raise SpecError(f"register({name!r}): a part of that name is already registered")
+    _USER[name] = Part(kind, factory)
+
+
+def import_plugins(modules: list[str] | tuple[str, ...] | None) -> None:
+    """Import the user's plugin modules, whose :func:`register` calls add their parts."""
+    for module in modules or ():
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise SpecError(f"plugins: cannot import {module!r} ({e})") from e
+
+
+def part(name: Any, kind: str | None, where: str) -> Part:
+    """The registered part ``name``, checked to be of ``kind``; :class:`SpecError` naming ``where`` otherwise."""
+    found = (_USER.get(name) or BUILTIN.get(name)) if isinstance(name, str) else None
+    if found is None:
+        known = sorted(n for n, p in {**BUILTIN, **_USER}.items() if kind is None or p.kind == kind)
+        raise SpecError(f"{where}.type: {name!r} is not a registered {kind or 'part'} (known: {', '.join(known)}; "
+                        "a part of your own is added with mmgpt.registry.register from a module in `plugins`)")
+    if kind is not None and found.kind != kind:
+        raise SpecError(f"{where}.type: {name!r} is a {found.kind}, but a {kind} is expected here")
+    return found
+
+
+def is_spec(node: Any) -> bool:
+    return isinstance(node, Mapping) and "type" in node
+
+
+def check_spec(node: Any, where: str, kind: str | None = None) -> None:
+    """Check a spec tree without building it: every ``type`` registered, every key an argument of its part.
+
+    Raises:
+        SpecError: naming the key path, for an unknown part, a Hydra ``_target_``-style key, an argument the
+            part does not take, or ``trust_remote_code`` switched on.
+    """
+    if isinstance(node, Mapping):
+        for key in node:
+            if key in _HYDRA_KEYS:
+                raise SpecError(f"{where}.{key}: import paths are not accepted in a network spec "
+                                f"({key}={node[key]!r}); name a registered part with `type:` instead")
+            if key == "trust_remote_code" and node[key]:
+                raise SpecError(f"{where}.trust_remote_code: refused (it would run code shipped with a model)")
+        if "type" in node:
+            found = part(node["type"], kind, where)
+            _check_arguments(found, node, where)
+        for key, value in node.items():
+            if key != "type":
+                check_spec(value, f"{where}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_spec(value, f"{where}[{i}]")
+
+
+def _check_arguments(found: Part, node: Mapping[str, Any], where: str) -> None:
+    try:
+        params = inspect.signature(found.resolve()).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for key in node:
+        if key != "type" and key not in params:
+            allowed = ", ".join(k for k in params if k not in ("self", "args", "kwargs"))
+            raise SpecError(f"{where}.{key}: not an argument of {node['type']!r} (it takes: {allowed})")
+
+
+def build(node: Any, where: str, kind: str | None = None, **extra: Any) -> Any:
+    """Build a spec: a part (a mapping with ``type``) from its arguments, nested parts built first.
+
+    Args:
+        node: the spec; mappings without ``type`` and lists are built element-wise.
+        where: the key path, for error messages.
+        kind: the kind this part must be, or None.
+        extra: arguments added to (and taking precedence over) the spec's own, for the top part only.
+    """
+    if kind is not None and not is_spec(node):
+        raise SpecError(f"{where}: expected a {kind} spec (a mapping with `type: <registered name>`), got {node!r}")
+    if isinstance(node, Mapping) and "type" in node:
+        check_spec(node, where, kind)
+        found = part(node["type"], kind, where)
+        kwargs = {k: build(v, f"{where}.{k}") for k, v in node.items() if k != "type"}
+        kwargs.update(extra)
+        try:
+            return found.resolve()(**kwargs)
+        except TypeError as e:
+            raise SpecError(f"{where} ({node['type']}): {e}") from e
+    if isinstance(node, Mapping):
+        return {k: build(v, f"{where}.{k}") for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [build(v, f"{where}[{i}]") for i, v in enumerate(node)]
+    return node
+
+
+def for_checkpoint(node: Any) -> Any:
+    """A copy of a spec with each part's ``checkpoint_overrides`` applied (used when rebuilding a checkpoint's
+    network, whose state dict supplies the weights: no pretrained weights are fetched for it)."""
+    if isinstance(node, Mapping):
+        out = {k: for_checkpoint(v) for k, v in node.items()}
+        if "type" in node and isinstance(node["type"], str):
+            found = _USER.get(node["type"]) or BUILTIN.get(node["type"])
+            if found is not None:
+                out.update(found.checkpoint_overrides)
+        return out
+    if isinstance(node, (list, tuple)):
+        return [for_checkpoint(v) for v in node]
+    return node
+
+
+@dataclass
+class NetworkSpec:
+    """What a :class:`~mmgpt.model.MultimodalTransformer` is built from; what checkpoints store (``net``).
+
+    Attributes:
+        encoders: modality name -> encoder spec.
+        fusion: the fusion spec (built for the encoders' modalities).
+        head: the classification head spec; ``num_classes`` is given at build time.
+        decoder: the text decoder spec, or None. Without a ``conditioner`` it gets the one that suits the
+            fusion (:func:`decoder_pairing`).
+        text_modality: the modality the decoder writes.
+    """
+
+    encoders: dict[str, dict[str, Any]]
+    fusion: dict[str, Any]
+    head: dict[str, Any]
+    decoder: dict[str, Any] | None = None
+    text_modality: str = "text"
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], where: str = "model.net") -> NetworkSpec:
+        known = {"encoders", "fusion", "head", "decoder", "text_modality"}
+        for key in spec:
+            if key not in known:
+                raise SpecError(f"{where}.{key}: not a field of a network spec (fields: {', '.join(sorted(known))})")
+        for key in ("encoders", "fusion", "head"):
+            if spec.get(key) is None:
+                raise SpecError(f"{where}.{key}: missing")
+        return cls(**{k: v for k, v in spec.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check(self, where: str = "model.net") -> None:
+        """:func:`check_spec` on every part, each checked to be of the kind its slot needs."""
+        for m, enc in self.encoders.items():
+            check_spec(enc, f"{where}.encoders.{m}", "encoder")
+        check_spec(self.fusion, f"{where}.fusion", "fusion")
+        check_spec(self.head, f"{where}.head", "head")
+        if self.decoder is not None:
+            check_spec(self.decoder, f"{where}.decoder", "decoder")
+
+
+def decoder_pairing(fusion_type: str) -> tuple[str, bool]:
+    """The (conditioner, does the decoder cross-attend) that suits ``fusion_type``: what its class declares in
+    :attr:`mmgpt.fusion.Fusion.decoder_pairing`. The YAML, the tests and every builder go through this."""
+    declared = getattr(part(fusion_type, "fusion", "model.net.fusion").resolve(), "decoder_pairing", None)
+    if declared is None:
+        raise SpecError(f"model.net.fusion.type: {fusion_type!r} declares no decoder conditioning; give "
+                        "model.net.decoder.conditioner explicitly")
+    return declared
+
+
+def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn.Module:
+    """Build the :class:`~mmgpt.model.MultimodalTransformer` of ``spec`` with a ``num_classes`` head."""
+    from mmgpt.layers import init_weights
+    from mmgpt.model import MultimodalTransformer
+
+    spec = spec if isinstance(spec, NetworkSpec) else NetworkSpec.from_dict(spec)
+    spec.check()
+    where = "model.net"
+    encoders = {m: build(e, f"{where}.encoders.{m}", "encoder")
+                for m, e in spec.encoders.items()}
+    fusion = build(spec.fusion, f"{where}.fusion", "fusion")
+    head = build(spec.head, f"{where}.head", "head", num_classes=num_classes)
+    decoder = None
+    if spec.decoder is not None:
+        dec = dict(spec.decoder)
+        if "conditioner" not in dec:
+            conditioner, cross = decoder_pairing(spec.fusion["type"])
+            media = sorted(set(spec.encoders) - {spec.text_modality})
+            dec["conditioner"] = {"type": conditioner, "dim": dec["dim"],
+                                  **({"modalities": media} if conditioner == "media_context" else {})}
+            dec.setdefault("cross_attention", cross)
+        decoder = build(dec, f"{where}.decoder", "decoder")
+    net = MultimodalTransformer(encoders=encoders, fusion=fusion, head=head, decoder=decoder,
+                                text_modality=spec.text_modality)
+    init_weights(net)  # once, on the assembled network (parts with loaded weights are marked and skipped)
+    return net
+
+
+def from_legacy(node: Any, where: str) -> Any:
+    """Translate a config of a checkpoint written before the typed spec: known ``_target_`` paths become
+    ``type`` names and ``_partial_`` is dropped. Any other ``_target_`` is refused, naming the key."""
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key == "_target_":
+                if value not in LEGACY_TARGETS:
+                    raise SpecError(f"{where}._target_: {value!r} is not a part mmgpt defines; refused "
+                                    "(nothing was imported or called)")
+                out["type"] = LEGACY_TARGETS[value]
+            elif key == "_partial_":
+                continue
+            else:
+                out[key] = from_legacy(value, f"{where}.{key}")
+        return out
+    if isinstance(node, (list, tuple)):
+        return [from_legacy(v, f"{where}[{i}]") for i, v in enumerate(node)]
+    return node

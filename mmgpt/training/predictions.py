@@ -1,0 +1,79 @@
+"""Per-sample predictions of the final evaluation, saved next to ``results.json`` for significance tests.
+
+:class:`SavePredictions` records, during ``trainer.validate`` / ``trainer.test`` of the best checkpoint (not the
+validation passes inside ``fit``), each sample's id, label and class scores (softmax of the head's logits), and
+writes ``predictions_<split>.npz`` (``ids`` as strings, ``labels`` int64, ``scores`` float32; no pickled objects)
+into the run directory. Under DDP each rank writes ``predictions_<split>.rank<r>.npz``; :func:`read_predictions`
+joins them (padding duplicates dropped by id).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.trainer.states import TrainerFn
+
+from mmgpt.batch import MultimodalBatch
+
+
+class SavePredictions(pl.Callback):
+    """Writes ``predictions_{val,test}.npz`` of the final evaluation into ``dirpath`` (see the module docstring)."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+        self._rows: list[tuple[list[str], np.ndarray, np.ndarray]] = []
+
+    def _recording(self, trainer: pl.Trainer) -> bool:
+        return trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and not trainer.sanity_checking
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rows = []
+
+    on_validation_epoch_start = _start
+    on_test_epoch_start = _start
+
+    def _batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: MultimodalBatch,
+               batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not self._recording(trainer) or batch.labels is None:
+            return
+        with torch.no_grad():
+            scores = pl_module.net(batch).logits.float().softmax(dim=-1)
+        ids = [str(i) for i in batch.ids] or [f"{batch_idx}:{k}" for k in range(batch.batch_size)]
+        self._rows.append((ids, batch.labels.cpu().numpy(), scores.cpu().numpy()))
+
+    on_validation_batch_end = _batch
+    on_test_batch_end = _batch
+
+    def _end(self, trainer: pl.Trainer, split: str) -> None:
+        if not self._recording(trainer) or not self._rows:
+            return
+        name = f"predictions_{split}" + (f".rank{trainer.global_rank}" if trainer.world_size > 1 else "")
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        np.savez(self.dirpath / f"{name}.npz", ids=np.array([i for ids, _, _ in self._rows for i in ids]),
+                 labels=np.concatenate([r[1] for r in self._rows]), scores=np.concatenate([r[2] for r in self._rows]))
+        self._rows = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer, "test")
+
+
+def read_predictions(run_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(ids, labels, scores) of a run's ``split``, from one file or the per-rank files; None when there are none."""
+    run_dir = Path(run_dir)
+    files = sorted(run_dir.glob(f"predictions_{split}.npz")) or sorted(run_dir.glob(f"predictions_{split}.rank*.npz"))
+    if not files:
+        return None
+    parts = [np.load(f, allow_pickle=False) for f in files]
+    ids = np.concatenate([p["ids"] for p in parts])
+    labels = np.concatenate([p["labels"] for p in parts])
+    scores = np.concatenate([p["scores"] for p in parts])
+    _, first = np.unique(ids, return_index=True)  # DDP pads with repeated samples
+    first.sort()
+    return ids[first], labels[first], scores[first]

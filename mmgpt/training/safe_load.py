@@ -1,0 +1,199 @@
+"""Opening a checkpoint is as safe as opening a data file: the one loader every command goes through.
+
+A checkpoint is read with ``torch.load(weights_only=True)`` (unpickling runs no code), and what it stores is then
+only *described*, never imported: the network, objectives, optimizer and schedule are typed specs of parts that
+mmgpt registered (:mod:`mmgpt.registry`), and the stored data config may name only mmgpt's own datamodules. Before
+anything is built, every spec is checked; a checkpoint that names anything else is refused with one line naming the
+key and the target, and nothing is imported or called. Checkpoints written before the typed spec (``_target_``
+import paths) are translated from a fixed table of mmgpt's own class paths; any other path is refused.
+
+Arguments are covered too: ``trust_remote_code`` is refused, parts that would fetch pretrained weights get their
+``checkpoint_overrides`` (the checkpoint's state dict supplies the weights), and data settings that write files
+(the decode cache, the data report) are pointed into the current run directory.
+
+A user's own registered parts (``mmgpt.registry.register``) load when the user imports their plugin modules
+explicitly (``plugins=[...]`` on the command line); a checkpoint never imports anything by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmgpt import registry
+from mmgpt.errors import UserError
+from mmgpt.registry import SpecError
+
+log = logging.getLogger(__name__)
+
+#: The datamodules a stored data config may name, and the paths older checkpoints stored for them.
+DATAMODULES: dict[str, str] = {
+    "mmgpt.datamodules.synthetic.SyntheticDataModule": "mmgpt.datamodules.synthetic.SyntheticDataModule",
+    "mmgpt.datamodules.manifest.ManifestDataModule": "mmgpt.datamodules.manifest.ManifestDataModule",
+    "mmgpt.datamodules.shards.ShardDataModule": "mmgpt.datamodules.shards.ShardDataModule",
+    "datamodules.synthetic.SyntheticDataModule": "mmgpt.datamodules.synthetic.SyntheticDataModule",
+    "datamodules.manifest.ManifestDataModule": "mmgpt.datamodules.manifest.ManifestDataModule",
+    "datamodules.shards.ShardDataModule": "mmgpt.datamodules.shards.ShardDataModule",
+}
+
+#: Data settings that name places the datamodule writes to; rebuilt from a checkpoint they point into the run dir.
+_WRITING_DATA_KEYS = {"cache_dir": "cache", "report_dir": "."}
+
+#: The network class that checkpoints written before the typed spec named at the top of ``net``.
+_LEGACY_NETWORK = "mmgpt.model.MultimodalTransformer"
+
+#: The hyperparameters of :class:`~mmgpt.training.lit_module.MultimodalModule` and the kind of spec each holds.
+_MODULE_SPECS = {"optimizer": "optimizer", "scheduler": "scheduler"}
+_MODULE_PLAIN = {"num_classes", "label_smoothing", "class_names", "eval_generation_batches", "freeze", "lora"}
+
+
+class CheckpointError(UserError):
+    """A file that is not a usable mmgpt checkpoint, or one that names something mmgpt does not build."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load ``path`` with ``weights_only=True``; a missing, non-checkpoint or damaged file is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or damaged: {e})") from e
+    except RuntimeError as e:
+        reason = "truncated or damaged" if "zip" in str(e).lower() or "archive" in str(e).lower() else str(e)
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason.splitlines()[0]})") from e
+    except Exception as e:  # noqa: BLE001 - pickle errors of every kind mean "not a checkpoint"
+        raise CheckpointError(f"{path}: not a checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
+def _legacy_or_typed(node: Any, where: str) -> Any:
+    """A spec as stored: typed specs pass through, ``_target_`` configs of older checkpoints are translated."""
+    return registry.from_legacy(node, where)
+
+
+def module_hparams(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """The checkpoint's LightningModule arguments, checked: only registered parts, no unknown keys.
+
+    Raises:
+        CheckpointError: naming the key (and the target, for import paths) of the first thing refused.
+    """
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, Mapping) or "net" not in hparams:
+        raise CheckpointError(f"{path}: not an mmgpt training checkpoint (no hyper_parameters.net)")
+    out: dict[str, Any] = {}
+    try:
+        for key, value in hparams.items():
+            where = f"hyper_parameters.{key}"
+            if key == "net":
+                if isinstance(value, Mapping) and value.get("_target_") == _LEGACY_NETWORK:
+                    value = {k: v for k, v in value.items() if k != "_target_"}
+                spec = registry.NetworkSpec.from_dict(_legacy_or_typed(value, where), where)
+                spec.check(where)
+                out[key] = registry.for_checkpoint(spec.to_dict())
+            elif key == "objectives":
+                value = _legacy_or_typed(value, where)
+                for name, obj in (value or {}).items():
+                    registry.check_spec(obj, f"{where}.{name}", "objective")
+                out[key] = value
+            elif key in _MODULE_SPECS:
+                value = _legacy_or_typed(value, where)
+                if value is not None:
+                    registry.check_spec(value, where, _MODULE_SPECS[key])
+                out[key] = value
+            elif key in _MODULE_PLAIN:
+                registry.check_spec(value, where)  # no specs or import paths hidden in plain values
+                out[key] = value
+            else:
+                raise SpecError(f"{where}: not an argument of mmgpt's LightningModule; refused")
+    except SpecError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    return out
+
+
+def load_module(path: str | Path, map_location: str | torch.device = "cpu", plugins: list[str] | None = None):
+    """The trained :class:`~mmgpt.training.lit_module.MultimodalModule` of checkpoint ``path``, built safely.
+
+    Args:
+        path: the checkpoint.
+        map_location: where the weights go.
+        plugins: the user's modules that register parts of their own (imported here, by the user's choice).
+    """
+    from mmgpt.training.lit_module import MultimodalModule
+
+    registry.import_plugins(plugins)
+    ckpt = read_checkpoint(path)
+    hparams = module_hparams(ckpt, path)
+    module = MultimodalModule(**hparams)
+    state = ckpt.get("state_dict")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: the checkpoint holds no state_dict")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: its weights do not fit the network it describes ({str(e).splitlines()[0]})") from e
+    return module.to(map_location)
+
+
+def stored_run_config(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The resolved run config a checkpoint stores (``checkpoint["mmgpt"]["config"]``), or None."""
+    return (ckpt.get("mmgpt") or {}).get("config")
+
+
+def safe_data_config(data: Mapping[str, Any], where: str, run_dir: str | Path) -> dict[str, Any]:
+    """A data config read from a file (a checkpoint, a run directory), checked before it is instantiated.
+
+    Its ``_target_`` must be one of mmgpt's datamodules (:data:`DATAMODULES`, older paths mapped), no other key
+    may hold a ``_target_``, and settings that write files are pointed into ``run_dir``.
+
+    Raises:
+        CheckpointError: naming the key and the target refused.
+    """
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{where}: not a data config")
+    target = data.get("_target_")
+    if target not in DATAMODULES:
+        raise CheckpointError(f"{where}._target_: {target!r} is not one of mmgpt's datamodules; refused "
+                              "(nothing was imported or called)")
+    out = dict(data)
+    out["_target_"] = DATAMODULES[str(target)]
+    for key, value in out.items():
+        if key != "_target_":
+            _refuse_targets(value, f"{where}.{key}")
+    for key, sub in _WRITING_DATA_KEYS.items():
+        if out.get(key) is not None:
+            out[key] = str(Path(run_dir) / sub)
+    return out
+
+
+def _refuse_targets(node: Any, where: str) -> None:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key in ("_target_", "_partial_", "_args_"):
+                raise CheckpointError(f"{where}.{key}: {value!r} refused (a stored config may not name code to call)")
+            _refuse_targets(value, f"{where}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _refuse_targets(value, f"{where}[{i}]")
+
+
+#: Override keys that select code (Hydra callbacks, launchers, ``_target_`` anywhere) are not taken from a file.
+def check_stored_overrides(overrides: list[str], source: str | Path) -> None:
+    """Refuse overrides read from a file (a sweep's ``multirun.yaml``) that would name code to call.
+
+    Raises:
+        CheckpointError: naming the override.
+    """
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if "_target_" in key or "_target_" in value or "_partial_" in key or key.lstrip("+~").startswith("hydra.callbacks"):
+            raise CheckpointError(f"{source}: override {override!r} names code to call; refused (give it on the "
+                                  "command line yourself if you mean it)")
