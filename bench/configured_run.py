@@ -241,6 +241,37 @@ def table(results: dict[str, dict], title: str) -> list[str]:
     return lines
 
 
+def render(data: dict, name: str) -> str:
+    """The BENCHMARKS.md section of a results file's data (with the ``before`` results beside it, if saved)."""
+    md = [
+        "## The configured run vs bare Lightning vs a hand-written loop",
+        "",
+        f"Default model and data (batch 64, `data.num_workers=0`), {data['threads']} torch thread(s), {data['steps']} "
+        f"training steps per loop per round (the first {data['warmup']} untimed), median over {data['rounds']} "
+        f"interleaved rounds, ratios per round with their range over rounds in brackets. Command: "
+        f"`{data['command']}`. **plain**: a hand-written loop doing a default run's per-step work (objectives, "
+        "training metrics, clipping, non-finite check, schedule, the step values to CSV + TensorBoard every "
+        "`log_every_n_steps`, a progress line every 50 steps); **bare**: `pl.Trainer` with logging, checkpoints, "
+        "progress and callbacks off; **configured**: the Trainer `mmgpt-train` builds (`build_callbacks`, "
+        "`build_loggers` and `cfg.trainer` as in `mmgpt.cli.train`: default callbacks, CSV + TensorBoard, progress). "
+        "The machine (2 cores) was shared with other jobs (load average 5-17 during these runs): interleaving the "
+        "three loops round by round cancels slow drifts of that load, and the **cpu** rows (this process's CPU "
+        "time, which other processes' load changes far less than wall time) are the ones to judge by; the **wall** "
+        "rows show what the load left in wall-clock time.",
+        "",
+    ]
+    fusions = {k: v for k, v in data.items() if isinstance(v, dict) and "summary" in v}
+    before = RESULTS_DIR / "configured_run_before.json"
+    if name == "configured_run" and before.exists():
+        old = json.loads(before.read_text())
+        md += table({k: v for k, v in old.items() if isinstance(v, dict) and "summary" in v},
+                    f"**Before** (commit {old.get('commit', '?')}; `{old.get('command', '?')}`):")
+        md += [""] + table(fusions, f"**After** (commit {data['commit']}):")
+    else:
+        md += table(fusions, f"Commit {data['commit']}:")
+    return "\n".join([*md, "", SYNCS])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fusions", nargs="+", default=["early", "late", "cross_attention"])
@@ -250,7 +281,14 @@ def main() -> None:
     p.add_argument("--tag", default="", help="suffix of the results file (e.g. 'before')")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a shared machine, several multi-threaded processes stall each other)")
+    p.add_argument("--render", action="store_true", help="only rewrite the .md section from the saved .json")
     args = p.parse_args()
+    name = "configured_run" + (f"_{args.tag}" if args.tag else "")
+    if args.render:
+        md = render(json.loads((RESULTS_DIR / f"{name}.json").read_text()), name)
+        (RESULTS_DIR / f"{name}.md").write_text(md.rstrip() + "\n")
+        print(md)
+        return
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("mmgpt").setLevel(logging.WARNING)
@@ -260,34 +298,9 @@ def main() -> None:
         results[fusion] = {"seconds_per_step": times, "summary": summary(times)}
     cmd = (f"python -m bench.configured_run --fusions {' '.join(args.fusions)} --steps {args.steps} "
            f"--rounds {args.rounds} --threads {args.threads}" + (f" --tag {args.tag}" if args.tag else ""))
-    name = "configured_run" + (f"_{args.tag}" if args.tag else "")
-    md = [
-        "## The configured run vs bare Lightning vs a hand-written loop",
-        "",
-        f"Default model and data (batch 64, `data.num_workers=0`), {args.threads} torch thread(s), {args.steps} training steps per loop per round "
-        f"(the first {args.warmup} untimed), median over {args.rounds} interleaved rounds, ratios per round with "
-        f"their range over rounds in brackets. Command: `{cmd}` (commit {_git_commit()}). **plain**: a hand-written "
-        "loop doing a default run's per-step work (objectives, training metrics, clipping, non-finite check, "
-        "schedule, the step values to CSV + TensorBoard every `log_every_n_steps`, a progress line every 50 steps); "
-        "**bare**: `pl.Trainer` with logging, checkpoints, progress and callbacks off; **configured**: the Trainer "
-        "`mmgpt-train` builds (`build_callbacks`, `build_loggers`, `cfg.trainer` as in `mmgpt.cli.train`: default callbacks, CSV + TensorBoard, progress). "
-        "The machine (2 cores) was shared with other jobs: interleaving the three loops round by round cancels slow "
-        "drifts of that load, and the **cpu** rows (this process's CPU time, which other processes' load hardly "
-        "changes) are the ones to judge by; the **wall** rows show what the load left in wall-clock time, the "
-        "range over rounds in brackets.",
-        "",
-    ]
-    before = RESULTS_DIR / "configured_run_before.json"
-    if not args.tag and before.exists():
-        old = json.loads(before.read_text())
-        md += table({k: v for k, v in old.items() if isinstance(v, dict) and "summary" in v},
-                    f"Before (commit {old.get('commit', '?')}, command `{old.get('command', '?')}`):")
-        md += [""] + table(results, f"After (commit {_git_commit()}):")
-    else:
-        md += table(results, f"Commit {_git_commit()}:")
-    md += ["", SYNCS]
-    save(name, {**results, "command": cmd, "commit": _git_commit(), "steps": args.steps, "rounds": args.rounds,
-                "warmup": args.warmup}, "\n".join(md))
+    data = {**results, "command": cmd, "commit": _git_commit(), "steps": args.steps, "rounds": args.rounds,
+            "warmup": args.warmup, "threads": args.threads}
+    save(name, data, render(data, name))
 
 
 if __name__ == "__main__":
