@@ -59,7 +59,8 @@ class MultimodalBatch:
             return {k: v.to(device, non_blocking=non_blocking) for k, v in d.items()}
 
         labels = self.labels.to(device, non_blocking=non_blocking) if self.labels is not None else None
-        return replace(self, inputs=move(self.inputs), masks=move(self.masks), present=move(self.present), labels=labels)
+        return replace(self, inputs=move(self.inputs), masks=move(self.masks), present=move(self.present),
+                       labels=labels)
 
     def pin_memory(self) -> MultimodalBatch:
         """Pin every tensor (the DataLoader calls this when ``pin_memory=True``)."""

@@ -96,6 +96,7 @@ class CompareSchema:
     """
 
     fusions: str = "early,late,cross_attention"
+    baselines: bool = True              # also one unimodal baseline per modality (model/fusion=unimodal_<m>)
     seeds: str = "0,1,2"
     metric: str = "acc"                 # the report's metric: val/<metric> and test/<metric>
     robustness: bool = True             # evaluate every modality subset on the best checkpoint

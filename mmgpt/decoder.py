@@ -233,7 +233,8 @@ class TextDecoder(nn.Module):
             start = 0 if first else int(cache.key_mask.shape[1] - _prefix_len(cond))  # type: ignore[union-attr]
             positions = torch.arange(start, start + T, device=ids.device).expand(B, T)
         if int(positions.max()) >= self.max_length:
-            raise ValueError(f"text position {int(positions.max())} is beyond the decoder's max_length={self.max_length}")
+            raise ValueError(f"text position {int(positions.max())} is beyond the decoder's "
+                             f"max_length={self.max_length}")
         x = self.drop(self.tok_emb(ids) + self.pos_emb(positions))  # (B, T, D)
         prefix = 0
         if first and cond.prefix is not None:
@@ -251,7 +252,8 @@ class TextDecoder(nn.Module):
                     x, context=cond.context, context_mask=cond.context_mask,
                     cache=cache.cross_attn[i] if cache is not None else None,
                 )
-            x = block(x, mask=key_mask, causal=True, prefix=prefix, cache=cache.self_attn[i] if cache is not None else None)
+            x = block(x, mask=key_mask, causal=True, prefix=prefix,
+                      cache=cache.self_attn[i] if cache is not None else None)
         h = self.norm(x[:, prefix:])  # (B, T, D)
         return DecoderOutput(logits=self.lm_head(h), hidden=h)
 

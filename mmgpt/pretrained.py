@@ -73,10 +73,12 @@ def gpt2_to_decoder(state: dict[str, Tensor], num_layers: int) -> dict[str, Tens
             b + "norm1.weight": state[h + "ln_1.weight"], b + "norm1.bias": state[h + "ln_1.bias"],
             b + "attn.q.weight": w_attn[:, :D].t(), b + "attn.q.bias": b_attn[:D],
             b + "attn.kv.weight": w_attn[:, D:].t(), b + "attn.kv.bias": b_attn[D:],  # k then v, as Attention splits
-            b + "attn.proj.weight": state[h + "attn.c_proj.weight"].t(), b + "attn.proj.bias": state[h + "attn.c_proj.bias"],
+            b + "attn.proj.weight": state[h + "attn.c_proj.weight"].t(),
+            b + "attn.proj.bias": state[h + "attn.c_proj.bias"],
             b + "norm2.weight": state[h + "ln_2.weight"], b + "norm2.bias": state[h + "ln_2.bias"],
             b + "mlp.net.0.weight": state[h + "mlp.c_fc.weight"].t(), b + "mlp.net.0.bias": state[h + "mlp.c_fc.bias"],
-            b + "mlp.net.2.weight": state[h + "mlp.c_proj.weight"].t(), b + "mlp.net.2.bias": state[h + "mlp.c_proj.bias"],
+            b + "mlp.net.2.weight": state[h + "mlp.c_proj.weight"].t(),
+            b + "mlp.net.2.bias": state[h + "mlp.c_proj.bias"],
         }
     return {k: v.contiguous() for k, v in out.items()}
 

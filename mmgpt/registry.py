@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from typing import Any
 from torch import nn
 
 from mmgpt.errors import UserError
+
+log = logging.getLogger(__name__)
 
 #: Part kinds, and the spec slots whose values must be parts of a given kind.
 KINDS = ("encoder", "image_stem", "fusion", "combiner", "head", "decoder", "conditioner", "objective", "optimizer",
@@ -70,6 +73,7 @@ BUILTIN: dict[str, Part] = {
     "mult": Part("fusion", "mmgpt.fusion.mult:MulTFusion"),
     "bottleneck": Part("fusion", "mmgpt.fusion.bottleneck:BottleneckFusion"),
     "resampler": Part("fusion", "mmgpt.fusion.resampler:ResamplerFusion"),
+    "unimodal": Part("fusion", "mmgpt.fusion.unimodal:UnimodalBaseline"),
     "concat_mlp": Part("combiner", "mmgpt.fusion.late:ConcatMLP"),
     "logit_average": Part("combiner", "mmgpt.fusion.late:LogitAverage"),
     # head, text decoder and its conditioners
@@ -314,9 +318,12 @@ def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn
     spec = spec if isinstance(spec, NetworkSpec) else NetworkSpec.from_dict(spec)
     spec.check()
     where = "model.net"
-    encoders = {m: build(e, f"{where}.encoders.{m}", "encoder")
-                for m, e in spec.encoders.items()}
     fusion = build(spec.fusion, f"{where}.fusion", "fusion")
+    unused = sorted(set(spec.encoders) - set(fusion.modalities))
+    if unused:  # e.g. a unimodal baseline: the other encoders are neither built nor run
+        log.info("the fusion uses %s: encoders %s are not built", list(fusion.modalities), unused)
+    encoders = {m: build(e, f"{where}.encoders.{m}", "encoder")
+                for m, e in spec.encoders.items() if m in fusion.modalities}
     head = build(spec.head, f"{where}.head", "head", num_classes=num_classes)
     decoder = None
     if spec.decoder is not None:

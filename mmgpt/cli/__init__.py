@@ -47,4 +47,11 @@ def quiet_lightning() -> None:
 
 register_schemas()
 quiet_lightning()
+def with_baselines(fusions: str, baselines: bool, modalities: list[str]) -> str:
+    """``mmgpt-compare``'s sweep of ``model/fusion``: the fusions, plus ``unimodal_<m>`` per modality if asked."""
+    extra = [f"unimodal_{m}" for m in sorted(modalities)] if baselines else []
+    return ",".join([*fusions.split(","), *(b for b in extra if b not in fusions.split(","))])
+
+
 OmegaConf.register_new_resolver("mmgpt_run_id", run_id, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("mmgpt_with_baselines", with_baselines, replace=True)

@@ -63,7 +63,8 @@ def peak_memory() -> dict[str, Any]:
     """Peak memory of this process: CUDA allocator peak when on GPU, else the process's maximum resident set."""
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20, "peak_memory_kind": "cuda_allocated"}
-    return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_memory_kind": "cpu_max_rss"}
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_memory_mb": rss_mb, "peak_memory_kind": "cpu_max_rss"}
 
 
 def metrics_of(results: list[dict[str, float]] | None) -> dict[str, float]:

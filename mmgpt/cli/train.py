@@ -160,7 +160,7 @@ def resume_state(cfg: DictConfig, out_dir: Path, module: MultimodalModule) -> Re
 
 
 def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
-    """The checkpoint to resume from: ``ckpt_path`` if given; with ``resume=auto`` the run directory's newest good one."""
+    """The checkpoint to resume from: ``ckpt_path`` if given; with ``resume=auto`` the run directory's newest one."""
     if cfg.ckpt_path:
         path = Path(cfg.ckpt_path)
         if not path.is_file():
@@ -168,10 +168,12 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
         return path
     if cfg.get("resume") == "auto":
         found = find_resume_checkpoint(out_dir)
-        log.info("resume=auto: %s", f"continuing from {found}" if found else f"no checkpoint in {out_dir}, starting fresh")
+        log.info("resume=auto: %s",
+                 f"continuing from {found}" if found else f"no checkpoint in {out_dir}, starting fresh")
         return found
     if cfg.get("resume") not in (None, "auto"):
-        raise ConfigKeyError(f"resume={cfg.resume!r}: expected null or 'auto' (use ckpt_path=PATH for a given checkpoint)")
+        raise ConfigKeyError(f"resume={cfg.resume!r}: expected null or 'auto' "
+                             "(use ckpt_path=PATH for a given checkpoint)")
     return None
 
 

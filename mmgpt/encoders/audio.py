@@ -78,7 +78,9 @@ class AudioEncoder(nn.Module):
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
         self.pos_emb = nn.Parameter(torch.zeros(1, max_frames, dim))
         self.drop = nn.Dropout(dropout)
-        self.transformer = Transformer(dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.transformer = Transformer(
+            dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
+        )
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         """x (B, S) waveform, mask (B, S) True = real sample -> tokens (B, F, D), F = ceil(ceil(L/2)/2)."""

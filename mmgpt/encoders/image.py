@@ -79,10 +79,14 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
         self.image_size = image_size
         self.num_patches = (image_size // patch_size) ** 2
-        self.patch_embed = stem if stem is not None else PatchEmbed(dim=dim, patch_size=patch_size, in_channels=in_channels)
+        self.patch_embed = (
+            stem if stem is not None else PatchEmbed(dim=dim, patch_size=patch_size, in_channels=in_channels)
+        )
         self.pos_emb = nn.Parameter(torch.zeros(1, self.num_patches, dim))
         self.drop = nn.Dropout(dropout)
-        self.transformer = Transformer(dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.transformer = Transformer(
+            dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
+        )
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         """x (B, 3, H, W) normalised image -> tokens (B, P, D); every patch is real (mask all True)."""

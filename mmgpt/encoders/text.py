@@ -42,7 +42,9 @@ class TextEncoder(nn.Module):
         self.tok_emb = nn.Embedding(vocab_size, dim)
         self.pos_emb = nn.Parameter(torch.zeros(1, max_length, dim))
         self.drop = nn.Dropout(dropout)
-        self.transformer = Transformer(dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.transformer = Transformer(
+            dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
+        )
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         """x (B, T) token ids, mask (B, T) True = real token -> tokens (B, T, D)."""

@@ -12,6 +12,7 @@ from mmgpt.fusion.late import Combiner, ConcatMLP, LateFusion, LogitAverage
 from mmgpt.fusion.mult import MulTFusion
 from mmgpt.fusion.resampler import ResamplerFusion
 from mmgpt.fusion.tensor import LowRankFusion, TensorFusion
+from mmgpt.fusion.unimodal import UnimodalBaseline
 
 __all__ = [
     "BottleneckFusion",
@@ -28,4 +29,5 @@ __all__ = [
     "MulTFusion",
     "ResamplerFusion",
     "TensorFusion",
+    "UnimodalBaseline",
 ]

@@ -55,7 +55,9 @@ class CrossAttentionFusion(Fusion):
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.null = nn.Parameter(torch.zeros(1, 1, dim))
         self.cross_blocks = nn.ModuleList(
-            cross_attention_block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, gate_init=gate_init)
+            cross_attention_block(
+                dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, gate_init=gate_init
+            )
             for _ in range(num_layers)
         )
         self.self_blocks = nn.ModuleList(

@@ -41,7 +41,9 @@ class EarlyFusion(Fusion):
         super().__init__(modalities=modalities)
         self.type_emb = ModalityEmbedding(modalities=self.modalities, dim=dim)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
-        self.transformer = Transformer(dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.transformer = Transformer(
+            dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
+        )
 
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> FusionOutput:
         self.check_inputs(tokens)

@@ -29,7 +29,9 @@ class ConcatMLP(Combiner):
     def __init__(self, *, modalities: Sequence[str], dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
         k = len(modalities)
-        self.net = nn.Sequential(nn.LayerNorm(k * dim), nn.Linear(k * dim, dim), MLP(dim=dim, mlp_ratio=mlp_ratio, dropout=dropout))
+        self.net = nn.Sequential(
+            nn.LayerNorm(k * dim), nn.Linear(k * dim, dim), MLP(dim=dim, mlp_ratio=mlp_ratio, dropout=dropout)
+        )
 
     def forward(self, pooled: dict[str, Tensor], present: dict[str, Tensor]) -> FusionOutput:
         return FusionOutput(pooled=self.net(torch.cat(list(pooled.values()), dim=-1)))
@@ -75,7 +77,12 @@ class LateFusion(Fusion):
     ) -> None:
         super().__init__(modalities=modalities)
         self.stacks = nn.ModuleDict(
-            {m: Transformer(dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout) for m in self.modalities}
+            {
+                m: Transformer(
+                    dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
+                )
+                for m in self.modalities
+            }
         )
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in self.modalities})
         self.combiner = combiner

@@ -67,7 +67,8 @@ class MulTFusion(Fusion):
             for t in self.modalities
         })
         self.missing = nn.Parameter(torch.zeros(len(self.modalities), dim))
-        self.combine = nn.Sequential(nn.LayerNorm(len(self.modalities) * dim), nn.Linear(len(self.modalities) * dim, dim))
+        width = len(self.modalities) * dim
+        self.combine = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim))
 
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> FusionOutput:
         self.check_inputs(tokens)

@@ -117,7 +117,8 @@ def cross_attention_block(
     approximate: str = "none",
 ) -> Block:
     """A block that cross-attends: :class:`GatedCrossAttentionBlock` when ``gate_init`` is given, else ungated."""
-    kwargs = {"dim": dim, "num_heads": num_heads, "mlp_ratio": mlp_ratio, "dropout": dropout, "approximate": approximate}
+    kwargs = {"dim": dim, "num_heads": num_heads, "mlp_ratio": mlp_ratio, "dropout": dropout,
+              "approximate": approximate}
     return Block(**kwargs) if gate_init is None else GatedCrossAttentionBlock(gate_init=gate_init, **kwargs)
 
 

@@ -77,7 +77,8 @@ class Contrastive(Objective):
     def embed(self, net: MultimodalTransformer, batch: MultimodalBatch) -> dict[str, Tensor]:
         """L2-normalised embeddings (B, E) per modality of the pairs."""
         encoded = net.encode(batch)
-        return {m: F.normalize(self.proj[m](masked_mean(encoded[m].tokens, encoded[m].mask)), dim=-1) for m in self.proj}
+        return {m: F.normalize(self.proj[m](masked_mean(encoded[m].tokens, encoded[m].mask)), dim=-1)
+                for m in self.proj}
 
     def forward(self, net: MultimodalTransformer, batch: MultimodalBatch) -> ObjectiveOutput:
         batch = source_batch(batch, self.source, self.max_length)

@@ -1,13 +1,14 @@
 """Is one fusion better than another? Differences with confidence intervals and p-values, Holm-corrected.
 
-The test is a two-level paired bootstrap over the per-sample predictions every run saves: each replicate draws
-seeds with replacement (for each fusion separately: runs of different fusions are independent) and test samples
-with replacement (the same draw for both fusions: they are scored on the same samples), and computes
-``metric(A) - metric(B)``, each metric averaged over the drawn seeds. The 95% interval is the 2.5-97.5 percentile
-range of the replicates; the two-sided p-value is ``2 * min(P(d <= 0), P(d >= 0))`` over the replicates (1 when the
-two fusions' predictions are identical). Resampling seeds carries the seed-to-seed variation into the interval;
-with three seeds that variation is itself estimated from three values, so the test can miss a real difference
-that is small against it (low power), and say so rather than rank.
+The test is a two-level paired bootstrap over the per-sample predictions every run saves. Runs of two fusions
+with the same seed saw the same data (the seed also draws the data order, and for the embedded set the data
+itself), so they are paired by seed, and within a seed by sample id. Each replicate draws seeds with replacement
+and, within each drawn seed, that seed's test samples with replacement (the same draw for both fusions), and
+computes the mean over the drawn seeds of ``metric(A) - metric(B)``. The 95% interval is the 2.5-97.5 percentile
+range of the replicates; the two-sided p-value is ``2 * min(P(d <= 0), P(d >= 0))`` over the replicates, which is
+1 when the two fusions' predictions are identical. Resampling seeds carries the seed-to-seed variation into the
+interval; with three seeds that variation is itself estimated from three values, so the test can miss a real
+difference that is small against it (low power), and says "not distinguishable" rather than rank.
 
 For m pairs, p-values are adjusted with Holm's step-down method (family-wise error rate at most alpha).
 """
@@ -62,27 +63,33 @@ class Difference:
 
 
 def bootstrap_difference(
-    a: Sequence[RunPredictions], b: Sequence[RunPredictions], metric: Metric = accuracy, n_boot: int = 1000,
+    a: dict[int, RunPredictions], b: dict[int, RunPredictions], metric: Metric = accuracy, n_boot: int = 1000,
     seed: int = 0, names: tuple[str, str] = ("a", "b"),
 ) -> Difference:
-    """The two-level paired bootstrap of the module docstring for runs ``a`` and ``b`` (one entry per seed)."""
-    if not a or not b:
-        raise ValueError("each side needs at least one run")
-    ids = np.sort(a[0].ids)  # a fixed order, whatever order the runs saved their samples in
-    a = [r.aligned(ids) for r in a]
-    b = [r.aligned(ids) for r in b]
-    labels = a[0].labels
-    n = len(ids)
-    observed = np.mean([metric(labels, r.scores) for r in a]) - np.mean([metric(labels, r.scores) for r in b])
+    """The two-level paired bootstrap of the module docstring for runs ``a`` and ``b`` (seed -> predictions).
+
+    Only seeds both sides have are compared.
+
+    Raises:
+        ValueError: no seed in common, or a sample id of one side missing from the other's predictions.
+    """
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise ValueError(f"{names[0]} and {names[1]} have no seed in common to compare")
+    pairs = []
+    for s in seeds:
+        ids = np.sort(a[s].ids)  # a fixed order, whatever order the runs saved their samples in
+        pairs.append((a[s].aligned(ids), b[s].aligned(ids)))
+    observed = np.mean([metric(x.labels, x.scores) - metric(y.labels, y.scores) for x, y in pairs])
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot)
     for k in range(n_boot):
-        idx = rng.integers(0, n, n)
-        sa = rng.integers(0, len(a), len(a))
-        sb = rng.integers(0, len(b), len(b))
-        ma = np.mean([metric(labels[idx], a[s].scores[idx]) for s in sa])
-        mb = np.mean([metric(labels[idx], b[s].scores[idx]) for s in sb])
-        diffs[k] = ma - mb
+        drawn = []
+        for s in rng.integers(0, len(pairs), len(pairs)):
+            x, y = pairs[s]
+            idx = rng.integers(0, len(x.ids), len(x.ids))
+            drawn.append(metric(x.labels[idx], x.scores[idx]) - metric(y.labels[idx], y.scores[idx]))
+        diffs[k] = np.mean(drawn)
     p = min(1.0, 2.0 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
     low, high = np.percentile(diffs, [2.5, 97.5])
     return Difference(names[0], names[1], float(observed), float(low), float(high), float(p))
@@ -101,9 +108,9 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 def pairwise(
-    runs: dict[str, Sequence[RunPredictions]], metric: Metric = accuracy, n_boot: int = 1000, seed: int = 0
+    runs: dict[str, dict[int, RunPredictions]], metric: Metric = accuracy, n_boot: int = 1000, seed: int = 0
 ) -> list[Difference]:
-    """Every pair of fusions (in name order), each with its Holm-adjusted p-value over all pairs."""
+    """Every pair of fusions (name -> seed -> predictions, in name order), with Holm-adjusted p-values."""
     names = sorted(runs)
     out = [bootstrap_difference(runs[x], runs[y], metric, n_boot, seed, (x, y))
            for i, x in enumerate(names) for y in names[i + 1:]]

@@ -162,12 +162,14 @@ def significance(groups: Sequence[GroupSummary], split: str = "test") -> list[Di
     None when the metric is not accuracy, there are fewer than two groups or a run saved no predictions."""
     if len(groups) < 2 or groups[0].metric != "acc":
         return None
-    runs: dict[str, list[RunPredictions]] = {}
+    runs: dict[str, dict[int, RunPredictions]] = {}
     for g in groups:
-        preds = [read_predictions(r.run_dir, split) for r in g.runs]
-        if any(p is None for p in preds):
-            return None
-        runs[g.name] = [RunPredictions(*p) for p in preds if p is not None]
+        runs[g.name] = {}
+        for r in g.runs:
+            preds = read_predictions(r.run_dir, split)
+            if preds is None:
+                return None
+            runs[g.name][r.seed] = RunPredictions(*preds)
     return pairwise(runs, accuracy, n_boot=N_BOOT)
 
 
@@ -190,17 +192,35 @@ def _md_significance(diffs: Sequence[Difference] | None) -> list[str]:
     return lines
 
 
+def is_baseline(group: GroupSummary) -> bool:
+    """A unimodal baseline run (``model/fusion=unimodal_<modality>``)."""
+    return group.fusion.startswith("unimodal")
+
+
+def gain_over_baselines(groups: Sequence[GroupSummary]) -> dict[str, float]:
+    """Each fusion's mean test metric minus the best unimodal baseline's; empty without baselines."""
+    baselines = [g.test.mean for g in groups if is_baseline(g) and g.test.mean is not None]
+    if not baselines:
+        return {}
+    best = max(baselines)
+    return {g.name: g.test.mean - best for g in groups if not is_baseline(g) and g.test.mean is not None}
+
+
 def _md_summary(groups: Sequence[GroupSummary], diffs: Sequence[Difference] | None = None) -> list[str]:
     metric = groups[0].metric if groups else "acc"
     ties = _ties(diffs)
+    gains = gain_over_baselines(groups)
     kinds = sorted({g.peak_memory_kind for g in groups})
     header = ["rank", "fusion", "seeds", "params (fusion)", "train samples/s", f"peak memory MB ({'/'.join(kinds)})",
               f"best val {metric}", f"test {metric}", "wall time s"]
+    if gains:
+        header.append(f"test {metric} gain over best unimodal")
     rows = [
         [str(i) + (" (tie)" if i > 1 and frozenset((groups[i - 2].name, g.name)) in ties else ""),
          g.name, " ".join(map(str, g.seeds)),
          _params(g.params.mean, g.fusion_params.mean),
          g.train_samples_per_sec.fmt(1), g.peak_memory_mb.fmt(0), g.val.fmt(4), g.test.fmt(4), g.wall_time_s.fmt(1)]
+        + ([("baseline" if is_baseline(g) else f"{gains[g.name]:+.4f}" if g.name in gains else "n/a")] if gains else [])
         for i, g in enumerate(groups, 1)
     ]
     return _table(header, rows)
@@ -266,12 +286,13 @@ def render_markdown(groups: Sequence[GroupSummary], root: Path, plots: Sequence[
         "",
         "## Methods: the significance test",
         "",
-        "Each run saves its best checkpoint's per-sample test predictions (`predictions_test.npz`). For a pair of "
-        f"fusions, {N_BOOT} bootstrap replicates each draw seeds with replacement for each fusion (its runs are "
-        "independent of the other's) and test samples with replacement (the same draw for both: they are scored on "
-        "the same samples), and compute the difference of the mean accuracies. The 95% interval is the 2.5-97.5 "
-        "percentile range of the replicates; the two-sided p-value is 2 min(P(d <= 0), P(d >= 0)); p-values are "
-        "Holm-adjusted over all pairs. Resampling seeds carries seed-to-seed variation into the interval. With "
+        "Each run saves its best checkpoint's per-sample test predictions (`predictions_test.npz`). Runs of two "
+        "fusions with the same seed saw the same data, so they are paired by seed and by sample id. For a pair of "
+        f"fusions, {N_BOOT} bootstrap replicates each draw seeds with replacement and, within each drawn seed, test "
+        "samples with replacement (the same draw for both fusions), and compute the mean over the drawn seeds of "
+        "the accuracy difference. The 95% interval is the 2.5-97.5 percentile range of the replicates; the "
+        "two-sided p-value is 2 min(P(d <= 0), P(d >= 0)); p-values are Holm-adjusted over all pairs (only seeds "
+        "both fusions ran are compared). Resampling seeds carries seed-to-seed variation into the interval. With "
         "three seeds that variation is estimated from three values: the test has little power against differences "
         "smaller than the spread between seeds, and a pair marked not distinguishable may still differ; a t-test "
         "over three seeds would have two degrees of freedom and even less power.",

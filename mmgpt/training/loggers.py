@@ -21,8 +21,8 @@ def wandb_logger(project: str, save_dir: str, name: str | None = None, group: st
 
     Offline mode is chosen when neither ``WANDB_MODE`` nor ``WANDB_API_KEY`` is set, so nothing tries to reach
     the network by surprise; ``wandb sync <save_dir>/wandb/offline-run-*`` uploads such runs later.
-    Inside a Hydra multirun, ``group=None`` means the sweep's group (:func:`mmgpt.training.tracking.sweep_group`), so the
-    runs of one sweep (e.g. one ``mmgpt-compare``) sit together.
+    Inside a Hydra multirun, ``group=None`` means the sweep's group (:func:`mmgpt.training.tracking.sweep_group`),
+    so the runs of one sweep (e.g. one ``mmgpt-compare``) sit together.
     """
     from pytorch_lightning.loggers import WandbLogger
 

@@ -69,7 +69,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         reason = "truncated or damaged" if "zip" in str(e).lower() or "archive" in str(e).lower() else str(e)
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason.splitlines()[0]})") from e
     except Exception as e:  # noqa: BLE001 - pickle errors of every kind mean "not a checkpoint"
-        raise CheckpointError(f"{path}: not a checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{path}: not a checkpoint ({type(e).__name__}: {first})") from e
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
     return ckpt
@@ -139,7 +140,8 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu", plug
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: its weights do not fit the network it describes ({str(e).splitlines()[0]})") from e
+        raise CheckpointError(
+            f"{path}: its weights do not fit the network it describes ({str(e).splitlines()[0]})") from e
     return module.to(map_location)
 
 
@@ -194,6 +196,7 @@ def check_stored_overrides(overrides: list[str], source: str | Path) -> None:
     """
     for override in overrides:
         key, _, value = override.partition("=")
-        if "_target_" in key or "_target_" in value or "_partial_" in key or key.lstrip("+~").startswith("hydra.callbacks"):
+        names_code = "_target_" in key or "_target_" in value or "_partial_" in key
+        if names_code or key.lstrip("+~").startswith("hydra.callbacks"):
             raise CheckpointError(f"{source}: override {override!r} names code to call; refused (give it on the "
                                   "command line yourself if you mean it)")

@@ -153,8 +153,13 @@ def test_compare_config_defaults() -> None:
     assert cfg.task_name == "compare"
     assert cfg.hydra.runtime.choices.experiment == "compare_fusion"
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    assert cfg.hydra.sweeper.params["model/fusion"] == "early,late,cross_attention"
+    # the three fusions and one unimodal baseline per modality (issue 13: does fusing help at all?)
+    assert cfg.hydra.sweeper.params["model/fusion"] == (
+        "early,late,cross_attention,unimodal_audio,unimodal_image,unimodal_text")
     assert cfg.hydra.sweeper.params.seed == "0,1,2"
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        no_baselines = compose("compare", overrides=["compare.baselines=false"], return_hydra_config=True)
+    assert no_baselines.hydra.sweeper.params["model/fusion"] == "early,late,cross_attention"
     # the experiment file alone reproduces the comparison's settings with mmgpt-train too
     assert train_cfg.trainer.max_epochs == cfg.trainer.max_epochs
     assert train_cfg.compare.fusions == cfg.compare.fusions

@@ -21,7 +21,9 @@ from tests.conftest import DIM, HEADS, IMAGE_SIZE, SAMPLE_RATE, make_batch
 
 MODS = ["audio", "image", "text"]
 #: option name -> overrides of the train config: every YAML of conf/model/fusion, plus variants of some.
-FUSIONS: dict[str, list[str]] = {p.stem: [f"model/fusion={p.stem}"] for p in (CONFIG_DIR / "model" / "fusion").glob("*.yaml")}
+FUSIONS: dict[str, list[str]] = {
+    p.stem: [f"model/fusion={p.stem}"] for p in (CONFIG_DIR / "model" / "fusion").glob("*.yaml")
+}
 FUSIONS |= {
     "late_logit_average": ["model/fusion=late", "model/fusion/combiner=logit_average"],
     "cross_attention_gated": ["model/fusion=cross_attention", "model.fusion.gate_init=0.5"],
@@ -72,8 +74,8 @@ def test_output_does_not_depend_on_modality_dict_order(fusion_name, batch):
         labels=batch.labels,
     )
     torch.testing.assert_close(model(batch).logits, model(reordered).logits, atol=0, rtol=0)
-    tokens = {m: torch.randn(2, 3, DIM) for m in MODS}
-    masks = {m: torch.ones(2, 3, dtype=torch.bool) for m in MODS}
+    tokens = {m: torch.randn(2, 3, DIM) for m in model.fusion.modalities}
+    masks = {m: torch.ones(2, 3, dtype=torch.bool) for m in model.fusion.modalities}
     a = model.fusion(tokens, masks).pooled
     b = model.fusion(dict(reversed(list(tokens.items()))), dict(reversed(list(masks.items())))).pooled
     torch.testing.assert_close(a, b, atol=0, rtol=0)
@@ -102,10 +104,18 @@ def test_absent_modality_content_is_ignored(fusion_name):
 
 def test_present_modalities_matter(fusion_name):
     model = build(fusion_name).eval()
-    for m in MODS:
+    for m in model.modalities:  # every modality the network uses (a unimodal baseline: one)
         a, b = make_batch(seed=2), make_batch(seed=2)
         b.inputs[m] = (b.inputs[m] + 7) % 256 if m == "text" else torch.randn_like(b.inputs[m])
         assert not torch.allclose(model(a).logits, model(b).logits), f"changing {m} changed nothing"
+
+
+def test_a_unimodal_baseline_builds_and_runs_only_its_encoder(batch):
+    model = build("unimodal_image")
+    assert model.modalities == ("image",) and list(model.encoders) == ["image"]
+    a, b = make_batch(seed=3), make_batch(seed=3)
+    b.inputs["text"], b.inputs["audio"] = (b.inputs["text"] + 5) % 256, torch.randn_like(b.inputs["audio"])
+    torch.testing.assert_close(model.eval()(a).logits, model(b).logits, rtol=0, atol=0)
 
 
 def test_every_fusion_yaml_is_in_the_suite():

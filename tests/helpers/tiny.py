@@ -34,6 +34,8 @@ def tiny_spec(fusion: str = "early", decoder: bool = True, max_length: int = 48)
     }
 
 
-def tiny_net(fusion: str = "early", num_classes: int = 5, decoder: bool = True, max_length: int = 48) -> MultimodalTransformer:
+def tiny_net(
+    fusion: str = "early", num_classes: int = 5, decoder: bool = True, max_length: int = 48
+) -> MultimodalTransformer:
     """encoders + the named fusion + head (+ the decoder that matches the fusion)."""
     return build_network(tiny_spec(fusion, decoder, max_length), num_classes)

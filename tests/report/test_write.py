@@ -206,3 +206,13 @@ def test_report_tests_every_pair_and_marks_ties(tmp_path: Path) -> None:
 def test_report_without_predictions_says_so(sweep: Path) -> None:
     text = (sweep / write_report(sweep).markdown.name).read_text()
     assert "no significance test" in text
+
+
+def test_report_shows_each_fusions_gain_over_the_best_unimodal_baseline(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    for job, (fusion, test) in enumerate((("early", 0.9), ("unimodal_image", 0.6), ("unimodal_text", 0.7))):
+        make_run(root, f"{job}_{fusion}", fusion, 0, val=test, test=test)
+    text = (root / write_report(root).markdown.name).read_text()
+    assert "gain over best unimodal" in text
+    assert next(ln for ln in text.splitlines() if "| early |" in ln).rstrip(" |").endswith("+0.2000")
+    assert next(ln for ln in text.splitlines() if "| unimodal_text |" in ln).rstrip(" |").endswith("baseline")

@@ -41,8 +41,9 @@ def _cfg(name: str, overrides: list[str], out: Path):
 def real_ckpt(tmp_path_factory) -> Path:
     """A checkpoint of a real (tiny) training run, with its stored run config."""
     out = tmp_path_factory.mktemp("trained")
-    train(_cfg("train", ["experiment=smoke", "model/fusion=cross_attention", "model.fusion.gate_init=0.5", "logger=csv", "test=false",
-                         "trainer.max_steps=2", "trainer.limit_val_batches=1"], out / "run"))
+    train(_cfg("train", ["experiment=smoke", "model/fusion=cross_attention", "model.fusion.gate_init=0.5",
+                         "logger=csv", "test=false", "trainer.max_steps=2", "trainer.limit_val_batches=1"],
+               out / "run"))
     return out / "run" / "checkpoints" / "last.ckpt"
 
 
@@ -165,7 +166,8 @@ def _to_legacy(node: Any) -> Any:
     """The ``_target_`` form checkpoints stored before the typed spec (the inverse of the legacy table)."""
     inverse = {name: path for path, name in LEGACY_TARGETS.items()}
     if isinstance(node, dict):
-        out = {("_target_" if k == "type" else k): (inverse[v] if k == "type" else _to_legacy(v)) for k, v in node.items()}
+        out = {("_target_" if k == "type" else k): (inverse[v] if k == "type" else _to_legacy(v))
+               for k, v in node.items()}
         if out.get("_target_") in ("torch.optim.AdamW", "mmgpt.optim.warmup_cosine"):
             out["_partial_"] = True
         return out
@@ -184,7 +186,8 @@ def test_a_checkpoint_written_before_the_typed_spec_still_loads(real_ckpt, tmp_p
         # the gated cross-attention blocks stored their two gates as one vector
         for name in [k for k in c["state_dict"] if k.endswith(".attn_gate")]:
             stem = name.removesuffix("attn_gate")
-            c["state_dict"][stem + "gates"] = torch.cat([c["state_dict"].pop(name), c["state_dict"].pop(stem + "ff_gate")])
+            gates = [c["state_dict"].pop(name), c["state_dict"].pop(stem + "ff_gate")]
+            c["state_dict"][stem + "gates"] = torch.cat(gates)
 
     crafted = _craft(real_ckpt, tmp_path, legacy)
     assert any(k.endswith(".gates") for k in torch.load(crafted, weights_only=True)["state_dict"])
