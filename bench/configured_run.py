@@ -76,7 +76,7 @@ def plain_loop(module, dm, cfg, out_dir: Path, warmup: int) -> tuple[float, floa
 
     net = module.net
     module.train()
-    spec = dict(module.hparams.optimizer)  # the module's own optimizer and schedule, as configure_optimizers builds them
+    spec = dict(module.hparams.optimizer)  # the module's optimizer and schedule, as configure_optimizers builds them
     wd = spec.pop("weight_decay", 0.0)
     optimizer = registry.build(spec, "model.module.optimizer", "optimizer", params=param_groups(module, wd))
     fused = all(g.get("fused") for g in optimizer.param_groups)
@@ -234,7 +234,8 @@ def table(results: dict[str, dict], title: str) -> list[str]:
         s = r["summary"]
         for c in ("cpu", "wall"):
             lines.append(
-                f"| {fusion} | {c} | {s[f'plain_{c}_ms']:.1f} | {s[f'bare_{c}_ms']:.1f} | {s[f'configured_{c}_ms']:.1f} | "
+                f"| {fusion} | {c} | {s[f'plain_{c}_ms']:.1f} | {s[f'bare_{c}_ms']:.1f} | "
+                f"{s[f'configured_{c}_ms']:.1f} | "
                 f"{s[f'bare_{c}_ratio']:.3f}x ({s[f'bare_{c}_ratio_min']:.2f}-{s[f'bare_{c}_ratio_max']:.2f}) | "
                 f"**{s[f'configured_{c}_ratio']:.3f}x** ({s[f'configured_{c}_ratio_min']:.2f}-"
                 f"{s[f'configured_{c}_ratio_max']:.2f}) |")

@@ -145,8 +145,9 @@ def test_throughput_leaves_out_a_slow_validation_pass(compose_cfg):
             steps.append(time.perf_counter() - self.t0)
 
     throughput = Throughput()
-    pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               num_sanity_val_steps=0, limit_val_batches=1, callbacks=[throughput, StepTimes()]).fit(module, datamodule=dm)
+    t = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   num_sanity_val_steps=0, limit_val_batches=1, callbacks=[throughput, StepTimes()])
+    t.fit(module, datamodule=dm)
     assert len(throughput.history) == 2 and len(throughput.val_history) == 2
     counted = 128 / throughput.history[-1]  # seconds the training figure counts for the 4 steps of epoch 2
     assert sum(steps[4:]) <= counted < sum(steps[4:]) + 2.5, (counted, steps)  # the batches' loading, not 5 s
