@@ -86,6 +86,7 @@ compare: $(STAMP)
 .PHONY: bench
 bench: $(DEV_STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md (tens of minutes on 2 CPU cores)
 	$(BIN)/python -m bench.lightning_overhead
+	$(BIN)/python -m bench.configured_run
 	$(BIN)/python -m bench.attention
 	$(BIN)/python -m bench.fusions
 	$(BIN)/python -m bench.compile

@@ -64,7 +64,7 @@ def main() -> None:
     rows = []
     for T in args.lengths:
         qkv = inputs(T, args.dim, args.heads, device)
-        times = interleaved({k: (lambda f=f: step(f, qkv)) for k, f in IMPLS.items()}, repeats=args.repeats)
+        times = interleaved({k: (lambda f=f, qkv=qkv: step(f, qkv)) for k, f in IMPLS.items()}, repeats=args.repeats)
         mem = {k: run_child("bench.attention", ["--child", k, str(T), "--dim", str(args.dim), "--heads",
                                                    str(args.heads)])["peak_mb"] for k in IMPLS}
         rows.append({"T": T, "time_s": times, "peak_mb": mem})

@@ -56,7 +56,8 @@ def measure(name: str, overrides: list[str], steps: int) -> dict:
 
 def manifest_decode_pass(root: Path, cache: Path) -> dict:
     """Seconds of the manifest validation + decoding pass with an empty on-disk cache, then with it filled."""
-    cfg = compose_train_config(["data=manifest", f"data.root={root}", f"data.cache_dir={cache}", "data.report_dir=null"])
+    cfg = compose_train_config(["data=manifest", f"data.root={root}", f"data.cache_dir={cache}",
+                                "data.report_dir=null"])
     out = {}
     for phase in ("cold", "warm"):
         dm = instantiate(cfg.data, _convert_="all")

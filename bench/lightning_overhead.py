@@ -3,8 +3,8 @@
     python -m bench.lightning_overhead [--fusion early] [--steps 40] [--rounds 3]
 
 Both loops do the same work per step: forward, cross-entropy, training-metric update, backward, gradient
-clipping at 1.0, AdamW step, learning-rate schedule step. Lightning runs with logging, checkpointing and progress bars off (pure loop
-overhead). Rounds alternate between the two, each from a fresh copy of the same initial weights.
+clipping at 1.0, AdamW step, learning-rate schedule step. Lightning runs with logging, checkpointing and progress
+bars off (pure loop overhead). Rounds alternate between the two, each from a fresh copy of the same initial weights.
 """
 
 from __future__ import annotations

@@ -249,7 +249,8 @@ def assemble_results(cfg: DictConfig, trainer: pl.Trainer, module: MultimodalMod
         "init_from": None if init_report is None else {
             "path": str(cfg.init_from), "loaded": len(init_report.loaded), "missing": init_report.missing,
             "unexpected": init_report.unexpected, "mismatched": sorted(init_report.mismatched)},
-        "samples_per_sec": throughput.steady_rate if throughput else None,
+        "train_samples_per_sec": throughput.steady_rate if throughput else None,  # training steps only
+        "val_samples_per_sec": throughput.val_rate if throughput else None,
         "wall_time_s": wall_time_s,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,

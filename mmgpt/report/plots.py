@@ -67,6 +67,6 @@ def write_plots(groups: Sequence[GroupSummary], out_dir: Path) -> list[Path]:
     return [
         plot_val_curves(groups, out_dir / "val_curves.png"),
         plot_metric_vs(groups, out_dir / "metric_vs_params.png", lambda g: g.params, "parameters"),
-        plot_metric_vs(groups, out_dir / "metric_vs_throughput.png", lambda g: g.samples_per_sec,
+        plot_metric_vs(groups, out_dir / "metric_vs_throughput.png", lambda g: g.train_samples_per_sec,
                        "training throughput (samples/s)"),
     ]

@@ -52,6 +52,13 @@ class RunRecord:
     def seed(self) -> int:
         return int(self.results["seed"])
 
+    @property
+    def train_samples_per_sec(self) -> float | None:
+        """Training throughput (training steps only); runs written before it had its own key give their
+        ``samples_per_sec`` (which also counted the validation passes inside each epoch)."""
+        value = self.results.get("train_samples_per_sec", self.results.get("samples_per_sec"))
+        return None if value is None else float(value)
+
     def metric(self, key: str) -> float | None:
         """A val/test metric (``val/acc``) from ``results.json``, None when absent."""
         split = key.split("/", 1)[0]

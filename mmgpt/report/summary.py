@@ -47,7 +47,8 @@ class GroupSummary:
         runs: the runs, by seed.
         metric: the metric name (``acc``); ``val`` and ``test`` summarise ``val/<metric>``, ``test/<metric>``.
         params: total parameter count; ``fusion_params``: the fusion module's.
-        samples_per_sec: steady-state training throughput (samples/s, all processes together).
+        train_samples_per_sec: steady-state training throughput (samples/s, all processes together; training
+            steps only, validation and checkpoints excluded).
         peak_memory_mb: peak memory; ``peak_memory_kind`` says which (CUDA allocator or process max RSS).
         val: the validation metric of the best checkpoint (the run's selected model).
         test: the test metric of the best checkpoint.
@@ -63,7 +64,7 @@ class GroupSummary:
     metric: str
     params: Stat
     fusion_params: Stat
-    samples_per_sec: Stat
+    train_samples_per_sec: Stat
     peak_memory_mb: Stat
     peak_memory_kind: str
     val: Stat
@@ -129,7 +130,7 @@ def summarize_group(name: str, runs: Sequence[RunRecord], metric: str = "acc") -
         metric=metric,
         params=Stat.of((r.results.get("params") or {}).get("total") for r in runs),
         fusion_params=Stat.of((r.results.get("params") or {}).get("fusion") for r in runs),
-        samples_per_sec=Stat.of(r.results.get("samples_per_sec") for r in runs),
+        train_samples_per_sec=Stat.of(r.train_samples_per_sec for r in runs),
         peak_memory_mb=Stat.of(r.results.get("peak_memory_mb") for r in runs),
         peak_memory_kind="/".join(kinds),
         val=Stat.of(r.metric(f"val/{metric}") for r in runs),

@@ -44,7 +44,7 @@ def summary_rows(groups: Sequence[GroupSummary]) -> list[dict[str, str]]:
     for rank, g in enumerate(groups, 1):
         m = g.metric
         stats: dict[str, Stat] = {
-            "samples_per_sec": g.samples_per_sec,
+            "train_samples_per_sec": g.train_samples_per_sec,
             "peak_memory_mb": g.peak_memory_mb,
             f"val_{m}": g.val,
             f"test_{m}": g.test,
@@ -89,7 +89,7 @@ def run_rows(groups: Sequence[GroupSummary], root: Path) -> list[dict[str, str]]
                 "run_dir": _rel(r.run_dir, root),
                 "params_total": _num(params.get("total")),
                 "params_fusion": _num(params.get("fusion")),
-                "samples_per_sec": _num(res.get("samples_per_sec")),
+                "train_samples_per_sec": _num(r.train_samples_per_sec),
                 "peak_memory_mb": _num(res.get("peak_memory_mb")),
                 "peak_memory_kind": str(res.get("peak_memory_kind", "")),
                 f"val_{m}": _num(r.metric(f"val/{m}")),
@@ -219,7 +219,7 @@ def _md_summary(groups: Sequence[GroupSummary], diffs: Sequence[Difference] | No
         [str(i) + (" (tie)" if i > 1 and frozenset((groups[i - 2].name, g.name)) in ties else ""),
          g.name, " ".join(map(str, g.seeds)),
          _params(g.params.mean, g.fusion_params.mean),
-         g.samples_per_sec.fmt(1), g.peak_memory_mb.fmt(0), g.val.fmt(4), g.test.fmt(4), g.wall_time_s.fmt(1)]
+         g.train_samples_per_sec.fmt(1), g.peak_memory_mb.fmt(0), g.val.fmt(4), g.test.fmt(4), g.wall_time_s.fmt(1)]
         + ([("baseline" if is_baseline(g) else f"{gains[g.name]:+.4f}" if g.name in gains else "n/a")] if gains else [])
         for i, g in enumerate(groups, 1)
     ]
@@ -239,7 +239,7 @@ def _md_robustness(groups: Sequence[GroupSummary]) -> list[str]:
 
 def _md_runs(groups: Sequence[GroupSummary], root: Path) -> list[str]:
     metric = groups[0].metric if groups else "acc"
-    header = ["fusion", "seed", "run dir", "params", "samples/s", "peak MB", f"val {metric}", f"test {metric}",
+    header = ["fusion", "seed", "run dir", "params", "train samples/s", "peak MB", f"val {metric}", f"test {metric}",
               "wall s"]
     rows = []
     for g in groups:
@@ -248,7 +248,7 @@ def _md_runs(groups: Sequence[GroupSummary], root: Path) -> list[str]:
             val, test = r.metric(f"val/{metric}"), r.metric(f"test/{metric}")
             rows.append([
                 g.name, str(r.seed), f"`{_rel(r.run_dir, root)}`", f"{(res.get('params') or {}).get('total', 0):,}",
-                _fixed(res.get("samples_per_sec"), 1), _fixed(res.get("peak_memory_mb"), 0), _fixed(val, 4),
+                _fixed(r.train_samples_per_sec, 1), _fixed(res.get("peak_memory_mb"), 0), _fixed(val, 4),
                 _fixed(test, 4), _fixed(res.get("wall_time_s"), 1),
             ])
     return _table(header, rows)
@@ -274,7 +274,9 @@ def render_markdown(groups: Sequence[GroupSummary], root: Path, plots: Sequence[
         "## Where the numbers come from",
         "",
         "- parameters, throughput, peak memory, wall time, best val and test metrics: each run's `results.json`;",
-        "- train samples/s: steady-state rate of the `Throughput` callback (mean over epochs after the first);",
+        "- train samples/s: steady-state rate of the `Throughput` callback over training steps only (validation "
+        "passes and checkpoint saves excluded; mean over epochs after the first), `train_samples_per_sec` in "
+        "`results.json` (runs from before that key: their `samples_per_sec`, which included validation);",
         "- peak memory: `cpu_max_rss` is the process's maximum resident set during the run, `cuda_allocated` the "
         "CUDA allocator peak;",
         "- best val: the validation metric of the checkpoint kept by `ModelCheckpoint` (monitor `val/<metric>`), "

@@ -17,7 +17,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
+from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from mmgpt import registry
 from mmgpt.batch import MultimodalBatch
@@ -27,7 +29,7 @@ from mmgpt.objectives import Classification, Objective
 from mmgpt.training.distributed import clip_grad_norm_, is_sharded, shard_module
 from mmgpt.training.finetune import freeze as freeze_parts
 from mmgpt.training.finetune import parameter_counts
-from mmgpt.training.optim import param_groups
+from mmgpt.training.optim import grad_norm, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +155,27 @@ class MultimodalModule(pl.LightningModule):
             for key, value in out.values.items():
                 self.log(f"{split}/{key}", value, on_step=on_step, on_epoch=True, batch_size=bs, sync_dist=True)
             for key in updated:
+                if split == "train" and not self._first_log_this_epoch(f"{split}/{key}"):
+                    continue  # epoch-only metric objects: Lightning keeps them once logged in an epoch
                 self.log(f"{split}/{key}", metrics[key], on_step=False, on_epoch=True, prog_bar=split == "val",
                          batch_size=bs)
         assert total is not None
         self.log(f"{split}/loss", total, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         return total
+
+    def _first_log_this_epoch(self, key: str) -> bool:
+        """Whether ``key`` is logged for the first time in this training epoch (of this Trainer).
+
+        A metric object logged ``on_epoch`` only is computed and reset by Lightning at the epoch's end from the
+        reference it got once; logging it again every step only costs time (Lightning moves its states to the
+        device on each call).
+        """
+        marks: dict[str, tuple[int, int]] = self.__dict__.setdefault("_epoch_logged", {})
+        mark = (id(self.trainer), self.trainer.current_epoch)
+        if marks.get(key) == mark:
+            return False
+        marks[key] = mark
+        return True
 
     def training_step(self, batch: MultimodalBatch, batch_idx: int) -> Tensor:
         return self._step(batch, "train", batch_idx)
@@ -181,11 +199,22 @@ class MultimodalModule(pl.LightningModule):
         units = shard_module(self, mesh=dp_mesh, forward_methods=("training_step", "validation_step", "test_step"))
         log.info("FSDP2: %d layer units + the root, sharded over %d processes", units, dp_mesh.size())
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+    def configure_gradient_clipping(self, optimizer: Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
-        # Sharded parameters: the total norm over every rank's shards (Lightning's FSDP1 plugin refuses to clip).
+        """Norm clipping with the step's total gradient norm, computed once (:func:`~mmgpt.training.optim.grad_norm`,
+        shared with ``NonFiniteGuard``). Sharded parameters (FSDP2) clip by the total norm over every rank's shards
+        (Lightning's FSDP1 plugin refuses to clip); value clipping and precision plugins that clip their own way (a
+        ``GradScaler``, DeepSpeed) go through Lightning's default."""
         if is_sharded(self) and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
             clip_grad_norm_(self.parameters(), float(gradient_clip_val))
+            return
+        plugin = self.trainer.precision_plugin
+        plain = type(plugin).clip_gradients is Precision.clip_gradients or (
+            isinstance(plugin, MixedPrecision) and plugin.scaler is None)
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and plain and (
+                type(plugin).clip_grad_by_norm is Precision.clip_grad_by_norm):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, grad_norm(self.trainer, optimizer))
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from mmgpt.training.distributed import local
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -17,6 +21,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             continue
         (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def grad_norm(trainer: Any, optimizer: Optimizer) -> Tensor:
+    """Total 2-norm of the gradients of ``optimizer``'s parameters at this step, on their device: one reduction.
+
+    Computed once per optimizer step and kept on the optimizer for the step: gradient clipping
+    (``MultimodalModule.configure_gradient_clipping``) and ``NonFiniteGuard`` both use it, whichever asks first
+    computes it. Nothing is read back to the host.
+    """
+    cached = optimizer.__dict__.get("_mmgpt_grad_norm")
+    if cached is not None and cached[0] == trainer.global_step:
+        return cached[1]
+    # this rank's shards under FSDP2 (the guard then combines the ranks' flags; sharded clipping has its own norm)
+    grads = [local(p.grad) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    optimizer.__dict__["_mmgpt_grad_norm"] = (trainer.global_step, norm)
+    return norm
 
 
 def warmup_cosine(

@@ -64,6 +64,29 @@ def _is_number(v: Any) -> bool:
         return False
 
 
+class IntervalRichProgressBar(RichProgressBar):
+    """Lightning's rich bar, whose logged values are read (a host-device sync on a GPU) at the logging interval.
+
+    Lightning's bar moves every step and reads the progress-bar values (``train/loss``) with it, which is a
+    ``.item()`` per step; this one moves every step and reads them every ``trainer.log_every_n_steps`` steps, when
+    Lightning reads the logged values anyway.
+    """
+
+    _skip_metrics = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._skip_metrics = trainer.global_step % max(1, trainer.log_every_n_steps) != 0
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._skip_metrics = False
+
+    def _update_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._skip_metrics:
+            super()._update_metrics(trainer, pl_module)
+
+
 def progress_bar(every_n_steps: int = 50) -> ProgressBar:
     """Rich progress bar when attached to a terminal (and not ``CI``), else :class:`LineProgressBar`."""
-    return RichProgressBar() if interactive() else LineProgressBar(every_n_steps)
+    return IntervalRichProgressBar() if interactive() else LineProgressBar(every_n_steps)

@@ -104,7 +104,7 @@ def final_metrics(results: Mapping[str, Any]) -> dict[str, float]:
     for split in ("val", "test"):
         out.update({k: float(v) for k, v in (results.get(split) or {}).items()})
     out.update({f"params/{part}": float(n) for part, n in (results.get("params") or {}).items()})
-    for key in ("samples_per_sec", "peak_memory_mb", "wall_time_s"):
+    for key in ("train_samples_per_sec", "val_samples_per_sec", "peak_memory_mb", "wall_time_s"):
         if results.get(key) is not None:
             out[key] = float(results[key])
     return out

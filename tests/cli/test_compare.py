@@ -59,7 +59,7 @@ class FakeRuns:
         (out / "checkpoints" / "best.ckpt").write_bytes(b"")
         (out / "metrics.csv").write_text(f"epoch,step,val/acc\n0,1,{acc / 2}\n1,2,{acc}\n2,2,{acc}\n")
         results = {"fusion": fusion, "seed": seed, "val": {"val/acc": acc}, "test": {"test/acc": acc - 0.05},
-                   "params": {"total": 100 * len(fusion), "fusion": 10}, "samples_per_sec": 50.0 + seed,
+                   "params": {"total": 100 * len(fusion), "fusion": 10}, "train_samples_per_sec": 50.0 + seed,
                    "peak_memory_mb": 300.0, "peak_memory_kind": "cpu_max_rss", "wall_time_s": 1.0 + seed,
                    "epochs": 2, "global_step": 2, "best_ckpt": str(out / "checkpoints" / "best.ckpt")}
         write_json(out / "results.json", results)
@@ -179,7 +179,7 @@ def test_sweep_writes_report_whose_numbers_are_the_runs(sweep: Path) -> None:
         assert (row["fusion"], int(row["seed"])) == (res["fusion"], res["seed"])
         assert float(row["val_acc"]) == res["val"]["val/acc"]
         assert float(row["test_acc"]) == res["test"]["test/acc"]
-        assert float(row["samples_per_sec"]) == res["samples_per_sec"]
+        assert float(row["train_samples_per_sec"]) == res["train_samples_per_sec"]
         assert int(row["params_total"]) == res["params"]["total"]
         subsets = json.loads((sweep / row["run_dir"] / "eval_results.json").read_text())["subsets"]
         assert float(row["test_acc[audio+image+text]"]) == subsets["audio+image+text"]["acc"]
@@ -193,7 +193,7 @@ def test_sweep_writes_report_whose_numbers_are_the_runs(sweep: Path) -> None:
         for column, values in {
             "val_acc": [r["val"]["val/acc"] for r in runs],
             "test_acc": [r["test"]["test/acc"] for r in runs],
-            "samples_per_sec": [r["samples_per_sec"] for r in runs],
+            "train_samples_per_sec": [r["train_samples_per_sec"] for r in runs],
             "peak_memory_mb": [r["peak_memory_mb"] for r in runs],
             "wall_time_s": [r["wall_time_s"] for r in runs],
         }.items():
@@ -301,7 +301,7 @@ def test_wandb_runs_are_separate_and_share_one_group(sweep: Path, capsys: pytest
         groups |= {r.run_group for r in run_records}
         assert {f"fusion:{res['fusion']}", f"seed:{res['seed']}"} <= set(run_records[-1].tags)
         assert summary["params/total"] == res["params"]["total"]
-        assert summary["samples_per_sec"] == pytest.approx(res["samples_per_sec"])
+        assert summary["train_samples_per_sec"] == pytest.approx(res["train_samples_per_sec"])
     assert len(ids) == len(JOBS)
     assert groups == {f"compare-{sweep.name}"}
     assert wandb_sync_command(sweep) == f"wandb sync {sweep}/*/wandb/offline-run-*"

@@ -28,7 +28,7 @@ def make_run(root: Path, name: str, fusion: str, seed: int, val: float, test: fl
     )
     results: dict[str, Any] = {
         "fusion": fusion, "seed": seed, "val": {"val/acc": val, "val/loss": 1.0}, "test": {"test/acc": test},
-        "params": {"fusion": params // 4, "total": params}, "samples_per_sec": samples_per_sec,
+        "params": {"fusion": params // 4, "total": params}, "train_samples_per_sec": samples_per_sec,
         "peak_memory_mb": memory, "peak_memory_kind": "cpu_max_rss", "wall_time_s": wall,
         "epochs": len(curve), "global_step": 10 * len(curve), "best_ckpt": None, "run_dir": str(run),
     }
@@ -78,7 +78,7 @@ def test_report_numbers_equal_the_run_files(sweep: Path) -> None:
         assert (row["fusion"], int(row["seed"])) == (res["fusion"], res["seed"])
         assert float(row["val_acc"]) == res["val"]["val/acc"]
         assert float(row["test_acc"]) == res["test"]["test/acc"]
-        assert float(row["samples_per_sec"]) == res["samples_per_sec"]
+        assert float(row["train_samples_per_sec"]) == res["train_samples_per_sec"]
         assert float(row["peak_memory_mb"]) == res["peak_memory_mb"]
         assert float(row["wall_time_s"]) == res["wall_time_s"]
         assert int(row["params_total"]) == res["params"]["total"]
@@ -89,7 +89,7 @@ def test_report_numbers_equal_the_run_files(sweep: Path) -> None:
         for column, values in {
             "val_acc": [r["val"]["val/acc"] for r in runs],
             "test_acc": [r["test"]["test/acc"] for r in runs],
-            "samples_per_sec": [r["samples_per_sec"] for r in runs],
+            "train_samples_per_sec": [r["train_samples_per_sec"] for r in runs],
             "peak_memory_mb": [r["peak_memory_mb"] for r in runs],
             "wall_time_s": [r["wall_time_s"] for r in runs],
         }.items():
@@ -160,6 +160,18 @@ def test_stat_formatting() -> None:
     assert Stat.of([]).fmt() == "n/a"
     assert Stat.of([1.0, 3.0]).fmt(1) == "2.0 ± 1.4"
     assert Stat.of([1.0, None, 3.0]).n == 2
+
+
+def test_old_run_directories_report_their_samples_per_sec_as_the_training_figure(tmp_path: Path) -> None:
+    """results.json written before ``train_samples_per_sec`` existed has ``samples_per_sec``: still reported."""
+    root = tmp_path / "sweep"
+    run = make_run(root, "0_early_seed0", "early", 0, val=0.8, test=0.7, samples_per_sec=123.0)
+    results = json.loads((run / "results.json").read_text())
+    results["samples_per_sec"] = results.pop("train_samples_per_sec")
+    (run / "results.json").write_text(json.dumps(results))
+    report = write_report(root)
+    assert float(rows(report.runs_csv)[0]["train_samples_per_sec"]) == 123.0
+    assert float(rows(report.summary_csv)[0]["train_samples_per_sec_mean"]) == 123.0
 
 
 def _predictions(run: Path, rate: float, seed: int, n: int = 400) -> None:
