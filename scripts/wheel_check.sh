@@ -11,10 +11,12 @@ WORK="$(mktemp -d /tmp/mmgpt-wheel-check.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 "$PY" -m pip wheel --no-deps -q -w "$WORK/dist" . 2>&1 | grep -v "WARNING: Location" || true
 WHEEL="$(ls "$WORK"/dist/mmgpt-*.whl)"
+"$PY" -c "import sys, zipfile; print(*zipfile.ZipFile(sys.argv[1]).namelist(), sep=chr(10))" "$WHEEL" \
+  > "$WORK/contents.txt"   # listed once: `grep -q` in a pipe would SIGPIPE the lister under pipefail
 for f in mmgpt/conf/train.yaml mmgpt/conf/eval.yaml mmgpt/conf/model/default.yaml mmgpt/datamodules/synthetic/generator.py; do
-  unzip -l "$WHEEL" | grep -q " $f\$" || { echo "wheel-check: $f missing from $WHEEL"; exit 1; }
+  grep -qx "$f" "$WORK/contents.txt" || { echo "wheel-check: $f missing from $WHEEL"; exit 1; }
 done
-if unzip -l "$WHEEL" | awk '{print $4}' | grep -q '^datamodules/'; then
+if grep -q '^datamodules/' "$WORK/contents.txt"; then
   echo "wheel-check: the wheel installs a top-level 'datamodules' package"; exit 1
 fi
 "$PY" -m pip install --no-deps --no-compile -q --disable-pip-version-check --root-user-action=ignore --target "$WORK/site" "$WHEEL" 2>&1 | grep -v "WARNING: Location" || true
