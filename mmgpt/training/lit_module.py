@@ -134,13 +134,17 @@ class MultimodalModule(pl.LightningModule):
     def forward(self, batch: MultimodalBatch) -> ModelOutput:
         return self.net(batch)
 
-    def _step(self, batch: MultimodalBatch, split: str, batch_idx: int = 0) -> Tensor:
+    def _step(self, batch: MultimodalBatch, split: str, batch_idx: int = 0) -> tuple[Tensor, Tensor | None]:
+        """The weighted loss, and the class logits (B, C) of the objective that uses the head, if any."""
         bs = batch.batch_size
+        logits: Tensor | None = None
         on_step = split == "train"  # values are averaged over DDP ranks (sync_dist), not rank 0's alone
         all_metrics: nn.ModuleDict = getattr(self, f"{split}_metrics")
         total: Tensor | None = None
         for name, objective in self.objectives.items():
             out = objective(self.net, batch)
+            if objective.uses_head and logits is None and out.preds is not None and out.preds.dim() == 2:
+                logits = out.preds
             total = objective.weight * out.loss if total is None else total + objective.weight * out.loss
             metrics = all_metrics[name]
             objective.update(metrics, out)
@@ -161,7 +165,7 @@ class MultimodalModule(pl.LightningModule):
                          batch_size=bs)
         assert total is not None
         self.log(f"{split}/loss", total, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
-        return total
+        return total, logits
 
     def _first_log_this_epoch(self, key: str) -> bool:
         """Whether ``key`` is logged for the first time in this training epoch (of this Trainer).
@@ -178,13 +182,19 @@ class MultimodalModule(pl.LightningModule):
         return True
 
     def training_step(self, batch: MultimodalBatch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train", batch_idx)
+        return self._step(batch, "train", batch_idx)[0]
 
-    def validation_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
-        self._step(batch, "val", batch_idx)
+    def validation_step(self, batch: MultimodalBatch, batch_idx: int) -> dict[str, Tensor]:
+        """Returns the class logits, for callbacks (``SavePredictions``): under FSDP2 only the steps may run
+        the network, so callbacks take what the step computed instead of running it again."""
+        return self._eval_outputs(self._step(batch, "val", batch_idx)[1])
 
-    def test_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
-        self._step(batch, "test", batch_idx)
+    def test_step(self, batch: MultimodalBatch, batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_outputs(self._step(batch, "test", batch_idx)[1])
+
+    @staticmethod
+    def _eval_outputs(logits: Tensor | None) -> dict[str, Tensor]:
+        return {} if logits is None else {"logits": logits.detach()}
 
     def configure_model(self) -> None:
         """Under FSDP2 (``ModelParallelStrategy``: ``trainer=fsdp`` / ``fsdp_sim``), shard per Transformer block.
@@ -221,6 +231,10 @@ class MultimodalModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         spec = dict(self.hparams.optimizer)
         weight_decay = spec.pop("weight_decay", 0.0)
+        if spec.get("fused") and is_sharded(self) and self.device.type == "cpu":
+            # torch has no DTensor (FSDP2) rule for the fused CPU kernels: the plain loop, same update
+            log.info("sharded parameters on CPU: %s without fused=True", spec["type"])
+            spec["fused"] = False
         optimizer = registry.build(spec, "model.module.optimizer", "optimizer", params=param_groups(self, weight_decay))
         if self.hparams.scheduler is None:
             return {"optimizer": optimizer}

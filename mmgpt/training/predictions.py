@@ -1,7 +1,8 @@
 """Per-sample predictions of the final evaluation, saved next to ``results.json`` for significance tests.
 
 :class:`SavePredictions` records, during ``trainer.validate`` / ``trainer.test`` of the best checkpoint (not the
-validation passes inside ``fit``), each sample's id, label and class scores (softmax of the head's logits), and
+validation passes inside ``fit``), each sample's id, label and class scores (softmax of the logits the validation /
+test step returns: the callback never runs the network itself, which FSDP2 would not allow), and
 writes ``predictions_<split>.npz`` (``ids`` as strings, ``labels`` int64, ``scores`` float32; no pickled objects)
 into the run directory. Under DDP each rank writes ``predictions_<split>.rank<r>.npz``; :func:`read_predictions`
 joins them (padding duplicates dropped by id).
@@ -14,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
 from mmgpt.batch import MultimodalBatch
+from mmgpt.training.distributed import local
 
 
 class SavePredictions(pl.Callback):
@@ -38,10 +39,10 @@ class SavePredictions(pl.Callback):
 
     def _batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: MultimodalBatch,
                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not self._recording(trainer) or batch.labels is None:
+        logits = outputs.get("logits") if isinstance(outputs, dict) else None
+        if not self._recording(trainer) or batch.labels is None or logits is None:
             return
-        with torch.no_grad():
-            scores = pl_module.net(batch).logits.float().softmax(dim=-1)
+        scores = local(logits).float().softmax(dim=-1)
         ids = [str(i) for i in batch.ids] or [f"{batch_idx}:{k}" for k in range(batch.batch_size)]
         self._rows.append((ids, batch.labels.cpu().numpy(), scores.cpu().numpy()))
 
