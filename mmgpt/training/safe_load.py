@@ -82,11 +82,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def _legacy_or_typed(node: Any, where: str) -> Any:
-    """A spec as stored: typed specs pass through, ``_target_`` configs of older checkpoints are translated."""
-    return registry.from_legacy(node, where)
-
-
 def module_hparams(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
     """The checkpoint's LightningModule arguments, checked: only registered parts, no unknown keys.
 
@@ -103,16 +98,16 @@ def module_hparams(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
             if key == "net":
                 if isinstance(value, Mapping) and value.get("_target_") == _LEGACY_NETWORK:
                     value = {k: v for k, v in value.items() if k != "_target_"}
-                spec = registry.NetworkSpec.from_dict(_legacy_or_typed(value, where), where)
+                spec = registry.NetworkSpec.from_dict(registry.from_legacy(value, where), where)
                 spec.check(where)
                 out[key] = registry.for_checkpoint(spec.to_dict())
             elif key == "objectives":
-                value = _legacy_or_typed(value, where)
+                value = registry.from_legacy(value, where)
                 for name, obj in (value or {}).items():
                     registry.check_spec(obj, f"{where}.{name}", "objective")
                 out[key] = value
             elif key in _MODULE_SPECS:
-                value = _legacy_or_typed(value, where)
+                value = registry.from_legacy(value, where)
                 if value is not None:
                     registry.check_spec(value, where, _MODULE_SPECS[key])
                 out[key] = value
