@@ -13,7 +13,9 @@ Legend: B batch, N tokens, H backbone hidden size, D model dim.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -33,6 +35,27 @@ class BackboneIdentity:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """How a backbone is fine-tuned (the ``tuning:`` key of a backbone encoder's spec).
+
+    Attributes:
+        freeze: keep every backbone weight fixed (eval mode, no gradients) unless ``unfreeze_last`` / ``lora``
+            say otherwise; the projection always trains.
+        unfreeze_last: train the top N of :meth:`BackboneEncoder.layers` (0: none).
+        lora: parameter-efficient adapters (``peft`` LoRA arguments, e.g. ``{r: 8, alpha: 16, target_modules:
+            [query, value]}``), or None.
+        lr_mult: learning-rate multiplier of the backbone's trainable parameters relative to the new ones.
+        gradient_checkpointing: recompute the backbone's activations in backward.
+    """
+
+    freeze: bool = True
+    unfreeze_last: int = 0
+    lora: Mapping[str, Any] | None = None
+    lr_mult: float = 1.0
+    gradient_checkpointing: bool = False
+
+
 class BackboneEncoder(nn.Module, ABC):
     """A pretrained backbone and a learned projection to ``dim`` (see the module doc).
 
@@ -41,13 +64,22 @@ class BackboneEncoder(nn.Module, ABC):
         hidden_size: H, the width of the hidden states :meth:`hidden` returns.
         dim: D, the width of the tokens :meth:`forward` returns.
         identity: where the weights came from, with their hash.
+        tuning: how the backbone is fine-tuned (a :class:`Tuning` or its fields as a mapping; default frozen).
+            Subclasses take it as their ``tuning`` argument and pass it on; the network builder calls
+            :meth:`apply_tuning` once the encoder is complete.
     """
 
-    def __init__(self, *, backbone: nn.Module, hidden_size: int, dim: int, identity: BackboneIdentity) -> None:
+    def __init__(self, *, backbone: nn.Module, hidden_size: int, dim: int, identity: BackboneIdentity,
+                 tuning: Tuning | Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.proj = nn.Linear(hidden_size, dim)
         self.identity = identity
+        self.tuning = tuning if isinstance(tuning, Tuning) else Tuning(**(tuning or {}))
+
+    def apply_tuning(self) -> None:
+        """Freeze / unfreeze / add adapters / switch on gradient checkpointing as :attr:`tuning` says."""
+        raise NotImplementedError("fine-tuning controls are not implemented yet")
 
     @abstractmethod
     def hidden(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
