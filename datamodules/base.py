@@ -100,6 +100,17 @@ class MultimodalDataModule(pl.LightningDataModule):
         self.collate = Collate(self.processors)
         self.train_collate = Collate(self.processors, modality_dropout=self.modality_dropout)
 
+    def replace_processors(self, processors: Mapping[str, Processor]) -> None:
+        """Swap the processors of some modalities (e.g. for the frozen-feature cache's) and rebuild the collates.
+
+        The mapping is updated in place, so datasets already built with it use the new processors too."""
+        unknown = sorted(set(processors) - set(self.processors))
+        if unknown:
+            raise ValueError(f"replace_processors: {unknown} are not modalities of {self.describe()}")
+        self.processors.update(processors)
+        self.collate = Collate(self.processors)
+        self.train_collate = Collate(self.processors, modality_dropout=self.modality_dropout)
+
     # -- what a datamodule says about itself ---------------------------------------------------------------------
     @property
     @abstractmethod

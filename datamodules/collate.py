@@ -32,6 +32,8 @@ class Collate:
                  modality_dropout: Mapping[str, float] | None = None) -> None:
         self.processors = dict(sorted(processors.items()))
         self.modality_dropout = check_dropout_probs(modality_dropout, self.processors)
+        # Modalities whose processor yields cached backbone hidden states (datamodules/feature_cache.py).
+        self.precomputed = frozenset(n for n, p in self.processors.items() if getattr(p, "precomputed", False))
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> MultimodalBatch:
         inputs: dict[str, Tensor] = {}
@@ -51,6 +53,7 @@ class Collate:
             labels=None if any(y is None for y in labels) else torch.tensor(labels, dtype=torch.long),
             ids=[s.get("id") for s in samples],
             captions=[s.get("caption") or "" for s in samples],
+            precomputed=self.precomputed,
         )
 
 

@@ -29,6 +29,8 @@ class MultimodalBatch:
         labels: (B,) int64 class indices, or None for unlabelled data.
         ids: sample identifiers, for error reports and per-sample outputs.
         captions: optional target caption per sample (used by the generative objective).
+        precomputed: modalities whose ``inputs`` are already a backbone's hidden states (B, N, H) with their
+            ``masks`` (B, N), read from the frozen-feature cache: the model runs only the encoder's projection.
     """
 
     inputs: dict[str, Tensor]
@@ -37,6 +39,7 @@ class MultimodalBatch:
     labels: Tensor | None = None
     ids: list[Any] = field(default_factory=list)
     captions: list[str] | None = None
+    precomputed: frozenset[str] = frozenset()
 
     @property
     def batch_size(self) -> int:

@@ -104,6 +104,16 @@ class CompareSchema:
 
 
 @dataclass
+class FeatureCacheSchema:
+    """``feature_cache``: frozen backbones' hidden states stored on disk (datamodules/feature_cache.py)."""
+
+    mode: str = "auto"      # auto: cache every frozen backbone whose modality has no random augmentation; off
+    dir: str = MISSING      # the cache folder, shared by runs (conf/train.yaml: ${paths.log_dir}/cache/features)
+    dtype: str = "float16"  # storage dtype: float16 (half the disk, ~1e-3 relative) or float32
+    batch_size: int = 32    # samples per backbone call while filling
+
+
+@dataclass
 class TrainSchema:
     """The top level of ``conf/train.yaml``."""
 
@@ -124,6 +134,7 @@ class TrainSchema:
     objectives: Any = None  # shorthand weights, e.g. {classify: 1.0, lm: 1.0}: see apply_objectives
     plugins: list[str] = field(default_factory=list)  # modules imported first, registering parts of the user's own
     compare: CompareSchema = field(default_factory=CompareSchema)
+    feature_cache: FeatureCacheSchema = field(default_factory=FeatureCacheSchema)
 
 
 @dataclass

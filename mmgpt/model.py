@@ -82,7 +82,11 @@ class MultimodalTransformer(nn.Module):
     def encode(self, batch: MultimodalBatch) -> dict[str, EncoderOutput]:
         out: dict[str, EncoderOutput] = {}
         for m, encoder in self.encoders.items():
-            enc = encoder(batch.inputs[m], batch.masks.get(m))
+            if m in batch.precomputed:  # cached backbone hidden states (B, N, H): only the projection runs
+                hidden = batch.inputs[m].to(encoder.proj.weight.dtype)
+                enc = encoder.project(EncoderOutput(hidden, batch.masks[m]))
+            else:
+                enc = encoder(batch.inputs[m], batch.masks.get(m))
             out[m] = EncoderOutput(enc.tokens, enc.mask & batch.presence(m)[:, None])
         return out
 

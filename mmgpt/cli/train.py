@@ -33,6 +33,8 @@ from mmgpt.cli.common import (
     write_json,
 )
 from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_model_specs, check_targets, resolved
+from mmgpt.encoders.backbone import BackboneEncoder
+from mmgpt.objectives import CausalLM, MaskedLM
 from mmgpt.registry import import_plugins
 from mmgpt.training.callbacks import (
     FlushLogsWithCheckpoint,
@@ -67,7 +69,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule)
     init_report = init_from_checkpoint(module.net, cfg.init_from) if cfg.get("init_from") else None  # fine-tuning
     resume = resume_state(cfg, out_dir, module)
-    callbacks = build_callbacks(cfg)
+    callbacks = build_callbacks(cfg) + feature_cache(cfg, datamodule, module, init_report)
     loggers = build_loggers(cfg, resume)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     record_run(cfg, out_dir, loggers, resume)
@@ -139,6 +141,31 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         if isinstance(cb, RunConfigInCheckpoint):
             cb.config = resolved(cfg)  # what mmgpt-eval rebuilds the data from
     return callbacks
+
+
+def feature_cache(cfg: DictConfig, datamodule: pl.LightningDataModule, module: MultimodalModule,
+                  init_report: LoadReport | None) -> list[pl.Callback]:
+    """The frozen-feature cache (``feature_cache``): frozen backbones' modalities read cached hidden states, and
+    a callback fills what is missing on the training device before the first batch. Nothing when it is off, or
+    when no encoder is a frozen backbone (the scratch path imports nothing for it)."""
+    fc = cfg.feature_cache
+    if fc.mode not in ("auto", "off"):
+        raise ConfigKeyError(f"feature_cache.mode={fc.mode!r}: expected auto or off")
+    net = module.net
+    if fc.mode == "off" or not any(isinstance(e, BackboneEncoder) for e in net.encoders.values()):
+        return []
+    if not hasattr(datamodule, "replace_processors"):
+        log.info("feature cache: %s has no processors to replace; not cached", type(datamodule).__name__)
+        return []
+    from mmgpt.datamodules.feature_cache import FillFeatureCache, install
+
+    exclude = set()
+    if net.decoder is not None or any(isinstance(o, (CausalLM, MaskedLM)) for o in module.objectives.values()):
+        exclude.add(net.text_modality)  # they read the text's token ids
+    if init_report is not None:  # backbone weights from a checkpoint: the weights' hash no longer names them
+        exclude |= {m for m in net.encoders if any(k.startswith(f"encoders.{m}.backbone.") for k in init_report.loaded)}
+    processors = install(datamodule, net, root=fc.dir, dtype=fc.dtype, exclude=exclude)
+    return [FillFeatureCache(processors, batch_size=fc.batch_size)] if processors else []
 
 
 @dataclass

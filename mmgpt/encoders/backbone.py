@@ -89,6 +89,12 @@ class BackboneEncoder(nn.Module, ABC):
     def layers(self) -> list[nn.Module]:
         """The backbone's repeated blocks, input side first (what ``unfreeze_last`` / wrapping act on)."""
 
+    def feature_fingerprint(self) -> str:
+        """Everything :meth:`hidden` depends on besides its input, as a stable string: the class, the weights' hash
+        and the hidden layer chosen (``self.layer`` where a subclass has one). Part of the frozen-feature cache's key;
+        a subclass whose :meth:`hidden` depends on more settings adds them."""
+        return f"{type(self).__name__}:{self.identity.sha256}:layer={getattr(self, 'layer', None)}"
+
     def project(self, hidden: EncoderOutput) -> EncoderOutput:
         """Hidden states (B, N, H) -> tokens (B, N, D), same mask."""
         return EncoderOutput(self.proj(hidden.tokens), hidden.mask)

@@ -71,7 +71,7 @@ def with_text(batch: MultimodalBatch, texts: list[str], max_length: int) -> Mult
     inputs = {**batch.inputs, "text": ids.to(batch.device)}
     masks = {**batch.masks, "text": mask.to(batch.device)}
     present = {**batch.present, "text": mask.any(dim=1).to(batch.device)}
-    return replace(batch, inputs=inputs, masks=masks, present=present)
+    return replace(batch, inputs=inputs, masks=masks, present=present, precomputed=batch.precomputed - {"text"})
 
 
 def captions(batch: MultimodalBatch, source: str) -> list[str] | None:

@@ -1,0 +1,198 @@
+"""The frozen-feature cache (datamodules/feature_cache.py) on tiny random ViT / BERT backbones saved by path.
+
+Checked: cached == uncached network outputs (float32 storage: 1e-5; float16 storage: 5e-3 absolute on the logits,
+the tolerance README states); the key changes with the weights, the layer and the preprocessing; two processes
+filling one cache at once leave it valid and complete; augmentation or a trained backbone is not cached; a run of
+mmgpt-train fills the cache, and a second run trains from it without running the backbones.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from mmgpt.datamodules.base import ProcessedDataset
+from mmgpt.datamodules.collate import Collate
+from mmgpt.datamodules.feature_cache import CachedFeatures, FeatureCache, FeatureCacheMiss, FeatureMiss, fill, install
+from mmgpt.datamodules.processors import ImageProcessor
+from mmgpt.datamodules.synthetic import SyntheticDataModule
+from mmgpt.registry import build_network
+
+pytest.importorskip("transformers")
+from tests.helpers.backbones import BertBackbone, ViTBackbone, save_bert, save_vit  # noqa: E402
+
+DIM, SIZE = 16, 16
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("backbones")
+    return {"vit": save_vit(d / "vit", image_size=SIZE), "vit2": save_vit(d / "vit2", image_size=SIZE, seed=1),
+            "bert": save_bert(d / "bert")}
+
+
+def spec(models: dict[str, Path], vit: str = "vit", layer: int = -1, tuning: dict | None = None) -> dict:
+    sizes = {"dim": DIM, "num_layers": 1, "num_heads": 2}
+    return {
+        "encoders": {
+            "image": {"type": "test_vit", "path": str(models[vit]), "dim": DIM, "layer": layer,
+                      **({"tuning": tuning} if tuning else {})},
+            "text": {"type": "test_bert", "path": str(models["bert"]), "dim": DIM},
+            "audio": {"type": "audio_encoder", **sizes, "n_mels": 16, "n_fft": 128, "hop_length": 80},
+        },
+        "fusion": {"type": "early", **sizes, "modalities": ["audio", "image", "text"]},
+        "head": {"type": "classification_head", "dim": DIM},
+    }
+
+
+def datamodule(**kw) -> SyntheticDataModule:
+    dm = SyntheticDataModule(**{"num_train": 24, "num_val": 12, "num_test": 8, "image_size": SIZE, "augment": False,
+                                "batch_size": 6, **kw})
+    dm.setup()
+    return dm
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [("float32", 1e-5), ("float16", 5e-3)])
+def test_cached_outputs_equal_uncached(models, tmp_path, dtype, atol):
+    torch.manual_seed(0)
+    net = build_network(spec(models), 15).eval()
+    dm = datamodule()
+    plain = dict(dm.processors)
+    processors = install(dm, net, root=tmp_path / "cache", dtype=dtype)
+    assert sorted(processors) == ["image", "text"]  # the scratch audio encoder is not a backbone
+    report = fill(dm, net, processors, batch_size=5)
+    assert report.samples == 24 + 12 + 8 and report.computed["image"] == 44
+
+    val = dm.make_dataset("val")
+    uncached = ProcessedDataset(val.items, val.fields, plain, train=False)
+    for rows in (range(0, 6), range(6, 12)):  # two batches: padding differs between them
+        a = Collate(plain)([uncached[i] for i in rows])
+        b = dm.collate([val[i] for i in rows])
+        assert b.precomputed == {"image", "text"} and b.inputs["image"].shape[-1] == 32  # hidden size H
+        calls = ViTBackbone.calls, BertBackbone.calls
+        with torch.no_grad():
+            out_a, out_b = net(a), net(b)
+        assert (ViTBackbone.calls, BertBackbone.calls) == (calls[0] + 1, calls[1] + 1)  # only the uncached pass
+        torch.testing.assert_close(out_b.logits, out_a.logits, atol=atol, rtol=0)
+        for m in ("image", "text"):
+            ea, eb = out_a.encoded[m], out_b.encoded[m]
+            n = eb.mask.shape[1]
+            assert torch.equal(ea.mask[:, :n], eb.mask) and not ea.mask[:, n:].any()
+            torch.testing.assert_close(eb.tokens[eb.mask], ea.tokens[:, :n][eb.mask], atol=atol, rtol=0)
+
+
+def _misses(dm: SyntheticDataModule, processor: CachedFeatures, split: str = "val") -> int:
+    ds = dm.make_dataset(split)
+    values = [processor.transform(ds.fields(item)[processor.name], train=False) for item in ds.items]
+    return sum(isinstance(v, FeatureMiss) for v in values if v is not None)
+
+
+def test_key_changes_with_weights_layer_and_preprocessing(models, tmp_path):
+    root = tmp_path / "cache"
+    net = build_network(spec(models), 15)
+    dm = datamodule()
+    fill(dm, net, install(dm, net, root=root), batch_size=8)
+    cache = FeatureCache(root)
+
+    def cached(net, dm, name: str = "image") -> CachedFeatures:
+        inner = dm.processors[name]
+        inner = inner.inner if isinstance(inner, CachedFeatures) else inner
+        enc = net.encoders[name]
+        return CachedFeatures(name=name, inner=inner, cache=cache, encoder_fingerprint=enc.feature_fingerprint(),
+                              hidden_size=enc.proj.in_features)
+
+    assert _misses(dm, cached(net, dm)) == 0 and _misses(dm, cached(net, dm, "text")) == 0  # same key: all hit
+    other_weights = build_network(spec(models, vit="vit2"), 15)
+    assert _misses(dm, cached(other_weights, dm)) == 12
+    other_layer = build_network(spec(models, layer=1), 15)
+    assert _misses(dm, cached(other_layer, dm)) == 12
+    dm_norm = datamodule()  # other normalisation: other pixels reach the backbone
+    dm_norm.processors["image"] = ImageProcessor(image_size=SIZE, mean=0.4, std=0.3)
+    assert _misses(dm_norm, cached(net, dm_norm)) == 12
+    dm_len = datamodule(max_text_length=32)  # another tokenizer length: the processor's fingerprint differs
+    assert _misses(dm_len, cached(net, dm_len, "text")) > 0
+
+
+def _fill_in_child(models: dict[str, Path], root: str, barrier) -> None:  # noqa: ANN001
+    torch.set_num_threads(1)
+    net = build_network(spec(models), 15)
+    dm = datamodule()
+    processors = install(dm, net, root=root)
+    for p in processors.values():
+        p.cache.store.segment_bytes = 4096  # many commits, interleaved with the other writer's
+    barrier.wait()
+    fill(dm, net, processors, batch_size=3)
+
+
+def test_two_processes_filling_at_once_leave_a_valid_cache(models, tmp_path):
+    root = tmp_path / "cache"
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_fill_in_child, args=(models, str(root), barrier)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert not list(root.glob("tmp-*")) and len(list(root.glob("seg-*.idx.npz"))) > 2
+
+    net = build_network(spec(models), 15).eval()
+    dm = datamodule()
+    processors = install(dm, net, root=root)
+    again = fill(dm, net, processors)
+    assert sum(again.computed.values()) == 0 and again.cached["image"] == 44  # complete: nothing left to compute
+    val = dm.make_dataset("val")
+    with torch.no_grad():  # every entry holds this sample's states (a torn write would not match)
+        for i in range(len(val)):
+            cached = val[i]["image"]
+            x = processors["image"].inner.transform(val.fields(val.items[i])["image"], train=False)
+            ref = net.encoders["image"].hidden(x[None]).tokens[0]
+            torch.testing.assert_close(cached.tokens, ref, atol=5e-3, rtol=5e-3)
+
+
+def test_not_cached_with_augmentation_or_a_trained_backbone(models, tmp_path):
+    net = build_network(spec(models), 15)
+    assert sorted(install(datamodule(augment=True), net, root=tmp_path)) == ["text"]  # random flips: image not
+    for tuning in ({"freeze": False}, {"unfreeze_last": 1}):
+        net = build_network(spec(models, tuning=tuning), 15)
+        assert sorted(install(datamodule(), net, root=tmp_path)) == ["text"]
+
+
+def test_a_missing_entry_is_an_error_naming_the_fix(models, tmp_path):
+    net = build_network(spec(models), 15)
+    dm = datamodule()
+    install(dm, net, root=tmp_path / "empty")
+    val = dm.make_dataset("val")
+    with pytest.raises(FeatureCacheMiss, match="mmgpt-data features"):
+        dm.collate([val[0], val[1]])
+
+
+def _train_cfg(compose_cfg, models: dict[str, Path], cache: Path):
+    cfg = compose_cfg(["experiment=smoke", "logger=csv", "data.image_size=16", "data.augment=false",
+                       "data.num_train=32", "data.num_val=16", "data.num_test=16", "model.dim=16",
+                       "plugins=[tests.helpers.backbones]", f"feature_cache.dir={cache}"])
+    with open_dict(cfg):
+        cfg.model.net.encoders.image = {"type": "test_vit", "path": str(models["vit"]), "dim": 16}
+        cfg.model.net.encoders.text = {"type": "test_bert", "path": str(models["bert"]), "dim": 16}
+    return cfg
+
+
+def test_training_fills_the_cache_then_trains_from_it(models, tmp_path, compose_cfg):
+    from mmgpt.cli.train import train
+
+    cache = tmp_path / "features"
+    calls = ViTBackbone.calls
+    first = train(_train_cfg(compose_cfg, models, cache))
+    assert ViTBackbone.calls > calls  # filled: 64 images, batches of 32
+    segments = sorted(cache.glob("seg-*.idx.npz"))
+    assert segments and first["global_step"] == 1
+
+    calls = ViTBackbone.calls, BertBackbone.calls
+    second = train(_train_cfg(compose_cfg, models, cache))
+    assert (ViTBackbone.calls, BertBackbone.calls) == calls  # trained, validated and tested without the backbones
+    assert sorted(cache.glob("seg-*.idx.npz")) == segments  # nothing new to store
+    assert second["val"]["val/loss"] == pytest.approx(first["val"]["val/loss"], abs=1e-6)  # same run, same result
