@@ -1,6 +1,6 @@
 """The frozen-feature cache (datamodules/feature_cache.py) on tiny random ViT / BERT backbones saved by path.
 
-Checked: cached == uncached network outputs (float32 storage: 1e-5; float16 storage: 5e-3 absolute on the logits,
+Checked: cached == uncached network outputs (float32 storage: 1e-5; float16 storage: 1e-3 absolute on the logits,
 the tolerance README states); the key changes with the weights, the layer and the preprocessing; two processes
 filling one cache at once leave it valid and complete; augmentation or a trained backbone is not cached; a run of
 mmgpt-train fills the cache, and a second run trains from it without running the backbones.
@@ -56,7 +56,7 @@ def datamodule(**kw) -> SyntheticDataModule:
     return dm
 
 
-@pytest.mark.parametrize(("dtype", "atol"), [("float32", 1e-5), ("float16", 5e-3)])
+@pytest.mark.parametrize(("dtype", "atol"), [("float32", 1e-5), ("float16", 1e-3)])
 def test_cached_outputs_equal_uncached(models, tmp_path, dtype, atol):
     torch.manual_seed(0)
     net = build_network(spec(models), 15).eval()
