@@ -5,7 +5,8 @@ header), and prints every problem with its file and line; it exits with status 1
 ``--cache-dir`` the decoded media go to the media store training reads (``data.cache_dir``).
 ``mmgpt-data export-synthetic OUT`` writes the embedded synthetic set out as a manifest folder (PNG + WAV + JSON
 Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
-WebDataset tar shards for streaming (``data=shards data.root=OUT``).
+WebDataset tar shards for streaming (``data=shards data.root=OUT``). ``mmgpt-data features [DIR] KEY=VALUE...``
+fills the frozen-feature cache ahead of training, with the training command's overrides.
 """
 
 from __future__ import annotations
@@ -60,6 +61,64 @@ def _shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _features(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import pytorch_lightning as pl
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from mmgpt.cli.common import user_errors
+    from mmgpt.cli.train import build_module, check_config, use_feature_cache
+    from mmgpt.config import CONFIG_DIR
+    from mmgpt.datamodules.feature_cache import fill
+    from mmgpt.datamodules.manifest.media import Progress
+    from mmgpt.training.finetune import init_from_checkpoint
+
+    def is_override(a: str) -> bool:
+        return "=" in a or a.startswith(("~", "+"))
+
+    overrides = [a for a in args.items if is_override(a)]
+    folders = [a for a in args.items if not is_override(a)]
+    if len(folders) > 1:
+        print(f"error: one data folder expected, got {folders} (overrides are KEY=VALUE)", file=sys.stderr)
+        return 2
+    if folders:  # DIR: a manifest folder unless a data= override picks another datamodule (e.g. shards)
+        data = [] if any(o.startswith("data=") for o in overrides) else ["data=manifest"]
+        overrides = [*data, *overrides, f"data.root={folders[0]}"]
+
+    @user_errors
+    def run() -> int:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        with open_dict(cfg):  # no run directory: the data report goes to a temporary one
+            cfg.paths.output_dir = tempfile.mkdtemp(prefix="mmgpt-features-")
+        check_config(cfg)
+        pl.seed_everything(cfg.seed, verbose=False)
+        datamodule = instantiate(cfg.data, _convert_="all")
+        module = build_module(cfg, datamodule)
+        report = init_from_checkpoint(module.net, cfg.init_from) if cfg.get("init_from") else None
+        processors = use_feature_cache(cfg, datamodule, module, report)
+        if not processors:
+            print("nothing to cache: no encoder is a frozen backbone whose modality has no random augmentation "
+                  f"(feature_cache.mode={cfg.feature_cache.mode})")
+            return 0
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        for m in processors:
+            module.net.encoders[m].to(device)
+        datamodule.setup("fit")
+        progress = Progress("filling the feature cache", bar=None)
+        done = fill(datamodule, module.net, processors, device=device, batch_size=cfg.feature_cache.batch_size,
+                    progress=progress)
+        progress.close()
+        print(f"feature cache {cfg.feature_cache.dir}: {done.describe()} on {device}")
+        return 0
+
+    return run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgpt-data", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--samples-per-shard", type=int, default=256)
     shard.add_argument("--allow-outside-root", action="store_true")
     shard.set_defaults(func=_shard)
+
+    features = sub.add_parser(
+        "features", help="fill the frozen-feature cache ahead of training (the training command's overrides)",
+        description="Compute the hidden states of every frozen backbone (feature_cache.mode=auto) for every sample "
+                    "of every split that the cache does not hold yet. DIR (optional) is a manifest folder "
+                    "(data=manifest data.root=DIR); the overrides are mmgpt-train's, e.g. "
+                    "mmgpt-data features DIR model/encoder/image=hf feature_cache.dtype=float32")
+    features.add_argument("items", nargs="*", metavar="[DIR] KEY=VALUE",
+                          help="the data folder and mmgpt-train overrides")
+    features.add_argument("--device", default=None, help="where the backbones run (default: cuda if available)")
+    features.set_defaults(func=_features)
     return parser
 
 

@@ -196,3 +196,25 @@ def test_training_fills_the_cache_then_trains_from_it(models, tmp_path, compose_
     assert (ViTBackbone.calls, BertBackbone.calls) == calls  # trained, validated and tested without the backbones
     assert sorted(cache.glob("seg-*.idx.npz")) == segments  # nothing new to store
     assert second["val"]["val/loss"] == pytest.approx(first["val"]["val/loss"], abs=1e-6)  # same run, same result
+
+
+def test_mmgpt_data_features_fills_what_training_reads(models, tmp_path, compose_cfg, capsys):
+    from mmgpt.cli.data import main
+    from mmgpt.cli.train import train
+
+    cache = tmp_path / "features"
+    cfg = _train_cfg(compose_cfg, models, cache)
+    overrides = ["experiment=smoke", "data.image_size=16", "data.augment=false", "data.num_train=32",
+                 "data.num_val=16", "data.num_test=16", "model.dim=16", "plugins=[tests.helpers.backbones]",
+                 f"feature_cache.dir={cache}", "~model.net.encoders.image", "~model.net.encoders.text",
+                 f"+model.net.encoders.image={{type:test_vit,path:'{models['vit']}',dim:16}}",
+                 f"+model.net.encoders.text={{type:test_bert,path:'{models['bert']}',dim:16}}",
+                 f"paths.log_dir={tmp_path / 'logs'}"]
+    assert main(["features", *overrides, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "image: 64 computed, 0 already cached" in out and str(cache) in out
+    calls = ViTBackbone.calls, BertBackbone.calls
+    train(cfg)
+    assert (ViTBackbone.calls, BertBackbone.calls) == calls  # training found every entry
+    assert main(["features", *overrides]) == 0
+    assert "image: 0 computed, 64 already cached" in capsys.readouterr().out
