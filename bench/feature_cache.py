@@ -1,0 +1,151 @@
+"""Epoch time of a fusion on frozen ViT-Base + BERT-base backbones, with the frozen-feature cache vs without.
+
+    python -m bench.feature_cache [--num-train 96] [--rounds 2] [--threads 1] [--fusion early]
+
+Backbones: a ViT-Base/16 at 224 pixels (``ViTConfig()`` defaults) and a BERT-base (``BertConfig()`` defaults over
+the byte tokenizer's vocabulary), random weights, saved with ``save_pretrained`` and loaded by path (timing does
+not depend on the weights). The network is that pair plus a projection to ``dim`` each and the fusion
+(image + text modalities of the synthetic set at 224 pixels, no augmentation). One epoch = a full pass over the
+training loader with a training step (forward, backward, AdamW) per batch. The uncached and cached epochs run in
+one process, alternated after one warm-up epoch each ("from the second epoch"); the fill (every training sample
+through both backbones, stored as float16) is timed once, after the uncached warm-up. Wall and process CPU time are
+both reported: CPU time is what other jobs on a shared machine change least.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import save
+from mmgpt.datamodules.feature_cache import fill, install
+from mmgpt.datamodules.synthetic import SyntheticDataModule
+from mmgpt.registry import build_network
+from tests.helpers.backbones import save_bert, save_vit
+
+IMAGE_SIZE = 224
+
+
+def network(vit: Path, bert: Path, fusion: str, dim: int, layers: int) -> torch.nn.Module:
+    """The two backbones + a fusion of ``conf/model``'s default shape (4 heads, MLP ratio 2)."""
+    sizes = {"dim": dim, "num_layers": layers, "num_heads": 4, "mlp_ratio": 2.0}
+    fusions = {"early": {"type": "early", **sizes}, "late": {"type": "late", **sizes},
+               "cross_attention": {"type": "cross_attention", **sizes}}
+    spec = {
+        "encoders": {"image": {"type": "test_vit", "path": str(vit), "dim": dim},
+                     "text": {"type": "test_bert", "path": str(bert), "dim": dim}},
+        "fusion": {**fusions[fusion], "modalities": ["image", "text"]},
+        "head": {"type": "classification_head", "dim": dim},
+    }
+    if fusion == "late":
+        spec["fusion"]["combiner"] = {"type": "concat_mlp", "modalities": ["image", "text"], "dim": dim}
+    return build_network(spec, 15)
+
+
+def datamodule(num_train: int, batch_size: int) -> SyntheticDataModule:
+    dm = SyntheticDataModule(num_train=num_train, num_val=8, num_test=8, image_size=IMAGE_SIZE, augment=False,
+                             batch_size=batch_size, num_workers=0)
+    dm.setup()
+    return dm
+
+
+def epoch(net: torch.nn.Module, optimizer: torch.optim.Optimizer, dm: SyntheticDataModule) -> tuple[float, float]:
+    """(wall s, CPU s) of one training epoch over ``dm``'s training loader."""
+    net.train()
+    w0, c0 = time.perf_counter(), time.process_time()
+    for batch in dm.train_dataloader():
+        loss = torch.nn.functional.cross_entropy(net(batch).logits, batch.labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--num-train", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=2, help="measured epochs of each kind, after one warm-up each")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fusion", default="early", choices=("early", "late", "cross_attention"))
+    p.add_argument("--dim", type=int, default=64, help="model.dim (the default config's)")
+    p.add_argument("--layers", type=int, default=3, help="fusion layers (model/fusion=early's default)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="mmgpt-bench-features-"))
+    t0 = time.perf_counter()
+    vit = save_vit(work / "vit-base", image_size=IMAGE_SIZE, patch_size=16, hidden_size=768, num_layers=12,
+                   num_attention_heads=12, intermediate_size=3072)
+    bert = save_bert(work / "bert-base", hidden_size=768, num_layers=12, num_attention_heads=12,
+                     intermediate_size=3072)
+    torch.manual_seed(0)
+    net = network(vit, bert, args.fusion, args.dim, args.layers)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
+    print(f"backbones saved and loaded in {time.perf_counter() - t0:.0f}s: {frozen / 1e6:.1f}M frozen, "
+          f"{trainable / 1e6:.2f}M trained parameters", flush=True)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+
+    plain, cached = datamodule(args.num_train, args.batch_size), datamodule(args.num_train, args.batch_size)
+    processors = install(cached, net, root=work / "features", dtype="float16")
+    assert sorted(processors) == ["image", "text"], processors
+    times: dict[str, list[tuple[float, float]]] = {"uncached": [], "cached": []}
+    warm_uncached = epoch(net, optimizer, plain)
+    print(f"uncached warm-up epoch: {warm_uncached[0]:.1f}s", flush=True)
+    w0, c0 = time.perf_counter(), time.process_time()
+    report = fill(cached, net, processors, batch_size=args.batch_size, splits=("train",))
+    fill_s = (time.perf_counter() - w0, time.process_time() - c0)
+    print(f"fill: {report.describe()} ({fill_s[1]:.1f} CPU s)", flush=True)
+    warm_cached = epoch(net, optimizer, cached)
+    for r in range(args.rounds):
+        times["uncached"].append(epoch(net, optimizer, plain))
+        times["cached"].append(epoch(net, optimizer, cached))
+        print(f"round {r + 1}: uncached {times['uncached'][-1][0]:.1f}s, cached {times['cached'][-1][0]:.2f}s",
+              flush=True)
+    med = {k: tuple(statistics.median(t[i] for t in v) for i in (0, 1)) for k, v in times.items()}
+    ratio = {c: med["uncached"][i] / med["cached"][i] for i, c in enumerate(("wall", "cpu"))}
+    per_round = [u[1] / c[1] for u, c in zip(times["uncached"], times["cached"])]
+    store_mb = sum(f.stat().st_size for f in (work / "features").glob("seg-*.bin")) / 2**20
+    cmd = (f"python -m bench.feature_cache --num-train {args.num_train} --batch-size {args.batch_size} "
+           f"--rounds {args.rounds} --threads {args.threads} --fusion {args.fusion} --dim {args.dim} "
+           f"--layers {args.layers}")
+    lines = [
+        "## Frozen-feature cache: epoch time with vs without",
+        "",
+        f"`model/fusion={args.fusion}` ({args.layers} layers, dim {args.dim}: the default config's) on a frozen "
+        f"ViT-Base/16 at 224 px and a frozen BERT-base "
+        f"(random weights from `ViTConfig()` / `BertConfig()` defaults, {frozen / 1e6:.0f}M frozen and "
+        f"{trainable / 1e6:.2f}M trained parameters), {args.num_train} synthetic training samples, batch "
+        f"{args.batch_size}, {args.threads} torch thread(s). An epoch is a full pass over the training loader with a "
+        f"training step per batch; uncached and cached epochs alternate after one warm-up epoch each, median of "
+        f"{args.rounds}. The cache holds float16 hidden states ({store_mb:.0f} MiB for the training split: "
+        f"197 x 768 per image, one row per token per text). Command: `{cmd}`. The machine (2 cores) was shared with "
+        "other jobs: the CPU-time row (this process's CPU seconds) is the one to judge by.",
+        "",
+        "| clock | uncached epoch s | cached epoch s | **uncached / cached** | fill s (train split) "
+        "| fill / uncached epoch |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for i, clock in enumerate(("wall", "cpu")):
+        lines.append(f"| {clock} | {med['uncached'][i]:.1f} | {med['cached'][i]:.2f} | **{ratio[clock]:.0f}x** | "
+                     f"{fill_s[i]:.1f} | {fill_s[i] / med['uncached'][i]:.2f}x |")
+    lines += [
+        "",
+        f"Per round (CPU): {', '.join(f'{x:.0f}x' for x in per_round)} (goal >= 10x). Warm-up epochs: uncached "
+        f"{warm_uncached[0]:.1f} s, cached {warm_cached[0]:.2f} s (wall). The fill runs the backbones once per "
+        "sample without a training step, so it costs about one uncached epoch; every later epoch and every later "
+        "run on the same data, backbones and preprocessing (e.g. each job of `mmgpt-compare`) reads the cache.",
+    ]
+    save("feature_cache", {"args": vars(args), "uncached": times["uncached"], "cached": times["cached"],
+                           "warmup": {"uncached": warm_uncached, "cached": warm_cached}, "fill": fill_s,
+                           "ratio": ratio, "per_round_cpu": per_round, "store_mib": store_mb,
+                           "fill_report": report.describe()}, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
