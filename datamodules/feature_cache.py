@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
@@ -244,6 +245,7 @@ class FillReport:
 
     computed: dict[str, int] = field(default_factory=dict)
     cached: dict[str, int] = field(default_factory=dict)
+    missing: dict[str, int] = field(default_factory=dict)
     samples: int = 0
     seconds: float = 0.0
 
@@ -255,7 +257,8 @@ class FillReport:
 
 def fill(datamodule: Any, net: nn.Module, processors: Mapping[str, CachedFeatures], *,
          device: torch.device | str = "cpu", batch_size: int = 32, rank: int = 0, world_size: int = 1,
-         progress: Callable[[int, int], None] | None = None, splits: Sequence[str] = SPLITS) -> FillReport:
+         progress: Callable[[int, int], None] | None = None, splits: Sequence[str] = SPLITS,
+         compute: bool = True) -> FillReport:
     """Compute and store the hidden states of every sample of ``splits`` missing from the cache.
 
     This process takes every ``world_size``-th sample from ``rank`` on (a streaming split is already split by
@@ -268,6 +271,7 @@ def fill(datamodule: Any, net: nn.Module, processors: Mapping[str, CachedFeature
         processors: modality name -> its :class:`CachedFeatures` processor.
         batch_size: samples per backbone call.
         progress: called with (samples done, samples total) of this process.
+        compute: False only counts the missing entries (``FillReport.missing``), running no backbone.
     """
     report = FillReport(computed=dict.fromkeys(processors, 0), cached=dict.fromkeys(processors, 0))
     if not processors:
@@ -290,14 +294,17 @@ def fill(datamodule: Any, net: nn.Module, processors: Mapping[str, CachedFeature
                     value = sample.get(m)
                     if isinstance(value, FeatureMiss):
                         pending[m].setdefault(value.key, value.value)
-                        if len(pending[m]) >= batch_size:
+                        if not compute:
+                            report.missing[m] = len(pending[m])
+                        elif len(pending[m]) >= batch_size:
                             report.computed[m] += _compute(encoders[m], processors[m], pending[m], device)
                     elif value is not None:
                         report.cached[m] += 1
                 if progress is not None:
                     progress(report.samples, total)
         for m in processors:
-            report.computed[m] += _compute(encoders[m], processors[m], pending[m], device)
+            if compute:
+                report.computed[m] += _compute(encoders[m], processors[m], pending[m], device)
     finally:
         for m, e in encoders.items():
             e.train(modes[m])
@@ -365,6 +372,7 @@ class FillFeatureCache(pl.Callback):
 
     def __init__(self, processors: Mapping[str, CachedFeatures], batch_size: int = 32) -> None:
         self.processors, self.batch_size = dict(processors), batch_size
+        self.cache = next(iter(self.processors.values())).cache if self.processors else None
         self.done = False
 
     def _fill(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -373,14 +381,21 @@ class FillFeatureCache(pl.Callback):
         self.done = True
         from mmgpt.datamodules.manifest.media import Progress
 
-        progress = Progress("filling the feature cache") if trainer.is_global_zero else None
+        # A sharded (FSDP2) backbone runs only inside the whole network's forward: there, fill ahead.
+        compute = not isinstance(trainer.strategy, ModelParallelStrategy)
+        progress = Progress("filling the feature cache") if trainer.is_global_zero and compute else None
         report = fill(trainer.datamodule, pl_module.net, self.processors, device=pl_module.device,
                       batch_size=self.batch_size, rank=trainer.global_rank, world_size=trainer.world_size,
-                      progress=progress)
+                      progress=progress, compute=compute)
         if progress is not None:
             progress.close()
+        if any(report.missing.values()):
+            raise FeatureCacheMiss(
+                f"feature cache {self.cache.root}: {report.missing} samples are not cached, and sharded (FSDP) "
+                "backbones cannot fill it during training; fill it first with mmgpt-data features (the same "
+                "overrides, without trainer=fsdp), or train with feature_cache.mode=off")
         trainer.strategy.barrier("feature_cache")
-        next(iter(self.processors.values())).cache.refresh()
+        self.cache.refresh()
         if trainer.is_global_zero:
             log.info("feature cache (rank 0's share): %s", report.describe())
 

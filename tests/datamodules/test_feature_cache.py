@@ -154,6 +154,19 @@ def test_two_processes_filling_at_once_leave_a_valid_cache(models, tmp_path):
             torch.testing.assert_close(cached.tokens, ref, atol=5e-3, rtol=5e-3)
 
 
+def test_ranks_fill_disjoint_shares_that_complete_the_cache(models, tmp_path):
+    net = build_network(spec(models), 15)
+    dm = datamodule()
+    processors = install(dm, net, root=tmp_path / "cache")
+    count = fill(dm, net, processors, compute=False)
+    assert count.missing["image"] == 44 and sum(count.computed.values()) == 0  # counted, nothing run
+    shares = [fill(dm, net, processors, rank=r, world_size=2) for r in (0, 1)]
+    assert [s.samples for s in shares] == [22, 22]
+    assert shares[0].computed["image"] + shares[1].computed["image"] == 44
+    processors["image"].cache.refresh()
+    assert sum(fill(dm, net, processors).computed.values()) == 0
+
+
 def test_not_cached_with_augmentation_or_a_trained_backbone(models, tmp_path):
     net = build_network(spec(models), 15)
     assert sorted(install(datamodule(augment=True), net, root=tmp_path)) == ["text"]  # random flips: image not
