@@ -54,15 +54,19 @@ def datamodule(num_train: int, batch_size: int) -> SyntheticDataModule:
     return dm
 
 
-def epoch(net: torch.nn.Module, optimizer: torch.optim.Optimizer, dm: SyntheticDataModule) -> tuple[float, float]:
+def epoch(net: torch.nn.Module, optimizer: torch.optim.Optimizer, dm: SyntheticDataModule,
+          device: torch.device) -> tuple[float, float]:
     """(wall s, CPU s) of one training epoch over ``dm``'s training loader."""
     net.train()
     w0, c0 = time.perf_counter(), time.process_time()
     for batch in dm.train_dataloader():
+        batch = batch.to(device)
         loss = torch.nn.functional.cross_entropy(net(batch).logits, batch.labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - w0, time.process_time() - c0
 
 
@@ -72,6 +76,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2, help="measured epochs of each kind, after one warm-up each")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--fusion", default="early", choices=("early", "late", "cross_attention"))
     p.add_argument("--dim", type=int, default=64, help="model.dim (the default config's)")
     p.add_argument("--layers", type=int, default=3, help="fusion layers (model/fusion=early's default)")
@@ -84,7 +89,8 @@ def main() -> None:
     bert = save_bert(work / "bert-base", hidden_size=768, num_layers=12, num_attention_heads=12,
                      intermediate_size=3072)
     torch.manual_seed(0)
-    net = network(vit, bert, args.fusion, args.dim, args.layers)
+    device = torch.device(args.device)
+    net = network(vit, bert, args.fusion, args.dim, args.layers).to(device)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
     print(f"backbones saved and loaded in {time.perf_counter() - t0:.0f}s: {frozen / 1e6:.1f}M frozen, "
@@ -95,16 +101,18 @@ def main() -> None:
     processors = install(cached, net, root=work / "features", dtype="float16")
     assert sorted(processors) == ["image", "text"], processors
     times: dict[str, list[tuple[float, float]]] = {"uncached": [], "cached": []}
-    warm_uncached = epoch(net, optimizer, plain)
+    warm_uncached = epoch(net, optimizer, plain, device)
     print(f"uncached warm-up epoch: {warm_uncached[0]:.1f}s", flush=True)
     w0, c0 = time.perf_counter(), time.process_time()
-    report = fill(cached, net, processors, batch_size=args.batch_size, splits=("train",))
+    report = fill(cached, net, processors, device=device, batch_size=args.batch_size, splits=("train",))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     fill_s = (time.perf_counter() - w0, time.process_time() - c0)
     print(f"fill: {report.describe()} ({fill_s[1]:.1f} CPU s)", flush=True)
-    warm_cached = epoch(net, optimizer, cached)
+    warm_cached = epoch(net, optimizer, cached, device)
     for r in range(args.rounds):
-        times["uncached"].append(epoch(net, optimizer, plain))
-        times["cached"].append(epoch(net, optimizer, cached))
+        times["uncached"].append(epoch(net, optimizer, plain, device))
+        times["cached"].append(epoch(net, optimizer, cached, device))
         print(f"round {r + 1}: uncached {times['uncached'][-1][0]:.1f}s, cached {times['cached'][-1][0]:.2f}s",
               flush=True)
     med = {k: tuple(statistics.median(t[i] for t in v) for i in (0, 1)) for k, v in times.items()}
@@ -113,7 +121,7 @@ def main() -> None:
     store_mb = sum(f.stat().st_size for f in (work / "features").glob("seg-*.bin")) / 2**20
     cmd = (f"python -m bench.feature_cache --num-train {args.num_train} --batch-size {args.batch_size} "
            f"--rounds {args.rounds} --threads {args.threads} --fusion {args.fusion} --dim {args.dim} "
-           f"--layers {args.layers}")
+           f"--layers {args.layers}" + (" --device cuda" if device.type == "cuda" else ""))
     lines = [
         "## Frozen-feature cache: epoch time with vs without",
         "",
@@ -121,11 +129,12 @@ def main() -> None:
         f"ViT-Base/16 at 224 px and a frozen BERT-base "
         f"(random weights from `ViTConfig()` / `BertConfig()` defaults, {frozen / 1e6:.0f}M frozen and "
         f"{trainable / 1e6:.2f}M trained parameters), {args.num_train} synthetic training samples, batch "
-        f"{args.batch_size}, {args.threads} torch thread(s). An epoch is a full pass over the training loader with a "
-        f"training step per batch; uncached and cached epochs alternate after one warm-up epoch each, median of "
-        f"{args.rounds}. The cache holds float16 hidden states ({store_mb:.0f} MiB for the training split: "
-        f"197 x 768 per image, one row per token per text). Command: `{cmd}`. The machine (2 cores) was shared with "
-        "other jobs: the CPU-time row (this process's CPU seconds) is the one to judge by.",
+        f"{args.batch_size}, {args.threads} torch thread(s), on {device.type}. An epoch is a full pass over the "
+        "training loader with a training step per batch; uncached and cached epochs alternate after one warm-up "
+        f"epoch each, median of {args.rounds}. The cache holds float16 hidden states ({store_mb:.0f} MiB for the "
+        f"training split: 197 x 768 per image, one row per token per text). Command: `{cmd}`. " + (
+            "The machine (2 cores) was shared with other jobs: the CPU-time row (this process's CPU seconds) is the "
+            "one to judge by." if device.type == "cpu" else "On the GPU the wall-clock row is the one to judge by."),
         "",
         "| clock | uncached epoch s | cached epoch s | **uncached / cached** | fill s (train split) "
         "| fill / uncached epoch |",

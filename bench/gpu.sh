@@ -6,6 +6,7 @@
 #   test_gpu.log             `pytest -m gpu`: DDP, bf16, SDPA backends, torch.compile, FSDP2, no-sync step, memory
 #   gpu_step.{json,md}       bf16 step time, tokens/s, MFU per fusion at dim 768 / 12 layers (bench/gpu_step.py)
 #   lightning_overhead.{json,md}   Lightning / plain-PyTorch step time ratio (bench/lightning_overhead.py)
+#   feature_cache.{json,md}  epoch time with vs without the frozen-feature cache, ViT-B + BERT-base (bench/feature_cache.py)
 # Without CUDA (CI's dry run, `make gpu-dry-run`) the GPU sections are skipped and gpu_step runs at tiny shapes
 # on the CPU, so the script is known to start. Python packages missing on the GPU machine travel as wheels in
 # .whl/ (bench/gpu_wheels.sh fetches them) and are installed into /tmp/site when present.
@@ -75,11 +76,12 @@ else
     note lightning-overhead "skipped (no CUDA)"
 fi
 
-# 6. cached vs uncached backbone epochs: only once mmgpt can cache frozen backbone features
-if [ -e mmgpt/training/feature_cache.py ]; then
-    note backbone-cache "feature present but not yet benchmarked here: add its section to bench/gpu.sh"
+# 6. cached vs uncached epochs of a fusion on frozen ViT-Base + BERT-base (datamodules/feature_cache.py)
+if [ "$CUDA" = 1 ] && "$PY" -c "import transformers" 2>/dev/null; then
+    section backbone-cache 150 bash -c "'$PY' -m bench.feature_cache --device cuda --num-train 512 \
+        --batch-size 64 --rounds 3 --threads 8 && cp bench/results/feature_cache.json bench/results/feature_cache.md '$OUT/'"
 else
-    note backbone-cache "skipped (mmgpt has no backbone feature cache yet: no figure to measure)"
+    note backbone-cache "skipped (no CUDA or no transformers)"
 fi
 
 echo "results in $OUT"

@@ -84,18 +84,37 @@ class FeatureMiss:
 
 
 def content_key(value: Any) -> SourceId:
-    """The cache's identity of one sample's encoder input: a hash of its content (tensor dtype, shape and bytes,
-    or text), as a :class:`SourceId` of the store (``path`` = the hash, ``size`` = its byte count)."""
+    """The cache's identity of one sample's encoder input: a hash of its content (tensors and arrays by dtype, shape
+    and bytes; text; mappings and sequences of them), as a :class:`SourceId` of the store (``path`` = the hash,
+    ``size`` = the bytes hashed)."""
     h = hashlib.blake2b(digest_size=16)
+    size = _hash_into(h, value)
+    return SourceId(f"content:{h.hexdigest()}", size, 0)
+
+
+def _hash_into(h: Any, value: Any) -> int:
     if isinstance(value, str):
-        data = value.encode()
-        h.update(b"str\0")
+        data = b"s" + value.encode()
+    elif isinstance(value, bytes):
+        data = b"b" + value
+    elif isinstance(value, (Tensor, np.ndarray)):
+        t = value.detach().cpu() if isinstance(value, Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+        t = t.contiguous()
+        dtype = str(t.dtype)
+        raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t  # numpy has no bfloat16
+        data = f"t{dtype}{tuple(t.shape)}\0".encode() + raw.numpy().tobytes()
+    elif isinstance(value, (bool, int, float)) or value is None:
+        data = f"n{value!r}".encode()
+    elif isinstance(value, Mapping):
+        return sum(_hash_into(h, k) + _hash_into(h, value[k]) for k in sorted(value))
+    elif isinstance(value, (list, tuple)):
+        h.update(f"l{len(value)}\0".encode())
+        return sum(_hash_into(h, v) for v in value)
     else:
-        array = np.ascontiguousarray(value.numpy() if isinstance(value, Tensor) else np.asarray(value))
-        data = array.tobytes()
-        h.update(f"{array.dtype.str}{array.shape}\0".encode())
+        raise TypeError(f"feature cache: cannot key an encoder input of type {type(value).__name__}")
+    h.update(len(data).to_bytes(8, "little"))
     h.update(data)
-    return SourceId(f"content:{h.hexdigest()}", len(data), 0)
+    return len(data)
 
 
 class FeatureCache:

@@ -231,3 +231,16 @@ def test_mmgpt_data_features_fills_what_training_reads(models, tmp_path, compose
     assert (ViTBackbone.calls, BertBackbone.calls) == calls  # training found every entry
     assert main(["features", *overrides]) == 0
     assert "image: 0 computed, 64 already cached" in capsys.readouterr().out
+
+
+def test_content_key_follows_the_content_only():
+    from mmgpt.datamodules.feature_cache import content_key
+
+    x = torch.rand(3, 8, 8)
+    assert content_key(x) == content_key(x.clone()) == content_key(x.numpy())
+    assert content_key(x) != content_key(x.clone().index_put_((torch.tensor(0),) * 3, torch.tensor(2.0)))
+    assert content_key(x) != content_key(x.half()) != content_key(x.reshape(3, 64))
+    assert content_key("a cat") != content_key(b"a cat")
+    assert content_key({"ids": [1, 2], "x": x}) == content_key({"x": x.clone(), "ids": [1, 2]})
+    with pytest.raises(TypeError, match="cannot key"):
+        content_key(object())
