@@ -148,7 +148,9 @@ def main() -> None:
         f"Per round (CPU): {', '.join(f'{x:.0f}x' for x in per_round)} (goal >= 10x). Warm-up epochs: uncached "
         f"{warm_uncached[0]:.1f} s, cached {warm_cached[0]:.2f} s (wall). The fill runs the backbones once per "
         "sample without a training step, so it costs about one uncached epoch; every later epoch and every later "
-        "run on the same data, backbones and preprocessing (e.g. each job of `mmgpt-compare`) reads the cache.",
+        "run on the same data, backbones and preprocessing (e.g. each job of `mmgpt-compare`) reads the cache. "
+        "The ratio is the backbones' cost over the fusion's own step: a wider or deeper fusion lowers it, a larger "
+        "backbone raises it.",
     ]
     save("feature_cache", {"args": vars(args), "uncached": times["uncached"], "cached": times["cached"],
                            "warmup": {"uncached": warm_uncached, "cached": warm_cached}, "fill": fill_s,

@@ -244,3 +244,30 @@ def test_content_key_follows_the_content_only():
     assert content_key({"ids": [1, 2], "x": x}) == content_key({"x": x.clone(), "ids": [1, 2]})
     with pytest.raises(TypeError, match="cannot key"):
         content_key(object())
+
+
+@pytest.mark.slow
+def test_ddp_ranks_fill_their_shares_then_train_from_the_cache(models, tmp_path):
+    """Two CPU processes (trainer=ddp_sim): each rank fills half the samples, waits at the barrier, and trains."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "features"
+    args = ["trainer=ddp_sim", "experiment=smoke", "logger=csv", "data.image_size=16", "data.augment=false",
+            "data.num_train=32", "data.num_val=16", "data.num_test=16", "model.dim=16",
+            "plugins=[tests.helpers.backbones]", f"feature_cache.dir={cache}", "~model.net.encoders.image",
+            f"+model.net.encoders.image={{type:test_vit,path:'{models['vit']}',dim:16}}"]
+    env = {**os.environ, "MMGPT_LOG_DIR": str(tmp_path / "logs"), "CI": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([str(Path(sys.executable).parent / "mmgpt-train"), *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = (tmp_path / "logs").glob("train/runs/*/results.json")
+    assert json.loads(results.read_text())["world_size"] == 2
+    writers = {p.name.split("-")[2] for p in cache.glob("seg-*.idx.npz")}  # seg-<time>-<pid>-<rand>
+    assert len(writers) == 2  # both ranks stored their share
+    from mmgpt.datamodules.disk_store import DiskStore
+
+    assert len(DiskStore(cache)) == 32 + 16 + 16  # every image of every split once (the text encoder is scratch)
