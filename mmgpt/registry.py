@@ -312,6 +312,7 @@ def decoder_pairing(fusion_type: str) -> tuple[str, bool]:
 
 def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn.Module:
     """Build the :class:`~mmgpt.model.MultimodalTransformer` of ``spec`` with a ``num_classes`` head."""
+    from mmgpt.encoders.backbone import BackboneEncoder
     from mmgpt.layers import init_weights
     from mmgpt.model import MultimodalTransformer
 
@@ -335,6 +336,12 @@ def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn
                                   **({"modalities": media} if conditioner == "media_context" else {})}
             dec.setdefault("cross_attention", cross)
         decoder = build(dec, f"{where}.decoder", "decoder")
+    for m, encoder in encoders.items():
+        if isinstance(encoder, BackboneEncoder):  # freeze / unfreeze / adapters before anything sees the weights
+            try:
+                encoder.apply_tuning()
+            except UserError as e:
+                raise SpecError(f"{where}.encoders.{m}.{e}") from e
     net = MultimodalTransformer(encoders=encoders, fusion=fusion, head=head, decoder=decoder,
                                 text_modality=spec.text_modality)
     init_weights(net)  # once, on the assembled network (parts with loaded weights are marked and skipped)
