@@ -43,7 +43,7 @@ from mmgpt.training.callbacks import (
 )
 from mmgpt.training.checkpointing import check_resume_compatible, find_resume_checkpoint
 from mmgpt.training.distributed import SHARD_CLASSES
-from mmgpt.training.finetune import LoadReport, init_from_checkpoint, parameter_counts
+from mmgpt.training.finetune import LoadReport, init_from_checkpoint, parameter_counts, trainable_by_part
 from mmgpt.training.lit_module import MultimodalModule
 from mmgpt.training.loggers import prepare_metrics_csv
 from mmgpt.training.safe_load import read_checkpoint
@@ -246,6 +246,7 @@ def assemble_results(cfg: DictConfig, trainer: pl.Trainer, module: MultimodalMod
         "test": test,
         "params": module.net.param_counts(),
         "params_trainable": parameter_counts(module)[0],
+        "params_by_part": trainable_by_part(module.net),  # trainable / frozen (/ adapters) per encoder and part
         "init_from": None if init_report is None else {
             "path": str(cfg.init_from), "loaded": len(init_report.loaded), "missing": init_report.missing,
             "unexpected": init_report.unexpected, "mismatched": sorted(init_report.mismatched)},
@@ -264,7 +265,9 @@ def assemble_results(cfg: DictConfig, trainer: pl.Trainer, module: MultimodalMod
 def write_results(cfg: DictConfig, out_dir: Path, results: dict[str, Any], loggers: list[Any]) -> None:
     """``results.json``, the dashboards' summary and HParams, and where to find everything."""
     write_json(out_dir / "results.json", results)
-    log_final(loggers, results, dashboard_hparams(cfg, results["fusion"]))  # tracking: summary, HParams
+    hparams = dashboard_hparams(cfg, results["fusion"])
+    hparams.update({f"trainable/{part}": c["trainable"] for part, c in results["params_by_part"].items()})
+    log_final(loggers, results, hparams)  # tracking: summary, HParams
     log.info("val %s | test %s", _fmt(results["val"]), _fmt(results["test"]))
     log.info("results: %s", out_dir / "results.json")
     log.info("metrics: %s", out_dir / "metrics.csv")

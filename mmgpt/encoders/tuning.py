@@ -137,7 +137,8 @@ def add_lora(backbone: nn.Module, arguments: Mapping[str, Any], where: str = "tu
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError as e:  # pragma: no cover - the backbones extra installs it
-        raise TuningError(f"{where}: LoRA on a backbone needs the `peft` package (pip install 'mmgpt[backbones]')") from e
+        raise TuningError(f"{where}: LoRA on a backbone needs the `peft` package "
+                          "(pip install 'mmgpt[backbones]')") from e
     kwargs = {LORA_ALIASES.get(k, k): (list(v) if isinstance(v, (list, tuple)) else v) for k, v in arguments.items()}
     if "target_modules" not in kwargs:
         raise TuningError(f"{where}.target_modules: missing (the names of the backbone's modules to adapt, e.g. "

@@ -28,7 +28,7 @@ from mmgpt.model import ModelOutput, MultimodalTransformer
 from mmgpt.objectives import Classification, Objective
 from mmgpt.training.distributed import clip_grad_norm_, is_sharded, shard_module
 from mmgpt.training.finetune import freeze as freeze_parts
-from mmgpt.training.finetune import parameter_counts
+from mmgpt.training.finetune import parameter_counts, trainable_by_part
 from mmgpt.training.optim import grad_norm, param_groups
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,10 @@ class MultimodalModule(pl.LightningModule):
             raise ValueError(f"objectives log metrics under the same name: {sorted(names)}")
         for part, n in self.net.param_counts().items():
             log.info("parameters %-16s %10d", part, n)
+        for part, c in trainable_by_part(self.net).items():
+            if c["frozen"] or "adapters" in c:  # a frozen or pretrained part: say what trains in it
+                extra = "".join(f", {k} {v}" for k, v in c.items() if k not in ("trainable", "frozen"))
+                log.info("trainable %-16s %10d (frozen %d%s)", part, c["trainable"], c["frozen"], extra)
         trainable, total = parameter_counts(self)
         log.info("trainable parameters %d of %d (%.1f%%)", trainable, total, 100.0 * trainable / max(total, 1))
 
@@ -235,7 +239,8 @@ class MultimodalModule(pl.LightningModule):
             # torch has no DTensor (FSDP2) rule for the fused CPU kernels: the plain loop, same update
             log.info("sharded parameters on CPU: %s without fused=True", spec["type"])
             spec["fused"] = False
-        optimizer = registry.build(spec, "model.module.optimizer", "optimizer", params=param_groups(self, weight_decay))
+        groups = param_groups(self, weight_decay, spec.get("lr"))  # backbones' lr_mult groups among them
+        optimizer = registry.build(spec, "model.module.optimizer", "optimizer", params=groups)
         if self.hparams.scheduler is None:
             return {"optimizer": optimizer}
         total = int(self.trainer.estimated_stepping_batches)
