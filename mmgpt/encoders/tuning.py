@@ -15,7 +15,7 @@ and before the network's weights are initialised:
 - ``freeze: false``: the whole backbone trains (``unfreeze_last`` and ``lora`` are then refused as meaningless).
 - ``lr_mult``: read by the optimizer set-up (:func:`mmgpt.training.optim.param_groups`).
 - ``gradient_checkpointing``: the backbone's own switch where it has one (Hugging Face
-  ``gradient_checkpointing_enable``, timm ``set_grad_checkpointing``), else each block of ``layers()`` is wrapped
+  ``activation_checkpointing_enable``, timm ``set_grad_checkpointing``), else each block of ``layers()`` is wrapped
   with torch's non-reentrant checkpoint wrapper.
 
 mmgpt's own LoRA (:mod:`mmgpt.lora`, the ``model.lora`` setting for mmgpt's attention layers) is kept beside peft:
@@ -31,7 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from mmgpt.errors import UserError
 
@@ -105,7 +106,37 @@ def apply(encoder: BackboneEncoder) -> TuningCounts:
             enable_gradient_checkpointing(encoder)
     encoder._tuning_applied = True  # type: ignore[attr-defined]
     encoder.train(encoder.training)  # the frozen part goes to eval mode now
+    record_loaded(encoder)
     return counts(encoder)
+
+
+def record_loaded(encoder: BackboneEncoder) -> None:
+    """Note a fingerprint of every frozen backbone tensor now, just after loading (and adding adapters).
+
+    Slim checkpoints (:mod:`mmgpt.training.backbone_checkpoints`) leave out the frozen tensors whose fingerprint
+    is still this one, i.e. that still hold what was read from ``identity.name_or_path`` (and not, say, weights an
+    ``init_from`` checkpoint loaded over them). Trainable tensors are always stored.
+    """
+    encoder._loaded_fingerprints = {k: fingerprint(t) for k, t in frozen_state(encoder).items()}  # type: ignore[attr-defined]
+
+
+def frozen_state(encoder: BackboneEncoder) -> dict[str, Tensor]:
+    """The backbone's state-dict entries that training does not update: parameters without gradients, and buffers
+    of the part held in eval mode (batch-norm statistics elsewhere do change). Keys relative to the backbone."""
+    state = encoder.backbone.state_dict(keep_vars=True)
+    trainable = {id(p) for p in encoder.backbone.parameters() if p.requires_grad}
+    params = {id(p) for p in encoder.backbone.parameters()}
+    held = held_in_eval(encoder)
+    live = {id(t) for layer in trainable_layers(encoder) for t in layer.buffers()}
+    return {k: t for k, t in state.items() if id(t) not in trainable
+            and (id(t) in params or (held and id(t) not in live))}
+
+
+def fingerprint(t: Tensor) -> tuple[float, ...]:
+    """Three float64 sums of ``t`` (plain, of squares, of every 7th element): any real change to a tensor (an
+    update, another checkpoint's weights loaded over it) changes them. Computed where ``t`` lives."""
+    x = t.detach().reshape(-1).double()
+    return tuple(torch.stack([x.sum(), x.square().sum(), x[::7].sum()]).tolist())
 
 
 def trainable_layers(encoder: BackboneEncoder) -> list[nn.Module]:
@@ -159,7 +190,11 @@ def enable_gradient_checkpointing(encoder: BackboneEncoder) -> str:
     """Recompute the backbone's activations in backward; returns which mechanism was used."""
     backbone = encoder.backbone
     if getattr(backbone, "supports_gradient_checkpointing", False):  # a transformers PreTrainedModel
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is deprecated)
+            backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         return "transformers"
     if hasattr(backbone, "set_grad_checkpointing"):  # timm models
         backbone.set_grad_checkpointing(True)

@@ -76,7 +76,7 @@ def load_partial(model: nn.Module, state: Mapping[str, Tensor], prefix: str = ""
             new[target] = value
             report.loaded.append(target)
     report.missing = [k for k in own if k not in new and k not in report.mismatched]
-    model.load_state_dict({**own, **new})
+    model.load_state_dict(new, strict=False)  # only what is loaded is written (slim checkpoints see the rest untouched)
     return report
 
 

@@ -144,8 +144,11 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu", plug
         state = consolidate(path)["state_dict"]
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: the checkpoint holds no state_dict")
+    from mmgpt.training.backbone_checkpoints import restore
+
+    omitted = restore(ckpt, module, path)  # a slim checkpoint: backbones re-read and checked against their hashes
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=not omitted)
     except RuntimeError as e:
         raise CheckpointError(
             f"{path}: its weights do not fit the network it describes ({str(e).splitlines()[0]})") from e
