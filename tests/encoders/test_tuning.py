@@ -12,7 +12,7 @@ from mmgpt.encoders.tuning import counts
 from mmgpt.registry import SpecError, build_network
 from mmgpt.training.lit_module import MultimodalModule
 from mmgpt.training.optim import param_groups
-from tests.helpers.backbones import bert_spec, save_tiny_bert
+from tests.helpers.backbones import bert_run_cfg, bert_spec, save_tiny_bert
 
 H, LAYERS, DIM = 32, 3, 16
 #: One BERT layer of hidden size H (intermediate 2H): attention q, k, v, o + LayerNorm, up, down + LayerNorm.
@@ -184,7 +184,7 @@ def test_lr_mult_needs_an_explicit_lr(bert):
 def test_frozen_backbone_is_bit_identical_after_training_and_counts_are_in_results(bert, compose_cfg, tmp_path):
     from mmgpt.cli.train import train
 
-    cfg = _bert_cfg(compose_cfg, bert, {"unfreeze_last": 1, "lr_mult": 0.5}, "model.dropout=0.1")
+    cfg = bert_run_cfg(compose_cfg, bert, {"unfreeze_last": 1, "lr_mult": 0.5}, "model.dropout=0.1")
     results = train(cfg)
     trained = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     _, fresh = _encoder(bert)
@@ -200,15 +200,3 @@ def test_frozen_backbone_is_bit_identical_after_training_and_counts_are_in_resul
     assert counted == {"trainable": PROJ + LAYER_PARAMS, "frozen": counts(fresh).frozen - LAYER_PARAMS,
                        "adapters": 0, "backbone_trainable": LAYER_PARAMS}
 
-
-def _bert_cfg(compose_cfg, bert, tuning, *overrides):
-    """A short CLI run (text only, tiny BERT as the text encoder) through mmgpt.cli.train.train."""
-    from omegaconf import OmegaConf, open_dict
-
-    cfg = compose_cfg(["experiment=smoke", "logger=csv", "data.num_train=64", "data.num_val=16", "data.num_test=16",
-                       "data.batch_size=16", "trainer.max_epochs=2", "plugins=[tests.helpers.backbones]",
-                       *overrides])
-    with open_dict(cfg):
-        cfg.model.net = OmegaConf.create(bert_spec(bert, dim=DIM, **tuning))
-        cfg.model.fusion = cfg.model.net.fusion
-    return cfg

@@ -78,3 +78,17 @@ def bert_spec(path: Path, dim: int = 16, **tuning: Any) -> dict[str, Any]:
         "head": {"type": "classification_head", "dim": dim},
         "decoder": None,
     }
+
+
+def bert_run_cfg(compose_cfg: Any, path: Path, tuning: Mapping[str, Any], *overrides: str, dim: int = 16) -> Any:
+    """A short ``mmgpt-train`` config (smoke sizes, 2 epochs of 4 steps, text only) with the tiny BERT of ``path``
+    as the text encoder, for :func:`mmgpt.cli.train.train`; ``overrides`` are Hydra overrides."""
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = compose_cfg(["experiment=smoke", "logger=csv", "data.num_train=64", "data.num_val=16", "data.num_test=16",
+                       "data.batch_size=16", "trainer.max_epochs=2", "plugins=[tests.helpers.backbones]",
+                       *overrides])
+    with open_dict(cfg):
+        cfg.model.net = OmegaConf.create(bert_spec(path, dim=dim, **tuning))
+        cfg.model.fusion = cfg.model.net.fusion
+    return cfg
