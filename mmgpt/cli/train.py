@@ -42,7 +42,7 @@ from mmgpt.training.callbacks import (
     Throughput,
 )
 from mmgpt.training.checkpointing import check_resume_compatible, find_resume_checkpoint
-from mmgpt.training.distributed import SHARD_CLASSES
+from mmgpt.training.distributed import layer_classes
 from mmgpt.training.finetune import LoadReport, init_from_checkpoint, parameter_counts, trainable_by_part
 from mmgpt.training.lit_module import MultimodalModule
 from mmgpt.training.loggers import prepare_metrics_csv
@@ -122,7 +122,7 @@ def apply_speedups(net: nn.Module, compile: bool, activation_checkpointing: bool
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
-        layers = tuple(SHARD_CLASSES)  # the Transformer blocks, and any registered backbone layer class
+        layers = layer_classes(net)  # the Transformer blocks and every pretrained backbone's layer class
         apply_activation_checkpointing(net, check_fn=lambda m: isinstance(m, layers))
     if compile:
         net.compile()
