@@ -12,7 +12,7 @@ from mmgpt.encoders.tuning import counts
 from mmgpt.registry import SpecError, build_network
 from mmgpt.training.lit_module import MultimodalModule
 from mmgpt.training.optim import param_groups
-from tests.helpers.backbones import bert_run_cfg, bert_spec, save_tiny_bert
+from tests.helpers.bert_double import bert_run_cfg, bert_spec, save_tiny_bert
 
 H, LAYERS, DIM = 32, 3, 16
 #: One BERT layer of hidden size H (intermediate 2H): attention q, k, v, o + LayerNorm, up, down + LayerNorm.

@@ -14,7 +14,7 @@ from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
 from mmgpt.training.backbone_checkpoints import CKPT_KEY
 from mmgpt.training.safe_load import CheckpointError, load_module
-from tests.helpers.backbones import bert_run_cfg, folder_sha256, save_tiny_bert
+from tests.helpers.bert_double import bert_run_cfg, folder_sha256, save_tiny_bert
 
 #: LoRA on query/value + the top layer unfrozen, dropout on: adapters, a trained layer and frozen layers at once.
 TUNING = {"unfreeze_last": 1, "lora": {"r": 2, "alpha": 4, "target_modules": ["query", "value"]}, "lr_mult": 0.5}
@@ -50,7 +50,7 @@ def test_slim_checkpoint_stores_trained_tensors_and_loads_back_exactly(bert, com
     for k, v in ckpt["state_dict"].items():
         assert torch.equal(full[k], v), k
 
-    eval_cfg = compose_cfg([f"ckpt_path={results['best_ckpt']}", "plugins=[tests.helpers.backbones]"],
+    eval_cfg = compose_cfg([f"ckpt_path={results['best_ckpt']}", "plugins=[tests.helpers.bert_double]"],
                            config_name="eval")
     with open_dict(eval_cfg):
         eval_cfg.paths.output_dir = str(tmp_path / "eval")
@@ -98,7 +98,7 @@ def test_resume_from_a_slim_checkpoint_is_exact(bert, compose_cfg, tmp_path):
 
 def test_frozen_weights_changed_by_init_from_are_kept(bert, compose_cfg, tmp_path):
     from mmgpt.registry import build_network
-    from tests.helpers.backbones import bert_spec
+    from tests.helpers.bert_double import bert_spec
 
     net = build_network(bert_spec(bert), 3)
     start = {f"net.{k}": v + 0.01 if k.startswith("encoders.text.backbone.encoder.layer.0.") else v

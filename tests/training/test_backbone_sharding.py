@@ -18,7 +18,7 @@ from mmgpt.layers import Block
 from mmgpt.registry import build_network
 from mmgpt.training.backbone_checkpoints import unchanged_keys
 from mmgpt.training.distributed import layer_classes, shard_module
-from tests.helpers.backbones import bert_spec, save_tiny_bert
+from tests.helpers.bert_double import bert_spec, save_tiny_bert
 
 LAYERS, BATCH, STEPS, LR = 3, 4, 2, 0.5
 TUNING = {"unfreeze_last": 1, "lora": {"r": 2, "target_modules": ["query", "value"]}}

@@ -86,7 +86,7 @@ def bert_run_cfg(compose_cfg: Any, path: Path, tuning: Mapping[str, Any], *overr
     from omegaconf import OmegaConf, open_dict
 
     cfg = compose_cfg(["experiment=smoke", "logger=csv", "data.num_train=64", "data.num_val=16", "data.num_test=16",
-                       "data.batch_size=16", "trainer.max_epochs=2", "plugins=[tests.helpers.backbones]",
+                       "data.batch_size=16", "trainer.max_epochs=2", "plugins=[tests.helpers.bert_double]",
                        *overrides])
     with open_dict(cfg):
         cfg.model.net = OmegaConf.create(bert_spec(path, dim=dim, **tuning))
