@@ -237,7 +237,24 @@ class HFEncoder(BackboneEncoder):
 
 
 class HFTextEncoder(HFEncoder):
-    """A ``transformers`` text model (BERT, RoBERTa, DistilBERT, GPT-2, T5's encoder...): ids (B, T) + mask (B, T)."""
+    """A ``transformers`` text model (BERT, RoBERTa, DistilBERT, GPT-2, T5's encoder...): ids (B, T) + mask (B, T).
+
+    Args:
+        max_length: the tokenizer's truncation length (its processor reads it; None: ``data.max_text_length``);
+            refused above the model's position table.
+        (the rest as :class:`HFEncoder`)
+    """
+
+    def __init__(self, *, name_or_path: str, dim: int, layer: int = -1, max_length: int | None = None,
+                 tuning: Tuning | Mapping[str, Any] | None = None, trust_remote_code: bool = False,
+                 revision: str | None = None) -> None:
+        super().__init__(name_or_path=name_or_path, dim=dim, layer=layer, tuning=tuning,
+                         trust_remote_code=trust_remote_code, revision=revision)
+        limit = getattr(self.backbone.config, "max_position_embeddings", None) or getattr(
+            self.backbone.config, "n_positions", None)
+        if max_length is not None and isinstance(limit, int) and max_length > limit:
+            raise UserError(f"max_length={max_length}: {name_or_path!r} has {limit} positions")
+        self.max_length = max_length
 
     def hidden(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         if mask is None:
