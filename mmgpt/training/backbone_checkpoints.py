@@ -19,13 +19,15 @@ through :mod:`mmgpt.training.safe_load`) rebuilds the network, whose encoders re
 backbone's hash against the recorded one (refusing a different one, naming it), and loads the stored tensors over
 the re-read ones: the module is then exactly the one that was saved, so resuming is exact.
 
-Sharded (FSDP2) checkpoints are written whole: they are already split per rank, and torch.distributed.checkpoint
-loads into the full set of keys.
+A backbone whose identity has no content hash (timm's own pretrained or random weights, ``sha256: unverified``) is
+written whole: there is nothing to check a re-read against. Sharded (FSDP2) checkpoints are written whole too:
+they are already split per rank, and torch.distributed.checkpoint loads into the full set of keys.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,11 @@ def unchanged_keys(name: str, encoder: BackboneEncoder) -> list[str]:
             if k in loaded and fingerprint(t) == loaded[k]]
 
 
+def verifiable(encoder: BackboneEncoder) -> bool:
+    """Whether the backbone's weights can be re-read and checked: its identity carries a sha256 of its files."""
+    return re.fullmatch(r"[0-9a-f]{64}", encoder.identity.sha256 or "") is not None
+
+
 def slim(checkpoint: MutableMapping[str, Any], module: nn.Module) -> int:
     """Remove the unchanged backbone tensors from ``checkpoint["state_dict"]`` and record what was removed.
 
@@ -70,6 +77,8 @@ def slim(checkpoint: MutableMapping[str, Any], module: nn.Module) -> int:
         if any(isinstance(p, DTensor) for p in encoder.backbone.parameters()):
             log.debug("sharded parameters: the checkpoint keeps %s's backbone", name)
             return 0
+        if not verifiable(encoder):
+            continue  # e.g. timm's own pretrained or random weights: nothing to re-read them from and check
         keys = [k for k in unchanged_keys(name, encoder) if k in state]
         if not keys:
             continue

@@ -12,6 +12,7 @@ from mmgpt.encoders.tuning import counts
 from mmgpt.registry import SpecError, build_network
 from mmgpt.training.lit_module import MultimodalModule
 from mmgpt.training.optim import param_groups
+from tests.helpers.backbones import FAMILIES
 from tests.helpers.bert_double import bert_run_cfg, bert_spec, save_tiny_bert
 
 H, LAYERS, DIM = 32, 3, 16
@@ -200,3 +201,56 @@ def test_frozen_backbone_is_bit_identical_after_training_and_counts_are_in_resul
     assert counted == {"trainable": PROJ + LAYER_PARAMS, "frozen": counts(fresh).frozen - LAYER_PARAMS,
                        "adapters": 0, "backbone_trainable": LAYER_PARAMS}
 
+
+
+#: LoRA target modules of each tiny family of tests/helpers/backbones.py (peft matches module-name suffixes).
+LORA_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "vit": ["q_proj", "v_proj"], "clip": ["q_proj", "v_proj"],
+                "wav2vec2": ["q_proj", "v_proj"], "whisper": ["q_proj", "v_proj"], "timm": ["qkv"]}
+
+
+def _family_input(family: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(0)
+    kind = FAMILIES[family][1]
+    if kind == "text":
+        return torch.randint(5, 40, (2, 8), generator=g), torch.ones(2, 8, dtype=torch.bool)
+    if kind == "image":
+        return torch.randn(2, 3, 32, 32, generator=g), None
+    if family == "whisper":
+        return torch.randn(2, 16, 100, generator=g), None
+    return torch.randn(2, 4000, generator=g), torch.ones(2, 4000, dtype=torch.bool)
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {name: make(root) for name, (make, _, _) in FAMILIES.items()}
+
+
+@pytest.mark.parametrize("family", sorted(LORA_TARGETS))
+def test_tuning_of_every_backbone_family(families, family):
+    """freeze, unfreeze_last, LoRA and gradient checkpointing on the real HF / timm encoder classes."""
+    from mmgpt.registry import build
+    from tests.helpers.backbones import encoder_spec
+
+    def built(**tuning):
+        torch.manual_seed(0)
+        enc = build(encoder_spec(family, families[family], dim=DIM, tuning=tuning), "enc", "encoder")
+        enc.apply_tuning()  # what build_network does
+        return enc
+
+    x, mask = _family_input(family)
+    frozen = built()
+    proj = sum(p.numel() for p in frozen.proj.parameters())
+    assert counts(frozen).trainable == proj and frozen.frozen
+    top = built(unfreeze_last=1)
+    assert counts(top).backbone_trainable == sum(p.numel() for p in top.layers()[-1].parameters()) > 0
+    lora = built(lora={"r": 2, "target_modules": LORA_TARGETS[family]})
+    c = counts(lora)
+    assert c.adapters > 0 and c.trainable == proj + c.adapters == proj + c.backbone_trainable
+    lora.train()
+    lora(x, mask).tokens.square().sum().backward()
+    assert all(p.grad is not None for n, p in lora.named_parameters() if "lora_B" in n)
+    ckpt = built(freeze=False, gradient_checkpointing=True)
+    ckpt.train()
+    ckpt(x, mask).tokens.sum().backward()
+    assert all(p.grad is not None for p in ckpt.layers()[0].parameters())

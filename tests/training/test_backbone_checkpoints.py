@@ -115,3 +115,20 @@ def test_frozen_weights_changed_by_init_from_are_kept(bert, compose_cfg, tmp_pat
     module = load_module(last).state_dict()
     for k in layer0:
         assert torch.equal(module[k], start[k]), k
+
+
+def test_a_backbone_without_a_content_hash_is_written_whole(bert):
+    from mmgpt.encoders.backbone import BackboneIdentity
+    from mmgpt.registry import build_network
+    from mmgpt.training.backbone_checkpoints import slim
+    from tests.helpers.bert_double import bert_spec
+
+    net = build_network(bert_spec(bert), 3)
+    ckpt = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}
+    wrapper = torch.nn.Module()
+    wrapper.net = net
+    assert slim(dict(ckpt, state_dict=dict(ckpt["state_dict"])), wrapper) > 0
+    net.encoders["text"].identity = BackboneIdentity("timm:vit_tiny:pretrained", "unverified")
+    whole = dict(ckpt, state_dict=dict(ckpt["state_dict"]))
+    assert slim(whole, wrapper) == 0 and CKPT_KEY not in whole and whole["state_dict"].keys() == ckpt[
+        "state_dict"].keys()
