@@ -11,7 +11,8 @@ from pathlib import Path
 from bench.common import RESULTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["lightning_overhead", "configured_run", "attention", "fusions", "compile", "dataloader", "memory"]
+ORDER = ["lightning_overhead", "configured_run", "attention", "fusions", "compile", "dataloader", "memory",
+         "slim_checkpoint"]
 
 HEADER = """# Benchmarks
 
