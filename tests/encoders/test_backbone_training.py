@@ -58,9 +58,9 @@ def short_run(compose_cfg, backbones, fusion: str, families: dict[str, str], ste
     batch = next(iter(datamodule.train_dataloader()))
     torch.manual_seed(0)
     net = build_network(net_spec, datamodule.num_classes)
-    for modality, family in families.items():  # the backbone and its processor are the chosen ones
-        assert type(datamodule.processors[modality]).__module__.endswith("hf_processors")
-        assert net.encoders[modality].identity.sha256 if modality in net.encoders else True
+    for modality in families:  # the backbone and its processor are the chosen ones (unless a unimodal fusion
+        assert type(datamodule.processors[modality]).__module__.endswith("hf_processors")  # leaves it unbuilt)
+        assert modality not in net.encoders or len(net.encoders[modality].identity.sha256) == 64
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(steps):
