@@ -186,11 +186,12 @@ def test_fingerprints_name_every_setting(backbones):
 
 
 def test_scratch_encoders_keep_the_default_processors():
-    from tests.helpers.tiny import tiny_spec
+    from tests.helpers.tiny import IMAGE_SIZE, tiny_spec
 
     processors = build_processors(tiny_spec(decoder=False), DATA)
     assert isinstance(processors["text"], TextProcessor) and processors["text"].tokenizer.max_length == 32
-    assert processors["image"].image_size == 32 and processors["audio"].sample_rate == 8000
+    assert processors["image"].image_size == IMAGE_SIZE != DATA["image_size"]  # the encoder's own size
+    assert processors["audio"].sample_rate == 8000  # the encoder names none: data.sample_rate
 
 
 def test_an_explicit_data_key_contradicting_the_backbone_is_refused(backbones):
