@@ -92,4 +92,5 @@ bench: $(DEV_STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md (tens 
 	$(BIN)/python -m bench.compile
 	$(BIN)/python -m bench.dataloader
 	$(BIN)/python -m bench.feature_cache
+	$(BIN)/python -m bench.slim_checkpoint
 	$(BIN)/python -m bench.report

@@ -26,7 +26,7 @@ from bench.common import save
 from mmgpt.datamodules.feature_cache import fill, install
 from mmgpt.datamodules.synthetic import SyntheticDataModule
 from mmgpt.registry import build_network
-from tests.helpers.backbones import save_bert, save_vit
+from tests.helpers.cache_backbones import save_bert, save_vit
 
 IMAGE_SIZE = 224
 

@@ -4,6 +4,8 @@
 #   summary.txt              one line per section: ok / skipped (why) / failed (exit code)
 #   env.txt                  nvidia-smi, torch, CUDA, Lightning versions
 #   test_gpu.log             `pytest -m gpu`: DDP, bf16, SDPA backends, torch.compile, FSDP2, no-sync step, memory
+#   backbone_tuning.log      BERT-base-sized backbone (tests/gpu/test_backbone_tuning.py): peak GiB frozen / LoRA /
+#                            LoRA + activation checkpointing, frozen weights bit-identical, trainer=fsdp per layer
 #   gpu_step.{json,md}       bf16 step time, tokens/s, MFU per fusion at dim 768 / 12 layers (bench/gpu_step.py)
 #   lightning_overhead.{json,md}   Lightning / plain-PyTorch step time ratio (bench/lightning_overhead.py)
 #   feature_cache.{json,md}  epoch time with vs without the frozen-feature cache, ViT-B + BERT-base (bench/feature_cache.py)
@@ -56,9 +58,12 @@ note env "cuda=$CUDA ($(grep '^torch ' "$OUT/env.txt" || echo 'torch did not imp
 # 3. the GPU test suite (tests marked gpu)
 if [ "$CUDA" = 1 ]; then
     section test-gpu 110 bash -c "'$PY' -m pytest -q -m gpu -p no:cacheprovider --timeout 100 tests/gpu \
-        >'$OUT/test_gpu.log' 2>&1"
+        --ignore=tests/gpu/test_backbone_tuning.py >'$OUT/test_gpu.log' 2>&1"
+    section backbone-tuning 100 bash -c "'$PY' -m pytest -q -s -m gpu -p no:cacheprovider --timeout 90 \
+        tests/gpu/test_backbone_tuning.py >'$OUT/backbone_tuning.log' 2>&1"
 else
     note test-gpu "skipped (no CUDA)"
+    note backbone-tuning "skipped (no CUDA)"
 fi
 
 # 4. bf16 step time, tokens/s and MFU per fusion at dim 768 / 12 layers (tiny shapes on CPU: a smoke check)

@@ -20,7 +20,8 @@ def test_gpu_script_dry_run_skips_gpu_sections_and_exits_0(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = (tmp_path / "out" / "summary.txt").read_text()
-    for section in ("wheels", "env", "test-gpu", "gpu-step-smoke", "lightning-overhead", "backbone-cache"):
+    for section in ("wheels", "env", "test-gpu", "backbone-tuning", "gpu-step-smoke", "lightning-overhead",
+                    "backbone-cache"):
         assert f"{section}:" in summary, summary
     assert "test-gpu: skipped (no CUDA)" in summary and "gpu-step-smoke: ok" in summary
     rows = json.loads((tmp_path / "out" / "gpu_step.json").read_text())["rows"]

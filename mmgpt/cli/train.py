@@ -22,6 +22,8 @@ from torch import nn
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
 from mmgpt.cli.common import (
+    build_datamodule,
+    explicit_overrides,
     finish_wandb,
     hydra_choice,
     instantiate_group,
@@ -44,8 +46,8 @@ from mmgpt.training.callbacks import (
     Throughput,
 )
 from mmgpt.training.checkpointing import check_resume_compatible, find_resume_checkpoint
-from mmgpt.training.distributed import SHARD_CLASSES
-from mmgpt.training.finetune import LoadReport, init_from_checkpoint, parameter_counts
+from mmgpt.training.distributed import layer_classes
+from mmgpt.training.finetune import LoadReport, init_from_checkpoint, parameter_counts, trainable_by_part
 from mmgpt.training.lit_module import MultimodalModule
 from mmgpt.training.loggers import prepare_metrics_csv
 from mmgpt.training.safe_load import read_checkpoint
@@ -65,7 +67,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     reset_peak_memory()  # tracking: this run's peak, not the multirun process's
     pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule: pl.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    datamodule = build_datamodule(cfg.data, net, explicit=explicit_overrides("data."))  # encoders' processors
     module = build_module(cfg, datamodule)
     init_report = init_from_checkpoint(module.net, cfg.init_from) if cfg.get("init_from") else None  # fine-tuning
     resume = resume_state(cfg, out_dir, module)
@@ -124,7 +127,7 @@ def apply_speedups(net: nn.Module, compile: bool, activation_checkpointing: bool
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
-        layers = tuple(SHARD_CLASSES)  # the Transformer blocks, and any registered backbone layer class
+        layers = layer_classes(net)  # the Transformer blocks and every pretrained backbone's layer class
         apply_activation_checkpointing(net, check_fn=lambda m: isinstance(m, layers))
     if compile:
         net.compile()
@@ -285,6 +288,7 @@ def assemble_results(cfg: DictConfig, trainer: pl.Trainer, module: MultimodalMod
         "test": test,
         "params": module.net.param_counts(),
         "params_trainable": parameter_counts(module)[0],
+        "params_by_part": trainable_by_part(module.net),  # trainable / frozen (/ adapters) per encoder and part
         "init_from": None if init_report is None else {
             "path": str(cfg.init_from), "loaded": len(init_report.loaded), "missing": init_report.missing,
             "unexpected": init_report.unexpected, "mismatched": sorted(init_report.mismatched)},
@@ -303,7 +307,9 @@ def assemble_results(cfg: DictConfig, trainer: pl.Trainer, module: MultimodalMod
 def write_results(cfg: DictConfig, out_dir: Path, results: dict[str, Any], loggers: list[Any]) -> None:
     """``results.json``, the dashboards' summary and HParams, and where to find everything."""
     write_json(out_dir / "results.json", results)
-    log_final(loggers, results, dashboard_hparams(cfg, results["fusion"]))  # tracking: summary, HParams
+    hparams = dashboard_hparams(cfg, results["fusion"])
+    hparams.update({f"trainable/{part}": c["trainable"] for part, c in results["params_by_part"].items()})
+    log_final(loggers, results, hparams)  # tracking: summary, HParams
     log.info("val %s | test %s", _fmt(results["val"]), _fmt(results["test"]))
     log.info("results: %s", out_dir / "results.json")
     log.info("metrics: %s", out_dir / "metrics.csv")

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from mmgpt.encoders.base import EncoderOutput
@@ -78,8 +79,26 @@ class BackboneEncoder(nn.Module, ABC):
         self.tuning = tuning if isinstance(tuning, Tuning) else Tuning(**(tuning or {}))
 
     def apply_tuning(self) -> None:
-        """Freeze / unfreeze / add adapters / switch on gradient checkpointing as :attr:`tuning` says."""
-        raise NotImplementedError("fine-tuning controls are not implemented yet")
+        """Freeze / unfreeze / add adapters / switch on gradient checkpointing as :attr:`tuning` says
+        (:mod:`mmgpt.encoders.tuning`; called once by the network builder)."""
+        from mmgpt.encoders.tuning import apply
+
+        apply(self)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether nothing in the backbone trains: it then runs in eval mode under ``torch.no_grad``."""
+        return self.tuning.freeze and not self.tuning.unfreeze_last and not self.tuning.lora
+
+    def train(self, mode: bool = True) -> BackboneEncoder:
+        """``nn.Module.train``, except that the frozen part of the backbone stays in eval mode (no dropout, fixed
+        batch-norm statistics), whatever Lightning's ``model.train()`` asks."""
+        super().train(mode)
+        if getattr(self, "_tuning_applied", False):
+            from mmgpt.encoders.tuning import set_mode
+
+            set_mode(self, mode)
+        return self
 
     @abstractmethod
     def hidden(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
@@ -100,4 +119,8 @@ class BackboneEncoder(nn.Module, ABC):
         return EncoderOutput(self.proj(hidden.tokens), hidden.mask)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
+        if self.frozen:  # no graph, no saved activations for a backbone nothing in which trains
+            with torch.no_grad():
+                hidden = self.hidden(x, mask)
+            return self.project(hidden)
         return self.project(self.hidden(x, mask))

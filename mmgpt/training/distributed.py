@@ -3,9 +3,10 @@
 ``trainer=fsdp`` (GPUs) and ``trainer=fsdp_sim`` (2 CPU processes, gloo) use Lightning's
 :class:`~pytorch_lightning.strategies.ModelParallelStrategy`, which calls the LightningModule's
 ``configure_model()``; that calls :func:`shard_module` here. Each instance of a class in :data:`SHARD_CLASSES`
-(the Transformer :class:`~mmgpt.layers.Block`; pretrained backbones add their own layer classes with
-:func:`register_shard_class`) becomes one FSDP unit whose parameters are all-gathered just before it runs and
-freed after; everything else (embeddings, heads, objectives' parameters) forms the root unit.
+(the Transformer :class:`~mmgpt.layers.Block`, and classes added with :func:`register_shard_class`) or of a
+pretrained backbone's layer class (found from its encoder's ``layers()``) becomes one FSDP unit whose parameters
+are all-gathered just before it runs and freed after; everything else (embeddings, heads, objectives' parameters)
+forms the root unit. Frozen backbone layers are sharded too (their memory is split over the ranks).
 
 Checkpoints written by that strategy are *sharded*: a folder ``name.ckpt/`` holding one ``.distcp`` file per
 rank (torch.distributed.checkpoint), its ``.metadata`` and Lightning's ``meta.pt`` (loop state, callbacks,
@@ -48,6 +49,22 @@ def register_shard_class(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
+def layer_classes(root: nn.Module) -> tuple[type[nn.Module], ...]:
+    """:data:`SHARD_CLASSES` plus the layer classes of every pretrained backbone under ``root`` (the classes of
+    its encoder's :meth:`~mmgpt.encoders.backbone.BackboneEncoder.layers`, e.g. ``BertLayer``, a timm ``Block``):
+    the modules FSDP shards as units and ``model.activation_checkpointing`` recomputes."""
+    from mmgpt.encoders.backbone import BackboneEncoder
+
+    classes = list(SHARD_CLASSES)
+    for module in root.modules():
+        if isinstance(module, BackboneEncoder):
+            for layer in module.layers():
+                cls = type(getattr(layer, "_checkpoint_wrapped_module", layer))  # already checkpoint-wrapped
+                if cls not in classes:
+                    classes.append(cls)
+    return tuple(classes)
+
+
 def fsdp_wrap_classes() -> set[type[nn.Module]]:
     """The classes of :data:`SHARD_CLASSES` as a set (FSDP1's ``auto_wrap_policy`` form)."""
     return set(SHARD_CLASSES)
@@ -62,7 +79,7 @@ def is_sharded(module: nn.Module) -> bool:
 
 def shard_module(root: nn.Module, *, mesh: Any = None, forward_methods: Iterable[str] = (),
                  reshard_after_forward: bool = True) -> int:
-    """Apply FSDP2's ``fully_shard`` to every :data:`SHARD_CLASSES` instance under ``root``, then to ``root``.
+    """Apply FSDP2's ``fully_shard`` to every :func:`layer_classes` instance under ``root``, then to ``root``.
 
     Args:
         root: the module to shard in place (a LightningModule, or a bare network).
@@ -77,7 +94,7 @@ def shard_module(root: nn.Module, *, mesh: Any = None, forward_methods: Iterable
     """
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-    classes = tuple(SHARD_CLASSES)
+    classes = layer_classes(root)  # mmgpt's blocks and each backbone's layer class
     # Innermost first: a unit's parameters are those not already owned by a unit below it.
     layers = [m for m in root.modules() if isinstance(m, classes) and m is not root]
     for layer in reversed(layers):

@@ -76,7 +76,7 @@ def load_partial(model: nn.Module, state: Mapping[str, Tensor], prefix: str = ""
             new[target] = value
             report.loaded.append(target)
     report.missing = [k for k in own if k not in new and k not in report.mismatched]
-    model.load_state_dict({**own, **new})
+    model.load_state_dict(new, strict=False)  # only what is loaded is written (slim checkpoints see the rest untouched)
     return report
 
 
@@ -101,6 +101,27 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) numbers of parameters."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def trainable_by_part(net: nn.Module) -> dict[str, dict[str, int]]:
+    """Trainable and frozen parameter counts of each encoder, the fusion, the head and the decoder of ``net``.
+
+    A pretrained backbone encoder also reports its LoRA ``adapters`` and ``backbone_trainable`` (the parameters
+    its ``lr_mult`` scales).
+    """
+    from mmgpt.encoders.backbone import BackboneEncoder
+    from mmgpt.encoders.tuning import counts
+
+    parts: dict[str, nn.Module] = {f"encoders.{m}": e for m, e in net.encoders.items()}
+    parts.update({name: getattr(net, name) for name in ("fusion", "head", "decoder") if getattr(net, name, None)})
+    out: dict[str, dict[str, int]] = {}
+    for name, module in parts.items():
+        trainable, total = parameter_counts(module)
+        out[name] = {"trainable": trainable, "frozen": total - trainable}
+        if isinstance(module, BackboneEncoder):
+            c = counts(module)
+            out[name].update(adapters=c.adapters, backbone_trainable=c.backbone_trainable)
+    return out
 
 
 def init_from_checkpoint(net: nn.Module, path: str | Path) -> LoadReport:

@@ -10,6 +10,7 @@ module is the plain classifier (cross-entropy, ``acc``/``f1``).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,15 @@ from torch.optim import Optimizer
 
 from mmgpt import registry
 from mmgpt.batch import MultimodalBatch
+from mmgpt.encoders.backbone import BackboneEncoder
+from mmgpt.encoders.tuning import held_in_eval
 from mmgpt.lora import add_lora
 from mmgpt.model import ModelOutput, MultimodalTransformer
 from mmgpt.objectives import Classification, Objective
+from mmgpt.training import backbone_checkpoints
 from mmgpt.training.distributed import clip_grad_norm_, is_sharded, shard_module
 from mmgpt.training.finetune import freeze as freeze_parts
-from mmgpt.training.finetune import parameter_counts
+from mmgpt.training.finetune import parameter_counts, trainable_by_part
 from mmgpt.training.optim import grad_norm, param_groups
 
 log = logging.getLogger(__name__)
@@ -115,6 +119,13 @@ class MultimodalModule(pl.LightningModule):
             raise ValueError(f"objectives log metrics under the same name: {sorted(names)}")
         for part, n in self.net.param_counts().items():
             log.info("parameters %-16s %10d", part, n)
+        for part, c in trainable_by_part(self.net).items():
+            if c["frozen"] or "adapters" in c:  # a frozen or pretrained part: say what trains in it
+                extra = "".join(f", {k} {v}" for k, v in c.items() if k not in ("trainable", "frozen"))
+                log.info("trainable %-16s %10d (frozen %d%s)", part, c["trainable"], c["frozen"], extra)
+        if any(isinstance(m, BackboneEncoder) and held_in_eval(m) for m in self.net.modules()):
+            # frozen backbone parts stay in eval mode on purpose (BackboneEncoder.train); Lightning would warn
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
         trainable, total = parameter_counts(self)
         log.info("trainable parameters %d of %d (%.1f%%)", trainable, total, 100.0 * trainable / max(total, 1))
 
@@ -130,6 +141,19 @@ class MultimodalModule(pl.LightningModule):
         from mmgpt.training.safe_load import load_module
 
         return load_module(checkpoint_path, map_location=map_location, plugins=plugins)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Slim checkpoints: pretrained backbone tensors unchanged since they were read are left out, each
+        backbone's identity is recorded (:mod:`mmgpt.training.backbone_checkpoints`)."""
+        omitted = backbone_checkpoints.slim(checkpoint, self)
+        if omitted:
+            log.debug("checkpoint: %d unchanged backbone tensors left out", omitted)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A slim checkpoint (resume, or ``ckpt_path`` of validate/test): the backbones were re-read when this
+        module was built; their hashes are checked and only the stored tensors are loaded over them."""
+        source = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        self.strict_loading = not backbone_checkpoints.restore(checkpoint, self, source)
 
     def forward(self, batch: MultimodalBatch) -> ModelOutput:
         return self.net(batch)
@@ -235,7 +259,8 @@ class MultimodalModule(pl.LightningModule):
             # torch has no DTensor (FSDP2) rule for the fused CPU kernels: the plain loop, same update
             log.info("sharded parameters on CPU: %s without fused=True", spec["type"])
             spec["fused"] = False
-        optimizer = registry.build(spec, "model.module.optimizer", "optimizer", params=param_groups(self, weight_decay))
+        groups = param_groups(self, weight_decay, spec.get("lr"))  # backbones' lr_mult groups among them
+        optimizer = registry.build(spec, "model.module.optimizer", "optimizer", params=groups)
         if self.hparams.scheduler is None:
             return {"optimizer": optimizer}
         total = int(self.trainer.estimated_stepping_batches)

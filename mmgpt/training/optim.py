@@ -13,14 +13,41 @@ from torch.optim.lr_scheduler import LambdaLR
 from mmgpt.training.distributed import local
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only; biases, norms, embeddings tables of rank < 2 are not decayed."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
+    """Weight decay on matrices only; biases, norms, embeddings tables of rank < 2 are not decayed.
+
+    The trainable parameters of each pretrained backbone whose ``tuning.lr_mult`` is not 1 (unfrozen layers, LoRA
+    adapters, or the whole backbone; not its projection) form groups of their own with learning rate
+    ``lr * lr_mult`` (same weight-decay rule). Schedules scale every group by the same factor, so the ratio holds.
+
+    Args:
+        model: the module whose trainable parameters are grouped.
+        weight_decay: decay of the matrices.
+        lr: the optimizer's base learning rate; needed only when some backbone has ``lr_mult != 1``.
+    """
+    from mmgpt.encoders.backbone import BackboneEncoder
+
+    scaled: dict[float, list[nn.Parameter]] = {}
+    taken: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, BackboneEncoder) and module.tuning.lr_mult != 1.0:
+            if lr is None:
+                raise ValueError(f"{name}.tuning.lr_mult={module.tuning.lr_mult}: the optimizer spec needs an "
+                                 "explicit lr to scale (model.module.optimizer.lr)")
+            params = [p for p in module.backbone.parameters() if p.requires_grad and id(p) not in taken]
+            scaled.setdefault(float(module.tuning.lr_mult), []).extend(params)
+            taken.update(id(p) for p in params)
+
+    def split(params: list[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        return [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
+
+    decay, no_decay = split([p for p in model.parameters() if p.requires_grad and id(p) not in taken])
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    for mult, params in sorted(scaled.items()):
+        for part, wd in zip(split(params), (weight_decay, 0.0)):
+            if part:
+                groups.append({"params": part, "weight_decay": wd, "lr": lr * mult})
+    return groups
 
 
 def grad_norm(trainer: Any, optimizer: Optimizer) -> Tensor:

@@ -7,9 +7,9 @@ anything is built, every spec is checked; a checkpoint that names anything else 
 key and the target, and nothing is imported or called. Checkpoints written before the typed spec (``_target_``
 import paths) are translated from a fixed table of mmgpt's own class paths; any other path is refused.
 
-Arguments are covered too: ``trust_remote_code`` is refused, parts that would fetch pretrained weights get their
-``checkpoint_overrides`` (the checkpoint's state dict supplies the weights), and data settings that write files
-(the decode cache, the data report) are pointed into the current run directory.
+Arguments are covered too: ``trust_remote_code`` is refused (forced off for backbone encoders), parts that would
+fetch pretrained weights get their ``checkpoint_overrides`` (the checkpoint's state dict supplies the weights), and
+data settings that write files (the decode cache, the data report) are pointed into the current run directory.
 
 A user's own registered parts (``mmgpt.registry.register``) load when the user imports their plugin modules
 explicitly (``plugins=[...]`` on the command line); a checkpoint never imports anything by itself.
@@ -144,8 +144,11 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu", plug
         state = consolidate(path)["state_dict"]
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: the checkpoint holds no state_dict")
+    from mmgpt.training.backbone_checkpoints import restore
+
+    omitted = restore(ckpt, module, path)  # a slim checkpoint: backbones re-read and checked against their hashes
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=not omitted)
     except RuntimeError as e:
         raise CheckpointError(
             f"{path}: its weights do not fit the network it describes ({str(e).splitlines()[0]})") from e

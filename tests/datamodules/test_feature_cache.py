@@ -23,7 +23,7 @@ from mmgpt.datamodules.synthetic import SyntheticDataModule
 from mmgpt.registry import build_network
 
 pytest.importorskip("transformers")
-from tests.helpers.backbones import BertBackbone, ViTBackbone, save_bert, save_vit  # noqa: E402
+from tests.helpers.cache_backbones import BertBackbone, ViTBackbone, save_bert, save_vit  # noqa: E402
 
 DIM, SIZE = 16, 16
 
@@ -187,7 +187,7 @@ def test_a_missing_entry_is_an_error_naming_the_fix(models, tmp_path):
 def _train_cfg(compose_cfg, models: dict[str, Path], cache: Path):
     cfg = compose_cfg(["experiment=smoke", "logger=csv", "data.image_size=16", "data.augment=false",
                        "data.num_train=32", "data.num_val=16", "data.num_test=16", "model.dim=16",
-                       "plugins=[tests.helpers.backbones]", f"feature_cache.dir={cache}"])
+                       "plugins=[tests.helpers.cache_backbones]", f"feature_cache.dir={cache}"])
     with open_dict(cfg):
         cfg.model.net.encoders.image = {"type": "test_vit", "path": str(models["vit"]), "dim": 16}
         cfg.model.net.encoders.text = {"type": "test_bert", "path": str(models["bert"]), "dim": 16}
@@ -218,7 +218,7 @@ def test_mmgpt_data_features_fills_what_training_reads(models, tmp_path, compose
     cache = tmp_path / "features"
     cfg = _train_cfg(compose_cfg, models, cache)
     overrides = ["experiment=smoke", "data.image_size=16", "data.augment=false", "data.num_train=32",
-                 "data.num_val=16", "data.num_test=16", "model.dim=16", "plugins=[tests.helpers.backbones]",
+                 "data.num_val=16", "data.num_test=16", "model.dim=16", "plugins=[tests.helpers.cache_backbones]",
                  f"feature_cache.dir={cache}", "~model.net.encoders.image", "~model.net.encoders.text",
                  f"+model.net.encoders.image={{type:test_vit,path:'{models['vit']}',dim:16}}",
                  f"+model.net.encoders.text={{type:test_bert,path:'{models['bert']}',dim:16}}",
@@ -257,7 +257,7 @@ def test_ddp_ranks_fill_their_shares_then_train_from_the_cache(models, tmp_path)
     cache = tmp_path / "features"
     args = ["trainer=ddp_sim", "experiment=smoke", "logger=csv", "data.image_size=16", "data.augment=false",
             "data.num_train=32", "data.num_val=16", "data.num_test=16", "model.dim=16",
-            "plugins=[tests.helpers.backbones]", f"feature_cache.dir={cache}", "~model.net.encoders.image",
+            "plugins=[tests.helpers.cache_backbones]", f"feature_cache.dir={cache}", "~model.net.encoders.image",
             f"+model.net.encoders.image={{type:test_vit,path:'{models['vit']}',dim:16}}"]
     env = {**os.environ, "MMGPT_LOG_DIR": str(tmp_path / "logs"), "CI": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}

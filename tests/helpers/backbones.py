@@ -1,129 +1,158 @@
-"""Small :class:`~mmgpt.encoders.backbone.BackboneEncoder` subclasses over tiny random ``transformers`` models (ViT
-for images, BERT over the byte tokenizer's ids for text), saved with ``save_pretrained`` and loaded by path: what the
-feature-cache tests and ``bench/feature_cache.py`` build on. Importing this module registers them as the encoders
-``test_vit`` and ``test_bert`` (usable from a config through ``plugins=[tests.helpers.backbones]``).
+"""Tiny randomly initialised backbones, saved with ``save_pretrained`` into a folder and loaded by path, exactly as a
+user's download would be (nothing is fetched: tokenizers are built from tiny vocabularies here).
 
-Legend: B batch, T text tokens, N tokens, H hidden size, D dim.
+Each factory ``make_<family>(root) -> Path`` writes the model and its processor / tokenizer into ``root/<family>``
+and returns that folder. :data:`FAMILIES` maps a family to (factory, modality kind, encoder type). Shared by the
+backbone, tuning, feature-cache and decoder tests.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping
+import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import Tensor, nn
 
-from mmgpt import registry
-from mmgpt.encoders.backbone import BackboneEncoder, BackboneIdentity, Tuning
-from mmgpt.encoders.base import EncoderOutput
-from mmgpt.layers.init import mark_pretrained
-from mmgpt.tokenizer import ByteTokenizer
+WORDS = ("the a red green blue square circle triangle big small dog cat sound image text of in on is and "
+         "loud quiet high low note tone").split()
+TEXTS = ["the red square is big", "a small blue circle", "loud high note", "the cat is on the green triangle"]
+SAMPLE_RATE = 16000
 
 
-def sha256_of(folder: str | Path) -> str:
-    """A content hash of every file of a ``save_pretrained`` folder."""
-    h = hashlib.sha256()
-    for p in sorted(Path(folder).rglob("*")):
-        if p.is_file():
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def save_vit(path: Path, *, image_size: int = 16, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
-             **config: Any) -> Path:
-    """A random ViT saved with ``save_pretrained`` (``ViTConfig()`` defaults are ViT-Base at 224 pixels)."""
-    from transformers import ViTConfig, ViTModel
-
+def _seeded(seed: int = 0) -> None:
     torch.manual_seed(seed)
-    cfg = ViTConfig(image_size=image_size, patch_size=config.pop("patch_size", 8), hidden_size=hidden_size,
-                    num_hidden_layers=num_layers, num_attention_heads=config.pop("num_attention_heads", 2),
-                    intermediate_size=config.pop("intermediate_size", 2 * hidden_size), **config)
-    ViTModel(cfg, add_pooling_layer=False).save_pretrained(path)
-    return path
 
 
-def save_bert(path: Path, *, hidden_size: int = 32, num_layers: int = 2, seed: int = 0, **config: Any) -> Path:
-    """A random BERT over the byte tokenizer's vocabulary, saved with ``save_pretrained``."""
-    from transformers import BertConfig, BertModel
+def make_bert(root: Path) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=ByteTokenizer.vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                     num_attention_heads=config.pop("num_attention_heads", 2),
-                     intermediate_size=config.pop("intermediate_size", 2 * hidden_size),
-                     hidden_dropout_prob=config.pop("hidden_dropout_prob", 0.0),
-                     attention_probs_dropout_prob=config.pop("attention_probs_dropout_prob", 0.0), **config)
-    BertModel(cfg, add_pooling_layer=False).save_pretrained(path)
-    return path
-
-
-class _Backbone(BackboneEncoder):
-    """Counts :meth:`hidden` calls (``calls``, per class) so tests can tell when the backbone ran."""
-
-    calls = 0
-
-    def __init__(self, *, model: nn.Module, path: str, dim: int, layer: int,
-                 tuning: Tuning | Mapping[str, Any] | None) -> None:
-        super().__init__(backbone=mark_pretrained(model), hidden_size=model.config.hidden_size, dim=dim,
-                         identity=BackboneIdentity(path, sha256_of(path)), tuning=tuning)
-        self.layer = layer
-        self.apply_tuning()
-
-    def apply_tuning(self) -> None:  # enough for these tests: frozen or not, top layers unfrozen
-        frozen = self.tuning.freeze
-        self.backbone.requires_grad_(not frozen)
-        for block in self.layers()[len(self.layers()) - self.tuning.unfreeze_last:] if frozen else []:
-            block.requires_grad_(True)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> _Backbone:
-        super().train(mode)
-        if self.tuning.freeze and not self.tuning.unfreeze_last:
-            self.backbone.eval()  # a frozen backbone runs in eval mode
-        return self
-
-    def _states(self, out: Any) -> Tensor:
-        type(self).calls += 1
-        return out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
-
-    def layers(self) -> list[nn.Module]:  # the blocks' ModuleList, wherever this transformers version puts it
-        n = self.backbone.config.num_hidden_layers
-        return next(list(m) for m in self.backbone.modules() if isinstance(m, nn.ModuleList) and len(m) == n)
+    out = root / "bert"
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64).save_pretrained(out)
+    _seeded(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).eval().save_pretrained(out)
+    return out
 
 
-class ViTBackbone(_Backbone):
-    """A ViT from a local folder: images (B, 3, S, S) -> patch states (B, 1 + P, H), all valid."""
+def make_gpt2(root: Path) -> Path:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
 
-    def __init__(self, *, path: str, dim: int, layer: int = -1,
-                 tuning: Tuning | Mapping[str, Any] | None = None) -> None:
-        from transformers import ViTModel
-
-        super().__init__(model=ViTModel.from_pretrained(path, add_pooling_layer=False), path=path, dim=dim,
-                         layer=layer, tuning=tuning)
-
-    def hidden(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
-        h = self._states(self.backbone(pixel_values=x, output_hidden_states=self.layer != -1))  # (B, N, H)
-        return EncoderOutput(h, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device))
-
-
-class BertBackbone(_Backbone):
-    """A BERT from a local folder over byte-token ids (B, T) with their mask -> (B, T, H)."""
-
-    def __init__(self, *, path: str, dim: int, layer: int = -1,
-                 tuning: Tuning | Mapping[str, Any] | None = None) -> None:
-        from transformers import BertModel
-
-        super().__init__(model=BertModel.from_pretrained(path, add_pooling_layer=False), path=path, dim=dim,
-                         layer=layer, tuning=tuning)
-
-    def hidden(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
-        mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask
-        out = self.backbone(input_ids=x, attention_mask=mask.long(), output_hidden_states=self.layer != -1)
-        return EncoderOutput(self._states(out), mask)  # (B, T, H)
+    out = root / "gpt2"
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(TEXTS * 4, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(out))
+    merges = [tuple(m.split()) for m in (out / "merges.txt").read_text().splitlines()[1:] if m.strip()]
+    tok = GPT2TokenizerFast(vocab=json.loads((out / "vocab.json").read_text()), merges=merges, model_max_length=64)
+    tok.save_pretrained(out)
+    _seeded(1)
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2Model(config).eval().save_pretrained(out)
+    return out
 
 
-registry.register("test_vit", "encoder", ViTBackbone, replace=True)
-registry.register("test_bert", "encoder", BertBackbone, replace=True)
+def make_vit(root: Path) -> Path:
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    out = root / "vit"
+    _seeded(2)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64)
+    ViTModel(config).eval().save_pretrained(out)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.5, 0.6],
+                      image_std=[0.2, 0.25, 0.3]).save_pretrained(out)
+    return out
+
+
+def make_clip(root: Path) -> Path:
+    """A whole (dual-tower) CLIP model: the image encoder must pick its vision tower."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    out = root / "clip"
+    _seeded(3)
+    config = CLIPConfig(
+        text_config={"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "intermediate_size": 64, "max_position_embeddings": 16},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "intermediate_size": 64},
+        projection_dim=16)
+    CLIPModel(config).eval().save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    return out
+
+
+def make_wav2vec2(root: Path) -> Path:
+    """wav2vec 2.0 with a layer-norm feature extractor (the variant that takes an attention mask)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    out = root / "wav2vec2"
+    _seeded(4)
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            conv_dim=(16, 16, 16), conv_stride=(5, 4, 2), conv_kernel=(10, 8, 4),
+                            feat_extract_norm="layer", num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                            do_stable_layer_norm=True, mask_time_prob=0.0)
+    Wav2Vec2Model(config).eval().save_pretrained(out)
+    Wav2Vec2FeatureExtractor(sampling_rate=SAMPLE_RATE, do_normalize=True, return_attention_mask=True,
+                             feature_size=1, padding_value=0.0).save_pretrained(out)
+    return out
+
+
+def make_whisper(root: Path) -> Path:
+    """Whisper with a 1 s window (16 mel bins, 100 frames -> 50 encoder positions) instead of 30 s."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    out = root / "whisper"
+    _seeded(5)
+    config = WhisperConfig(vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16,
+                           max_source_positions=50, max_target_positions=16, pad_token_id=0, bos_token_id=1,
+                           eos_token_id=2, decoder_start_token_id=1)
+    WhisperModel(config).eval().save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=16, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=1,
+                            n_fft=400).save_pretrained(out)
+    return out
+
+
+def make_timm(root: Path) -> Path:
+    """A tiny timm ViT (``pretrained=False``) whose state dict is saved to ``root/timm/model.safetensors``; the
+    keyword arguments to rebuild it are :data:`TIMM_KWARGS`."""
+    import timm
+    from safetensors.torch import save_file
+
+    out = root / "timm"
+    out.mkdir(parents=True, exist_ok=True)
+    _seeded(6)
+    model = timm.create_model(TIMM_MODEL, pretrained=False, **TIMM_KWARGS)
+    save_file(model.state_dict(), str(out / "model.safetensors"))
+    return out / "model.safetensors"
+
+
+TIMM_MODEL = "vit_tiny_patch16_224"
+TIMM_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 0}
+
+#: family -> (factory, modality kind, registered encoder type)
+FAMILIES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
+    "bert": (make_bert, "text", "hf_text"),
+    "gpt2": (make_gpt2, "text", "hf_text"),
+    "vit": (make_vit, "image", "hf_image"),
+    "clip": (make_clip, "image", "hf_image"),
+    "wav2vec2": (make_wav2vec2, "audio", "hf_audio"),
+    "whisper": (make_whisper, "audio", "hf_audio"),
+    "timm": (make_timm, "image", "timm_image"),
+}
+
+
+def encoder_spec(family: str, path: Path, dim: int = 16, **extra) -> dict:
+    """The encoder spec (as YAML writes it) of a backbone made by :data:`FAMILIES`."""
+    kind_type = FAMILIES[family][2]
+    if kind_type == "timm_image":
+        return {"type": "timm_image", "model_name": TIMM_MODEL, "checkpoint_path": str(path), "dim": dim,
+                "model_kwargs": dict(TIMM_KWARGS), **extra}
+    return {"type": kind_type, "name_or_path": str(path), "dim": dim, **extra}
