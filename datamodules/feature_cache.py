@@ -32,6 +32,7 @@ Legend: B batch, N tokens, H backbone hidden size.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -105,6 +106,9 @@ def _hash_into(h: Any, value: Any) -> int:
         data = f"t{dtype}{tuple(t.shape)}\0".encode() + raw.numpy().tobytes()
     elif isinstance(value, (bool, int, float)) or value is None:
         data = f"n{value!r}".encode()
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. audio features with their mask
+        h.update(f"d{type(value).__name__}\0".encode())
+        return sum(_hash_into(h, getattr(value, f.name)) for f in dataclasses.fields(value))
     elif isinstance(value, Mapping):
         return sum(_hash_into(h, k) + _hash_into(h, value[k]) for k in sorted(value))
     elif isinstance(value, (list, tuple)):

@@ -67,10 +67,9 @@ def _features(args: argparse.Namespace) -> int:
     import pytorch_lightning as pl
     import torch
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
-    from mmgpt.cli.common import user_errors
+    from mmgpt.cli.common import build_datamodule, user_errors
     from mmgpt.cli.train import build_module, check_config, use_feature_cache
     from mmgpt.config import CONFIG_DIR
     from mmgpt.datamodules.feature_cache import fill
@@ -97,7 +96,10 @@ def _features(args: argparse.Namespace) -> int:
             cfg.paths.output_dir = tempfile.mkdtemp(prefix="mmgpt-features-")
         check_config(cfg)
         pl.seed_everything(cfg.seed, verbose=False)
-        datamodule = instantiate(cfg.data, _convert_="all")
+        net = OmegaConf.to_container(cfg.model.net, resolve=True)
+        keys = (o.split("=", 1)[0].lstrip("+~") for o in overrides)
+        explicit = {k[len("data."):] for k in keys if k.startswith("data.")}  # as mmgpt-train reads its own
+        datamodule = build_datamodule(cfg.data, net, explicit=explicit)  # the encoders' processors, as in training
         module = build_module(cfg, datamodule)
         report = init_from_checkpoint(module.net, cfg.init_from) if cfg.get("init_from") else None
         processors = use_feature_cache(cfg, datamodule, module, report)

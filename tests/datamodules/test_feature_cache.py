@@ -271,3 +271,36 @@ def test_ddp_ranks_fill_their_shares_then_train_from_the_cache(models, tmp_path)
     from mmgpt.datamodules.disk_store import DiskStore
 
     assert len(DiskStore(cache)) == 32 + 16 + 16  # every image of every split once (the text encoder is scratch)
+
+
+@pytest.mark.parametrize("family", ["vit", "timm", "bert", "wav2vec2", "whisper"])
+def test_real_backbones_cached_equal_uncached(family, tmp_path):
+    """The HF / timm encoders with their own processors (as mmgpt-train builds them): float32 storage reproduces
+    the uncached network's outputs, batches padded as in training."""
+    from mmgpt.datamodules.processors import build_processors
+    from tests.helpers.backbones import FAMILIES, encoder_spec
+
+    factory, kind, _ = FAMILIES[family]
+    net_spec = spec({"vit": tmp_path, "bert": tmp_path})
+    sizes = {"dim": DIM, "num_layers": 1, "num_heads": 2}
+    net_spec["encoders"] = {
+        "text": {"type": "text_encoder", **sizes, "max_length": 64},
+        "image": {"type": "image_encoder", **sizes, "image_size": 32, "patch_size": 8},
+        "audio": {"type": "audio_encoder", **sizes, "n_mels": 16, "n_fft": 128, "hop_length": 80},
+        kind: encoder_spec(family, factory(tmp_path / "models"), dim=DIM),
+    }
+    torch.manual_seed(0)
+    net = build_network(net_spec, 15).eval()
+    data = {"image_size": 32, "augment": False}
+    dm = datamodule(image_size=32, processors=build_processors(net_spec, data), num_train=8, num_test=4)
+    plain = dict(dm.processors)
+    processors = install(dm, net, root=tmp_path / "cache", dtype="float32")
+    assert list(processors) == [kind]
+    fill(dm, net, processors, batch_size=4)
+    val = dm.make_dataset("val")
+    uncached = ProcessedDataset(val.items, val.fields, plain, train=False)
+    rows = range(0, 6)
+    with torch.no_grad():
+        out_a = net(Collate(plain)([uncached[i] for i in rows]))
+        out_b = net(dm.collate([val[i] for i in rows]))
+    torch.testing.assert_close(out_b.logits, out_a.logits, atol=1e-5, rtol=1e-4)
