@@ -228,8 +228,7 @@ def why_not_cached(encoder: nn.Module, processor: Processor) -> str | None:
         return "already cached"
     if not isinstance(encoder, BackboneEncoder):
         return "not a pretrained backbone encoder"
-    t = encoder.tuning
-    if not t.freeze or t.unfreeze_last or t.lora:
+    if not encoder.frozen:
         return "its backbone is fine-tuned (tuning.freeze false, unfreeze_last or lora)"
     if any(p.requires_grad for p in encoder.backbone.parameters()):
         return "some backbone parameters train"

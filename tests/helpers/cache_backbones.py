@@ -69,21 +69,7 @@ class _Backbone(BackboneEncoder):
                  tuning: Tuning | Mapping[str, Any] | None) -> None:
         super().__init__(backbone=mark_pretrained(model), hidden_size=model.config.hidden_size, dim=dim,
                          identity=BackboneIdentity(path, sha256_of(path)), tuning=tuning)
-        self.layer = layer
-        self.apply_tuning()
-
-    def apply_tuning(self) -> None:  # enough for these tests: frozen or not, top layers unfrozen
-        frozen = self.tuning.freeze
-        self.backbone.requires_grad_(not frozen)
-        for block in self.layers()[len(self.layers()) - self.tuning.unfreeze_last:] if frozen else []:
-            block.requires_grad_(True)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> _Backbone:
-        super().train(mode)
-        if self.tuning.freeze and not self.tuning.unfreeze_last:
-            self.backbone.eval()  # a frozen backbone runs in eval mode
-        return self
+        self.layer = layer  # the builder applies the tuning (mmgpt.encoders.tuning)
 
     def _states(self, out: Any) -> Tensor:
         type(self).calls += 1
