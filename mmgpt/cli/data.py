@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute the hidden states of every frozen backbone (feature_cache.mode=auto) for every sample "
                     "of every split that the cache does not hold yet. DIR (optional) is a manifest folder "
                     "(data=manifest data.root=DIR); the overrides are mmgpt-train's, e.g. "
-                    "mmgpt-data features DIR model/encoder/image=hf feature_cache.dtype=float32")
+                    "mmgpt-data features DIR model/encoder/image@model.net.encoders.image=hf "
+                    "model.net.encoders.image.name_or_path=/models/vit-base feature_cache.dtype=float32")
     features.add_argument("items", nargs="*", metavar="[DIR] KEY=VALUE",
                           help="the data folder and mmgpt-train overrides")
     features.add_argument("--device", default=None, help="where the backbones run (default: cuda if available)")
