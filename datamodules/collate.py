@@ -61,8 +61,8 @@ def require_positive(**values: int | None) -> None:
             raise ValueError(f"data.{key}={value}: expected a positive integer")
 
 
-def check_dropout_probs(probs: Mapping[str, float] | None, modalities: Sequence[str] | Mapping[str, Any] = (
-        "audio", "image", "text")) -> dict[str, float]:
+def check_dropout_probs(probs: Mapping[str, float] | None,
+                        modalities: Sequence[str] | Mapping[str, Any]) -> dict[str, float]:
     """Validate per-modality dropout probabilities: declared modality names, values in [0, 1).
 
     Raises:
@@ -71,6 +71,8 @@ def check_dropout_probs(probs: Mapping[str, float] | None, modalities: Sequence[
     names = sorted(modalities)
     out: dict[str, float] = {}
     for m, p in (probs or {}).items():
+        if m not in names and not float(p):  # a 0 for a modality this data does not declare changes nothing
+            continue
         if m not in names:
             raise ValueError(f"modality_dropout.{m}: unknown modality (expected one of {names})")
         if not 0.0 <= float(p) < 1.0:

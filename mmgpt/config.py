@@ -70,7 +70,7 @@ class ModelSchema:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     encoder_layers: int = 1
-    modalities: list[str] = field(default_factory=lambda: ["audio", "image", "text"])
+    modalities: Any = "${mmgpt_keys:${model.net.encoders}}"  # the encoders' modality names, sorted
     net: Any = MISSING
     fusion: Any = MISSING
     decoder: Any = None                 # model/decoder: the text decoder matching the fusion (task=caption)
@@ -140,6 +140,14 @@ class EvalSchema:
     split: str = "val"
     subsets: bool = True
     plugins: list[str] = field(default_factory=list)  # the user's modules registering parts the checkpoint uses
+
+
+def sorted_keys(node: Any) -> list[str]:
+    """``${mmgpt_keys:${model.net.encoders}}``: the sorted keys of a mapping (the network's modality names)."""
+    return sorted(str(k) for k in node.keys())
+
+
+OmegaConf.register_new_resolver("mmgpt_keys", sorted_keys, replace=True)
 
 
 def register_schemas() -> None:

@@ -70,7 +70,8 @@ class StoreDataset(ProcessedDataset):
         train: apply training-time augmentation.
         on_error: ``raise`` or ``skip``.
         failures: where skipped files are recorded.
-        refs: (N, 2) store entries of (image, audio) found by a full check; -1: look up by path.
+        refs: (N, M) store entries of the file-valued modalities (``media.kinds``, sorted) found by a full check;
+            -1: look up by path.
     """
 
     def __init__(self, samples: list[Sample], class_index: dict[str, int], media: MediaFiles,
@@ -82,26 +83,26 @@ class StoreDataset(ProcessedDataset):
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:  # type: ignore[override]
         s = self.samples[i]
-        media: dict[str, Any] = {"image": None, "audio": None}
+        media: dict[str, Any] = dict.fromkeys(sorted(self.media.kinds))
         for j, key in enumerate(media):
             if self.refs is not None and self.refs[i, j] >= 0:
                 media[key] = self.media.read_entry(int(self.refs[i, j]))
                 continue
-            path = getattr(s, key)
+            path = s.path(key)
             if path is None:
                 continue
             try:
                 media[key] = self.media.get(key, path)
             except DecodeError as e:
-                message = f"{s.row.where}: {key} {getattr(s.row, key)!r}: {e}"
+                message = f"{s.row.where}: {key} {s.row.get(key)!r}: {e}"
                 if self.on_error == "raise":
                     raise DecodeError(f"{message} (data.on_error=skip trains without it)") from None
                 log.warning("skipping a sample that failed to load: %s", message)
                 if self.failures is not None:
                     self.failures.add(message)
                 return None
-        fields = {"id": s.row.id, "label": self.class_index[s.row.label], "caption": s.row.caption,
-                  "text": s.row.text, **media}
+        texts = {name: s.row.get(name) for name, kind in self.media.modalities.items() if kind == "text"}
+        fields = {"id": s.row.id, "label": self.class_index[s.row.label], "caption": s.row.caption, **texts, **media}
         return process(fields, self.processors, train=self.train)
 
 
@@ -154,6 +155,9 @@ class ManifestDataModule(MultimodalDataModule):
         seed: shuffling and augmentation seed (each epoch's order and each sample's flips follow from it).
         max_image_pixels: images with more pixels are refused as a problem of their row (None: no limit).
         shuffle: shuffle the training split each epoch.
+        modalities: the folder's modalities, name -> kind (``{text: text, poster: image, vision_feats:
+            {kind: features, dim: 35}}``); rows have one key (CSV: column) per name, holding the text or a file
+            path (``.npy`` for features). None: ``text``, ``image`` and ``audio``.
     """
 
     def __init__(
@@ -181,6 +185,7 @@ class ManifestDataModule(MultimodalDataModule):
         seed: int = 0,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         shuffle: bool = True,
+        modalities: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(**shared_options(locals()))
         if on_error not in ON_ERROR:
@@ -202,7 +207,7 @@ class ManifestDataModule(MultimodalDataModule):
     @cached_property
     def index(self) -> ManifestIndex:
         """The parsed rows and class list (no decoding): enough to size the model's head."""
-        return read_index(self.root)
+        return read_index(self.root, self.modalities)
 
     @property
     def class_names(self) -> list[str]:
@@ -227,7 +232,8 @@ class ManifestDataModule(MultimodalDataModule):
         hp = self.hparams
         t0 = time.perf_counter()
         store = None if hp.cache_dir is None else Path(hp.cache_dir) / "media-store"
-        self.media = MediaFiles(self.settings, store, threads=hp.decode_threads, memory_cache_mb=hp.memory_cache_mb)
+        self.media = MediaFiles(self.settings, store, threads=hp.decode_threads, memory_cache_mb=hp.memory_cache_mb,
+                                processors=self.processors)
         progress = Progress(f"data.check={hp.check} {self.root.name}")
         report = check_folder(self.root, self.media, hp.allow_outside_root, check=hp.check, progress=progress)
         progress.close()
@@ -288,8 +294,9 @@ class ManifestDataModule(MultimodalDataModule):
                 samples = samples[:limit]
             refs = None
             if self.hparams.check == "full":  # every file was checked into the store: read by entry, no lookups
-                refs = np.array([[self.media.entry(k, p) if (p := getattr(s, k)) else -1 for k in ("image", "audio")]
-                                 for s in samples], dtype=np.int64).reshape(-1, 2)
+                names = sorted(self.media.kinds)
+                refs = np.array([[self.media.entry(k, p) if (p := s.path(k)) else -1 for k in names]
+                                 for s in samples], dtype=np.int64).reshape(-1, len(names))
             self.splits[split] = StoreDataset(samples, class_index, self.media, self.processors,
                                               train=split == "train", on_error=self.hparams.on_error,
                                               failures=self.failures, refs=refs)

@@ -14,10 +14,11 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -26,6 +27,7 @@ from torch import Tensor
 from mmgpt.datamodules import decode
 from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.disk_store import DiskStore, Hit, SourceId
+from mmgpt.datamodules.processors import Processor
 from mmgpt.datamodules.store import CACHE_VERSION, DecodeSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,24 @@ def fingerprint(kind: str, settings: DecodeSettings) -> str:
     raise ValueError(f"unknown media kind {kind!r}")
 
 
+def read_npy_header(path: str | Path) -> tuple[int, ...]:
+    """The shape in a ``.npy`` file's header (nothing else read; object arrays refused).
+
+    Raises:
+        DecodeError: not a ``.npy`` file, or one holding Python objects.
+    """
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)  # what np.load reads first
+    except (OSError, ValueError) as e:
+        raise DecodeError(f"cannot read features: {e}") from e
+    if dtype.hasobject:
+        raise DecodeError("features file holds Python objects (refused: only numeric arrays are read)")
+    return tuple(shape)
+
+
 def read_header(kind: str, path: str | Path) -> None:
     """Open ``path`` and read only its header (image size and mode; audio rate, channels and frames).
 
@@ -59,6 +79,10 @@ def read_header(kind: str, path: str | Path) -> None:
             raise DecodeError(f"cannot decode image: {e}") from e
         if width == 0 or height == 0 or not mode:
             raise DecodeError("image has no pixels")
+    elif kind == "features":
+        shape = read_npy_header(path)
+        if len(shape) not in (1, 2) or 0 in shape:
+            raise DecodeError(f"features of shape {shape}: expected (N, F) or (F,) with N, F > 0")
     elif kind == "audio":
         try:
             info = sf.info(str(path))
@@ -86,10 +110,14 @@ class MediaFiles:
         memory_cache_mb: per-process LRU of decoded arrays, in MiB (0: none; see :class:`DiskStore`).
         keep: store what the validation pass decodes; False only checks (decode, drop), for a one-off
             ``mmgpt-data check`` without a store folder.
+        processors: the file-valued modalities, name -> processor (``image``, ``audio``, ``features`` kinds);
+            None: ``image`` and ``audio``. Methods take a modality name; images and clips are decoded with
+            ``settings`` (the store keys do not depend on the name), features with their processor.
     """
 
     def __init__(self, settings: DecodeSettings, store: DiskStore | str | Path | None = None, *, threads: int = 4,
-                 memory_cache_mb: float = 0, keep: bool = True) -> None:
+                 memory_cache_mb: float = 0, keep: bool = True,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         self.settings = settings
         self.threads = max(1, threads)
         self.keep = keep
@@ -100,17 +128,33 @@ class MediaFiles:
             store = tmp
         self.store = store if isinstance(store, DiskStore) else DiskStore(store, memory_cache_mb=memory_cache_mb)
         self.decoded = 0  # files decoded by this object in this process (0 on a warm store)
-        self._fingerprints = {kind: fingerprint(kind, settings) for kind in ("image", "audio")}
+        #: Every declared modality, name -> kind (text included: what a folder's rows may hold).
+        self.modalities = {"audio": "audio", "image": "image", "text": "text"} if processors is None else {
+            name: p.kind for name, p in processors.items()}
+        self.kinds = {"image": "image", "audio": "audio"} if processors is None else {
+            name: p.kind for name, p in processors.items() if p.kind != "text"}
+        self.features = {name: p for name, p in (processors or {}).items() if p.kind == "features"}
+        self._fingerprints = {name: fingerprint(kind, settings) if kind != "features" else
+                              f"features:v{CACHE_VERSION}:{self.features[name].fingerprint()}"
+                              for name, kind in self.kinds.items()}
 
-    def decode(self, kind: str, path: str) -> Tensor:
-        """Decode one file (no store involved).
+    def kind(self, name: str) -> str:
+        """The kind of modality ``name``."""
+        if name not in self.kinds:
+            raise ValueError(f"{name!r} is not a file-valued modality here (those are: {sorted(self.kinds)})")
+        return self.kinds[name]
+
+    def decode(self, name: str, path: str) -> Tensor:
+        """Decode one file of modality ``name`` (no store involved).
 
         Raises:
             DecodeError: it cannot be decoded.
         """
-        s = self.settings
+        s, kind = self.settings, self.kind(name)
         if kind == "image":
             return decode.load_image(path, s.image_size, s.max_image_pixels)
+        if kind == "features":
+            return self.features[name].decode(path)
         return decode.load_audio(path, s.sample_rate, s.max_audio_samples)
 
     def check_many(self, kind: str, paths: Sequence[str], mode: str = "full") -> dict[str, str | None]:
@@ -134,7 +178,7 @@ class MediaFiles:
         if mode == "headers":
             def work(item: tuple[str, SourceId]) -> str | None:
                 try:
-                    read_header(kind, item[0])
+                    read_header(self.kind(kind), item[0])
                 except DecodeError as e:
                     return str(e)
                 return None

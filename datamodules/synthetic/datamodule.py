@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, ProcessedDataset, shared_options
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.datamodules.processors import DEFAULT_MODALITIES
 from mmgpt.datamodules.synthetic.generator import CLASSES, SyntheticGenerator, SyntheticSample
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class SyntheticDataModule(MultimodalDataModule):
         shuffle: shuffle the training split each epoch (off: a fixed order, e.g. to compare 1 vs N processes).
         pin_memory: pin batches for host-to-GPU copies; None pins when CUDA is available.
         max_image_pixels: as for the other datamodules (generated images are small; kept for one option set).
+        modalities: a subset of ``audio``, ``image``, ``text`` to use (None: all three), e.g.
+            ``{image: image, text: text}`` for an image-text set.
     """
 
     def __init__(
@@ -59,8 +62,10 @@ class SyntheticDataModule(MultimodalDataModule):
         shuffle: bool = True,
         pin_memory: bool | None = None,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        modalities: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(**shared_options(locals()))
+        self.require_modalities(DEFAULT_MODALITIES, "the synthetic data set")
         self.save_hyperparameters()
         self.generator = SyntheticGenerator(image_size, sample_rate, max_seconds=max_audio_seconds)
         self.splits: dict[str, ProcessedDataset] = {}

@@ -33,7 +33,7 @@ from mmgpt.cli.common import (
     write_json,
 )
 from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_model_specs, check_targets, resolved
-from mmgpt.registry import import_plugins
+from mmgpt.registry import fit_to_data, import_plugins
 from mmgpt.training.callbacks import (
     FlushLogsWithCheckpoint,
     RestoreLoaderPosition,
@@ -102,6 +102,9 @@ def check_config(cfg: DictConfig) -> None:
 def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> MultimodalModule:
     """The LightningModule of ``cfg.model.module`` around the network spec ``cfg.model.net``, sized for the data."""
     net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    declared = data_modalities(datamodule)
+    if declared:  # a datamodule on the shared base: its declared modalities decide the encoders' kinds and sizes
+        net = fit_to_data(net, declared)
     module = instantiate(
         cfg.model.module,
         net=net,
@@ -112,6 +115,12 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> Multimo
     apply_speedups(module.net, compile=cfg.model.get("compile", False),
                    activation_checkpointing=cfg.model.get("activation_checkpointing", False))
     return module
+
+
+def data_modalities(datamodule: pl.LightningDataModule) -> dict[str, dict[str, Any]]:
+    """name -> ``{"kind", "dim"}`` of the modalities ``datamodule`` declares (its processors)."""
+    processors = getattr(datamodule, "processors", None) or {}
+    return {name: {"kind": p.kind, "dim": getattr(p, "dim", None)} for name, p in processors.items()}
 
 
 def apply_speedups(net: nn.Module, compile: bool, activation_checkpointing: bool) -> None:
