@@ -48,10 +48,21 @@ class Collate:
             inputs=inputs,
             masks=masks,
             present=present,
-            labels=None if any(y is None for y in labels) else torch.tensor(labels, dtype=torch.long),
+            labels=None if any(y is None for y in labels) else batch_labels(labels),
             ids=[s.get("id") for s in samples],
             captions=[s.get("caption") or "" for s in samples],
         )
+
+
+def batch_labels(labels: Sequence[Any]) -> Tensor:
+    """Per-sample labels -> the batch's: class indices (B,) int64, float targets (B,) float32 (regression), or
+    multi-hot lists (B, C) float32 (multi-label)."""
+    first = labels[0]
+    if isinstance(first, (list, tuple, Tensor)):
+        return torch.as_tensor([list(y) for y in labels], dtype=torch.float32)  # (B, C)
+    if isinstance(first, float):
+        return torch.tensor(labels, dtype=torch.float32)  # (B,)
+    return torch.tensor(labels, dtype=torch.long)  # (B,)
 
 
 def require_positive(**values: int | None) -> None:

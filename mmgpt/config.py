@@ -88,6 +88,17 @@ class PathsSchema:
 
 
 @dataclass
+class PrimaryMetricSchema:
+    """``primary_metric``: the metric that ranks checkpoints, early stopping and ``mmgpt-compare`` (set by the task).
+
+    ``name`` is logged as ``val/<name>`` and ``test/<name>``; ``mode`` is ``max`` (higher is better) or ``min``.
+    """
+
+    name: str = "acc"
+    mode: str = "max"
+
+
+@dataclass
 class CompareSchema:
     """``compare``: what ``mmgpt-compare`` sweeps and reports (unused by ``mmgpt-train``).
 
@@ -98,7 +109,8 @@ class CompareSchema:
     fusions: str = "early,late,cross_attention"
     baselines: bool = True              # also one unimodal baseline per modality (model/fusion=unimodal_<m>)
     seeds: str = "0,1,2"
-    metric: str = "acc"                 # the report's metric: val/<metric> and test/<metric>
+    metric: str = "${primary_metric.name}"  # the report's metric: val/<metric> and test/<metric>
+    mode: str = "${primary_metric.mode}"    # max: higher is better; min: lower is better
     robustness: bool = True             # evaluate every modality subset on the best checkpoint
     robustness_split: str = "test"
 
@@ -124,6 +136,7 @@ class TrainSchema:
     objectives: Any = None  # shorthand weights, e.g. {classify: 1.0, lm: 1.0}: see apply_objectives
     plugins: list[str] = field(default_factory=list)  # modules imported first, registering parts of the user's own
     compare: CompareSchema = field(default_factory=CompareSchema)
+    primary_metric: PrimaryMetricSchema = field(default_factory=PrimaryMetricSchema)
 
 
 @dataclass

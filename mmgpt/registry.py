@@ -91,6 +91,9 @@ BUILTIN: dict[str, Part] = {
     "contrastive": Part("objective", "mmgpt.objectives.contrastive:Contrastive"),
     "masked_lm": Part("objective", "mmgpt.objectives.mlm:MaskedLM"),
     "matching": Part("objective", "mmgpt.objectives.matching:Matching"),
+    "regress": Part("objective", "mmgpt.objectives.tasks:Regression"),
+    "multilabel": Part("objective", "mmgpt.objectives.tasks:MultiLabel"),
+    "binary": Part("objective", "mmgpt.objectives.tasks:Binary"),
     # optimisation: an optimizer is called with parameter groups, a schedule with (optimizer, total_steps)
     "adamw": Part("optimizer", "torch.optim:AdamW"),
     "adam": Part("optimizer", "torch.optim:Adam"),

@@ -108,7 +108,7 @@ class CheckReport:
 
 def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool = False, check: str = "full",
                  progress: Callable[[int, int], None] | None = None, chunk: int = 512,
-                 kinds: Mapping[str, str] | None = None) -> CheckReport:
+                 kinds: Mapping[str, str] | None = None, label_type: str = "class") -> CheckReport:
     """Read every split file, check every referenced file (through ``media``) and collect every problem.
 
     Rows are checked ``chunk`` at a time and decoded media go to the store, never into the report, so memory does
@@ -116,12 +116,12 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
     reads each such file's header only, ``off`` trusts the files (problems then show up in training).
     ``progress(done, total)`` is called after each chunk. Never raises for bad data: everything wrong is a
     :class:`Problem` in the report. ``kinds`` declares the modalities (name -> kind; None: the default three, or
-    ``media``'s modalities and ``text``).
+    ``media``'s modalities and ``text``); ``label_type`` what a label is (``class``, ``float``, ``multilabel``).
     """
     if check not in CHECKS:
         raise ValueError(f"check={check!r}: expected one of {CHECKS}")
     root = Path(root)
-    index = read_index(root, media.modalities if kinds is None else kinds)
+    index = read_index(root, media.modalities if kinds is None else kinds, label_type)
     media_names = media_keys(index.kinds)
     report = CheckReport(root=root, class_names=index.class_names, problems=list(index.problems),
                          warnings=list(index.warnings))

@@ -39,6 +39,11 @@ def media_keys(kinds: Mapping[str, str]) -> tuple[str, ...]:
     """The modalities whose values are file paths (every kind but ``text``), sorted."""
     return tuple(sorted(n for n, k in kinds.items() if k != "text"))
 LABELS_FILE = "labels.txt"
+#: What a row's ``label`` is: a class name (``class``), a number (``float``: regression), or a list of class
+#: names (``multilabel``; in CSV one cell with the names separated by ``|``).
+LABEL_TYPES: tuple[str, ...] = ("class", "float", "multilabel")
+#: The class list of ``float`` labels: one target, one head output.
+FLOAT_TARGET = "target"
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ class Row:
         file: the split file's name (``train.jsonl``).
         line: 1-based line number of the row.
         id: the sample id (``<split>:<line>`` when the row gives none).
-        label: the class name (integer labels become their decimal string).
+        label: the class name (integer labels become their decimal string); with ``float`` labels the number's
+            ``repr``; with ``multilabel`` the class names joined by ``|`` (see :meth:`labels`).
         values: modality name -> its value (text, or a path relative to the folder), present modalities only.
         caption: optional caption.
         label_is_int: the label was written as an integer (for sorting the class list numerically).
@@ -89,6 +95,10 @@ class Row:
     @property
     def where(self) -> str:
         return f"{self.file}:{self.line}"
+
+    def labels(self) -> list[str]:
+        """A multilabel row's class names (none for an empty list)."""
+        return self.label.split("|") if self.label else []
 
     def get(self, modality: str) -> str | None:
         """The value of ``modality`` (text, or a path relative to the folder); None when absent."""
@@ -112,6 +122,7 @@ class ManifestIndex:
         files: split -> split file name, for the splits present.
         warnings: things that do not stop training but deserve a look (a sample in train and in val/test).
         kinds: the declared modalities, name -> kind.
+        label_type: what a row's label is (:data:`LABEL_TYPES`).
     """
 
     root: Path
@@ -121,6 +132,7 @@ class ManifestIndex:
     files: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     kinds: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_KINDS))
+    label_type: str = "class"
 
 
 def resolve_media(root: Path, rel: str, allow_outside_root: bool = False) -> Path:
@@ -240,7 +252,11 @@ def _row(split: str, file: str, n: int, obj: dict[str, Any], index: ManifestInde
     if unknown:
         problem(f"unknown key(s) {unknown}; allowed: {list(allowed)}{_declare_hint(unknown, kinds)}")
     label = obj.get("label")
-    if label is None:
+    if index.label_type != "class" and label is not None:
+        label = _typed_label(label, index.label_type, problem)
+        if label is None:
+            label = ""  # reported; the row is left out
+    elif label is None:
         problem("missing label")
     elif isinstance(label, bool) or not isinstance(label, (str, int)):
         problem(f"label {label!r}: expected a string or an integer")
@@ -276,7 +292,37 @@ def _row(split: str, file: str, n: int, obj: dict[str, Any], index: ManifestInde
     )
 
 
+def _typed_label(label: Any, label_type: str, problem: Any) -> str | None:
+    """A ``float`` or ``multilabel`` row label as :class:`Row` stores it; None (and a problem) when unusable."""
+    if label_type == "float":
+        try:
+            if isinstance(label, bool):
+                raise ValueError
+            value = float(label)
+        except (TypeError, ValueError):
+            problem(f"label {label!r}: expected a number (data.label_type=float)")
+            return None
+        if value != value or value in (float("inf"), float("-inf")):
+            problem(f"label {label!r}: expected a finite number")
+            return None
+        return repr(value)
+    names = label.split("|") if isinstance(label, str) else label
+    if isinstance(label, str) and not label.strip():
+        names = []
+    if not isinstance(names, list) or any(isinstance(n, bool) or not isinstance(n, (str, int)) for n in names):
+        problem(f"label {label!r}: expected a list of class names (data.label_type=multilabel; in CSV "
+                "'name|name')")
+        return None
+    names = [str(n).strip() for n in names]
+    if any(not n or "|" in n for n in names):
+        problem(f"label {label!r}: class names must be non-empty and contain no '|'")
+        return None
+    return "|".join(dict.fromkeys(names))
+
+
 def _class_list(root: Path, train: list[Row], index: ManifestIndex) -> list[str]:
+    if index.label_type == "float":
+        return [FLOAT_TARGET]
     path = root / LABELS_FILE
     if path.is_file():
         lines = _read_lines(path, index) or []
@@ -290,23 +336,28 @@ def _class_list(root: Path, train: list[Row], index: ManifestIndex) -> list[str]
         if not names:
             index.problems.append(Problem(LABELS_FILE, None, "no class names", True))
         return list(dict.fromkeys(names))
+    if index.label_type == "multilabel":
+        names = {n for r in train for n in r.labels()}
+        return sorted(names, key=int) if names and all(n.lstrip("-").isdigit() for n in names) else sorted(names)
     labels = {r.label for r in train}
     if train and all(r.label_is_int for r in train):
         return sorted(labels, key=int)
     return sorted(labels)
 
 
-def read_index(root: str | Path, kinds: Mapping[str, str] | None = None) -> ManifestIndex:
+def read_index(root: str | Path, kinds: Mapping[str, str] | None = None, label_type: str = "class") -> ManifestIndex:
     """Parse every split file of ``root`` and build the class list; report problems instead of raising.
 
     ``kinds`` (modality name -> kind, ``data.modalities``) says which keys/columns rows may have; None: the
-    default ``text``, ``image`` and ``audio``.
+    default ``text``, ``image`` and ``audio``. ``label_type`` says what a label is (:data:`LABEL_TYPES`).
 
     Row-level problems (bad JSON, unknown keys, missing label, duplicate ids, a label outside the class list)
     leave that row out of :attr:`ManifestIndex.rows`; whole-file problems are marked ``fatal``.
     """
     root = Path(root)
-    index = ManifestIndex(root=root, kinds=dict(DEFAULT_KINDS if kinds is None else kinds))
+    if label_type not in LABEL_TYPES:
+        raise ValueError(f"data.label_type={label_type!r}: expected one of {', '.join(LABEL_TYPES)}")
+    index = ManifestIndex(root=root, kinds=dict(DEFAULT_KINDS if kinds is None else kinds), label_type=label_type)
     if not root.is_dir():
         index.problems.append(Problem(str(root), None, "not a directory", True))
         return index
@@ -329,12 +380,14 @@ def read_index(root: str | Path, kinds: Mapping[str, str] | None = None) -> Mani
     for split, rows in index.rows.items():
         kept = []
         for r in rows:
-            if r.label in classes:
+            outside = [] if index.label_type == "float" else [
+                n for n in (r.labels() if index.label_type == "multilabel" else [r.label]) if n not in classes]
+            if not outside:
                 kept.append(r)
             else:
                 source = LABELS_FILE if (root / LABELS_FILE).is_file() else "the train split's labels"
                 index.problems.append(
-                    Problem(r.file, r.line, f"label {r.label!r} is not in the class list (from {source})"))
+                    Problem(r.file, r.line, f"label {outside[0]!r} is not in the class list (from {source})"))
         index.rows[split] = kept
     index.warnings += _leakage(index)
     return index

@@ -65,6 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule: pl.LightningDataModule = instantiate(cfg.data, _convert_="all")
     module = build_module(cfg, datamodule)
+    check_primary_metric(cfg, module)
     init_report = init_from_checkpoint(module.net, cfg.init_from) if cfg.get("init_from") else None  # fine-tuning
     resume = resume_state(cfg, out_dir, module)
     callbacks = build_callbacks(cfg)
@@ -115,6 +116,17 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> Multimo
     apply_speedups(module.net, compile=cfg.model.get("compile", False),
                    activation_checkpointing=cfg.model.get("activation_checkpointing", False))
     return module
+
+
+def check_primary_metric(cfg: DictConfig, module: MultimodalModule) -> None:
+    """``primary_metric`` must be a metric the objectives log (or ``loss``), and ``mode`` max or min."""
+    name, mode = cfg.primary_metric.name, cfg.primary_metric.mode
+    if mode not in ("max", "min"):
+        raise ConfigKeyError(f"primary_metric.mode={mode!r}: expected max (higher is better) or min")
+    logged = sorted({"loss", *(k for metrics in module.val_metrics.values() for k in metrics)})
+    if name not in logged:
+        raise ConfigKeyError(f"primary_metric.name={name!r}: the task's objectives log no such metric (they log: "
+                             f"{', '.join(logged)}); each conf/task/*.yaml sets its primary metric")
 
 
 def data_modalities(datamodule: pl.LightningDataModule) -> dict[str, dict[str, Any]]:
@@ -301,7 +313,7 @@ def _fmt(metrics: dict[str, float]) -> str:
 def main(cfg: DictConfig) -> float | None:
     with relaunchable_job(Path(cfg.paths.output_dir)):  # multirun x DDP: each sweep point launches its own ranks
         results = train(cfg)
-    return results["val"].get("val/acc")
+    return results["val"].get(f"val/{cfg.primary_metric.name}")
 
 
 if __name__ == "__main__":
