@@ -121,12 +121,13 @@ class AVMNISTDataModule(BenchmarkDataModule):
     Args:
         root: the ``avmnist`` folder (``image/``, ``audio/``, ``train_labels.npy``, ``test_labels.npy``).
         image_size: the images' side after resizing (28: as stored).
+        train_size: training samples before the validation part (MultiBench: 55000 of the 60000).
         The rest: the shared data options (:class:`~mmgpt.datamodules.base.MultimodalDataModule`).
     """
 
     task = "multiclass"
 
-    def __init__(self, root: str, batch_size: int = 40, num_workers: int = 0, image_size: int = IMAGE_SIDE,
+    def __init__(self, root: str, train_size: int = NUM_TRAIN, batch_size: int = 40, num_workers: int = 0, image_size: int = IMAGE_SIDE,
                  sample_rate: int = 8000, max_audio_seconds: float = 1.0, max_text_length: int = 64,
                  shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
                  num_test: int | None = None, augment: bool = False, modality_dropout: dict[str, float] | None = None,
@@ -135,7 +136,7 @@ class AVMNISTDataModule(BenchmarkDataModule):
         modalities = {"image": "image", "spectrogram": {"kind": "features", "dim": SPECTROGRAM_SIDE}}
         super().__init__(root=root, modalities=modalities, **options)
         self.save_hyperparameters()
-        self.tables = read_avmnist(root, image_size=image_size)
+        self.tables = read_avmnist(root, image_size=image_size, num_train=int(train_size))
 
     @property
     def class_names(self) -> list[str]:
