@@ -127,7 +127,8 @@ class AVMNISTDataModule(BenchmarkDataModule):
 
     task = "multiclass"
 
-    def __init__(self, root: str, train_size: int = NUM_TRAIN, batch_size: int = 40, num_workers: int = 0, image_size: int = IMAGE_SIDE,
+    def __init__(self, root: str, train_size: int = NUM_TRAIN, batch_size: int = 40, num_workers: int = 0,
+                 image_size: int = IMAGE_SIDE,
                  sample_rate: int = 8000, max_audio_seconds: float = 1.0, max_text_length: int = 64,
                  shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
                  num_test: int | None = None, augment: bool = False, modality_dropout: dict[str, float] | None = None,
