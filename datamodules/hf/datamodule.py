@@ -83,7 +83,7 @@ class HFDataModule(MultimodalDataModule):
                               f"{missing[0]!r} (map one: data.columns.{missing[0]}=<column>; columns: "
                               f"{', '.join(first.column_names)})")
         super().__init__(**{**options, "modalities": declared})
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["class_names"])  # the module logs the resolved class names
         self.label_type, self._class_names = self._labels(label_type, class_names)
         log.info("%s: %s", self.path, ", ".join(f"{s}={n} ({self.sources[n].num_rows} rows)"
                                                 for s, n in self.split_names.items()))

@@ -150,3 +150,33 @@ def test_undecodable_image_is_named_by_split_row_and_column(tmp_path):
     dm = HFDataModule(path=str(tmp_path), columns={"image": "img"}, num_workers=0, batch_size=1)
     with pytest.raises(HFDataError, match=r"\[train\]: row 0, column 'img'"):
         next(iter(dm.train_dataloader()))
+
+
+def test_mmgpt_data_check_reads_every_row(disk, tmp_path, capsys):
+    import datasets
+
+    from mmgpt.cli.data import main as data_main
+
+    assert data_main(["check", str(disk), "--columns", "text=question,image=img,audio=sound,label=answer"]) == 0
+    out = capsys.readouterr().out
+    assert "train (train) 10 rows, val (validation) 4 rows, test (test) 3 rows" in out
+    assert "audio (audio), image (image), text (text)" in out and "label: answer (class: no, yes)" in out
+    bad = datasets.Dataset.from_dict(
+        {"img": [{"bytes": b"junk", "path": None}, None], "label": [0, 1]},
+        features=datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}))
+    bad.to_parquet(str(tmp_path / "train.parquet"))
+    assert data_main(["check", str(tmp_path / "train.parquet"), "--columns", "image=img"]) == 1
+    out = capsys.readouterr().out
+    assert "[train]: row 0, column 'img'" in out and "1 problems" in out
+    assert data_main(["check", str(disk), "--columns", "text=nope"]) == 1
+    assert "data.columns.text='nope'" in capsys.readouterr().err
+
+
+def test_training_on_hf_data_through_the_config(disk, compose_cfg):
+    from mmgpt.cli.train import train
+
+    cfg = compose_cfg(["experiment=smoke", "data=hf", f"data.path={disk}", "data.num_workers=0", "logger=csv",
+                       "debug=fdr", "data.columns={text: question, image: img, audio: sound, label: answer}",
+                       "data.streaming=true", "data.batch_size=4"])
+    results = train(cfg)
+    assert results["global_step"] == 1 and "val/acc" in results["val"]
