@@ -22,6 +22,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, ProcessedDataset
+from mmgpt.datamodules.collate import Collate
 from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.processors import Processor
 from mmgpt.errors import UserError
@@ -102,6 +103,14 @@ class BenchmarkDataModule(MultimodalDataModule):
         super().__init__(modalities=dict(modalities), **shared)
         self.root = Path(root)
         self._splits: dict[str, BenchmarkSplit] = {}
+
+    def use_processor(self, name: str, processor: Processor) -> None:
+        """Replace modality ``name``'s processor (one the declaration's kind cannot build, e.g. token ids)."""
+        if self.processors[name].kind != processor.kind:
+            raise ValueError(f"{name}: a {processor.kind} processor for a {self.processors[name].kind} modality")
+        self.processors[name] = processor
+        self.collate = Collate(self.processors)
+        self.train_collate = Collate(self.processors, modality_dropout=self.modality_dropout)
 
     @abstractmethod
     def read_split(self, split: str) -> BenchmarkSplit:

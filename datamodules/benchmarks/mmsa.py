@@ -23,17 +23,21 @@ sequence is cut to its length (MMSA's models pack sequences by these lengths). M
 (``need_normalized``, for TFN/LMF/LF-DNN) is a model choice and not applied here. The pickle is read with the
 restricted unpickler (:mod:`mmgpt.datamodules.safe_pickle`): opening it never runs code.
 
-Modalities: ``language`` (the ``text`` features, or with ``text=raw`` the ``raw_text`` strings as a ``text``
-modality for a tokenizer), ``acoustic`` and ``visual`` (``features``). Task: regression, one output.
+Modalities: ``language`` -- the ``text`` features (``text=features``), or a ``text`` modality of BERT token ids
+from ``text_bert`` (``text=bert``: the ids up to the input mask's length, for a text encoder with BERT's
+vocabulary, e.g. ``model.net.encoders.language.vocab_size=30522``), or the ``raw_text`` strings for the
+modality's tokenizer (``text=raw``) -- ``acoustic`` and ``visual`` (``features``). Task: regression, one output.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from mmgpt.datamodules import safe_pickle
 from mmgpt.datamodules.base import shared_options
@@ -45,6 +49,7 @@ from mmgpt.datamodules.benchmarks.common import (
     require_keys,
 )
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.datamodules.processors import Processor
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ SPLIT_KEYS: dict[str, str] = {"train": "train", "val": "valid", "test": "test"}
 FEATURE_KEYS: dict[str, str] = {"language": "text", "acoustic": "audio", "visual": "vision"}
 #: Unaligned files: the key of each sequence's true length.
 LENGTH_KEYS: dict[str, str] = {"acoustic": "audio_lengths", "visual": "vision_lengths"}
-TEXT_CHOICES: tuple[str, ...] = ("features", "raw")
+TEXT_CHOICES: tuple[str, ...] = ("features", "bert", "raw")
 
 
 def read_mmsa(path: str | Path, *, text: str = "features") -> dict[str, BenchmarkSplit]:
@@ -62,8 +67,8 @@ def read_mmsa(path: str | Path, *, text: str = "features") -> dict[str, Benchmar
 
     Args:
         path: ``aligned_50.pkl`` or ``unaligned_50.pkl`` (MOSI or MOSEI).
-        text: ``features``: the ``language`` modality is the ``text`` feature array; ``raw``: the ``raw_text``
-            strings.
+        text: ``features``: the ``language`` modality is the ``text`` feature array; ``bert``: the token ids of
+            ``text_bert`` (int64, cut to the input mask); ``raw``: the ``raw_text`` strings.
 
     Raises:
         BenchmarkError: a missing file, split or key, or arrays whose sizes disagree (naming them).
@@ -77,12 +82,15 @@ def read_mmsa(path: str | Path, *, text: str = "features") -> dict[str, Benchmar
 
 
 def _read_split(d: dict[str, Any], *, text: str, where: str) -> BenchmarkSplit:
-    keys = ["audio", "vision", "id", "regression_labels", "raw_text" if text == "raw" else "text"]
+    keys = ["audio", "vision", "id", "regression_labels", {"raw": "raw_text", "bert": "text_bert"}.get(text, "text")]
     require_keys(d, keys, where)
     columns: dict[str, Any] = {}
     for name, key in FEATURE_KEYS.items():
         if name == "language" and text == "raw":
             columns[name] = [str(t) for t in d["raw_text"]]
+            continue
+        if name == "language" and text == "bert":
+            columns[name] = _bert_ids(d["text_bert"], f"{where}['text_bert']")
             continue
         array = np.asarray(d[key], dtype=np.float32)
         if array.ndim != 3:
@@ -100,12 +108,45 @@ def _read_split(d: dict[str, Any], *, text: str, where: str) -> BenchmarkSplit:
     return BenchmarkSplit(ids=[str(i) for i in d["id"]], labels=labels, columns=columns, lengths=lengths)
 
 
+def _bert_ids(text_bert: Any, where: str) -> list[torch.Tensor]:
+    """(N, 3, L) rows of input ids, input mask, segment ids -> each sample's ids up to its mask's length."""
+    array = np.asarray(text_bert)
+    if array.ndim != 3 or array.shape[1] != 3:
+        raise BenchmarkError(f"{where}: shape {array.shape}, expected (samples, 3, tokens): ids, mask, segments")
+    ids, mask = array[:, 0].astype(np.int64), array[:, 1] > 0
+    return [torch.from_numpy(row[m]) for row, m in zip(ids, mask)]
+
+
+class TokenIdsProcessor(Processor):
+    """A text modality given as token ids (B, T) already: padded with ``pad_id`` and masked at collation."""
+
+    kind = "text"
+
+    def __init__(self, *, pad_id: int = 0) -> None:
+        self.pad_id = pad_id
+
+    def is_present(self, value: Any) -> bool:
+        return value is not None and len(value) > 0
+
+    def collate(self, values: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        lengths = [len(v) if self.is_present(v) else 0 for v in values]
+        ids = torch.full((len(values), max(1, max(lengths))), self.pad_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros(ids.shape, dtype=torch.bool)
+        for i, (v, n) in enumerate(zip(values, lengths)):
+            ids[i, :n], mask[i, :n] = torch.as_tensor(v)[:n], True
+        return ids, mask, torch.tensor([n > 0 for n in lengths])
+
+    def fingerprint(self) -> str:
+        return f"token_ids:{self.pad_id}"
+
+
 class MMSADataModule(BenchmarkDataModule):
     """``data=mosi`` / ``data=mosei``: CMU-MOSI or CMU-MOSEI from an MMSA feature pickle (regression).
 
     Args:
         root: the pickle, e.g. ``.../MOSEI/Processed/unaligned_50.pkl`` (aligned or unaligned).
-        text: ``features`` (the pickle's ``text`` array) or ``raw`` (``raw_text`` strings).
+        text: ``features`` (the pickle's ``text`` array), ``bert`` (``text_bert`` token ids) or ``raw``
+            (``raw_text`` strings).
         max_steps: crop every feature sequence to this many steps (None: as stored).
         The rest: the shared data options (:class:`~mmgpt.datamodules.base.MultimodalDataModule`).
     """
@@ -128,6 +169,8 @@ class MMSADataModule(BenchmarkDataModule):
             else:
                 modalities[name] = "text"
         super().__init__(root=root, modalities=modalities, **options)
+        if text == "bert":  # ids already: the scratch text processor would tokenize strings
+            self.use_processor("language", TokenIdsProcessor())
         self.save_hyperparameters()
         log.info("%s: %s", root, ", ".join(f"{s} {len(t)}" for s, t in self.tables.items()))
 

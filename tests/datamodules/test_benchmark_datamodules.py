@@ -31,6 +31,10 @@ def test_mmsa_batches_float_labels_and_masks_by_length(tmp_path):
     assert batch.ids == list(d["id"][:3])
     raw = MMSADataModule(root=str(tmp_path / "unaligned_50.pkl"), text="raw", batch_size=2)
     assert raw.modalities["language"] == "text"
+    bert = MMSADataModule(root=str(tmp_path / "unaligned_50.pkl"), text="bert", batch_size=2, shuffle=False)
+    ids = next(iter(bert.train_dataloader()))
+    assert ids.inputs["language"].dtype == torch.long and ids.inputs["language"].shape == (2, 50)
+    assert torch.equal(ids.inputs["language"], torch.as_tensor(data["train"]["text_bert"][:2, 0]).long())
 
 
 def test_avmnist_batches(tmp_path):

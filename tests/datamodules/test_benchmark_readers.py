@@ -59,6 +59,17 @@ def test_mmsa_raw_text(tmp_path):
     assert t.columns["language"] == list(data["test"]["raw_text"])
 
 
+def test_mmsa_bert_token_ids_cut_to_the_input_mask(tmp_path):
+    path = tmp_path / "aligned_50.pkl"
+    data = write_mmsa(path, aligned=True)
+    data["train"]["text_bert"][1, 1, 7:] = 0  # sample 1 has 7 real tokens
+    path.write_bytes(pickle.dumps(data))
+    t = read_mmsa(path, text="bert")["train"]
+    ids = t.columns["language"]
+    assert ids[1].dtype == torch.int64 and ids[1].tolist() == data["train"]["text_bert"][1, 0, :7].astype(int).tolist()
+    assert len(ids[0]) == 50
+
+
 def test_mmsa_bad_files_are_one_line(tmp_path):
     with pytest.raises(BenchmarkError, match="nothing.pkl: not found"):
         read_mmsa(tmp_path / "nothing.pkl")
@@ -68,8 +79,8 @@ def test_mmsa_bad_files_are_one_line(tmp_path):
     path.write_bytes(pickle.dumps(data))
     with pytest.raises(BenchmarkError, match=r"aligned_50.pkl\['valid'\]: no key 'vision'"):
         read_mmsa(path)
-    with pytest.raises(BenchmarkError, match="data.text='bert'"):
-        read_mmsa(path, text="bert")
+    with pytest.raises(BenchmarkError, match="data.text='glove'"):
+        read_mmsa(path, text="glove")
 
 
 def test_mmsa_pickle_is_read_without_running_code(tmp_path):

@@ -45,3 +45,14 @@ def test_experiment_trains_on_its_fixture(tmp_path, compose_cfg, name, metric):
     results = train(cfg)
     assert results["global_step"] == 1
     assert f"val/{metric}" in results["val"] and f"test/{metric}" in results["test"]
+
+
+def test_mosei_with_bert_token_ids_and_a_text_encoder(tmp_path, compose_cfg):
+    from mmgpt.cli.train import train
+
+    root = _write("mosei", tmp_path / "data")
+    cfg = compose_cfg(["experiment=mosei", f"data.root={root}", "data.text=bert", *TINY,
+                       "~model/encoder/features@model.net.encoders.language",
+                       "+model/encoder/text@model.net.encoders.language=scratch",
+                       "+model.net.encoders.language.vocab_size=30522", "data.max_text_length=50"])
+    assert train(cfg)["global_step"] == 1
