@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmgpt.datamodules.hf.datamodule import HFDataModule
-from mmgpt.datamodules.hf.source import DATA_SUFFIXES, HFDataError
+#: The file types of Hugging Face data (as :data:`mmgpt.datamodules.hf.source.DATA_SUFFIXES`; repeated so that
+#: telling a manifest folder from Hugging Face data imports neither pyarrow nor datasets).
+DATA_SUFFIXES = (".parquet", ".arrow")
 
 
 def is_hf_source(path: str) -> bool:
@@ -53,6 +54,9 @@ class HFReport:
 def check_hf(path: str, *, columns: Mapping[str, str] | None = None, splits: Mapping[str, str] | None = None,
              **options: Any) -> HFReport:
     """Check every row of ``path`` (see the module doc); ``options`` are :class:`HFDataModule` options."""
+    from mmgpt.datamodules.hf.datamodule import HFDataModule
+    from mmgpt.datamodules.hf.source import HFDataError
+
     dm = HFDataModule(path=path, columns=columns, splits=splits, num_workers=0, streaming=False, **options)
     report = HFReport(path=path, modalities=dict(dm.modalities),
                       label=f"label: {dm.label_column} ({dm.label_type}: {', '.join(dm.class_names)})"
