@@ -56,3 +56,23 @@ def test_mosei_with_bert_token_ids_and_a_text_encoder(tmp_path, compose_cfg):
                        "+model/encoder/text@model.net.encoders.language=scratch",
                        "+model.net.encoders.language.vocab_size=30522", "data.max_text_length=50"])
     assert train(cfg)["global_step"] == 1
+
+
+def test_mmgpt_eval_rebuilds_benchmark_data_from_the_checkpoint(tmp_path, compose_cfg):
+    """The checkpoint's stored data config names a benchmark datamodule (allowed by safe_load); mmgpt-eval
+    reads the MMSA pickle again (through the restricted unpickler) and reproduces the validation MAE."""
+    from omegaconf import open_dict
+
+    from mmgpt.cli.evaluate import evaluate
+    from mmgpt.cli.train import train
+
+    root = _write("mosei", tmp_path / "data")
+    cfg = compose_cfg(["experiment=mosei", f"data.root={root}", *TINY[:3], "data.num_workers=0",
+                       "data.batch_size=4", "trainer.max_epochs=1", "model/fusion=late"])
+    results = train(cfg)
+    eval_cfg = compose_cfg([f"ckpt_path={results['best_ckpt']}"], config_name="eval")
+    with open_dict(eval_cfg):
+        eval_cfg.paths.output_dir = str(tmp_path / "eval")
+    out = evaluate(eval_cfg)
+    assert out["metrics"]["val/mae"] == pytest.approx(results["val"]["val/mae"], abs=1e-5)
+    assert "acoustic+language+visual" in out["subsets"] and "visual" in out["subsets"]
