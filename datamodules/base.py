@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mmgpt.datamodules.collate import Collate, check_dropout_probs, require_positive
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
-from mmgpt.datamodules.processors import Processor, default_processors
+from mmgpt.datamodules.processors import ModalityError, Processor, declared_processors, parse_modalities
 from mmgpt.datamodules.resumable import StreamLoader, batches_trained, resumable_loader
 
 #: The splits a datamodule may have, in the order they are used.
@@ -77,9 +77,14 @@ class MultimodalDataModule(pl.LightningDataModule):
         shuffle: shuffle the training split each epoch.
         seed: shuffling and data-randomness seed.
         num_train: use only the first ``num_train`` training samples (None: all); num_val, num_test likewise.
-        processors: modality name -> processor, replacing the default (scratch) processor of that name: what the
-            network's encoders declare (:func:`~mmgpt.datamodules.processors.build_processors`; the commands pass
-            them). Modalities not named keep :func:`~mmgpt.datamodules.processors.default_processors`.
+        modalities: the declared modalities, name -> kind (``text``, ``image``, ``audio``, ``features``) or
+            name -> ``{kind: ..., <options>}`` (a ``features`` modality gives its ``dim``); None: ``audio``,
+            ``image`` and ``text`` (see :func:`mmgpt.datamodules.processors.parse_modalities`). Only datamodules
+            whose data can hold other modalities list this option.
+        processors: modality name -> processor, replacing the default (scratch) processor of that declared
+            modality: what the network's encoders declare (:func:`~mmgpt.datamodules.processors.build_processors`;
+            the commands pass them). Modalities not named keep their scratch processor
+            (:func:`~mmgpt.datamodules.processors.declared_processors`).
     """
 
     def __init__(self, *, batch_size: int, num_workers: int, image_size: int, sample_rate: int,
@@ -87,7 +92,8 @@ class MultimodalDataModule(pl.LightningDataModule):
                  max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, augment: bool = False,
                  modality_dropout: Mapping[str, float] | None = None, pin_memory: bool | None = None,
                  shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
-                 num_test: int | None = None, processors: Mapping[str, Processor] | None = None) -> None:
+                 num_test: int | None = None, modalities: Mapping[str, Any] | None = None,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         super().__init__()
         require_positive(batch_size=batch_size, num_train=num_train, num_val=num_val, num_test=num_test)
         if int(num_workers) < 0:
@@ -96,10 +102,18 @@ class MultimodalDataModule(pl.LightningDataModule):
         self.augment, self.shuffle, self.seed = bool(augment), bool(shuffle), int(seed)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.limits = {"train": num_train, "val": num_val, "test": num_test}
-        self.processors: dict[str, Processor] = default_processors(
-            image_size=image_size, sample_rate=sample_rate, max_audio_seconds=max_audio_seconds,
+        #: name -> kind of every declared modality (data.modalities; the default three when none is declared).
+        self.modalities: dict[str, str] = {n: spec["kind"] for n, spec in parse_modalities(modalities).items()}
+        self.processors: dict[str, Processor] = declared_processors(
+            modalities, image_size=image_size, sample_rate=sample_rate, max_audio_seconds=max_audio_seconds,
             max_text_length=max_text_length, augment=augment, max_image_pixels=max_image_pixels)
-        self.processors.update(processors or {})
+        for name, processor in (processors or {}).items():
+            if name not in self.modalities:
+                continue  # an encoder for a modality this data does not declare: the network check names it
+            if processor.kind != self.modalities[name]:
+                raise ModalityError(f"data.modalities.{name}: declared {self.modalities[name]!r}, but its encoder's "
+                                    f"processor takes {processor.kind!r} input")
+            self.processors[name] = processor
         self.modality_dropout = check_dropout_probs(modality_dropout, self.processors)
         self.collate = Collate(self.processors)
         self.train_collate = Collate(self.processors, modality_dropout=self.modality_dropout)
@@ -133,6 +147,17 @@ class MultimodalDataModule(pl.LightningDataModule):
     def make_dataset(self, split: str, rank: int = 0, world_size: int = 1) -> Dataset | IterableDataset:
         """The dataset of ``split``: map-style (samples via :class:`ProcessedDataset`) or streaming (yielding
         ``(SampleKey, sample)`` pairs, see :class:`mmgpt.datamodules.resumable.StreamingDataset`)."""
+
+    def require_modalities(self, available: Mapping[str, str], data: str) -> None:
+        """Check the declared modalities against those ``data`` has (name -> kind): a subset, of the same kinds.
+
+        Raises:
+            ModalityError: naming the ``data.modalities`` key that ``data`` does not have.
+        """
+        for name, kind in self.modalities.items():
+            if available.get(name) != kind:
+                have = ", ".join(f"{n}: {k}" for n, k in sorted(available.items()))
+                raise ModalityError(f"data.modalities.{name}: {data} has no {kind} modality {name!r} (it has: {have})")
 
     def describe(self) -> str:
         """How error messages name this data (its folder, or the generator)."""

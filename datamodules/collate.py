@@ -50,11 +50,22 @@ class Collate:
             inputs=inputs,
             masks=masks,
             present=present,
-            labels=None if any(y is None for y in labels) else torch.tensor(labels, dtype=torch.long),
+            labels=None if any(y is None for y in labels) else batch_labels(labels),
             ids=[s.get("id") for s in samples],
             captions=[s.get("caption") or "" for s in samples],
             precomputed=self.precomputed,
         )
+
+
+def batch_labels(labels: Sequence[Any]) -> Tensor:
+    """Per-sample labels -> the batch's: class indices (B,) int64, float targets (B,) float32 (regression), or
+    multi-hot lists (B, C) float32 (multi-label)."""
+    first = labels[0]
+    if isinstance(first, (list, tuple, Tensor)):
+        return torch.as_tensor([list(y) for y in labels], dtype=torch.float32)  # (B, C)
+    if isinstance(first, float):
+        return torch.tensor(labels, dtype=torch.float32)  # (B,)
+    return torch.tensor(labels, dtype=torch.long)  # (B,)
 
 
 def require_positive(**values: int | None) -> None:
@@ -64,8 +75,8 @@ def require_positive(**values: int | None) -> None:
             raise ValueError(f"data.{key}={value}: expected a positive integer")
 
 
-def check_dropout_probs(probs: Mapping[str, float] | None, modalities: Sequence[str] | Mapping[str, Any] = (
-        "audio", "image", "text")) -> dict[str, float]:
+def check_dropout_probs(probs: Mapping[str, float] | None,
+                        modalities: Sequence[str] | Mapping[str, Any]) -> dict[str, float]:
     """Validate per-modality dropout probabilities: declared modality names, values in [0, 1).
 
     Raises:
@@ -74,6 +85,8 @@ def check_dropout_probs(probs: Mapping[str, float] | None, modalities: Sequence[
     names = sorted(modalities)
     out: dict[str, float] = {}
     for m, p in (probs or {}).items():
+        if m not in names and not float(p):  # a 0 for a modality this data does not declare changes nothing
+            continue
         if m not in names:
             raise ValueError(f"modality_dropout.{m}: unknown modality (expected one of {names})")
         if not 0.0 <= float(p) < 1.0:

@@ -203,6 +203,10 @@ class FeaturesProcessor(Processor):
             raise DecodeError(f"features of shape {tuple(array.shape)}: expected (N, {self.dim}) or ({self.dim},)")
         return x[: self.max_steps] if self.max_steps else x
 
+    def transform(self, stored: Any, *, train: bool) -> Tensor:
+        x = torch.as_tensor(np.asarray(stored, dtype=np.float32))
+        return x[None] if x.ndim == 1 else x  # (N, F): a vector is one step
+
     def is_present(self, value: Any) -> bool:
         return value is not None and len(value) > 0
 
@@ -221,15 +225,83 @@ class FeaturesProcessor(Processor):
         return f"features:{self.dim}:{self.max_steps}"
 
 
+#: The modalities of the embedded synthetic set, and of data that declares none: name -> kind.
+DEFAULT_MODALITIES: dict[str, str] = {"audio": "audio", "image": "image", "text": "text"}
+
+
+class ModalityError(ValueError):
+    """A modality declaration (``data.modalities``) that cannot be used; the message names the key."""
+
+
+def parse_modalities(modalities: Mapping[str, Any] | None, where: str = "data.modalities") -> dict[str, dict[str, Any]]:
+    """``data.modalities`` -> name -> ``{"kind": kind, **options}``, in sorted name order.
+
+    Each value is a kind (``image``) or a mapping with ``kind`` and the processor's options
+    (``{kind: features, dim: 35, max_steps: 50}``; a ``features`` modality needs ``dim``). None: the default
+    three modalities (:data:`DEFAULT_MODALITIES`).
+
+    Raises:
+        ModalityError: naming the key of an unknown kind, a bad name, an option the kind does not take.
+    """
+    if modalities is None:
+        modalities = DEFAULT_MODALITIES
+    if not isinstance(modalities, Mapping) or not modalities:
+        raise ModalityError(f"{where}: expected a mapping name -> kind, e.g. {{poster: image, "
+                            f"vision_feats: {{kind: features, dim: 35}}}}, got {modalities!r}")
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(modalities):
+        value = modalities[name]
+        if not isinstance(name, str) or not name.isidentifier() or name in RESERVED_NAMES:
+            raise ModalityError(f"{where}.{name}: a modality name must be an identifier other than "
+                                f"{', '.join(RESERVED_NAMES)}")
+        spec = {"kind": value} if isinstance(value, str) else dict(value) if isinstance(value, Mapping) else None
+        if spec is None or spec.get("kind") not in KINDS:
+            kind = spec.get("kind") if spec is not None else value
+            raise ModalityError(f"{where}.{name}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        allowed = MODALITY_OPTIONS[spec["kind"]]
+        for key in spec:
+            if key != "kind" and key not in allowed:
+                raise ModalityError(f"{where}.{name}.{key}: not an option of a {spec['kind']} modality "
+                                    f"(options: {', '.join(allowed) or 'none'})")
+        if spec["kind"] == "features" and not isinstance(spec.get("dim"), int):
+            raise ModalityError(f"{where}.{name}: a features modality needs its feature size, e.g. "
+                                f"{{kind: features, dim: 35}}")
+        out[name] = spec
+    return out
+
+
+#: Keys of a sample that are not modalities.
+RESERVED_NAMES: tuple[str, ...] = ("id", "label", "caption", "kind")
+#: Per-modality options a declaration may give, by kind (the shared data options give the rest).
+MODALITY_OPTIONS: dict[str, tuple[str, ...]] = {"text": (), "image": (), "audio": (), "features": ("dim", "max_steps")}
+
+
+def declared_processors(modalities: Mapping[str, Any] | None, *, image_size: int, sample_rate: int,
+                     max_audio_seconds: float, max_text_length: int, augment: bool = False,
+                     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, Processor]:
+    """The scratch encoders' processors of the declared modalities (name -> kind, see :func:`parse_modalities`)."""
+    out: dict[str, Processor] = {}
+    for name, spec in parse_modalities(modalities).items():
+        kind = spec["kind"]
+        if kind == "text":
+            out[name] = TextProcessor(tokenizer=ByteTokenizer(max_text_length))
+        elif kind == "image":
+            out[name] = ImageProcessor(image_size=image_size, max_pixels=max_image_pixels, augment=augment)
+        elif kind == "audio":
+            out[name] = AudioProcessor(sample_rate=sample_rate,
+                                       max_samples=audio_samples(max_audio_seconds, sample_rate))
+        else:
+            out[name] = FeaturesProcessor(dim=spec["dim"], max_steps=spec.get("max_steps"))
+    return out
+
+
 def default_processors(*, image_size: int, sample_rate: int, max_audio_seconds: float, max_text_length: int,
                        augment: bool = False, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
                        ) -> dict[str, Processor]:
-    """The scratch encoders' processors for the three built-in modalities ``text``, ``image``, ``audio``."""
-    return {
-        "text": TextProcessor(tokenizer=ByteTokenizer(max_text_length)),
-        "image": ImageProcessor(image_size=image_size, max_pixels=max_image_pixels, augment=augment),
-        "audio": AudioProcessor(sample_rate=sample_rate, max_samples=audio_samples(max_audio_seconds, sample_rate)),
-    }
+    """The scratch encoders' processors of the default modalities (:data:`DEFAULT_MODALITIES`)."""
+    return declared_processors(None, image_size=image_size, sample_rate=sample_rate,
+                               max_audio_seconds=max_audio_seconds, max_text_length=max_text_length,
+                               augment=augment, max_image_pixels=max_image_pixels)
 
 
 # -- processors travel with the encoders ------------------------------------------------------------------------------

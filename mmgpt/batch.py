@@ -11,22 +11,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-#: The modalities mmgpt knows, in the fixed order every model iterates them.
+#: The modalities of the embedded synthetic set and of data that declares none (``data.modalities``). Data may
+#: declare any names (of kind text, image, audio or features); models iterate them in sorted order.
 MODALITIES: tuple[str, ...] = ("audio", "image", "text")
 
 
 @dataclass
 class MultimodalBatch:
-    """A collated batch of tri-modal samples.
+    """A collated batch of multimodal samples, one entry per declared modality name.
 
     Attributes:
-        inputs: raw model inputs per modality: ``text`` (B, T) int64 token ids, ``image`` (B, 3, H, W) float,
-            ``audio`` (B, S) float waveform. Every modality a model has an encoder for is present as a tensor,
-            zero-filled for samples that lack it, so every encoder runs on every batch (no DDP unused parameters).
-        masks: per-modality input padding masks, True = real element: ``text`` (B, T), ``audio`` (B, S).
+        inputs: model inputs per modality, by its kind: text (B, T) int64 token ids, image (B, 3, H, W) float,
+            audio (B, S) float waveform, features (B, N, F) float. Every modality a model has an encoder for is
+            present as a tensor, zero-filled for samples that lack it, so every encoder runs on every batch (no DDP
+            unused parameters).
+        masks: per-modality input padding masks, True = real element: text (B, T), audio (B, S), features (B, N).
             Modalities without padding (images) may be absent.
         present: per-sample presence of each modality, (B,) bool.
-        labels: (B,) int64 class indices, or None for unlabelled data.
+        labels: (B,) int64 class indices, (B,) float32 regression targets, (B, C) float32 multi-hot labels, or
+            None for unlabelled data.
         ids: sample identifiers, for error reports and per-sample outputs.
         captions: optional target caption per sample (used by the generative objective).
         precomputed: modalities whose ``inputs`` are already a backbone's hidden states (B, N, H) with their

@@ -70,7 +70,7 @@ class ModelSchema:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     encoder_layers: int = 1
-    modalities: list[str] = field(default_factory=lambda: ["audio", "image", "text"])
+    modalities: Any = "${mmgpt_keys:${model.net.encoders}}"  # the encoders' modality names, sorted
     net: Any = MISSING
     fusion: Any = MISSING
     decoder: Any = None                 # model/decoder: the text decoder matching the fusion (task=caption)
@@ -88,6 +88,17 @@ class PathsSchema:
 
 
 @dataclass
+class PrimaryMetricSchema:
+    """``primary_metric``: the metric that ranks checkpoints, early stopping and ``mmgpt-compare`` (set by the task).
+
+    ``name`` is logged as ``val/<name>`` and ``test/<name>``; ``mode`` is ``max`` (higher is better) or ``min``.
+    """
+
+    name: str = "acc"
+    mode: str = "max"
+
+
+@dataclass
 class CompareSchema:
     """``compare``: what ``mmgpt-compare`` sweeps and reports (unused by ``mmgpt-train``).
 
@@ -98,7 +109,8 @@ class CompareSchema:
     fusions: str = "early,late,cross_attention"
     baselines: bool = True              # also one unimodal baseline per modality (model/fusion=unimodal_<m>)
     seeds: str = "0,1,2"
-    metric: str = "acc"                 # the report's metric: val/<metric> and test/<metric>
+    metric: str = "${primary_metric.name}"  # the report's metric: val/<metric> and test/<metric>
+    mode: str = "${primary_metric.mode}"    # max: higher is better; min: lower is better
     robustness: bool = True             # evaluate every modality subset on the best checkpoint
     robustness_split: str = "test"
 
@@ -135,6 +147,7 @@ class TrainSchema:
     plugins: list[str] = field(default_factory=list)  # modules imported first, registering parts of the user's own
     compare: CompareSchema = field(default_factory=CompareSchema)
     feature_cache: FeatureCacheSchema = field(default_factory=FeatureCacheSchema)
+    primary_metric: PrimaryMetricSchema = field(default_factory=PrimaryMetricSchema)
 
 
 @dataclass
@@ -151,6 +164,14 @@ class EvalSchema:
     split: str = "val"
     subsets: bool = True
     plugins: list[str] = field(default_factory=list)  # the user's modules registering parts the checkpoint uses
+
+
+def sorted_keys(node: Any) -> list[str]:
+    """``${mmgpt_keys:${model.net.encoders}}``: the sorted keys of a mapping (the network's modality names)."""
+    return sorted(str(k) for k in node.keys())
+
+
+OmegaConf.register_new_resolver("mmgpt_keys", sorted_keys, replace=True)
 
 
 def register_schemas() -> None:

@@ -81,6 +81,7 @@ BUILTIN: dict[str, Part] = {
     "timm_image": Part("encoder", "mmgpt.encoders.timm_encoder:TimmImageEncoder",
                        checkpoint_overrides={"pretrained": False},
                        processor="mmgpt.datamodules.hf_processors:timm_image_processor"),
+    "features_encoder": Part("encoder", "mmgpt.encoders.features:FeaturesEncoder"),
     # image stems: (B, 3, H, W) -> (B, D, H/p, W/p)
     "patch_embed": Part("image_stem", "mmgpt.encoders.image:PatchEmbed"),
     "conv_stem": Part("image_stem", "mmgpt.encoders.image:ConvStem"),
@@ -112,6 +113,9 @@ BUILTIN: dict[str, Part] = {
     "contrastive": Part("objective", "mmgpt.objectives.contrastive:Contrastive"),
     "masked_lm": Part("objective", "mmgpt.objectives.mlm:MaskedLM"),
     "matching": Part("objective", "mmgpt.objectives.matching:Matching"),
+    "regress": Part("objective", "mmgpt.objectives.tasks:Regression"),
+    "multilabel": Part("objective", "mmgpt.objectives.tasks:MultiLabel"),
+    "binary": Part("objective", "mmgpt.objectives.tasks:Binary"),
     # optimisation: an optimizer is called with parameter groups, a schedule with (optimizer, total_steps)
     "adamw": Part("optimizer", "torch.optim:AdamW"),
     "adam": Part("optimizer", "torch.optim:Adam"),
@@ -336,6 +340,52 @@ def decoder_pairing(fusion_type: str) -> tuple[str, bool]:
     return declared
 
 
+def encoder_kind(spec: Mapping[str, Any], where: str) -> str | None:
+    """The modality kind the encoder of ``spec`` reads (its class's ``modality_kind``); None when it declares none."""
+    return getattr(part(spec.get("type"), "encoder", where).resolve(), "modality_kind", None)
+
+
+def fit_to_data(net: Mapping[str, Any], modalities: Mapping[str, Mapping[str, Any]],
+                where: str = "model.net") -> dict[str, Any]:
+    """Check a network spec against the data's declared modalities and fill in what the data decides.
+
+    Every encoder must be for a declared modality of the kind it reads (``image_encoder`` for an ``image``
+    modality); a features encoder's ``input_dim: null`` becomes the declared feature size. A declared modality
+    without an encoder is not used by the network (logged).
+
+    Args:
+        net: the network spec (a plain dict).
+        modalities: name -> ``{"kind": ..., "dim": ...}`` of every declared modality.
+
+    Returns:
+        The spec with the filled-in values (a copy).
+
+    Raises:
+        SpecError: naming the encoder of an undeclared modality or of the wrong kind.
+    """
+    out = dict(net)
+    encoders = {}
+    for name, enc in dict(net.get("encoders") or {}).items():
+        at = f"{where}.encoders.{name}"
+        if name not in modalities:
+            raise SpecError(f"{at}: the data declares no modality {name!r} (it declares: "
+                            f"{', '.join(sorted(modalities))}); remove the encoder (~{at}) or declare the "
+                            f"modality (data.modalities)")
+        kind, declared = encoder_kind(enc, at), modalities[name]["kind"]
+        if kind is not None and kind != declared:
+            raise SpecError(f"{at}: {enc['type']!r} reads {kind} inputs, but data.modalities.{name} is {declared}")
+        enc = dict(enc)
+        if "input_dim" in enc and enc["input_dim"] is None and modalities[name].get("dim") is not None:
+            enc["input_dim"] = int(modalities[name]["dim"])
+        encoders[name] = enc
+    unused = sorted(set(modalities) - set(encoders))
+    if unused:
+        log.warning("data modalities %s have no encoder in %s.encoders: the network does not use them", unused,
+                    where)
+    out["encoders"] = encoders
+    return out
+
+
 def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn.Module:
     """Build the :class:`~mmgpt.model.MultimodalTransformer` of ``spec`` with a ``num_classes`` head."""
     from mmgpt.encoders.backbone import BackboneEncoder
@@ -345,7 +395,10 @@ def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn
     spec = spec if isinstance(spec, NetworkSpec) else NetworkSpec.from_dict(spec)
     spec.check()
     where = "model.net"
-    fusion = build(spec.fusion, f"{where}.fusion", "fusion")
+    fusion_spec = dict(spec.fusion)
+    if fusion_spec.get("modalities") is None:  # the fusion fuses every encoder's modality
+        fusion_spec["modalities"] = sorted(spec.encoders)
+    fusion = build(fusion_spec, f"{where}.fusion", "fusion")
     unused = sorted(set(spec.encoders) - set(fusion.modalities))
     if unused:  # e.g. a unimodal baseline: the other encoders are neither built nor run
         log.info("the fusion uses %s: encoders %s are not built", list(fusion.modalities), unused)

@@ -30,11 +30,15 @@ ALL_OPTIONS = [
 
 
 #: Options that need a folder of data from the user: composed and key-checked here, built in their own tests
-#: (tests/datamodules/test_manifest*.py, tests/datamodules/test_shards.py).
-NEEDS_DATA = {"data=manifest", "data=shards"}
+#: (tests/datamodules/test_manifest*.py, test_shards.py, test_hf.py, test_benchmark*.py).
+BENCHMARKS = ("mosi", "mosei", "avmnist", "mmimdb", "hateful_memes")
+NEEDS_DATA = {"data=manifest", "data=shards", "data=hf", *(f"{g}={b}" for g in ("data", "experiment")
+                                                             for b in BENCHMARKS)}
 
 
 def extra_overrides(option: str, tmp_path: Path) -> list[str]:
+    if option == "data=hf":
+        return [f"data.path={tmp_path}"]
     return [f"data.root={tmp_path}"] if option in NEEDS_DATA else []
 
 

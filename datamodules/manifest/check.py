@@ -8,16 +8,16 @@ arrays go to the media store the datamodule trains from, so checking costs no ex
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles
 from mmgpt.datamodules.manifest.records import (
-    MEDIA_KEYS,
     SPLITS,
     Problem,
     Row,
+    media_keys,
     read_index,
     resolve_media,
 )
@@ -39,13 +39,14 @@ class Sample:
     row: Row
     root: str  # the folder (one string shared by every sample)
 
-    @property
-    def image(self) -> str | None:
-        return None if self.row.image is None else os.path.normpath(os.path.join(self.root, self.row.image))
+    def path(self, modality: str) -> str | None:
+        """The resolved path of the sample's ``modality`` file; None when the row has none."""
+        rel = self.row.get(modality)
+        return None if rel is None else os.path.normpath(os.path.join(self.root, rel))
 
-    @property
-    def audio(self) -> str | None:
-        return None if self.row.audio is None else os.path.normpath(os.path.join(self.root, self.row.audio))
+    # Shortcuts for the default declaration's file-valued modalities.
+    image = property(lambda self: self.path("image"))
+    audio = property(lambda self: self.path("audio"))
 
 
 @dataclass
@@ -106,23 +107,26 @@ class CheckReport:
 
 
 def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool = False, check: str = "full",
-                 progress: Callable[[int, int], None] | None = None, chunk: int = 512) -> CheckReport:
+                 progress: Callable[[int, int], None] | None = None, chunk: int = 512,
+                 kinds: Mapping[str, str] | None = None, label_type: str = "class") -> CheckReport:
     """Read every split file, check every referenced file (through ``media``) and collect every problem.
 
     Rows are checked ``chunk`` at a time and decoded media go to the store, never into the report, so memory does
     not grow with the folder. ``check``: ``full`` decodes every file the store does not hold yet, ``headers``
     reads each such file's header only, ``off`` trusts the files (problems then show up in training).
     ``progress(done, total)`` is called after each chunk. Never raises for bad data: everything wrong is a
-    :class:`Problem` in the report.
+    :class:`Problem` in the report. ``kinds`` declares the modalities (name -> kind; None: the default three, or
+    ``media``'s modalities and ``text``); ``label_type`` what a label is (``class``, ``float``, ``multilabel``).
     """
     if check not in CHECKS:
         raise ValueError(f"check={check!r}: expected one of {CHECKS}")
     root = Path(root)
-    index = read_index(root)
+    index = read_index(root, media.modalities if kinds is None else kinds, label_type)
+    media_names = media_keys(index.kinds)
     report = CheckReport(root=root, class_names=index.class_names, problems=list(index.problems),
                          warnings=list(index.warnings))
-    total = 0 if check == "off" else sum(getattr(r, k) is not None for rows in index.rows.values() for r in rows
-                                         for k in MEDIA_KEYS)
+    total = 0 if check == "off" else sum(r.get(k) is not None for rows in index.rows.values() for r in rows
+                                         for k in media_names)
     done, decoded_before = 0, media.decoded
     root_str = os.path.normpath(os.path.abspath(root))  # what resolve_media joins paths to
     for split, rows in index.rows.items():
@@ -133,8 +137,8 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
             bad: set[int] = set()
             for j, row in enumerate(rows[start : start + chunk]):
                 paths = {}
-                for key in MEDIA_KEYS:
-                    rel = getattr(row, key)
+                for key in media_names:
+                    rel = row.get(key)
                     if rel is None:
                         continue
                     try:
@@ -145,7 +149,7 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
                 resolved.append(paths)
             status: dict[str, dict[str, str | None]] = {}
             if check != "off":
-                for key in MEDIA_KEYS:
+                for key in media_names:
                     status[key] = media.check_many(key, [p[key] for p in resolved if key in p], check)
                     done += len([p for p in resolved if key in p])
                 if progress is not None:
@@ -155,7 +159,7 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
                 for key, path in paths.items():
                     error = status[key][path] if status else None
                     if error is not None:
-                        report.problems.append(Problem(row.file, row.line, f"{key} {getattr(row, key)!r}: {error}"))
+                        report.problems.append(Problem(row.file, row.line, f"{key} {row.get(key)!r}: {error}"))
                         ok = False
                 if ok:
                     kept.append(Sample(row, root_str))

@@ -25,7 +25,7 @@ from mmgpt.datamodules.base import MultimodalDataModule, ProcessedDataset, proce
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError
 from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles, Progress
-from mmgpt.datamodules.manifest.records import ManifestIndex, read_index
+from mmgpt.datamodules.manifest.records import LABEL_TYPES, ManifestIndex, Row, read_index
 from mmgpt.datamodules.processors import Processor, audio_samples
 from mmgpt.datamodules.store import DecodeSettings
 
@@ -70,38 +70,53 @@ class StoreDataset(ProcessedDataset):
         train: apply training-time augmentation.
         on_error: ``raise`` or ``skip``.
         failures: where skipped files are recorded.
-        refs: (N, 2) store entries of (image, audio) found by a full check; -1: look up by path.
+        label_type: ``class``, ``float`` or ``multilabel`` (see :class:`ManifestDataModule`).
+        refs: (N, M) store entries of the file-valued modalities (``media.kinds``, sorted) found by a full check;
+            -1: look up by path.
     """
 
     def __init__(self, samples: list[Sample], class_index: dict[str, int], media: MediaFiles,
                  processors: Mapping[str, Processor], *, train: bool, on_error: str = "raise",
-                 failures: FailureLog | None = None, refs: np.ndarray | None = None) -> None:
+                 failures: FailureLog | None = None, refs: np.ndarray | None = None,
+                 label_type: str = "class") -> None:
         super().__init__(samples, dict, processors, train)
+        self.label_type = label_type
         self.samples, self.class_index, self.media = samples, class_index, media
         self.on_error, self.failures, self.refs = on_error, failures, refs
 
+    def label_of(self, row: Row) -> int | float | list[int]:
+        """The row's label as the collate batches it: a class index, a float, or a multi-hot list."""
+        if self.label_type == "float":
+            return float(row.label)
+        if self.label_type == "multilabel":
+            hot = [0] * len(self.class_index)
+            for name in row.labels():
+                hot[self.class_index[name]] = 1
+            return hot
+        return self.class_index[row.label]
+
     def __getitem__(self, i: int) -> dict[str, Any] | None:  # type: ignore[override]
         s = self.samples[i]
-        media: dict[str, Any] = {"image": None, "audio": None}
+        media: dict[str, Any] = dict.fromkeys(sorted(self.media.kinds))
         for j, key in enumerate(media):
             if self.refs is not None and self.refs[i, j] >= 0:
                 media[key] = self.media.read_entry(int(self.refs[i, j]))
                 continue
-            path = getattr(s, key)
+            path = s.path(key)
             if path is None:
                 continue
             try:
                 media[key] = self.media.get(key, path)
             except DecodeError as e:
-                message = f"{s.row.where}: {key} {getattr(s.row, key)!r}: {e}"
+                message = f"{s.row.where}: {key} {s.row.get(key)!r}: {e}"
                 if self.on_error == "raise":
                     raise DecodeError(f"{message} (data.on_error=skip trains without it)") from None
                 log.warning("skipping a sample that failed to load: %s", message)
                 if self.failures is not None:
                     self.failures.add(message)
                 return None
-        fields = {"id": s.row.id, "label": self.class_index[s.row.label], "caption": s.row.caption,
-                  "text": s.row.text, **media}
+        texts = {name: s.row.get(name) for name, kind in self.media.modalities.items() if kind == "text"}
+        fields = {"id": s.row.id, "label": self.label_of(s.row), "caption": s.row.caption, **texts, **media}
         return process(fields, self.processors, train=self.train)
 
 
@@ -154,6 +169,12 @@ class ManifestDataModule(MultimodalDataModule):
         seed: shuffling and augmentation seed (each epoch's order and each sample's flips follow from it).
         max_image_pixels: images with more pixels are refused as a problem of their row (None: no limit).
         shuffle: shuffle the training split each epoch.
+        modalities: the folder's modalities, name -> kind (``{text: text, poster: image, vision_feats:
+            {kind: features, dim: 35}}``); rows have one key (CSV: column) per name, holding the text or a file
+            path (``.npy`` for features). None: ``text``, ``image`` and ``audio``.
+        label_type: what a row's ``label`` is: ``class`` (a class name), ``float`` (a number: regression, one
+            target), ``multilabel`` (a list of class names; CSV: ``name|name``), batched as (B,) int64, (B,)
+            float32 or (B, C) multi-hot.
     """
 
     def __init__(
@@ -181,6 +202,8 @@ class ManifestDataModule(MultimodalDataModule):
         seed: int = 0,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         shuffle: bool = True,
+        modalities: dict[str, Any] | None = None,
+        label_type: str = "class",
         processors: Mapping[str, Processor] | None = None,
     ) -> None:
         super().__init__(**shared_options(locals()))
@@ -191,6 +214,8 @@ class ManifestDataModule(MultimodalDataModule):
         if memory_cache_mb < 0:
             raise ValueError(f"data.memory_cache_mb={memory_cache_mb}: expected >= 0")
         self.save_hyperparameters(ignore=["processors"])
+        if label_type not in LABEL_TYPES:
+            raise ValueError(f"data.label_type={label_type!r}: expected one of {', '.join(LABEL_TYPES)}")
         self.root = Path(root).expanduser().absolute()
         self.settings = DecodeSettings(image_size, sample_rate, audio_samples(max_audio_seconds, sample_rate),
                                        max_image_pixels)
@@ -203,7 +228,7 @@ class ManifestDataModule(MultimodalDataModule):
     @cached_property
     def index(self) -> ManifestIndex:
         """The parsed rows and class list (no decoding): enough to size the model's head."""
-        return read_index(self.root)
+        return read_index(self.root, self.modalities, self.hparams.label_type)
 
     @property
     def class_names(self) -> list[str]:
@@ -231,7 +256,8 @@ class ManifestDataModule(MultimodalDataModule):
         self.media = MediaFiles(self.settings, store, threads=hp.decode_threads, memory_cache_mb=hp.memory_cache_mb,
                                 processors=self.processors)
         progress = Progress(f"data.check={hp.check} {self.root.name}")
-        report = check_folder(self.root, self.media, hp.allow_outside_root, check=hp.check, progress=progress)
+        report = check_folder(self.root, self.media, hp.allow_outside_root, check=hp.check, progress=progress,
+                              label_type=hp.label_type)
         progress.close()
         self.media.store.refresh()  # what this pass (and any other process) committed, for the datasets
         log.info("checked %s (data.check=%s) in %.1fs: %s samples, %d files decoded, %d entries in the store %s",
@@ -290,11 +316,12 @@ class ManifestDataModule(MultimodalDataModule):
                 samples = samples[:limit]
             refs = None
             if self.hparams.check == "full":  # every file was checked into the store: read by entry, no lookups
-                refs = np.array([[self.media.entry(k, p) if (p := getattr(s, k)) else -1 for k in ("image", "audio")]
-                                 for s in samples], dtype=np.int64).reshape(-1, 2)
+                names = sorted(self.media.kinds)
+                refs = np.array([[self.media.entry(k, p) if (p := s.path(k)) else -1 for k in names]
+                                 for s in samples], dtype=np.int64).reshape(-1, len(names))
             self.splits[split] = StoreDataset(samples, class_index, self.media, self.processors,
                                               train=split == "train", on_error=self.hparams.on_error,
-                                              failures=self.failures, refs=refs)
+                                              failures=self.failures, refs=refs, label_type=self.hparams.label_type)
 
     @property
     def decode_failures(self) -> list[str]:

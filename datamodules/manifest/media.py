@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -26,7 +27,7 @@ from torch import Tensor
 from mmgpt.datamodules import decode
 from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.disk_store import DiskStore, Hit, SourceId
-from mmgpt.datamodules.processors import Processor
+from mmgpt.datamodules.processors import AudioProcessor, ImageProcessor, Processor
 from mmgpt.datamodules.store import CACHE_VERSION, DecodeSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,24 @@ def fingerprint(kind: str, settings: DecodeSettings) -> str:
     raise ValueError(f"unknown media kind {kind!r}")
 
 
+def read_npy_header(path: str | Path) -> tuple[int, ...]:
+    """The shape in a ``.npy`` file's header (nothing else read; object arrays refused).
+
+    Raises:
+        DecodeError: not a ``.npy`` file, or one holding Python objects.
+    """
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)  # what np.load reads first
+    except (OSError, ValueError) as e:
+        raise DecodeError(f"cannot read features: {e}") from e
+    if dtype.hasobject:
+        raise DecodeError("features file holds Python objects (refused: only numeric arrays are read)")
+    return tuple(shape)
+
+
 def read_header(kind: str, path: str | Path) -> None:
     """Open ``path`` and read only its header (image size and mode; audio rate, channels and frames).
 
@@ -60,6 +79,10 @@ def read_header(kind: str, path: str | Path) -> None:
             raise DecodeError(f"cannot decode image: {e}") from e
         if width == 0 or height == 0 or not mode:
             raise DecodeError("image has no pixels")
+    elif kind == "features":
+        shape = read_npy_header(path)
+        if len(shape) not in (1, 2) or 0 in shape:
+            raise DecodeError(f"features of shape {shape}: expected (N, F) or (F,) with N, F > 0")
     elif kind == "audio":
         try:
             info = sf.info(str(path))
@@ -87,16 +110,26 @@ class MediaFiles:
         memory_cache_mb: per-process LRU of decoded arrays, in MiB (0: none; see :class:`DiskStore`).
         keep: store what the validation pass decodes; False only checks (decode, drop), for a one-off
             ``mmgpt-data check`` without a store folder.
-        processors: kind (``image``, ``audio``) -> the processor whose ``decode`` and ``fingerprint`` are used
-            instead of ``settings`` (a pretrained backbone's; the scratch processors decode exactly as ``settings``
-            say, with the same store keys).
+        processors: the file-valued modalities, name -> processor (``image``, ``audio``, ``features`` kinds; text
+            ones are ignored); each file is decoded by its modality's processor, and the processor's fingerprint
+            is part of the store key (so keys do not depend on the name, and a pretrained backbone's processor
+            gets its own entries). None: ``image`` and ``audio`` with the scratch processors of ``settings``.
     """
 
     def __init__(self, settings: DecodeSettings, store: DiskStore | str | Path | None = None, *, threads: int = 4,
                  memory_cache_mb: float = 0, keep: bool = True,
                  processors: Mapping[str, Processor] | None = None) -> None:
         self.settings = settings
-        self.processors = {k: p for k, p in (processors or {}).items() if k in ("image", "audio")}
+        if processors is None:
+            processors = {"image": ImageProcessor(image_size=settings.image_size, max_pixels=settings.max_image_pixels),
+                          "audio": AudioProcessor(sample_rate=settings.sample_rate,
+                                                  max_samples=settings.max_audio_samples),
+                          "text": None}
+        #: Every declared modality, name -> kind (text included: what a folder's rows may hold).
+        self.modalities = {name: p.kind if p is not None else "text" for name, p in processors.items()}
+        #: The file-valued modalities' processors.
+        self.processors = {name: p for name, p in processors.items() if p is not None and p.kind != "text"}
+        self.kinds = {name: p.kind for name, p in self.processors.items()}
         self.threads = max(1, threads)
         self.keep = keep
         if store is None:
@@ -106,21 +139,23 @@ class MediaFiles:
             store = tmp
         self.store = store if isinstance(store, DiskStore) else DiskStore(store, memory_cache_mb=memory_cache_mb)
         self.decoded = 0  # files decoded by this object in this process (0 on a warm store)
-        self._fingerprints = {kind: fingerprint(kind, settings) for kind in ("image", "audio")}
-        self._fingerprints.update({kind: p.fingerprint() for kind, p in self.processors.items()})
+        self._fingerprints = {name: p.fingerprint() if p.kind != "features" else
+                              f"features:v{CACHE_VERSION}:{p.fingerprint()}" for name, p in self.processors.items()}
 
-    def decode(self, kind: str, path: str) -> Tensor:
-        """Decode one file (no store involved).
+    def kind(self, name: str) -> str:
+        """The kind of modality ``name``."""
+        if name not in self.kinds:
+            raise ValueError(f"{name!r} is not a file-valued modality here (those are: {sorted(self.kinds)})")
+        return self.kinds[name]
+
+    def decode(self, name: str, path: str) -> Tensor:
+        """Decode one file of modality ``name`` (no store involved).
 
         Raises:
             DecodeError: it cannot be decoded.
         """
-        if kind in self.processors:
-            return self.processors[kind].decode(path)
-        s = self.settings
-        if kind == "image":
-            return decode.load_image(path, s.image_size, s.max_image_pixels)
-        return decode.load_audio(path, s.sample_rate, s.max_audio_samples)
+        self.kind(name)  # a named error for a modality without files
+        return self.processors[name].decode(path)
 
     def check_many(self, kind: str, paths: Sequence[str], mode: str = "full") -> dict[str, str | None]:
         """path -> the problem (None when fine) of each file, by ``mode``: ``full`` decodes (and stores) what the
@@ -143,7 +178,7 @@ class MediaFiles:
         if mode == "headers":
             def work(item: tuple[str, SourceId]) -> str | None:
                 try:
-                    read_header(kind, item[0])
+                    read_header(self.kind(kind), item[0])
                 except DecodeError as e:
                     return str(e)
                 return None

@@ -2,8 +2,10 @@
 
 A manifest folder ``DIR`` holds ``train`` and ``val`` (optionally ``test``) split files, each either
 ``<split>.jsonl`` (one JSON object per line) or ``<split>.csv`` (a header row, then one sample per row), and
-optionally ``labels.txt`` (one class name per line). A row has the keys of :data:`ROW_KEYS`; media paths are
-relative to ``DIR``. Nothing here decodes media: see :mod:`mmgpt.datamodules.decode` and
+optionally ``labels.txt`` (one class name per line). A row has ``id``, ``label``, ``caption`` and one key per
+declared modality (:func:`row_keys`; by default ``text``, ``image``, ``audio``): a ``text`` modality's value is the
+text, any other kind's is a file path relative to ``DIR`` (``.npy`` for ``features``). Nothing here decodes
+media: see :mod:`mmgpt.datamodules.decode` and
 :mod:`mmgpt.datamodules.manifest.media` for that.
 """
 
@@ -13,17 +15,35 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 #: Splits a manifest folder may hold, and whether each is required.
 SPLITS: dict[str, bool] = {"train": True, "val": True, "test": False}
-#: Keys a row may have. ``text``, ``image``, ``audio``, ``caption`` and ``id`` may be absent or null.
+#: Keys a row of a folder with the default modalities may have; any but ``label`` may be absent or null.
 ROW_KEYS: tuple[str, ...] = ("id", "text", "image", "audio", "label", "caption")
+#: The file-valued modalities of the default declaration.
 MEDIA_KEYS: tuple[str, ...] = ("image", "audio")
+#: The default declaration: modality name -> kind.
+DEFAULT_KINDS: dict[str, str] = {"audio": "audio", "image": "image", "text": "text"}
+
+
+def row_keys(kinds: Mapping[str, str]) -> tuple[str, ...]:
+    """The keys (JSON Lines) / columns (CSV) a row may have with the modalities ``kinds`` (name -> kind)."""
+    return ("id", *sorted(kinds), "label", "caption")
+
+
+def media_keys(kinds: Mapping[str, str]) -> tuple[str, ...]:
+    """The modalities whose values are file paths (every kind but ``text``), sorted."""
+    return tuple(sorted(n for n, k in kinds.items() if k != "text"))
 LABELS_FILE = "labels.txt"
+#: What a row's ``label`` is: a class name (``class``), a number (``float``: regression), or a list of class
+#: names (``multilabel``; in CSV one cell with the names separated by ``|``).
+LABEL_TYPES: tuple[str, ...] = ("class", "float", "multilabel")
+#: The class list of ``float`` labels: one target, one head output.
+FLOAT_TARGET = "target"
 
 
 @dataclass(frozen=True)
@@ -56,10 +76,9 @@ class Row:
         file: the split file's name (``train.jsonl``).
         line: 1-based line number of the row.
         id: the sample id (``<split>:<line>`` when the row gives none).
-        label: the class name (integer labels become their decimal string).
-        text: the text, or None when absent.
-        image: the image path relative to the folder, or None.
-        audio: the audio path relative to the folder, or None.
+        label: the class name (integer labels become their decimal string); with ``float`` labels the number's
+            ``repr``; with ``multilabel`` the class names joined by ``|`` (see :meth:`labels`).
+        values: modality name -> its value (text, or a path relative to the folder), present modalities only.
         caption: optional caption.
         label_is_int: the label was written as an integer (for sorting the class list numerically).
     """
@@ -69,15 +88,26 @@ class Row:
     line: int
     id: str
     label: str
-    text: str | None = None
-    image: str | None = None
-    audio: str | None = None
+    values: dict[str, str] = field(default_factory=dict)
     caption: str | None = None
     label_is_int: bool = False
 
     @property
     def where(self) -> str:
         return f"{self.file}:{self.line}"
+
+    def labels(self) -> list[str]:
+        """A multilabel row's class names (none for an empty list)."""
+        return self.label.split("|") if self.label else []
+
+    def get(self, modality: str) -> str | None:
+        """The value of ``modality`` (text, or a path relative to the folder); None when absent."""
+        return self.values.get(modality)
+
+    # Shortcuts for the default declaration's modalities (what rows held before modalities were declared).
+    text = property(lambda self: self.values.get("text"))
+    image = property(lambda self: self.values.get("image"))
+    audio = property(lambda self: self.values.get("audio"))
 
 
 @dataclass
@@ -91,6 +121,8 @@ class ManifestIndex:
         problems: every problem found so far.
         files: split -> split file name, for the splits present.
         warnings: things that do not stop training but deserve a look (a sample in train and in val/test).
+        kinds: the declared modalities, name -> kind.
+        label_type: what a row's label is (:data:`LABEL_TYPES`).
     """
 
     root: Path
@@ -99,6 +131,8 @@ class ManifestIndex:
     problems: list[Problem] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_KINDS))
+    label_type: str = "class"
 
 
 def resolve_media(root: Path, rel: str, allow_outside_root: bool = False) -> Path:
@@ -181,11 +215,11 @@ def _parse_csv(path: Path, index: ManifestIndex) -> list[tuple[int, dict[str, An
     # csv.reader over the kept lines; quoted newlines inside a field are not supported (one sample per line).
     header_line, header_text = lines[0]
     header = [h.strip() for h in next(csv.reader(io.StringIO(header_text)))]
-    unknown = [h for h in header if h not in ROW_KEYS]
+    allowed = row_keys(index.kinds)
+    unknown = [h for h in header if h not in allowed]
     if unknown:
-        index.problems.append(
-            Problem(path.name, header_line, f"unknown column(s) {unknown}; allowed: {list(ROW_KEYS)}", True)
-        )
+        index.problems.append(Problem(path.name, header_line, f"unknown column(s) {unknown}; allowed: {list(allowed)}"
+                                      f"{_declare_hint(unknown, index.kinds)}", True))
         return []
     if "label" not in header:
         index.problems.append(
@@ -211,27 +245,36 @@ def _row(split: str, file: str, n: int, obj: dict[str, Any], index: ManifestInde
         index.problems.append(Problem(file, n, msg))
         bad = True
 
-    unknown = sorted(set(obj) - set(ROW_KEYS))
+    kinds = index.kinds
+    allowed = row_keys(kinds)
+    media = media_keys(kinds)
+    unknown = sorted(set(obj) - set(allowed))
     if unknown:
-        problem(f"unknown key(s) {unknown}; allowed: {list(ROW_KEYS)}")
+        problem(f"unknown key(s) {unknown}; allowed: {list(allowed)}{_declare_hint(unknown, kinds)}")
     label = obj.get("label")
-    if label is None:
+    if index.label_type != "class" and label is not None:
+        label = _typed_label(label, index.label_type, problem)
+        if label is None:
+            label = ""  # reported; the row is left out
+    elif label is None:
         problem("missing label")
     elif isinstance(label, bool) or not isinstance(label, (str, int)):
         problem(f"label {label!r}: expected a string or an integer")
     elif isinstance(label, str) and not label.strip():
         problem("empty label")
-    for key in ("text", "caption", *MEDIA_KEYS):
+    for key in ("caption", *sorted(kinds)):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             problem(f"{key} {obj[key]!r}: expected a string or null")
-    for key in MEDIA_KEYS:
+    for key in media:
         if isinstance(obj.get(key), str) and not obj[key].strip():
             problem(f"{key}: empty path (use null for a missing {key})")
-    text = obj.get("text")
-    if isinstance(text, str) and not text.strip():
-        text = None  # an empty text is a missing text, not a present modality
-    if text is None and all(obj.get(k) is None for k in MEDIA_KEYS):
-        problem("no modality: text, image and audio are all missing (an empty text counts as missing)")
+    # An empty text is a missing text, not a present modality.
+    values = {k: v for k in sorted(kinds) if isinstance(v := obj.get(k), str) and (k in media or v.strip())}
+    if not values and not bad:
+        order = ("text", "image", "audio", "features")
+        names = sorted(kinds, key=lambda n: (order.index(kinds[n]) if kinds[n] in order else len(order), n))
+        problem(f"no modality: {', '.join(names[:-1])} and {names[-1]} are all missing (an empty text counts as "
+                "missing)" if len(names) > 1 else f"no modality: {names[0]} is missing")
     sid = obj.get("id")
     if sid is not None and (isinstance(sid, bool) or not isinstance(sid, (str, int))):
         problem(f"id {sid!r}: expected a string or an integer")
@@ -243,15 +286,43 @@ def _row(split: str, file: str, n: int, obj: dict[str, Any], index: ManifestInde
         line=n,
         id=str(sid) if sid is not None else f"{split}:{n}",
         label=str(label),
-        text=text,
-        image=obj.get("image"),
-        audio=obj.get("audio"),
+        values=values,
         caption=obj.get("caption"),
         label_is_int=isinstance(label, int),
     )
 
 
+def _typed_label(label: Any, label_type: str, problem: Any) -> str | None:
+    """A ``float`` or ``multilabel`` row label as :class:`Row` stores it; None (and a problem) when unusable."""
+    if label_type == "float":
+        try:
+            if isinstance(label, bool):
+                raise ValueError
+            value = float(label)
+        except (TypeError, ValueError):
+            problem(f"label {label!r}: expected a number (data.label_type=float)")
+            return None
+        if value != value or value in (float("inf"), float("-inf")):
+            problem(f"label {label!r}: expected a finite number")
+            return None
+        return repr(value)
+    names = label.split("|") if isinstance(label, str) else label
+    if isinstance(label, str) and not label.strip():
+        names = []
+    if not isinstance(names, list) or any(isinstance(n, bool) or not isinstance(n, (str, int)) for n in names):
+        problem(f"label {label!r}: expected a list of class names (data.label_type=multilabel; in CSV "
+                "'name|name')")
+        return None
+    names = [str(n).strip() for n in names]
+    if any(not n or "|" in n for n in names):
+        problem(f"label {label!r}: class names must be non-empty and contain no '|'")
+        return None
+    return "|".join(dict.fromkeys(names))
+
+
 def _class_list(root: Path, train: list[Row], index: ManifestIndex) -> list[str]:
+    if index.label_type == "float":
+        return [FLOAT_TARGET]
     path = root / LABELS_FILE
     if path.is_file():
         lines = _read_lines(path, index) or []
@@ -265,20 +336,28 @@ def _class_list(root: Path, train: list[Row], index: ManifestIndex) -> list[str]
         if not names:
             index.problems.append(Problem(LABELS_FILE, None, "no class names", True))
         return list(dict.fromkeys(names))
+    if index.label_type == "multilabel":
+        names = {n for r in train for n in r.labels()}
+        return sorted(names, key=int) if names and all(n.lstrip("-").isdigit() for n in names) else sorted(names)
     labels = {r.label for r in train}
     if train and all(r.label_is_int for r in train):
         return sorted(labels, key=int)
     return sorted(labels)
 
 
-def read_index(root: str | Path) -> ManifestIndex:
+def read_index(root: str | Path, kinds: Mapping[str, str] | None = None, label_type: str = "class") -> ManifestIndex:
     """Parse every split file of ``root`` and build the class list; report problems instead of raising.
+
+    ``kinds`` (modality name -> kind, ``data.modalities``) says which keys/columns rows may have; None: the
+    default ``text``, ``image`` and ``audio``. ``label_type`` says what a label is (:data:`LABEL_TYPES`).
 
     Row-level problems (bad JSON, unknown keys, missing label, duplicate ids, a label outside the class list)
     leave that row out of :attr:`ManifestIndex.rows`; whole-file problems are marked ``fatal``.
     """
     root = Path(root)
-    index = ManifestIndex(root=root)
+    if label_type not in LABEL_TYPES:
+        raise ValueError(f"data.label_type={label_type!r}: expected one of {', '.join(LABEL_TYPES)}")
+    index = ManifestIndex(root=root, kinds=dict(DEFAULT_KINDS if kinds is None else kinds), label_type=label_type)
     if not root.is_dir():
         index.problems.append(Problem(str(root), None, "not a directory", True))
         return index
@@ -301,12 +380,14 @@ def read_index(root: str | Path) -> ManifestIndex:
     for split, rows in index.rows.items():
         kept = []
         for r in rows:
-            if r.label in classes:
+            outside = [] if index.label_type == "float" else [
+                n for n in (r.labels() if index.label_type == "multilabel" else [r.label]) if n not in classes]
+            if not outside:
                 kept.append(r)
             else:
                 source = LABELS_FILE if (root / LABELS_FILE).is_file() else "the train split's labels"
                 index.problems.append(
-                    Problem(r.file, r.line, f"label {r.label!r} is not in the class list (from {source})"))
+                    Problem(r.file, r.line, f"label {outside[0]!r} is not in the class list (from {source})"))
         index.rows[split] = kept
     index.warnings += _leakage(index)
     return index
@@ -316,15 +397,16 @@ def _leakage(index: ManifestIndex, limit: int = 10) -> list[str]:
     """A warning per evaluation split that shares samples (the same id, or the same image/audio file) with train."""
     train = index.rows.get("train", [])
     by_id = {r.id: r for r in train}
-    by_file = {(k, os.path.normpath(getattr(r, k))): r for r in train for k in MEDIA_KEYS if getattr(r, k) is not None}
+    media = media_keys(index.kinds)
+    by_file = {(k, os.path.normpath(r.get(k))): r for r in train for k in media if r.get(k) is not None}
     out = []
     for split in ("val", "test"):
         found = []
         for r in index.rows.get(split, []):
             if r.id in by_id:
                 found.append(f"id {r.id!r} ({r.where} and {by_id[r.id].where})")
-            for k in MEDIA_KEYS:
-                rel = getattr(r, k)
+            for k in media:
+                rel = r.get(k)
                 twin = by_file.get((k, os.path.normpath(rel))) if rel is not None else None
                 if twin is not None:
                     found.append(f"{k} {rel!r} ({r.where}, id {r.id!r}, and {twin.where}, id {twin.id!r})")
@@ -333,6 +415,16 @@ def _leakage(index: ManifestIndex, limit: int = 10) -> list[str]:
             out.append(f"{index.files[split]}: {len(found)} sample(s) also in {index.files['train']} (leakage "
                        f"between train and {split}?): " + "; ".join(found[:limit]) + more)
     return out
+
+
+def _declare_hint(unknown: list[str], kinds: Mapping[str, str]) -> str:
+    """How to use unknown keys as modalities (data.modalities), when that is what they look like."""
+    names = [u for u in unknown if u.isidentifier()]
+    if not names:
+        return ""
+    declared = ", ".join(f"{n}: {k}" for n, k in sorted(kinds.items()))
+    return (f" (a modality must be declared: data.modalities={{{declared}, {names[0]}: <text|image|audio|features>}}"
+            ")")
 
 
 def _unique_ids(rows: list[Row], index: ManifestIndex) -> list[Row]:

@@ -45,10 +45,11 @@ def write_shards(root: str | Path, out: str | Path, samples_per_shard: int = 256
             for n, row in enumerate(rows):
                 sample: dict[str, Any] = {
                     "__key__": sample_key(row.id, n),
-                    "json": json.dumps({"id": row.id, "text": row.text, "label": row.label, "caption": row.caption}),
+                    "json": json.dumps({"id": row.id, "text": row.get("text"), "label": row.label,
+                                        "caption": row.caption}),
                 }
                 for modality in MEDIA_KEYS:
-                    rel = getattr(row, modality)
+                    rel = row.get(modality)
                     if rel is not None:
                         path = resolve_media(root, rel, allow_outside_root)
                         sample[f"{modality}{path.suffix.lower()}"] = path.read_bytes()

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, ProcessedDataset, shared_options
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
-from mmgpt.datamodules.processors import Processor
+from mmgpt.datamodules.processors import DEFAULT_MODALITIES, Processor
 from mmgpt.datamodules.synthetic.generator import CLASSES, SyntheticGenerator, SyntheticSample
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class SyntheticDataModule(MultimodalDataModule):
         shuffle: shuffle the training split each epoch (off: a fixed order, e.g. to compare 1 vs N processes).
         pin_memory: pin batches for host-to-GPU copies; None pins when CUDA is available.
         max_image_pixels: as for the other datamodules (generated images are small; kept for one option set).
+        modalities: a subset of ``audio``, ``image``, ``text`` to use (None: all three), e.g.
+            ``{image: image, text: text}`` for an image-text set.
     """
 
     def __init__(
@@ -61,9 +63,11 @@ class SyntheticDataModule(MultimodalDataModule):
         shuffle: bool = True,
         pin_memory: bool | None = None,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        modalities: dict[str, Any] | None = None,
         processors: Mapping[str, Processor] | None = None,
     ) -> None:
         super().__init__(**shared_options(locals()))
+        self.require_modalities(DEFAULT_MODALITIES, "the synthetic data set")
         self.save_hyperparameters(ignore=["processors"])
         # Clips are rendered at the audio processor's rate (a backbone's, e.g. 16 kHz); images at image_size (a
         # backbone's processor resizes them).

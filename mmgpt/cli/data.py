@@ -1,7 +1,9 @@
-"""``mmgpt-data``: tools for manifest folders (``data=manifest``).
+"""``mmgpt-data``: tools for manifest folders (``data=manifest``) and Hugging Face data (``data=hf``).
 
 ``mmgpt-data check DIR`` reads every row and decodes every file once (``--check headers``: reads only each file's
-header), and prints every problem with its file and line; it exits with status 1 when there is any. With
+header), and prints every problem with its file and line; it exits with status 1 when there is any. On Hugging
+Face data (a save_to_disk folder, Parquet/Arrow files; ``--columns text=question,label=answer``) it reads every
+row of every split and decodes every media cell, naming the split, row and column of each problem. With
 ``--cache-dir`` the decoded media go to the media store training reads (``data.cache_dir``).
 ``mmgpt-data export-synthetic OUT`` writes the embedded synthetic set out as a manifest folder (PNG + WAV + JSON
 Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
@@ -21,6 +23,10 @@ from pathlib import Path
 # The datamodules are imported inside the commands: this entry point sits at the edge, and importing mmgpt
 # never pulls in datamodules.
 def _check(args: argparse.Namespace) -> int:
+    from mmgpt.datamodules.hf.check import is_hf_source
+
+    if args.hf or is_hf_source(str(args.root)):
+        return _check_hf(args)
     from mmgpt.datamodules.manifest import DecodeSettings, MediaFiles, check_folder
     from mmgpt.datamodules.manifest.media import Progress
     from mmgpt.datamodules.processors import audio_samples
@@ -34,6 +40,22 @@ def _check(args: argparse.Namespace) -> int:
     report = check_folder(args.root, media, allow_outside_root=args.allow_outside_root, check=args.check,
                           progress=progress)
     progress.close()
+    print(report.format(limit=args.limit))
+    return 0 if report.ok else 1
+
+
+def _check_hf(args: argparse.Namespace) -> int:
+    from mmgpt.datamodules.hf.check import check_hf
+    from mmgpt.errors import UserError
+
+    try:
+        columns = dict(pair.split("=", 1) for pair in args.columns.split(",")) if args.columns else None
+        report = check_hf(str(args.root), columns=columns, image_size=args.image_size, sample_rate=args.sample_rate,
+                          max_audio_seconds=args.max_audio_seconds,
+                          max_image_pixels=args.max_image_pixels if args.max_image_pixels > 0 else None)
+    except (UserError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(report.format(limit=args.limit))
     return 0 if report.ok else 1
 
@@ -125,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgpt-data", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    check = sub.add_parser("check", help="validate a manifest folder: report every bad row and file")
-    check.add_argument("root", type=Path, help="the folder (train.jsonl/.csv, val..., test..., labels.txt)")
+    check = sub.add_parser("check", help="validate a manifest folder or Hugging Face data: report every bad row")
+    check.add_argument("root", type=Path, help="the folder (train.jsonl/.csv, val..., test..., labels.txt), or a "
+                       "save_to_disk folder / Parquet or Arrow files")
     check.add_argument("--image-size", type=int, default=32)
     check.add_argument("--sample-rate", type=int, default=8000)
     check.add_argument("--max-audio-seconds", type=float, default=1.0)
@@ -139,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="full: decode every file; headers: read only each file's header (large folders)")
     check.add_argument("--threads", type=int, default=4, help="decoding threads")
     check.add_argument("--limit", type=int, default=None, help="print at most this many problems (default: all)")
+    check.add_argument("--hf", action="store_true",
+                       help="a Hugging Face data set (save_to_disk folder, Parquet/Arrow files; found by itself)")
+    check.add_argument("--columns", default=None,
+                       help="Hugging Face data: modality/label/id -> column, e.g. text=question,image=img,label=answer")
     check.set_defaults(func=_check)
 
     export = sub.add_parser("export-synthetic", help="write the embedded synthetic set as a manifest folder")

@@ -37,7 +37,7 @@ from mmgpt.cli.common import (
 from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_model_specs, check_targets, resolved
 from mmgpt.encoders.backbone import BackboneEncoder
 from mmgpt.objectives import CausalLM, MaskedLM
-from mmgpt.registry import import_plugins
+from mmgpt.registry import fit_to_data, import_plugins
 from mmgpt.training.callbacks import (
     FlushLogsWithCheckpoint,
     RestoreLoaderPosition,
@@ -70,6 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     net = OmegaConf.to_container(cfg.model.net, resolve=True)
     datamodule = build_datamodule(cfg.data, net, explicit=explicit_overrides("data."))  # encoders' processors
     module = build_module(cfg, datamodule)
+    check_primary_metric(cfg, module)
     init_report = init_from_checkpoint(module.net, cfg.init_from) if cfg.get("init_from") else None  # fine-tuning
     resume = resume_state(cfg, out_dir, module)
     callbacks = build_callbacks(cfg) + feature_cache(cfg, datamodule, module, init_report)
@@ -107,6 +108,9 @@ def check_config(cfg: DictConfig) -> None:
 def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> MultimodalModule:
     """The LightningModule of ``cfg.model.module`` around the network spec ``cfg.model.net``, sized for the data."""
     net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    declared = data_modalities(datamodule)
+    if declared:  # a datamodule on the shared base: its declared modalities decide the encoders' kinds and sizes
+        net = fit_to_data(net, declared)
     module = instantiate(
         cfg.model.module,
         net=net,
@@ -117,6 +121,23 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> Multimo
     apply_speedups(module.net, compile=cfg.model.get("compile", False),
                    activation_checkpointing=cfg.model.get("activation_checkpointing", False))
     return module
+
+
+def check_primary_metric(cfg: DictConfig, module: MultimodalModule) -> None:
+    """``primary_metric`` must be a metric the objectives log (or ``loss``), and ``mode`` max or min."""
+    name, mode = cfg.primary_metric.name, cfg.primary_metric.mode
+    if mode not in ("max", "min"):
+        raise ConfigKeyError(f"primary_metric.mode={mode!r}: expected max (higher is better) or min")
+    logged = sorted({"loss", *(k for metrics in module.val_metrics.values() for k in metrics)})
+    if name not in logged:
+        raise ConfigKeyError(f"primary_metric.name={name!r}: the task's objectives log no such metric (they log: "
+                             f"{', '.join(logged)}); each conf/task/*.yaml sets its primary metric")
+
+
+def data_modalities(datamodule: pl.LightningDataModule) -> dict[str, dict[str, Any]]:
+    """name -> ``{"kind", "dim"}`` of the modalities ``datamodule`` declares (its processors)."""
+    processors = getattr(datamodule, "processors", None) or {}
+    return {name: {"kind": p.kind, "dim": getattr(p, "dim", None)} for name, p in processors.items()}
 
 
 def apply_speedups(net: nn.Module, compile: bool, activation_checkpointing: bool) -> None:
@@ -337,7 +358,7 @@ def _fmt(metrics: dict[str, float]) -> str:
 def main(cfg: DictConfig) -> float | None:
     with relaunchable_job(Path(cfg.paths.output_dir)):  # multirun x DDP: each sweep point launches its own ranks
         results = train(cfg)
-    return results["val"].get("val/acc")
+    return results["val"].get(f"val/{cfg.primary_metric.name}")
 
 
 if __name__ == "__main__":

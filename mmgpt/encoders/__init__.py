@@ -5,7 +5,8 @@ Built from ``layers``; registered by name in :mod:`mmgpt.registry` (``text_encod
 
 from mmgpt.encoders.audio import AudioEncoder
 from mmgpt.encoders.base import EncoderOutput
+from mmgpt.encoders.features import FeaturesEncoder
 from mmgpt.encoders.image import ImageEncoder
 from mmgpt.encoders.text import TextEncoder
 
-__all__ = ["AudioEncoder", "EncoderOutput", "ImageEncoder", "TextEncoder"]
+__all__ = ["AudioEncoder", "EncoderOutput", "FeaturesEncoder", "ImageEncoder", "TextEncoder"]

@@ -55,6 +55,9 @@ class AudioEncoder(nn.Module):
         dropout: dropout rate.
     """
 
+    #: The modality kind this encoder reads (checked against the data's declaration).
+    modality_kind = "audio"
+
     def __init__(
         self,
         *,

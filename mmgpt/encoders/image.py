@@ -61,6 +61,9 @@ class ImageEncoder(nn.Module):
         dropout: dropout rate.
     """
 
+    #: The modality kind this encoder reads (checked against the data's declaration).
+    modality_kind = "image"
+
     def __init__(
         self,
         *,

@@ -24,6 +24,9 @@ class TextEncoder(nn.Module):
         dropout: dropout rate.
     """
 
+    #: The modality kind this encoder reads (checked against the data's declaration).
+    modality_kind = "text"
+
     def __init__(
         self,
         *,

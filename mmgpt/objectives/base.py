@@ -36,6 +36,9 @@ class Objective(nn.Module, ABC):
     #: Whether the loss goes through the network's classification head (when no objective does, the module
     #: freezes the head so DDP sees no parameter without a gradient).
     uses_head: bool = False
+    #: The metric that ranks runs of this objective (checkpoints, early stopping, mmgpt-compare) and whether
+    #: higher (``max``) or lower (``min``) is better; None: the validation loss.
+    primary: tuple[str, str] | None = None
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()

@@ -20,6 +20,7 @@ class Classification(Objective):
     """
 
     uses_head = True
+    primary = ("acc", "max")
 
     def __init__(self, num_classes: int, weight: float = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__(weight)

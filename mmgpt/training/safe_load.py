@@ -36,6 +36,9 @@ DATAMODULES: dict[str, str] = {
     "mmgpt.datamodules.synthetic.SyntheticDataModule": "mmgpt.datamodules.synthetic.SyntheticDataModule",
     "mmgpt.datamodules.manifest.ManifestDataModule": "mmgpt.datamodules.manifest.ManifestDataModule",
     "mmgpt.datamodules.shards.ShardDataModule": "mmgpt.datamodules.shards.ShardDataModule",
+    "mmgpt.datamodules.hf.HFDataModule": "mmgpt.datamodules.hf.HFDataModule",
+    **{f"mmgpt.datamodules.benchmarks.{name}": f"mmgpt.datamodules.benchmarks.{name}" for name in (
+        "MMSADataModule", "AVMNISTDataModule", "MMIMDbDataModule", "HatefulMemesDataModule")},
     "datamodules.synthetic.SyntheticDataModule": "mmgpt.datamodules.synthetic.SyntheticDataModule",
     "datamodules.manifest.ManifestDataModule": "mmgpt.datamodules.manifest.ManifestDataModule",
     "datamodules.shards.ShardDataModule": "mmgpt.datamodules.shards.ShardDataModule",

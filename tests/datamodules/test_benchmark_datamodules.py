@@ -1,0 +1,74 @@
+"""The benchmark datamodules' batches: declared modalities with the documented shapes, labels of the task's type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmgpt.datamodules.benchmarks import (
+    AVMNISTDataModule,
+    BenchmarkError,
+    HatefulMemesDataModule,
+    MMIMDbDataModule,
+    MMSADataModule,
+)
+from tests.helpers.benchmarks import MOSI_DIMS, write_avmnist, write_hateful_memes, write_mmimdb, write_mmsa
+
+
+def test_mmsa_batches_float_labels_and_masks_by_length(tmp_path):
+    data = write_mmsa(tmp_path / "unaligned_50.pkl", aligned=False, seq_lens=(50, 40, 30))
+    dm = MMSADataModule(root=str(tmp_path / "unaligned_50.pkl"), batch_size=3, shuffle=False)
+    assert dm.modalities == {"acoustic": "features", "language": "features", "visual": "features"}
+    assert dm.task == "regression" and dm.class_names == ["sentiment"]
+    batch = next(iter(dm.test_dataloader()))
+    d = data["test"]
+    assert batch.labels.dtype == torch.float32
+    assert torch.equal(batch.labels, torch.as_tensor(d["regression_labels"][:3]))
+    assert batch.inputs["language"].shape == (3, 50, MOSI_DIMS["text"])
+    assert batch.masks["acoustic"].sum(1).tolist() == d["audio_lengths"][:3]
+    assert batch.masks["visual"].sum(1).tolist() == d["vision_lengths"][:3]
+    assert batch.ids == list(d["id"][:3])
+    raw = MMSADataModule(root=str(tmp_path / "unaligned_50.pkl"), text="raw", batch_size=2)
+    assert raw.modalities["language"] == "text"
+    bert = MMSADataModule(root=str(tmp_path / "unaligned_50.pkl"), text="bert", batch_size=2, shuffle=False)
+    ids = next(iter(bert.train_dataloader()))
+    assert ids.inputs["language"].dtype == torch.long and ids.inputs["language"].shape == (2, 50)
+    assert torch.equal(ids.inputs["language"], torch.as_tensor(data["train"]["text_bert"][:2, 0]).long())
+
+
+def test_avmnist_batches(tmp_path):
+    write_avmnist(tmp_path, num_train=12, num_test=5)
+    dm = AVMNISTDataModule(root=str(tmp_path), train_size=9, batch_size=5, shuffle=False)
+    assert dm.num_classes == 10 and dm.modalities == {"image": "image", "spectrogram": "features"}
+    batch = next(iter(dm.test_dataloader()))
+    assert batch.inputs["image"].shape == (5, 3, 28, 28) and batch.inputs["spectrogram"].shape == (5, 112, 112)
+    assert batch.labels.dtype == torch.long
+    assert [len(dm.split(s)) for s in ("train", "val", "test")] == [9, 3, 5]
+    assert sum(b.batch_size for b in dm.train_dataloader()) == 9
+
+
+def test_mmimdb_batches_multi_hot(tmp_path):
+    movies = {part: [{"id": f"{part}{i}", "plot": [f"plot {i}"], "genres": [["Drama", "Comedy"][i % 2], "War"]}
+                     for i in range(4)] for part in ("train", "dev", "test")}
+    write_mmimdb(tmp_path, movies)
+    dm = MMIMDbDataModule(root=str(tmp_path), batch_size=4, image_size=16, shuffle=False, num_workers=0)
+    assert dm.task == "multilabel" and sorted(dm.class_names) == ["Comedy", "Drama", "War"]
+    batch = next(iter(dm.val_dataloader()))
+    assert batch.labels.shape == (4, 3) and batch.labels.sum(1).tolist() == [2.0] * 4
+    assert batch.inputs["poster"].shape == (4, 3, 16, 16) and batch.present["plot"].all()
+
+
+def test_hateful_memes_batches_and_splits(tmp_path):
+    write_hateful_memes(tmp_path, {
+        "train.jsonl": [{"id": i, "label": i % 2, "text": f"t{i}"} for i in range(4)],
+        "dev.jsonl": [{"id": 10 + i, "label": i % 2, "text": f"d{i}"} for i in range(2)],
+        "test.jsonl": [{"id": 20, "text": "no label"}]})
+    dm = HatefulMemesDataModule(root=str(tmp_path), batch_size=4, image_size=16, num_workers=0, shuffle=False)
+    assert dm.class_names == ["not_hateful", "hateful"] and dm.task == "binary"
+    assert dm.has_split("val") and not dm.has_split("test")  # phase-1 test.jsonl is unlabelled
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.labels.tolist() == [0, 1, 0, 1] and batch.inputs["image"].shape == (4, 3, 16, 16)
+    with pytest.raises(BenchmarkError, match="train.jsonl: not found"):
+        HatefulMemesDataModule(root=str(tmp_path / "nothing"))
+    assert np.isfinite(batch.inputs["image"].numpy()).all()
