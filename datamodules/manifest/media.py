@@ -24,7 +24,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from mmgpt.datamodules import decode
 from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.disk_store import DiskStore, Hit, SourceId
 from mmgpt.datamodules.processors import AudioProcessor, ImageProcessor, Processor

@@ -265,6 +265,8 @@ class HFTextEncoder(HFEncoder):
         (the rest as :class:`HFEncoder`)
     """
 
+    modality_kind = "text"
+
     def __init__(self, *, name_or_path: str, dim: int, layer: int = -1, max_length: int | None = None,
                  tuning: Tuning | Mapping[str, Any] | None = None, trust_remote_code: bool = False,
                  revision: str | None = None) -> None:
@@ -285,6 +287,8 @@ class HFTextEncoder(HFEncoder):
 
 class HFImageEncoder(HFEncoder):
     """A ``transformers`` vision model: ViT, DINOv2, ConvNeXt, or the vision tower of CLIP / SigLIP. (B, 3, H, W)."""
+
+    modality_kind = "image"
 
     def load_backbone(self, name_or_path: str, config: Any, opts: dict[str, Any]) -> nn.Module:
         if getattr(config, "vision_config", None) is not None:  # a dual-tower model: load its <Name>VisionModel
@@ -310,6 +314,8 @@ class HFAudioEncoder(HFEncoder):
     encoder always runs on its fixed 30 s window and its frames past the clip's end are masked after it; AST's
     tokens are all valid.
     """
+
+    modality_kind = "audio"
 
     def hidden(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         lengths_of = getattr(self.backbone, "_get_feat_extract_output_lengths", None)

@@ -54,6 +54,8 @@ class TimmImageEncoder(BackboneEncoder):
         tuning: fine-tuning controls (default frozen).
     """
 
+    modality_kind = "image"
+
     def __init__(self, *, model_name: str, dim: int, checkpoint_path: str | None = None, pretrained: bool = False,
                  model_kwargs: Mapping[str, Any] | None = None, data_config: Mapping[str, Any] | None = None,
                  tuning: Tuning | Mapping[str, Any] | None = None) -> None:

@@ -204,8 +204,9 @@ def test_frozen_backbone_is_bit_identical_after_training_and_counts_are_in_resul
 
 
 #: LoRA target modules of each tiny family of tests/helpers/backbones.py (peft matches module-name suffixes).
-LORA_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "vit": ["q_proj", "v_proj"], "clip": ["q_proj", "v_proj"],
-                "wav2vec2": ["q_proj", "v_proj"], "whisper": ["q_proj", "v_proj"], "timm": ["qkv"]}
+LORA_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "vit": ["q_proj", "v_proj"],
+                "clip": ["q_proj", "v_proj"], "wav2vec2": ["q_proj", "v_proj"],
+                "whisper": ["q_proj", "v_proj"], "timm": ["qkv"]}
 
 
 def _family_input(family: str) -> tuple[torch.Tensor, torch.Tensor | None]:
