@@ -21,6 +21,7 @@ arrays are memory-mapped: a sample is read when it is loaded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from mmgpt.datamodules.base import shared_options
 from mmgpt.datamodules.benchmarks.common import BenchmarkDataModule, BenchmarkError, BenchmarkSplit, require_file
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.datamodules.processors import Processor
 
 #: MultiBench's validation split: the last 5000 of the 60000 training samples.
 NUM_TRAIN, IMAGE_SIDE, SPECTROGRAM_SIDE = 55000, 28, 112
@@ -132,11 +134,12 @@ class AVMNISTDataModule(BenchmarkDataModule):
                  sample_rate: int = 8000, max_audio_seconds: float = 1.0, max_text_length: int = 64,
                  shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
                  num_test: int | None = None, augment: bool = False, modality_dropout: dict[str, float] | None = None,
-                 pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         options = shared_options(locals())
         modalities = {"image": "image", "spectrogram": {"kind": "features", "dim": SPECTROGRAM_SIDE}}
         super().__init__(root=root, modalities=modalities, **options)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["processors"])
         self.tables = read_avmnist(root, image_size=image_size, num_train=int(train_size))
 
     @property

@@ -16,6 +16,7 @@ Modalities: ``image`` (decoded by its processor when loaded) and ``text``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from mmgpt.datamodules.base import shared_options
 from mmgpt.datamodules.benchmarks.common import BenchmarkDataModule, BenchmarkError, BenchmarkSplit, require_file
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.datamodules.processors import Processor
 
 #: Split -> the files tried in order.
 SPLIT_FILES: dict[str, tuple[str, ...]] = {"train": ("train.jsonl",), "val": ("dev_seen.jsonl", "dev.jsonl"),
@@ -92,10 +94,11 @@ class HatefulMemesDataModule(BenchmarkDataModule):
                  max_text_length: int = 128, shuffle: bool = True, seed: int = 0, num_train: int | None = None,
                  num_val: int | None = None, num_test: int | None = None, augment: bool = False,
                  modality_dropout: dict[str, float] | None = None, pin_memory: bool | None = None,
-                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         options = shared_options(locals())
         super().__init__(root=root, modalities={"image": "image", "text": "text"}, **options)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["processors"])
         self.files = {"train": split_file(self.root, "train"), "val": split_file(self.root, "val", val_file),
                       "test": split_file(self.root, "test", test_file)}
         if self.files["train"] is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from mmgpt.datamodules.benchmarks.common import (
     require_keys,
 )
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.datamodules.processors import Processor
 
 #: mmgpt split -> the key of split.json.
 SPLIT_KEYS: dict[str, str] = {"train": "train", "val": "dev", "test": "test"}
@@ -97,10 +99,11 @@ class MMIMDbDataModule(BenchmarkDataModule):
                  sample_rate: int = 8000, max_audio_seconds: float = 1.0, max_text_length: int = 256,
                  shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
                  num_test: int | None = None, augment: bool = False, modality_dropout: dict[str, float] | None = None,
-                 pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         options = shared_options(locals())
         super().__init__(root=root, modalities={"plot": "text", "poster": "image"}, **options)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["processors"])
         self.genres, self.tables = read_mmimdb(root)
 
     @property

@@ -32,7 +32,7 @@ modality's tokenizer (``text=raw``) -- ``acoustic`` and ``visual`` (``features``
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,8 @@ class MMSADataModule(BenchmarkDataModule):
                  max_text_length: int = 64, shuffle: bool = True, seed: int = 0, num_train: int | None = None,
                  num_val: int | None = None, num_test: int | None = None, augment: bool = False,
                  modality_dropout: dict[str, float] | None = None, pin_memory: bool | None = None,
-                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         options = shared_options(locals())
         self.tables = read_mmsa(root, text=text)
         train = self.tables["train"]
@@ -171,7 +172,7 @@ class MMSADataModule(BenchmarkDataModule):
         super().__init__(root=root, modalities=modalities, **options)
         if text == "bert":  # ids already: the scratch text processor would tokenize strings
             self.use_processor("language", TokenIdsProcessor())
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["processors"])
         log.info("%s: %s", root, ", ".join(f"{s} {len(t)}" for s, t in self.tables.items()))
 
     @property

@@ -24,7 +24,7 @@ from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, shared_options
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
 from mmgpt.datamodules.hf.dataset import LABEL_TYPES, HFMapDataset, HFStream, Labels, RowFields
 from mmgpt.datamodules.hf.source import HFDataError, SplitFiles, open_source, read_group, read_table
-from mmgpt.datamodules.processors import RESERVED_NAMES
+from mmgpt.datamodules.processors import RESERVED_NAMES, Processor
 from mmgpt.datamodules.shards.partition import first_samples
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class HFDataModule(MultimodalDataModule):
                  max_audio_seconds: float = 1.0, max_text_length: int = 64, shuffle: bool = True, seed: int = 0,
                  num_train: int | None = None, num_val: int | None = None, num_test: int | None = None,
                  augment: bool = False, modality_dropout: dict[str, float] | None = None,
-                 pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         options = shared_options(locals())
         if int(piece_rows) < 1:
             raise HFDataError(f"data.piece_rows={piece_rows}: expected a positive integer")
@@ -83,7 +84,7 @@ class HFDataModule(MultimodalDataModule):
                               f"{missing[0]!r} (map one: data.columns.{missing[0]}=<column>; columns: "
                               f"{', '.join(first.column_names)})")
         super().__init__(**{**options, "modalities": declared})
-        self.save_hyperparameters(ignore=["class_names"])  # the module logs the resolved class names
+        self.save_hyperparameters(ignore=["class_names", "processors"])  # the module logs the resolved class names
         self.label_type, self._class_names = self._labels(label_type, class_names)
         log.info("%s: %s", self.path, ", ".join(f"{s}={n} ({self.sources[n].num_rows} rows)"
                                                 for s, n in self.split_names.items()))
