@@ -1,6 +1,8 @@
 """Crash-safe checkpoints and resuming."""
 
 import copy
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,31 @@ def test_atomic_save_leaves_the_previous_checkpoint_intact_when_saving_crashes(t
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["global_step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_a_preemption_signal_during_a_save_is_delivered_after_the_checkpoint_is_complete(tmp_path, monkeypatch):
+    """submitit's SIGUSR2 handler exits the process; arriving mid-``torch.save`` it used to abort the write, so the
+    job failed instead of being requeued (seen in CI). The signal is now held until the checkpoint is in place."""
+    path, real_save, seen = tmp_path / "step.ckpt", torch.save, []
+
+    def save_interrupted(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR2)  # the pre-emption arrives while the file is being written
+        real_save(obj, f, *args, **kwargs)
+
+    def preempted(signum, frame):
+        seen.append(path.exists())
+        raise SystemExit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, preempted)
+    try:
+        monkeypatch.setattr(torch, "save", save_interrupted)
+        with pytest.raises(SystemExit):
+            AtomicCheckpointIO().save_checkpoint({"global_step": 5, "state_dict": {"w": torch.ones(3)}}, path)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == [True]  # the handler ran once, after the checkpoint was renamed into place
+    assert torch.load(path, weights_only=True)["global_step"] == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["step.ckpt"]
 
 
 def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
