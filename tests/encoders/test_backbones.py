@@ -265,3 +265,46 @@ def test_a_timm_checkpoint_that_is_missing_is_named():
     with pytest.raises(UserError, match=r"checkpoint_path='/no/such\.pth'"):
         build({"type": "timm_image", "model_name": TIMM_MODEL, "checkpoint_path": "/no/such.pth", "dim": 8},
               "e", "encoder")
+
+
+def test_manifest_and_shards_decode_through_the_backbone_processors(backbones, tmp_path):
+    """A folder of files (48 px PNGs, 8 kHz WAVs) read by the manifest datamodule (through the media store) and by
+    the shards datamodule: images as the library's image processor makes them, clips at the backbone's 16 kHz."""
+    from transformers import AutoImageProcessor
+
+    from mmgpt.datamodules.manifest import ManifestDataModule
+    from mmgpt.datamodules.manifest.media import fingerprint
+    from mmgpt.datamodules.processors import default_processors
+    from mmgpt.datamodules.shards import ShardDataModule, write_shards
+    from mmgpt.datamodules.store import DecodeSettings
+    from mmgpt.datamodules.synthetic.export import export_synthetic
+
+    export_synthetic(tmp_path / "folder", num_train=6, num_val=2, num_test=2, image_size=48, sample_rate=8000)
+    write_shards(tmp_path / "folder", tmp_path / "shards", samples_per_shard=4)
+    net = {"encoders": {"image": encoder_spec("clip", backbones["clip"]),
+                        "audio": encoder_spec("wav2vec2", backbones["wav2vec2"])}}
+    library = AutoImageProcessor.from_pretrained(backbones["clip"])
+    batches = {}
+    for name, make in {
+        "manifest": lambda p: ManifestDataModule(str(tmp_path / "folder"), batch_size=6, shuffle=False, processors=p,
+                                                 cache_dir=str(tmp_path / "store"), report_dir=str(tmp_path)),
+        "shards": lambda p: ShardDataModule(str(tmp_path / "shards"), batch_size=6, num_workers=0, shuffle=False,
+                                            processors=p),
+    }.items():
+        dm = make(build_processors(net, DATA))
+        dm.setup("fit")
+        batches[name] = batch = next(iter(dm.train_dataloader()))
+        assert batch.inputs["image"].shape == (6, 3, 32, 32)
+        for i, sample_id in enumerate(batch.ids):
+            wav = tmp_path / "folder" / "audio" / "train" / f"{sample_id}.wav"
+            assert int(batch.masks["audio"][i].sum()) == min(2 * sf.info(wav).frames, SAMPLE_RATE)  # 8 -> 16 kHz
+            png = tmp_path / "folder" / "images" / "train" / f"{sample_id}.png"
+            expected = library(images=Image.open(png), return_tensors="pt")["pixel_values"][0]
+            torch.testing.assert_close(batch.inputs["image"][i], expected, atol=1e-6, rtol=0)
+    assert batches["manifest"].ids == batches["shards"].ids
+    torch.testing.assert_close(batches["manifest"].inputs["audio"], batches["shards"].inputs["audio"])
+    # The scratch processors keep the media store's keys of before (a warm store stays warm).
+    scratch = default_processors(image_size=32, sample_rate=8000, max_audio_seconds=1.0, max_text_length=16)
+    settings = DecodeSettings(32, 8000, 8000)
+    assert scratch["image"].fingerprint() == fingerprint("image", settings)
+    assert scratch["audio"].fingerprint() == fingerprint("audio", settings)

@@ -79,7 +79,8 @@ def make_clip(root: Path) -> Path:
     _seeded(3)
     config = CLIPConfig(
         text_config={"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 64, "max_position_embeddings": 16},
+                     "intermediate_size": 64, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
         vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
                        "num_attention_heads": 2, "intermediate_size": 64},
         projection_dim=16)
