@@ -308,7 +308,18 @@ class HFImageEncoder(HFEncoder):
             if tower is None:
                 raise UserError(f"name_or_path={name_or_path!r}: a {type(config).__name__} with no {name} in "
                                 "transformers; point name_or_path at a vision-only model")
-            return load_pretrained(tower.from_pretrained, name_or_path, **opts)
+            from transformers.utils import logging as hf_logging
+
+            # The other tower's weights are unused by design: no report listing each of them as unexpected.
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                model = load_pretrained(tower.from_pretrained, name_or_path, **opts)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+            log.info("%s: loaded the %s of a %s checkpoint (its other tower is not loaded)", name_or_path, name,
+                     type(config).__name__.removesuffix("Config"))
+            return model
         return super().load_backbone(name_or_path, config, opts)
 
     def hidden(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:

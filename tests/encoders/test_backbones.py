@@ -86,19 +86,23 @@ def test_text_parity_with_the_library(backbones, media, family):
     torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["vit", "clip"])
+@pytest.mark.parametrize("family", ["vit", "clip", "siglip", "convnext"])
 def test_image_parity_with_the_library(backbones, media, family):
-    from transformers import AutoImageProcessor, CLIPVisionModel, ViTModel
+    import transformers
 
     encoder, processor = encoder_and_processor(family, backbones[family])
     ours = through_mmgpt(processor, media["image"], encoder)
-    library = AutoImageProcessor.from_pretrained(backbones[family])
+    library = transformers.AutoImageProcessor.from_pretrained(backbones[family])
     pixels = library(images=Image.open(media["image"]), return_tensors="pt")["pixel_values"]
     x, _, _ = processor.collate([processor.transform(processor.decode(media["image"]), train=False)])
     torch.testing.assert_close(x, pixels, atol=1e-6, rtol=0)  # size, resample, crop, mean / std all the backbone's
-    model = (CLIPVisionModel if family == "clip" else ViTModel).from_pretrained(backbones[family]).eval()
+    towers = {"clip": transformers.CLIPVisionModel, "siglip": transformers.SiglipVisionModel}
+    model = towers.get(family, transformers.AutoModel).from_pretrained(backbones[family]).eval()
     with torch.no_grad():
         expected = model(pixel_values=pixels).last_hidden_state[0]
+    if family == "convnext":  # a (H, h, w) feature map: h * w tokens, row-major
+        assert ours.shape == (16, 16)  # stride-4 stem, one stride-2 stage: 32 px -> 4 x 4
+        expected = expected.flatten(1).T
     torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
 
 
@@ -118,10 +122,9 @@ def test_timm_parity_with_the_library(backbones, media):
     torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper", "ast"])
 def test_audio_parity_with_the_library(backbones, media, family):
-    import torchaudio
-    from transformers import AutoFeatureExtractor, Wav2Vec2Model, WhisperModel
+    from transformers import AutoFeatureExtractor, AutoModel, WhisperModel
 
     encoder, processor = encoder_and_processor(family, backbones[family])
     assert processor.sample_rate == SAMPLE_RATE and processor.derived() == {"sample_rate": SAMPLE_RATE}
@@ -135,9 +138,8 @@ def test_audio_parity_with_the_library(backbones, media, family):
             expected = WhisperModel.from_pretrained(backbones[family]).eval().encoder(
                 inputs["input_features"]).last_hidden_state[0]
         else:
-            expected = Wav2Vec2Model.from_pretrained(backbones[family]).eval()(**inputs).last_hidden_state[0]
+            expected = AutoModel.from_pretrained(backbones[family]).eval()(**inputs).last_hidden_state[0]
     torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
-    del torchaudio
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2", "wav2vec2", "whisper"])
