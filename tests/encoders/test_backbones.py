@@ -29,12 +29,6 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def backbones(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("backbones")
-    return {family: make(root) for family, (make, _, _) in FAMILIES.items()}
-
-
-@pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     """A sentence file, an odd-sized RGB image (resize + crop do work) and a 16-bit WAV clip at 22.05 kHz
     (resampled to the backbone's 16 kHz by the pipeline, as the library user would before its extractor)."""
