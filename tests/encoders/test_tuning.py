@@ -204,8 +204,9 @@ def test_frozen_backbone_is_bit_identical_after_training_and_counts_are_in_resul
 
 
 #: LoRA target modules of each tiny family of tests/helpers/backbones.py (peft matches module-name suffixes).
-LORA_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "vit": ["q_proj", "v_proj"], "clip": ["q_proj", "v_proj"],
-                "wav2vec2": ["q_proj", "v_proj"], "whisper": ["q_proj", "v_proj"], "timm": ["qkv"]}
+LORA_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "vit": ["q_proj", "v_proj"],
+                "clip": ["q_proj", "v_proj"], "wav2vec2": ["q_proj", "v_proj"], "whisper": ["q_proj", "v_proj"],
+                "timm": ["qkv"]}
 
 
 def _family_input(family: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -254,3 +255,21 @@ def test_tuning_of_every_backbone_family(families, family):
     ckpt.train()
     ckpt(x, mask).tokens.sum().backward()
     assert all(p.grad is not None for p in ckpt.layers()[0].parameters())
+
+
+def test_tuning_from_the_command_line(families, compose_cfg, tmp_path):
+    """`model/encoder/text@...=hf` + `tuning.*` overrides, as the README writes them, through mmgpt-train."""
+    from mmgpt.cli.train import train
+
+    at = "model.net.encoders.text"
+    cfg = compose_cfg(["experiment=smoke", "logger=csv", "model/fusion=late", "data.num_train=32", "data.num_val=16",
+                       "test=false", f"model/encoder/text@{at}=hf", f"{at}.name_or_path={families['bert']}",
+                       f"{at}.tuning.lora={{r:2,alpha:4,target_modules:[query,value]}}", f"{at}.tuning.lr_mult=0.1",
+                       f"{at}.tuning.gradient_checkpointing=true"])
+    results = train(cfg)
+    part = results["params_by_part"]["encoders.text"]
+    assert part["adapters"] == part["backbone_trainable"] == 2 * 2 * 2 * (32 + 32)  # 2 layers x (q, v) x r x (H+H)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["net"]["encoders"]["text"]["tuning"]["lr_mult"] == 0.1
+    lrs = sorted(g["lr"] for g in ckpt["optimizer_states"][0]["param_groups"])
+    assert lrs[0] == pytest.approx(0.1 * lrs[-1])  # the adapters' groups at lr * lr_mult
