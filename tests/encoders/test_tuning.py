@@ -182,6 +182,32 @@ def test_lr_mult_needs_an_explicit_lr(bert):
     assert len(param_groups(net, 0.0, lr=1.0)) == 4
 
 
+@pytest.mark.parametrize("tuning", [{}, {"unfreeze_last": 1}, {"lora": {"r": 2, "target_modules": ["query"]}}])
+def test_frozen_weights_are_bit_identical_after_lightning_training(bert, tuning):
+    """Through the LightningModule and the Trainer (which calls model.train() every epoch): every frozen backbone
+    tensor, buffers included, is bit-identical after training; every trainable one moved."""
+    import pytorch_lightning as pl
+
+    from mmgpt.datamodules.synthetic import SyntheticDataModule
+
+    torch.manual_seed(0)
+    module = MultimodalModule(net=bert_spec(bert, dim=DIM, **tuning), num_classes=15, scheduler=None,
+                              optimizer={"type": "adamw", "lr": 1e-2, "weight_decay": 0.05, "fused": True})
+    backbone = module.net.encoders["text"].backbone
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    dm = SyntheticDataModule(num_train=32, num_val=8, num_test=8, batch_size=8, augment=False)
+    pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1).fit(module, dm)
+    after = backbone.state_dict()
+    for k, v in before.items():
+        if k in trainable:
+            assert not torch.equal(after[k], v), f"{k} should have trained"
+        else:
+            assert torch.equal(after[k], v), f"frozen {k} changed"
+    assert len(trainable) == {"": 0, "unfreeze_last": 16, "lora": 6}[next(iter(tuning), "")]
+
+
 def test_frozen_backbone_is_bit_identical_after_training_and_counts_are_in_results(bert, compose_cfg, tmp_path):
     from mmgpt.cli.train import train
 
