@@ -8,11 +8,11 @@ encoder, the identity it was read from (``name_or_path``, ``sha256``) and the na
     {"net.encoders.text": {"name_or_path": "bert-base-uncased", "sha256": "9f2c...", "omitted": ["net.enc...", ...]}}
 
 "Still exactly what was read" means: a tensor training does not update (a parameter without gradients, a buffer
-of the part held in eval mode) whose fingerprint (:func:`mmgpt.encoders.tuning.fingerprint`, three float64 sums)
-is the one noted right after loading. So frozen weights, LoRA base weights and the frozen layers below
-``unfreeze_last`` are left out; projections, adapters and unfrozen layers are stored, and so are frozen weights
-changed since loading (an ``init_from`` checkpoint loaded over the backbone). Optimizer version counters cannot
-decide it: fused optimizers update parameters without bumping them.
+of the part held in eval mode) whose fingerprint (:func:`mmgpt.encoders.tuning.fingerprint`, exact integer sums
+of its bits, the same on CPU and GPU) is the one noted right after loading. So frozen weights, LoRA base weights
+and the frozen layers below ``unfreeze_last`` are left out; projections, adapters and unfrozen layers are stored,
+and so are frozen weights changed since loading (an ``init_from`` checkpoint loaded over the backbone). Optimizer
+version counters cannot decide it: fused optimizers update parameters without bumping them.
 
 Loading (:func:`restore`: resume through Lightning, ``mmgpt-eval`` / ``mmgpt-generate``
 through :mod:`mmgpt.training.safe_load`) rebuilds the network, whose encoders re-read their backbones, checks each
@@ -51,7 +51,7 @@ def backbone_encoders(module: nn.Module) -> dict[str, BackboneEncoder]:
 def unchanged_keys(name: str, encoder: BackboneEncoder) -> list[str]:
     """State-dict keys (qualified by ``name``) of the frozen backbone tensors that still hold what was read from
     the backbone's files (the fingerprints :func:`mmgpt.encoders.tuning.record_loaded` noted)."""
-    loaded: Mapping[str, tuple[float, ...]] = getattr(encoder, "_loaded_fingerprints", {})
+    loaded: Mapping[str, tuple[int, ...]] = getattr(encoder, "_loaded_fingerprints", {})
     return [f"{name}.backbone.{k}" for k, t in frozen_state(encoder).items()
             if k in loaded and fingerprint(t) == loaded[k]]
 

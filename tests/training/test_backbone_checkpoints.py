@@ -132,3 +132,19 @@ def test_a_backbone_without_a_content_hash_is_written_whole(bert):
     whole = dict(ckpt, state_dict=dict(ckpt["state_dict"]))
     assert slim(whole, wrapper) == 0 and CKPT_KEY not in whole and whole["state_dict"].keys() == ckpt[
         "state_dict"].keys()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.int64, torch.bool])
+def test_fingerprint_sees_a_one_bit_change_and_not_the_reduction_order(dtype, monkeypatch):
+    from mmgpt.encoders import tuning
+    from mmgpt.encoders.tuning import fingerprint
+
+    monkeypatch.setattr(tuning, "FINGERPRINT_CHUNK", 7 * 1000)
+    t = (torch.randn(20_005, generator=torch.Generator().manual_seed(0)) * 100).to(dtype)  # 3 chunks
+    assert fingerprint(t) == fingerprint(t.clone()) == fingerprint(t.reshape(-1, 1).t().t())
+    changed = t.clone().view(-1)
+    flipped = changed.view(torch.uint8)
+    flipped[12345 * changed.element_size()] ^= 1  # the lowest bit of one element
+    assert fingerprint(changed) != fingerprint(t)
+    if dtype == torch.float32:  # position-sensitive (every 7th element), not only a sum of values
+        assert fingerprint(t[:-1]) != fingerprint(t[:-1].flip(0))
