@@ -158,6 +158,12 @@ def test_bad_tuning_is_one_line_naming_the_key(bert, tuning, message):
     assert "\n" not in str(e.value)
 
 
+def test_a_misspelt_tuning_key_names_itself(bert):
+    with pytest.raises(SpecError, match=r"^model\.net\.encoders\.text \(test_bert\): tuning\.unfreze_last: not a "
+                                        r"tuning setting \(settings: freeze, unfreeze_last, lora"):
+        build_network(bert_spec(bert, dim=DIM, unfreze_last=1), 3)
+
+
 def test_lr_mult_puts_backbone_parameters_in_their_own_groups(bert):
     module = MultimodalModule(net=bert_spec(bert, dim=DIM, unfreeze_last=1, lr_mult=0.1), num_classes=3,
                               optimizer={"type": "adamw", "lr": 1e-3, "weight_decay": 0.05}, scheduler=None)
