@@ -148,8 +148,9 @@ def fingerprint(t: Tensor) -> tuple[int, ...]:
     bits = x.view(torch.int32) if x.numel() % 4 == 0 else x.view(torch.int16) if x.numel() % 2 == 0 else x
     total = torch.zeros(3, dtype=torch.int64, device=bits.device)
     for i in range(0, bits.numel(), FINGERPRINT_CHUNK):
-        c = bits[i:i + FINGERPRINT_CHUNK].long()
-        total += torch.stack([c.sum(), c[::7].sum(), ((c & 0xFFFF) * (c >> 16)).sum()])
+        c = bits[i:i + FINGERPRINT_CHUNK].int()  # int32: the halves' product below fits (|x| < 2^16 * 2^15)
+        total += torch.stack([c.sum(dtype=torch.int64), c[::7].sum(dtype=torch.int64),
+                              ((c & 0xFFFF) * (c >> 16)).sum(dtype=torch.int64)])
     return tuple(total.tolist())
 
 
