@@ -91,6 +91,37 @@ def slim(checkpoint: MutableMapping[str, Any], module: nn.Module) -> int:
     return sum(len(e["omitted"]) for e in entries.values())
 
 
+def check_identities(entries: Mapping[str, Any], module: nn.Module, source: str | Path, prefix: str = "") -> set[str]:
+    """Each backbone a slim checkpoint left out must be in ``module`` and hash as recorded; returns the omitted keys.
+
+    Args:
+        entries: the checkpoint's ``backbones`` record (encoder name -> identity and omitted keys).
+        module: the network (or LightningModule) the checkpoint is loaded into.
+        source: the checkpoint, for messages.
+        prefix: removed from the recorded encoder names (``"net."`` when ``module`` is the bare network).
+    """
+    from mmgpt.training.safe_load import CheckpointError
+
+    encoders = backbone_encoders(module)
+    omitted: set[str] = set()
+    for name, entry in entries.items():
+        encoder = encoders.get(name.removeprefix(prefix))
+        if encoder is None:
+            raise CheckpointError(f"{source}: the backbone weights of {name} are not stored in it (a slim "
+                                  "checkpoint), and the network it goes into has no backbone encoder there")
+        if encoder.identity.sha256 != entry.get("sha256"):
+            raise CheckpointError(
+                f"{source}: {name}: the backbone read from {encoder.identity.name_or_path} (sha256 "
+                f"{encoder.identity.sha256[:16]}) is not the one this checkpoint was trained on "
+                f"({entry.get('name_or_path')}, sha256 {str(entry.get('sha256'))[:16]}); refused. Point "
+                f"name_or_path at the original weights")
+        if encoder.identity.name_or_path != entry.get("name_or_path"):
+            log.info("%s: backbone read from %s (trained from %s; same sha256)", name,
+                     encoder.identity.name_or_path, entry.get("name_or_path"))
+        omitted.update(entry.get("omitted", ()))
+    return omitted
+
+
 def restore(checkpoint: Mapping[str, Any], module: nn.Module, source: str | Path) -> set[str]:
     """Check a slim checkpoint against ``module`` (built, backbones re-read): each backbone's hash must be the one
     recorded, and the stored tensors plus the omitted ones must be exactly the module's state.
@@ -110,23 +141,7 @@ def restore(checkpoint: Mapping[str, Any], module: nn.Module, source: str | Path
         return set()
     if not isinstance(entries, Mapping):
         raise CheckpointError(f"{source}: `{CKPT_KEY}` is not a mapping of backbone identities")
-    encoders = backbone_encoders(module)
-    omitted: set[str] = set()
-    for name, entry in entries.items():
-        encoder = encoders.get(name)
-        if encoder is None:
-            raise CheckpointError(f"{source}: the backbone weights of {name} are not stored in it (a slim "
-                                  "checkpoint), and the network it describes has no backbone encoder there")
-        if encoder.identity.sha256 != entry.get("sha256"):
-            raise CheckpointError(
-                f"{source}: {name}: the backbone read from {encoder.identity.name_or_path} (sha256 "
-                f"{encoder.identity.sha256[:16]}) is not the one this checkpoint was trained on "
-                f"({entry.get('name_or_path')}, sha256 {str(entry.get('sha256'))[:16]}); refused. Point "
-                f"name_or_path at the original weights")
-        if encoder.identity.name_or_path != entry.get("name_or_path"):
-            log.info("%s: backbone read from %s (trained from %s; same sha256)", name,
-                     encoder.identity.name_or_path, entry.get("name_or_path"))
-        omitted.update(entry.get("omitted", ()))
+    omitted = check_identities(entries, module, source)
     state = checkpoint.get("state_dict") or {}
     own = set(module.state_dict())
     missing, unexpected = sorted(own - set(state) - omitted), sorted(set(state) - own)

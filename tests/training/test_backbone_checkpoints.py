@@ -148,3 +148,20 @@ def test_fingerprint_sees_a_one_bit_change_and_not_the_reduction_order(dtype, mo
     assert fingerprint(changed) != fingerprint(t)
     if dtype == torch.float32:  # position-sensitive (every 7th element), not only a sum of values
         assert fingerprint(t[:-1]) != fingerprint(t[:-1].flip(0))
+
+
+def test_init_from_a_slim_checkpoint_checks_its_backbones(bert, compose_cfg, tmp_path):
+    from mmgpt.registry import build_network
+    from mmgpt.training.finetune import init_from_checkpoint
+    from tests.helpers.bert_double import bert_spec
+
+    train(bert_run_cfg(compose_cfg, bert, TUNING, "trainer.max_epochs=1", "test=false"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    torch.manual_seed(1)
+    net = build_network(bert_spec(bert, **TUNING), 15)
+    report = init_from_checkpoint(net, last)
+    omitted = {k.removeprefix("net.") for k in _state(last)[CKPT_KEY]["net.encoders.text"]["omitted"]}
+    assert set(report.missing) == omitted  # left as read from the same (checked) backbone folder
+    other = save_tiny_bert(tmp_path / "other-bert", hidden_size=32, num_layers=3, seed=1)
+    with pytest.raises(CheckpointError, match=r"net\.encoders\.text: the backbone read from .*other-bert"):
+        init_from_checkpoint(build_network(bert_spec(other, **TUNING), 15), last)
