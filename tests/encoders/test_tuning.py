@@ -305,3 +305,14 @@ def test_tuning_from_the_command_line(families, compose_cfg, tmp_path):
     assert ckpt["hyper_parameters"]["net"]["encoders"]["text"]["tuning"]["lr_mult"] == 0.1
     lrs = sorted(g["lr"] for g in ckpt["optimizer_states"][0]["param_groups"])
     assert lrs[0] == pytest.approx(0.1 * lrs[-1])  # the adapters' groups at lr * lr_mult
+    # a slim checkpoint of the real hf_text encoder (identity: the sha256 of its weight files), evaluated again
+    from omegaconf import open_dict
+
+    from mmgpt.cli.evaluate import evaluate
+
+    entry = ckpt["backbones"]["net.encoders.text"]
+    assert entry["name_or_path"] == str(families["bert"]) and len(entry["sha256"]) == 64 and entry["omitted"]
+    eval_cfg = compose_cfg([f"ckpt_path={results['best_ckpt']}"], config_name="eval")
+    with open_dict(eval_cfg):
+        eval_cfg.paths.output_dir = str(tmp_path / "eval")
+    assert evaluate(eval_cfg)["metrics"]["val/acc"] == pytest.approx(results["val"]["val/acc"], abs=1e-6)
