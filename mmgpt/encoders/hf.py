@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,16 +60,28 @@ _NETWORK: dict[str, bool] = {}
 
 
 def network_available(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub can be reached (False at once with HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    """Whether the Hugging Face hub can be reached (False at once with HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE).
+
+    The probe (name lookup + TCP connect) runs in a daemon thread joined with ``timeout``: a resolver that hangs
+    counts as no network instead of stalling start-up.
+    """
     if _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"):
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     if host not in _NETWORK:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            _NETWORK[host] = True
-        except OSError:
-            _NETWORK[host] = False
+        reached: list[bool] = []
+
+        def probe() -> None:
+            try:
+                socket.create_connection((host, 443), timeout=timeout).close()
+                reached.append(True)
+            except OSError:
+                pass
+
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        thread.join(timeout)
+        _NETWORK[host] = bool(reached)
     return _NETWORK[host]
 
 
@@ -295,7 +308,18 @@ class HFImageEncoder(HFEncoder):
             if tower is None:
                 raise UserError(f"name_or_path={name_or_path!r}: a {type(config).__name__} with no {name} in "
                                 "transformers; point name_or_path at a vision-only model")
-            return load_pretrained(tower.from_pretrained, name_or_path, **opts)
+            from transformers.utils import logging as hf_logging
+
+            # The other tower's weights are unused by design: no report listing each of them as unexpected.
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                model = load_pretrained(tower.from_pretrained, name_or_path, **opts)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+            log.info("%s: loaded the %s of a %s checkpoint (its other tower is not loaded)", name_or_path, name,
+                     type(config).__name__.removesuffix("Config"))
+            return model
         return super().load_backbone(name_or_path, config, opts)
 
     def hidden(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
