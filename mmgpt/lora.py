@@ -1,5 +1,8 @@
 """LoRA (Hu et al., 2021): low-rank adapters added to frozen linear layers (here: attention projections).
 
+For mmgpt's own layers (``model.lora``). Pretrained backbones use peft instead (``tuning.lora``,
+:mod:`mmgpt.encoders.tuning`); both compute the same function, and why both exist is in docs/tuning.md.
+
 Legend: B batch, N tokens, I in features, O out features, R rank.
 """
 

@@ -57,6 +57,14 @@ class Tuning:
     gradient_checkpointing: bool = False
 
 
+def _tuning(fields: Mapping[str, Any]) -> Tuning:
+    known = Tuning.__dataclass_fields__
+    for key in fields:
+        if key not in known:  # a TypeError: the builder prefixes the encoder's key path
+            raise TypeError(f"tuning.{key}: not a tuning setting (settings: {', '.join(known)})")
+    return Tuning(**fields)
+
+
 class BackboneEncoder(nn.Module, ABC):
     """A pretrained backbone and a learned projection to ``dim`` (see the module doc).
 
@@ -76,7 +84,7 @@ class BackboneEncoder(nn.Module, ABC):
         self.backbone = backbone
         self.proj = nn.Linear(hidden_size, dim)
         self.identity = identity
-        self.tuning = tuning if isinstance(tuning, Tuning) else Tuning(**(tuning or {}))
+        self.tuning = tuning if isinstance(tuning, Tuning) else _tuning(tuning or {})
 
     def apply_tuning(self) -> None:
         """Freeze / unfreeze / add adapters / switch on gradient checkpointing as :attr:`tuning` says

@@ -132,11 +132,26 @@ def frozen_state(encoder: BackboneEncoder) -> dict[str, Tensor]:
             and (id(t) in params or (held and id(t) not in live))}
 
 
-def fingerprint(t: Tensor) -> tuple[float, ...]:
-    """Three float64 sums of ``t`` (plain, of squares, of every 7th element): any real change to a tensor (an
-    update, another checkpoint's weights loaded over it) changes them. Computed where ``t`` lives."""
-    x = t.detach().reshape(-1).double()
-    return tuple(torch.stack([x.sum(), x.square().sum(), x[::7].sum()]).tolist())
+#: Elements per step of :func:`fingerprint` (bounds its memory); a multiple of 7, so each chunk's ``[::7]``
+#: continues the whole tensor's.
+FINGERPRINT_CHUNK = 7 << 20
+
+
+def fingerprint(t: Tensor) -> tuple[int, ...]:
+    """Three exact integer sums over the bits of ``t`` (all of them; every 7th element; high x low 16-bit halves).
+
+    Integer sums do not depend on the order of the reduction, so the fingerprint of a tensor is the same on the CPU
+    (where it is noted, right after loading) and on a GPU (where a checkpoint is saved); any change to an element's
+    bits (an update, a cast, another checkpoint's weights) changes it. Computed where ``t`` lives, in chunks.
+    """
+    x = t.detach().contiguous().reshape(-1).view(torch.uint8)
+    bits = x.view(torch.int32) if x.numel() % 4 == 0 else x.view(torch.int16) if x.numel() % 2 == 0 else x
+    total = torch.zeros(3, dtype=torch.int64, device=bits.device)
+    for i in range(0, bits.numel(), FINGERPRINT_CHUNK):
+        c = bits[i:i + FINGERPRINT_CHUNK].int()  # int32: the halves' product below fits (|x| < 2^16 * 2^15)
+        total += torch.stack([c.sum(dtype=torch.int64), c[::7].sum(dtype=torch.int64),
+                              ((c & 0xFFFF) * (c >> 16)).sum(dtype=torch.int64)])
+    return tuple(total.tolist())
 
 
 def trainable_layers(encoder: BackboneEncoder) -> list[nn.Module]:

@@ -8,11 +8,11 @@ encoder, the identity it was read from (``name_or_path``, ``sha256``) and the na
     {"net.encoders.text": {"name_or_path": "bert-base-uncased", "sha256": "9f2c...", "omitted": ["net.enc...", ...]}}
 
 "Still exactly what was read" means: a tensor training does not update (a parameter without gradients, a buffer
-of the part held in eval mode) whose fingerprint (:func:`mmgpt.encoders.tuning.fingerprint`, three float64 sums)
-is the one noted right after loading. So frozen weights, LoRA base weights and the frozen layers below
-``unfreeze_last`` are left out; projections, adapters and unfrozen layers are stored, and so are frozen weights
-changed since loading (an ``init_from`` checkpoint loaded over the backbone). Optimizer version counters cannot
-decide it: fused optimizers update parameters without bumping them.
+of the part held in eval mode) whose fingerprint (:func:`mmgpt.encoders.tuning.fingerprint`, exact integer sums
+of its bits, the same on CPU and GPU) is the one noted right after loading. So frozen weights, LoRA base weights
+and the frozen layers below ``unfreeze_last`` are left out; projections, adapters and unfrozen layers are stored,
+and so are frozen weights changed since loading (an ``init_from`` checkpoint loaded over the backbone). Optimizer
+version counters cannot decide it: fused optimizers update parameters without bumping them.
 
 Loading (:func:`restore`: resume through Lightning, ``mmgpt-eval`` / ``mmgpt-generate``
 through :mod:`mmgpt.training.safe_load`) rebuilds the network, whose encoders re-read their backbones, checks each
@@ -51,7 +51,7 @@ def backbone_encoders(module: nn.Module) -> dict[str, BackboneEncoder]:
 def unchanged_keys(name: str, encoder: BackboneEncoder) -> list[str]:
     """State-dict keys (qualified by ``name``) of the frozen backbone tensors that still hold what was read from
     the backbone's files (the fingerprints :func:`mmgpt.encoders.tuning.record_loaded` noted)."""
-    loaded: Mapping[str, tuple[float, ...]] = getattr(encoder, "_loaded_fingerprints", {})
+    loaded: Mapping[str, tuple[int, ...]] = getattr(encoder, "_loaded_fingerprints", {})
     return [f"{name}.backbone.{k}" for k, t in frozen_state(encoder).items()
             if k in loaded and fingerprint(t) == loaded[k]]
 
@@ -91,6 +91,37 @@ def slim(checkpoint: MutableMapping[str, Any], module: nn.Module) -> int:
     return sum(len(e["omitted"]) for e in entries.values())
 
 
+def check_identities(entries: Mapping[str, Any], module: nn.Module, source: str | Path, prefix: str = "") -> set[str]:
+    """Each backbone a slim checkpoint left out must be in ``module`` and hash as recorded; returns the omitted keys.
+
+    Args:
+        entries: the checkpoint's ``backbones`` record (encoder name -> identity and omitted keys).
+        module: the network (or LightningModule) the checkpoint is loaded into.
+        source: the checkpoint, for messages.
+        prefix: removed from the recorded encoder names (``"net."`` when ``module`` is the bare network).
+    """
+    from mmgpt.training.safe_load import CheckpointError
+
+    encoders = backbone_encoders(module)
+    omitted: set[str] = set()
+    for name, entry in entries.items():
+        encoder = encoders.get(name.removeprefix(prefix))
+        if encoder is None:
+            raise CheckpointError(f"{source}: the backbone weights of {name} are not stored in it (a slim "
+                                  "checkpoint), and the network it goes into has no backbone encoder there")
+        if encoder.identity.sha256 != entry.get("sha256"):
+            raise CheckpointError(
+                f"{source}: {name}: the backbone read from {encoder.identity.name_or_path} (sha256 "
+                f"{encoder.identity.sha256[:16]}) is not the one this checkpoint was trained on "
+                f"({entry.get('name_or_path')}, sha256 {str(entry.get('sha256'))[:16]}); refused. Point "
+                f"name_or_path at the original weights")
+        if encoder.identity.name_or_path != entry.get("name_or_path"):
+            log.info("%s: backbone read from %s (trained from %s; same sha256)", name,
+                     encoder.identity.name_or_path, entry.get("name_or_path"))
+        omitted.update(entry.get("omitted", ()))
+    return omitted
+
+
 def restore(checkpoint: Mapping[str, Any], module: nn.Module, source: str | Path) -> set[str]:
     """Check a slim checkpoint against ``module`` (built, backbones re-read): each backbone's hash must be the one
     recorded, and the stored tensors plus the omitted ones must be exactly the module's state.
@@ -110,23 +141,7 @@ def restore(checkpoint: Mapping[str, Any], module: nn.Module, source: str | Path
         return set()
     if not isinstance(entries, Mapping):
         raise CheckpointError(f"{source}: `{CKPT_KEY}` is not a mapping of backbone identities")
-    encoders = backbone_encoders(module)
-    omitted: set[str] = set()
-    for name, entry in entries.items():
-        encoder = encoders.get(name)
-        if encoder is None:
-            raise CheckpointError(f"{source}: the backbone weights of {name} are not stored in it (a slim "
-                                  "checkpoint), and the network it describes has no backbone encoder there")
-        if encoder.identity.sha256 != entry.get("sha256"):
-            raise CheckpointError(
-                f"{source}: {name}: the backbone read from {encoder.identity.name_or_path} (sha256 "
-                f"{encoder.identity.sha256[:16]}) is not the one this checkpoint was trained on "
-                f"({entry.get('name_or_path')}, sha256 {str(entry.get('sha256'))[:16]}); refused. Point "
-                f"name_or_path at the original weights")
-        if encoder.identity.name_or_path != entry.get("name_or_path"):
-            log.info("%s: backbone read from %s (trained from %s; same sha256)", name,
-                     encoder.identity.name_or_path, entry.get("name_or_path"))
-        omitted.update(entry.get("omitted", ()))
+    omitted = check_identities(entries, module, source)
     state = checkpoint.get("state_dict") or {}
     own = set(module.state_dict())
     missing, unexpected = sorted(own - set(state) - omitted), sorted(set(state) - own)

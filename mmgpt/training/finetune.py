@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from mmgpt.pretrained import read_state_dict
@@ -126,7 +127,17 @@ def trainable_by_part(net: nn.Module) -> dict[str, dict[str, int]]:
 
 def init_from_checkpoint(net: nn.Module, path: str | Path) -> LoadReport:
     """Initialise ``net`` from a checkpoint: a Lightning one (keys under ``net.``) or a plain network state dict."""
-    state = read_state_dict(path)
+    from mmgpt.training.backbone_checkpoints import CKPT_KEY, check_identities
+
+    entries = None
+    if Path(path).suffix == ".safetensors" or not Path(path).is_file():
+        state = read_state_dict(path)
+    else:  # read once: a slim checkpoint's backbone identities come with its tensors
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
+        entries = obj.get(CKPT_KEY) if isinstance(obj, Mapping) else None
+    if entries:  # the backbones it left out must be the ones net read (they stay as read)
+        check_identities(entries, net, path, prefix="net.")
     prefix = "net." if any(k.startswith("net.") for k in state) else ""
     report = load_partial(net, state, prefix)
     log.info("init_from %s: %s", path, report.summary())

@@ -158,6 +158,12 @@ def test_bad_tuning_is_one_line_naming_the_key(bert, tuning, message):
     assert "\n" not in str(e.value)
 
 
+def test_a_misspelt_tuning_key_names_itself(bert):
+    with pytest.raises(SpecError, match=r"^model\.net\.encoders\.text \(test_bert\): tuning\.unfreze_last: not a "
+                                        r"tuning setting \(settings: freeze, unfreeze_last, lora"):
+        build_network(bert_spec(bert, dim=DIM, unfreze_last=1), 3)
+
+
 def test_lr_mult_puts_backbone_parameters_in_their_own_groups(bert):
     module = MultimodalModule(net=bert_spec(bert, dim=DIM, unfreeze_last=1, lr_mult=0.1), num_classes=3,
                               optimizer={"type": "adamw", "lr": 1e-3, "weight_decay": 0.05}, scheduler=None)
@@ -180,6 +186,32 @@ def test_lr_mult_needs_an_explicit_lr(bert):
     with pytest.raises(ValueError, match="encoders.text.tuning.lr_mult=0.5"):
         param_groups(net, 0.0)
     assert len(param_groups(net, 0.0, lr=1.0)) == 4
+
+
+@pytest.mark.parametrize("tuning", [{}, {"unfreeze_last": 1}, {"lora": {"r": 2, "target_modules": ["query"]}}])
+def test_frozen_weights_are_bit_identical_after_lightning_training(bert, tuning):
+    """Through the LightningModule and the Trainer (which calls model.train() every epoch): every frozen backbone
+    tensor, buffers included, is bit-identical after training; every trainable one moved."""
+    import pytorch_lightning as pl
+
+    from mmgpt.datamodules.synthetic import SyntheticDataModule
+
+    torch.manual_seed(0)
+    module = MultimodalModule(net=bert_spec(bert, dim=DIM, **tuning), num_classes=15, scheduler=None,
+                              optimizer={"type": "adamw", "lr": 1e-2, "weight_decay": 0.05, "fused": True})
+    backbone = module.net.encoders["text"].backbone
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    dm = SyntheticDataModule(num_train=32, num_val=8, num_test=8, batch_size=8, augment=False)
+    pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1).fit(module, dm)
+    after = backbone.state_dict()
+    for k, v in before.items():
+        if k in trainable:
+            assert not torch.equal(after[k], v), f"{k} should have trained"
+        else:
+            assert torch.equal(after[k], v), f"frozen {k} changed"
+    assert len(trainable) == {"": 0, "unfreeze_last": 16, "lora": 6}[next(iter(tuning), "")]
 
 
 def test_frozen_backbone_is_bit_identical_after_training_and_counts_are_in_results(bert, compose_cfg, tmp_path):
@@ -205,8 +237,8 @@ def test_frozen_backbone_is_bit_identical_after_training_and_counts_are_in_resul
 
 #: LoRA target modules of each tiny family of tests/helpers/backbones.py (peft matches module-name suffixes).
 LORA_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "vit": ["q_proj", "v_proj"],
-                "clip": ["q_proj", "v_proj"], "wav2vec2": ["q_proj", "v_proj"],
-                "whisper": ["q_proj", "v_proj"], "timm": ["qkv"]}
+                "clip": ["q_proj", "v_proj"], "wav2vec2": ["q_proj", "v_proj"], "whisper": ["q_proj", "v_proj"],
+                "timm": ["qkv"]}
 
 
 def _family_input(family: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -255,3 +287,32 @@ def test_tuning_of_every_backbone_family(families, family):
     ckpt.train()
     ckpt(x, mask).tokens.sum().backward()
     assert all(p.grad is not None for p in ckpt.layers()[0].parameters())
+
+
+def test_tuning_from_the_command_line(families, compose_cfg, tmp_path):
+    """`model/encoder/text@...=hf` + `tuning.*` overrides, as the README writes them, through mmgpt-train."""
+    from mmgpt.cli.train import train
+
+    at = "model.net.encoders.text"
+    cfg = compose_cfg(["experiment=smoke", "logger=csv", "model/fusion=late", "data.num_train=32", "data.num_val=16",
+                       "test=false", f"model/encoder/text@{at}=hf", f"{at}.name_or_path={families['bert']}",
+                       f"{at}.tuning.lora={{r:2,alpha:4,target_modules:[query,value]}}", f"{at}.tuning.lr_mult=0.1",
+                       f"{at}.tuning.gradient_checkpointing=true"])
+    results = train(cfg)
+    part = results["params_by_part"]["encoders.text"]
+    assert part["adapters"] == part["backbone_trainable"] == 2 * 2 * 2 * (32 + 32)  # 2 layers x (q, v) x r x (H+H)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["net"]["encoders"]["text"]["tuning"]["lr_mult"] == 0.1
+    lrs = sorted(g["lr"] for g in ckpt["optimizer_states"][0]["param_groups"])
+    assert lrs[0] == pytest.approx(0.1 * lrs[-1])  # the adapters' groups at lr * lr_mult
+    # a slim checkpoint of the real hf_text encoder (identity: the sha256 of its weight files), evaluated again
+    from omegaconf import open_dict
+
+    from mmgpt.cli.evaluate import evaluate
+
+    entry = ckpt["backbones"]["net.encoders.text"]
+    assert entry["name_or_path"] == str(families["bert"]) and len(entry["sha256"]) == 64 and entry["omitted"]
+    eval_cfg = compose_cfg([f"ckpt_path={results['best_ckpt']}"], config_name="eval")
+    with open_dict(eval_cfg):
+        eval_cfg.paths.output_dir = str(tmp_path / "eval")
+    assert evaluate(eval_cfg)["metrics"]["val/acc"] == pytest.approx(results["val"]["val/acc"], abs=1e-6)

@@ -1,6 +1,7 @@
 """Backbone fine-tuning on a GPU at BERT-base size (random weights from a config, saved and loaded by path): peak
-memory of a frozen backbone vs LoRA vs LoRA with activation checkpointing of the backbone layers, frozen weights
-bit-identical after bf16 steps, and ``trainer=fsdp`` sharding a LoRA-tuned backbone per layer end to end.
+memory of a frozen backbone vs LoRA vs LoRA with activation checkpointing of the backbone layers; frozen weights
+bit-identical after bf16 steps and still recognised as unchanged for slim checkpoints; ``trainer=fsdp`` sharding a
+LoRA-tuned backbone per layer end to end.
 
 Run by bench/gpu.sh (section backbone-tuning, its figures printed into backbone_tuning.log); skipped without CUDA.
 """
@@ -59,6 +60,12 @@ def _peak_and_check(bert: Path, activation_checkpointing: bool, **tuning) -> flo
     for n, p in net.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), f"frozen {n} changed"
+    # slim checkpoints: the fingerprints noted on the CPU at load time still match on the GPU after training
+    from mmgpt.encoders.tuning import frozen_state
+    from mmgpt.training.backbone_checkpoints import unchanged_keys
+
+    encoder = net.encoders["text"]
+    assert len(unchanged_keys("net.encoders.text", encoder)) == len(frozen_state(encoder)) > 0
     return peak
 
 

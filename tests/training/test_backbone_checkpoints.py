@@ -132,3 +132,36 @@ def test_a_backbone_without_a_content_hash_is_written_whole(bert):
     whole = dict(ckpt, state_dict=dict(ckpt["state_dict"]))
     assert slim(whole, wrapper) == 0 and CKPT_KEY not in whole and whole["state_dict"].keys() == ckpt[
         "state_dict"].keys()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.int64, torch.bool])
+def test_fingerprint_sees_a_one_bit_change_and_not_the_reduction_order(dtype, monkeypatch):
+    from mmgpt.encoders import tuning
+    from mmgpt.encoders.tuning import fingerprint
+
+    monkeypatch.setattr(tuning, "FINGERPRINT_CHUNK", 7 * 1000)
+    t = (torch.randn(20_005, generator=torch.Generator().manual_seed(0)) * 100).to(dtype)  # 3 chunks
+    assert fingerprint(t) == fingerprint(t.clone()) == fingerprint(t.reshape(-1, 1).t().t())
+    changed = t.clone().view(-1)
+    flipped = changed.view(torch.uint8)
+    flipped[12345 * changed.element_size()] ^= 1  # the lowest bit of one element
+    assert fingerprint(changed) != fingerprint(t)
+    if dtype == torch.float32:  # position-sensitive (every 7th element), not only a sum of values
+        assert fingerprint(t[:-1]) != fingerprint(t[:-1].flip(0))
+
+
+def test_init_from_a_slim_checkpoint_checks_its_backbones(bert, compose_cfg, tmp_path):
+    from mmgpt.registry import build_network
+    from mmgpt.training.finetune import init_from_checkpoint
+    from tests.helpers.bert_double import bert_spec
+
+    train(bert_run_cfg(compose_cfg, bert, TUNING, "trainer.max_epochs=1", "test=false"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    torch.manual_seed(1)
+    net = build_network(bert_spec(bert, **TUNING), 15)
+    report = init_from_checkpoint(net, last)
+    omitted = {k.removeprefix("net.") for k in _state(last)[CKPT_KEY]["net.encoders.text"]["omitted"]}
+    assert set(report.missing) == omitted  # left as read from the same (checked) backbone folder
+    other = save_tiny_bert(tmp_path / "other-bert", hidden_size=32, num_layers=3, seed=1)
+    with pytest.raises(CheckpointError, match=r"net\.encoders\.text: the backbone read from .*other-bert"):
+        init_from_checkpoint(build_network(bert_spec(other, **TUNING), 15), last)
