@@ -390,10 +390,12 @@ class FillFeatureCache(pl.Callback):
     Args:
         processors: what :func:`install` returned.
         batch_size: samples per backbone call.
+        splits: the splits to fill (all by default; ``mmgpt-eval`` fills the one it evaluates).
     """
 
-    def __init__(self, processors: Mapping[str, CachedFeatures], batch_size: int = 32) -> None:
-        self.processors, self.batch_size = dict(processors), batch_size
+    def __init__(self, processors: Mapping[str, CachedFeatures], batch_size: int = 32,
+                 splits: Sequence[str] = SPLITS) -> None:
+        self.processors, self.batch_size, self.splits = dict(processors), batch_size, tuple(splits)
         self.cache = next(iter(self.processors.values())).cache if self.processors else None
         self.done = False
 
@@ -408,7 +410,7 @@ class FillFeatureCache(pl.Callback):
         progress = Progress("filling the feature cache") if trainer.is_global_zero and compute else None
         report = fill(trainer.datamodule, pl_module.net, self.processors, device=pl_module.device,
                       batch_size=self.batch_size, rank=trainer.global_rank, world_size=trainer.world_size,
-                      progress=progress, compute=compute)
+                      progress=progress, compute=compute, splits=self.splits)
         if progress is not None:
             progress.close()
         if any(report.missing.values()):

@@ -151,6 +151,7 @@ class EvalSchema:
     split: str = "val"
     subsets: bool = True
     plugins: list[str] = field(default_factory=list)  # the user's modules registering parts the checkpoint uses
+    feature_cache: FeatureCacheSchema = field(default_factory=FeatureCacheSchema)
 
 
 def register_schemas() -> None:

@@ -210,6 +210,16 @@ def test_training_fills_the_cache_then_trains_from_it(models, tmp_path, compose_
     assert sorted(cache.glob("seg-*.idx.npz")) == segments  # nothing new to store
     assert second["val"]["val/loss"] == pytest.approx(first["val"]["val/loss"], abs=1e-6)  # same run, same result
 
+    from mmgpt.cli.evaluate import evaluate  # mmgpt-eval reads the same cache: the run's own test metrics exactly
+
+    eval_cfg = compose_cfg([f"ckpt_path={second['best_ckpt']}", "split=test", "subsets=false",
+                            "plugins=[tests.helpers.cache_backbones]", f"feature_cache.dir={cache}"], "eval")
+    with open_dict(eval_cfg):
+        eval_cfg.paths.output_dir = str(tmp_path / "eval")
+    out = evaluate(eval_cfg)
+    assert (ViTBackbone.calls, BertBackbone.calls) == calls
+    assert out["metrics"]["test/loss"] == pytest.approx(second["test"]["test/loss"], abs=1e-6)
+
 
 def test_mmgpt_data_features_fills_what_training_reads(models, tmp_path, compose_cfg, capsys):
     from mmgpt.cli.data import main
