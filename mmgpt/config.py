@@ -105,7 +105,7 @@ class CompareSchema:
 
 @dataclass
 class FeatureCacheSchema:
-    """``feature_cache``: frozen backbones' hidden states stored on disk (datamodules/feature_cache.py)."""
+    """``feature_cache``: frozen backbones' hidden states stored on disk (datamodules/feature_cache/)."""
 
     mode: str = "auto"      # auto: cache every frozen backbone whose modality has no random augmentation; off
     dir: str = MISSING      # the cache folder, shared by runs (conf/train.yaml: ${paths.log_dir}/cache/features)

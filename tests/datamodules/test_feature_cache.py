@@ -1,4 +1,4 @@
-"""The frozen-feature cache (datamodules/feature_cache.py) on tiny random ViT / BERT backbones saved by path.
+"""The frozen-feature cache (datamodules/feature_cache/) on tiny random ViT / BERT backbones saved by path.
 
 Checked: cached == uncached network outputs (float32 storage: 1e-5; float16 storage: 1e-3 absolute on the logits,
 the tolerance README states); the key changes with the weights, the layer and the preprocessing; two processes
