@@ -2,14 +2,15 @@
 
     python -m bench.feature_cache [--num-train 96] [--rounds 2] [--threads 1] [--fusion early]
 
-Backbones: a ViT-Base/16 at 224 pixels (``ViTConfig()`` defaults) and a BERT-base (``BertConfig()`` defaults over
-the byte tokenizer's vocabulary), random weights, saved with ``save_pretrained`` and loaded by path (timing does
-not depend on the weights). The network is that pair plus a projection to ``dim`` each and the fusion
-(image + text modalities of the synthetic set at 224 pixels, no augmentation). One epoch = a full pass over the
-training loader with a training step (forward, backward, AdamW) per batch. The uncached and cached epochs run in
-one process, alternated after one warm-up epoch each ("from the second epoch"); the fill (every training sample
-through both backbones, stored as float16) is timed once, after the uncached warm-up. Wall and process CPU time are
-both reported: CPU time is what other jobs on a shared machine change least.
+Backbones: a ViT-Base/16 at 224 pixels (``ViTConfig()`` defaults, with a ``ViTImageProcessor``) and a BERT-base
+(``BertConfig()`` defaults, with a WordPiece tokenizer over the synthetic set's words), random weights, saved with
+``save_pretrained`` and loaded by path as the registered ``hf_image`` / ``hf_text`` encoders with their own
+processors, as ``mmgpt-train`` builds them (timing does not depend on the weights). The network is that pair plus a
+projection to ``dim`` each and the fusion (image + text modalities of the synthetic set, no augmentation).
+One epoch = a full pass over the training loader with a training step (forward, backward, AdamW) per batch. The
+uncached and cached epochs run in one process, alternated after one warm-up epoch each ("from the second epoch");
+the fill (every training sample through both backbones, stored as float16) is timed once, after the uncached
+warm-up. Wall and process CPU time are both reported: CPU time is what other jobs on a shared machine change least.
 """
 
 from __future__ import annotations
@@ -24,32 +25,52 @@ import torch
 
 from bench.common import save
 from mmgpt.datamodules.feature_cache import fill, install
+from mmgpt.datamodules.processors import Processor, build_processors
 from mmgpt.datamodules.synthetic import SyntheticDataModule
+from mmgpt.datamodules.synthetic.generator import SyntheticGenerator
 from mmgpt.registry import build_network
-from tests.helpers.cache_backbones import save_bert, save_vit
 
 IMAGE_SIZE = 224
 
 
-def network(vit: Path, bert: Path, fusion: str, dim: int, layers: int) -> torch.nn.Module:
-    """The two backbones + a fusion of ``conf/model``'s default shape (4 heads, MLP ratio 2)."""
+def save_backbones(root: Path) -> tuple[Path, Path]:
+    """ViT-Base/16 (``ViTConfig()``) with its image processor, BERT-base (``BertConfig()``) with a WordPiece
+    tokenizer over the synthetic set's words; random weights, saved with ``save_pretrained`` as a download is."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast, ViTConfig, ViTImageProcessor, ViTModel
+
+    vit, bert = root / "vit-base", root / "bert-base"
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(), add_pooling_layer=False).save_pretrained(vit)
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(vit)
+    texts = [s.text or "" for s in SyntheticGenerator(32, 8000).generate(200, seed=0)]
+    words = sorted({w for t in texts for w in t.lower().replace("?", " ").replace(",", " ").split()})
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *letters, *(f"##{c}" for c in letters)]
+    bert.mkdir(parents=True)
+    (bert / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    BertTokenizerFast(vocab_file=str(bert / "vocab.txt"), model_max_length=64).save_pretrained(bert)
+    BertModel(BertConfig(), add_pooling_layer=False).save_pretrained(bert)
+    return vit, bert
+
+
+def network_spec(vit: Path, bert: Path, fusion: str, dim: int, layers: int) -> dict:
+    """The two backbones (registered ``hf_image`` / ``hf_text``, frozen by default) + a fusion of ``conf/model``'s
+    default shape (4 heads, MLP ratio 2)."""
     sizes = {"dim": dim, "num_layers": layers, "num_heads": 4, "mlp_ratio": 2.0}
-    fusions = {"early": {"type": "early", **sizes}, "late": {"type": "late", **sizes},
-               "cross_attention": {"type": "cross_attention", **sizes}}
     spec = {
-        "encoders": {"image": {"type": "test_vit", "path": str(vit), "dim": dim},
-                     "text": {"type": "test_bert", "path": str(bert), "dim": dim}},
-        "fusion": {**fusions[fusion], "modalities": ["image", "text"]},
+        "encoders": {"image": {"type": "hf_image", "name_or_path": str(vit), "dim": dim},
+                     "text": {"type": "hf_text", "name_or_path": str(bert), "dim": dim}},
+        "fusion": {"type": fusion, **sizes, "modalities": ["image", "text"]},
         "head": {"type": "classification_head", "dim": dim},
     }
     if fusion == "late":
         spec["fusion"]["combiner"] = {"type": "concat_mlp", "modalities": ["image", "text"], "dim": dim}
-    return build_network(spec, 15)
+    return spec
 
 
-def datamodule(num_train: int, batch_size: int) -> SyntheticDataModule:
+def datamodule(num_train: int, batch_size: int, processors: dict[str, Processor]) -> SyntheticDataModule:
     dm = SyntheticDataModule(num_train=num_train, num_val=8, num_test=8, image_size=IMAGE_SIZE, augment=False,
-                             batch_size=batch_size, num_workers=0)
+                             batch_size=batch_size, num_workers=0, processors=processors)
     dm.setup()
     return dm
 
@@ -84,20 +105,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="mmgpt-bench-features-"))
     t0 = time.perf_counter()
-    vit = save_vit(work / "vit-base", image_size=IMAGE_SIZE, patch_size=16, hidden_size=768, num_layers=12,
-                   num_attention_heads=12, intermediate_size=3072)
-    bert = save_bert(work / "bert-base", hidden_size=768, num_layers=12, num_attention_heads=12,
-                     intermediate_size=3072)
+    vit, bert = save_backbones(work)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    net = network(vit, bert, args.fusion, args.dim, args.layers).to(device)
+    spec = network_spec(vit, bert, args.fusion, args.dim, args.layers)
+    net = build_network(spec, 15).to(device)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
     print(f"backbones saved and loaded in {time.perf_counter() - t0:.0f}s: {frozen / 1e6:.1f}M frozen, "
           f"{trainable / 1e6:.2f}M trained parameters", flush=True)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
 
-    plain, cached = datamodule(args.num_train, args.batch_size), datamodule(args.num_train, args.batch_size)
+    data = {"image_size": IMAGE_SIZE, "augment": False}
+    plain, cached = (datamodule(args.num_train, args.batch_size, build_processors(spec, data)) for _ in range(2))
     processors = install(cached, net, root=work / "features", dtype="float16")
     assert sorted(processors) == ["image", "text"], processors
     times: dict[str, list[tuple[float, float]]] = {"uncached": [], "cached": []}
@@ -126,8 +146,8 @@ def main() -> None:
         "## Frozen-feature cache: epoch time with vs without",
         "",
         f"`model/fusion={args.fusion}` ({args.layers} layers, dim {args.dim}: the default config's) on a frozen "
-        f"ViT-Base/16 at 224 px and a frozen BERT-base "
-        f"(random weights from `ViTConfig()` / `BertConfig()` defaults, {frozen / 1e6:.0f}M frozen and "
+        f"ViT-Base/16 at 224 px and a frozen BERT-base (`hf_image` / `hf_text` with their own processors; "
+        f"random weights from `ViTConfig()` / `BertConfig()` defaults, {frozen / 1e6:.0f}M frozen and "
         f"{trainable / 1e6:.2f}M trained parameters), {args.num_train} synthetic training samples, batch "
         f"{args.batch_size}, {args.threads} torch thread(s), on {device.type}. An epoch is a full pass over the "
         "training loader with a training step per batch; uncached and cached epochs alternate after one warm-up "

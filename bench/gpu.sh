@@ -81,7 +81,7 @@ else
     note lightning-overhead "skipped (no CUDA)"
 fi
 
-# 6. cached vs uncached epochs of a fusion on frozen ViT-Base + BERT-base (datamodules/feature_cache.py)
+# 6. cached vs uncached epochs of a fusion on frozen ViT-Base + BERT-base (datamodules/feature_cache/)
 if [ "$CUDA" = 1 ] && "$PY" -c "import transformers" 2>/dev/null; then
     section backbone-cache 150 bash -c "'$PY' -m bench.feature_cache --device cuda --num-train 512 \
         --batch-size 64 --rounds 3 --threads 8 && cp bench/results/feature_cache.json bench/results/feature_cache.md '$OUT/'"

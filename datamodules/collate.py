@@ -32,7 +32,7 @@ class Collate:
                  modality_dropout: Mapping[str, float] | None = None) -> None:
         self.processors = dict(sorted(processors.items()))
         self.modality_dropout = check_dropout_probs(modality_dropout, self.processors)
-        # Modalities whose processor yields cached backbone hidden states (datamodules/feature_cache.py).
+        # Modalities whose processor yields cached backbone hidden states (datamodules/feature_cache/).
         self.precomputed = frozenset(n for n, p in self.processors.items() if getattr(p, "precomputed", False))
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> MultimodalBatch:

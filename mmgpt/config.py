@@ -117,7 +117,7 @@ class CompareSchema:
 
 @dataclass
 class FeatureCacheSchema:
-    """``feature_cache``: frozen backbones' hidden states stored on disk (datamodules/feature_cache.py)."""
+    """``feature_cache``: frozen backbones' hidden states stored on disk (datamodules/feature_cache/)."""
 
     mode: str = "auto"      # auto: cache every frozen backbone whose modality has no random augmentation; off
     dir: str = MISSING      # the cache folder, shared by runs (conf/train.yaml: ${paths.log_dir}/cache/features)
@@ -164,6 +164,7 @@ class EvalSchema:
     split: str = "val"
     subsets: bool = True
     plugins: list[str] = field(default_factory=list)  # the user's modules registering parts the checkpoint uses
+    feature_cache: FeatureCacheSchema = field(default_factory=FeatureCacheSchema)
 
 
 def sorted_keys(node: Any) -> list[str]:

@@ -72,6 +72,49 @@ def build_datamodule(data_cfg: DictConfig | Mapping[str, Any], net: Mapping[str,
     return instantiate(data_cfg, _convert_="all", processors=processors)
 
 
+def use_feature_cache(fc: Any, datamodule: pl.LightningDataModule, module: pl.LightningModule,
+                      init_report: Any = None) -> dict[str, Any]:
+    """Give ``datamodule`` the cached processors of every modality whose frozen backbone's hidden states can be
+    cached (the ``feature_cache`` config node ``fc``); returns them by modality. Nothing when ``fc.mode=off`` or no
+    encoder is a backbone (the scratch path imports nothing for it).
+
+    Not cached: the text modality when an objective or the decoder reads its token ids, and a backbone whose weights
+    ``init_from`` replaced (their hash no longer names them).
+    """
+    from mmgpt.encoders.backbone import BackboneEncoder
+    from mmgpt.objectives import CausalLM, MaskedLM
+
+    if fc.mode not in ("auto", "off"):
+        raise UserError(f"feature_cache.mode={fc.mode!r}: expected auto or off")
+    net = module.net
+    if fc.mode == "off" or not any(isinstance(e, BackboneEncoder) for e in net.encoders.values()):
+        return {}
+    if not hasattr(datamodule, "replace_processors"):
+        log.info("feature cache: %s has no processors to replace; not cached", type(datamodule).__name__)
+        return {}
+    from mmgpt.datamodules.feature_cache import install  # the entry point is the edge: imported here
+
+    exclude = set()
+    if net.decoder is not None or any(isinstance(o, (CausalLM, MaskedLM)) for o in module.objectives.values()):
+        exclude.add(net.text_modality)  # they read the text's token ids
+    if init_report is not None:
+        exclude |= {m for m in net.encoders if any(k.startswith(f"encoders.{m}.backbone.") for k in init_report.loaded)}
+    return install(datamodule, net, root=fc.dir, dtype=fc.dtype, exclude=exclude)
+
+
+def feature_cache_callbacks(fc: Any, datamodule: pl.LightningDataModule, module: pl.LightningModule,
+                            init_report: Any = None, splits: tuple[str, ...] = ("train", "val", "test"),
+                            ) -> list[pl.Callback]:
+    """:func:`use_feature_cache`, and the callback that fills the cache (``splits``) on the device before the first
+    batch."""
+    processors = use_feature_cache(fc, datamodule, module, init_report)
+    if not processors:
+        return []
+    from mmgpt.datamodules.feature_cache import FillFeatureCache
+
+    return [FillFeatureCache(processors, batch_size=fc.batch_size, splits=splits)]
+
+
 def hydra_choice(group: str) -> str | None:
     """The option chosen for a config group in the running Hydra app (e.g. ``model/fusion`` -> ``late``)."""
     if not HydraConfig.initialized():

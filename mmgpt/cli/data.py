@@ -91,8 +91,8 @@ def _features(args: argparse.Namespace) -> int:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
-    from mmgpt.cli.common import build_datamodule, user_errors
-    from mmgpt.cli.train import build_module, check_config, use_feature_cache
+    from mmgpt.cli.common import build_datamodule, use_feature_cache, user_errors
+    from mmgpt.cli.train import build_module, check_config
     from mmgpt.config import CONFIG_DIR
     from mmgpt.datamodules.feature_cache import fill
     from mmgpt.datamodules.manifest.media import Progress
@@ -124,7 +124,7 @@ def _features(args: argparse.Namespace) -> int:
         datamodule = build_datamodule(cfg.data, net, explicit=explicit)  # the encoders' processors, as in training
         module = build_module(cfg, datamodule)
         report = init_from_checkpoint(module.net, cfg.init_from) if cfg.get("init_from") else None
-        processors = use_feature_cache(cfg, datamodule, module, report)
+        processors = use_feature_cache(cfg.feature_cache, datamodule, module, report)
         if not processors:
             print("nothing to cache: no encoder is a frozen backbone whose modality has no random augmentation "
                   f"(feature_cache.mode={cfg.feature_cache.mode})")

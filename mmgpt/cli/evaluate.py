@@ -16,7 +16,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
-from mmgpt.cli.common import build_datamodule, metrics_of, rank_zero, user_errors, write_json
+from mmgpt.cli.common import (
+    build_datamodule,
+    feature_cache_callbacks,
+    metrics_of,
+    rank_zero,
+    user_errors,
+    write_json,
+)
 from mmgpt.config import CONFIG_DIR, check_targets
 from mmgpt.errors import UserError
 from mmgpt.training.evaluation import evaluate_subsets, modality_subsets
@@ -49,7 +56,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"the data's classes {list(datamodule.class_names)} differ from the checkpoint's "
             f"{list(module.hparams.class_names)}"
         )
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[progress_bar()])
+    cache = feature_cache_callbacks(cfg.feature_cache, datamodule, module, splits=(cfg.split,))  # as in training
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[progress_bar(), *cache])
     run = trainer.validate if cfg.split == "val" else trainer.test
 
     metrics = metrics_of(run(module, datamodule=datamodule, verbose=False))

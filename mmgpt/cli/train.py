@@ -24,6 +24,7 @@ import mmgpt.cli  # noqa: F401  (registers the config schemas)
 from mmgpt.cli.common import (
     build_datamodule,
     explicit_overrides,
+    feature_cache_callbacks,
     finish_wandb,
     hydra_choice,
     instantiate_group,
@@ -35,8 +36,6 @@ from mmgpt.cli.common import (
     write_json,
 )
 from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_model_specs, check_targets, resolved
-from mmgpt.encoders.backbone import BackboneEncoder
-from mmgpt.objectives import CausalLM, MaskedLM
 from mmgpt.registry import fit_to_data, import_plugins
 from mmgpt.training.callbacks import (
     FlushLogsWithCheckpoint,
@@ -169,39 +168,10 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
 
 def feature_cache(cfg: DictConfig, datamodule: pl.LightningDataModule, module: MultimodalModule,
                   init_report: LoadReport | None) -> list[pl.Callback]:
-    """The frozen-feature cache (``feature_cache``): frozen backbones' modalities read cached hidden states
-    (:func:`use_feature_cache`), and a callback fills what is missing on the training device before the first
-    batch (every rank its share, then a barrier)."""
-    processors = use_feature_cache(cfg, datamodule, module, init_report)
-    if not processors:
-        return []
-    from mmgpt.datamodules.feature_cache import FillFeatureCache
-
-    return [FillFeatureCache(processors, batch_size=cfg.feature_cache.batch_size)]
-
-
-def use_feature_cache(cfg: DictConfig, datamodule: pl.LightningDataModule, module: MultimodalModule,
-                      init_report: LoadReport | None = None) -> dict[str, Any]:
-    """Give ``datamodule`` the cached processors of every modality whose frozen backbone's hidden states can be
-    cached; returns them by modality. Nothing when ``feature_cache.mode=off`` or no encoder is a backbone (the
-    scratch path imports nothing for it)."""
-    fc = cfg.feature_cache
-    if fc.mode not in ("auto", "off"):
-        raise ConfigKeyError(f"feature_cache.mode={fc.mode!r}: expected auto or off")
-    net = module.net
-    if fc.mode == "off" or not any(isinstance(e, BackboneEncoder) for e in net.encoders.values()):
-        return {}
-    if not hasattr(datamodule, "replace_processors"):
-        log.info("feature cache: %s has no processors to replace; not cached", type(datamodule).__name__)
-        return {}
-    from mmgpt.datamodules.feature_cache import install
-
-    exclude = set()
-    if net.decoder is not None or any(isinstance(o, (CausalLM, MaskedLM)) for o in module.objectives.values()):
-        exclude.add(net.text_modality)  # they read the text's token ids
-    if init_report is not None:  # backbone weights from a checkpoint: the weights' hash no longer names them
-        exclude |= {m for m in net.encoders if any(k.startswith(f"encoders.{m}.backbone.") for k in init_report.loaded)}
-    return install(datamodule, net, root=fc.dir, dtype=fc.dtype, exclude=exclude)
+    """The frozen-feature cache (``feature_cache``): frozen backbones' modalities read cached hidden states, and a
+    callback fills what is missing on the training device before the first batch (every rank its share, then a
+    barrier). See :func:`mmgpt.cli.common.feature_cache_callbacks`."""
+    return feature_cache_callbacks(cfg.feature_cache, datamodule, module, init_report)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The frozen-feature cache (datamodules/feature_cache.py) on tiny random ViT / BERT backbones saved by path.
+"""The frozen-feature cache (datamodules/feature_cache/) on tiny random ViT / BERT backbones saved by path.
 
 Checked: cached == uncached network outputs (float32 storage: 1e-5; float16 storage: 1e-3 absolute on the logits,
 the tolerance README states); the key changes with the weights, the layer and the preprocessing; two processes
@@ -210,6 +210,16 @@ def test_training_fills_the_cache_then_trains_from_it(models, tmp_path, compose_
     assert sorted(cache.glob("seg-*.idx.npz")) == segments  # nothing new to store
     assert second["val"]["val/loss"] == pytest.approx(first["val"]["val/loss"], abs=1e-6)  # same run, same result
 
+    from mmgpt.cli.evaluate import evaluate  # mmgpt-eval reads the same cache: the run's own test metrics exactly
+
+    eval_cfg = compose_cfg([f"ckpt_path={second['best_ckpt']}", "split=test", "subsets=false",
+                            "plugins=[tests.helpers.cache_backbones]", f"feature_cache.dir={cache}"], "eval")
+    with open_dict(eval_cfg):
+        eval_cfg.paths.output_dir = str(tmp_path / "eval")
+    out = evaluate(eval_cfg)
+    assert (ViTBackbone.calls, BertBackbone.calls) == calls
+    assert out["metrics"]["test/loss"] == pytest.approx(second["test"]["test/loss"], abs=1e-6)
+
 
 def test_mmgpt_data_features_fills_what_training_reads(models, tmp_path, compose_cfg, capsys):
     from mmgpt.cli.data import main
@@ -304,3 +314,28 @@ def test_real_backbones_cached_equal_uncached(family, tmp_path):
         out_a = net(Collate(plain)([uncached[i] for i in rows]))
         out_b = net(dm.collate([val[i] for i in rows]))
     torch.testing.assert_close(out_b.logits, out_a.logits, atol=1e-5, rtol=1e-4)
+
+
+def test_a_changed_file_misses_and_the_others_hit(models, tmp_path):
+    """A manifest folder through the media store: rewriting one image file invalidates only its entry."""
+    from mmgpt.datamodules.manifest import ManifestDataModule
+    from tests.datamodules.conftest import write_png, write_rows
+
+    root = tmp_path / "data"
+    for i in range(6):
+        write_png(root / f"img/{i}.png", (20, 20), "RGB", (40 * i, 100, 200))
+    rows = [{"id": f"s{i}", "image": f"img/{i}.png", "text": f"sample {i}", "label": "ab"[i % 2]} for i in range(6)]
+    write_rows(root / "train.jsonl", rows[:4])
+    write_rows(root / "val.jsonl", rows[4:])
+    net = build_network(spec(models), 2)
+
+    def filled() -> dict[str, int]:
+        dm = ManifestDataModule(str(root), image_size=SIZE, batch_size=4, cache_dir=str(tmp_path / "media"),
+                                report_dir=None)
+        dm.setup("fit")
+        return fill(dm, net, install(dm, net, root=tmp_path / "features"), batch_size=4).computed
+
+    assert filled() == {"image": 6, "text": 6}
+    assert filled() == {"image": 0, "text": 0}
+    write_png(root / "img/2.png", (20, 20), "RGB", (0, 0, 0))  # new content (and size / mtime)
+    assert filled() == {"image": 1, "text": 0}
