@@ -14,6 +14,7 @@ fills the frozen-feature cache ahead of training, with the training command's ov
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -29,16 +30,28 @@ def _check(args: argparse.Namespace) -> int:
         return _check_hf(args)
     from mmgpt.datamodules.manifest import DecodeSettings, MediaFiles, check_folder
     from mmgpt.datamodules.manifest.media import Progress
-    from mmgpt.datamodules.processors import audio_samples
+    from mmgpt.datamodules.processors import ModalityError, audio_samples, declared_processors, parse_modalities
 
     max_samples = audio_samples(args.max_audio_seconds, args.sample_rate)
-    settings = DecodeSettings(args.image_size, args.sample_rate, max_samples,
-                              args.max_image_pixels if args.max_image_pixels > 0 else None)
+    max_pixels = args.max_image_pixels if args.max_image_pixels > 0 else None
+    settings = DecodeSettings(args.image_size, args.sample_rate, max_samples, max_pixels)
+    processors, kinds = None, None
+    if args.modalities is not None:  # the folder's declaration (data.modalities), as JSON
+        try:
+            declared = json.loads(args.modalities)
+            kinds = {name: spec["kind"] for name, spec in parse_modalities(declared, "--modalities").items()}
+        except (json.JSONDecodeError, ModalityError) as e:
+            print(f"error: --modalities: {e}", file=sys.stderr)
+            return 2
+        processors = declared_processors(declared, image_size=args.image_size, sample_rate=args.sample_rate,
+                                         max_audio_seconds=args.max_audio_seconds, max_text_length=64,
+                                         max_image_pixels=max_pixels)
     store = None if args.cache_dir is None else Path(args.cache_dir) / "media-store"
-    media = MediaFiles(settings, store, threads=args.threads, keep=store is not None)  # no store: decode and drop
+    media = MediaFiles(settings, store, threads=args.threads, keep=store is not None,  # no store: decode and drop
+                       processors=processors)
     progress = Progress(f"checking ({args.check})")  # a bar with the time left, on a terminal's stderr
     report = check_folder(args.root, media, allow_outside_root=args.allow_outside_root, check=args.check,
-                          progress=progress)
+                          progress=progress, kinds=kinds, label_type=args.label_type)
     progress.close()
     print(report.format(limit=args.limit))
     return 0 if report.ok else 1
@@ -166,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a Hugging Face data set (save_to_disk folder, Parquet/Arrow files; found by itself)")
     check.add_argument("--columns", default=None,
                        help="Hugging Face data: modality/label/id -> column, e.g. text=question,image=img,label=answer")
+    check.add_argument("--modalities", default=None,
+                       help='the declared modalities as JSON (data.modalities), e.g. \'{"text": "text", "poster": '
+                            '"image", "feats": {"kind": "features", "dim": 35}}\' (default: text, image, audio)')
+    check.add_argument("--label-type", choices=("class", "float", "multilabel"), default="class",
+                       help="what a label is (data.label_type)")
     check.set_defaults(func=_check)
 
     export = sub.add_parser("export-synthetic", help="write the embedded synthetic set as a manifest folder")
