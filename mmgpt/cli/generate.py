@@ -23,6 +23,8 @@ from mmgpt.batch import MultimodalBatch
 from mmgpt.cli.common import user_errors
 from mmgpt.errors import UserError
 from mmgpt.generation import GenerationConfig, generate
+from mmgpt.model import MultimodalTransformer
+from mmgpt.registry import encoder_kind
 from mmgpt.tokenizer import ByteTokenizer
 from mmgpt.training.safe_load import load_module, read_checkpoint, stored_run_config
 
@@ -34,8 +36,9 @@ class GenerateSchema:
     """The arguments of ``mmgpt-generate``."""
 
     ckpt_path: str = "???"
-    image: Any = None            # path or list of paths
-    audio: Any = None            # path or list of paths
+    image: Any = None            # path or list of paths (the modality named image)
+    audio: Any = None            # path or list of paths (the modality named audio)
+    media: Any = None            # any modality by name: {poster: a.png, vision_feats: [a.npy, b.npy]}
     prompt: Any = ""             # text the caption starts with, or a list
     num_samples: int = 1         # repeat the batch (with sampling: several candidates)
     max_new_tokens: int = 48
@@ -59,50 +62,66 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
-def build_batch(net_spec: Mapping[str, Any], images: list[str], audios: list[str], batch_size: int,
-                data: Mapping[str, Any]) -> MultimodalBatch:
-    """A batch of ``batch_size`` samples with the given media (repeated when one is given) and no text: each file
-    through the processor its modality's encoder declares, decoded and normalised exactly as for training.
+def media_processors(net: MultimodalTransformer, spec: dict[str, Any], data_cfg: dict[str, Any],
+                     ) -> dict[str, Any]:
+    """name -> the processor of each of the network's modalities, as the run trained with: the data's declaration
+    (``data.modalities`` in the checkpoint's run config) and the processors the encoders declare."""
+    from mmgpt.datamodules.processors import DATA_OPTIONS, build_processors, declared_processors
 
-    Args:
-        net_spec: the checkpoint's network spec (its encoders say which processors).
-        data: the run's data options (sizes, rates; clips are cropped at ``max_audio_seconds``).
-    """
-    # Imported here: the entry point sits at the edge, importing mmgpt never pulls in datamodules.
+    options = {**DATA_OPTIONS, **{k: v for k, v in data_cfg.items() if k in DATA_OPTIONS and v is not None}}
+    declared = data_cfg.get("modalities") or {m: encoder_kind(spec["encoders"][m], f"net.encoders.{m}")
+                                              for m in net.modalities}
+    processors = declared_processors(declared, image_size=options["image_size"], sample_rate=options["sample_rate"],
+                                     max_audio_seconds=options["max_audio_seconds"],
+                                     max_text_length=options["max_text_length"],
+                                     max_image_pixels=options["max_image_pixels"])
+    processors.update(build_processors(spec, options))  # the encoders' own (backbones; scratch sizes)
+    return {m: processors[m] for m in net.modalities}
+
+
+def build_batch(net: MultimodalTransformer, media: dict[str, list[str]], batch_size: int,
+                processors: dict[str, Any]) -> MultimodalBatch:
+    """A batch of ``batch_size`` samples with the given media files (one file is repeated) and no text, decoded
+    and collated by the modalities' processors exactly as for training."""
     from mmgpt.datamodules.collate import Collate
-    from mmgpt.datamodules.processors import build_processors
 
-    processors = build_processors(net_spec, data)
+    unknown = sorted(set(media) - set(net.modalities))
+    if unknown:
+        raise UserError(f"media.{unknown[0]}: the network has no modality {unknown[0]!r} (it has: "
+                        f"{', '.join(net.modalities)})")
     pick = lambda xs, i: xs[i if len(xs) > 1 else 0]  # noqa: E731
     samples = []
     for i in range(batch_size):
-        sample: dict[str, Any] = {"id": str(i), "label": None, "caption": None}
-        for name, files in (("image", images), ("audio", audios)):
-            if files and name in processors:
-                processor = processors[name]
-                sample[name] = processor.transform(processor.decode(pick(files, i)), train=False)
+        sample: dict[str, Any] = {"id": i, "label": None, "caption": None}
+        for name, paths in media.items():
+            if paths:
+                sample[name] = processors[name].transform(processors[name].decode(str(pick(paths, i))), train=False)
         samples.append(sample)
     return Collate(processors)(samples)
 
 
 def run_generate(cfg: DictConfig) -> list[str]:
     """Load the checkpoint, build the batch, generate; returns the texts (prompt + continuation)."""
-    images, audios, prompts = _as_list(cfg.image), _as_list(cfg.audio), [str(p) for p in _as_list(cfg.prompt)]
-    if not images and not audios:
-        raise UserError("give image=... and/or audio=... (the media to write about)")
+    media = {name: _as_list(paths) for name, paths in (cfg.get("media") or {}).items()}
+    for name in ("image", "audio"):  # the shorthands for modalities of those names
+        if cfg.get(name) is not None:
+            media[name] = _as_list(cfg[name])
+    media = {name: paths for name, paths in media.items() if paths}
+    prompts = [str(p) for p in _as_list(cfg.prompt)]
+    if not media:
+        raise UserError("give the media to write about: image=..., audio=... or media={<modality>: <file>}")
     module = load_module(cfg.ckpt_path, map_location="cpu", plugins=list(cfg.get("plugins") or []))
     net = module.net.to(cfg.device).eval()
     if net.decoder is None:
         raise UserError(f"{cfg.ckpt_path} has no text decoder: train it with task=caption")
-    n = max(len(images), len(audios), len(prompts), 1)
-    for name, xs in (("image", images), ("audio", audios), ("prompt", prompts)):
+    n = max(*(len(xs) for xs in media.values()), len(prompts), 1)
+    for name, xs in (*media.items(), ("prompt", prompts)):
         if len(xs) not in (0, 1, n):
             raise UserError(f"{name}: {len(xs)} values for a batch of {n}")
     data_cfg = (stored_run_config(read_checkpoint(cfg.ckpt_path)) or {}).get("data") or {}
-    # Without the run's data settings, clips are kept whole (up to 10 minutes).
-    data = {"max_audio_seconds": 600.0, **{k: v for k, v in data_cfg.items() if v is not None}}
+    processors = media_processors(net, module.hparams["net"], data_cfg)
     tokenizer = ByteTokenizer()
-    batch = build_batch(module.hparams.net, images, audios, n * cfg.num_samples, data).to(cfg.device)
+    batch = build_batch(net, media, n * cfg.num_samples, processors).to(cfg.device)
     prompts = (prompts or [""]) * (n if len(prompts) <= 1 else 1)
     prompts = [prompts[i % len(prompts)] for i in range(n * cfg.num_samples)]
     gen = GenerationConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.use_cache)
