@@ -115,13 +115,14 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
     not grow with the folder. ``check``: ``full`` decodes every file the store does not hold yet, ``headers``
     reads each such file's header only, ``off`` trusts the files (problems then show up in training).
     ``progress(done, total)`` is called after each chunk. Never raises for bad data: everything wrong is a
-    :class:`Problem` in the report. ``kinds`` declares the modalities (name -> kind; None: the default three, or
-    ``media``'s modalities and ``text``); ``label_type`` what a label is (``class``, ``float``, ``multilabel``).
+    :class:`Problem` in the report. ``kinds`` declares the modalities (name -> kind, each held by some row;
+    None: the default three, any may be absent; ``media`` must have been made for the same ones); ``label_type``
+    what a label is (``class``, ``float``, ``multilabel``).
     """
     if check not in CHECKS:
         raise ValueError(f"check={check!r}: expected one of {CHECKS}")
     root = Path(root)
-    index = read_index(root, media.modalities if kinds is None else kinds, label_type)
+    index = read_index(root, kinds, label_type)
     media_names = media_keys(index.kinds)
     report = CheckReport(root=root, class_names=index.class_names, problems=list(index.problems),
                          warnings=list(index.warnings))

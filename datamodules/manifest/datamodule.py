@@ -227,7 +227,8 @@ class ManifestDataModule(MultimodalDataModule):
     @cached_property
     def index(self) -> ManifestIndex:
         """The parsed rows and class list (no decoding): enough to size the model's head."""
-        return read_index(self.root, self.modalities, self.hparams.label_type)
+        declared = None if self.hparams.modalities is None else self.modalities
+        return read_index(self.root, declared, self.hparams.label_type)
 
     @property
     def class_names(self) -> list[str]:
@@ -256,7 +257,7 @@ class ManifestDataModule(MultimodalDataModule):
                                 processors=self.processors)
         progress = Progress(f"data.check={hp.check} {self.root.name}")
         report = check_folder(self.root, self.media, hp.allow_outside_root, check=hp.check, progress=progress,
-                              label_type=hp.label_type)
+                              kinds=None if hp.modalities is None else self.modalities, label_type=hp.label_type)
         progress.close()
         self.media.store.refresh()  # what this pass (and any other process) committed, for the datasets
         log.info("checked %s (data.check=%s) in %.1fs: %s samples, %d files decoded, %d entries in the store %s",

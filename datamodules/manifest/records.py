@@ -348,8 +348,9 @@ def _class_list(root: Path, train: list[Row], index: ManifestIndex) -> list[str]
 def read_index(root: str | Path, kinds: Mapping[str, str] | None = None, label_type: str = "class") -> ManifestIndex:
     """Parse every split file of ``root`` and build the class list; report problems instead of raising.
 
-    ``kinds`` (modality name -> kind, ``data.modalities``) says which keys/columns rows may have; None: the
-    default ``text``, ``image`` and ``audio``. ``label_type`` says what a label is (:data:`LABEL_TYPES`).
+    ``kinds`` (modality name -> kind, ``data.modalities``) says which keys/columns rows may have, and each must
+    hold a value in some row; None: the default ``text``, ``image`` and ``audio``, any of them may be absent.
+    ``label_type`` says what a label is (:data:`LABEL_TYPES`).
 
     Row-level problems (bad JSON, unknown keys, missing label, duplicate ids, a label outside the class list)
     leave that row out of :attr:`ManifestIndex.rows`; whole-file problems are marked ``fatal``.
@@ -375,6 +376,12 @@ def read_index(root: str | Path, kinds: Mapping[str, str] | None = None, label_t
         if not n_parsed and not any(p.file == path.name for p in index.problems):
             index.problems.append(Problem(path.name, None, "empty split: no rows", True))
         index.rows[split] = _unique_ids(rows, index)
+    if kinds is not None and index.files:  # a declared modality that no row holds is a mistake, not missing data
+        held = {k for rows in index.rows.values() for r in rows for k in r.values}
+        for name in sorted(set(index.kinds) - held):
+            index.problems.append(Problem(
+                ", ".join(index.files.values()), None, f"data.modalities declares {name!r} ({index.kinds[name]}), but "
+                f"no row has a value for it (keys/columns named like the modality: {name})", True))
     index.class_names = _class_list(root, index.rows.get("train", []), index)
     classes = set(index.class_names)
     for split, rows in index.rows.items():

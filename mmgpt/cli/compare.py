@@ -4,7 +4,7 @@
 
     mmgpt-compare                                          # conf/compare.yaml: experiment=compare_fusion
     mmgpt-compare model/fusion=early,late seed=0,1 trainer.max_epochs=2 data=manifest data.root=DIR
-    mmgpt-compare report=DIR [compare.metric=f1]           # rebuild DIR's report from its run directories
+    mmgpt-compare report=DIR [compare.metric=f1 compare.mode=max]  # rebuild DIR's report from its runs
     mmgpt-compare resume=DIR [more overrides]              # finish an interrupted comparison in DIR
 
 Each job of the sweep is one :func:`mmgpt.cli.train.train` run in ``<sweep dir>/<job>_<fusion>_seed<seed>``,
@@ -154,9 +154,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def report(sweep_dir: Path, metric: str) -> ReportFiles:
-    """Write the report of ``sweep_dir`` and print where it is, how to see the dashboards and sync wandb."""
-    files = write_report(sweep_dir, metric=metric)
+def report(sweep_dir: Path, metric: str, mode: str | None = None) -> ReportFiles:
+    """Write the report of ``sweep_dir`` (ranked by ``metric`` in direction ``mode``) and print where it is, how
+    to see the dashboards and sync wandb."""
+    files = write_report(sweep_dir, metric=metric, mode=mode)
     print(f"\nreport: {files.markdown}\n        {files.summary_csv}\n        {files.runs_csv}")
     for path in files.plots:
         print(f"        {path}")
@@ -171,7 +172,7 @@ class CompareReport(Callback):
     """Hydra callback: when the multirun ends, write the comparison report into the sweep directory."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        report(Path(config.hydra.sweep.dir), metric=str(config.compare.metric))
+        report(Path(config.hydra.sweep.dir), metric=str(config.compare.metric), mode=str(config.compare.mode))
 
 
 def previous_overrides(sweep_dir: Path) -> list[str]:
@@ -194,10 +195,13 @@ def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
     return (values[-1] if values else None), [a for a in args if not a.startswith(f"{key}=")]
 
 
-def _sweep_metric(sweep_dir: Path) -> str:
+def _sweep_metric(sweep_dir: Path) -> tuple[str, str | None]:
+    """The metric and direction a sweep was run with (its ``multirun.yaml``); ``acc`` for an unknown sweep."""
     path = sweep_dir / "multirun.yaml"
-    metric = OmegaConf.select(OmegaConf.load(path), "compare.metric") if path.is_file() else None
-    return str(metric or "acc")
+    cfg = OmegaConf.load(path) if path.is_file() else None
+    metric = OmegaConf.select(cfg, "compare.metric", default=None) if cfg is not None else None
+    mode = OmegaConf.select(cfg, "compare.mode", default=None) if cfg is not None else None
+    return str(metric or "acc"), (str(mode) if mode else None)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="compare")
@@ -213,9 +217,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     report_dir, args = _take(args, "report")
     if report_dir is not None:
         metric, args = _take(args, "compare.metric")
+        mode, args = _take(args, "compare.mode")
         if args:
-            raise SystemExit(f"mmgpt-compare report=DIR accepts only compare.metric=..., not: {' '.join(args)}")
-        report(Path(report_dir).resolve(), metric or _sweep_metric(Path(report_dir)))
+            raise SystemExit("mmgpt-compare report=DIR accepts only compare.metric=... and compare.mode=..., not: "
+                             + " ".join(args))
+        swept_metric, swept_mode = _sweep_metric(Path(report_dir))
+        # a metric named without a mode: the sweep's mode only when it is the sweep's metric
+        mode = mode or (swept_mode if metric in (None, swept_metric) else None)
+        report(Path(report_dir).resolve(), metric or swept_metric, mode)
         return
     resume_dir, args = _take(args, "resume")
     if resume_dir is not None:

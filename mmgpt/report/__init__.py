@@ -30,8 +30,12 @@ class ReportFiles:
     groups: list[GroupSummary]
 
 
-def write_report(root: str | Path, metric: str = "acc", out_dir: str | Path | None = None) -> ReportFiles:
+def write_report(root: str | Path, metric: str = "acc", out_dir: str | Path | None = None,
+                 mode: str | None = None) -> ReportFiles:
     """Read every finished run under ``root`` and write the comparison report into ``out_dir`` (default ``root``).
+
+    Groups are ranked by ``metric`` in direction ``mode`` (``max``: higher is better, ``min``; None: ``min`` for
+    losses and errors, else ``max``).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no finished run (no ``results.json``).
@@ -41,7 +45,7 @@ def write_report(root: str | Path, metric: str = "acc", out_dir: str | Path | No
     runs = load_runs(root)
     if not runs:
         raise FileNotFoundError(f"{root}: no finished run (no results.json) to report on")
-    groups = summarize(runs, metric)
+    groups = summarize(runs, metric, mode)
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(groups, out)
     md, summary_csv, runs_csv = write_tables(groups, root, out, plots)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mmgpt.report.runs import RunRecord
 
@@ -56,6 +56,7 @@ class GroupSummary:
         subsets: the metric per modality subset (missing-modality evaluation), when every run has one.
         subsets_split: the split of that evaluation.
         curve: the validation metric per epoch, over seeds.
+        mode: ``max`` when a higher metric is better, ``min`` when lower is.
     """
 
     name: str
@@ -73,6 +74,7 @@ class GroupSummary:
     subsets: dict[str, Stat]
     subsets_split: str | None
     curve: list[tuple[int, Stat]]
+    mode: str = "max"
 
     @property
     def seeds(self) -> list[int]:
@@ -142,10 +144,22 @@ def summarize_group(name: str, runs: Sequence[RunRecord], metric: str = "acc") -
     )
 
 
-def summarize(runs: Sequence[RunRecord], metric: str = "acc") -> list[GroupSummary]:
-    """One :class:`GroupSummary` per group, ranked by mean best-validation metric (best first)."""
+def default_mode(metric: str) -> str:
+    """The direction of a metric named without one: ``min`` for losses and errors, ``max`` otherwise."""
+    return "min" if metric in ("loss", "mae", "mse", "rmse") or metric.endswith("_loss") else "max"
+
+
+def summarize(runs: Sequence[RunRecord], metric: str = "acc", mode: str | None = None) -> list[GroupSummary]:
+    """One :class:`GroupSummary` per group, ranked by mean best-validation metric (best first).
+
+    ``mode``: ``max`` (higher is better) or ``min``; None: :func:`default_mode`.
+    """
     groups = [summarize_group(name, rs, metric) for name, rs in group_runs(runs).items()]
-    higher_is_better = metric != "loss"
+    mode = mode or default_mode(metric)
+    if mode not in ("max", "min"):
+        raise ValueError(f"compare.mode={mode!r}: expected max (higher is better) or min")
+    higher_is_better = mode == "max"
+    groups = [replace(g, mode=mode) for g in groups]
 
     def key(g: GroupSummary) -> tuple[bool, float, str]:
         v = g.val.mean

@@ -152,8 +152,9 @@ def _md_header(groups: Sequence[GroupSummary], root: Path, info: dict[str, Any])
         lines.append(f"- config choices: {choices}")
     total = sum(float(r.results.get("wall_time_s") or 0.0) for r in runs)
     lines.append(f"- summed wall time of the runs: {total:.0f} s")
-    lines.append(f"- ranked by mean validation {metric} of each run's best checkpoint (best first); "
-                 "values are mean ± sample std over seeds")
+    better = "lower" if groups and groups[0].mode == "min" else "higher"
+    lines.append(f"- ranked by mean validation {metric} ({better} is better) of each run's best checkpoint "
+                 "(best first); values are mean ± sample std over seeds")
     return lines
 
 
@@ -198,12 +199,14 @@ def is_baseline(group: GroupSummary) -> bool:
 
 
 def gain_over_baselines(groups: Sequence[GroupSummary]) -> dict[str, float]:
-    """Each fusion's mean test metric minus the best unimodal baseline's; empty without baselines."""
+    """Each fusion's mean test metric improvement over the best unimodal baseline's (positive: better, in the
+    metric's direction); empty without baselines."""
     baselines = [g.test.mean for g in groups if is_baseline(g) and g.test.mean is not None]
     if not baselines:
         return {}
-    best = max(baselines)
-    return {g.name: g.test.mean - best for g in groups if not is_baseline(g) and g.test.mean is not None}
+    sign = -1.0 if groups[0].mode == "min" else 1.0
+    best = max(baselines) if sign > 0 else min(baselines)
+    return {g.name: sign * (g.test.mean - best) for g in groups if not is_baseline(g) and g.test.mean is not None}
 
 
 def _md_summary(groups: Sequence[GroupSummary], diffs: Sequence[Difference] | None = None) -> list[str]:
