@@ -10,9 +10,10 @@ import os
 import warnings
 from datetime import datetime
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from mmgpt.config import register_schemas
+from mmgpt.config import CONFIG_DIR, register_schemas
 
 
 def run_id() -> str:
@@ -48,8 +49,16 @@ def quiet_lightning() -> None:
 register_schemas()
 quiet_lightning()
 def with_baselines(fusions: str, baselines: bool, modalities: list[str]) -> str:
-    """``mmgpt-compare``'s sweep of ``model/fusion``: the fusions, plus ``unimodal_<m>`` per modality if asked."""
+    """``mmgpt-compare``'s sweep of ``model/fusion``: the fusions, plus ``unimodal_<m>`` per modality if asked.
+
+    A modality without its own ``conf/model/fusion/unimodal_<m>.yaml`` (any name a data set declares) gets one
+    in Hydra's config store, so the sweep's jobs (composed in this process) find it.
+    """
     extra = [f"unimodal_{m}" for m in sorted(modalities)] if baselines else []
+    for m in sorted(modalities) if baselines else []:
+        if not (CONFIG_DIR / "model" / "fusion" / f"unimodal_{m}.yaml").is_file():
+            ConfigStore.instance().store(group="model/fusion", name=f"unimodal_{m}",
+                                         node={"type": "unimodal", "modalities": [m], "dim": "${model.dim}"})
     return ",".join([*fusions.split(","), *(b for b in extra if b not in fusions.split(","))])
 
 

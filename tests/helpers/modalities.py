@@ -44,3 +44,34 @@ def four_modality_folder(root: Path, n_train: int = 12, n_val: int = 6, n_test: 
             rows.append(row)
         (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
+
+
+#: ``labelled_folder``'s declaration: a text and a feature sequence (fast to encode).
+TEXT_FEATS = "data.modalities={text: text, vision_feats: {kind: features, dim: 4}}"
+GENRES = ("comedy", "drama", "horror")
+
+
+def labelled_folder(root: Path, label_type: str, n_train: int = 24, n_eval: int = 12) -> Path:
+    """A text + features folder with ``float`` (sentiment in [-3, 3]) or ``multilabel`` (genre lists) labels that
+    the features predict."""
+    rng = np.random.default_rng(1)
+    (root / "feats").mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("val", n_eval), ("test", n_eval)):
+        rows = []
+        for i in range(n):
+            if label_type == "float":
+                value = float(np.round(rng.uniform(-3, 3) * 2) / 2)
+                label: object = value
+                feats = rng.normal(size=(3, 4)).astype(np.float32) + value
+            else:
+                hot = rng.random(len(GENRES)) < 0.4
+                label = [g for g, h in zip(GENRES, hot) if h]
+                feats = rng.normal(size=(2, 4)).astype(np.float32)
+                feats[:, : len(GENRES)] += 2.0 * hot
+            np.save(root / f"feats/{split}{i}.npy", feats)
+            rows.append({"id": f"{split}{i}", "text": f"review {i}", "vision_feats": f"feats/{split}{i}.npy",
+                         "label": label})
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if label_type == "multilabel":
+        (root / "labels.txt").write_text("".join(f"{g}\n" for g in GENRES))
+    return root
