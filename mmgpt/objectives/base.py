@@ -18,12 +18,14 @@ class ObjectiveOutput:
     preds: what the objective's metrics are updated with (e.g. logits), or None.
     target: the matching targets, or None.
     values: extra scalars to log under ``<split>/<name>`` (e.g. a learned temperature).
+    extras: tensors an objective's own :meth:`Objective.update` reads (e.g. embeddings for retrieval metrics).
     """
 
     loss: Tensor
     preds: Tensor | None = None
     target: Tensor | None = None
     values: dict[str, Tensor] = field(default_factory=dict)
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Objective(nn.Module, ABC):

@@ -40,10 +40,12 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
 
 
-def build_objectives(specs: Mapping[str, Any] | None, num_classes: int, label_smoothing: float) -> dict[str, Objective]:
+def build_objectives(specs: Mapping[str, Any] | None, num_classes: int, label_smoothing: float,
+                     class_names: list[str] | None = None) -> dict[str, Objective]:
     """Build the objective specs (name -> ``{type: <registered objective>, weight, ...}``); weight 0 is left out.
 
-    A ``num_classes: null`` entry is filled in with ``num_classes``. None gives the plain classifier.
+    A ``num_classes: null`` entry is filled in with ``num_classes``, ``class_names: null`` with ``class_names``.
+    None gives the plain classifier.
     """
     if specs is None:
         return {"classify": Classification(num_classes=num_classes, label_smoothing=label_smoothing)}
@@ -52,6 +54,8 @@ def build_objectives(specs: Mapping[str, Any] | None, num_classes: int, label_sm
         node = dict(specs[name])
         if "num_classes" in node and node["num_classes"] is None:
             node["num_classes"] = num_classes
+        if "class_names" in node and node["class_names"] is None:
+            node["class_names"] = list(class_names or [])
         if float(node.get("weight", 1.0)) == 0.0:
             continue
         out[name] = registry.build(node, f"model.module.objectives.{name}", "objective")
@@ -104,7 +108,7 @@ class MultimodalModule(pl.LightningModule):
             log.info("frozen %d parameter tensors under %s", len(frozen), list(freeze))
         if lora:
             add_lora(self.net, **lora)
-        self.objectives = nn.ModuleDict(build_objectives(objectives, num_classes, label_smoothing))
+        self.objectives = nn.ModuleDict(build_objectives(objectives, num_classes, label_smoothing, class_names))
         if not any(o.uses_head for o in self.objectives.values()):
             freeze_parts(self.net, ["head"])  # unused (e.g. captioning): DDP must not wait for its gradients
         # One metric dict per split ("train" cannot be a ModuleDict key: it is nn.Module.train).
