@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mmgpt.datamodules.collate import Collate, check_dropout_probs, require_positive
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
-from mmgpt.datamodules.processors import ModalityError, Processor, build_processors, parse_modalities
+from mmgpt.datamodules.processors import ModalityError, Processor, declared_processors, parse_modalities
 from mmgpt.datamodules.resumable import StreamLoader, batches_trained, resumable_loader
 
 #: The splits a datamodule may have, in the order they are used.
@@ -79,8 +79,12 @@ class MultimodalDataModule(pl.LightningDataModule):
         num_train: use only the first ``num_train`` training samples (None: all); num_val, num_test likewise.
         modalities: the declared modalities, name -> kind (``text``, ``image``, ``audio``, ``features``) or
             name -> ``{kind: ..., <options>}`` (a ``features`` modality gives its ``dim``); None: ``audio``,
-            ``image`` and ``text`` (see :func:`mmgpt.datamodules.processors.parse_modalities`). Only datamodules
-            whose data can hold other modalities list this option.
+            ``image`` and ``text`` (see :func:`mmgpt.datamodules.processors.parse_modalities`).
+        processors: modality name -> processor, replacing the scratch processor of that declared modality (of the
+            same kind): what the network's encoders declare (:func:`~mmgpt.datamodules.processors.build_processors`;
+            the commands pass them). Modalities not named keep
+            :func:`~mmgpt.datamodules.processors.declared_processors`; names the data does not declare are ignored
+            (the network's check against the data reports them).
     """
 
     def __init__(self, *, batch_size: int, num_workers: int, image_size: int, sample_rate: int,
@@ -88,7 +92,8 @@ class MultimodalDataModule(pl.LightningDataModule):
                  max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, augment: bool = False,
                  modality_dropout: Mapping[str, float] | None = None, pin_memory: bool | None = None,
                  shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
-                 num_test: int | None = None, modalities: Mapping[str, Any] | None = None) -> None:
+                 num_test: int | None = None, modalities: Mapping[str, Any] | None = None,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         super().__init__()
         require_positive(batch_size=batch_size, num_train=num_train, num_val=num_val, num_test=num_test)
         if int(num_workers) < 0:
@@ -99,9 +104,16 @@ class MultimodalDataModule(pl.LightningDataModule):
         self.limits = {"train": num_train, "val": num_val, "test": num_test}
         #: name -> kind of every declared modality (data.modalities; the default three when none is declared).
         self.modalities: dict[str, str] = {n: spec["kind"] for n, spec in parse_modalities(modalities).items()}
-        self.processors: dict[str, Processor] = build_processors(
+        self.processors: dict[str, Processor] = declared_processors(
             modalities, image_size=image_size, sample_rate=sample_rate, max_audio_seconds=max_audio_seconds,
             max_text_length=max_text_length, augment=augment, max_image_pixels=max_image_pixels)
+        for name, processor in (processors or {}).items():
+            if name not in self.modalities:
+                continue
+            if processor.kind != self.modalities[name]:
+                raise ModalityError(f"data.modalities.{name} is {self.modalities[name]}, but its encoder's processor "
+                                    f"reads {processor.kind} inputs ({type(processor).__name__})")
+            self.processors[name] = processor
         self.modality_dropout = check_dropout_probs(modality_dropout, self.processors)
         self.collate = Collate(self.processors)
         self.train_collate = Collate(self.processors, modality_dropout=self.modality_dropout)
@@ -170,9 +182,11 @@ class MultimodalDataModule(pl.LightningDataModule):
 def shared_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """The base's options picked from a subclass constructor's arguments (its ``locals()`` on entry), so that
     each subclass lists the options in its signature (for config checking) but forwards them in one line."""
-    return {name: arguments[name] for name in SHARED_OPTIONS if name in arguments}
+    return {name: arguments[name] for name in (*SHARED_OPTIONS, *INJECTED) if name in arguments}
 
 
-#: The options every datamodule takes (the base constructor's keyword arguments).
+#: What the commands pass every datamodule besides its config (built objects, not ``data.*`` keys).
+INJECTED: tuple[str, ...] = ("processors",)
+#: The options every datamodule takes and its config sets (the base constructor's other keyword arguments).
 SHARED_OPTIONS: tuple[str, ...] = tuple(p for p in inspect.signature(MultimodalDataModule.__init__).parameters
-                                         if p != "self")
+                                         if p not in ("self", *INJECTED))

@@ -204,6 +204,7 @@ class ManifestDataModule(MultimodalDataModule):
         shuffle: bool = True,
         modalities: dict[str, Any] | None = None,
         label_type: str = "class",
+        processors: Mapping[str, Processor] | None = None,
     ) -> None:
         super().__init__(**shared_options(locals()))
         if on_error not in ON_ERROR:
@@ -212,7 +213,7 @@ class ManifestDataModule(MultimodalDataModule):
             raise ValueError(f"data.check={check!r}: expected one of {CHECKS}")
         if memory_cache_mb < 0:
             raise ValueError(f"data.memory_cache_mb={memory_cache_mb}: expected >= 0")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["processors"])
         if label_type not in LABEL_TYPES:
             raise ValueError(f"data.label_type={label_type!r}: expected one of {', '.join(LABEL_TYPES)}")
         self.root = Path(root).expanduser().absolute()

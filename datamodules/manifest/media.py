@@ -110,9 +110,11 @@ class MediaFiles:
         memory_cache_mb: per-process LRU of decoded arrays, in MiB (0: none; see :class:`DiskStore`).
         keep: store what the validation pass decodes; False only checks (decode, drop), for a one-off
             ``mmgpt-data check`` without a store folder.
-        processors: the file-valued modalities, name -> processor (``image``, ``audio``, ``features`` kinds);
-            None: ``image`` and ``audio``. Methods take a modality name; images and clips are decoded with
-            ``settings`` (the store keys do not depend on the name), features with their processor.
+        processors: the declared modalities, name -> processor (text ones only say which rows' keys are texts);
+            None: ``text``, ``image`` and ``audio`` decoded as ``settings`` say. Methods take a modality name; a
+            file-valued modality decodes through its processor's ``decode`` and is stored under its
+            ``fingerprint()`` (the scratch image / audio processors' equal the ``settings`` store keys; a
+            backbone's differ).
     """
 
     def __init__(self, settings: DecodeSettings, store: DiskStore | str | Path | None = None, *, threads: int = 4,
@@ -131,12 +133,10 @@ class MediaFiles:
         #: Every declared modality, name -> kind (text included: what a folder's rows may hold).
         self.modalities = {"audio": "audio", "image": "image", "text": "text"} if processors is None else {
             name: p.kind for name, p in processors.items()}
-        self.kinds = {"image": "image", "audio": "audio"} if processors is None else {
-            name: p.kind for name, p in processors.items() if p.kind != "text"}
-        self.features = {name: p for name, p in (processors or {}).items() if p.kind == "features"}
-        self._fingerprints = {name: fingerprint(kind, settings) if kind != "features" else
-                              f"features:v{CACHE_VERSION}:{self.features[name].fingerprint()}"
-                              for name, kind in self.kinds.items()}
+        self.kinds = {n: k for n, k in self.modalities.items() if k != "text"}
+        self.processors = {n: p for n, p in (processors or {}).items() if p.kind != "text"}
+        self._fingerprints = {name: self.processors[name].fingerprint() if name in self.processors
+                              else fingerprint(kind, settings) for name, kind in self.kinds.items()}
 
     def kind(self, name: str) -> str:
         """The kind of modality ``name``."""
@@ -150,11 +150,12 @@ class MediaFiles:
         Raises:
             DecodeError: it cannot be decoded.
         """
-        s, kind = self.settings, self.kind(name)
+        kind = self.kind(name)
+        if name in self.processors:
+            return self.processors[name].decode(path)
+        s = self.settings
         if kind == "image":
             return decode.load_image(path, s.image_size, s.max_image_pixels)
-        if kind == "features":
-            return self.features[name].decode(path)
         return decode.load_audio(path, s.sample_rate, s.max_audio_samples)
 
     def check_many(self, kind: str, paths: Sequence[str], mode: str = "full") -> dict[str, str | None]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, shared_options
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
-from mmgpt.datamodules.processors import DEFAULT_MODALITIES
+from mmgpt.datamodules.processors import DEFAULT_MODALITIES, Processor
 from mmgpt.datamodules.shards.dataset import ShardDataset
 from mmgpt.datamodules.shards.format import META_FILE, ShardError, read_meta
 from mmgpt.datamodules.shards.partition import first_samples
@@ -43,10 +44,11 @@ class ShardDataModule(MultimodalDataModule):
                  shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
                  num_test: int | None = None, augment: bool = False, modality_dropout: dict[str, float] | None = None,
                  pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                 modalities: dict[str, Any] | None = None) -> None:
+                 modalities: dict[str, Any] | None = None,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         super().__init__(**shared_options(locals()))
         self.require_modalities(DEFAULT_MODALITIES, "shards")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["processors"])
         self.root = Path(root)
         self.meta = read_meta(self.root)
 
