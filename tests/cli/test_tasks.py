@@ -32,6 +32,7 @@ SMALL = ["experiment=smoke", "logger=csv", "data.num_train=48", "data.num_val=24
          "model.dim=16", "callbacks.progress=null"]
 
 
+@pytest.mark.slow
 def test_retrieval_reports_recall_both_ways_and_zero_shot(compose_cfg: Callable[..., DictConfig]) -> None:
     results = train(compose_cfg(["task=retrieval", *SMALL]))
     for split in ("val", "test"):
