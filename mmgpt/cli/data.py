@@ -11,6 +11,7 @@ WebDataset tar shards for streaming (``data=shards data.root=OUT``).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -22,16 +23,28 @@ from pathlib import Path
 def _check(args: argparse.Namespace) -> int:
     from mmgpt.datamodules.manifest import DecodeSettings, MediaFiles, check_folder
     from mmgpt.datamodules.manifest.media import Progress
-    from mmgpt.datamodules.processors import audio_samples
+    from mmgpt.datamodules.processors import ModalityError, audio_samples, declared_processors, parse_modalities
 
     max_samples = audio_samples(args.max_audio_seconds, args.sample_rate)
-    settings = DecodeSettings(args.image_size, args.sample_rate, max_samples,
-                              args.max_image_pixels if args.max_image_pixels > 0 else None)
+    max_pixels = args.max_image_pixels if args.max_image_pixels > 0 else None
+    settings = DecodeSettings(args.image_size, args.sample_rate, max_samples, max_pixels)
+    processors, kinds = None, None
+    if args.modalities is not None:  # the folder's declaration (data.modalities), as JSON
+        try:
+            declared = json.loads(args.modalities)
+            kinds = {name: spec["kind"] for name, spec in parse_modalities(declared, "--modalities").items()}
+        except (json.JSONDecodeError, ModalityError) as e:
+            print(f"error: --modalities: {e}", file=sys.stderr)
+            return 2
+        processors = declared_processors(declared, image_size=args.image_size, sample_rate=args.sample_rate,
+                                         max_audio_seconds=args.max_audio_seconds, max_text_length=64,
+                                         max_image_pixels=max_pixels)
     store = None if args.cache_dir is None else Path(args.cache_dir) / "media-store"
-    media = MediaFiles(settings, store, threads=args.threads, keep=store is not None)  # no store: decode and drop
+    media = MediaFiles(settings, store, threads=args.threads, keep=store is not None,  # no store: decode and drop
+                       processors=processors)
     progress = Progress(f"checking ({args.check})")  # a bar with the time left, on a terminal's stderr
     report = check_folder(args.root, media, allow_outside_root=args.allow_outside_root, check=args.check,
-                          progress=progress)
+                          progress=progress, kinds=kinds, label_type=args.label_type)
     progress.close()
     print(report.format(limit=args.limit))
     return 0 if report.ok else 1
@@ -78,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="full: decode every file; headers: read only each file's header (large folders)")
     check.add_argument("--threads", type=int, default=4, help="decoding threads")
     check.add_argument("--limit", type=int, default=None, help="print at most this many problems (default: all)")
+    check.add_argument("--modalities", default=None,
+                       help='the declared modalities as JSON (data.modalities), e.g. \'{"text": "text", "poster": '
+                            '"image", "feats": {"kind": "features", "dim": 35}}\' (default: text, image, audio)')
+    check.add_argument("--label-type", choices=("class", "float", "multilabel"), default="class",
+                       help="what a label is (data.label_type)")
     check.set_defaults(func=_check)
 
     export = sub.add_parser("export-synthetic", help="write the embedded synthetic set as a manifest folder")

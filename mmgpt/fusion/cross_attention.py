@@ -48,7 +48,7 @@ class CrossAttentionFusion(Fusion):
     ) -> None:
         super().__init__(modalities=modalities)
         if query not in self.modalities:
-            raise ValueError(f"query modality {query!r} is not one of {list(self.modalities)}")
+            raise ValueError(f"query modality {query!r} is not one of {list(self.modalities)} (set model.fusion.query)")
         self.query = query
         self.context_modalities = tuple(m for m in self.modalities if m != query)
         self.type_emb = ModalityEmbedding(modalities=self.context_modalities, dim=dim)

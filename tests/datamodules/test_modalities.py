@@ -140,3 +140,14 @@ def test_an_encoder_must_match_a_declared_modality_and_its_kind(compose_cfg: Cal
     with pytest.raises(SpecError, match=r"model.net.encoders.poster: 'text_encoder' reads text inputs, but "
                                         r"data.modalities.poster is image"):
         build_module(cfg, dm)
+
+
+def test_mmgpt_data_check_takes_the_declaration(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mmgpt.cli.data import main
+
+    assert main(["check", str(folder), "--modalities", json.dumps(FOUR)]) == 0
+    assert "result: OK" in capsys.readouterr().out
+    assert main(["check", str(folder)]) == 1  # undeclared: poster, photo, vision_feats are unknown keys
+    assert "unknown key(s) ['photo', 'poster', 'vision_feats']" in capsys.readouterr().out
+    assert main(["check", str(folder), "--modalities", '{"poster": "picture"}']) == 2
+    assert "--modalities.poster: kind 'picture' is not one of" in capsys.readouterr().err
