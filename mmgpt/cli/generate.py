@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -24,6 +23,7 @@ from mmgpt.cli.common import user_errors
 from mmgpt.errors import UserError
 from mmgpt.generation import GenerationConfig, generate
 from mmgpt.model import MultimodalTransformer
+from mmgpt.registry import encoder_kind
 from mmgpt.tokenizer import ByteTokenizer
 from mmgpt.training.safe_load import load_module, read_checkpoint, stored_run_config
 
@@ -35,8 +35,9 @@ class GenerateSchema:
     """The arguments of ``mmgpt-generate``."""
 
     ckpt_path: str = "???"
-    image: Any = None            # path or list of paths
-    audio: Any = None            # path or list of paths
+    image: Any = None            # path or list of paths (the modality named image)
+    audio: Any = None            # path or list of paths (the modality named audio)
+    media: Any = None            # any modality by name: {poster: a.png, vision_feats: [a.npy, b.npy]}
     prompt: Any = ""             # text the caption starts with, or a list
     num_samples: int = 1         # repeat the batch (with sampling: several candidates)
     max_new_tokens: int = 48
@@ -52,22 +53,6 @@ class GenerateSchema:
     hydra: Any = field(default_factory=lambda: {"output_subdir": None, "run": {"dir": "."}})
 
 
-def load_image(path: str | Path, image_size: int) -> torch.Tensor:
-    """Any Pillow image -> (3, S, S) float, decoded and normalised exactly as the datamodules do for training."""
-    # Imported here: the entry point sits at the edge, importing mmgpt never pulls in datamodules.
-    from mmgpt.datamodules.decode import load_image as decode_image
-    from mmgpt.datamodules.processors import normalize_image
-
-    return normalize_image(decode_image(path, image_size).float() / 255.0)
-
-
-def load_audio(path: str | Path, sample_rate: int, max_samples: int | None) -> torch.Tensor:
-    """A sound file -> mono (S,) float at ``sample_rate``, cropped to ``max_samples``, as for training."""
-    from mmgpt.datamodules.decode import load_audio as decode_audio
-
-    return decode_audio(path, sample_rate, max_samples or 600 * sample_rate)  # uncropped: up to 10 minutes
-
-
 def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
@@ -76,58 +61,66 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
-def build_batch(
-    net: MultimodalTransformer,
-    images: list[str],
-    audios: list[str],
-    batch_size: int,
-    max_audio_samples: int | None,
-    tokenizer: ByteTokenizer,
-) -> MultimodalBatch:
-    """A batch of ``batch_size`` samples with the given media (repeated when one is given) and no text."""
-    image_size = net.encoders["image"].image_size
-    sample_rate = int(net.encoders["audio"].frontend.mel.sample_rate)
+def media_processors(net: MultimodalTransformer, spec: dict[str, Any], data_cfg: dict[str, Any],
+                     ) -> dict[str, Any]:
+    """name -> the processor of each of the network's modalities, as the run trained with: the data's declaration
+    (``data.modalities`` in the checkpoint's run config) and the processors the encoders declare."""
+    from mmgpt.datamodules.processors import DATA_OPTIONS, build_processors, declared_processors
+
+    options = {**DATA_OPTIONS, **{k: v for k, v in data_cfg.items() if k in DATA_OPTIONS and v is not None}}
+    declared = data_cfg.get("modalities") or {m: encoder_kind(spec["encoders"][m], f"net.encoders.{m}")
+                                              for m in net.modalities}
+    processors = declared_processors(declared, image_size=options["image_size"], sample_rate=options["sample_rate"],
+                                     max_audio_seconds=options["max_audio_seconds"],
+                                     max_text_length=options["max_text_length"],
+                                     max_image_pixels=options["max_image_pixels"])
+    processors.update(build_processors(spec, options))  # the encoders' own (backbones; scratch sizes)
+    return {m: processors[m] for m in net.modalities}
+
+
+def build_batch(net: MultimodalTransformer, media: dict[str, list[str]], batch_size: int,
+                processors: dict[str, Any]) -> MultimodalBatch:
+    """A batch of ``batch_size`` samples with the given media files (one file is repeated) and no text, decoded
+    and collated by the modalities' processors exactly as for training."""
+    from mmgpt.datamodules.collate import Collate
+
+    unknown = sorted(set(media) - set(net.modalities))
+    if unknown:
+        raise UserError(f"media.{unknown[0]}: the network has no modality {unknown[0]!r} (it has: "
+                        f"{', '.join(net.modalities)})")
     pick = lambda xs, i: xs[i if len(xs) > 1 else 0]  # noqa: E731
-    imgs = torch.zeros(batch_size, 3, image_size, image_size)
-    if images:
-        for i in range(batch_size):
-            imgs[i] = load_image(pick(images, i), image_size)
-    waves = [load_audio(pick(audios, i), sample_rate, max_audio_samples) for i in range(batch_size)] if audios else []
-    S = max([len(w) for w in waves], default=1)
-    audio = torch.zeros(batch_size, S)
-    audio_mask = torch.zeros(batch_size, S, dtype=torch.bool)
-    for i, w in enumerate(waves):
-        audio[i, : len(w)], audio_mask[i, : len(w)] = w, True
-    text, text_mask = tokenizer.batch_encode([None] * batch_size)
-    full = lambda v: torch.full((batch_size,), v, dtype=torch.bool)  # noqa: E731
-    return MultimodalBatch(
-        inputs={"text": text, "image": imgs, "audio": audio},
-        masks={"text": text_mask, "audio": audio_mask},
-        present={"text": full(False), "image": full(bool(images)), "audio": full(bool(audios))},
-    )
+    samples = []
+    for i in range(batch_size):
+        sample: dict[str, Any] = {"id": i, "label": None, "caption": None}
+        for name, paths in media.items():
+            if paths:
+                sample[name] = processors[name].transform(processors[name].decode(str(pick(paths, i))), train=False)
+        samples.append(sample)
+    return Collate(processors)(samples)
 
 
 def run_generate(cfg: DictConfig) -> list[str]:
     """Load the checkpoint, build the batch, generate; returns the texts (prompt + continuation)."""
-    images, audios, prompts = _as_list(cfg.image), _as_list(cfg.audio), [str(p) for p in _as_list(cfg.prompt)]
-    if not images and not audios:
-        raise UserError("give image=... and/or audio=... (the media to write about)")
+    media = {name: _as_list(paths) for name, paths in (cfg.get("media") or {}).items()}
+    for name in ("image", "audio"):  # the shorthands for modalities of those names
+        if cfg.get(name) is not None:
+            media[name] = _as_list(cfg[name])
+    media = {name: paths for name, paths in media.items() if paths}
+    prompts = [str(p) for p in _as_list(cfg.prompt)]
+    if not media:
+        raise UserError("give the media to write about: image=..., audio=... or media={<modality>: <file>}")
     module = load_module(cfg.ckpt_path, map_location="cpu", plugins=list(cfg.get("plugins") or []))
     net = module.net.to(cfg.device).eval()
     if net.decoder is None:
         raise UserError(f"{cfg.ckpt_path} has no text decoder: train it with task=caption")
-    n = max(len(images), len(audios), len(prompts), 1)
-    for name, xs in (("image", images), ("audio", audios), ("prompt", prompts)):
+    n = max(*(len(xs) for xs in media.values()), len(prompts), 1)
+    for name, xs in (*media.items(), ("prompt", prompts)):
         if len(xs) not in (0, 1, n):
             raise UserError(f"{name}: {len(xs)} values for a batch of {n}")
     data_cfg = (stored_run_config(read_checkpoint(cfg.ckpt_path)) or {}).get("data") or {}
-    max_audio = (
-        int(data_cfg["max_audio_seconds"] * data_cfg["sample_rate"])
-        if "max_audio_seconds" in data_cfg and "sample_rate" in data_cfg
-        else None
-    )
+    processors = media_processors(net, module.hparams["net"], data_cfg)
     tokenizer = ByteTokenizer()
-    batch = build_batch(net, images, audios, n * cfg.num_samples, max_audio, tokenizer).to(cfg.device)
+    batch = build_batch(net, media, n * cfg.num_samples, processors).to(cfg.device)
     prompts = (prompts or [""]) * (n if len(prompts) <= 1 else 1)
     prompts = [prompts[i % len(prompts)] for i in range(n * cfg.num_samples)]
     gen = GenerationConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.use_cache)
