@@ -10,7 +10,6 @@ Each of ``image``/``audio``/``prompt`` is one value or a list; single values are
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
