@@ -188,8 +188,8 @@ class HFStream(IterableDataset):
         self.resume: tuple[int, int] | None = None
         self._group: tuple[tuple[str, int], Any] | None = None  # the last row group read (pieces share groups)
 
-    def __len__(self) -> int:
-        return sum(self.sizes.values())
+    # No __len__, as for tar shards: a rank's batch count depends on the loader's workers (each ends with its own
+    # partial batch), so Lightning runs each pass until the stream ends (every rank: the same count, see padding).
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -215,3 +215,25 @@ def test_training_on_hf_data_through_the_config(disk, compose_cfg):
                        "data.streaming=true", "data.batch_size=4"])
     results = train(cfg)
     assert results["global_step"] == 1 and "val/acc" in results["val"]
+
+
+@pytest.mark.slow
+def test_ddp_sim_streams_hf_data_with_validation_every_epoch(parquet, tmp_path):
+    """Two CPU processes x two loader workers on streamed Parquet pieces that deal unevenly (a rank without
+    validation rows of its own): no rank waits for another (this hung before the padding), and every epoch
+    validates."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MMGPT_LOG_DIR": str(tmp_path), "CI": "1"}
+    args = ["experiment=smoke", "trainer=ddp_sim", "data=hf", f"data.path={parquet}", "data.streaming=true",
+            "data.piece_rows=2", "data.num_workers=2", "data.batch_size=4", "logger=csv", "trainer.max_epochs=2",
+            "data.columns={text: question, image: img, audio: sound, label: answer}"]
+    proc = subprocess.run([str(Path(sys.executable).parent / "mmgpt-train"), *args], env=env, capture_output=True,
+                          text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (metrics,) = tmp_path.glob("train/runs/*/metrics.csv")
+    epochs = {row["epoch"] for row in csv.DictReader(metrics.open()) if row.get("val/acc")}
+    assert {"0", "1"} <= epochs
