@@ -31,7 +31,7 @@ ALL_OPTIONS = [
 
 #: Options that need a folder of data from the user: composed and key-checked here, built in their own tests
 #: (tests/datamodules/test_manifest*.py, test_shards.py, test_hf.py, test_benchmark*.py).
-BENCHMARKS = ("mosi", "mosei", "avmnist", "mmimdb", "hateful_memes")
+BENCHMARKS = ("mosi", "mosei", "avmnist", "mmimdb", "mmimdb_features", "hateful_memes")
 NEEDS_DATA = {"data=manifest", "data=shards", "data=hf", *(f"{g}={b}" for g in ("data", "experiment")
                                                              for b in BENCHMARKS)}
 

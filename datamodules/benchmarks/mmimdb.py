@@ -13,6 +13,14 @@ classes are the 23 most frequent genres over those movies, most frequent first (
 ``labels.json`` (genre -> index, as MultiBench's raw loader takes it) overrides that list when present.
 Splits: train = ``train``, val = ``dev``, test = ``test``. Modalities: ``plot`` (text) and ``poster`` (image,
 decoded by its processor when loaded). Labels: (N, 23) multi-hot.
+
+The ready-made HDF5 file (``multimodal_imdb.hdf5``, Fuel format, written by gmu-mmimdb's ``make_dataset.py`` and
+read by MultiBench's ``datasets/imdb/get_data.py``) is read too when ``root`` is that file (needs ``h5py``):
+``features`` (N, 300) float32 (the mean word2vec vector of the plot) -> ``plot``; ``vgg_features`` (N, 4096)
+float32 (``poster=vgg``, MultiBench's ``vgg=True``) or ``images`` (N, 3, 256, 160) int32 (``poster=image``) ->
+``poster``; ``genres`` (N, 23) int32 with ``genres.attrs['target_names']`` (JSON); ``imdb_ids`` (N,) bytes.
+Splits from the file's Fuel split table (``attrs['split']``: split, source, start, stop), else MultiBench's fixed
+ranges: train [0, 15552), val [15552, 18160), test [18160, 25959).
 """
 
 from __future__ import annotations
@@ -85,26 +93,126 @@ def read_mmimdb(root: str | Path, *, num_genres: int = NUM_GENRES) -> tuple[list
     return genres, tables
 
 
+#: MultiBench's split ranges of multimodal_imdb.hdf5 (datasets/imdb/get_data.py).
+HDF5_SPLITS: dict[str, tuple[int, int]] = {"train": (0, 15552), "val": (15552, 18160), "test": (18160, 25959)}
+POSTER_CHOICES: tuple[str, ...] = ("vgg", "image")
+
+
+class _H5Rows:
+    """Rows ``start:stop`` of one HDF5 dataset through a conversion, the file opened on first use in each process."""
+
+    def __init__(self, path: str, key: str, start: int, stop: int, convert: Any = None) -> None:
+        self.path, self.key, self.start, self.stop, self.convert = path, key, start, stop, convert
+        self._file: Any = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            a, b, _ = i.indices(len(self))
+            return _H5Rows(self.path, self.key, self.start + a, self.start + b, self.convert)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if self._file is None:
+            import h5py
+
+            self._file = h5py.File(self.path, "r")
+        row = np.asarray(self._file[self.key][self.start + i])
+        return self.convert(row) if self.convert else row.astype(np.float32)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None}
+
+
+class _Poster:
+    """A (3, H, W) int poster -> (3, S, S) uint8 at ``image_size`` (the HDF5 posters are 256 x 160)."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = image_size
+
+    def __call__(self, row: np.ndarray) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        image = torch.as_tensor(np.clip(row, 0, 255).astype(np.float32))[None]  # (1, 3, H, W)
+        image = F.interpolate(image, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return image[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def read_mmimdb_hdf5(path: str | Path, *, poster: str = "vgg", image_size: int = 64,
+                     ) -> tuple[list[str], dict[str, BenchmarkSplit]]:
+    """The genre list and splits of MultiBench's ``multimodal_imdb.hdf5`` (see the module doc)."""
+    if poster not in POSTER_CHOICES:
+        raise BenchmarkError(f"data.poster={poster!r}: expected one of {', '.join(POSTER_CHOICES)}")
+    try:
+        import h5py
+    except ImportError as e:
+        raise BenchmarkError(f"{path}: reading MM-IMDb's HDF5 file needs h5py (pip install 'mmgpt[benchmarks]')") from e
+    path = str(require_file(Path(path), "MM-IMDb's multimodal_imdb.hdf5"))
+    key = "vgg_features" if poster == "vgg" else "images"
+    with h5py.File(path, "r") as f:
+        require_keys(f, ["features", key, "genres"], path)
+        n = len(f["genres"])
+        genres = json.loads(f["genres"].attrs["target_names"]) if "target_names" in f["genres"].attrs else \
+            [str(i) for i in range(f["genres"].shape[1])]
+        labels = np.asarray(f["genres"][:], dtype=np.int64)
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in f["imdb_ids"][:]] if "imdb_ids" in f else \
+            [str(i) for i in range(n)]
+        ranges = _fuel_splits(f.attrs.get("split")) or HDF5_SPLITS
+    tables = {}
+    for split, (start, stop) in ranges.items():
+        if stop > n:
+            raise BenchmarkError(f"{path}: the {split} split ends at row {stop}, the file has {n} rows")
+        convert = _Poster(image_size) if poster == "image" else None
+        tables[split] = BenchmarkSplit(ids=ids[start:stop], labels=labels[start:stop],
+                                       columns={"plot": _H5Rows(path, "features", start, stop),
+                                                "poster": _H5Rows(path, key, start, stop, convert)})
+    return genres, tables
+
+
+def _fuel_splits(table: Any) -> dict[str, tuple[int, int]] | None:
+    """Fuel's split table (rows of split, source, start, stop) -> mmgpt split -> (start, stop) of ``genres``."""
+    if table is None:
+        return None
+    names = {"train": "train", "dev": "val", "test": "test"}
+    out = {}
+    for row in table:
+        split, source = (v.decode() if isinstance(v, bytes) else str(v) for v in (row["split"], row["source"]))
+        if source == "genres" and split in names:
+            out[names[split]] = (int(row["start"]), int(row["stop"]))
+    return out or None
+
+
 class MMIMDbDataModule(BenchmarkDataModule):
     """``data=mmimdb``: MM-IMDb from its distributed folder (plot + poster -> 23 genres, multi-label).
 
     Args:
-        root: the ``mmimdb`` folder (``split.json``, ``dataset/``).
+        root: the ``mmimdb`` folder (``split.json``, ``dataset/``), or MultiBench's ``multimodal_imdb.hdf5``.
+        poster: HDF5 only: ``vgg`` (the 4096 VGG features, as MultiBench) or ``image`` (the 256 x 160 posters).
         The rest: the shared data options (:class:`~mmgpt.datamodules.base.MultimodalDataModule`).
     """
 
     task = "multilabel"
 
-    def __init__(self, root: str, batch_size: int = 32, num_workers: int = 2, image_size: int = 64,
+    def __init__(self, root: str, poster: str = "vgg", batch_size: int = 32, num_workers: int = 2, image_size: int = 64,
                  sample_rate: int = 8000, max_audio_seconds: float = 1.0, max_text_length: int = 256,
                  shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
                  num_test: int | None = None, augment: bool = False, modality_dropout: dict[str, float] | None = None,
                  pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
                  processors: Mapping[str, Processor] | None = None) -> None:
         options = shared_options(locals())
-        super().__init__(root=root, modalities={"plot": "text", "poster": "image"}, **options)
+        if str(root).endswith((".hdf5", ".h5")):  # MultiBench's file: pre-extracted plot (and poster) features
+            self.genres, self.tables = read_mmimdb_hdf5(root, poster=poster, image_size=image_size)
+            first = self.tables["train"].columns  # feature sizes as stored (300 and 4096 in the distributed file)
+            vgg = {"kind": "features", "dim": int(first["poster"][0].shape[-1])} if poster == "vgg" else None
+            modalities: dict[str, Any] = {"plot": {"kind": "features", "dim": int(first["plot"][0].shape[-1])},
+                                          "poster": vgg or "image"}
+        else:
+            self.genres, self.tables = read_mmimdb(root)
+            modalities = {"plot": "text", "poster": "image"}
+        super().__init__(root=root, modalities=modalities, **options)
         self.save_hyperparameters(ignore=["processors"])
-        self.genres, self.tables = read_mmimdb(root)
 
     @property
     def class_names(self) -> list[str]:

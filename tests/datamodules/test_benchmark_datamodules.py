@@ -72,3 +72,15 @@ def test_hateful_memes_batches_and_splits(tmp_path):
     with pytest.raises(BenchmarkError, match="train.jsonl: not found"):
         HatefulMemesDataModule(root=str(tmp_path / "nothing"))
     assert np.isfinite(batch.inputs["image"].numpy()).all()
+
+
+def test_mmimdb_hdf5_datamodule_declares_features(tmp_path):
+    pytest.importorskip("h5py")
+    from tests.helpers.benchmarks import write_mmimdb_hdf5
+
+    write_mmimdb_hdf5(tmp_path / "multimodal_imdb.hdf5")
+    dm = MMIMDbDataModule(root=str(tmp_path / "multimodal_imdb.hdf5"), batch_size=3, num_workers=0, shuffle=False)
+    assert dm.modalities == {"plot": "features", "poster": "features"} and dm.num_classes == 4
+    batch = next(iter(dm.test_dataloader()))
+    assert batch.inputs["plot"].shape == (3, 1, 300) and batch.inputs["poster"].shape == (3, 1, 4096)
+    assert batch.labels.shape == (3, 4) and batch.labels.dtype == torch.float32

@@ -189,3 +189,21 @@ def test_hateful_memes_bad_line_is_named(tmp_path):
     write_hateful_memes(tmp_path, {"train.jsonl": [{"id": 1, "label": 2, "text": "a"}]})
     with pytest.raises(BenchmarkError, match=r"train.jsonl:1: label 2, expected 0 or 1"):
         read_jsonl(tmp_path / "train.jsonl", root=tmp_path)
+
+
+def test_mmimdb_multibench_hdf5(tmp_path):
+    pytest.importorskip("h5py")
+    from mmgpt.datamodules.benchmarks.mmimdb import read_mmimdb_hdf5
+    from tests.helpers.benchmarks import write_mmimdb_hdf5
+
+    data = write_mmimdb_hdf5(tmp_path / "multimodal_imdb.hdf5", sizes=(6, 3, 3))
+    genres, splits = read_mmimdb_hdf5(tmp_path / "multimodal_imdb.hdf5")
+    assert genres == data["target_names"] and [len(splits[s]) for s in ("train", "val", "test")] == [6, 3, 3]
+    val = splits["val"]
+    assert val.ids == ["0000006", "0000007", "0000008"]
+    assert np.array_equal(val.labels, data["genres"][6:9]) and val.labels.dtype == np.int64
+    np.testing.assert_array_equal(val.stored(1, "plot", None), data["features"][7])
+    assert val.stored(1, "poster", None).shape == (4096,)
+    _, images = read_mmimdb_hdf5(tmp_path / "multimodal_imdb.hdf5", poster="image", image_size=32)
+    poster = images["test"].stored(0, "poster", None)
+    assert poster.shape == (3, 32, 32) and poster.dtype == torch.uint8

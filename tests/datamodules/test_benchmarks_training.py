@@ -20,6 +20,13 @@ def _write(name: str, root):  # noqa: ANN202
     if name == "avmnist":
         write_avmnist(root, num_train=12, num_test=4)
         return root
+    if name == "mmimdb_features":
+        from tests.helpers.benchmarks import write_mmimdb_hdf5
+
+        pytest.importorskip("h5py")
+        root.mkdir(parents=True)
+        write_mmimdb_hdf5(root / "multimodal_imdb.hdf5")
+        return root / "multimodal_imdb.hdf5"
     if name == "mmimdb":
         genres = ["Drama", "Comedy", "Horror"]
         movies = {part: [{"id": f"{part}{i}", "plot": [f"plot of {part} {i}"], "genres": [genres[i % 3]]}
@@ -33,7 +40,8 @@ def _write(name: str, root):  # noqa: ANN202
 
 
 @pytest.mark.parametrize(("name", "metric"), [("mosi", "mae"), ("mosei", "acc2_nonzero"), ("avmnist", "acc"),
-                                              ("mmimdb", "f1_micro"), ("hateful_memes", "auroc")])
+                                              ("mmimdb", "f1_micro"), ("mmimdb_features", "f1_macro"),
+                                              ("hateful_memes", "auroc")])
 def test_experiment_trains_on_its_fixture(tmp_path, compose_cfg, name, metric):
     from mmgpt.cli.train import train
 

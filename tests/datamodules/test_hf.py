@@ -59,29 +59,55 @@ def test_features_column_and_any_modality_name(disk):
     assert b.masks["steps"].sum(1).tolist() == [1 + i % 3 for i in range(10, 14)]
 
 
+@pytest.fixture(scope="module")
+def even_parquet(tmp_path_factory) -> Path:
+    """24 training rows in row groups of 4: pieces of 2 rows deal evenly to 2 ranks x 2 workers."""
+    return parquet_folder(tmp_path_factory.mktemp("hf") / "even", sizes={"train": 24, "validation": 4},
+                          rows_per_group=4)
+
+
+def _rank_batches(dm: HFDataModule, rank: int, epoch: int, streaming: bool) -> list[list[str]]:
+    ds = dm.make_dataset("train", rank=rank, world_size=2)
+    if streaming:
+        ds.set_epoch(epoch)
+        loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=SeededCollate(dm.collate))
+    else:
+        from mmgpt.datamodules.resumable import EpochSampler, ResumableLoader
+
+        sampler = EpochSampler(ds, shuffle=True, seed=0, rank=rank, world_size=2)
+        sampler.set_epoch(epoch)
+        loader = ResumableLoader(ds, sampler=sampler, batch_size=4, num_workers=2, collate_fn=dm.collate)
+    return [batch.ids for batch in loader]
+
+
 @pytest.mark.parametrize("streaming", [False, True])
-def test_every_row_once_per_epoch_across_two_ranks_and_two_workers(parquet, streaming):
-    dm = _dm(parquet, streaming=streaming, shuffle=True, piece_rows=2)
-    for epoch in range(2):  # the order changes between epochs, the coverage must not
-        seen: Counter = Counter()
+def test_every_row_once_per_epoch_across_two_ranks_and_two_workers(even_parquet, streaming):
+    dm = _dm(even_parquet, streaming=streaming, shuffle=True, piece_rows=2)
+    for epoch in range(3):  # the order changes between epochs, the coverage must not
+        seen = Counter(i for rank in range(2) for b in _rank_batches(dm, rank, epoch, streaming) for i in b)
+        assert len(seen) == 24 and set(seen.values()) == {1}, seen
+
+
+def test_uneven_streams_give_every_rank_as_many_batches_repeating_a_few_rows(parquet):
+    """22 rows in pieces that deal unevenly: DDP needs the same number of batches on every rank (a rank that runs
+    out would leave the other waiting), so the short rank repeats rows, as DistributedSampler does."""
+    dm = _dm(parquet, streaming=True, shuffle=True, piece_rows=2)
+    padded = 0
+    for epoch in range(4):
+        per_rank = [_rank_batches(dm, rank, epoch, True) for rank in range(2)]
+        assert len(per_rank[0]) == len(per_rank[1]), epoch
+        seen = Counter(i for batches in per_rank for b in batches for i in b)
+        assert set(seen) == {f"r{i}" for i in range(22)}
+        padded += sum(seen.values()) - 22
         for rank in range(2):
             ds = dm.make_dataset("train", rank=rank, world_size=2)
-            if streaming:
-                ds.set_epoch(epoch)
-                loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=SeededCollate(dm.collate))
-            else:
-                from mmgpt.datamodules.resumable import EpochSampler, ResumableLoader
-
-                sampler = EpochSampler(ds, shuffle=True, seed=0, rank=rank, world_size=2)
-                sampler.set_epoch(epoch)
-                loader = ResumableLoader(ds, sampler=sampler, batch_size=4, num_workers=2, collate_fn=dm.collate)
-            for batch in loader:
-                seen.update(batch.ids)
-        assert len(seen) == 22 and set(seen.values()) == {1}, seen
+            assert sum(ds.batches_per_worker(epoch, 2)) == len(per_rank[rank])
+    assert padded > 0  # the fixture does deal unevenly in some epoch, so the padding was exercised
 
 
-def _epoch_ids(dm: HFDataModule, num_workers: int, state: dict) -> list[list[str]]:
-    loader = StreamLoader(dm.make_dataset("train"), batch_size=4, num_workers=num_workers, collate_fn=dm.collate)
+def _epoch_ids(dm: HFDataModule, num_workers: int, state: dict, rank: int = 0, world: int = 1) -> list[list[str]]:
+    loader = StreamLoader(dm.make_dataset("train", rank=rank, world_size=world), batch_size=4,
+                          num_workers=num_workers, collate_fn=dm.collate)
     loader.load_state_dict(state)
     return [batch.ids for batch in loader]
 
@@ -93,6 +119,15 @@ def test_streaming_resumes_mid_epoch_with_exactly_the_remaining_batches(parquet,
     assert sorted(sum(full, [])) == sorted(f"r{i}" for i in range(22))
     for consumed in (1, 3, len(full) - 1):
         assert _epoch_ids(dm, num_workers, {"epoch": 1, "batches": consumed}) == full[consumed:], consumed
+
+
+def test_a_padded_rank_resumes_mid_epoch_exactly(parquet):
+    dm = _dm(parquet, streaming=True, shuffle=True, piece_rows=2)
+    rank, epoch = next((r, e) for e in range(6) for r in range(2)
+                       if dm.make_dataset("train", rank=r, world_size=2).padding(e, 2) > 0)
+    full = _epoch_ids(dm, 2, {"epoch": epoch, "batches": 0}, rank, 2)
+    for consumed in (1, len(full) - 1):
+        assert _epoch_ids(dm, 2, {"epoch": epoch, "batches": consumed}, rank, 2) == full[consumed:], consumed
 
 
 def test_num_train_limits_both_modes(parquet):
@@ -180,3 +215,25 @@ def test_training_on_hf_data_through_the_config(disk, compose_cfg):
                        "data.streaming=true", "data.batch_size=4"])
     results = train(cfg)
     assert results["global_step"] == 1 and "val/acc" in results["val"]
+
+
+@pytest.mark.slow
+def test_ddp_sim_streams_hf_data_with_validation_every_epoch(parquet, tmp_path):
+    """Two CPU processes x two loader workers on streamed Parquet pieces that deal unevenly (a rank without
+    validation rows of its own): no rank waits for another (this hung before the padding), and every epoch
+    validates."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MMGPT_LOG_DIR": str(tmp_path), "CI": "1"}
+    args = ["experiment=smoke", "trainer=ddp_sim", "data=hf", f"data.path={parquet}", "data.streaming=true",
+            "data.piece_rows=2", "data.num_workers=2", "data.batch_size=4", "logger=csv", "trainer.max_epochs=2",
+            "data.columns={text: question, image: img, audio: sound, label: answer}"]
+    proc = subprocess.run([str(Path(sys.executable).parent / "mmgpt-train"), *args], env=env, capture_output=True,
+                          text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (metrics,) = tmp_path.glob("train/runs/*/metrics.csv")
+    epochs = {row["epoch"] for row in csv.DictReader(metrics.open()) if row.get("val/acc")}
+    assert {"0", "1"} <= epochs

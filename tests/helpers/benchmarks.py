@@ -105,3 +105,32 @@ def write_hateful_memes(root: Path, rows: dict[str, list[dict[str, Any]]], *, se
                 Image.fromarray(rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)).save(root / img)
                 f.write(json.dumps({"id": row["id"], "img": img, **{k: v for k, v in row.items() if k != "id"}})
                         + "\n")
+
+
+def write_mmimdb_hdf5(path: Path, *, sizes: tuple[int, int, int] = (6, 3, 3), num_genres: int = 4,
+                      image_hw: tuple[int, int] = (256, 160), seed: int = 0) -> dict[str, Any]:
+    """MultiBench's ``multimodal_imdb.hdf5`` (Fuel format, gmu-mmimdb make_dataset.py): features (N, 300) float32,
+    vgg_features (N, 4096) float32, images (N, 3, H, W) int32, genres (N, C) int32 with attrs target_names,
+    imdb_ids (N,) S7, and the Fuel split table in the file's attrs."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    out = {"features": rng.normal(size=(n, 300)).astype(np.float32),
+           "vgg_features": rng.normal(size=(n, 4096)).astype(np.float32),
+           "images": rng.integers(0, 256, size=(n, 3, *image_hw)).astype(np.int32),
+           "genres": (rng.random((n, num_genres)) < 0.4).astype(np.int32),
+           "imdb_ids": np.asarray([f"{i:07d}" for i in range(n)], dtype="S7"),
+           "target_names": [f"genre{k}" for k in range(num_genres)]}
+    bounds = np.cumsum([0, *sizes])
+    split_dtype = np.dtype([("split", "S5"), ("source", "S12"), ("start", np.int64), ("stop", np.int64),
+                            ("available", bool), ("comment", "S1")])
+    rows = [(s.encode(), src.encode(), bounds[k], bounds[k + 1], True, b"")
+            for k, s in enumerate(("train", "dev", "test"))
+            for src in ("features", "vgg_features", "images", "genres", "imdb_ids")]
+    with h5py.File(path, "w") as f:
+        for key in ("features", "vgg_features", "images", "genres", "imdb_ids"):
+            f.create_dataset(key, data=out[key])
+        f["genres"].attrs["target_names"] = json.dumps(out["target_names"])
+        f.attrs["split"] = np.array(rows, dtype=split_dtype)
+    return out
