@@ -24,7 +24,7 @@ from mmgpt.cli.common import user_errors
 from mmgpt.errors import UserError
 from mmgpt.generation import GenerationConfig, generate
 from mmgpt.model import MultimodalTransformer
-from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.tokenizer import Tokenizer
 from mmgpt.training.safe_load import load_module, read_checkpoint, stored_run_config
 
 log = logging.getLogger("mmgpt.generate")
@@ -82,9 +82,10 @@ def build_batch(
     audios: list[str],
     batch_size: int,
     max_audio_samples: int | None,
-    tokenizer: ByteTokenizer,
+    tokenizer: Tokenizer,
 ) -> MultimodalBatch:
-    """A batch of ``batch_size`` samples with the given media (repeated when one is given) and no text."""
+    """A batch of ``batch_size`` samples with the given media (repeated when one is given) and no text
+    (``tokenizer``: the text encoder's, for the empty text input)."""
     image_size = net.encoders["image"].image_size
     sample_rate = int(net.encoders["audio"].frontend.mel.sample_rate)
     pick = lambda xs, i: xs[i if len(xs) > 1 else 0]  # noqa: E731
@@ -126,13 +127,12 @@ def run_generate(cfg: DictConfig) -> list[str]:
         if "max_audio_seconds" in data_cfg and "sample_rate" in data_cfg
         else None
     )
-    tokenizer = ByteTokenizer()
-    batch = build_batch(net, images, audios, n * cfg.num_samples, max_audio, tokenizer).to(cfg.device)
+    batch = build_batch(net, images, audios, n * cfg.num_samples, max_audio, net.encoder_tokenizer).to(cfg.device)
     prompts = (prompts or [""]) * (n if len(prompts) <= 1 else 1)
     prompts = [prompts[i % len(prompts)] for i in range(n * cfg.num_samples)]
     gen = GenerationConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.use_cache)
     g = torch.Generator(device=cfg.device).manual_seed(int(cfg.seed))
-    out = generate(net, batch, prompts, gen, tokenizer, generator=g)
+    out = generate(net, batch, prompts, gen, generator=g)  # the decoder's own tokenizer
     texts = [p + t for p, t in zip(prompts, out.texts, strict=True)]
     for i, t in enumerate(texts):
         print(f"[{i}] {t}")  # noqa: T201  (the command's output)
