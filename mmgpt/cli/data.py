@@ -5,7 +5,9 @@ header), and prints every problem with its file and line; it exits with status 1
 ``--cache-dir`` the decoded media go to the media store training reads (``data.cache_dir``).
 ``mmgpt-data export-synthetic OUT`` writes the embedded synthetic set out as a manifest folder (PNG + WAV + JSON
 Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
-WebDataset tar shards for streaming (``data=shards data.root=OUT``).
+WebDataset tar shards for streaming (``data=shards data.root=OUT``). ``mmgpt-data tokenizer DIR --vocab-size N``
+trains a byte-level BPE on the training texts and captions of a manifest or shards folder and saves it
+(``tokenizer.json``) for ``model.net.encoders.text.tokenizer=PATH``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,28 @@ def _shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenizer(args: argparse.Namespace) -> int:
+    from mmgpt.datamodules.texts import training_texts
+    from mmgpt.errors import UserError
+    from mmgpt.tokenizer import train_bpe
+
+    out = args.out or args.root / "tokenizer.json"
+    try:
+        texts = list(training_texts(args.root))
+        if not texts:
+            raise UserError(f"{args.root}: the training split has no text or caption to train on")
+        tok = train_bpe(texts, args.vocab_size, out, min_frequency=args.min_frequency)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    tokens = sum(len(tok.encode_text(t)) for t in texts)
+    chars = sum(len(t) for t in texts)
+    print(f"wrote {tok.path}: {tok.vocab_size} tokens, trained on {len(texts)} texts "
+          f"({chars / max(tokens, 1):.2f} characters per token)")
+    print(f"use it with: mmgpt-train model.net.encoders.text.tokenizer={tok.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgpt-data", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--samples-per-shard", type=int, default=256)
     shard.add_argument("--allow-outside-root", action="store_true")
     shard.set_defaults(func=_shard)
+
+    tokenizer = sub.add_parser("tokenizer", help="train a byte-level BPE on a folder's training texts and captions")
+    tokenizer.add_argument("root", type=Path, help="a manifest folder (train.jsonl/.csv) or a shards folder")
+    tokenizer.add_argument("--vocab-size", type=int, required=True,
+                           help="vocabulary size, the 5 special tokens and 256 byte symbols included")
+    tokenizer.add_argument("--out", type=Path, default=None,
+                           help="the tokenizer.json to write (default: ROOT/tokenizer.json)")
+    tokenizer.add_argument("--min-frequency", type=int, default=2, help="merge only pairs seen at least this often")
+    tokenizer.set_defaults(func=_tokenizer)
     return parser
 
 

@@ -81,7 +81,7 @@ class Contrastive(Objective):
                 for m in self.proj}
 
     def forward(self, net: MultimodalTransformer, batch: MultimodalBatch) -> ObjectiveOutput:
-        batch = source_batch(batch, self.source, self.max_length)
+        batch = source_batch(net, batch, self.source, self.max_length)
         emb = {m: gather(e) for m, e in self.embed(net, batch).items()}  # (G, E)
         present = {m: gather(batch.presence(m)) for m in emb}  # (G,)
         scale = self.logit_scale.clamp(max=math.log(100.0))
