@@ -26,7 +26,7 @@ from mmgpt.errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: The special tokens of mmgpt's own tokenizers, in id order for a trained BPE (ids 0..4).
+#: The special tokens of mmgpt's own tokenizers, in id order (after the bytes, or after a trained BPE's tokens).
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<sep>", "<mask>")
 
 
@@ -142,7 +142,11 @@ def _tokenizer_file(path: str | Path) -> Path:
 
 
 class BPETokenizer(Tokenizer):
-    """A byte-level BPE (``tokenizers`` library) trained by :func:`train_bpe`, with mmgpt's special tokens.
+    """A byte-level BPE (``tokenizers`` library) trained by :func:`train_bpe`, plus mmgpt's special tokens.
+
+    The special tokens (:data:`SPECIAL_TOKENS`) take the ids after the BPE's own vocabulary, as the byte
+    tokenizer's follow the bytes: they are never produced from text, so a text that contains ``<eos>`` is just
+    text, and the file is a plain BPE ``tokenizer.json``.
 
     Args:
         path: the ``tokenizer.json`` file, or the folder holding it.
@@ -158,14 +162,9 @@ class BPETokenizer(Tokenizer):
             self._tok = _Tokenizer.from_file(str(self.path))
         except Exception as e:  # noqa: BLE001 - the library raises a bare Exception on a bad file
             raise UserError(f"tokenizer {self.path}: not a readable tokenizer.json ({e})") from e
-        ids = {name: self._tok.token_to_id(name) for name in SPECIAL_TOKENS}
-        missing = [name for name, i in ids.items() if i is None]
-        if missing:
-            raise UserError(f"tokenizer {self.path}: lacks the special tokens {missing} (train it with "
-                            "`mmgpt-data tokenizer`)")
-        self.PAD, self.BOS, self.EOS = ids["<pad>"], ids["<bos>"], ids["<eos>"]
-        self.SEP, self.MASK = ids["<sep>"], ids["<mask>"]
-        self.vocab_size = self._tok.get_vocab_size()
+        n = self._tok.get_vocab_size()
+        self.PAD, self.BOS, self.EOS, self.SEP, self.MASK = range(n, n + len(SPECIAL_TOKENS))
+        self.vocab_size = n + len(SPECIAL_TOKENS)
         self._hash = _file_hash(self.path)
 
     @property
@@ -176,7 +175,7 @@ class BPETokenizer(Tokenizer):
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode_ids(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True)
+        return self._tok.decode(ids, skip_special_tokens=False)
 
     def fingerprint(self) -> str:
         return f"BPETokenizer:{self._hash}:{self.max_length}"
@@ -192,13 +191,14 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out: str | Path, min_freque
     """Train a byte-level BPE on ``texts`` and save it as ``out/tokenizer.json`` (``out`` may be the file).
 
     Byte-level: any text encodes (unseen characters fall back to their bytes), and decoding gives the text back.
-    The special tokens (:data:`SPECIAL_TOKENS`) get ids 0..4.
+    The BPE learns ``vocab_size - 5`` tokens (the 256 byte symbols and the merges); the 5 special tokens take the
+    ids after them (:class:`BPETokenizer`).
 
     Args:
         texts: the training texts.
-        vocab_size: the vocabulary size, specials and the 256 byte symbols included.
+        vocab_size: the vocabulary size, special tokens and the 256 byte symbols included.
         out: the folder (created) or ``.json`` file to write.
-        min_frequency: pairs seen fewer times are not merged.
+        min_frequency: pairs seen fewer times are not merged (the vocabulary may then stay smaller).
     Returns:
         the saved tokenizer, loaded back.
     """
@@ -211,9 +211,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out: str | Path, min_freque
     tok = _Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                  special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS), min_frequency=min_frequency,
+                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
     out = Path(out)
     file = out if out.suffix == ".json" else out / "tokenizer.json"
