@@ -92,6 +92,8 @@ class HFDecoder(nn.Module):
         max_length: longest text in tokens (BOS/EOS included); default the LM's position limit.
         load_weights: False builds the architecture from ``config.json`` only (a checkpoint's state dict then
             supplies every weight; set when a checkpoint is rebuilt).
+        freeze_lm: keep the pretrained weights fixed (no gradients); the new cross-attention layers and the media
+            projection still train (Flamingo's recipe: a frozen LM, new gated layers).
         trust_remote_code: run code shipped with the model folder (refused by the spec check unless set).
     """
 
@@ -104,6 +106,7 @@ class HFDecoder(nn.Module):
         cross_attention: bool = False,
         max_length: int | None = None,
         load_weights: bool = True,
+        freeze_lm: bool = False,
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
@@ -129,8 +132,16 @@ class HFDecoder(nn.Module):
                             "layers; use a prefix fusion (early, late) with this LM")
         self.lm = mark_pretrained(lm.train())  # from_pretrained returns eval mode; follow the network's mode
         # (init_weights leaves the marked LM alone)
+        # Parameters the pretrained weights did not have (the new cross-attention layers). Rebuilt from a
+        # checkpoint (no weights read), they are told apart by name.
+        params = dict(lm.named_parameters())
+        new = set(info.get("missing_keys", [])) & set(params) if info is not None else \
+            {n for n in params if cross_attention and "cross" in n}
         if cross_attention and info is not None:
-            self._zero_new_cross_attention_outputs(info.get("missing_keys", []))
+            self._zero_new_cross_attention_outputs(sorted(new))
+        if freeze_lm:
+            for name, p in params.items():
+                p.requires_grad_(name in new)
         self.hidden_size = int(lm.get_input_embeddings().weight.shape[1])
         self.n_positions = _position_limit(config)
         self.max_length = int(max_length) if max_length is not None else (self.n_positions or 1024)
@@ -154,6 +165,12 @@ class HFDecoder(nn.Module):
                 zeroed.append(key)
         new = [k for k in missing if "cross" in k]
         log.info("new cross-attention parameters: %d tensors (%d output projections start at 0)", len(new), len(zeroed))
+
+    def layers(self) -> list[nn.Module]:
+        """The LM's repeated blocks, input side first (its longest ``ModuleList``: ``transformer.h``,
+        ``model.layers``...), for activation checkpointing and FSDP wrapping."""
+        lists = [m for m in self.lm.modules() if isinstance(m, nn.ModuleList)]
+        return list(max(lists, key=len)) if lists else []
 
     @property
     def tokenizer(self) -> HFTokenizer:

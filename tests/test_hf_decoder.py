@@ -77,6 +77,19 @@ def test_cross_attention_decoder_starts_as_the_pretrained_lm_and_its_new_layers_
     assert len(new) == 2 and all(g is not None and g.abs().sum() > 0 for g in new.values())
 
 
+def test_freeze_lm_trains_only_the_new_cross_attention_and_the_media_projection(gpt2_dir):
+    from mmgpt.decoder import MediaContext
+    from mmgpt.hf_decoder import HFDecoder
+
+    dec = HFDecoder(conditioner=MediaContext(dim=DIM), name_or_path=str(gpt2_dir), dim=DIM, cross_attention=True,
+                    freeze_lm=True)
+    trainable = {n for n, p in dec.lm.named_parameters() if p.requires_grad}
+    assert trainable and all(".crossattention." in n or ".ln_cross_attn." in n for n in trainable)
+    assert len(trainable) == 2 * 8  # per block: q_attn, c_attn, c_proj (weight + bias) and ln_cross_attn (w + b)
+    assert all(p.requires_grad for p in dec.media_proj.parameters())
+    assert len(dec.layers()) == 2 and type(dec.layers()[0]).__name__ == "GPT2Block"
+
+
 @pytest.mark.parametrize("fusion", ["early", "late", "cross_attention"])
 def test_generation_with_kv_cache_equals_uncached(gpt2_dir, fusion):
     from tests.conftest import make_batch
