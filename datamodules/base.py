@@ -77,6 +77,9 @@ class MultimodalDataModule(pl.LightningDataModule):
         shuffle: shuffle the training split each epoch.
         seed: shuffling and data-randomness seed.
         num_train: use only the first ``num_train`` training samples (None: all); num_val, num_test likewise.
+        processors: modality name -> processor, replacing the default (scratch) processor of that name: what the
+            network's encoders declare (:func:`~mmgpt.datamodules.processors.build_processors`; the commands pass
+            them). Modalities not named keep :func:`~mmgpt.datamodules.processors.default_processors`.
     """
 
     def __init__(self, *, batch_size: int, num_workers: int, image_size: int, sample_rate: int,
@@ -84,7 +87,7 @@ class MultimodalDataModule(pl.LightningDataModule):
                  max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, augment: bool = False,
                  modality_dropout: Mapping[str, float] | None = None, pin_memory: bool | None = None,
                  shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
-                 num_test: int | None = None) -> None:
+                 num_test: int | None = None, processors: Mapping[str, Processor] | None = None) -> None:
         super().__init__()
         require_positive(batch_size=batch_size, num_train=num_train, num_val=num_val, num_test=num_test)
         if int(num_workers) < 0:
@@ -96,6 +99,7 @@ class MultimodalDataModule(pl.LightningDataModule):
         self.processors: dict[str, Processor] = default_processors(
             image_size=image_size, sample_rate=sample_rate, max_audio_seconds=max_audio_seconds,
             max_text_length=max_text_length, augment=augment, max_image_pixels=max_image_pixels)
+        self.processors.update(processors or {})
         self.modality_dropout = check_dropout_probs(modality_dropout, self.processors)
         self.collate = Collate(self.processors)
         self.train_collate = Collate(self.processors, modality_dropout=self.modality_dropout)
@@ -153,9 +157,11 @@ class MultimodalDataModule(pl.LightningDataModule):
 def shared_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """The base's options picked from a subclass constructor's arguments (its ``locals()`` on entry), so that
     each subclass lists the options in its signature (for config checking) but forwards them in one line."""
-    return {name: arguments[name] for name in SHARED_OPTIONS if name in arguments}
+    return {name: arguments[name] for name in (*SHARED_OPTIONS, *INJECTED) if name in arguments}
 
 
-#: The options every datamodule takes (the base constructor's keyword arguments).
+#: What the commands pass every datamodule besides its config (built objects, not ``data.*`` keys).
+INJECTED: tuple[str, ...] = ("processors",)
+#: The options every datamodule takes and its config sets (the base constructor's other keyword arguments).
 SHARED_OPTIONS: tuple[str, ...] = tuple(p for p in inspect.signature(MultimodalDataModule.__init__).parameters
-                                         if p != "self")
+                                         if p not in ("self", *INJECTED))

@@ -71,6 +71,19 @@ def load_image(source: Source, image_size: int, max_pixels: int | None = DEFAULT
         DecodeError: the file is not an image Pillow can read, has no pixels, has more than ``max_pixels``, or
             has values that cannot be mapped to 8 bits.
     """
+    rgb = open_rgb(source, max_pixels, image_size)
+    rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+def open_rgb(source: Source, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+             target_size: int | None = None) -> Image.Image:
+    """Decode any Pillow image to an 8-bit RGB image, checked against ``max_pixels`` (see :func:`load_image`).
+
+    With ``target_size`` a JPEG may be decoded at a reduced scale and a large image shrunk early, as long as both
+    sides stay at least ``target_size`` (4x for large images); without it the image is decoded at full size (what a
+    pretrained backbone's own processor sees).
+    """
     if max_pixels is not None and max_pixels > Image.MAX_IMAGE_PIXELS * 2:
         Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's error would otherwise refuse what the user allowed
     try:
@@ -81,13 +94,13 @@ def load_image(source: Source, image_size: int, max_pixels: int | None = DEFAULT
             if max_pixels is not None and w * h > max_pixels:
                 raise DecodeError(f"image of {w}x{h} = {w * h:,} pixels is larger than the limit of {max_pixels:,} "
                                   "(data.max_image_pixels)")
-            im.draft("RGB", (image_size, image_size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that suffices
+            if target_size is None:
+                return _to_rgb(im)
+            im.draft("RGB", (target_size, target_size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that suffices
             if im.width * im.height > LARGE_IMAGE_PIXELS:
                 with _large_decode:
-                    rgb = _to_rgb(_reduce_large(im, image_size))
-            else:
-                rgb = _to_rgb(im)
-            rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
+                    return _to_rgb(_reduce_large(im, target_size))
+            return _to_rgb(im)
     except Image.DecompressionBombError as e:  # above twice Pillow's threshold: refused before we see the size
         found = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
@@ -97,7 +110,6 @@ def load_image(source: Source, image_size: int, max_pixels: int | None = DEFAULT
         if isinstance(e, DecodeError):
             raise
         raise DecodeError(f"cannot decode image: {e}") from e
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
 def _reduce_large(im: Image.Image, image_size: int) -> Image.Image:

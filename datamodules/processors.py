@@ -10,8 +10,9 @@ Legend: B batch, T text tokens, S audio samples, N feature steps, F feature size
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, Source, load_audio, load_image
+from mmgpt.datamodules.store import CACHE_VERSION
 from mmgpt.tokenizer import ByteTokenizer
 
 #: The kinds of modality a datamodule can declare.
@@ -62,6 +64,11 @@ class Processor(ABC):
     def fingerprint(self) -> str:
         """Every setting ``decode`` depends on, as a stable string (part of store keys)."""
         return f"{type(self).__name__}"
+
+    def derived(self) -> dict[str, Any]:
+        """The ``data.*`` settings this processor decides itself (a pretrained backbone's image size or sample
+        rate); :func:`build_processors` refuses an explicit ``data.*`` value that contradicts one."""
+        return {}
 
 
 class TextProcessor(Processor):
@@ -128,7 +135,7 @@ class ImageProcessor(Processor):
         return images, None, torch.tensor([v is not None for v in values])
 
     def fingerprint(self) -> str:
-        return f"image:{self.image_size}:{self.max_pixels}"
+        return f"image:v{CACHE_VERSION}:size={self.image_size}:max_pixels={self.max_pixels}"
 
 
 class AudioProcessor(Processor):
@@ -166,7 +173,7 @@ class AudioProcessor(Processor):
         return audio, mask, torch.tensor([n > 0 for n in lengths])
 
     def fingerprint(self) -> str:
-        return f"audio:{self.sample_rate}:{self.max_samples}"
+        return f"audio:v{CACHE_VERSION}:rate={self.sample_rate}:max={self.max_samples}"
 
 
 class FeaturesProcessor(Processor):
@@ -223,3 +230,62 @@ def default_processors(*, image_size: int, sample_rate: int, max_audio_seconds: 
         "image": ImageProcessor(image_size=image_size, max_pixels=max_image_pixels, augment=augment),
         "audio": AudioProcessor(sample_rate=sample_rate, max_samples=audio_samples(max_audio_seconds, sample_rate)),
     }
+
+
+# -- processors travel with the encoders ------------------------------------------------------------------------------
+#: The data options processors are built from, and their defaults (those of :class:`MultimodalDataModule`).
+DATA_OPTIONS: dict[str, Any] = {"image_size": 32, "sample_rate": 8000, "max_audio_seconds": 1.0,
+                                "max_text_length": 64, "augment": False,
+                                "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS}
+
+
+def scratch_text_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) -> TextProcessor:
+    """The byte tokenizer of the scratch text encoder (``data.max_text_length`` tokens)."""
+    return TextProcessor(tokenizer=ByteTokenizer(int(data["max_text_length"])))
+
+
+def scratch_image_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) -> ImageProcessor:
+    """Square ``data.image_size`` RGB images, normalised with :data:`IMAGE_MEAN` / :data:`IMAGE_STD`."""
+    return ImageProcessor(image_size=int(data["image_size"]), max_pixels=data["max_image_pixels"],
+                          augment=bool(data["augment"]))
+
+
+def scratch_audio_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) -> AudioProcessor:
+    """Mono waveforms at ``data.sample_rate`` (the log-mel is the scratch encoder's own front end)."""
+    rate = int(data["sample_rate"])
+    return AudioProcessor(sample_rate=rate, max_samples=audio_samples(float(data["max_audio_seconds"]), rate))
+
+
+def build_processors(net: Mapping[str, Any], data: Mapping[str, Any], *, explicit: Collection[str] = (),
+                     where: str = "model.net.encoders") -> dict[str, Processor]:
+    """Modality name -> the processor its encoder declares (registry ``Part.processor``), for the datamodule.
+
+    Args:
+        net: the network spec (``model.net``, resolved), or just its ``encoders`` mapping.
+        data: the data options (``data.*``; missing ones take :data:`DATA_OPTIONS`).
+        explicit: the ``data.*`` keys the user set explicitly (e.g. on the command line). One of them that
+            contradicts a value the backbone decides (:meth:`Processor.derived`) is refused, naming both keys.
+
+    Raises:
+        UserError: a contradicting ``data.*`` value, or a backbone processor that cannot be loaded.
+    """
+    from mmgpt.errors import UserError
+    from mmgpt.registry import part
+
+    options = {**DATA_OPTIONS, **{k: v for k, v in data.items() if k in DATA_OPTIONS and v is not None}}
+    encoders = net.get("encoders", net)
+    out: dict[str, Processor] = {}
+    for name in sorted(encoders):
+        spec = encoders[name]
+        builder = part(spec["type"], "encoder", f"{where}.{name}").processor
+        if builder is None:  # a user's own encoder: the datamodule's default processor for this modality
+            continue
+        module, _, attr = builder.partition(":")
+        processor = getattr(importlib.import_module(module), attr)(spec, options)
+        for key, value in processor.derived().items():
+            if key in explicit and data.get(key) is not None and data[key] != value:
+                raise UserError(f"data.{key}={data[key]} contradicts {where}.{name} ({spec['type']} "
+                                f"{spec.get('name_or_path') or spec.get('model_name')}), whose processor uses "
+                                f"{key}={value}: drop data.{key} (the backbone's is used) or choose another backbone")
+        out[name] = processor
+    return out

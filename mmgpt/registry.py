@@ -45,6 +45,11 @@ class Part:
     #: Arguments replaced when the part is rebuilt from a checkpoint, whose state dict supplies the weights
     #: (e.g. no download of pretrained weights named in a checkpoint).
     checkpoint_overrides: Mapping[str, Any] = field(default_factory=dict)
+    #: For encoders: ``module:attr`` of the function ``(encoder spec, data options) -> Processor`` that builds the
+    #: modality's processor (how raw samples become this encoder's input; see
+    #: :func:`mmgpt.datamodules.processors.build_processors`). A string, so nothing under ``mmgpt`` imports
+    #: the datamodules.
+    processor: str | None = None
 
     def resolve(self) -> Callable[..., Any]:
         if callable(self.factory):
@@ -53,12 +58,29 @@ class Part:
         return getattr(importlib.import_module(module), attr)
 
 
+NO_REMOTE_CODE: Mapping[str, Any] = {"trust_remote_code": False}
+
 #: Every part mmgpt defines. Names are what specs (YAML, checkpoints) use in ``type:``.
 BUILTIN: dict[str, Part] = {
     # encoders: raw input -> tokens (B, N, D) + mask
-    "text_encoder": Part("encoder", "mmgpt.encoders.text:TextEncoder"),
-    "image_encoder": Part("encoder", "mmgpt.encoders.image:ImageEncoder"),
-    "audio_encoder": Part("encoder", "mmgpt.encoders.audio:AudioEncoder"),
+    "text_encoder": Part("encoder", "mmgpt.encoders.text:TextEncoder",
+                         processor="mmgpt.datamodules.processors:scratch_text_processor"),
+    "image_encoder": Part("encoder", "mmgpt.encoders.image:ImageEncoder",
+                          processor="mmgpt.datamodules.processors:scratch_image_processor"),
+    "audio_encoder": Part("encoder", "mmgpt.encoders.audio:AudioEncoder",
+                          processor="mmgpt.datamodules.processors:scratch_audio_processor"),
+    # pretrained backbones (transformers / timm, imported when built); their processors come from the backbone.
+    # Rebuilding one from a checkpoint never runs code shipped with a model (trust_remote_code is forced off).
+    "hf_text": Part("encoder", checkpoint_overrides=NO_REMOTE_CODE, factory="mmgpt.encoders.hf:HFTextEncoder",
+                    processor="mmgpt.datamodules.hf_processors:hf_text_processor"),
+    "hf_image": Part("encoder", checkpoint_overrides=NO_REMOTE_CODE, factory="mmgpt.encoders.hf:HFImageEncoder",
+                     processor="mmgpt.datamodules.hf_processors:hf_image_processor"),
+    "hf_audio": Part("encoder", checkpoint_overrides=NO_REMOTE_CODE, factory="mmgpt.encoders.hf:HFAudioEncoder",
+                     processor="mmgpt.datamodules.hf_processors:hf_audio_processor"),
+    # a checkpoint's state dict holds the weights: timm's own pretrained weights are not fetched again
+    "timm_image": Part("encoder", "mmgpt.encoders.timm_encoder:TimmImageEncoder",
+                       checkpoint_overrides={"pretrained": False},
+                       processor="mmgpt.datamodules.hf_processors:timm_image_processor"),
     # image stems: (B, 3, H, W) -> (B, D, H/p, W/p)
     "patch_embed": Part("image_stem", "mmgpt.encoders.image:PatchEmbed"),
     "conv_stem": Part("image_stem", "mmgpt.encoders.image:ConvStem"),
@@ -183,15 +205,19 @@ def check_spec(node: Any, where: str, kind: str | None = None) -> None:
 
     Raises:
         SpecError: naming the key path, for an unknown part, a Hydra ``_target_``-style key, an argument the
-            part does not take, or ``trust_remote_code`` switched on.
+            part does not take, or ``trust_remote_code`` anywhere but as an explicit boolean of a backbone encoder
+            (it runs code shipped with the model: the user's explicit choice, off by default).
     """
     if isinstance(node, Mapping):
         for key in node:
             if key in _HYDRA_KEYS:
                 raise SpecError(f"{where}.{key}: import paths are not accepted in a network spec "
                                 f"({key}={node[key]!r}); name a registered part with `type:` instead")
-            if key == "trust_remote_code" and node[key]:
-                raise SpecError(f"{where}.trust_remote_code: refused (it would run code shipped with a model)")
+            if key == "trust_remote_code" and node[key] is not False and not (
+                    node[key] is True and "type" in node and "name_or_path" in node):
+                # Allowed only as an explicit `true` on a backbone encoder's own spec (the encoder logs a warning).
+                raise SpecError(f"{where}.trust_remote_code={node[key]!r}: only `true` or `false` on a backbone "
+                                "encoder that loads name_or_path (it runs code shipped with the model)")
         if "type" in node:
             found = part(node["type"], kind, where)
             _check_arguments(found, node, where)

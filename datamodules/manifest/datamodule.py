@@ -181,6 +181,7 @@ class ManifestDataModule(MultimodalDataModule):
         seed: int = 0,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         shuffle: bool = True,
+        processors: Mapping[str, Processor] | None = None,
     ) -> None:
         super().__init__(**shared_options(locals()))
         if on_error not in ON_ERROR:
@@ -189,7 +190,7 @@ class ManifestDataModule(MultimodalDataModule):
             raise ValueError(f"data.check={check!r}: expected one of {CHECKS}")
         if memory_cache_mb < 0:
             raise ValueError(f"data.memory_cache_mb={memory_cache_mb}: expected >= 0")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["processors"])
         self.root = Path(root).expanduser().absolute()
         self.settings = DecodeSettings(image_size, sample_rate, audio_samples(max_audio_seconds, sample_rate),
                                        max_image_pixels)
@@ -227,7 +228,8 @@ class ManifestDataModule(MultimodalDataModule):
         hp = self.hparams
         t0 = time.perf_counter()
         store = None if hp.cache_dir is None else Path(hp.cache_dir) / "media-store"
-        self.media = MediaFiles(self.settings, store, threads=hp.decode_threads, memory_cache_mb=hp.memory_cache_mb)
+        self.media = MediaFiles(self.settings, store, threads=hp.decode_threads, memory_cache_mb=hp.memory_cache_mb,
+                                processors=self.processors)
         progress = Progress(f"data.check={hp.check} {self.root.name}")
         report = check_folder(self.root, self.media, hp.allow_outside_root, check=hp.check, progress=progress)
         progress.close()

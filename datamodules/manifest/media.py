@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from torch import Tensor
 from mmgpt.datamodules import decode
 from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.disk_store import DiskStore, Hit, SourceId
+from mmgpt.datamodules.processors import Processor
 from mmgpt.datamodules.store import CACHE_VERSION, DecodeSettings
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,16 @@ class MediaFiles:
         memory_cache_mb: per-process LRU of decoded arrays, in MiB (0: none; see :class:`DiskStore`).
         keep: store what the validation pass decodes; False only checks (decode, drop), for a one-off
             ``mmgpt-data check`` without a store folder.
+        processors: kind (``image``, ``audio``) -> the processor whose ``decode`` and ``fingerprint`` are used
+            instead of ``settings`` (a pretrained backbone's; the scratch processors decode exactly as ``settings``
+            say, with the same store keys).
     """
 
     def __init__(self, settings: DecodeSettings, store: DiskStore | str | Path | None = None, *, threads: int = 4,
-                 memory_cache_mb: float = 0, keep: bool = True) -> None:
+                 memory_cache_mb: float = 0, keep: bool = True,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         self.settings = settings
+        self.processors = {k: p for k, p in (processors or {}).items() if k in ("image", "audio")}
         self.threads = max(1, threads)
         self.keep = keep
         if store is None:
@@ -101,6 +107,7 @@ class MediaFiles:
         self.store = store if isinstance(store, DiskStore) else DiskStore(store, memory_cache_mb=memory_cache_mb)
         self.decoded = 0  # files decoded by this object in this process (0 on a warm store)
         self._fingerprints = {kind: fingerprint(kind, settings) for kind in ("image", "audio")}
+        self._fingerprints.update({kind: p.fingerprint() for kind, p in self.processors.items()})
 
     def decode(self, kind: str, path: str) -> Tensor:
         """Decode one file (no store involved).
@@ -108,6 +115,8 @@ class MediaFiles:
         Raises:
             DecodeError: it cannot be decoded.
         """
+        if kind in self.processors:
+            return self.processors[kind].decode(path)
         s = self.settings
         if kind == "image":
             return decode.load_image(path, s.image_size, s.max_image_pixels)

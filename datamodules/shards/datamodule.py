@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, shared_options
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.datamodules.processors import Processor
 from mmgpt.datamodules.shards.dataset import ShardDataset
 from mmgpt.datamodules.shards.format import META_FILE, ShardError, read_meta
 from mmgpt.datamodules.shards.partition import first_samples
@@ -40,9 +42,10 @@ class ShardDataModule(MultimodalDataModule):
                  sample_rate: int = 8000, max_audio_seconds: float = 1.0, max_text_length: int = 64,
                  shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
                  num_test: int | None = None, augment: bool = False, modality_dropout: dict[str, float] | None = None,
-                 pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         super().__init__(**shared_options(locals()))
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["processors"])
         self.root = Path(root)
         self.meta = read_meta(self.root)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, ProcessedDataset, shared_options
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.datamodules.processors import Processor
 from mmgpt.datamodules.synthetic.generator import CLASSES, SyntheticGenerator, SyntheticSample
 
 log = logging.getLogger(__name__)
@@ -59,9 +61,13 @@ class SyntheticDataModule(MultimodalDataModule):
         shuffle: bool = True,
         pin_memory: bool | None = None,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        processors: Mapping[str, Processor] | None = None,
     ) -> None:
         super().__init__(**shared_options(locals()))
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["processors"])
+        # Clips are rendered at the audio processor's rate (a backbone's, e.g. 16 kHz); images at image_size (a
+        # backbone's processor resizes them).
+        sample_rate = getattr(self.processors.get("audio"), "sample_rate", sample_rate)
         self.generator = SyntheticGenerator(image_size, sample_rate, max_seconds=max_audio_seconds)
         self.splits: dict[str, ProcessedDataset] = {}
 

@@ -8,7 +8,7 @@ import logging
 import os
 import resource
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -18,7 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mmgpt.errors import UserError
 
@@ -50,6 +50,26 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     if not cfg:
         return []
     return [instantiate(node) for _, node in sorted(cfg.items()) if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def explicit_overrides(prefix: str = "data.") -> set[str]:
+    """The keys under ``prefix`` set on the command line of the running Hydra app (``data.sample_rate=8000`` ->
+    ``sample_rate``); empty outside Hydra."""
+    if not HydraConfig.initialized():
+        return set()
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return {k[len(prefix):] for k in keys if k.startswith(prefix)}
+
+
+def build_datamodule(data_cfg: DictConfig | Mapping[str, Any], net: Mapping[str, Any],
+                     explicit: Collection[str] = ()) -> pl.LightningDataModule:
+    """The datamodule of ``data_cfg`` (a ``_target_`` config) with the processors the network's encoders declare
+    (:func:`mmgpt.datamodules.processors.build_processors`): preprocessing travels with the encoders."""
+    from mmgpt.datamodules.processors import build_processors  # the entry point is the edge: imported here
+
+    data = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
+    processors = build_processors(net, data, explicit=explicit)
+    return instantiate(data_cfg, _convert_="all", processors=processors)
 
 
 def hydra_choice(group: str) -> str | None:

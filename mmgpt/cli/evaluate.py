@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
-from mmgpt.cli.common import metrics_of, rank_zero, user_errors, write_json
+from mmgpt.cli.common import build_datamodule, metrics_of, rank_zero, user_errors, write_json
 from mmgpt.config import CONFIG_DIR, check_targets
 from mmgpt.errors import UserError
 from mmgpt.training.evaluation import evaluate_subsets, modality_subsets
@@ -43,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if not run_cfg or "data" not in run_cfg:
             raise UserError(f"{ckpt_path} stores no data config; pass one, e.g. data=synthetic")
         data_cfg = safe_data_config(run_cfg["data"], f"{ckpt_path}: mmgpt.config.data", out_dir)
-    datamodule = instantiate(data_cfg, _convert_="all")
+    datamodule = build_datamodule(data_cfg, module.hparams.net)  # the processors the checkpoint's encoders declare
     if list(datamodule.class_names) != list(module.hparams.class_names or datamodule.class_names):
         raise UserError(
             f"the data's classes {list(datamodule.class_names)} differ from the checkpoint's "

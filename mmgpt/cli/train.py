@@ -22,6 +22,8 @@ from torch import nn
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
 from mmgpt.cli.common import (
+    build_datamodule,
+    explicit_overrides,
     finish_wandb,
     hydra_choice,
     instantiate_group,
@@ -63,7 +65,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     reset_peak_memory()  # tracking: this run's peak, not the multirun process's
     pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule: pl.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    datamodule = build_datamodule(cfg.data, net, explicit=explicit_overrides("data."))  # encoders' processors
     module = build_module(cfg, datamodule)
     init_report = init_from_checkpoint(module.net, cfg.init_from) if cfg.get("init_from") else None  # fine-tuning
     resume = resume_state(cfg, out_dir, module)

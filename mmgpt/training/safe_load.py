@@ -7,9 +7,9 @@ anything is built, every spec is checked; a checkpoint that names anything else 
 key and the target, and nothing is imported or called. Checkpoints written before the typed spec (``_target_``
 import paths) are translated from a fixed table of mmgpt's own class paths; any other path is refused.
 
-Arguments are covered too: ``trust_remote_code`` is refused, parts that would fetch pretrained weights get their
-``checkpoint_overrides`` (the checkpoint's state dict supplies the weights), and data settings that write files
-(the decode cache, the data report) are pointed into the current run directory.
+Arguments are covered too: ``trust_remote_code`` is refused (forced off for backbone encoders), parts that would
+fetch pretrained weights get their ``checkpoint_overrides`` (the checkpoint's state dict supplies the weights), and
+data settings that write files (the decode cache, the data report) are pointed into the current run directory.
 
 A user's own registered parts (``mmgpt.registry.register``) load when the user imports their plugin modules
 explicitly (``plugins=[...]`` on the command line); a checkpoint never imports anything by itself.

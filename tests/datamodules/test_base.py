@@ -33,6 +33,7 @@ def test_every_datamodule_takes_every_shared_option_and_its_config_sets_it() -> 
     for name, cls in DATAMODULES.items():
         params = set(inspect.signature(cls.__init__).parameters)
         assert shared <= params, (name, shared - params)
+        assert "processors" in params, name  # the commands inject the encoders' processors
         assert issubclass(cls, MultimodalDataModule)
         keys = set(yaml.safe_load((CONF / f"{name}.yaml").read_text()))
         assert shared <= keys, (name, shared - keys)

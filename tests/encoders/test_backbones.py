@@ -1,0 +1,255 @@
+"""Pretrained backbone encoders (transformers, timm) on tiny random models saved with save_pretrained and loaded by
+path, as a user's download would be: parity with the library's own processor + model (end to end from a file),
+padding invariance, the processor is the backbone's, offline errors, trust_remote_code, data-key contradictions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from mmgpt.datamodules.processors import TextProcessor, build_processors
+from mmgpt.errors import UserError
+from mmgpt.registry import SpecError, build, check_spec, for_checkpoint
+from tests.helpers.backbones import FAMILIES, SAMPLE_RATE, TEXTS, TIMM_KWARGS, TIMM_MODEL, encoder_spec
+
+pytest.importorskip("transformers")
+pytest.importorskip("timm")
+
+DATA = {"image_size": 32, "sample_rate": 8000, "max_audio_seconds": 1.0, "max_text_length": 32, "augment": False}
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("backbones")
+    return {family: make(root) for family, (make, _, _) in FAMILIES.items()}
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """A sentence file, an odd-sized RGB image (resize + crop do work) and a 16-bit WAV clip at 22.05 kHz
+    (resampled to the backbone's 16 kHz by the pipeline, as the library user would before its extractor)."""
+    root = tmp_path_factory.mktemp("media")
+    rng = np.random.default_rng(0)
+    (root / "a.txt").write_text(TEXTS[0])
+    Image.fromarray(rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)).save(root / "a.png")
+    sf.write(root / "a.wav", rng.uniform(-0.5, 0.5, 11025).astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+    sf.write(root / "b.wav", rng.uniform(-0.5, 0.5, 4000).astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+    return {"text": root / "a.txt", "image": root / "a.png", "audio": root / "a.wav", "short": root / "b.wav"}
+
+
+def encoder_and_processor(family: str, path: Path, data: dict = DATA):
+    spec = encoder_spec(family, path)
+    encoder = build(spec, f"encoders.{family}", "encoder").eval()
+    return encoder, build_processors({"encoders": {"x": spec}}, data)["x"]
+
+
+def through_mmgpt(processor, source, encoder) -> torch.Tensor:
+    """A raw file through mmgpt's pipeline (decode -> transform -> collate) and encoder.hidden -> (N, H)."""
+    value = source.read_text() if processor.kind == "text" else processor.transform(processor.decode(source),
+                                                                                   train=False)
+    x, mask, _ = processor.collate([value])
+    with torch.no_grad():
+        return encoder.hidden(x, mask).tokens[0]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_built_from_a_spec_with_identity_and_layers(backbones, family):
+    encoder = build(encoder_spec(family, backbones[family]), f"encoders.{family}", "encoder")
+    assert len(encoder.identity.sha256) == 64
+    assert len(encoder.layers()) == 2
+    assert encoder.proj.out_features == 16
+    assert not any(n.startswith(("decoder.", "text_model.")) for n, _ in encoder.backbone.named_parameters())
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_text_parity_with_the_library(backbones, media, family):
+    from transformers import AutoModel, AutoTokenizer
+
+    encoder, processor = encoder_and_processor(family, backbones[family])
+    ours = through_mmgpt(processor, media["text"], encoder)
+    tok = AutoTokenizer.from_pretrained(backbones[family])
+    ref = tok(media["text"].read_text(), return_tensors="pt")
+    ids, _, _ = processor.collate([media["text"].read_text()])
+    assert ids[0].tolist() == ref["input_ids"][0].tolist()  # the backbone's own tokenizer
+    with torch.no_grad():
+        expected = AutoModel.from_pretrained(backbones[family]).eval()(**ref).last_hidden_state[0]
+    torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["vit", "clip"])
+def test_image_parity_with_the_library(backbones, media, family):
+    from transformers import AutoImageProcessor, CLIPVisionModel, ViTModel
+
+    encoder, processor = encoder_and_processor(family, backbones[family])
+    ours = through_mmgpt(processor, media["image"], encoder)
+    library = AutoImageProcessor.from_pretrained(backbones[family])
+    pixels = library(images=Image.open(media["image"]), return_tensors="pt")["pixel_values"]
+    x, _, _ = processor.collate([processor.transform(processor.decode(media["image"]), train=False)])
+    torch.testing.assert_close(x, pixels, atol=1e-6, rtol=0)  # size, resample, crop, mean / std all the backbone's
+    model = (CLIPVisionModel if family == "clip" else ViTModel).from_pretrained(backbones[family]).eval()
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).last_hidden_state[0]
+    torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
+
+
+def test_timm_parity_with_the_library(backbones, media):
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    encoder, processor = encoder_and_processor("timm", backbones["timm"])
+    ours = through_mmgpt(processor, media["image"], encoder)
+    model = timm.create_model(TIMM_MODEL, pretrained=False, checkpoint_path=str(backbones["timm"]), **TIMM_KWARGS)
+    config = resolve_data_config({"input_size": (3, 32, 32)}, model=model.eval())  # as for img_size=32 models
+    transform = create_transform(**config, is_training=False)
+    pixels = transform(Image.open(media["image"]).convert("RGB"))[None]
+    assert processor.size == tuple(pixels.shape[-2:])
+    with torch.no_grad():
+        expected = model.forward_features(pixels)[0]
+    torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
+def test_audio_parity_with_the_library(backbones, media, family):
+    import torchaudio
+    from transformers import AutoFeatureExtractor, Wav2Vec2Model, WhisperModel
+
+    encoder, processor = encoder_and_processor(family, backbones[family])
+    assert processor.sample_rate == SAMPLE_RATE and processor.derived() == {"sample_rate": SAMPLE_RATE}
+    ours = through_mmgpt(processor, media["audio"], encoder)
+    wave, rate = sf.read(media["audio"], dtype="float32")
+    assert rate == SAMPLE_RATE
+    extractor = AutoFeatureExtractor.from_pretrained(backbones[family])
+    inputs = extractor(wave, sampling_rate=rate, return_tensors="pt")
+    with torch.no_grad():
+        if family == "whisper":
+            expected = WhisperModel.from_pretrained(backbones[family]).eval().encoder(
+                inputs["input_features"]).last_hidden_state[0]
+        else:
+            expected = Wav2Vec2Model.from_pretrained(backbones[family]).eval()(**inputs).last_hidden_state[0]
+    torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
+    del torchaudio
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "wav2vec2", "whisper"])
+def test_a_sample_alone_equals_the_sample_padded_in_a_batch(backbones, media, family):
+    encoder, processor = encoder_and_processor(family, backbones[family])
+    if processor.kind == "text":
+        short, longer = TEXTS[2], TEXTS[3] + " " + TEXTS[0]
+    else:
+        short = processor.transform(processor.decode(media["short"]), train=False)
+        longer = processor.transform(processor.decode(media["audio"]), train=False)
+    with torch.no_grad():
+        alone = encoder.hidden(*processor.collate([short])[:2])
+        batch = encoder.hidden(*processor.collate([longer, short, None])[:2])
+    n = int(alone.mask[0].sum())
+    assert alone.mask[0].all() or family == "whisper"  # Whisper: its fixed window is masked past the clip
+    assert int(batch.mask[1].sum()) == n and batch.mask[1, :n].all() and not batch.mask[1, n:].any()
+    assert int(batch.mask[0].sum()) > n  # the longer sample has more valid tokens
+    torch.testing.assert_close(batch.tokens[1, :n], alone.tokens[0, :n], atol=ATOL, rtol=0)
+
+
+def test_whisper_masks_frames_past_the_clip_after_the_encoder(backbones, media):
+    encoder, processor = encoder_and_processor("whisper", backbones["whisper"])
+    clip = processor.transform(processor.decode(media["short"]), train=False)  # 0.25 s of a 1 s window
+    x, mask, _ = processor.collate([clip])
+    assert x.shape == (1, 16, 100) and int(mask.sum()) == 25  # frames of 160 samples
+    out = encoder.hidden(x, mask)
+    assert out.tokens.shape[1] == 50 and int(out.mask.sum()) == 13  # (25 - 1) // 2 + 1 after the stride-2 conv
+
+
+def test_image_stored_at_another_size_goes_through_the_backbone_resize(backbones):
+    _, processor = encoder_and_processor("clip", backbones["clip"])
+    rendered = torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8)  # e.g. the synthetic set at data.image_size
+    assert processor.transform(rendered, train=False).shape == (3, 32, 32)
+
+
+def test_fingerprints_name_every_setting(backbones):
+    _, vit = encoder_and_processor("vit", backbones["vit"])
+    _, clip = encoder_and_processor("clip", backbones["clip"])
+    _, w2v = encoder_and_processor("wav2vec2", backbones["wav2vec2"])
+    _, whisper = encoder_and_processor("whisper", backbones["whisper"])
+    assert len({vit.fingerprint(), clip.fingerprint()}) == 2
+    assert len({w2v.fingerprint(), whisper.fingerprint()}) == 2
+    _, bert = encoder_and_processor("bert", backbones["bert"])
+    _, bert_short = encoder_and_processor("bert", backbones["bert"], {**DATA, "max_text_length": 8})
+    assert bert.fingerprint() != bert_short.fingerprint()
+
+
+def test_scratch_encoders_keep_the_default_processors():
+    from tests.helpers.tiny import tiny_spec
+
+    processors = build_processors(tiny_spec(decoder=False), DATA)
+    assert isinstance(processors["text"], TextProcessor) and processors["text"].tokenizer.max_length == 32
+    assert processors["image"].image_size == 32 and processors["audio"].sample_rate == 8000
+
+
+def test_an_explicit_data_key_contradicting_the_backbone_is_refused(backbones):
+    net = {"encoders": {"audio": encoder_spec("wav2vec2", backbones["wav2vec2"]),
+                        "image": encoder_spec("vit", backbones["vit"])}}
+    build_processors(net, DATA)  # the data config's defaults: the backbone's values are taken
+    with pytest.raises(UserError, match=r"data\.sample_rate=8000 contradicts model\.net\.encoders\.audio .*"
+                                        r"sample_rate=16000"):
+        build_processors(net, DATA, explicit={"sample_rate"})
+    with pytest.raises(UserError, match=r"data\.image_size=64 contradicts model\.net\.encoders\.image"):
+        build_processors(net, {**DATA, "image_size": 64}, explicit={"image_size"})
+    build_processors(net, {**DATA, "sample_rate": 16000, "image_size": 32}, explicit={"sample_rate", "image_size"})
+
+
+def test_a_hub_id_without_network_fails_fast_in_one_line(tmp_path):
+    code = ("from mmgpt.registry import build\n"
+            "build({'type': 'hf_text', 'name_or_path': 'someone/no-such-model', 'dim': 8}, 'model.net.encoders.text')")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PYTHONPATH": os.getcwd()}
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert time.perf_counter() - t0 < 60
+    last = done.stderr.strip().splitlines()[-1]
+    assert "BackboneNotFound" in last and "'someone/no-such-model'" in last and "name_or_path=DIR" in last
+
+
+def test_offline_message_through_the_processor_builder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    spec = {"type": "hf_image", "name_or_path": "someone/no-such-model", "dim": 8}
+    with pytest.raises(UserError, match=r"name_or_path='someone/no-such-model' is not a local folder") as e:
+        build_processors({"encoders": {"image": spec}}, DATA)
+    assert "\n" not in str(e.value)
+
+
+def test_trust_remote_code_only_explicitly_on_a_backbone_and_never_from_a_checkpoint():
+    spec = {"type": "hf_text", "name_or_path": "dir", "dim": 8, "trust_remote_code": True}
+    check_spec(spec, "model.net.encoders.text", "encoder")  # the user's explicit choice
+    assert for_checkpoint(spec)["trust_remote_code"] is False  # rebuilding a checkpoint never runs model code
+    with pytest.raises(SpecError, match=r"text\.trust_remote_code"):
+        check_spec({"type": "text_encoder", "dim": 8, "num_layers": 1, "num_heads": 2, "trust_remote_code": True},
+                   "model.net.encoders.text", "encoder")
+    with pytest.raises(SpecError, match=r"trust_remote_code='yes'"):
+        check_spec({**spec, "trust_remote_code": "yes"}, "model.net.encoders.text", "encoder")
+
+
+def test_hidden_layer_choice_and_bad_layer(backbones):
+    from transformers import AutoModel
+
+    spec = encoder_spec("bert", backbones["bert"], layer=1)
+    encoder = build(spec, "e", "encoder").eval()
+    ids = torch.tensor([[2, 5, 7, 3]])
+    with torch.no_grad():
+        ref = AutoModel.from_pretrained(backbones["bert"]).eval()(input_ids=ids, output_hidden_states=True)
+        torch.testing.assert_close(encoder.hidden(ids).tokens, ref.hidden_states[1], atol=ATOL, rtol=0)
+    with pytest.raises(UserError, match="layer=7"):
+        build(encoder_spec("bert", backbones["bert"], layer=7), "e", "encoder")
+
+
+def test_a_timm_checkpoint_that_is_missing_is_named():
+    with pytest.raises(UserError, match=r"checkpoint_path='/no/such\.pth'"):
+        build({"type": "timm_image", "model_name": TIMM_MODEL, "checkpoint_path": "/no/such.pth", "dim": 8},
+              "e", "encoder")
