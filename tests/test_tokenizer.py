@@ -108,3 +108,34 @@ def test_text_encoder_and_decoder_vocab_follow_the_tokenizer(bpe_path):
         TextEncoder(dim=8, num_layers=1, num_heads=2, vocab_size=261, tokenizer=str(bpe_path))
     with pytest.raises(UserError, match="no such file"):
         TextEncoder(dim=8, num_layers=1, num_heads=2, tokenizer=str(bpe_path.parent / "missing.json"))
+
+
+def test_a_training_run_reads_and_writes_text_with_the_bpe(bpe_path, folder, compose_cfg):
+    """The text processor tokenizes with the encoder's BPE (processors travel with the encoders), the scratch
+    decoder shares it, and a short pre-training run (causal LM + masked LM on it) trains."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from mmgpt.cli.common import build_datamodule
+    from mmgpt.cli.train import build_module, train
+    from mmgpt.tokenizer import BPETokenizer
+
+    overrides = ["experiment=smoke", "task=pretrain", "'objectives={lm:1.0,mlm:1.0}'", "logger=csv",
+                 "data=manifest", f"data.root={folder}", "data.num_train=48", "data.num_val=4", "data.num_test=4",
+                 "data.batch_size=16", f"model.net.encoders.text.tokenizer={bpe_path}", "trainer.max_epochs=2",
+                 "model.module.objectives.lm.max_new_tokens=4"]
+    cfg = compose_cfg([o.strip("'") for o in overrides])
+    dm = build_datamodule(cfg.data, OmegaConf.to_container(cfg.model.net, resolve=True))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    module = build_module(cfg, dm)
+    tok = module.net.encoder_tokenizer
+    assert isinstance(tok, BPETokenizer) and isinstance(module.net.decoder_tokenizer, BPETokenizer)
+    assert module.net.encoders["text"].tok_emb.num_embeddings == module.net.decoder.lm_head.weight.shape[0] == 400
+    ids, mask = batch.inputs["text"], batch.masks["text"]
+    assert int(ids[mask].max()) < 400 and bool((ids[mask] > 260).any())  # merged tokens: not bytes
+    rows = {r["id"]: r for r in map(json.loads, (folder / "train.jsonl").read_text().splitlines())}
+    assert [tok.decode(row[m]) for row, m in zip(ids, mask)] == [rows[i]["text"] for i in batch.ids]
+    results = train(cfg)
+    assert results["global_step"] == 6 and {"val/token_acc", "val/mlm_acc"} <= set(results["val"])
