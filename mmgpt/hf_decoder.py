@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,24 +61,6 @@ class HFDecoderCache:
         return self.key_mask is None
 
 
-def _offline_kwargs(name_or_path: str) -> dict[str, Any]:
-    """``from_pretrained`` keyword arguments that never wait on a network that is not there.
-
-    A local folder is read as it is. A hub id is looked up in the local cache only when ``HF_HUB_OFFLINE`` is set.
-    """
-    if Path(name_or_path).exists():
-        return {}
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    return {"local_files_only": True} if offline else {}
-
-
-def _load_error(name_or_path: str, e: Exception) -> UserError:
-    reason = str(e).splitlines()[0] if str(e) else ""
-    return UserError(f"model.net.decoder.name_or_path={name_or_path}: cannot load it as a causal LM "
-                     f"({type(e).__name__}: {reason}); without network, point name_or_path at a local "
-                     "folder written by save_pretrained (config.json, weights and tokenizer files)")
-
-
 class HFDecoder(nn.Module):
     """A pretrained ``AutoModelForCausalLM`` conditioned on the media (see the module doc).
 
@@ -112,21 +92,25 @@ class HFDecoder(nn.Module):
         super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        from mmgpt.encoders.hf import load_pretrained, warn_remote_code
+
         self.conditioner = conditioner
         self.name_or_path = str(name_or_path)
         self.cross_attention = cross_attention
-        kwargs = {"trust_remote_code": trust_remote_code, **_offline_kwargs(self.name_or_path)}
+        warn_remote_code(self.name_or_path, trust_remote_code)
+        what = "model.net.decoder.name_or_path"
         extra = {"add_cross_attention": True, "is_decoder": True} if cross_attention else {}
-        try:
-            with _quiet_transformers():  # our own log line below says what was loaded and what is new
-                config = AutoConfig.from_pretrained(self.name_or_path, **kwargs, **extra)
-                if load_weights:
-                    lm, info = AutoModelForCausalLM.from_pretrained(self.name_or_path, config=config,
-                                                                    output_loading_info=True, **kwargs)
-                else:
-                    lm, info = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code), None
-        except (OSError, ValueError, KeyError) as e:
-            raise _load_error(self.name_or_path, e) from e
+        with _quiet_transformers():  # our own log line below says what was loaded and what is new
+            # One loader for every pretrained part (mmgpt.encoders.hf): a local folder, the hub cache, or the hub
+            # where the network allows it; otherwise one line naming the id (nothing hangs on a download).
+            config = load_pretrained(AutoConfig.from_pretrained, self.name_or_path, what=what,
+                                     trust_remote_code=trust_remote_code, **extra)
+            if load_weights:
+                lm, info = load_pretrained(AutoModelForCausalLM.from_pretrained, self.name_or_path, what=what,
+                                           config=config, output_loading_info=True,
+                                           trust_remote_code=trust_remote_code)
+            else:
+                lm, info = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code), None
         if cross_attention and "encoder_hidden_states" not in inspect.signature(lm.forward).parameters:
             raise UserError(f"model.net.decoder: {self.name_or_path} ({config.model_type}) has no cross-attention "
                             "layers; use a prefix fusion (early, late) with this LM")
@@ -167,22 +151,22 @@ class HFDecoder(nn.Module):
         log.info("new cross-attention parameters: %d tensors (%d output projections start at 0)", len(new), len(zeroed))
 
     def layers(self) -> list[nn.Module]:
-        """The LM's repeated blocks, input side first (its longest ``ModuleList``: ``transformer.h``,
-        ``model.layers``...), for activation checkpointing and FSDP wrapping."""
-        lists = [m for m in self.lm.modules() if isinstance(m, nn.ModuleList)]
-        return list(max(lists, key=len)) if lists else []
+        """The LM's repeated blocks, input side first (``transformer.h``, ``model.layers``...), for activation
+        checkpointing and FSDP wrapping."""
+        from mmgpt.encoders.hf import repeated_blocks
+
+        return repeated_blocks(self.lm)
 
     @property
     def tokenizer(self) -> HFTokenizer:
         """The LM's own tokenizer (``AutoTokenizer`` from ``name_or_path``), truncating at ``max_length``."""
         cached = self.__dict__.get("_tokenizer")
         if cached is None:
-            kwargs = _offline_kwargs(self.name_or_path)
-            try:
-                cached = HFTokenizer(self.name_or_path, self.max_length, vocab_size=self.vocab_size,
-                                     trust_remote_code=self._trust_remote_code, **kwargs)
-            except (OSError, ValueError) as e:
-                raise _load_error(self.name_or_path, e) from e
+            from mmgpt.encoders.hf import load_pretrained
+
+            cached = load_pretrained(lambda path, **kw: HFTokenizer(path, self.max_length, **kw), self.name_or_path,
+                                     what="model.net.decoder.name_or_path", vocab_size=self.vocab_size,
+                                     trust_remote_code=self._trust_remote_code)
             self.__dict__["_tokenizer"] = cached
         return cached
 
