@@ -133,6 +133,7 @@ class HFDecoder(nn.Module):
         self.vocab_size = int(lm.get_output_embeddings().weight.shape[0])
         self._cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
         self._trust_remote_code = trust_remote_code
+        _ = self.tokenizer  # loaded now: a folder without tokenizer files fails when the network is built
         log.info("HF decoder %s (%s): H=%d, V=%d, %s", self.name_or_path, config.model_type, self.hidden_size,
                  self.vocab_size, "cross-attention" if cross_attention else "prefix conditioning")
 
