@@ -239,6 +239,7 @@ DATA_OPTIONS: dict[str, Any] = {"image_size": 32, "sample_rate": 8000, "max_audi
                                 "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS}
 
 
+# The scratch encoders' specs name their sizes (the YAML sets them from data.*): the processor follows the encoder.
 def scratch_text_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) -> TextProcessor:
     """The scratch text encoder's tokenizer: bytes, or the BPE its spec names (``tokenizer: PATH``), truncating at
     ``data.max_text_length`` tokens."""
@@ -246,14 +247,14 @@ def scratch_text_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) -> 
 
 
 def scratch_image_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) -> ImageProcessor:
-    """Square ``data.image_size`` RGB images, normalised with :data:`IMAGE_MEAN` / :data:`IMAGE_STD`."""
-    return ImageProcessor(image_size=int(data["image_size"]), max_pixels=data["max_image_pixels"],
-                          augment=bool(data["augment"]))
+    """Square RGB images of the encoder's ``image_size``, normalised with :data:`IMAGE_MEAN` / :data:`IMAGE_STD`."""
+    return ImageProcessor(image_size=int(spec.get("image_size") or data["image_size"]),
+                          max_pixels=data["max_image_pixels"], augment=bool(data["augment"]))
 
 
 def scratch_audio_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) -> AudioProcessor:
-    """Mono waveforms at ``data.sample_rate`` (the log-mel is the scratch encoder's own front end)."""
-    rate = int(data["sample_rate"])
+    """Mono waveforms at the encoder's ``sample_rate`` (its log-mel is the encoder's own front end)."""
+    rate = int(spec.get("sample_rate") or data["sample_rate"])
     return AudioProcessor(sample_rate=rate, max_samples=audio_samples(float(data["max_audio_seconds"]), rate))
 
 

@@ -26,7 +26,9 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -58,16 +60,28 @@ _NETWORK: dict[str, bool] = {}
 
 
 def network_available(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub can be reached (False at once with HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    """Whether the Hugging Face hub can be reached (False at once with HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE).
+
+    The probe (name lookup + TCP connect) runs in a daemon thread joined with ``timeout``: a resolver that hangs
+    counts as no network instead of stalling start-up.
+    """
     if _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"):
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     if host not in _NETWORK:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            _NETWORK[host] = True
-        except OSError:
-            _NETWORK[host] = False
+        reached: list[bool] = []
+
+        def probe() -> None:
+            try:
+                socket.create_connection((host, 443), timeout=timeout).close()
+                reached.append(True)
+            except OSError:
+                pass
+
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        thread.join(timeout)
+        _NETWORK[host] = bool(reached)
     return _NETWORK[host]
 
 
@@ -78,6 +92,20 @@ def offline_message(name_or_path: str, what: str = "name_or_path") -> str:
             f"copy DIR here and set {what}=DIR")
 
 
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No "Loading weights" progress bar per backbone (mmgpt logs what it loads); restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_pretrained(loader: Callable[..., Any], name_or_path: str, *, what: str = "name_or_path",
                     **kwargs: Any) -> Any:
     """``loader(name_or_path, **kwargs)`` (a ``from_pretrained``), from a local folder, the cache, or the hub.
@@ -86,10 +114,12 @@ def load_pretrained(loader: Callable[..., Any], name_or_path: str, *, what: str 
     (``local_files_only``), so nothing hangs on a download; a miss raises :class:`BackboneNotFound` in one line.
     """
     if Path(name_or_path).exists():
-        return loader(str(name_or_path), **kwargs)
+        with _quiet_progress():
+            return loader(str(name_or_path), **kwargs)
     online = network_available()
     try:
-        return loader(name_or_path, **kwargs, **({} if online else {"local_files_only": True}))
+        with _quiet_progress():
+            return loader(name_or_path, **kwargs, **({} if online else {"local_files_only": True}))
     except (OSError, ValueError) as e:
         if not online:
             raise BackboneNotFound(offline_message(name_or_path, what)) from None
@@ -212,6 +242,9 @@ class HFEncoder(BackboneEncoder):
         n_hidden = getattr(width_config, "num_hidden_layers", None)
         if layer != -1 and n_hidden is not None and not -(n_hidden + 1) <= layer <= n_hidden:
             raise UserError(f"layer={layer}: {name_or_path!r} has hidden_states 0..{n_hidden} (or -1 for the last)")
+        log.info("backbone %s: %s, %.1fM parameters", name_or_path, type(backbone).__name__,
+                 sum(p.numel() for p in backbone.parameters()) / 1e6)
+        backbone.train()  # from_pretrained gives eval mode; freezing (apply_tuning) decides, like any module
         super().__init__(backbone=mark_pretrained(backbone), hidden_size=hidden_width(width_config, layer), dim=dim,
                          identity=BackboneIdentity(name_or_path=str(name_or_path),
                                                    sha256=weights_sha256(name_or_path)),
@@ -275,7 +308,18 @@ class HFImageEncoder(HFEncoder):
             if tower is None:
                 raise UserError(f"name_or_path={name_or_path!r}: a {type(config).__name__} with no {name} in "
                                 "transformers; point name_or_path at a vision-only model")
-            return load_pretrained(tower.from_pretrained, name_or_path, **opts)
+            from transformers.utils import logging as hf_logging
+
+            # The other tower's weights are unused by design: no report listing each of them as unexpected.
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                model = load_pretrained(tower.from_pretrained, name_or_path, **opts)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+            log.info("%s: loaded the %s of a %s checkpoint (its other tower is not loaded)", name_or_path, name,
+                     type(config).__name__.removesuffix("Config"))
+            return model
         return super().load_backbone(name_or_path, config, opts)
 
     def hidden(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:

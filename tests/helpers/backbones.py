@@ -79,12 +79,55 @@ def make_clip(root: Path) -> Path:
     _seeded(3)
     config = CLIPConfig(
         text_config={"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 64, "max_position_embeddings": 16},
+                     "intermediate_size": 64, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
         vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
                        "num_attention_heads": 2, "intermediate_size": 64},
         projection_dim=16)
     CLIPModel(config).eval().save_pretrained(out)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    return out
+
+
+def make_siglip(root: Path) -> Path:
+    """A whole (dual-tower) SigLIP model: the image encoder loads its SiglipVisionModel."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    out = root / "siglip"
+    _seeded(7)
+    config = SiglipConfig(
+        text_config={"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "intermediate_size": 64, "max_position_embeddings": 16},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "intermediate_size": 64})
+    SiglipModel(config).eval().save_pretrained(out)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
+    return out
+
+
+def make_convnext(root: Path) -> Path:
+    """A two-stage ConvNeXt: its (B, 16, 4, 4) feature map becomes 16 tokens; its processor resizes the shortest
+    edge to 32 / crop_pct and centre-crops 32."""
+    from transformers import ConvNextConfig, ConvNextImageProcessor, ConvNextModel
+
+    out = root / "convnext"
+    _seeded(8)
+    config = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, image_size=32)
+    ConvNextModel(config).eval().save_pretrained(out)
+    ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(out)
+    return out
+
+
+def make_ast(root: Path) -> Path:
+    """An Audio Spectrogram Transformer on a fixed 100-frame, 16-bin filterbank (its tokens are all valid)."""
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
+
+    out = root / "ast"
+    _seeded(9)
+    config = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       max_length=100, num_mel_bins=16, frequency_stride=10, time_stride=10)
+    ASTModel(config).eval().save_pretrained(out)
+    ASTFeatureExtractor(num_mel_bins=16, max_length=100, sampling_rate=SAMPLE_RATE).save_pretrained(out)
     return out
 
 
@@ -143,6 +186,9 @@ FAMILIES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
     "gpt2": (make_gpt2, "text", "hf_text"),
     "vit": (make_vit, "image", "hf_image"),
     "clip": (make_clip, "image", "hf_image"),
+    "siglip": (make_siglip, "image", "hf_image"),
+    "convnext": (make_convnext, "image", "hf_image"),
+    "ast": (make_ast, "audio", "hf_audio"),
     "wav2vec2": (make_wav2vec2, "audio", "hf_audio"),
     "whisper": (make_whisper, "audio", "hf_audio"),
     "timm": (make_timm, "image", "timm_image"),
