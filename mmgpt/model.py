@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from mmgpt.batch import MultimodalBatch
 from mmgpt.decoder import Conditioning, DecoderCache, DecoderOutput, TextDecoder
 from mmgpt.encoders import EncoderOutput
+from mmgpt.errors import UserError
 from mmgpt.fusion import Fusion, FusionOutput
 from mmgpt.tokenizer import ByteTokenizer, Tokenizer
 
@@ -129,9 +130,17 @@ class MultimodalTransformer(nn.Module):
     @property
     def encoder_tokenizer(self) -> Tokenizer:
         """The tokenizer of the text modality's encoder input (its ``tokenizer``; bytes when it has none)."""
+        from mmgpt.encoders.backbone import BackboneEncoder
+
         encoder = self.encoders[self.text_modality] if self.text_modality in self.encoders else None
         tokenizer = getattr(encoder, "tokenizer", None)
-        return tokenizer if isinstance(tokenizer, Tokenizer) else ByteTokenizer()
+        if isinstance(tokenizer, Tokenizer):
+            return tokenizer
+        if isinstance(encoder, BackboneEncoder):  # its processor tokenizes; bytes would be silently wrong here
+            raise UserError(f"the {self.text_modality} encoder ({type(encoder).__name__}) has no mmgpt tokenizer: "
+                            "objectives that tokenize text in the model (captions as the text input, target=text) "
+                            "need the scratch text encoder")
+        return ByteTokenizer()
 
     @property
     def decoder_tokenizer(self) -> Tokenizer:

@@ -180,3 +180,15 @@ def test_captioning_trains_with_the_hf_decoder_and_its_checkpoint_generates(gpt2
                                            "temperature": 0.0, "top_k": None, "top_p": None, "use_cache": True,
                                            "seed": 0, "device": "cpu", "plugins": []}))
     assert len(texts) == 1 and texts[0].startswith("2")
+
+
+def test_a_backbone_text_encoder_has_no_mmgpt_tokenizer_and_says_so(tmp_path):
+    """Captions put into the text input must be tokenized as its encoder reads them: never silently as bytes."""
+    from tests.helpers.backbones import encoder_spec, make_bert
+
+    spec = tiny_spec("late", decoder=False)
+    spec["encoders"]["text"] = encoder_spec("bert", make_bert(tmp_path / "bert"), dim=DIM)
+    net = build_network(spec, 5)
+    with pytest.raises(UserError, match="no mmgpt tokenizer"):
+        net.encoder_tokenizer  # noqa: B018
+    assert type(build_network(tiny_spec("late", decoder=False), 5).encoder_tokenizer).__name__ == "ByteTokenizer"
