@@ -94,6 +94,9 @@ class HFDecoder(nn.Module):
 
         from mmgpt.encoders.hf import load_pretrained, warn_remote_code
 
+        if str(name_or_path) in ("", "???"):
+            raise UserError("model.decoder.name_or_path: missing; model/decoder=hf needs the LM's folder "
+                            "(model.decoder.name_or_path=DIR, a save_pretrained folder)")
         self.conditioner = conditioner
         self.name_or_path = str(name_or_path)
         self.cross_attention = cross_attention

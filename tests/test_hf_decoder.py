@@ -192,3 +192,18 @@ def test_a_backbone_text_encoder_has_no_mmgpt_tokenizer_and_says_so(tmp_path):
     with pytest.raises(UserError, match="no mmgpt tokenizer"):
         net.encoder_tokenizer  # noqa: B018
     assert type(build_network(tiny_spec("late", decoder=False), 5).encoder_tokenizer).__name__ == "ByteTokenizer"
+
+
+def test_a_missing_or_wrong_name_or_path_is_one_error_line_through_the_module_builder(compose_cfg, tmp_path):
+    """The network is built inside Hydra's instantiate (the LightningModule): the command still prints one line."""
+    from mmgpt.cli.common import user_errors
+    from mmgpt.cli.train import build_module
+    from mmgpt.datamodules.synthetic import SyntheticDataModule
+
+    dm = SyntheticDataModule(num_train=4, num_val=4, num_test=4)
+    for extra, words in (([], "model.decoder.name_or_path: missing"),
+                         ([f"model.decoder.name_or_path={tmp_path / 'none'}"], "save_pretrained(DIR)")):
+        cfg = compose_cfg(["experiment=smoke", "task=caption", "model/decoder=hf", *extra])
+        with pytest.raises(SystemExit) as e:
+            user_errors(build_module)(cfg, dm)
+        assert str(e.value).startswith("error: ") and words in str(e.value) and "\n" not in str(e.value)
