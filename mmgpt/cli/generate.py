@@ -10,8 +10,8 @@ Each of ``image``/``audio``/``prompt`` is one value or a list; single values are
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -23,8 +23,6 @@ from mmgpt.batch import MultimodalBatch
 from mmgpt.cli.common import user_errors
 from mmgpt.errors import UserError
 from mmgpt.generation import GenerationConfig, generate
-from mmgpt.model import MultimodalTransformer
-from mmgpt.tokenizer import Tokenizer
 from mmgpt.training.safe_load import load_module, read_checkpoint, stored_run_config
 
 log = logging.getLogger("mmgpt.generate")
@@ -52,22 +50,6 @@ class GenerateSchema:
     hydra: Any = field(default_factory=lambda: {"output_subdir": None, "run": {"dir": "."}})
 
 
-def load_image(path: str | Path, image_size: int) -> torch.Tensor:
-    """Any Pillow image -> (3, S, S) float, decoded and normalised exactly as the datamodules do for training."""
-    # Imported here: the entry point sits at the edge, importing mmgpt never pulls in datamodules.
-    from mmgpt.datamodules.decode import load_image as decode_image
-    from mmgpt.datamodules.processors import normalize_image
-
-    return normalize_image(decode_image(path, image_size).float() / 255.0)
-
-
-def load_audio(path: str | Path, sample_rate: int, max_samples: int | None) -> torch.Tensor:
-    """A sound file -> mono (S,) float at ``sample_rate``, cropped to ``max_samples``, as for training."""
-    from mmgpt.datamodules.decode import load_audio as decode_audio
-
-    return decode_audio(path, sample_rate, max_samples or 600 * sample_rate)  # uncropped: up to 10 minutes
-
-
 def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
@@ -76,36 +58,30 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
-def build_batch(
-    net: MultimodalTransformer,
-    images: list[str],
-    audios: list[str],
-    batch_size: int,
-    max_audio_samples: int | None,
-    tokenizer: Tokenizer,
-) -> MultimodalBatch:
-    """A batch of ``batch_size`` samples with the given media (repeated when one is given) and no text
-    (``tokenizer``: the text encoder's, for the empty text input)."""
-    image_size = net.encoders["image"].image_size
-    sample_rate = int(net.encoders["audio"].frontend.mel.sample_rate)
+def build_batch(net_spec: Mapping[str, Any], images: list[str], audios: list[str], batch_size: int,
+                data: Mapping[str, Any]) -> MultimodalBatch:
+    """A batch of ``batch_size`` samples with the given media (repeated when one is given) and no text: each file
+    through the processor its modality's encoder declares, decoded and normalised exactly as for training.
+
+    Args:
+        net_spec: the checkpoint's network spec (its encoders say which processors).
+        data: the run's data options (sizes, rates; clips are cropped at ``max_audio_seconds``).
+    """
+    # Imported here: the entry point sits at the edge, importing mmgpt never pulls in datamodules.
+    from mmgpt.datamodules.collate import Collate
+    from mmgpt.datamodules.processors import build_processors
+
+    processors = build_processors(net_spec, data)
     pick = lambda xs, i: xs[i if len(xs) > 1 else 0]  # noqa: E731
-    imgs = torch.zeros(batch_size, 3, image_size, image_size)
-    if images:
-        for i in range(batch_size):
-            imgs[i] = load_image(pick(images, i), image_size)
-    waves = [load_audio(pick(audios, i), sample_rate, max_audio_samples) for i in range(batch_size)] if audios else []
-    S = max([len(w) for w in waves], default=1)
-    audio = torch.zeros(batch_size, S)
-    audio_mask = torch.zeros(batch_size, S, dtype=torch.bool)
-    for i, w in enumerate(waves):
-        audio[i, : len(w)], audio_mask[i, : len(w)] = w, True
-    text, text_mask = tokenizer.batch_encode([None] * batch_size)
-    full = lambda v: torch.full((batch_size,), v, dtype=torch.bool)  # noqa: E731
-    return MultimodalBatch(
-        inputs={"text": text, "image": imgs, "audio": audio},
-        masks={"text": text_mask, "audio": audio_mask},
-        present={"text": full(False), "image": full(bool(images)), "audio": full(bool(audios))},
-    )
+    samples = []
+    for i in range(batch_size):
+        sample: dict[str, Any] = {"id": str(i), "label": None, "caption": None}
+        for name, files in (("image", images), ("audio", audios)):
+            if files and name in processors:
+                processor = processors[name]
+                sample[name] = processor.transform(processor.decode(pick(files, i)), train=False)
+        samples.append(sample)
+    return Collate(processors)(samples)
 
 
 def run_generate(cfg: DictConfig) -> list[str]:
@@ -122,12 +98,9 @@ def run_generate(cfg: DictConfig) -> list[str]:
         if len(xs) not in (0, 1, n):
             raise UserError(f"{name}: {len(xs)} values for a batch of {n}")
     data_cfg = (stored_run_config(read_checkpoint(cfg.ckpt_path)) or {}).get("data") or {}
-    max_audio = (
-        int(data_cfg["max_audio_seconds"] * data_cfg["sample_rate"])
-        if "max_audio_seconds" in data_cfg and "sample_rate" in data_cfg
-        else None
-    )
-    batch = build_batch(net, images, audios, n * cfg.num_samples, max_audio, net.encoder_tokenizer).to(cfg.device)
+    # Without the run's data settings, clips are kept whole (up to 10 minutes).
+    data = {"max_audio_seconds": 600.0, **{k: v for k, v in data_cfg.items() if v is not None}}
+    batch = build_batch(module.hparams.net, images, audios, n * cfg.num_samples, data).to(cfg.device)
     prompts = (prompts or [""]) * (n if len(prompts) <= 1 else 1)
     prompts = [prompts[i % len(prompts)] for i in range(n * cfg.num_samples)]
     gen = GenerationConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.use_cache)

@@ -29,12 +29,6 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def backbones(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("backbones")
-    return {family: make(root) for family, (make, _, _) in FAMILIES.items()}
-
-
-@pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     """A sentence file, an odd-sized RGB image (resize + crop do work) and a 16-bit WAV clip at 22.05 kHz
     (resampled to the backbone's 16 kHz by the pipeline, as the library user would before its extractor)."""
@@ -310,3 +304,27 @@ def test_manifest_and_shards_decode_through_the_backbone_processors(backbones, t
     settings = DecodeSettings(32, 8000, 8000)
     assert scratch["image"].fingerprint() == fingerprint("image", settings)
     assert scratch["audio"].fingerprint() == fingerprint("audio", settings)
+
+
+@pytest.mark.slow  # a fresh interpreter (the hub cache location is read at import)
+def test_a_cached_hub_id_loads_offline_with_the_same_identity(backbones, tmp_path):
+    """A hub id already in the Hugging Face cache loads with HF_HUB_OFFLINE=1 (nothing fetched), model and
+    tokenizer, and its identity hash is that of the same files loaded by path."""
+    import shutil
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny-bert" / "snapshots" / "0123abcd"
+    shutil.copytree(backbones["bert"], snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    code = ("from mmgpt.registry import build\n"
+            "from mmgpt.datamodules.processors import build_processors\n"
+            "spec = {'type': 'hf_text', 'name_or_path': 'someone/tiny-bert', 'dim': 8}\n"
+            "encoder = build(spec, 'e', 'encoder')\n"
+            "processor = build_processors({'encoders': {'text': spec}}, {})['text']\n"
+            "print(encoder.identity.sha256, processor.collate(['the red square'])[0].tolist())\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sha, ids = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert sha == build(encoder_spec("bert", backbones["bert"]), "e", "encoder").identity.sha256
+    assert ids == "[[2, 5, 7, 10, 3]]"
