@@ -21,7 +21,7 @@ from torch import Tensor
 
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, Source, load_audio, load_image
 from mmgpt.datamodules.store import CACHE_VERSION
-from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.tokenizer import ByteTokenizer, load_tokenizer
 
 #: The kinds of modality a datamodule can declare.
 KINDS: tuple[str, ...] = ("text", "image", "audio", "features")
@@ -92,7 +92,7 @@ class TextProcessor(Processor):
         return ids, mask, torch.tensor(present)
 
     def fingerprint(self) -> str:
-        return f"text:{type(self.tokenizer).__name__}:{self.tokenizer.max_length}"
+        return f"text:{self.tokenizer.fingerprint()}"
 
 
 class ImageProcessor(Processor):
@@ -313,8 +313,9 @@ DATA_OPTIONS: dict[str, Any] = {"image_size": 32, "sample_rate": 8000, "max_audi
 
 # The scratch encoders' specs name their sizes (the YAML sets them from data.*): the processor follows the encoder.
 def scratch_text_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) -> TextProcessor:
-    """The byte tokenizer of the scratch text encoder, truncating at ``data.max_text_length`` (as today)."""
-    return TextProcessor(tokenizer=ByteTokenizer(int(data["max_text_length"])))
+    """The scratch text encoder's tokenizer: bytes, or the BPE its spec names (``tokenizer: PATH``), truncating at
+    ``data.max_text_length`` tokens."""
+    return TextProcessor(tokenizer=load_tokenizer(spec.get("tokenizer"), int(data["max_text_length"])))
 
 
 def scratch_image_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) -> ImageProcessor:

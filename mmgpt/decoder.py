@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from mmgpt.encoders import EncoderOutput
 from mmgpt.fusion import FusionOutput, ModalityEmbedding
 from mmgpt.layers import Block, KVCache, cross_attention_block
-from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.tokenizer import Tokenizer, load_tokenizer, tokenizer_vocab
 
 
 @dataclass
@@ -151,8 +151,9 @@ class TextDecoder(nn.Module):
         dim: width D.
         num_layers: causal self-attention blocks.
         num_heads: attention heads.
-        vocab_size: vocabulary V (the byte tokenizer's by default).
+        vocab_size: vocabulary V; follows the tokenizer (the byte tokenizer's by default).
         max_length: longest text (position table size).
+        tokenizer: a trained BPE (``tokenizer.json`` path, ``mmgpt-data tokenizer``) instead of bytes.
         cross_attention: interleave a tanh-gated cross-attention block before every self-attention block
             (Flamingo); needs a conditioner that returns a context.
         gate_init: initial tanh-gate value of the cross-attention blocks (0: the decoder starts as a plain LM).
@@ -168,8 +169,9 @@ class TextDecoder(nn.Module):
         dim: int,
         num_layers: int,
         num_heads: int,
-        vocab_size: int = ByteTokenizer.vocab_size,
+        vocab_size: int | None = None,
         max_length: int = 128,
+        tokenizer: str | None = None,
         cross_attention: bool = False,
         gate_init: float | None = 0.0,
         mlp_ratio: float = 4.0,
@@ -179,6 +181,8 @@ class TextDecoder(nn.Module):
         super().__init__()
         self.conditioner = conditioner
         self.max_length = max_length
+        self.tokenizer_spec = tokenizer
+        vocab_size = tokenizer_vocab(tokenizer, vocab_size, "model.net.decoder")
         self.tok_emb = nn.Embedding(vocab_size, dim)
         self.pos_emb = nn.Embedding(max_length, dim)
         self.drop = nn.Dropout(dropout)
@@ -198,6 +202,14 @@ class TextDecoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.lm_head = nn.Linear(dim, vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied, as in GPT-2
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer of the texts this decoder reads and writes (captions, prompts, generated text)."""
+        cached = self.__dict__.get("_tokenizer")
+        if cached is None:
+            cached = self.__dict__["_tokenizer"] = load_tokenizer(self.tokenizer_spec, self.max_length)
+        return cached
 
     def new_cache(self) -> DecoderCache:
         """An empty cache for :meth:`forward` (one entry per layer)."""

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mmgpt.batch import MultimodalBatch
 from mmgpt.model import MultimodalTransformer
-from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.tokenizer import Tokenizer
 
 
 @dataclass
@@ -69,7 +69,7 @@ def pick_next(logits: Tensor, config: GenerationConfig, generator: torch.Generat
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def encode_prompts(prompts: Sequence[str], tokenizer: ByteTokenizer, device: torch.device) -> tuple[Tensor, Tensor]:
+def encode_prompts(prompts: Sequence[str], tokenizer: Tokenizer, device: torch.device) -> tuple[Tensor, Tensor]:
     """``<bos> + prompt`` per sample, left-padded so every prompt ends at the last column.
 
     Returns:
@@ -91,7 +91,7 @@ def generate(
     batch: MultimodalBatch,
     prompts: Sequence[str] | None = None,
     config: GenerationConfig | None = None,
-    tokenizer: ByteTokenizer | None = None,
+    tokenizer: Tokenizer | None = None,
     generator: torch.Generator | None = None,
 ) -> GenerationOutput:
     """Continue ``prompts`` (default: empty) for every sample of ``batch``, conditioned on its media.
@@ -101,14 +101,14 @@ def generate(
         batch: the media to condition on (its text modality is ignored).
         prompts: one prompt per sample (may differ in length), or None for empty prompts.
         config: how to pick tokens.
-        tokenizer: the byte tokenizer (its special ids).
+        tokenizer: the decoder's tokenizer (default: ``net.decoder_tokenizer``, the one that fits the decoder).
         generator: random generator for sampling.
     Returns:
         :class:`GenerationOutput`.
     """
     config = config or GenerationConfig()
-    tokenizer = tokenizer or ByteTokenizer()
     decoder = net._need_decoder()
+    tokenizer = tokenizer or net.decoder_tokenizer
     B = batch.batch_size
     prompts = list(prompts) if prompts is not None else [""] * B
     if len(prompts) != B:

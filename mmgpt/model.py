@@ -13,7 +13,9 @@ from torch import Tensor, nn
 from mmgpt.batch import MultimodalBatch
 from mmgpt.decoder import Conditioning, DecoderCache, DecoderOutput, TextDecoder
 from mmgpt.encoders import EncoderOutput
+from mmgpt.errors import UserError
 from mmgpt.fusion import Fusion, FusionOutput
+from mmgpt.tokenizer import ByteTokenizer, Tokenizer
 
 
 class ClassificationHead(nn.Module):
@@ -53,7 +55,8 @@ class MultimodalTransformer(nn.Module):
         encoders: modality name -> encoder module returning :class:`EncoderOutput`.
         fusion: the fusion strategy; it must have been built for the same modality names.
         head: maps pooled features (..., D) to logits (..., C).
-        decoder: optional causal text decoder (captioning, language modelling, generation).
+        decoder: optional causal text decoder (captioning, language modelling, generation): a
+            :class:`~mmgpt.decoder.TextDecoder` or any module with its interface (``mmgpt.hf_decoder.HFDecoder``).
         text_modality: the modality the decoder writes; it is hidden from the conditioning.
     """
 
@@ -63,7 +66,7 @@ class MultimodalTransformer(nn.Module):
         encoders: Mapping[str, nn.Module],
         fusion: Fusion,
         head: nn.Module,
-        decoder: TextDecoder | None = None,
+        decoder: TextDecoder | nn.Module | None = None,
         text_modality: str = "text",
     ) -> None:
         super().__init__()
@@ -127,6 +130,27 @@ class MultimodalTransformer(nn.Module):
         decoder = self._need_decoder()
         cond = self.condition(batch) if cond is None else cond
         return decoder(ids, cond, mask=mask, positions=positions, cache=cache)
+
+    @property
+    def encoder_tokenizer(self) -> Tokenizer:
+        """The tokenizer of the text modality's encoder input (its ``tokenizer``; bytes when it has none)."""
+        from mmgpt.encoders.backbone import BackboneEncoder
+
+        encoder = self.encoders[self.text_modality] if self.text_modality in self.encoders else None
+        tokenizer = getattr(encoder, "tokenizer", None)
+        if isinstance(tokenizer, Tokenizer):
+            return tokenizer
+        if isinstance(encoder, BackboneEncoder):  # its processor tokenizes; bytes would be silently wrong here
+            raise UserError(f"the {self.text_modality} encoder ({type(encoder).__name__}) has no mmgpt tokenizer: "
+                            "objectives that tokenize text in the model (captions as the text input, target=text) "
+                            "need the scratch text encoder")
+        return ByteTokenizer()
+
+    @property
+    def decoder_tokenizer(self) -> Tokenizer:
+        """The tokenizer of the texts the decoder reads and writes: the one place captions and prompts are
+        tokenized and generated ids decoded (the decoder's own: bytes, a trained BPE, or a pretrained LM's)."""
+        return self._need_decoder().tokenizer
 
     def _need_decoder(self) -> TextDecoder:
         if self.decoder is None:

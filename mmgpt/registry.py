@@ -102,6 +102,8 @@ BUILTIN: dict[str, Part] = {
     # head, text decoder and its conditioners
     "classification_head": Part("head", "mmgpt.model:ClassificationHead"),
     "text_decoder": Part("decoder", "mmgpt.decoder:TextDecoder"),
+    "hf_decoder": Part("decoder", "mmgpt.hf_decoder:HFDecoder",
+                       checkpoint_overrides={"load_weights": False, **NO_REMOTE_CODE}),
     "fused_prefix": Part("conditioner", "mmgpt.decoder:FusedPrefix"),
     "pooled_prefix": Part("conditioner", "mmgpt.decoder:PooledPrefix"),
     "media_context": Part("conditioner", "mmgpt.decoder:MediaContext"),

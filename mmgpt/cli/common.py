@@ -37,12 +37,25 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (UserError, FileNotFoundError) as e:
-            if os.environ.get("MMGPT_TRACEBACK"):
+        except Exception as e:
+            cause = _user_cause(e)
+            if cause is None or os.environ.get("MMGPT_TRACEBACK"):
                 raise
-            raise SystemExit(f"error: {e}") from None
+            raise SystemExit(f"error: {cause}") from None
 
     return wrapper
+
+
+def _user_cause(e: BaseException) -> BaseException | None:
+    """The :class:`UserError` (or missing file) ``e`` is, or was raised from: Hydra's ``instantiate`` wraps what a
+    constructor raises (e.g. a part of the network that cannot be loaded) in its own exception."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (UserError, FileNotFoundError)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__  # type: ignore[assignment]
+    return None
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:

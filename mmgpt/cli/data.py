@@ -9,6 +9,8 @@ row of every split and decodes every media cell, naming the split, row and colum
 Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
 WebDataset tar shards for streaming (``data=shards data.root=OUT``). ``mmgpt-data features [DIR] KEY=VALUE...``
 fills the frozen-feature cache ahead of training, with the training command's overrides.
+``mmgpt-data tokenizer DIR --vocab-size N`` trains a byte-level BPE on the training texts and captions of a manifest or shards folder and saves it
+(``tokenizer.json``) for ``model.net.encoders.text.tokenizer=PATH``.
 """
 
 from __future__ import annotations
@@ -156,6 +158,28 @@ def _features(args: argparse.Namespace) -> int:
     return run()
 
 
+def _tokenizer(args: argparse.Namespace) -> int:
+    from mmgpt.datamodules.texts import training_texts
+    from mmgpt.errors import UserError
+    from mmgpt.tokenizer import train_bpe
+
+    out = args.out or args.root / "tokenizer.json"
+    try:
+        texts = list(training_texts(args.root))
+        if not texts:
+            raise UserError(f"{args.root}: the training split has no text or caption to train on")
+        tok = train_bpe(texts, args.vocab_size, out, min_frequency=args.min_frequency)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    tokens = sum(len(tok.encode_text(t)) for t in texts)
+    chars = sum(len(t) for t in texts)
+    print(f"wrote {tok.path}: {tok.vocab_size} tokens, trained on {len(texts)} texts "
+          f"({chars / max(tokens, 1):.2f} characters per token)")
+    print(f"use it with: mmgpt-train model.net.encoders.text.tokenizer={tok.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgpt-data", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the data folder and mmgpt-train overrides")
     features.add_argument("--device", default=None, help="where the backbones run (default: cuda if available)")
     features.set_defaults(func=_features)
+
+    tokenizer = sub.add_parser("tokenizer", help="train a byte-level BPE on a folder's training texts and captions")
+    tokenizer.add_argument("root", type=Path, help="a manifest folder (train.jsonl/.csv) or a shards folder")
+    tokenizer.add_argument("--vocab-size", type=int, required=True,
+                           help="vocabulary size, the 5 special tokens and 256 byte symbols included")
+    tokenizer.add_argument("--out", type=Path, default=None,
+                           help="the tokenizer.json to write (default: ROOT/tokenizer.json)")
+    tokenizer.add_argument("--min-frequency", type=int, default=2, help="merge only pairs seen at least this often")
+    tokenizer.set_defaults(func=_tokenizer)
     return parser
 
 

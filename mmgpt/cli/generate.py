@@ -24,7 +24,6 @@ from mmgpt.errors import UserError
 from mmgpt.generation import GenerationConfig, generate
 from mmgpt.model import MultimodalTransformer
 from mmgpt.registry import encoder_kind
-from mmgpt.tokenizer import ByteTokenizer
 from mmgpt.training.safe_load import load_module, read_checkpoint, stored_run_config
 
 log = logging.getLogger("mmgpt.generate")
@@ -119,13 +118,12 @@ def run_generate(cfg: DictConfig) -> list[str]:
             raise UserError(f"{name}: {len(xs)} values for a batch of {n}")
     data_cfg = (stored_run_config(read_checkpoint(cfg.ckpt_path)) or {}).get("data") or {}
     processors = media_processors(net, module.hparams["net"], data_cfg)
-    tokenizer = ByteTokenizer()
     batch = build_batch(net, media, n * cfg.num_samples, processors).to(cfg.device)
     prompts = (prompts or [""]) * (n if len(prompts) <= 1 else 1)
     prompts = [prompts[i % len(prompts)] for i in range(n * cfg.num_samples)]
     gen = GenerationConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.use_cache)
     g = torch.Generator(device=cfg.device).manual_seed(int(cfg.seed))
-    out = generate(net, batch, prompts, gen, tokenizer, generator=g)
+    out = generate(net, batch, prompts, gen, generator=g)  # the decoder's own tokenizer
     texts = [p + t for p, t in zip(prompts, out.texts, strict=True)]
     for i, t in enumerate(texts):
         print(f"[{i}] {t}")  # noqa: T201  (the command's output)

@@ -1,4 +1,4 @@
-"""Text encoder: byte tokens -> Transformer tokens. Legend: B batch, T text tokens, D dim."""
+"""Text encoder: tokens (bytes, or a trained BPE) -> Transformer tokens. Legend: B batch, T text tokens, D dim."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from mmgpt.encoders.base import EncoderOutput
 from mmgpt.layers import Transformer
-from mmgpt.tokenizer import ByteTokenizer
+from mmgpt.tokenizer import Tokenizer, load_tokenizer, tokenizer_vocab
 
 
 class TextEncoder(nn.Module):
@@ -18,7 +18,9 @@ class TextEncoder(nn.Module):
         num_layers: Transformer blocks.
         num_heads: attention heads.
         max_length: longest sequence (position table size).
-        vocab_size: token vocabulary (the byte tokenizer's by default).
+        vocab_size: token vocabulary; follows the tokenizer (the byte tokenizer's by default).
+        tokenizer: a trained byte-level BPE (``tokenizer.json`` path, from ``mmgpt-data tokenizer``) instead of
+            bytes; the modality's text processor tokenizes with it.
         causal: GPT-style causal attention (True) or bidirectional (False).
         mlp_ratio: MLP hidden width / D.
         dropout: dropout rate.
@@ -34,7 +36,8 @@ class TextEncoder(nn.Module):
         num_layers: int,
         num_heads: int,
         max_length: int = 128,
-        vocab_size: int = ByteTokenizer.vocab_size,
+        vocab_size: int | None = None,
+        tokenizer: str | None = None,
         causal: bool = False,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
@@ -42,12 +45,22 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.causal = causal
         self.max_length = max_length
+        self.tokenizer_spec = tokenizer
+        vocab_size = tokenizer_vocab(tokenizer, vocab_size, "model.net.encoders.text")
         self.tok_emb = nn.Embedding(vocab_size, dim)
         self.pos_emb = nn.Parameter(torch.zeros(1, max_length, dim))
         self.drop = nn.Dropout(dropout)
         self.transformer = Transformer(
             dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
         )
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer of this encoder's input (what its processor tokenizes with)."""
+        cached = self.__dict__.get("_tokenizer")
+        if cached is None:
+            cached = self.__dict__["_tokenizer"] = load_tokenizer(self.tokenizer_spec, self.max_length)
+        return cached
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         """x (B, T) token ids, mask (B, T) True = real token -> tokens (B, T, D)."""

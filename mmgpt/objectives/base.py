@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from mmgpt.batch import MultimodalBatch
 from mmgpt.model import MultimodalTransformer
+from mmgpt.tokenizer import Tokenizer
 
 
 @dataclass
@@ -66,13 +67,12 @@ class Objective(nn.Module, ABC):
         return []
 
 
-def with_text(batch: MultimodalBatch, texts: list[str], max_length: int) -> MultimodalBatch:
-    """A copy of ``batch`` whose text modality is ``texts`` (e.g. the captions), tokenized and present."""
+def with_text(batch: MultimodalBatch, texts: list[str], max_length: int, tokenizer: Tokenizer) -> MultimodalBatch:
+    """A copy of ``batch`` whose text modality is ``texts`` (e.g. the captions), tokenized with the text
+    encoder's ``tokenizer`` (``net.encoder_tokenizer``) and present."""
     from dataclasses import replace
 
-    from mmgpt.tokenizer import ByteTokenizer
-
-    ids, mask = ByteTokenizer(max_length).batch_encode(texts)
+    ids, mask = tokenizer.batch_encode(texts, max_length=max_length)
     inputs = {**batch.inputs, "text": ids.to(batch.device)}
     masks = {**batch.masks, "text": mask.to(batch.device)}
     present = {**batch.present, "text": mask.any(dim=1).to(batch.device)}
@@ -93,7 +93,8 @@ def captions(batch: MultimodalBatch, source: str) -> list[str] | None:
     raise ValueError(f"unknown text source {source!r} (expected 'text' or 'caption')")
 
 
-def source_batch(batch: MultimodalBatch, source: str, max_length: int) -> MultimodalBatch:
-    """``batch`` itself (``source="text"``) or with its captions as the text modality (``"caption"``)."""
+def source_batch(net: MultimodalTransformer, batch: MultimodalBatch, source: str, max_length: int) -> MultimodalBatch:
+    """``batch`` itself (``source="text"``) or with its captions as the text modality (``"caption"``), tokenized
+    as the network's text encoder reads text."""
     texts = captions(batch, source)
-    return batch if texts is None else with_text(batch, texts, max_length)
+    return batch if texts is None else with_text(batch, texts, max_length, net.encoder_tokenizer)

@@ -102,7 +102,7 @@ class Contrastive(Objective):
                 for m in self.proj}
 
     def forward(self, net: MultimodalTransformer, batch: MultimodalBatch) -> ObjectiveOutput:
-        batch = source_batch(batch, self.source, self.max_length)
+        batch = source_batch(net, batch, self.source, self.max_length)
         local = self.embed(net, batch)  # (B, E)
         emb = {m: gather(e) for m, e in local.items()}  # (G, E)
         present = {m: gather(batch.presence(m)) for m in emb}  # (G,)

@@ -74,7 +74,7 @@ class Matching(Objective):
         return self.head(fused.average_members(fused.pooled)).squeeze(-1)  # (B,)
 
     def forward(self, net: MultimodalTransformer, batch: MultimodalBatch) -> ObjectiveOutput:
-        batch = source_batch(batch, self.source, self.max_length)
+        batch = source_batch(net, batch, self.source, self.max_length)
         altered, labels = counterfactual(batch, self.modalities)
         logits = self.score(net, altered)
         return ObjectiveOutput(loss=F.binary_cross_entropy_with_logits(logits.float(), labels), preds=logits.sigmoid(),

@@ -80,7 +80,8 @@ def test_the_default_config_is_unchanged_by_the_encoder_groups(compose_cfg):
     text = OmegaConf.to_container(cfg.model.net.encoders.text)
     assert list(cfg.model.net.encoders) == ["text", "image", "audio"]
     assert text == {"type": "text_encoder", "dim": "${model.dim}", "num_layers": "${model.encoder_layers}",
-                    "num_heads": "${model.num_heads}", "max_length": "${data.max_text_length}", "causal": False,
+                    "num_heads": "${model.num_heads}", "max_length": "${data.max_text_length}", "tokenizer": None,
+                    "causal": False,
                     "mlp_ratio": "${model.mlp_ratio}", "dropout": "${model.dropout}"}
     assert cfg.model.net.encoders.image.stem.type == "conv_stem"
 
