@@ -9,8 +9,8 @@ row of every split and decodes every media cell, naming the split, row and colum
 Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
 WebDataset tar shards for streaming (``data=shards data.root=OUT``). ``mmgpt-data features [DIR] KEY=VALUE...``
 fills the frozen-feature cache ahead of training, with the training command's overrides.
-``mmgpt-data tokenizer DIR --vocab-size N`` trains a byte-level BPE on the training texts and captions of a manifest or shards folder and saves it
-(``tokenizer.json``) for ``model.net.encoders.text.tokenizer=PATH``.
+``mmgpt-data tokenizer DIR --vocab-size N`` trains a byte-level BPE on the training texts and captions of a
+manifest or shards folder and saves it (``tokenizer.json``) for ``model.net.encoders.text.tokenizer=PATH``.
 """
 
 from __future__ import annotations
