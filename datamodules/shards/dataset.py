@@ -155,12 +155,37 @@ class ShardDataset(IterableDataset):
             random.Random(self.seed + epoch).shuffle(shards)
         return shards
 
+    def _rank_samples(self, epoch: int, num_workers: int, rank: int) -> list[int]:
+        shards = self._epoch_shards(epoch)
+        return [sum(self.sizes[s] for s in worker_shards(shards, rank, self.world_size, w, num_workers))
+                for w in range(num_workers)]
+
+    def padding(self, epoch: int, num_workers: int) -> int:
+        """Batches this rank's worker 0 adds so that every rank has as many batches as the longest one.
+
+        DDP steps in lockstep: a rank with fewer batches (fewer or smaller shards than the others, or none when
+        there are fewer shards than ranks x workers) would leave the others waiting for ever. Like
+        ``DistributedSampler`` (``drop_last=False``), the extra batches repeat samples of the split, from its
+        first shard on. Needs every shard's sample count (``shards.json``) when there is more than one rank.
+        """
+        if self.world_size == 1:
+            return 0
+        missing = [s for s in self.shards if s not in self.sizes]
+        if missing:
+            raise ShardError(f"cannot deal the shards evenly over {self.world_size} ranks: no sample count for "
+                             f"{missing[0]} (shards written by an older mmgpt-data shard lack them in shards.json; "
+                             "write the shards again)")
+        n = max(1, num_workers)
+        totals = [sum(math.ceil(k / self.batch_size) for k in self._rank_samples(epoch, n, rank))
+                  for rank in range(self.world_size)]
+        return max(totals) - totals[self.rank]
+
     def batches_per_worker(self, epoch: int, num_workers: int) -> list[int]:
         """How many batches each of ``num_workers`` workers (1 for none) yields in ``epoch`` on this rank."""
-        shards = self._epoch_shards(epoch)
         n = max(1, num_workers)
-        parts = [worker_shards(shards, self.rank, self.world_size, w, n) for w in range(n)]
-        return [math.ceil(sum(self.sizes[s] for s in part) / self.batch_size) for part in parts]
+        batches = [math.ceil(k / self.batch_size) for k in self._rank_samples(epoch, n, self.rank)]
+        batches[0] += self.padding(epoch, n)
+        return batches
 
     def __iter__(self) -> Iterator[tuple[SampleKey, dict[str, Any]]]:
         info = get_worker_info()
@@ -171,8 +196,14 @@ class ShardDataset(IterableDataset):
             delivered, first = delivered_before(self.batches_per_worker(self.epoch, num_workers), self.resume[1])
             role = (worker + first) % num_workers  # worker 0 must yield the batch the epoch continues with
             skip = delivered[role] * self.batch_size
-        mine = worker_shards(shards, self.rank, self.world_size, role, num_workers)
-        raw_samples = itertools.chain.from_iterable(self._read(s) for s in mine)
+        runs = [(s, self.sizes.get(s)) for s in worker_shards(shards, self.rank, self.world_size, role, num_workers)]
+        pad = self.padding(self.epoch, num_workers) * self.batch_size if role == 0 else 0
+        for shard in itertools.cycle(shards) if pad else ():  # the padding: the split's samples from the first on
+            runs.append((shard, min(self.sizes[shard], pad)))
+            pad -= runs[-1][1]
+            if pad <= 0:
+                break
+        raw_samples = itertools.chain.from_iterable(itertools.islice(read_tar(s), n) for s, n in runs)
         random_transform = self.train and any(getattr(p, "augment", False) for p in self.processors.values())
         for raw in itertools.islice(raw_samples, skip, None):
             index = sample_index(raw["__key__"])
@@ -183,10 +214,6 @@ class ShardDataset(IterableDataset):
             else:
                 sample = self._decode(raw)
             yield key, sample
-
-    def _read(self, shard: str) -> Iterator[dict[str, Any]]:
-        """The raw samples of one shard; only the first ``sizes[shard]`` when that is fewer (``data.num_train``)."""
-        return itertools.islice(read_tar(shard), self.sizes.get(shard))
 
     def _decode(self, raw: dict[str, Any]) -> dict[str, Any]:
         meta = json.loads(raw["json"])

@@ -113,6 +113,34 @@ def test_a_position_saved_at_the_end_of_an_epoch_resumes_at_the_next(uneven_shar
     assert _epoch_ids(dm, 0, 0, {"epoch": 0, "batches": len(_epoch_ids(dm, 0, 0))}) == full
 
 
+def _rank_epoch(dm: ShardDataModule, rank: int, num_workers: int, state: dict) -> list[list[str]]:
+    loader = StreamLoader(dm.dataset("train", rank=rank, world_size=2), batch_size=4, num_workers=num_workers,
+                          collate_fn=dm.collate)
+    loader.load_state_dict(state)
+    return [batch.ids for batch in loader]
+
+
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory) -> Path:
+    """12 training samples in 2 shards: fewer shards than 2 ranks x 2 workers."""
+    return export_and_shard(tmp_path_factory.mktemp("two"), num_train=12, samples_per_shard=6)
+
+
+@pytest.mark.parametrize(("folder", "num_workers"), [("uneven_shards", 0), ("uneven_shards", 2), ("two_shards", 2)])
+def test_every_rank_yields_as_many_batches_when_the_shards_do_not_divide_evenly(folder, num_workers, request):
+    """DDP steps in lockstep: a rank with fewer batches (here: 9 shards of unequal size, or no shard at all for
+    rank 1's readers) used to leave the other rank waiting for ever. The short rank repeats samples, as
+    DistributedSampler pads; every sample is still read, and a resumed epoch continues exactly."""
+    dm = ShardDataModule(str(request.getfixturevalue(folder)), batch_size=4, num_workers=num_workers, shuffle=True)
+    epochs = [_rank_epoch(dm, rank, num_workers, {"epoch": 1, "batches": 0}) for rank in range(2)]
+    assert len(epochs[0]) == len(epochs[1]) > 0
+    total = 50 if folder == "uneven_shards" else 12
+    assert len({i for rank in epochs for b in rank for i in b}) == total
+    short = min(range(2), key=lambda r: len({i for b in epochs[r] for i in b}))
+    for consumed in (1, len(epochs[short]) - 1):
+        assert _rank_epoch(dm, short, num_workers, {"epoch": 1, "batches": consumed}) == epochs[short][consumed:]
+
+
 def test_shards_without_sample_counts_refuse_a_mid_epoch_resume(uneven_shards, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(uneven_shards, old)
