@@ -21,7 +21,7 @@ from torch import Tensor
 
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, Source, load_audio, load_image
 from mmgpt.datamodules.store import CACHE_VERSION
-from mmgpt.tokenizer import ByteTokenizer, load_tokenizer
+from mmgpt.tokenizer import TOKEN_IDS, ByteTokenizer, load_tokenizer
 
 #: The kinds of modality a datamodule can declare.
 KINDS: tuple[str, ...] = ("text", "image", "audio", "features")
@@ -312,9 +312,11 @@ DATA_OPTIONS: dict[str, Any] = {"image_size": 32, "sample_rate": 8000, "max_audi
 
 
 # The scratch encoders' specs name their sizes (the YAML sets them from data.*): the processor follows the encoder.
-def scratch_text_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) -> TextProcessor:
+def scratch_text_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) -> TextProcessor | None:
     """The scratch text encoder's tokenizer: bytes, or the BPE its spec names (``tokenizer: PATH``), truncating at
-    ``data.max_text_length`` tokens."""
+    ``data.max_text_length`` tokens; none with ``tokenizer: ids`` (the data gives token ids: its processor stays)."""
+    if spec.get("tokenizer") == TOKEN_IDS:
+        return None
     return TextProcessor(tokenizer=load_tokenizer(spec.get("tokenizer"), int(data["max_text_length"])))
 
 
@@ -356,6 +358,8 @@ def build_processors(net: Mapping[str, Any], data: Mapping[str, Any], *, explici
             continue
         module, _, attr = builder.partition(":")
         processor = getattr(importlib.import_module(module), attr)(spec, options)
+        if processor is None:  # the encoder takes what the data's own processor gives (e.g. token ids)
+            continue
         for key, value in processor.derived().items():
             if key in explicit and data.get(key) is not None and data[key] != value:
                 raise UserError(f"data.{key}={data[key]} contradicts {where}.{name} ({spec['type']} "

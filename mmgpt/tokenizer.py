@@ -268,10 +268,17 @@ class HFTokenizer(Tokenizer):
         return f"HFTokenizer:{self.name_or_path}:{self.max_length}"
 
 
+#: ``tokenizer: ids``: the data's text modality comes as token ids (MMSA's ``text=bert``); its processor stays.
+TOKEN_IDS = "ids"
+
+
 def load_tokenizer(spec: str | Path | None, max_length: int) -> Tokenizer:
     """The tokenizer a spec's ``tokenizer:`` names: None for bytes, or the path of a trained BPE."""
     if spec is None or str(spec) in ("", "byte"):
         return ByteTokenizer(max_length)
+    if str(spec) == TOKEN_IDS:
+        raise UserError("tokenizer=ids: the data gives token ids already, so there is no tokenizer to encode text "
+                        "with (name the tokenizer.json the ids came from instead)")
     file = _tokenizer_file(spec)
     kind = json.loads(file.read_text()).get("model", {}).get("type") if file.suffix == ".json" else None
     if kind != "BPE":
@@ -281,6 +288,11 @@ def load_tokenizer(spec: str | Path | None, max_length: int) -> Tokenizer:
 
 def tokenizer_vocab(spec: str | Path | None, vocab_size: int | None, where: str) -> int:
     """The vocabulary size of a part with ``tokenizer: spec``: the tokenizer's; a given ``vocab_size`` must agree."""
+    if str(spec) == TOKEN_IDS:
+        if vocab_size is None:
+            raise UserError(f"{where}: tokenizer=ids (the data gives token ids) needs vocab_size, the size of the "
+                            "vocabulary the ids come from (e.g. 30522 for bert-base-uncased)")
+        return int(vocab_size)
     size = load_tokenizer(spec, 2).vocab_size
     if vocab_size is not None and int(vocab_size) != size:
         raise UserError(f"{where}: vocab_size={vocab_size} but the tokenizer {spec or 'byte'} has {size} tokens "

@@ -62,7 +62,8 @@ def test_mosei_with_bert_token_ids_and_a_text_encoder(tmp_path, compose_cfg):
     cfg = compose_cfg(["experiment=mosei", f"data.root={root}", "data.text=bert", *TINY,
                        "~model/encoder/features@model.net.encoders.language",
                        "+model/encoder/text@model.net.encoders.language=scratch",
-                       "+model.net.encoders.language.vocab_size=30522", "data.max_text_length=50"])
+                       "+model.net.encoders.language.vocab_size=30522", "model.net.encoders.language.tokenizer=ids",
+                       "data.max_text_length=50"])
     assert train(cfg)["global_step"] == 1
 
 

@@ -39,9 +39,9 @@ def spec(models: dict[str, Path], vit: str = "vit", layer: int = -1, tuning: dic
     sizes = {"dim": DIM, "num_layers": 1, "num_heads": 2}
     return {
         "encoders": {
-            "image": {"type": "test_vit", "path": str(models[vit]), "dim": DIM, "layer": layer,
+            "image": {"type": "cache_vit", "path": str(models[vit]), "dim": DIM, "layer": layer,
                       **({"tuning": tuning} if tuning else {})},
-            "text": {"type": "test_bert", "path": str(models["bert"]), "dim": DIM},
+            "text": {"type": "cache_bert", "path": str(models["bert"]), "dim": DIM},
             "audio": {"type": "audio_encoder", **sizes, "n_mels": 16, "n_fft": 128, "hop_length": 80},
         },
         "fusion": {"type": "early", **sizes, "modalities": ["audio", "image", "text"]},
@@ -189,8 +189,8 @@ def _train_cfg(compose_cfg, models: dict[str, Path], cache: Path):
                        "data.num_train=32", "data.num_val=16", "data.num_test=16", "model.dim=16",
                        "plugins=[tests.helpers.cache_backbones]", f"feature_cache.dir={cache}"])
     with open_dict(cfg):
-        cfg.model.net.encoders.image = {"type": "test_vit", "path": str(models["vit"]), "dim": 16}
-        cfg.model.net.encoders.text = {"type": "test_bert", "path": str(models["bert"]), "dim": 16}
+        cfg.model.net.encoders.image = {"type": "cache_vit", "path": str(models["vit"]), "dim": 16}
+        cfg.model.net.encoders.text = {"type": "cache_bert", "path": str(models["bert"]), "dim": 16}
     return cfg
 
 
@@ -230,8 +230,8 @@ def test_mmgpt_data_features_fills_what_training_reads(models, tmp_path, compose
     overrides = ["experiment=smoke", "data.image_size=16", "data.augment=false", "data.num_train=32",
                  "data.num_val=16", "data.num_test=16", "model.dim=16", "plugins=[tests.helpers.cache_backbones]",
                  f"feature_cache.dir={cache}", "~model.net.encoders.image", "~model.net.encoders.text",
-                 f"+model.net.encoders.image={{type:test_vit,path:'{models['vit']}',dim:16}}",
-                 f"+model.net.encoders.text={{type:test_bert,path:'{models['bert']}',dim:16}}",
+                 f"+model.net.encoders.image={{type:cache_vit,path:'{models['vit']}',dim:16}}",
+                 f"+model.net.encoders.text={{type:cache_bert,path:'{models['bert']}',dim:16}}",
                  f"paths.log_dir={tmp_path / 'logs'}"]
     assert main(["features", *overrides, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
@@ -268,7 +268,7 @@ def test_ddp_ranks_fill_their_shares_then_train_from_the_cache(models, tmp_path)
     args = ["trainer=ddp_sim", "experiment=smoke", "logger=csv", "data.image_size=16", "data.augment=false",
             "data.num_train=32", "data.num_val=16", "data.num_test=16", "model.dim=16",
             "plugins=[tests.helpers.cache_backbones]", f"feature_cache.dir={cache}", "~model.net.encoders.image",
-            f"+model.net.encoders.image={{type:test_vit,path:'{models['vit']}',dim:16}}"]
+            f"+model.net.encoders.image={{type:cache_vit,path:'{models['vit']}',dim:16}}"]
     env = {**os.environ, "MMGPT_LOG_DIR": str(tmp_path / "logs"), "CI": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([str(Path(sys.executable).parent / "mmgpt-train"), *args], env=env, capture_output=True,

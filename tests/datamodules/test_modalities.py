@@ -73,10 +73,10 @@ def test_train_evaluate_every_subset_and_resume(compose_cfg: Callable[..., DictC
     assert first["epochs"] >= 0 and first["val"]["val/acc"] >= 0
     stored = torch.load(first["best_ckpt"], map_location="cpu", weights_only=False)
     assert stored["mmgpt"]["config"]["data"]["modalities"]["vision_feats"] == {"kind": "features", "dim": 6}
-    ev = evaluate(DictConfig({"ckpt_path": first["best_ckpt"], "split": "test", "subsets": True, "data": None,
-                              "trainer": {"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu",
-                                          "devices": 1},
-                              "paths": {"output_dir": str(Path(cfg.paths.output_dir) / "eval")}}))
+    ev_cfg = compose_cfg([f"ckpt_path={first['best_ckpt']}", "split=test", "subsets=true"], config_name="eval")
+    with open_dict(ev_cfg):
+        ev_cfg.paths.output_dir = str(Path(cfg.paths.output_dir) / "eval")
+    ev = evaluate(ev_cfg)
     assert len(ev["subsets"]) == 15  # every non-empty subset of four modalities
     assert "photo+poster+text+vision_feats" in ev["subsets"] and "vision_feats" in ev["subsets"]
     with open_dict(cfg):

@@ -1,7 +1,7 @@
 """Small :class:`~mmgpt.encoders.backbone.BackboneEncoder` subclasses over tiny random ``transformers`` models (ViT
 for images, BERT over the byte tokenizer's ids for text), saved with ``save_pretrained`` and loaded by path: what the
 feature-cache tests and ``bench/feature_cache.py`` build on. Importing this module registers them as the encoders
-``test_vit`` and ``test_bert`` (usable from a config through ``plugins=[tests.helpers.cache_backbones]``).
+``cache_vit`` and ``cache_bert`` (usable from a config through ``plugins=[tests.helpers.cache_backbones]``).
 
 Legend: B batch, T text tokens, N tokens, H hidden size, D dim.
 """
@@ -111,5 +111,5 @@ class BertBackbone(_Backbone):
         return EncoderOutput(self._states(out), mask)  # (B, T, H)
 
 
-registry.register("test_vit", "encoder", ViTBackbone, replace=True)
-registry.register("test_bert", "encoder", BertBackbone, replace=True)
+registry.register("cache_vit", "encoder", ViTBackbone, replace=True)
+registry.register("cache_bert", "encoder", BertBackbone, replace=True)
