@@ -124,6 +124,8 @@ def robustness_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
             "data": OmegaConf.to_container(cfg.data, resolve=True),
             "trainer": trainer,
             "paths": {"output_dir": str(cfg.paths.output_dir)},
+            "plugins": list(cfg.get("plugins") or []),
+            "feature_cache": OmegaConf.to_container(cfg.feature_cache, resolve=True),  # cached as in training
         }
     )
 
