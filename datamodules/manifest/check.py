@@ -142,8 +142,9 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
     """Read every split file, check every referenced file (through ``media``) and collect every problem.
 
     Rows are checked ``chunk`` at a time and decoded media go to the store, never into the report, and the rows
-    stay in their files (the report's samples are :class:`SampleTable` s), so memory does not grow with the folder. ``check``: ``full`` decodes every file the store does not hold yet, ``headers``
-    reads each such file's header only, ``off`` trusts the files (problems then show up in training).
+    stay in their files (the report's samples are :class:`SampleTable` s), so memory does not grow with the
+    folder. ``check``: ``full`` decodes every file the store does not hold yet, ``headers`` reads each such
+    file's header only, ``off`` trusts the files (problems then show up in training).
     ``progress(done, total)`` is called after each chunk. Never raises for bad data: everything wrong is a
     :class:`Problem` in the report.
     """
