@@ -175,6 +175,10 @@ def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: in
     t0 = time.perf_counter()
     dm = ManifestDataModule(root, image_size=image_size, sample_rate=sample_rate, cache_dir=cache,
                             num_workers=workers, batch_size=batch_size, report_dir=None, pin_memory=False)
+    if rank <= 0:  # as Lightning does: prepare_data on (local) rank 0, the others wait, then setup everywhere
+        dm.prepare_data()
+    if ddp > 1:
+        dist.barrier()
     dm.setup("fit")
     t1 = time.perf_counter()
     n = 0

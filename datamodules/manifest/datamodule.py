@@ -128,8 +128,9 @@ class ManifestDataModule(MultimodalDataModule):
         max_audio_seconds: longer recordings are cropped to this length (shorter ones padded, with masks).
         max_text_length: token limit of the byte tokenizer; longer texts are truncated.
         batch_size: per-process batch size.
-        num_workers: DataLoader worker processes. Decoded data is in memory (shared with forked workers), so
-            one worker, collating while the model trains, is usually enough; 0 collates in the training process.
+        num_workers: DataLoader worker processes. Samples are read from the media store (the OS page cache holds
+            it once for every process), so one worker, collating while the model trains, is usually enough; 0
+            collates in the training process.
         pin_memory: pin batches for faster host-to-GPU copies; None pins when CUDA is available.
         augment: randomly flip training images (off by default: digits and text are not mirror-symmetric).
         modality_dropout: per-modality probability of dropping that modality from a training sample
@@ -138,7 +139,8 @@ class ManifestDataModule(MultimodalDataModule):
             how many were skipped and which.
         allow_outside_root: accept media paths that are absolute or lead outside ``root``.
         cache_dir: the media store (decoded media on disk, keyed by file and decoding settings) lives in
-            ``cache_dir/media-store``, shared by every run, rank and worker; None: a temporary store for this run.
+            ``cache_dir/media-store``, shared by every run, rank and worker (with ``check=full`` it is filled once
+            per node, by :meth:`prepare_data`); None: a temporary store for this process.
         decode_threads: threads decoding files in the validation pass.
         check: what the validation pass does with each media file: ``full`` decodes it into the store (every
             problem is known before training), ``headers`` reads only its header (image size and mode, audio rate,
@@ -196,6 +198,7 @@ class ManifestDataModule(MultimodalDataModule):
         self.report: CheckReport | None = None
         self.splits: dict[str, ProcessedDataset] = {}
         self.media: MediaFiles | None = None
+        self._prepared: CheckReport | None = None  # the check pass prepare_data ran in this process
         self.failures: FailureLog | None = None
         self.collate, self.train_collate = DropFailed(self.collate), DropFailed(self.train_collate)
 
@@ -217,24 +220,32 @@ class ManifestDataModule(MultimodalDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def prepare_data(self) -> None:
+        """Fill the media store once per node, before any rank sets up.
+
+        Lightning calls this on one process per node (local rank 0) and holds the other ranks at a barrier until it
+        returns; each rank's :meth:`setup` then finds every file in the store and decodes nothing (its check pass
+        only looks entries up). Only ``check=full`` with a ``cache_dir`` fills a store every rank can read; otherwise
+        each rank checks on its own in :meth:`setup`. Problems are not raised here but by :meth:`setup`, on every
+        rank alike.
+        """
+        if self.hparams.check != "full" or self.hparams.cache_dir is None:
+            if self.hparams.cache_dir is None:
+                log.info("data.cache_dir=null: each process decodes %s into its own temporary store (set "
+                         "data.cache_dir to decode once per node and share it)", self.root)
+            return
+        self._prepared = self._check_folder()
+
     def check(self) -> CheckReport:
-        """Run the validation pass (``check``: decoding every file into the store once) and apply ``on_error``.
+        """Run the validation pass (``check``: decoding every file into the store once; done already when
+        :meth:`prepare_data` ran in this process) and apply ``on_error``.
 
         Raises:
             ManifestError: with every problem, when there are problems and ``on_error`` is ``raise``, or when a
                 problem cannot be skipped (a missing or empty split).
         """
+        report, self._prepared = self._prepared or self._check_folder(), None
         hp = self.hparams
-        t0 = time.perf_counter()
-        store = None if hp.cache_dir is None else Path(hp.cache_dir) / "media-store"
-        self.media = MediaFiles(self.settings, store, threads=hp.decode_threads, memory_cache_mb=hp.memory_cache_mb)
-        progress = Progress(f"data.check={hp.check} {self.root.name}")
-        report = check_folder(self.root, self.media, hp.allow_outside_root, check=hp.check, progress=progress)
-        progress.close()
-        self.media.store.refresh()  # what this pass (and any other process) committed, for the datasets
-        log.info("checked %s (data.check=%s) in %.1fs: %s samples, %d files decoded, %d entries in the store %s",
-                 self.root, hp.check, time.perf_counter() - t0, {k: len(v) for k, v in report.samples.items()},
-                 report.decoded, len(self.media.store), self.media.store.root)
         self._write_report(report)
         for warning in report.warnings:
             log.warning("%s: %s", self.root, warning)
@@ -247,6 +258,21 @@ class ManifestDataModule(MultimodalDataModule):
             log.warning("data.on_error=skip: skipping %d bad row(s) of %s:\n%s", len(bad), self.root,
                         "\n".join(f"  {p}" for p in report.problems))
             log.warning("skipped %d row(s) in total: %s", len(bad), ", ".join(f"{f}:{n}" for f, n in bad))
+        return report
+
+    def _check_folder(self) -> CheckReport:
+        """The validation pass over the folder through this process's view of the media store."""
+        hp = self.hparams
+        t0 = time.perf_counter()
+        store = None if hp.cache_dir is None else Path(hp.cache_dir) / "media-store"
+        self.media = MediaFiles(self.settings, store, threads=hp.decode_threads, memory_cache_mb=hp.memory_cache_mb)
+        progress = Progress(f"data.check={hp.check} {self.root.name}")
+        report = check_folder(self.root, self.media, hp.allow_outside_root, check=hp.check, progress=progress)
+        progress.close()
+        self.media.store.refresh()  # what this pass (and any other process) committed, for the datasets
+        log.info("checked %s (data.check=%s) in %.1fs: %s samples, %d files decoded, %d entries in the store %s",
+                 self.root, hp.check, time.perf_counter() - t0, {k: len(v) for k, v in report.samples.items()},
+                 report.decoded, len(self.media.store), self.media.store.root)
         return report
 
     def _write_report(self, report: CheckReport) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ from mmgpt.datamodules.manifest import (
     check_folder,
 )
 from mmgpt.datamodules.manifest.check import Sample
-from tests.datamodules.conftest import FolderFactory, good_rows, write_png, write_wav
+from tests.datamodules.conftest import FolderFactory, good_rows, write_png, write_rows, write_wav
 
 
 def module(root: Path, **kw) -> ManifestDataModule:
@@ -142,3 +143,76 @@ def test_a_check_that_keeps_nothing_decodes_every_file_and_stores_none(make_fold
     media = MediaFiles(DecodeSettings(16, 8000, 8000), keep=False)
     report = check_folder(root, media)
     assert report.bad_rows == [("train.jsonl", 7)] and report.decoded > 0 and len(media.store) == 0
+
+
+def test_rows_stay_in_their_split_files(make_folder: FolderFactory, tmp_path: Path) -> None:
+    """The check keeps a few bytes per row (offsets in arrays), not a parsed row object per sample (~540 bytes)."""
+    import tracemalloc
+
+    from mmgpt.datamodules.manifest.check import SampleTable
+    from mmgpt.datamodules.manifest.records import RowTable
+
+    n = 10_000
+    root = make_folder(train=good_rows(4), val=good_rows(2))
+    write_rows(root / "train.jsonl", [{"id": f"r{i}", "text": f"a caption of row {i}", "label": ("cat", "dog")[i % 2],
+                                       "caption": f"caption {i}"} for i in range(n)])
+    media = MediaFiles(DecodeSettings(16, 8000, 8000), keep=False)
+    tracemalloc.start()
+    try:
+        report = check_folder(root, media)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    train = report.samples["train"]
+    assert report.ok and len(train) == n
+    assert isinstance(train, SampleTable) and isinstance(train.rows, RowTable)
+    assert held / n < 64, f"{held / n:.0f} bytes held per row"
+    s = train[1234]  # read back from the file on demand
+    assert (s.row.id, s.row.text, s.row.caption, s.row.where) == ("r1234", "a caption of row 1234", "caption 1234",
+                                                                  "train.jsonl:1235")
+    assert [r.id for r in train[n - 2 :].rows] == [f"r{n - 2}", f"r{n - 1}"]
+    write_rows(root / "train.jsonl", [{"id": "other", "text": "t", "label": "cat"}])  # changed under the table
+    from mmgpt.datamodules.manifest.records import RowsChanged
+
+    with pytest.raises(RowsChanged, match="train.jsonl changed"):
+        SampleTable(train.rows.take(np.arange(3)), train.root)[0]
+
+
+def _ddp_rank(rank: int, root: Path, cache: Path, init: Path, out) -> None:  # noqa: ANN001
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
+    try:
+        dm = module(root, cache_dir=str(cache))
+        prepared = 0
+        if rank == 0:  # what Lightning does: prepare_data on local rank 0, a barrier, then setup on every rank
+            dm.prepare_data()
+            assert dm.media is not None
+            prepared = dm.media.decoded
+        dist.barrier()
+        dm.setup("fit")
+        assert dm.media is not None and dm.report is not None
+        first = dm.splits["train"][0]
+        out.put((rank, prepared, dm.media.decoded, dm.report.decoded, float(first["image"].sum())))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_decode_once_in_prepare_data_and_read_the_store(make_folder: FolderFactory, tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    root = make_folder(train=good_rows(8), val=good_rows(4))
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_rank, args=(r, root, tmp_path / "cache", tmp_path / "pg", out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    results = sorted(out.get(timeout=5) for _ in procs)
+    (_, prepared0, decoded0, report0, image0), (_, prepared1, decoded1, report1, image1) = results
+    assert prepared0 == decoded0 > 0 and report0 == prepared0  # rank 0 decoded in prepare_data; setup reused it
+    assert decoded1 == 0 and report1 == 0  # rank 1 only read the store
+    assert image0 == image1
+    assert 0 < len(list((tmp_path / "cache/media-store").glob("seg-*.bin"))) <= 1  # one copy on disk
