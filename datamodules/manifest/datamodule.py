@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from mmgpt.datamodules.base import MultimodalDataModule, ProcessedDataset, process, shared_options
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError
-from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
+from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, SampleTable, check_folder
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles, Progress
 from mmgpt.datamodules.manifest.records import ManifestIndex, read_index
 from mmgpt.datamodules.processors import Processor, audio_samples
@@ -57,10 +57,10 @@ class FailureLog:
 class StoreDataset(ProcessedDataset):
     """Samples read from the media store on demand, each modality's stored value through its processor.
 
-    A sample checked in full is read by its store entry (``refs``); otherwise by path, decoding (and storing) a
-    file the store lacks. A file that fails to decode here (``data.check`` other than ``full``) raises under
-    ``on_error=raise``; under ``skip`` it is logged, counted in ``failures`` and the sample is None (left out of
-    its batch by :class:`DropFailed`).
+    A sample's row is read back from its split file (:class:`SampleTable`); its media checked in full are read by
+    their store entries (``refs``), others by path, decoding (and storing) a file the store lacks. A file that fails
+    to decode here (``data.check`` other than ``full``) raises under ``on_error=raise``; under ``skip`` it is
+    logged, counted in ``failures`` and the sample is None (left out of its batch by :class:`DropFailed`).
 
     Args:
         samples: the usable rows.
@@ -73,35 +73,36 @@ class StoreDataset(ProcessedDataset):
         refs: (N, 2) store entries of (image, audio) found by a full check; -1: look up by path.
     """
 
-    def __init__(self, samples: list[Sample], class_index: dict[str, int], media: MediaFiles,
+    def __init__(self, samples: SampleTable, class_index: dict[str, int], media: MediaFiles,
                  processors: Mapping[str, Processor], *, train: bool, on_error: str = "raise",
                  failures: FailureLog | None = None, refs: np.ndarray | None = None) -> None:
         super().__init__(samples, dict, processors, train)
-        self.samples, self.class_index, self.media = samples, class_index, media
+        self.samples, self.media = samples, media
         self.on_error, self.failures, self.refs = on_error, failures, refs
+        rows = samples.rows  # each row's label index, from its label code: no string lookup per sample
+        self.labels = np.array([class_index.get(name, -1) for name in rows.labels], np.int64)[rows.label]
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:  # type: ignore[override]
-        s = self.samples[i]
+        row = self.samples.rows[i]
         media: dict[str, Any] = {"image": None, "audio": None}
         for j, key in enumerate(media):
             if self.refs is not None and self.refs[i, j] >= 0:
                 media[key] = self.media.read_entry(int(self.refs[i, j]))
                 continue
-            path = getattr(s, key)
-            if path is None:
+            rel = getattr(row, key)
+            if rel is None:
                 continue
             try:
-                media[key] = self.media.get(key, path)
+                media[key] = self.media.get(key, os.path.normpath(os.path.join(self.samples.root, rel)))
             except DecodeError as e:
-                message = f"{s.row.where}: {key} {getattr(s.row, key)!r}: {e}"
+                message = f"{row.where}: {key} {rel!r}: {e}"
                 if self.on_error == "raise":
                     raise DecodeError(f"{message} (data.on_error=skip trains without it)") from None
                 log.warning("skipping a sample that failed to load: %s", message)
                 if self.failures is not None:
                     self.failures.add(message)
                 return None
-        fields = {"id": s.row.id, "label": self.class_index[s.row.label], "caption": s.row.caption,
-                  "text": s.row.text, **media}
+        fields = {"id": row.id, "label": int(self.labels[i]), "caption": row.caption, "text": row.text, **media}
         return process(fields, self.processors, train=self.train)
 
 
@@ -314,8 +315,11 @@ class ManifestDataModule(MultimodalDataModule):
                 samples = samples[:limit]
             refs = None
             if self.hparams.check == "full":  # every file was checked into the store: read by entry, no lookups
-                refs = np.array([[self.media.entry(k, p) if (p := getattr(s, k)) else -1 for k in ("image", "audio")]
-                                 for s in samples], dtype=np.int64).reshape(-1, 2)
+                refs = np.full((len(samples), 2), -1, np.int64)  # filled row by row: no list per sample
+                for n, s in enumerate(samples):
+                    for j, k in enumerate(("image", "audio")):
+                        if (p := getattr(s, k)) is not None:
+                            refs[n, j] = self.media.entry(k, p)
             self.splits[split] = StoreDataset(samples, class_index, self.media, self.processors,
                                               train=split == "train", on_error=self.hparams.on_error,
                                               failures=self.failures, refs=refs)

@@ -174,9 +174,9 @@ class RowTable(Sequence[Row]):
         raw = os.pread(self._fd, n, int(self.offset[i]))
         if len(raw) != n:
             raise RowsChanged(f"{self.path} changed since it was read (run the check again)")
-        text = raw.decode("utf-8-sig" if self.line[i] == 1 else "utf-8").rstrip("\r")
         if self.header is None:
-            return json.loads(text)
+            return json.loads(raw.removeprefix(b"\xef\xbb\xbf").rstrip(b"\r"))  # bytes: no str decode step
+        text = raw.decode("utf-8-sig" if self.line[i] == 1 else "utf-8").rstrip("\r")
         return {k: (v if v != "" else None) for k, v in zip(self.header, next(csv.reader((text,))))}
 
     def _open(self) -> None:
