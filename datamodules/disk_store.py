@@ -213,7 +213,12 @@ class DiskStore:
             raise ValueError(f"entry holds an error, not an array: {hit.error}")
         if hit.index < 0:
             return self._read_pending(-1 - hit.index)
-        i = hit.index
+        return self.read_entry(hit.index)
+
+    def read_entry(self, i: int) -> np.ndarray:
+        """The array of committed entry ``i`` (a :class:`Hit`'s ``index`` >= 0 without an error; a private copy).
+
+        For readers that resolved their entries once (e.g. a dataset checked in full) and read them many times."""
         if self.lru_budget:
             cached = self._lru.get(i)
             if cached is not None:

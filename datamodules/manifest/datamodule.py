@@ -84,10 +84,11 @@ class StoreDataset(ProcessedDataset):
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:  # type: ignore[override]
         row = self.samples.rows[i]
+        refs = self.refs[i].tolist() if self.refs is not None else (-1, -1)
         media: dict[str, Any] = {"image": None, "audio": None}
-        for j, key in enumerate(media):
-            if self.refs is not None and self.refs[i, j] >= 0:
-                media[key] = self.media.read_entry(int(self.refs[i, j]))
+        for ref, key in zip(refs, media):
+            if ref >= 0:
+                media[key] = self.media.read_entry(ref)
                 continue
             rel = getattr(row, key)
             if rel is None:
