@@ -207,6 +207,8 @@ ROWS = [
     ("new loader ddp2 w2", "2 DDP ranks x 2 workers: setup + one pass"),
     ("new loader ddp2 w2 b16", "2 DDP ranks x 2 workers, batch 16: setup + one pass"),
     ("new epoch", "`mmgpt-train` one epoch (1 worker)"),
+    ("main check full warm", "before rows on disk (rows parsed into memory): `mmgpt-data check`, store filled"),
+    ("main loader 1proc w1", "before rows on disk: setup + one training-loader pass, 1 worker"),
     ("old check full cold", "today's cache: `mmgpt-data check`, empty cache"),
     ("old loader 1proc w0", "today's cache: setup + one pass, 0 workers"),
     ("old loader 1proc w1", "today's cache: setup + one pass, 1 worker"),
@@ -260,6 +262,7 @@ def report(results: Path, note: str = "") -> None:
     if big:
         for label, what in [("new check full cold", "`mmgpt-data check`"),
                             ("new check full warm", "`mmgpt-data check` (warm)"),
+                            ("main check full warm", "`mmgpt-data check` (warm), before rows on disk"),
                             ("new loader 1proc w0", "one loader pass (0 workers)"),
                             ("new loader 1proc w1", "one loader pass (1 worker, summed)")]:
             a, b = get(f"{label} 6k"), get(f"{label} {big}")

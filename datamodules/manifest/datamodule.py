@@ -231,6 +231,8 @@ class ManifestDataModule(MultimodalDataModule):
         each rank checks on its own in :meth:`setup`. Problems are not raised here but by :meth:`setup`, on every
         rank alike.
         """
+        if self.report is not None or self._prepared is not None:  # set up already (Lightning calls this per stage)
+            return
         if self.hparams.check != "full" or self.hparams.cache_dir is None:
             if self.hparams.cache_dir is None:
                 log.info("data.cache_dir=null: each process decodes %s into its own temporary store (set "
