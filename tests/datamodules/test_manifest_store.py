@@ -193,6 +193,9 @@ def _ddp_rank(rank: int, root: Path, cache: Path, init: Path, out) -> None:  # n
         dm.setup("fit")
         assert dm.media is not None and dm.report is not None
         first = dm.splits["train"][0]
+        media = dm.media
+        dm.prepare_data()  # Lightning calls it again before test: nothing left to do
+        assert dm.media is media
         out.put((rank, prepared, dm.media.decoded, dm.report.decoded, float(first["image"].sum())))
     finally:
         dist.destroy_process_group()
