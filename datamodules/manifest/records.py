@@ -53,7 +53,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-@dataclass(slots=True)  # no per-row __dict__: a large folder holds one Row per sample
+@dataclass(slots=True)  # built one at a time: RowTable keeps rows in their file and parses one when asked
 class Row:
     """One sample as written in a split file, with its location for error reports.
 
