@@ -1,6 +1,7 @@
 """Peak anonymous memory of the manifest data path (check, one loader pass, DDP ranks x workers) vs folder size.
 
-    python bench/memory.py build DIR --num-train 60000 [--chunk 3000]     # an exported synthetic folder, in chunks
+    python bench/memory.py build DIR --num-train 6000 [--chunk 3000]      # an exported synthetic folder, in chunks
+    python bench/memory.py link DIR60K --from DIR --copies 10              # 10 x DIR's training rows, hard links
     python bench/memory.py watch -- CMD ...                                # peak RssAnon / USS of CMD and children
     python bench/memory.py loader ROOT CACHE [--workers 1] [--ddp 2]       # one pass over the training loader
 
@@ -91,7 +92,7 @@ def build(out: Path, num_train: int, chunk: int, image_size: int, sample_rate: i
     0, 1, ...; part ``k`` in ``part<k>/``) whose rows are concatenated with ids prefixed by ``p<k>-``; val and
     test (500 each) come from part 0.
     """
-    from mmgpt.datamodules.manifest.export import export_synthetic
+    from mmgpt.datamodules.synthetic.export import export_synthetic
 
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[str]] = {"train": [], "val": [], "test": []}
@@ -112,6 +113,41 @@ def build(out: Path, num_train: int, chunk: int, image_size: int, sample_rate: i
         (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
     (out / "labels.txt").write_text((out / "part0" / "labels.txt").read_text())
     print(f"wrote {out}: { {k: len(v) for k, v in rows.items()} }")
+
+
+def link(out: Path, source: Path, copies: int) -> None:
+    """A folder of ``copies`` x ``source``'s training rows: ``source``'s files hard-linked under ``copy<k>/`` (distinct
+    paths, so each is checked and stored separately, at no extra disk space or export time), ids prefixed by
+    ``c<k>-``; val, test and labels.txt are ``source``'s."""
+    out.mkdir(parents=True, exist_ok=True)
+    train = (source / "train.jsonl").read_text().splitlines()
+    with open(out / "train.jsonl", "w") as f:
+        for k in range(copies):
+            for line in train:
+                r = json.loads(line)
+                for key in ("image", "audio"):
+                    if r.get(key) is None:
+                        continue
+                    dst = out / f"copy{k}" / r[key]
+                    if not dst.exists():
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        os.link(source / r[key], dst)
+                    r[key] = f"copy{k}/{r[key]}"
+                r["id"] = f"c{k}-{r['id']}"
+                f.write(json.dumps(r) + "\n")
+    for name in ("val.jsonl", "test.jsonl", "labels.txt"):
+        if (source / name).exists():
+            (out / name).write_text((source / name).read_text())
+    for split in ("val", "test"):  # their media paths resolve inside out: link source's files under the same paths
+        if not (source / f"{split}.jsonl").exists():
+            continue
+        for line in (source / f"{split}.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            for key in ("image", "audio"):
+                if r.get(key) is not None and not (out / r[key]).exists():
+                    (out / r[key]).parent.mkdir(parents=True, exist_ok=True)
+                    os.link(source / r[key], out / r[key])
+    print(f"wrote {out}: {copies * len(train)} training rows ({copies} x {source})")
 
 
 def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: int, ddp: int, rank: int,
@@ -139,6 +175,10 @@ def loader(root: str, cache: str, workers: int, image_size: int, sample_rate: in
     t0 = time.perf_counter()
     dm = ManifestDataModule(root, image_size=image_size, sample_rate=sample_rate, cache_dir=cache,
                             num_workers=workers, batch_size=batch_size, report_dir=None, pin_memory=False)
+    if rank <= 0:  # as Lightning does: prepare_data on (local) rank 0, the others wait, then setup everywhere
+        dm.prepare_data()
+    if ddp > 1:
+        dist.barrier()
     dm.setup("fit")
     t1 = time.perf_counter()
     n = 0
@@ -167,6 +207,8 @@ ROWS = [
     ("new loader ddp2 w2", "2 DDP ranks x 2 workers: setup + one pass"),
     ("new loader ddp2 w2 b16", "2 DDP ranks x 2 workers, batch 16: setup + one pass"),
     ("new epoch", "`mmgpt-train` one epoch (1 worker)"),
+    ("main check full warm", "before rows on disk (rows parsed into memory): `mmgpt-data check`, store filled"),
+    ("main loader 1proc w1", "before rows on disk: setup + one training-loader pass, 1 worker"),
     ("old check full cold", "today's cache: `mmgpt-data check`, empty cache"),
     ("old loader 1proc w0", "today's cache: setup + one pass, 0 workers"),
     ("old loader 1proc w1", "today's cache: setup + one pass, 1 worker"),
@@ -220,6 +262,7 @@ def report(results: Path, note: str = "") -> None:
     if big:
         for label, what in [("new check full cold", "`mmgpt-data check`"),
                             ("new check full warm", "`mmgpt-data check` (warm)"),
+                            ("main check full warm", "`mmgpt-data check` (warm), before rows on disk"),
                             ("new loader 1proc w0", "one loader pass (0 workers)"),
                             ("new loader 1proc w1", "one loader pass (1 worker, summed)")]:
             a, b = get(f"{label} 6k"), get(f"{label} {big}")
@@ -256,6 +299,10 @@ def main() -> None:
     b.add_argument("--chunk", type=int, default=3000)
     b.add_argument("--image-size", type=int, default=224)
     b.add_argument("--sample-rate", type=int, default=16000)
+    lk = sub.add_parser("link")
+    lk.add_argument("out", type=Path)
+    lk.add_argument("--from", dest="source", type=Path, required=True)
+    lk.add_argument("--copies", type=int, required=True)
     w = sub.add_parser("watch")
     w.add_argument("--json", type=Path, default=None, help="append the result as a JSON line to this file")
     w.add_argument("--label", default="")
@@ -277,7 +324,9 @@ def main() -> None:
     if a.cmd == "report":
         report(a.results, a.note)
         return
-    if a.cmd == "build":
+    if a.cmd == "link":
+        link(a.out, a.source, a.copies)
+    elif a.cmd == "build":
         build(a.out, a.num_train, a.chunk, a.image_size, a.sample_rate)
     elif a.cmd == "loader":
         loader(a.root, a.cache, a.workers, a.image_size, a.sample_rate, a.ddp, a.rank, a.batch_size, a.max_seconds)

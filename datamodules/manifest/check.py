@@ -8,15 +8,19 @@ arrays go to the media store the datamodule trains from, so checking costs no ex
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
+
+import numpy as np
 
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles
 from mmgpt.datamodules.manifest.records import (
     SPLITS,
     Problem,
     Row,
+    RowTable,
     media_keys,
     read_index,
     resolve_media,
@@ -49,6 +53,34 @@ class Sample:
     audio = property(lambda self: self.path("audio"))
 
 
+class SampleTable(Sequence[Sample]):
+    """A split's usable samples: their rows stay in the split file (:class:`RowTable`), read when asked.
+
+    Args:
+        rows: the usable rows.
+        root: the folder their media paths are relative to (normalised, absolute).
+    """
+
+    def __init__(self, rows: RowTable, root: str) -> None:
+        self.rows, self.root = rows, root
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, i: int) -> Sample: ...
+    @overload
+    def __getitem__(self, i: slice) -> SampleTable: ...
+    def __getitem__(self, i: int | slice) -> Sample | SampleTable:
+        if isinstance(i, slice):
+            return SampleTable(self.rows[i], self.root)
+        return Sample(self.rows[i], self.root)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for row in self.rows:
+            yield Sample(row, self.root)
+
+
 @dataclass
 class CheckReport:
     """The outcome of :func:`check_folder`.
@@ -56,7 +88,7 @@ class CheckReport:
     Attributes:
         root: the folder.
         class_names: the class list, in index order.
-        samples: split -> the usable samples, in file order.
+        samples: split -> the usable samples, in file order (read from the split file on demand).
         problems: every problem, in file and line order.
         rows_read: split -> rows read from its file (including bad ones that parsed as a row).
         decoded: media files decoded by this pass (0 when every file came from the store).
@@ -65,7 +97,7 @@ class CheckReport:
 
     root: Path
     class_names: list[str]
-    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    samples: dict[str, SampleTable] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     rows_read: dict[str, int] = field(default_factory=dict)
     decoded: int = 0
@@ -111,9 +143,10 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
                  kinds: Mapping[str, str] | None = None, label_type: str = "class") -> CheckReport:
     """Read every split file, check every referenced file (through ``media``) and collect every problem.
 
-    Rows are checked ``chunk`` at a time and decoded media go to the store, never into the report, so memory does
-    not grow with the folder. ``check``: ``full`` decodes every file the store does not hold yet, ``headers``
-    reads each such file's header only, ``off`` trusts the files (problems then show up in training).
+    Rows are checked ``chunk`` at a time and decoded media go to the store, never into the report, and the rows
+    stay in their files (the report's samples are :class:`SampleTable` s), so memory does not grow with the
+    folder. ``check``: ``full`` decodes every file the store does not hold yet, ``headers`` reads each such
+    file's header only, ``off`` trusts the files (problems then show up in training).
     ``progress(done, total)`` is called after each chunk. Never raises for bad data: everything wrong is a
     :class:`Problem` in the report. ``kinds`` declares the modalities (name -> kind, each held by some row;
     None: the default three, any may be absent; ``media`` must have been made for the same ones); ``label_type``
@@ -126,17 +159,18 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
     media_names = media_keys(index.kinds)
     report = CheckReport(root=root, class_names=index.class_names, problems=list(index.problems),
                          warnings=list(index.warnings))
-    total = 0 if check == "off" else sum(r.get(k) is not None for rows in index.rows.values() for r in rows
+    total = 0 if check == "off" else sum(int(rows.has(k).sum()) for rows in index.rows.values()
                                          for k in media_names)
     done, decoded_before = 0, media.decoded
     root_str = os.path.normpath(os.path.abspath(root))  # what resolve_media joins paths to
     for split, rows in index.rows.items():
         report.rows_read[split] = len(rows)
-        kept: list[Sample] = []
+        kept = np.ones(len(rows), bool)
         for start in range(0, len(rows), chunk):
             resolved: list[dict[str, str]] = []
             bad: set[int] = set()
-            for j, row in enumerate(rows[start : start + chunk]):
+            block = list(rows[start : start + chunk])
+            for j, row in enumerate(block):
                 paths = {}
                 for key in media_names:
                     rel = row.get(key)
@@ -155,18 +189,17 @@ def check_folder(root: str | Path, media: MediaFiles, allow_outside_root: bool =
                     done += len([p for p in resolved if key in p])
                 if progress is not None:
                     progress(done, total)
-            for j, (row, paths) in enumerate(zip(rows[start : start + chunk], resolved)):
+            for j, (row, paths) in enumerate(zip(block, resolved)):
                 ok = j not in bad
                 for key, path in paths.items():
                     error = status[key][path] if status else None
                     if error is not None:
                         report.problems.append(Problem(row.file, row.line, f"{key} {row.get(key)!r}: {error}"))
                         ok = False
-                if ok:
-                    kept.append(Sample(row, root_str))
-        report.samples[split] = kept
+                kept[start + j] = ok
+        report.samples[split] = SampleTable(rows.take(np.flatnonzero(kept)), root_str)
         already = any(p.fatal and p.file == index.files.get(split) for p in report.problems)
-        if not kept and not already:
+        if not len(report.samples[split]) and not already:
             report.problems.append(Problem(index.files[split], None, "no usable rows", True))
     if check == "full":
         media.flush(refresh=False)  # commit: every process (and the next run) reads it from the store

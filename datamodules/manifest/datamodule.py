@@ -23,9 +23,9 @@ from torch.utils.data import Dataset
 
 from mmgpt.datamodules.base import MultimodalDataModule, ProcessedDataset, process, shared_options
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError
-from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, Sample, check_folder
+from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, SampleTable, check_folder
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles, Progress
-from mmgpt.datamodules.manifest.records import LABEL_TYPES, ManifestIndex, Row, read_index
+from mmgpt.datamodules.manifest.records import LABEL_TYPES, ManifestIndex, label_names, read_index
 from mmgpt.datamodules.processors import Processor, audio_samples
 from mmgpt.datamodules.store import DecodeSettings
 
@@ -57,10 +57,10 @@ class FailureLog:
 class StoreDataset(ProcessedDataset):
     """Samples read from the media store on demand, each modality's stored value through its processor.
 
-    A sample checked in full is read by its store entry (``refs``); otherwise by path, decoding (and storing) a
-    file the store lacks. A file that fails to decode here (``data.check`` other than ``full``) raises under
-    ``on_error=raise``; under ``skip`` it is logged, counted in ``failures`` and the sample is None (left out of
-    its batch by :class:`DropFailed`).
+    A sample's row is read back from its split file (:class:`SampleTable`); its media checked in full are read by
+    their store entries (``refs``), others by path, decoding (and storing) a file the store lacks. A file that fails
+    to decode here (``data.check`` other than ``full``) raises under ``on_error=raise``; under ``skip`` it is
+    logged, counted in ``failures`` and the sample is None (left out of its batch by :class:`DropFailed`).
 
     Args:
         samples: the usable rows.
@@ -75,48 +75,53 @@ class StoreDataset(ProcessedDataset):
             -1: look up by path.
     """
 
-    def __init__(self, samples: list[Sample], class_index: dict[str, int], media: MediaFiles,
+    def __init__(self, samples: SampleTable, class_index: dict[str, int], media: MediaFiles,
                  processors: Mapping[str, Processor], *, train: bool, on_error: str = "raise",
                  failures: FailureLog | None = None, refs: np.ndarray | None = None,
                  label_type: str = "class") -> None:
         super().__init__(samples, dict, processors, train)
-        self.label_type = label_type
-        self.samples, self.class_index, self.media = samples, class_index, media
+        self.samples, self.media, self.label_type = samples, media, label_type
+        self.files = tuple(sorted(media.kinds))  # the file-valued modalities, in ``refs`` order
+        self.texts = tuple(name for name, kind in media.modalities.items() if kind == "text")
         self.on_error, self.failures, self.refs = on_error, failures, refs
+        # Per label code of the rows (float labels have none: the table holds their values), the label as the
+        # collate batches it: a class index, or a multi-hot row. No string lookup per sample.
+        codes = samples.rows.labels or ()
+        if label_type == "multilabel":
+            self.by_code = np.zeros((len(codes), len(class_index)), np.int64)
+            for c, label in enumerate(codes):
+                self.by_code[c, [class_index[name] for name in label_names(label)]] = 1
+        else:
+            self.by_code = np.array([class_index.get(label, -1) for label in codes], np.int64)
 
-    def label_of(self, row: Row) -> int | float | list[int]:
-        """The row's label as the collate batches it: a class index, a float, or a multi-hot list."""
-        if self.label_type == "float":
-            return float(row.label)
-        if self.label_type == "multilabel":
-            hot = [0] * len(self.class_index)
-            for name in row.labels():
-                hot[self.class_index[name]] = 1
-            return hot
-        return self.class_index[row.label]
+    def label_of(self, i: int) -> int | float | list[int]:
+        """Sample ``i``'s label as the collate batches it: a class index, a float, or a multi-hot list."""
+        label = self.samples.rows.label[i]
+        return float(label) if self.label_type == "float" else self.by_code[label].tolist()
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:  # type: ignore[override]
-        s = self.samples[i]
-        media: dict[str, Any] = dict.fromkeys(sorted(self.media.kinds))
-        for j, key in enumerate(media):
-            if self.refs is not None and self.refs[i, j] >= 0:
-                media[key] = self.media.read_entry(int(self.refs[i, j]))
+        row = self.samples.rows[i]
+        refs = self.refs[i].tolist() if self.refs is not None else [-1] * len(self.files)
+        media: dict[str, Any] = dict.fromkeys(self.files)
+        for ref, key in zip(refs, self.files):
+            if ref >= 0:
+                media[key] = self.media.read_entry(ref)
                 continue
-            path = s.path(key)
-            if path is None:
+            rel = row.get(key)
+            if rel is None:
                 continue
             try:
-                media[key] = self.media.get(key, path)
+                media[key] = self.media.get(key, os.path.normpath(os.path.join(self.samples.root, rel)))
             except DecodeError as e:
-                message = f"{s.row.where}: {key} {s.row.get(key)!r}: {e}"
+                message = f"{row.where}: {key} {rel!r}: {e}"
                 if self.on_error == "raise":
                     raise DecodeError(f"{message} (data.on_error=skip trains without it)") from None
                 log.warning("skipping a sample that failed to load: %s", message)
                 if self.failures is not None:
                     self.failures.add(message)
                 return None
-        texts = {name: s.row.get(name) for name, kind in self.media.modalities.items() if kind == "text"}
-        fields = {"id": s.row.id, "label": self.label_of(s.row), "caption": s.row.caption, **texts, **media}
+        texts = {name: row.get(name) for name in self.texts}
+        fields = {"id": row.id, "label": self.label_of(i), "caption": row.caption, **texts, **media}
         return process(fields, self.processors, train=self.train)
 
 
@@ -143,8 +148,9 @@ class ManifestDataModule(MultimodalDataModule):
         max_audio_seconds: longer recordings are cropped to this length (shorter ones padded, with masks).
         max_text_length: token limit of the byte tokenizer; longer texts are truncated.
         batch_size: per-process batch size.
-        num_workers: DataLoader worker processes. Decoded data is in memory (shared with forked workers), so
-            one worker, collating while the model trains, is usually enough; 0 collates in the training process.
+        num_workers: DataLoader worker processes. Samples are read from the media store (the OS page cache holds
+            it once for every process), so one worker, collating while the model trains, is usually enough; 0
+            collates in the training process.
         pin_memory: pin batches for faster host-to-GPU copies; None pins when CUDA is available.
         augment: randomly flip training images (off by default: digits and text are not mirror-symmetric).
         modality_dropout: per-modality probability of dropping that modality from a training sample
@@ -153,7 +159,8 @@ class ManifestDataModule(MultimodalDataModule):
             how many were skipped and which.
         allow_outside_root: accept media paths that are absolute or lead outside ``root``.
         cache_dir: the media store (decoded media on disk, keyed by file and decoding settings) lives in
-            ``cache_dir/media-store``, shared by every run, rank and worker; None: a temporary store for this run.
+            ``cache_dir/media-store``, shared by every run, rank and worker (with ``check=full`` it is filled once
+            per node, by :meth:`prepare_data`); None: a temporary store for this process.
         decode_threads: threads decoding files in the validation pass.
         check: what the validation pass does with each media file: ``full`` decodes it into the store (every
             problem is known before training), ``headers`` reads only its header (image size and mode, audio rate,
@@ -222,6 +229,7 @@ class ManifestDataModule(MultimodalDataModule):
         self.report: CheckReport | None = None
         self.splits: dict[str, ProcessedDataset] = {}
         self.media: MediaFiles | None = None
+        self._prepared: CheckReport | None = None  # the check pass prepare_data ran in this process
         self.failures: FailureLog | None = None
         self.collate, self.train_collate = DropFailed(self.collate), DropFailed(self.train_collate)
 
@@ -244,13 +252,50 @@ class ManifestDataModule(MultimodalDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def prepare_data(self) -> None:
+        """Fill the media store once per node, before any rank sets up.
+
+        Lightning calls this on one process per node (local rank 0) and holds the other ranks at a barrier until it
+        returns; each rank's :meth:`setup` then finds every file in the store and decodes nothing (its check pass
+        only looks entries up). Only ``check=full`` with a ``cache_dir`` fills a store every rank can read; otherwise
+        each rank checks on its own in :meth:`setup`. Problems are not raised here but by :meth:`setup`, on every
+        rank alike.
+        """
+        if self.report is not None or self._prepared is not None:  # set up already (Lightning calls this per stage)
+            return
+        if self.hparams.check != "full" or self.hparams.cache_dir is None:
+            if self.hparams.cache_dir is None:
+                log.info("data.cache_dir=null: each process decodes %s into its own temporary store (set "
+                         "data.cache_dir to decode once per node and share it)", self.root)
+            return
+        self._prepared = self._check_folder()
+
     def check(self) -> CheckReport:
-        """Run the validation pass (``check``: decoding every file into the store once) and apply ``on_error``.
+        """Run the validation pass (``check``: decoding every file into the store once; done already when
+        :meth:`prepare_data` ran in this process) and apply ``on_error``.
 
         Raises:
             ManifestError: with every problem, when there are problems and ``on_error`` is ``raise``, or when a
                 problem cannot be skipped (a missing or empty split).
         """
+        report, self._prepared = self._prepared or self._check_folder(), None
+        hp = self.hparams
+        self._write_report(report)
+        for warning in report.warnings:
+            log.warning("%s: %s", self.root, warning)
+        if report.fatal:
+            raise ManifestError(report, "these problems stop training whatever data.on_error says")
+        if report.problems:
+            if hp.on_error == "raise":
+                raise ManifestError(report, "fix these rows, or set data.on_error=skip to train without them")
+            bad = report.bad_rows
+            log.warning("data.on_error=skip: skipping %d bad row(s) of %s:\n%s", len(bad), self.root,
+                        "\n".join(f"  {p}" for p in report.problems))
+            log.warning("skipped %d row(s) in total: %s", len(bad), ", ".join(f"{f}:{n}" for f, n in bad))
+        return report
+
+    def _check_folder(self) -> CheckReport:
+        """The validation pass over the folder through this process's view of the media store."""
         hp = self.hparams
         t0 = time.perf_counter()
         store = None if hp.cache_dir is None else Path(hp.cache_dir) / "media-store"
@@ -264,18 +309,6 @@ class ManifestDataModule(MultimodalDataModule):
         log.info("checked %s (data.check=%s) in %.1fs: %s samples, %d files decoded, %d entries in the store %s",
                  self.root, hp.check, time.perf_counter() - t0, {k: len(v) for k, v in report.samples.items()},
                  report.decoded, len(self.media.store), self.media.store.root)
-        self._write_report(report)
-        for warning in report.warnings:
-            log.warning("%s: %s", self.root, warning)
-        if report.fatal:
-            raise ManifestError(report, "these problems stop training whatever data.on_error says")
-        if report.problems:
-            if hp.on_error == "raise":
-                raise ManifestError(report, "fix these rows, or set data.on_error=skip to train without them")
-            bad = report.bad_rows
-            log.warning("data.on_error=skip: skipping %d bad row(s) of %s:\n%s", len(bad), self.root,
-                        "\n".join(f"  {p}" for p in report.problems))
-            log.warning("skipped %d row(s) in total: %s", len(bad), ", ".join(f"{f}:{n}" for f, n in bad))
         return report
 
     def _write_report(self, report: CheckReport) -> None:
@@ -318,8 +351,11 @@ class ManifestDataModule(MultimodalDataModule):
             refs = None
             if self.hparams.check == "full":  # every file was checked into the store: read by entry, no lookups
                 names = sorted(self.media.kinds)
-                refs = np.array([[self.media.entry(k, p) if (p := s.path(k)) else -1 for k in names]
-                                 for s in samples], dtype=np.int64).reshape(-1, len(names))
+                refs = np.full((len(samples), len(names)), -1, np.int64)  # filled row by row: no list per sample
+                for n, s in enumerate(samples):
+                    for j, k in enumerate(names):
+                        if (p := s.path(k)) is not None:
+                            refs[n, j] = self.media.entry(k, p)
             self.splits[split] = StoreDataset(samples, class_index, self.media, self.processors,
                                               train=split == "train", on_error=self.hparams.on_error,
                                               failures=self.failures, refs=refs, label_type=self.hparams.label_type)

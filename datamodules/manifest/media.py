@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from mmgpt.datamodules.decode import DecodeError
-from mmgpt.datamodules.disk_store import DiskStore, Hit, SourceId
+from mmgpt.datamodules.disk_store import DiskStore, SourceId
 from mmgpt.datamodules.processors import AudioProcessor, ImageProcessor, Processor
 from mmgpt.datamodules.store import CACHE_VERSION, DecodeSettings
 
@@ -233,7 +233,7 @@ class MediaFiles:
 
     def read_entry(self, index: int) -> Tensor:
         """The tensor of committed entry ``index`` (from :meth:`entry`)."""
-        return torch.from_numpy(self.store.read(Hit(index, None)))
+        return torch.from_numpy(self.store.read_entry(index))
 
     def flush(self, refresh: bool = True) -> None:
         """Commit what this process decoded, so every other process sees it; ``refresh`` loads it here too."""
