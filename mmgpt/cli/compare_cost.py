@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,7 @@ def measure_costs(sweep_dir: Path, rounds: int = 5) -> Path | None:
                          train_samples_per_sec=s.train_samples_per_sec)
     path = sweep_dir / COST
     write_json(path, {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or 'cpu'})",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
         "threads": torch.get_num_threads(),
         "batch": batch.batch_size,
         "rounds": rounds,

@@ -23,6 +23,9 @@ log = logging.getLogger("mmgpt.compare")
 #: The tables of the report folder, by name on the wandb run.
 TABLES = {"summary": "report.csv", "runs": "runs.csv", "significance": "significance.csv", "trials": "trials.csv"}
 _ARTIFACT_FILES = ("report.md", "tuning.json", "cost.json", "matching.json")
+#: Where the report's wandb run lives in the comparison directory (next to the jobs' directories, so that the
+#: printed ``wandb sync <dir>/*/wandb/offline-run-*`` uploads it with them).
+DASHBOARD_DIR = "dashboard"
 
 
 def wandb_group(sweep_dir: Path) -> str:
@@ -46,9 +49,10 @@ def publish_to_wandb(sweep_dir: Path, cfg: DictConfig) -> Path | None:
         return None
     import wandb
 
+    (sweep_dir / DASHBOARD_DIR).mkdir(exist_ok=True)
     offline = "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ
     run = wandb.init(project=str(project), group=wandb_group(sweep_dir), job_type="report", name="report",
-                     dir=str(sweep_dir), mode="offline" if offline else None, reinit="create_new",
+                     dir=str(sweep_dir / DASHBOARD_DIR), mode="offline" if offline else None, reinit="create_new",
                      config={"sweep_dir": str(sweep_dir)})
     try:
         tables = {name: _table(sweep_dir / f) for name, f in TABLES.items() if (sweep_dir / f).is_file()}

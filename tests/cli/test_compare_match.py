@@ -16,7 +16,6 @@ from mmgpt.cli.compare_tune import compose_compare
 from mmgpt.errors import UserError
 from mmgpt.registry import build_network
 from mmgpt.report.cost import count_flops
-from tests.conftest import make_batch
 
 FUSIONS = ("early", "tensor", "mult", "unimodal_text")
 
@@ -42,18 +41,23 @@ def test_params_matching_lands_within_five_percent(configs: dict[str, Any]) -> N
     matched = match_sizes(configs, "params", "early", 0.05)
     target = _params(_net(configs["early"], {}))
     assert matched["early"]["overrides"] == {} and matched["unimodal_text"]["overrides"] == {}
+    changed = 0
     for fusion in ("tensor", "mult"):
         before = _params(_net(configs[fusion], {}))
         after = _params(_net(configs[fusion], matched[fusion]["overrides"]))
-        assert abs(before / target - 1) > 0.05  # there was something to match
+        changed += abs(before / target - 1) > 0.05  # there was something to match
         assert abs(after / target - 1) <= 0.05, fusion
         assert matched[fusion]["after"] == after and matched[fusion]["before"] == before
+        assert bool(matched[fusion]["overrides"]) == (abs(before / target - 1) > 0.05)
+    assert changed
 
 
 def test_flops_matching_lands_within_five_percent(configs: dict[str, Any]) -> None:
     pair = {f: configs[f] for f in ("early", "mult")}
     matched = match_sizes(pair, "flops", "early", 0.05)
-    batch = make_batch(batch_size=2)  # (B, 3, 16, 16) images, as configured above
+    from mmgpt.cli.compare_match import _Measure
+
+    batch = _Measure("flops", configs["early"]).batch  # the batch of the configured data the matching used
 
     def flops(cfg: Any, overrides: dict[str, Any]) -> float:
         net = _net(cfg, overrides).eval()
@@ -84,14 +88,14 @@ def test_matched_comparison_trains_each_fusion_at_its_matched_size(monkeypatch: 
 
     monkeypatch.setattr(compare, "train", train)
     sweep = tmp_path / "sweep"
-    compare.main(["experiment=smoke", "compare.match=params", "model/fusion=early,tensor", "seed=0,1",
+    compare.main(["experiment=smoke", "compare.match=params", "model/fusion=early,mult", "seed=0,1",
                   "compare.robustness=false", f"hydra.sweep.dir={sweep}"])
     record = json.loads((sweep / "matching.json").read_text())
-    size = record["configurations"]["tensor"]["overrides"]
+    size = record["configurations"]["mult"]["overrides"]
     assert record["kind"] == "params" and record["reference"] == "early"
     assert dims == {"0_early_seed0": (32, 2.0), "2_early_seed1": (32, 2.0),
-                    "1_tensor_seed0": (size["model.dim"], size["model.mlp_ratio"]),
-                    "3_tensor_seed1": (size["model.dim"], size["model.mlp_ratio"])}
+                    "1_mult_seed0": (size["model.dim"], size["model.mlp_ratio"]),
+                    "3_mult_seed1": (size["model.dim"], size["model.mlp_ratio"])}
     md = (sweep / "report.md").read_text()
     assert "## Compute matching" in md and "`model.mlp_ratio`=" in md
 
