@@ -144,10 +144,13 @@ def test_tuned_comparison_with_ddp_trains_every_trial_on_two_processes(tmp_path:
     """Real training, trainer=ddp_sim: 2 trials x 2 fusions, then 1 seed. Run as the installed command: Lightning's
     DDP launcher re-executes the command line, which inside pytest would be pytest itself."""
     sweep = tmp_path / "sweep"
-    command = [str(Path(sys.executable).parent / "mmgpt-compare"), "tune=2", "experiment=smoke", "trainer=ddp_sim",
+    # the default experiment (compare_fusion: it declares the search space), shrunk by hand
+    command = [str(Path(sys.executable).parent / "mmgpt-compare"), "tune=2", "trainer=ddp_sim",
                "model/fusion=early,late", "seed=0", "logger=csv", "compare.robustness=false", "model.dim=16",
-               "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-               "callbacks.progress=null", f"hydra.sweep.dir={sweep}"]
+               "model.num_heads=2", "data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=16",
+               "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "trainer.limit_train_batches=2",
+               "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "callbacks.progress=null",
+               f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     trial_results = sorted(sweep.glob("tune/*/trial*/results.json"))
