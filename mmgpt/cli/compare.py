@@ -178,7 +178,10 @@ def finish(sweep_dir: Path, cfg: DictConfig) -> ReportFiles:
     if cfg.compare.cost and not (sweep_dir / COST).is_file():
         from mmgpt.cli.compare_cost import measure_costs
 
-        measure_costs(sweep_dir, rounds=int(cfg.compare.cost_rounds))
+        try:
+            measure_costs(sweep_dir, rounds=int(cfg.compare.cost_rounds))
+        except Exception as e:  # the runs are done: a failed measurement must not cost the report
+            log.warning("cost measurement failed (%s: %s); report without cost.json", type(e).__name__, e)
     files = report(sweep_dir, metric=str(cfg.compare.metric))
     if OmegaConf.select(cfg, "logger.wandb") is not None:
         from mmgpt.cli.compare_dashboards import publish_to_wandb

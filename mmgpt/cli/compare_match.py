@@ -59,8 +59,8 @@ class _Measure:
             return float(sum(p.numel() for p in net.parameters()))
         net.eval()
         batch = self.batch
-        with torch.no_grad():
-            return count_flops(lambda: net(batch)) / batch.batch_size  # type: ignore[union-attr]
+        # autograd on, as in network_cost (FlopCounterMode cannot hook parameter views made under no_grad)
+        return count_flops(lambda: net(batch)) / batch.batch_size  # type: ignore[union-attr]
 
 
 def _bisect(cost: Callable[[float], float], target: float, low: float, high: float, tolerance: float) -> float:

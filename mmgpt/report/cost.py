@@ -66,8 +66,9 @@ def network_cost(net: nn.Module, batch: MultimodalBatch, loss: Callable[[Any, Mu
     """FLOPs per sample of ``net`` on ``batch`` (forward, and forward + backward of ``loss(net(batch), batch)``)."""
     was_training = net.training
     net.eval()
-    with torch.no_grad():
-        forward = count_flops(lambda: net(batch))
+    # counted with autograd on (nothing is backpropagated): under no_grad, views of parameters (the resampler's
+    # expanded queries) require grad without a grad_fn, which FlopCounterMode's module tracker cannot hook
+    forward = count_flops(lambda: net(batch))
     net.train(was_training)
 
     def step() -> None:

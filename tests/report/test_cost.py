@@ -1,8 +1,10 @@
 """FLOP counts against hand counts, attention on CPU included."""
 
+import pytest
 import torch
 from torch import nn
 
+from mmgpt.config import CONFIG_DIR
 from mmgpt.layers import Attention, Block
 from mmgpt.report.cost import count_flops, network_cost
 from tests.conftest import make_batch
@@ -102,3 +104,17 @@ def test_pareto_front():
     points = [("a", 1.0, 0.5), ("b", 2.0, 0.7), ("c", 3.0, 0.6), ("d", 4.0, 0.9), ("e", 1.0, 0.4)]
     assert pareto_front(points) == ["a", "b", "d"]  # c costs more than b and scores less; e is a at a lower score
     assert pareto_front(points, higher_is_better=False) == ["e"]
+
+
+@pytest.mark.parametrize("fusion", sorted(p.stem for p in (CONFIG_DIR / "model" / "fusion").glob("*.yaml")))
+def test_network_cost_of_every_fusion(fusion):
+    """Every fusion's forward and training step can be counted (the resampler's parameter views once could not)."""
+    from omegaconf import OmegaConf
+
+    from mmgpt.cli.compare_tune import compose_compare
+    from mmgpt.registry import build_network
+
+    cfg = compose_compare(["experiment=smoke", "data.image_size=16", f"model/fusion={fusion}"])
+    net = build_network(OmegaConf.to_container(cfg.model.net, resolve=True), num_classes=5)
+    cost = network_cost(net, make_batch(batch_size=2), _ce)
+    assert 0 < cost.forward_flops < cost.train_step_flops
