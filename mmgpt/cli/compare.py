@@ -6,6 +6,7 @@
     mmgpt-compare model/fusion=early,late seed=0,1 trainer.max_epochs=2 data=manifest data.root=DIR
     mmgpt-compare report=DIR [compare.metric=f1]           # rebuild DIR's report from its run directories
     mmgpt-compare resume=DIR [more overrides]              # finish an interrupted comparison in DIR
+    mmgpt-compare tune=N [overrides]                       # N tuning trials per fusion first (compare_tune.py)
 
 Each job of the sweep is one :func:`mmgpt.cli.train.train` run in ``<sweep dir>/<job>_<fusion>_seed<seed>``,
 followed by the missing-modality evaluation of :func:`mmgpt.cli.evaluate.evaluate` on its best checkpoint.
@@ -33,8 +34,9 @@ from mmgpt.cli.common import rank_zero, relaunchable_job, user_errors
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
 from mmgpt.config import CONFIG_DIR
+from mmgpt.errors import UserError
 from mmgpt.report import ReportFiles, write_report
-from mmgpt.report.runs import EVAL_RESULTS, RESULTS
+from mmgpt.report.runs import COST, EVAL_RESULTS, RESULTS, TUNE_DIR
 from mmgpt.training.checkpointing import config_differences
 from mmgpt.training.safe_load import check_stored_overrides
 from mmgpt.training.tracking import wandb_sync_command
@@ -130,6 +132,9 @@ def robustness_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """One point of the sweep: train unless already finished, then the missing-modality evaluation unless done."""
+    if cfg.compare.match not in (None, "none", "null"):
+        raise UserError(f"compare.match={cfg.compare.match} gives each fusion its own sizes, which a plain sweep "
+                        "cannot: pass it on the mmgpt-compare command line (not in a config file)")
     run_dir = Path(cfg.paths.output_dir)
     results = finished_results(run_dir)
     if results is None:
@@ -167,11 +172,29 @@ def report(sweep_dir: Path, metric: str) -> ReportFiles:
     return files
 
 
+def finish(sweep_dir: Path, cfg: DictConfig) -> ReportFiles:
+    """When every run is done: measure the configurations' cost (``compare.cost``, unless already measured),
+    write the report, and put its tables in the comparison's wandb group when it logs to wandb."""
+    if cfg.compare.cost and not (sweep_dir / COST).is_file():
+        from mmgpt.cli.compare_cost import measure_costs
+
+        try:
+            measure_costs(sweep_dir, rounds=int(cfg.compare.cost_rounds))
+        except Exception as e:  # the runs are done: a failed measurement must not cost the report
+            log.warning("cost measurement failed (%s: %s); report without cost.json", type(e).__name__, e)
+    files = report(sweep_dir, metric=str(cfg.compare.metric))
+    if OmegaConf.select(cfg, "logger.wandb") is not None:
+        from mmgpt.cli.compare_dashboards import publish_to_wandb
+
+        publish_to_wandb(sweep_dir, cfg)
+    return files
+
+
 class CompareReport(Callback):
-    """Hydra callback: when the multirun ends, write the comparison report into the sweep directory."""
+    """Hydra callback: when the multirun ends, measure the cost and write the report into the sweep directory."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        report(Path(config.hydra.sweep.dir), metric=str(config.compare.metric))
+        finish(Path(config.hydra.sweep.dir), config)
 
 
 def previous_overrides(sweep_dir: Path) -> list[str]:
@@ -186,6 +209,17 @@ def previous_overrides(sweep_dir: Path) -> list[str]:
     overrides = [*hydra_overrides, *(str(o) for o in cfg.hydra.overrides.task)]
     check_stored_overrides(overrides, path)  # a sweep directory from elsewhere must not name code to call
     return overrides
+
+
+def load_launch(sweep_dir: Path) -> tuple[int, list[str]] | None:
+    """``(trials, overrides)`` of a tuned comparison (``<sweep_dir>/tune/launch.yaml``); None for any other."""
+    path = sweep_dir / TUNE_DIR / "launch.yaml"
+    if not path.is_file():
+        return None
+    saved = OmegaConf.load(path)
+    overrides = [str(a) for a in saved.args]
+    check_stored_overrides(overrides, path)  # a directory from elsewhere must not name code to call
+    return int(saved.trials), overrides
 
 
 def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
@@ -206,6 +240,24 @@ def _compare_app(cfg: DictConfig) -> float | None:
     return (results.get("val") or {}).get(f"val/{cfg.compare.metric}")
 
 
+def _tuned(args: list[str], trials: str | None, resume_dir: str | None) -> None:
+    """``tune=N`` or ``compare.match=...``: a planned comparison (:mod:`mmgpt.cli.compare_tune`); with
+    ``resume=DIR``, continue one."""
+    from mmgpt.cli.compare_tune import tuned_comparison
+
+    if resume_dir is None:
+        if trials is None or not trials.isdigit():
+            raise UserError(f"tune={trials}: expected the number of trials per configuration, e.g. tune=4")
+        tuned_comparison(args, int(trials))
+        return
+    launch = load_launch(Path(resume_dir))
+    assert launch is not None
+    if trials is not None or args:
+        raise UserError(f"resume={resume_dir} continues a tuned comparison as it was started; it takes no other "
+                        f"arguments (got: {' '.join(args) or 'tune=' + str(trials)})")
+    tuned_comparison(launch[1], launch[0], Path(resume_dir).resolve())
+
+
 @user_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: ``report=DIR`` and ``resume=DIR`` are handled here, everything else goes to Hydra."""
@@ -218,6 +270,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         report(Path(report_dir).resolve(), metric or _sweep_metric(Path(report_dir)))
         return
     resume_dir, args = _take(args, "resume")
+    trials, args = _take(args, "tune")
+    matched = any(a.startswith("compare.match=") and a.split("=", 1)[1] not in ("null", "none", "") for a in args)
+    if trials is not None or matched or (resume_dir is not None and load_launch(Path(resume_dir)) is not None):
+        _tuned(args, "0" if trials is None and matched else trials, resume_dir)
+        return
     if resume_dir is not None:
         sweep_dir = Path(resume_dir).resolve()
         args = [*previous_overrides(sweep_dir), *args, f"hydra.sweep.dir={sweep_dir}"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from mmgpt.report.runs import RunRecord
@@ -79,18 +79,35 @@ class GroupSummary:
         return [r.seed for r in self.runs]
 
 
-def _override_dict(run: RunRecord) -> dict[str, str]:
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``metric`` is better: the one rule the ranking and the tuning both follow."""
+    return metric != "loss"
+
+
+def pareto_front(points: Sequence[tuple[str, float, float]], higher_is_better: bool = True) -> list[str]:
+    """The names of the ``(name, cost, metric)`` points on the Pareto front: none other costs no more and scores
+    at least as well, with one of the two strictly. Sorted by cost."""
+    sign = 1.0 if higher_is_better else -1.0
+    front = [
+        (c, name) for name, c, m in points
+        if not any(c2 <= c and sign * m2 >= sign * m and (c2 < c or sign * m2 > sign * m) for _, c2, m2 in points)
+    ]
+    return [name for _, name in sorted(front)]
+
+
+def _override_dict(run: RunRecord, ignore: Collection[str] = ()) -> dict[str, str]:
     out = {}
     for o in run.overrides:
         key, sep, value = o.lstrip("+~").partition("=")
-        if sep and key not in _RUN_KEYS and not key.startswith("hydra."):
+        if sep and key not in _RUN_KEYS and key not in ignore and not key.startswith("hydra."):
             out[key] = value
     return out
 
 
-def group_runs(runs: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
-    """Runs grouped by fusion plus every override whose value differs between runs (seeds aside)."""
-    overrides = [_override_dict(r) for r in runs]
+def group_runs(runs: Sequence[RunRecord], ignore: Collection[str] = ()) -> dict[str, list[RunRecord]]:
+    """Runs grouped by fusion plus every override whose value differs between runs (seeds aside, and the keys in
+    ``ignore``: the tuned hyperparameters, which differ between fusions of a tuned comparison by design)."""
+    overrides = [_override_dict(r, ignore) for r in runs]
     keys = sorted({k for o in overrides for k in o})
     varying = [k for k in keys if len({o.get(k) for o in overrides}) > 1]
     groups: dict[str, list[RunRecord]] = {}
@@ -142,13 +159,14 @@ def summarize_group(name: str, runs: Sequence[RunRecord], metric: str = "acc") -
     )
 
 
-def summarize(runs: Sequence[RunRecord], metric: str = "acc") -> list[GroupSummary]:
-    """One :class:`GroupSummary` per group, ranked by mean best-validation metric (best first)."""
-    groups = [summarize_group(name, rs, metric) for name, rs in group_runs(runs).items()]
-    higher_is_better = metric != "loss"
+def summarize(runs: Sequence[RunRecord], metric: str = "acc", ignore: Collection[str] = ()) -> list[GroupSummary]:
+    """One :class:`GroupSummary` per group (:func:`group_runs`), ranked by mean best-validation metric (best
+    first)."""
+    groups = [summarize_group(name, rs, metric) for name, rs in group_runs(runs, ignore).items()]
+    higher = higher_is_better(metric)
 
     def key(g: GroupSummary) -> tuple[bool, float, str]:
         v = g.val.mean
-        return (v is None, -(v or 0.0) if higher_is_better else (v or 0.0), g.name)
+        return (v is None, -(v or 0.0) if higher else (v or 0.0), g.name)
 
     return sorted(groups, key=key)

@@ -171,7 +171,8 @@ def test_sweep_writes_report_whose_numbers_are_the_runs(sweep: Path) -> None:
     assert sorted(results) == JOBS  # job number first: run directories never collide
     for name in ("report.md", "report.csv", "runs.csv"):
         assert (sweep / name).stat().st_size > 0
-    for name in ("val_curves.png", "metric_vs_params.png", "metric_vs_throughput.png"):
+    for name in ("val_curves.png", "metric_vs_params.png", "metric_vs_throughput.png", "metric_vs_flops.png",
+                 "metric_vs_latency.png"):
         assert (sweep / name).read_bytes().startswith(b"\x89PNG")
 
     for row in csv_rows(sweep / "runs.csv"):
@@ -205,13 +206,24 @@ def test_sweep_writes_report_whose_numbers_are_the_runs(sweep: Path) -> None:
     assert float(ranked[0]["val_acc_mean"]) >= float(ranked[1]["val_acc_mean"])
     md = (sweep / "report.md").read_text()
     assert "mmgpt-compare experiment=smoke model/fusion=early,late seed=0,1" in md
+    # the cost of both fusions, measured once after the runs, in report.md and as cost_* columns of report.csv
+    cost = json.loads((sweep / "cost.json").read_text())
+    assert sorted(cost["configurations"]) == ["early", "late"] and cost["batch"] == 32  # the 32 training samples
+    for fusion, row in summary.items():
+        measured = cost["configurations"][fusion]
+        assert measured["params"] == int(row["params_total"])
+        assert measured["forward_flops"] > 0 and measured["train_step_flops"] > 2 * measured["forward_flops"]
+        assert measured["peak_step_memory_mb"] > 2 * measured["params"] * 4 / 2**20  # weights + gradients
+        assert measured["latency_b1_ms"] > 0 and measured["train_samples_per_sec"] > 0
+        assert float(row["cost_forward_flops"]) == measured["forward_flops"]
+    assert "## Cost at equal footing" in md and "## Methods: hyperparameters" in md
     assert "## Missing-modality robustness" in md and "audio+image+text" in md
 
 
 @pytest.mark.slow
 def test_report_from_directories_is_the_same(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    names = ["report.md", "report.csv", "runs.csv", "val_curves.png", "metric_vs_params.png",
-             "metric_vs_throughput.png"]
+    names = ["report.md", "report.csv", "runs.csv", "significance.csv", "val_curves.png", "metric_vs_params.png",
+             "metric_vs_throughput.png", "metric_vs_flops.png", "metric_vs_latency.png"]
     before = {n: (sweep / n).read_bytes() for n in names}
     for n in names:
         (sweep / n).unlink()
@@ -289,7 +301,7 @@ def wandb_records(path: Path) -> Iterator[Any]:
 @pytest.mark.slow
 def test_wandb_runs_are_separate_and_share_one_group(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = results_of(sweep)
-    runs = offline_wandb_runs(sweep)
+    runs = [p for p in offline_wandb_runs(sweep) if p.parent.parent.name != "dashboard"]
     assert sorted(p.parent.parent.name for p in runs) == JOBS  # one run per job, in the job's directory
     ids, groups = set(), set()
     for run_dir in runs:
@@ -304,6 +316,13 @@ def test_wandb_runs_are_separate_and_share_one_group(sweep: Path, capsys: pytest
         assert summary["train_samples_per_sec"] == pytest.approx(res["train_samples_per_sec"])
     assert len(ids) == len(JOBS)
     assert groups == {f"compare-{sweep.name}"}
+    # the comparison's own tables: one more run in the same group, with the summary and significance tables
+    (report_run,) = [p for p in offline_wandb_runs(sweep) if p.parent.parent.name == "dashboard"]
+    records = list(wandb_records(next(report_run.glob("run-*.wandb"))))
+    assert {r.run.run_group for r in records if r.HasField("run")} == {f"compare-{sweep.name}"}
+    tables = {(item.nested_key[0], json.loads(item.value_json)) for r in records if r.HasField("history")
+              for item in r.history.item if list(item.nested_key[1:]) == ["_type"]}
+    assert {("summary", "table-file"), ("runs", "table-file"), ("significance", "table-file")} <= tables
     assert wandb_sync_command(sweep) == f"wandb sync {sweep}/*/wandb/offline-run-*"
 
 
