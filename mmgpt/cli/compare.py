@@ -4,7 +4,7 @@
 
     mmgpt-compare                                          # conf/compare.yaml: experiment=compare_fusion
     mmgpt-compare model/fusion=early,late seed=0,1 trainer.max_epochs=2 data=manifest data.root=DIR
-    mmgpt-compare report=DIR [compare.metric=f1]           # rebuild DIR's report from its run directories
+    mmgpt-compare report=DIR [compare.metric=f1 compare.mode=max]  # rebuild DIR's report from its run directories
     mmgpt-compare resume=DIR [more overrides]              # finish an interrupted comparison in DIR
     mmgpt-compare tune=N [overrides]                       # N tuning trials per fusion first (compare_tune.py)
 
@@ -36,7 +36,7 @@ from mmgpt.cli.train import train
 from mmgpt.config import CONFIG_DIR
 from mmgpt.errors import UserError
 from mmgpt.report import ReportFiles, write_report
-from mmgpt.report.runs import COST, EVAL_RESULTS, RESULTS, TUNE_DIR
+from mmgpt.report.runs import COST, EVAL_RESULTS, RESULTS, TUNE_DIR, find_run_dirs
 from mmgpt.training.checkpointing import config_differences
 from mmgpt.training.safe_load import check_stored_overrides
 from mmgpt.training.tracking import wandb_sync_command
@@ -159,9 +159,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def report(sweep_dir: Path, metric: str) -> ReportFiles:
-    """Write the report of ``sweep_dir`` and print where it is, how to see the dashboards and sync wandb."""
-    files = write_report(sweep_dir, metric=metric)
+def report(sweep_dir: Path, metric: str, mode: str) -> ReportFiles:
+    """Write the report of ``sweep_dir``, ranked by ``metric`` in its direction ``mode`` (``max`` or ``min``), and
+    print where it is, how to see the dashboards and sync wandb."""
+    files = write_report(sweep_dir, metric=metric, mode=mode)
     print(f"\nreport: {files.markdown}\n        {files.summary_csv}\n        {files.runs_csv}")
     for path in files.plots:
         print(f"        {path}")
@@ -182,7 +183,7 @@ def finish(sweep_dir: Path, cfg: DictConfig) -> ReportFiles:
             measure_costs(sweep_dir, rounds=int(cfg.compare.cost_rounds))
         except Exception as e:  # the runs are done: a failed measurement must not cost the report
             log.warning("cost measurement failed (%s: %s); report without cost.json", type(e).__name__, e)
-    files = report(sweep_dir, metric=str(cfg.compare.metric))
+    files = report(sweep_dir, metric=str(cfg.compare.metric), mode=str(cfg.compare.mode))
     if OmegaConf.select(cfg, "logger.wandb") is not None:
         from mmgpt.cli.compare_dashboards import publish_to_wandb
 
@@ -228,10 +229,24 @@ def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
     return (values[-1] if values else None), [a for a in args if not a.startswith(f"{key}=")]
 
 
-def _sweep_metric(sweep_dir: Path) -> str:
-    path = sweep_dir / "multirun.yaml"
-    metric = OmegaConf.select(OmegaConf.load(path), "compare.metric") if path.is_file() else None
-    return str(metric or "acc")
+def sweep_ranking(sweep_dir: Path) -> tuple[str, str]:
+    """``(compare.metric, compare.mode)`` a comparison was run with: from its ``multirun.yaml`` (a sweep), else
+    from its first run's ``.hydra/config.yaml`` (a tuned or matched comparison runs its jobs one by one); a
+    directory from before the keys existed ranks by ``acc``, ``max`` (their defaults then)."""
+    runs = find_run_dirs(sweep_dir) if sweep_dir.is_dir() else []
+    paths = [sweep_dir / "multirun.yaml", *(d / ".hydra" / "config.yaml" for d in runs[:1])]
+    cfg = next((OmegaConf.load(p) for p in paths if p.is_file()), OmegaConf.create())
+    return str(OmegaConf.select(cfg, "compare.metric") or "acc"), str(OmegaConf.select(cfg, "compare.mode") or "max")
+
+
+def report_ranking(sweep_dir: Path, metric: str | None, mode: str | None) -> tuple[str, str]:
+    """The metric and direction of ``report=DIR``: the comparison's own unless given; a metric other than the
+    comparison's needs its direction given too (``compare.mode``), as nothing else says which way is better."""
+    saved_metric, saved_mode = sweep_ranking(sweep_dir)
+    if mode is None and metric not in (None, saved_metric):
+        raise UserError(f"report={sweep_dir} compare.metric={metric}: the comparison ranked by {saved_metric} "
+                        f"({saved_mode}); add compare.mode=max (higher is better) or compare.mode=min for {metric}")
+    return metric or saved_metric, mode or saved_mode
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="compare")
@@ -265,9 +280,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     report_dir, args = _take(args, "report")
     if report_dir is not None:
         metric, args = _take(args, "compare.metric")
+        mode, args = _take(args, "compare.mode")
         if args:
-            raise SystemExit(f"mmgpt-compare report=DIR accepts only compare.metric=..., not: {' '.join(args)}")
-        report(Path(report_dir).resolve(), metric or _sweep_metric(Path(report_dir)))
+            raise SystemExit(f"mmgpt-compare report=DIR accepts only compare.metric=... and compare.mode=..., not: "
+                             f"{' '.join(args)}")
+        sweep_dir = Path(report_dir).resolve()
+        report(sweep_dir, *report_ranking(sweep_dir, metric, mode))
         return
     resume_dir, args = _take(args, "resume")
     trials, args = _take(args, "tune")

@@ -17,7 +17,8 @@ The comparison directory holds::
 
 Trial k of every configuration runs before trial k + 1 of any, so an interrupted tuning has spent the same
 budget on each. Each configuration is selected on its trials' validation ``compare.metric`` (the best
-checkpoint's, as in ``results.json``); the test split is never looked at while tuning.
+checkpoint's, as in ``results.json``) in its direction ``compare.mode`` (the task's ``primary_metric.mode``: Optuna
+maximizes for ``max``, minimizes for ``min``); the test split is never looked at while tuning.
 
 Why Optuna directly rather than Hydra's Optuna sweeper: the sweeper runs one study over one search space for the
 whole multirun, with the fusion as one more parameter, so it can guarantee neither N trials per fusion nor hand
@@ -70,6 +71,7 @@ class Plan:
         seeds: the seeds of the final runs; trials use the first.
         trials: the budget N: trials per configuration.
         metric: the selection metric (``val/<metric>``).
+        mode: its direction, ``max`` or ``min`` (``compare.mode``).
         space: the declared search space (``compare.tune.space``).
         sampler_seed: seeds trial k's sampler (with k), so a resumed tuning draws what it would have drawn.
         match: ``params`` / ``flops`` when the fusions are scaled to one budget first (:mod:`compare_match`).
@@ -82,12 +84,18 @@ class Plan:
     seeds: list[int]
     trials: int
     metric: str
+    mode: str
     space: dict[str, dict[str, Any]]
     sampler_seed: int
     match: str | None = None
     match_reference: str = ""
     match_tolerance: float = 0.05
     extra: tuple[str, ...] = ()
+
+    @property
+    def direction(self) -> str:
+        """Optuna's study direction: ``maximize`` for a ``max`` metric, ``minimize`` for a ``min`` one."""
+        return "maximize" if higher_is_better(self.mode) else "minimize"
 
 
 def sweep_values(key: str, value: str) -> list[str]:
@@ -139,6 +147,7 @@ def make_plan(args: Sequence[str], trials: int, sweep_dir: Path | None = None) -
         seeds=seeds,
         trials=trials,
         metric=str(cfg.compare.metric),
+        mode=str(cfg.compare.mode),
         space={str(k): dict(v) for k, v in space.items()},
         sampler_seed=int(cfg.compare.tune.sampler_seed),
         match=match,
@@ -279,8 +288,7 @@ def tune(plan: Plan, fixed: Mapping[str, Sequence[str]]) -> dict[str, dict[str, 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage(plan)
-    direction = "maximize" if higher_is_better(plan.metric) else "minimize"
-    studies = {f: optuna.create_study(study_name=f, storage=storage, direction=direction, load_if_exists=True)
+    studies = {f: optuna.create_study(study_name=f, storage=storage, direction=plan.direction, load_if_exists=True)
                for f in plan.fusions}
     spaces = {f: space_of(plan, f) for f in plan.fusions}
     for fusion, study in studies.items():
@@ -308,7 +316,7 @@ def write_tuning(plan: Plan, tuned: dict[str, dict[str, Any]]) -> Path:
     path = plan.sweep_dir / TUNING
     write_json(path, {
         "trials_per_configuration": plan.trials, "metric": f"val/{plan.metric}",
-        "direction": "maximize" if higher_is_better(plan.metric) else "minimize",
+        "direction": plan.direction,
         "seed": plan.seeds[0], "space": plan.space,
         "sampler": f"optuna TPESampler (default settings: the first 10 trials are random), trial k seeded from "
                    f"compare.tune.sampler_seed={plan.sampler_seed} and k",

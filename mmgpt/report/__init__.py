@@ -52,8 +52,10 @@ def varied_by_design(tuning: Tuning | None, matching: dict[str, Any] | None) -> 
     return keys
 
 
-def write_report(root: str | Path, metric: str = "acc", out_dir: str | Path | None = None) -> ReportFiles:
-    """Read every finished run under ``root`` and write the comparison report into ``out_dir`` (default ``root``).
+def write_report(root: str | Path, metric: str = "acc", mode: str = "max",
+                 out_dir: str | Path | None = None) -> ReportFiles:
+    """Read every finished run under ``root`` and write the comparison report into ``out_dir`` (default ``root``),
+    ranked by ``metric`` in its direction ``mode``: ``max`` (higher is better) or ``min`` (``primary_metric.mode``).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no finished run (no ``results.json``).
@@ -64,7 +66,7 @@ def write_report(root: str | Path, metric: str = "acc", out_dir: str | Path | No
     if not runs:
         raise FileNotFoundError(f"{root}: no finished run (no results.json) to report on")
     tuning, matching = read_tuning(root), read_json(root / MATCHING)
-    groups = summarize(runs, metric, ignore=varied_by_design(tuning, matching))
+    groups = summarize(runs, metric, mode, ignore=varied_by_design(tuning, matching))
     out.mkdir(parents=True, exist_ok=True)
     cost = read_cost(root)
     plots = write_plots(groups, out, cost["configurations"] if cost else None)

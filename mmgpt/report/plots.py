@@ -74,7 +74,8 @@ def plot_metric_vs_cost(groups: Sequence[GroupSummary], cost: Mapping[str, Mappi
         ax.errorbar([x], [group.test.mean], yerr=[group.test.std or 0.0], fmt="o", color=colour, capsize=3)
         ax.annotate(group.name, (x, group.test.mean), textcoords="offset points", xytext=(5, 5), fontsize="small")
     metric = groups[0].metric if groups else "metric"
-    front = pareto_front([(g.name, x, g.test.mean or 0.0) for g, x in points], higher_is_better(metric))
+    front = pareto_front([(g.name, x, g.test.mean or 0.0) for g, x in points],
+                         higher_is_better(groups[0].mode) if groups else True)
     on_front = sorted(((x, g.test.mean) for g, x in points if g.name in front), key=lambda p: p[0])
     if on_front:
         ax.plot([x for x, _ in on_front], [y for _, y in on_front], "--", color="0.4", label="Pareto front")

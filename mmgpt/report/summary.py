@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
+from mmgpt.errors import UserError
 from mmgpt.report.runs import RunRecord
 
 #: Overrides that identify a run within its group rather than the group (a seed) or that name the group itself.
@@ -46,6 +47,7 @@ class GroupSummary:
         fusion: the ``model/fusion`` option.
         runs: the runs, by seed.
         metric: the metric name (``acc``); ``val`` and ``test`` summarise ``val/<metric>``, ``test/<metric>``.
+        mode: the metric's direction, ``max`` (higher is better) or ``min`` (``primary_metric.mode``).
         params: total parameter count; ``fusion_params``: the fusion module's.
         train_samples_per_sec: steady-state training throughput (samples/s, all processes together; training
             steps only, validation and checkpoints excluded).
@@ -62,6 +64,7 @@ class GroupSummary:
     fusion: str
     runs: list[RunRecord]
     metric: str
+    mode: str
     params: Stat
     fusion_params: Stat
     train_samples_per_sec: Stat
@@ -79,9 +82,22 @@ class GroupSummary:
         return [r.seed for r in self.runs]
 
 
-def higher_is_better(metric: str) -> bool:
-    """Whether a larger ``metric`` is better: the one rule the ranking and the tuning both follow."""
-    return metric != "loss"
+#: ``primary_metric.mode`` (and ``compare.mode``): ``max`` when a higher value is better, ``min`` when lower is.
+MODES = ("max", "min")
+
+
+def higher_is_better(mode: str) -> bool:
+    """Whether a higher value of the metric is better, from its declared ``mode`` (``primary_metric.mode``, which
+    ``compare.mode`` follows): the one rule the ranking, the Pareto fronts, the gain over the baselines and the
+    tuning all follow. The metric's name plays no part (a regression's ``mae`` is ``min``, its ``corr`` ``max``)."""
+    if mode not in MODES:
+        raise UserError(f"compare.mode={mode!r}: expected max (higher is better) or min (lower is better)")
+    return mode == "max"
+
+
+def improvement(value: float, reference: float, mode: str) -> float:
+    """How much better ``value`` is than ``reference`` in the metric's direction (positive: better)."""
+    return value - reference if higher_is_better(mode) else reference - value
 
 
 def pareto_front(points: Sequence[tuple[str, float, float]], higher_is_better: bool = True) -> list[str]:
@@ -135,8 +151,8 @@ def _curve(runs: Sequence[RunRecord], key: str) -> list[tuple[int, Stat]]:
     return [(e, Stat.of(v)) for e, v in sorted(per_epoch.items())]
 
 
-def summarize_group(name: str, runs: Sequence[RunRecord], metric: str = "acc") -> GroupSummary:
-    """The :class:`GroupSummary` of the runs of one group."""
+def summarize_group(name: str, runs: Sequence[RunRecord], metric: str = "acc", mode: str = "max") -> GroupSummary:
+    """The :class:`GroupSummary` of the runs of one group (``mode``: the metric's direction, ``max`` or ``min``)."""
     runs = sorted(runs, key=lambda r: (r.seed, str(r.run_dir)))
     kinds = sorted({str(r.results.get("peak_memory_kind")) for r in runs})
     subsets, split = _subsets(runs, metric)
@@ -145,6 +161,7 @@ def summarize_group(name: str, runs: Sequence[RunRecord], metric: str = "acc") -
         fusion=runs[0].fusion,
         runs=list(runs),
         metric=metric,
+        mode=mode,
         params=Stat.of((r.results.get("params") or {}).get("total") for r in runs),
         fusion_params=Stat.of((r.results.get("params") or {}).get("fusion") for r in runs),
         train_samples_per_sec=Stat.of(r.train_samples_per_sec for r in runs),
@@ -159,11 +176,12 @@ def summarize_group(name: str, runs: Sequence[RunRecord], metric: str = "acc") -
     )
 
 
-def summarize(runs: Sequence[RunRecord], metric: str = "acc", ignore: Collection[str] = ()) -> list[GroupSummary]:
-    """One :class:`GroupSummary` per group (:func:`group_runs`), ranked by mean best-validation metric (best
-    first)."""
-    groups = [summarize_group(name, rs, metric) for name, rs in group_runs(runs, ignore).items()]
-    higher = higher_is_better(metric)
+def summarize(runs: Sequence[RunRecord], metric: str = "acc", mode: str = "max",
+              ignore: Collection[str] = ()) -> list[GroupSummary]:
+    """One :class:`GroupSummary` per group (:func:`group_runs`), ranked by mean best-validation metric in its
+    direction ``mode`` (best first: the highest for ``max``, the lowest for ``min``); groups without it last."""
+    higher = higher_is_better(mode)
+    groups = [summarize_group(name, rs, metric, mode) for name, rs in group_runs(runs, ignore).items()]
 
     def key(g: GroupSummary) -> tuple[bool, float, str]:
         v = g.val.mean

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from mmgpt.report.runs import TUNE_DIR, RunRecord
 from mmgpt.report.significance import Difference, RunPredictions, accuracy, pairwise
-from mmgpt.report.summary import GroupSummary, Stat
+from mmgpt.report.summary import GroupSummary, Stat, higher_is_better, improvement
 from mmgpt.report.tuning import Tuning, tuning_markdown, tuning_rows
 from mmgpt.training.predictions import read_predictions
 
@@ -162,8 +162,9 @@ def _md_header(groups: Sequence[GroupSummary], root: Path, info: dict[str, Any])
             lines.append(f"- config choices: {choices}")
     total = sum(float(r.results.get("wall_time_s") or 0.0) for r in runs)
     lines.append(f"- summed wall time of the runs: {total:.0f} s")
-    lines.append(f"- ranked by mean validation {metric} of each run's best checkpoint (best first); "
-                 "values are mean ± sample std over seeds")
+    direction = "higher" if not groups or higher_is_better(groups[0].mode) else "lower"
+    lines.append(f"- ranked by mean validation {metric} of each run's best checkpoint ({direction} is better, best "
+                 "first); values are mean ± sample std over seeds")
     return lines
 
 
@@ -208,12 +209,16 @@ def is_baseline(group: GroupSummary) -> bool:
 
 
 def gain_over_baselines(groups: Sequence[GroupSummary]) -> dict[str, float]:
-    """Each fusion's mean test metric minus the best unimodal baseline's; empty without baselines."""
+    """How much each fusion's mean test metric beats the best unimodal baseline's, in the metric's direction
+    (positive: better; for a ``min`` metric such as MAE, the baseline's value minus the fusion's); empty without
+    baselines."""
     baselines = [g.test.mean for g in groups if is_baseline(g) and g.test.mean is not None]
     if not baselines:
         return {}
-    best = max(baselines)
-    return {g.name: g.test.mean - best for g in groups if not is_baseline(g) and g.test.mean is not None}
+    mode = groups[0].mode
+    best = max(baselines) if higher_is_better(mode) else min(baselines)
+    return {g.name: improvement(g.test.mean, best, mode) for g in groups
+            if not is_baseline(g) and g.test.mean is not None}
 
 
 def _md_summary(groups: Sequence[GroupSummary], diffs: Sequence[Difference] | None = None) -> list[str]:

@@ -58,7 +58,9 @@ class FakeRuns:
         (out / "checkpoints").mkdir(parents=True)
         (out / "checkpoints" / "best.ckpt").write_bytes(b"")
         (out / "metrics.csv").write_text(f"epoch,step,val/acc\n0,1,{acc / 2}\n1,2,{acc}\n2,2,{acc}\n")
-        results = {"fusion": fusion, "seed": seed, "val": {"val/acc": acc}, "test": {"test/acc": acc - 0.05},
+        mae = round(1.0 - acc, 6)  # a regression's primary metric (task=regression: mae, mode min)
+        results = {"fusion": fusion, "seed": seed, "val": {"val/acc": acc, "val/mae": mae},
+                   "test": {"test/acc": acc - 0.05, "test/mae": mae + 0.05},
                    "params": {"total": 100 * len(fusion), "fusion": 10}, "train_samples_per_sec": 50.0 + seed,
                    "peak_memory_mb": 300.0, "peak_memory_kind": "cpu_max_rss", "wall_time_s": 1.0 + seed,
                    "epochs": 2, "global_step": 2, "best_ckpt": str(out / "checkpoints" / "best.ckpt")}
@@ -111,6 +113,27 @@ def test_sweep_trains_each_point_once_and_resume_skips_finished(fake: FakeRuns, 
     fake.trained.clear(), fake.evaluated.clear()
     compare.main([f"resume={sweep_dir}"])
     assert fake.trained == fake.evaluated == []
+
+
+def test_a_regression_sweep_ranks_the_lowest_mae_first_also_when_rebuilt(fake: FakeRuns, tmp_path: Path) -> None:
+    """task=regression declares primary_metric {mae, min}: the report ranks the lowest MAE first (late: 0.3 < 0.4),
+    and report=DIR reads that direction back from the sweep; another metric needs its direction given."""
+    sweep_dir = tmp_path / "sweep"
+    compare.main(["task=regression", "model/fusion=early,late", "seed=0,1", "compare.robustness=false",
+                  "compare.cost=false", f"hydra.sweep.dir={sweep_dir}"])
+    assert compare.sweep_ranking(sweep_dir) == ("mae", "min")
+    ranked = csv_rows(sweep_dir / "report.csv")
+    assert [row["fusion"] for row in ranked] == ["late", "early"]
+    assert float(ranked[0]["val_mae_mean"]) < float(ranked[1]["val_mae_mean"])
+    assert "(lower is better, best first)" in (sweep_dir / "report.md").read_text()
+
+    (sweep_dir / "report.csv").unlink()
+    compare.main([f"report={sweep_dir}"])
+    assert [row["fusion"] for row in csv_rows(sweep_dir / "report.csv")] == ["late", "early"]
+    with pytest.raises(SystemExit, match=r"compare\.metric=loss: .* add compare\.mode=max .* or compare\.mode=min"):
+        compare.main([f"report={sweep_dir}", "compare.metric=loss"])
+    compare.main([f"report={sweep_dir}", "compare.metric=acc", "compare.mode=max"])
+    assert [row["fusion"] for row in csv_rows(sweep_dir / "report.csv")] == ["late", "early"]  # acc: 0.7 > 0.6
 
 
 def test_two_sweeps_never_share_a_directory(fake: FakeRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,11 +21,13 @@ LR = "model.module.optimizer.lr"
 
 class FakeTraining:
     """Stand-in for :func:`train`: val accuracy rises with the learning rate (so the best trial is known), a
-    wandering test accuracy, the files a run writes. ``interrupt_at``: raise KeyboardInterrupt on that call."""
+    wandering test accuracy, the files a run writes. ``interrupt_at``: raise KeyboardInterrupt on that call.
+    ``metric="mae"``: a regression's error instead, 1 - accuracy (it falls as the learning rate rises)."""
 
-    def __init__(self, interrupt_at: int | None = None) -> None:
+    def __init__(self, interrupt_at: int | None = None, metric: str = "acc") -> None:
         self.calls: list[tuple[str, str, int, float]] = []  # (directory, fusion, seed, lr)
         self.interrupt_at = interrupt_at
+        self.metric = metric
 
     def train(self, cfg: Any) -> dict[str, Any]:
         from mmgpt.cli.common import write_json
@@ -39,7 +41,9 @@ class FakeTraining:
             (out / "checkpoints").mkdir(parents=True)
             raise KeyboardInterrupt
         acc = min(1.0, 0.5 + 50 * lr) - (0.1 if fusion == "late" else 0.0)
-        results = {"fusion": fusion, "seed": seed, "val": {"val/acc": acc}, "test": {"test/acc": acc - 0.01 * seed},
+        val, test = (acc, acc - 0.01 * seed) if self.metric == "acc" else (1.0 - acc, 1.0 - acc + 0.01 * seed)
+        results = {"fusion": fusion, "seed": seed, "val": {f"val/{self.metric}": val},
+                   "test": {f"test/{self.metric}": test},
                    "params": {"total": 100, "fusion": 10}, "train_samples_per_sec": 50.0, "peak_memory_mb": 300.0,
                    "peak_memory_kind": "cpu_max_rss", "wall_time_s": 1.0, "epochs": 1, "global_step": 1,
                    "best_ckpt": None}
@@ -90,6 +94,24 @@ def test_every_configuration_gets_the_same_trials_and_the_seeds_run_on_its_best(
     fake.calls.clear()
     compare.main([f"resume={sweep}"])
     assert fake.calls == []
+
+
+def test_a_min_metric_is_tuned_by_minimizing_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """task=regression (primary_metric mae, mode min): each study minimizes val/mae, so the trial with the lowest
+    error (the highest learning rate here) is chosen, and the report ranks the lower MAE first."""
+    fake = FakeTraining(metric="mae")
+    monkeypatch.setattr(compare, "train", fake.train)
+    sweep = tmp_path / "sweep"
+    compare.main(["tune=3", "task=regression", "compare.cost=false", *_args(sweep)])
+    tuning = json.loads((sweep / "tuning.json").read_text())
+    assert tuning["metric"] == "val/mae" and tuning["direction"] == "minimize"
+    for fusion in ("early", "late"):
+        trials = tuning["configurations"][fusion]["all_trials"]
+        conf = tuning["configurations"][fusion]
+        assert conf["best_value"] == min(t["value"] for t in trials)
+        assert conf["best_params"][LR] == pytest.approx(max(t["params"][LR] for t in trials))
+    with (sweep / "report.csv").open() as f:
+        assert [row["name"] for row in csv.DictReader(f)] == ["early", "late"]  # late's error is 0.1 higher
 
 
 def test_an_interrupted_tuning_resumes_with_the_same_values_and_budget(
