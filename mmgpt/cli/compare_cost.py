@@ -36,9 +36,14 @@ log = logging.getLogger("mmgpt.compare")
 LARGE_BATCH = 64
 
 
-def classification_loss(out: Any, batch: MultimodalBatch) -> Tensor:
-    """The training step measured: cross-entropy of the classification head (the comparison's task)."""
-    return nn.functional.cross_entropy(out.logits, batch.labels)
+def head_loss(out: Any, batch: MultimodalBatch) -> Tensor:
+    """The training step measured: the head's output against the batch's labels, whatever the task: cross-entropy
+    for class indices (classify, binary), squared error for float targets (regression's (B,), multi-label's
+    multi-hot (B, C)). Which loss a task trains with changes a few element-wise operations on (B, C), not the cost
+    of the network."""
+    if not batch.labels.is_floating_point():
+        return nn.functional.cross_entropy(out.logits, batch.labels)
+    return nn.functional.mse_loss(out.logits.float(), batch.labels.reshape(out.logits.shape).float())
 
 
 def _batch(data_cfg: Any, size: int, device: torch.device) -> MultimodalBatch:
@@ -71,17 +76,18 @@ def measure_costs(sweep_dir: Path, rounds: int = 5) -> Path | None:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     nets, out = {}, {}
+    from mmgpt.cli.train import network_spec
     from mmgpt.registry import build_network
 
     for name, cfg in configs.items():
         torch.manual_seed(0)
-        net = build_network(OmegaConf.to_container(cfg.model.net, resolve=True), datamodule.num_classes).to(device)
-        cost = network_cost(net, batch, classification_loss)
+        net = build_network(network_spec(cfg, datamodule), datamodule.num_classes).to(device)
+        cost = network_cost(net, batch, head_loss)
         out[name] = {"params": cost.params, "forward_flops": cost.forward_flops,
                      "train_step_flops": cost.train_step_flops,
-                     "peak_step_memory_mb": step_memory(net, batch, classification_loss) / 2**20}
+                     "peak_step_memory_mb": step_memory(net, batch, head_loss) / 2**20}
         nets[name] = net
-    speed = interleaved_speed(nets, batch, classification_loss, rounds=rounds, large_batch=batch.batch_size)
+    speed = interleaved_speed(nets, batch, head_loss, rounds=rounds, large_batch=batch.batch_size)
     for name, s in speed.items():
         out[name].update(latency_b1_ms=s.latency_b1_ms, latency_batch_ms=s.latency_batch_ms,
                          train_samples_per_sec=s.train_samples_per_sec)
@@ -101,4 +107,4 @@ def measure_costs(sweep_dir: Path, rounds: int = 5) -> Path | None:
     return path
 
 
-__all__ = ["LARGE_BATCH", "classification_loss", "first_samples", "measure_costs"]
+__all__ = ["LARGE_BATCH", "first_samples", "head_loss", "measure_costs"]

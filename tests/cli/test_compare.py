@@ -418,3 +418,22 @@ def test_a_finished_run_with_another_config_is_not_reused(tmp_path: Path) -> Non
     assert compare.changed_keys(moved, cfg) == []  # a moved sweep is the same sweep
     cfg.trainer.max_epochs = 7
     assert compare.changed_keys(moved, cfg) == ["trainer.max_epochs"]
+
+
+@pytest.mark.slow
+def test_a_real_regression_comparison_on_features_is_measured_and_ranked_by_lowest_mae(tmp_path: Path) -> None:
+    """experiment=mosi (features modalities, task=regression) end to end, about 30 s on CPU: the cost step
+    rebuilds each network fitted to the data's declared features and trains it on float targets (cost.json for
+    every fusion), and the report puts the lowest validation MAE first."""
+    from tests.helpers.benchmarks import write_mmsa
+
+    pkl = tmp_path / "unaligned_50.pkl"
+    write_mmsa(pkl, aligned=False, sizes={"train": 16, "valid": 8, "test": 8}, seq_lens=(12, 10, 8))
+    sweep = tmp_path / "sweep"
+    compare.main(["experiment=mosi", f"data.root={pkl}", "model/fusion=early,late", "seed=0",
+                  "compare.baselines=false", "compare.robustness=false", "compare.cost_rounds=1", "model.dim=16",
+                  "model.num_heads=2", "trainer.max_epochs=1", "logger=csv", "callbacks.progress=null",
+                  "data.batch_size=8", f"hydra.sweep.dir={sweep}"])
+    assert sorted(json.loads((sweep / "cost.json").read_text())["configurations"]) == ["early", "late"]
+    maes = [float(row["val_mae_mean"]) for row in csv_rows(sweep / "report.csv")]
+    assert maes == sorted(maes)

@@ -1,5 +1,7 @@
 """FLOP counts against hand counts, attention on CPU included."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -118,3 +120,22 @@ def test_network_cost_of_every_fusion(fusion):
     net = build_network(OmegaConf.to_container(cfg.model.net, resolve=True), num_classes=5)
     cost = network_cost(net, make_batch(batch_size=2), _ce)
     assert 0 < cost.forward_flops < cost.train_step_flops
+
+
+def test_the_measured_training_step_fits_every_task_s_labels():
+    """compare.cost measures a training step on the labels the data gives: class indices (classify, binary),
+    float targets (regression, one output) or multi-hot rows (multilabel)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from mmgpt.cli.compare_cost import head_loss
+
+    batch = make_batch(batch_size=4)
+    classes = replace(batch, labels=torch.tensor([0, 2, 1, 0]))
+    logits = torch.zeros(4, 3, requires_grad=True)
+    assert head_loss(SimpleNamespace(logits=logits), classes).item() == pytest.approx(math.log(3))
+    regression = replace(batch, labels=torch.tensor([0.5, -1.0, 2.0, 0.0]))
+    one = torch.zeros(4, 1, requires_grad=True)
+    assert head_loss(SimpleNamespace(logits=one), regression).item() == pytest.approx((0.25 + 1 + 4 + 0) / 4)
+    multilabel = replace(batch, labels=torch.tensor([[1.0, 0.0, 1.0]] * 4))
+    assert head_loss(SimpleNamespace(logits=torch.zeros(4, 3)), multilabel).item() == pytest.approx(2 / 3)
