@@ -22,6 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mmgpt.cli.train import network_spec
 from mmgpt.errors import UserError
 from mmgpt.report.cost import count_flops, first_samples
 
@@ -54,7 +55,7 @@ class _Measure:
         cfg = cfg.copy()
         cfg.model.dim, cfg.model.mlp_ratio = dim, mlp_ratio
         torch.manual_seed(0)
-        net = self.build(OmegaConf.to_container(cfg.model.net, resolve=True), self.datamodule.num_classes)
+        net = self.build(network_spec(cfg, self.datamodule), self.datamodule.num_classes)
         if self.kind == "params":
             return float(sum(p.numel() for p in net.parameters()))
         net.eval()

@@ -104,3 +104,17 @@ def test_match_set_in_a_plain_sweep_job_is_refused(configs: dict[str, Any]) -> N
     cfg = compose_compare(["experiment=smoke", "compare.match=params"])
     with pytest.raises(UserError, match="compare.match=params gives each fusion its own sizes"):
         compare.run_job(cfg)
+
+
+@pytest.mark.parametrize("kind", ["params", "flops"])
+def test_matching_fits_the_networks_to_the_data_s_declared_features(kind: str, tmp_path: Path) -> None:
+    """experiment=mosi: features encoders take their input size from the data's declaration (input_dim: null in
+    the config), so the matching builds each network fitted to the data, as training does."""
+    from tests.helpers.benchmarks import write_mmsa
+
+    pkl = tmp_path / "unaligned_50.pkl"
+    write_mmsa(pkl, aligned=False, seq_lens=(12, 10, 8))
+    base = ["experiment=mosi", f"data.root={pkl}", "model.dim=16", "model.num_heads=2"]
+    configs = {f: compose_compare([*base, f"model/fusion={f}"]) for f in ("early", "late")}
+    matched = match_sizes(configs, kind, "early", 0.05)
+    assert abs(matched["late"]["ratio"] - 1.0) <= 0.05
