@@ -17,7 +17,8 @@ help:
 	@echo "make gpu-dry-run  bench/gpu.sh without CUDA: GPU sections skipped, the step benchmark at tiny shapes"
 	@echo "make lint      ruff (configured in pyproject.toml)"
 	@echo "make wheel-check  build the wheel, install it apart from the checkout, run mmgpt-train and mmgpt-eval from it"
-	@echo "make compare   early/late/cross-attention x 3 seeds, then report.md/report.csv/plots in the sweep directory"
+	@echo "make compare   early/late/cross-attention + unimodal baselines x 3 seeds, then report.md/report.csv/plots"
+	@echo "make compare-all  every fusion family + baselines, TUNE=4 tuning trials each, then 3 seeds on each best"
 	@echo "make bench     run the benchmark suite and rewrite BENCHMARKS.md"
 	@echo "make export-synthetic OUT=dir   write the synthetic set as a manifest folder"
 	@echo "make train ARGS='model/fusion=late trainer.max_epochs=3'   train with Hydra overrides"
@@ -77,11 +78,17 @@ OUT ?= data_out/synthetic
 export-synthetic: $(STAMP)
 	$(BIN)/mmgpt-data export-synthetic $(OUT) $(ARGS)
 
-# mmgpt-compare: early/late/cross-attention x 3 seeds (conf/experiment/compare_fusion.yaml), then report.md,
-# report.csv and plots in the sweep directory. `make compare ARGS='seed=0,1 trainer.max_epochs=8'`.
-.PHONY: compare
+# mmgpt-compare: early/late/cross-attention + unimodal baselines x 3 seeds (conf/experiment/compare_fusion.yaml),
+# then cost.json, report.md, report.csv and plots in the sweep directory. `make compare ARGS='seed=0,1'`.
+.PHONY: compare compare-all
 compare: $(STAMP)
 	$(BIN)/mmgpt-compare $(ARGS)
+
+# Every fusion family + unimodal baselines (conf/experiment/compare_all.yaml), each tuned with the same budget of
+# TUNE trials (Optuna; search space compare.tune.space), then 3 seeds on each one's best. About an hour on 2 CPUs.
+TUNE ?= 4
+compare-all: $(STAMP)
+	$(BIN)/mmgpt-compare tune=$(TUNE) experiment=compare_all $(ARGS)
 
 .PHONY: bench
 bench: $(DEV_STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md (tens of minutes on 2 CPU cores)

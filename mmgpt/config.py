@@ -99,6 +99,19 @@ class PrimaryMetricSchema:
 
 
 @dataclass
+class TuneSchema:
+    """``compare.tune``: the search space of ``mmgpt-compare tune=N`` (N trials for every configuration).
+
+    ``space`` maps a config key to its range: ``{low, high}`` (float), ``{low, high, log: true}`` (log-uniform
+    float), ``{low, high, int: true}`` (integer) or ``{choices: [...]}``. A key a configuration does not have
+    (``model.fusion.num_layers`` of a unimodal baseline) is not tuned for it.
+    """
+
+    space: dict[str, Any] = field(default_factory=dict)
+    sampler_seed: int = 0               # the sampler of trial k of a configuration is seeded from this and k
+
+
+@dataclass
 class CompareSchema:
     """``compare``: what ``mmgpt-compare`` sweeps and reports (unused by ``mmgpt-train``).
 
@@ -113,6 +126,12 @@ class CompareSchema:
     mode: str = "${primary_metric.mode}"    # max: higher is better; min: lower is better
     robustness: bool = True             # evaluate every modality subset on the best checkpoint
     robustness_split: str = "test"
+    match: str | None = None            # params | flops: scale every fusion to the reference's cost first
+    match_reference: str | None = None  # the fusion whose configured size is the budget (null: the first one)
+    match_tolerance: float = 0.05
+    cost: bool = True                   # measure every configuration's cost (cost.json) when the runs are done
+    cost_rounds: int = 5                # interleaved rounds of the latency and throughput measurement
+    tune: TuneSchema = field(default_factory=TuneSchema)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, ProcessedDataset, shared_options
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
 from mmgpt.datamodules.processors import DEFAULT_MODALITIES, Processor
-from mmgpt.datamodules.synthetic.generator import CLASSES, SyntheticGenerator, SyntheticSample
+from mmgpt.datamodules.synthetic.generator import QTYPES, SyntheticGenerator, SyntheticSample
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class SyntheticDataModule(MultimodalDataModule):
         max_image_pixels: as for the other datamodules (generated images are small; kept for one option set).
         modalities: a subset of ``audio``, ``image``, ``text`` to use (None: all three), e.g.
             ``{image: image, text: text}`` for an image-text set.
+        questions: the question types (default: the five of the generator's table; ``data=synthetic_relational``
+            adds the relational ``same``, and with it the classes ``yes`` and ``no``).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class SyntheticDataModule(MultimodalDataModule):
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         modalities: dict[str, Any] | None = None,
         processors: Mapping[str, Processor] | None = None,
+        questions: Sequence[str] = QTYPES,
     ) -> None:
         super().__init__(**shared_options(locals()))
         self.require_modalities(DEFAULT_MODALITIES, "the synthetic data set")
@@ -72,12 +75,13 @@ class SyntheticDataModule(MultimodalDataModule):
         # Clips are rendered at the audio processor's rate (a backbone's, e.g. 16 kHz); images at image_size (a
         # backbone's processor resizes them).
         sample_rate = getattr(self.processors.get("audio"), "sample_rate", sample_rate)
-        self.generator = SyntheticGenerator(image_size, sample_rate, max_seconds=max_audio_seconds)
+        self.generator = SyntheticGenerator(image_size, sample_rate, max_seconds=max_audio_seconds,
+                                            questions=questions)
         self.splits: dict[str, ProcessedDataset] = {}
 
     @property
     def class_names(self) -> list[str]:
-        return list(CLASSES)
+        return list(self.generator.classes)
 
     def has_split(self, split: str) -> bool:
         return split in SPLITS  # every count is at least 1

@@ -6,7 +6,7 @@ Each sample has latent factors drawn independently and uniformly:
   in distinct cells of a 2x2 grid, jittered, on a noisy background);
 * audio: ``pitch`` (low/mid/high), ``n_beeps`` (1-3), ``wave`` (steady tone or rising chirp; a nuisance
   factor that only appears in captions), variable duration, noise;
-* text: a question ``qtype`` among five, phrased by one of several templates.
+* text: a question ``qtype`` among five (six with the relational ``same``), phrased by one of several templates.
 
 The answer (the class label) is a function of the question and of the modality it asks about:
 
@@ -18,7 +18,13 @@ shape      the shapes' kind                        text + image
 pitch      the tone's pitch                        text + audio
 beeps      the number of beeps                     text + audio
 total      n_shapes + n_beeps (2-6)                text + image + audio
+same       yes if n_shapes == n_beeps, else no     text + image + audio
 ========== ======================================= ===================
+
+``same`` ("Are there as many shapes as beeps?") is relational: the answer is a comparison between a quantity
+seen and a quantity heard, so no single modality, nor text with one of them, does better than always answering
+"no" (2/3 of them). It is off by default (``questions`` of :class:`SyntheticGenerator`; ``data=synthetic_relational``
+turns it on), which keeps the default set, its 15 classes and its ceilings as they were.
 
 :func:`ceilings` computes, by exact enumeration of the latent distribution, the best accuracy any model can
 reach when it sees only some modalities (the Bayes-optimal accuracy of guessing the most likely answer).
@@ -39,9 +45,21 @@ PITCHES = ("low", "mid", "high")
 COUNTS = (1, 2, 3)
 WAVES = ("tone", "chirp")
 QTYPES = ("colour", "shape", "pitch", "beeps", "total")
+#: Question types that compare two modalities (off by default).
+RELATIONAL_QTYPES = ("same",)
+ALL_QTYPES = (*QTYPES, *RELATIONAL_QTYPES)
 
-#: Class names, in label-index order.
+#: Class names, in label-index order (the default questions).
 CLASSES: tuple[str, ...] = (*COLOURS, *KINDS, *PITCHES, *(str(c) for c in range(1, 7)))
+
+
+def classes_for(questions: Iterable[str] = QTYPES) -> tuple[str, ...]:
+    """The class names of a question set: :data:`CLASSES`, then ``yes``/``no`` when ``same`` is asked."""
+    questions = tuple(questions)
+    unknown = sorted(set(questions) - set(ALL_QTYPES))
+    if unknown or not questions:
+        raise ValueError(f"questions={list(questions)}: expected a non-empty subset of {list(ALL_QTYPES)}")
+    return (*CLASSES, "yes", "no") if "same" in questions else CLASSES
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "colour": (
@@ -79,6 +97,13 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Add the shapes you see to the beeps you hear.",
         "Shapes plus beeps makes how many?",
     ),
+    "same": (
+        "Are there as many shapes as beeps?",
+        "Is the number of shapes equal to the number of beeps?",
+        "do the shapes and the beeps match in number?",
+        "Same count of shapes and beeps?",
+        "Does each shape get exactly one beep?",
+    ),
 }
 
 _RGB = {"red": (0.9, 0.15, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.3, 0.95)}
@@ -115,6 +140,8 @@ def answer(latents: dict) -> str:
         return str(latents["n_beeps"])
     if q == "total":
         return str(latents["n_shapes"] + latents["n_beeps"])
+    if q == "same":
+        return "yes" if latents["n_shapes"] == latents["n_beeps"] else "no"
     raise ValueError(f"unknown question type {q!r}")
 
 
@@ -126,7 +153,8 @@ def caption(latents: dict) -> str:
     return f"{n} {latents['colour']} {shape}; {b} {latents['pitch']} {sound}"
 
 
-def ceilings(modality_sets: Iterable[Iterable[str]] | None = None) -> dict[str, float]:
+def ceilings(modality_sets: Iterable[Iterable[str]] | None = None,
+             questions: Iterable[str] = QTYPES) -> dict[str, float]:
     """Exact best achievable accuracy for models that see only the given modalities.
 
     Enumerates every combination of latent factors (all uniform and independent), groups them by what the
@@ -134,14 +162,17 @@ def ceilings(modality_sets: Iterable[Iterable[str]] | None = None) -> dict[str, 
 
     Args:
         modality_sets: sets of visible modalities; default: every non-empty subset of image/audio/text.
+        questions: the question types asked (uniformly); default: the five of the default set.
     Returns:
         ``"audio+text" -> accuracy`` (names sorted and joined by ``+``; ``"none"`` for the empty set).
     """
     if modality_sets is None:
         mods = sorted(MODALITY_FACTORS)
         modality_sets = [c for r in range(0, 4) for c in itertools.combinations(mods, r)]
-    names = list(_FACTOR_VALUES)
-    combos = list(itertools.product(*(_FACTOR_VALUES[n] for n in names)))
+    classes_for(questions)  # checks the names
+    values = {**_FACTOR_VALUES, "qtype": tuple(questions)}
+    names = list(values)
+    combos = list(itertools.product(*(values[n] for n in names)))
     p = 1.0 / len(combos)
     out: dict[str, float] = {}
     for visible in modality_sets:
@@ -178,6 +209,8 @@ class SyntheticGenerator:
         max_seconds: longest clip (must fit three beeps: at least 0.5 s).
         image_noise: std of Gaussian pixel noise.
         audio_noise: std of Gaussian sample noise.
+        questions: the question types asked, drawn uniformly (default :data:`QTYPES`; add ``same`` for the
+            relational question, which adds the classes ``yes`` and ``no``).
     """
 
     BEEP_S = 0.1
@@ -191,7 +224,10 @@ class SyntheticGenerator:
         max_seconds: float = 1.0,
         image_noise: float = 0.05,
         audio_noise: float = 0.05,
+        questions: Iterable[str] = QTYPES,
     ) -> None:
+        self.questions = tuple(questions)
+        self.classes = classes_for(self.questions)
         if max_seconds < 3 * self.BEEP_S + 2 * self.GAP_S:
             raise ValueError(f"max_seconds={max_seconds} cannot hold three beeps")
         if image_size % 2 or image_size < 8:
@@ -206,7 +242,8 @@ class SyntheticGenerator:
         self._yy, self._xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
 
     def sample_latents(self, rng: np.random.Generator) -> dict:
-        lat = {name: values[rng.integers(len(values))] for name, values in _FACTOR_VALUES.items()}
+        values = {**_FACTOR_VALUES, "qtype": self.questions}
+        lat = {name: v[rng.integers(len(v))] for name, v in values.items()}
         lat["template"] = int(rng.integers(len(TEMPLATES[lat["qtype"]])))
         return lat
 
@@ -222,7 +259,7 @@ class SyntheticGenerator:
                     text=TEMPLATES[lat["qtype"]][lat["template"]],
                     image=self.render_image(lat, rng),
                     audio=self.render_audio(lat, rng),
-                    label=CLASSES.index(answer(lat)),
+                    label=self.classes.index(answer(lat)),
                     caption=caption(lat),
                     latents=lat,
                 )

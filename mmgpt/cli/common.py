@@ -177,29 +177,13 @@ _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE
 
 
 @contextmanager
-def relaunchable_job(run_dir: Path) -> Iterator[None]:
-    """Let Lightning's DDP launcher start the other ranks of *this* job of a multirun (``trainer=ddp_sim``).
-
-    The launcher re-runs ``sys.argv`` plus ``hydra.run.dir=<HydraConfig run.dir>`` in each new process. Inside a
-    multirun that would be the whole sweep, so for the duration of the job the command line becomes this job's
-    overrides in run mode, and ``run.dir`` its directory. Afterwards the DDP environment variables and the process
-    group are cleared, so that the next job launches its own processes. Outside a multirun this does nothing.
-    """
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        yield
-        return
-    hc = HydraConfig.get()
-    saved_argv, saved_run_dir = sys.argv, hc.run.dir
+def ddp_env_restored() -> Iterator[None]:
+    """Afterwards, the DDP environment variables are as before and no process group is left, so that the next
+    training job of this process launches its own ranks (Lightning's launcher reads both to decide)."""
     saved_env = {k: os.environ.get(k) for k in _DDP_ENV}
-    sys.argv = [sys.argv[0], *(str(o) for o in hc.overrides.task), "hydra.mode=RUN"]
-    with read_write(hc), open_dict(hc):
-        hc.run.dir = str(run_dir)
     try:
         yield
     finally:
-        sys.argv = saved_argv
-        with read_write(hc), open_dict(hc):
-            hc.run.dir = saved_run_dir
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -207,3 +191,30 @@ def relaunchable_job(run_dir: Path) -> Iterator[None]:
                 os.environ[key] = value
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+@contextmanager
+def relaunchable_job(run_dir: Path) -> Iterator[None]:
+    """Let Lightning's DDP launcher start the other ranks of *this* job of a multirun (``trainer=ddp_sim``).
+
+    The launcher re-runs ``sys.argv`` plus ``hydra.run.dir=<HydraConfig run.dir>`` in each new process. Inside a
+    multirun that would be the whole sweep, so for the duration of the job the command line becomes this job's
+    overrides in run mode, and ``run.dir`` its directory. Afterwards the DDP environment variables and the process
+    group are cleared (:func:`ddp_env_restored`), so that the next job launches its own processes. Outside a
+    multirun this does nothing.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        yield
+        return
+    hc = HydraConfig.get()
+    saved_argv, saved_run_dir = sys.argv, hc.run.dir
+    sys.argv = [sys.argv[0], *(str(o) for o in hc.overrides.task), "hydra.mode=RUN"]
+    with read_write(hc), open_dict(hc):
+        hc.run.dir = str(run_dir)
+    try:
+        with ddp_env_restored():
+            yield
+    finally:
+        sys.argv = saved_argv
+        with read_write(hc), open_dict(hc):
+            hc.run.dir = saved_run_dir

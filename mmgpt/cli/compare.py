@@ -4,8 +4,9 @@
 
     mmgpt-compare                                          # conf/compare.yaml: experiment=compare_fusion
     mmgpt-compare model/fusion=early,late seed=0,1 trainer.max_epochs=2 data=manifest data.root=DIR
-    mmgpt-compare report=DIR [compare.metric=f1 compare.mode=max]  # rebuild DIR's report from its runs
+    mmgpt-compare report=DIR [compare.metric=f1 compare.mode=max]  # rebuild DIR's report from its run directories
     mmgpt-compare resume=DIR [more overrides]              # finish an interrupted comparison in DIR
+    mmgpt-compare tune=N [overrides]                       # N tuning trials per fusion first (compare_tune.py)
 
 Each job of the sweep is one :func:`mmgpt.cli.train.train` run in ``<sweep dir>/<job>_<fusion>_seed<seed>``,
 followed by the missing-modality evaluation of :func:`mmgpt.cli.evaluate.evaluate` on its best checkpoint.
@@ -33,8 +34,9 @@ from mmgpt.cli.common import rank_zero, relaunchable_job, user_errors
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
 from mmgpt.config import CONFIG_DIR
+from mmgpt.errors import UserError
 from mmgpt.report import ReportFiles, write_report
-from mmgpt.report.runs import EVAL_RESULTS, RESULTS
+from mmgpt.report.runs import COST, EVAL_RESULTS, RESULTS, TUNE_DIR, find_run_dirs
 from mmgpt.training.checkpointing import config_differences
 from mmgpt.training.safe_load import check_stored_overrides
 from mmgpt.training.tracking import wandb_sync_command
@@ -132,6 +134,9 @@ def robustness_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """One point of the sweep: train unless already finished, then the missing-modality evaluation unless done."""
+    if cfg.compare.match not in (None, "none", "null"):
+        raise UserError(f"compare.match={cfg.compare.match} gives each fusion its own sizes, which a plain sweep "
+                        "cannot: pass it on the mmgpt-compare command line (not in a config file)")
     run_dir = Path(cfg.paths.output_dir)
     results = finished_results(run_dir)
     if results is None:
@@ -156,9 +161,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def report(sweep_dir: Path, metric: str, mode: str | None = None) -> ReportFiles:
-    """Write the report of ``sweep_dir`` (ranked by ``metric`` in direction ``mode``) and print where it is, how
-    to see the dashboards and sync wandb."""
+def report(sweep_dir: Path, metric: str, mode: str) -> ReportFiles:
+    """Write the report of ``sweep_dir``, ranked by ``metric`` in its direction ``mode`` (``max`` or ``min``), and
+    print where it is, how to see the dashboards and sync wandb."""
     files = write_report(sweep_dir, metric=metric, mode=mode)
     print(f"\nreport: {files.markdown}\n        {files.summary_csv}\n        {files.runs_csv}")
     for path in files.plots:
@@ -170,11 +175,29 @@ def report(sweep_dir: Path, metric: str, mode: str | None = None) -> ReportFiles
     return files
 
 
+def finish(sweep_dir: Path, cfg: DictConfig) -> ReportFiles:
+    """When every run is done: measure the configurations' cost (``compare.cost``, unless already measured),
+    write the report, and put its tables in the comparison's wandb group when it logs to wandb."""
+    if cfg.compare.cost and not (sweep_dir / COST).is_file():
+        from mmgpt.cli.compare_cost import measure_costs
+
+        try:
+            measure_costs(sweep_dir, rounds=int(cfg.compare.cost_rounds))
+        except Exception as e:  # the runs are done: a failed measurement must not cost the report
+            log.warning("cost measurement failed (%s: %s); report without cost.json", type(e).__name__, e)
+    files = report(sweep_dir, metric=str(cfg.compare.metric), mode=str(cfg.compare.mode))
+    if OmegaConf.select(cfg, "logger.wandb") is not None:
+        from mmgpt.cli.compare_dashboards import publish_to_wandb
+
+        publish_to_wandb(sweep_dir, cfg)
+    return files
+
+
 class CompareReport(Callback):
-    """Hydra callback: when the multirun ends, write the comparison report into the sweep directory."""
+    """Hydra callback: when the multirun ends, measure the cost and write the report into the sweep directory."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        report(Path(config.hydra.sweep.dir), metric=str(config.compare.metric), mode=str(config.compare.mode))
+        finish(Path(config.hydra.sweep.dir), config)
 
 
 def previous_overrides(sweep_dir: Path) -> list[str]:
@@ -191,25 +214,65 @@ def previous_overrides(sweep_dir: Path) -> list[str]:
     return overrides
 
 
+def load_launch(sweep_dir: Path) -> tuple[int, list[str]] | None:
+    """``(trials, overrides)`` of a tuned comparison (``<sweep_dir>/tune/launch.yaml``); None for any other."""
+    path = sweep_dir / TUNE_DIR / "launch.yaml"
+    if not path.is_file():
+        return None
+    saved = OmegaConf.load(path)
+    overrides = [str(a) for a in saved.args]
+    check_stored_overrides(overrides, path)  # a directory from elsewhere must not name code to call
+    return int(saved.trials), overrides
+
+
 def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
     """Remove ``key=value`` from ``args``; return the value (None when absent) and the other arguments."""
     values = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
     return (values[-1] if values else None), [a for a in args if not a.startswith(f"{key}=")]
 
 
-def _sweep_metric(sweep_dir: Path) -> tuple[str, str | None]:
-    """The metric and direction a sweep was run with (its ``multirun.yaml``); ``acc`` for an unknown sweep."""
-    path = sweep_dir / "multirun.yaml"
-    cfg = OmegaConf.load(path) if path.is_file() else None
-    metric = OmegaConf.select(cfg, "compare.metric", default=None) if cfg is not None else None
-    mode = OmegaConf.select(cfg, "compare.mode", default=None) if cfg is not None else None
-    return str(metric or "acc"), (str(mode) if mode else None)
+def sweep_ranking(sweep_dir: Path) -> tuple[str, str]:
+    """``(compare.metric, compare.mode)`` a comparison was run with: from its ``multirun.yaml`` (a sweep), else
+    from its first run's ``.hydra/config.yaml`` (a tuned or matched comparison runs its jobs one by one); a
+    directory from before the keys existed ranks by ``acc``, ``max`` (their defaults then)."""
+    runs = find_run_dirs(sweep_dir) if sweep_dir.is_dir() else []
+    paths = [sweep_dir / "multirun.yaml", *(d / ".hydra" / "config.yaml" for d in runs[:1])]
+    cfg = next((OmegaConf.load(p) for p in paths if p.is_file()), OmegaConf.create())
+    return str(OmegaConf.select(cfg, "compare.metric") or "acc"), str(OmegaConf.select(cfg, "compare.mode") or "max")
+
+
+def report_ranking(sweep_dir: Path, metric: str | None, mode: str | None) -> tuple[str, str]:
+    """The metric and direction of ``report=DIR``: the comparison's own unless given; a metric other than the
+    comparison's needs its direction given too (``compare.mode``), as nothing else says which way is better."""
+    saved_metric, saved_mode = sweep_ranking(sweep_dir)
+    if mode is None and metric not in (None, saved_metric):
+        raise UserError(f"report={sweep_dir} compare.metric={metric}: the comparison ranked by {saved_metric} "
+                        f"({saved_mode}); add compare.mode=max (higher is better) or compare.mode=min for {metric}")
+    return metric or saved_metric, mode or saved_mode
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="compare")
 def _compare_app(cfg: DictConfig) -> float | None:
     results = run_job(cfg)
     return (results.get("val") or {}).get(f"val/{cfg.compare.metric}")
+
+
+def _tuned(args: list[str], trials: str | None, resume_dir: str | None) -> None:
+    """``tune=N`` or ``compare.match=...``: a planned comparison (:mod:`mmgpt.cli.compare_tune`); with
+    ``resume=DIR``, continue one."""
+    from mmgpt.cli.compare_tune import tuned_comparison
+
+    if resume_dir is None:
+        if trials is None or not trials.isdigit():
+            raise UserError(f"tune={trials}: expected the number of trials per configuration, e.g. tune=4")
+        tuned_comparison(args, int(trials))
+        return
+    launch = load_launch(Path(resume_dir))
+    assert launch is not None
+    if trials is not None or args:
+        raise UserError(f"resume={resume_dir} continues a tuned comparison as it was started; it takes no other "
+                        f"arguments (got: {' '.join(args) or 'tune=' + str(trials)})")
+    tuned_comparison(launch[1], launch[0], Path(resume_dir).resolve())
 
 
 @user_errors
@@ -221,14 +284,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         metric, args = _take(args, "compare.metric")
         mode, args = _take(args, "compare.mode")
         if args:
-            raise SystemExit("mmgpt-compare report=DIR accepts only compare.metric=... and compare.mode=..., not: "
-                             + " ".join(args))
-        swept_metric, swept_mode = _sweep_metric(Path(report_dir))
-        # a metric named without a mode: the sweep's mode only when it is the sweep's metric
-        mode = mode or (swept_mode if metric in (None, swept_metric) else None)
-        report(Path(report_dir).resolve(), metric or swept_metric, mode)
+            raise SystemExit(f"mmgpt-compare report=DIR accepts only compare.metric=... and compare.mode=..., not: "
+                             f"{' '.join(args)}")
+        sweep_dir = Path(report_dir).resolve()
+        report(sweep_dir, *report_ranking(sweep_dir, metric, mode))
         return
     resume_dir, args = _take(args, "resume")
+    trials, args = _take(args, "tune")
+    matched = any(a.startswith("compare.match=") and a.split("=", 1)[1] not in ("null", "none", "") for a in args)
+    if trials is not None or matched or (resume_dir is not None and load_launch(Path(resume_dir)) is not None):
+        _tuned(args, "0" if trials is None and matched else trials, resume_dir)
+        return
     if resume_dir is not None:
         sweep_dir = Path(resume_dir).resolve()
         args = [*previous_overrides(sweep_dir), *args, f"hydra.sweep.dir={sweep_dir}"]

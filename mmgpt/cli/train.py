@@ -106,13 +106,9 @@ def check_config(cfg: DictConfig) -> None:
 
 def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> MultimodalModule:
     """The LightningModule of ``cfg.model.module`` around the network spec ``cfg.model.net``, sized for the data."""
-    net = OmegaConf.to_container(cfg.model.net, resolve=True)
-    declared = data_modalities(datamodule)
-    if declared:  # a datamodule on the shared base: its declared modalities decide the encoders' kinds and sizes
-        net = fit_to_data(net, declared)
     module = instantiate(
         cfg.model.module,
-        net=net,
+        net=network_spec(cfg, datamodule),
         num_classes=datamodule.num_classes,
         class_names=list(datamodule.class_names),
         _recursive_=False,
@@ -131,6 +127,16 @@ def check_primary_metric(cfg: DictConfig, module: MultimodalModule) -> None:
     if name not in logged:
         raise ConfigKeyError(f"primary_metric.name={name!r}: the task's objectives log no such metric (they log: "
                              f"{', '.join(logged)}); each conf/task/*.yaml sets its primary metric")
+
+
+def network_spec(cfg: DictConfig, datamodule: pl.LightningDataModule) -> dict[str, Any]:
+    """``cfg.model.net`` as a plain dict, fitted to the data (:func:`mmgpt.registry.fit_to_data`)."""
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    assert isinstance(net, dict)
+    declared = data_modalities(datamodule)
+    if declared:  # a datamodule on the shared base: its declared modalities decide the encoders' kinds and sizes
+        net = fit_to_data(net, declared)
+    return net
 
 
 def data_modalities(datamodule: pl.LightningDataModule) -> dict[str, dict[str, Any]]:

@@ -20,6 +20,14 @@ log = logging.getLogger(__name__)
 RESULTS = "results.json"
 EVAL_RESULTS = "eval_results.json"
 METRICS = "metrics.csv"
+#: Where ``mmgpt-compare tune=N`` keeps its trials (under the comparison directory; not runs of the report),
+#: and the file with every configuration's tuning outcome.
+TUNE_DIR = "tune"
+TUNING = "tuning.json"
+#: The cost of every configuration, measured after the runs (:mod:`mmgpt.cli.compare_cost`).
+COST = "cost.json"
+#: The sizes ``compare.match=params|flops`` gave every fusion.
+MATCHING = "matching.json"
 
 
 @dataclass(frozen=True)
@@ -109,8 +117,10 @@ def read_run(run_dir: Path) -> RunRecord:
 
 
 def find_run_dirs(root: Path) -> list[Path]:
-    """Every directory under ``root`` (``root`` included) holding a ``results.json``, sorted by path."""
-    return sorted(p.parent for p in root.rglob(RESULTS) if ".hydra" not in p.parts)
+    """Every directory under ``root`` (``root`` included) holding a ``results.json``, sorted by path; tuning
+    trials (``root/tune/...``) are not runs of the comparison."""
+    return sorted(p.parent for p in root.rglob(RESULTS)
+                  if ".hydra" not in p.parts and p.relative_to(root).parts[0] != TUNE_DIR)
 
 
 def load_runs(root: str | Path) -> list[RunRecord]:

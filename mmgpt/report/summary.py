@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 
+from mmgpt.errors import UserError
 from mmgpt.report.runs import RunRecord
 
 #: Overrides that identify a run within its group rather than the group (a seed) or that name the group itself.
@@ -46,6 +47,7 @@ class GroupSummary:
         fusion: the ``model/fusion`` option.
         runs: the runs, by seed.
         metric: the metric name (``acc``); ``val`` and ``test`` summarise ``val/<metric>``, ``test/<metric>``.
+        mode: the metric's direction, ``max`` (higher is better) or ``min`` (``primary_metric.mode``).
         params: total parameter count; ``fusion_params``: the fusion module's.
         train_samples_per_sec: steady-state training throughput (samples/s, all processes together; training
             steps only, validation and checkpoints excluded).
@@ -63,6 +65,7 @@ class GroupSummary:
     fusion: str
     runs: list[RunRecord]
     metric: str
+    mode: str
     params: Stat
     fusion_params: Stat
     train_samples_per_sec: Stat
@@ -81,18 +84,48 @@ class GroupSummary:
         return [r.seed for r in self.runs]
 
 
-def _override_dict(run: RunRecord) -> dict[str, str]:
+#: ``primary_metric.mode`` (and ``compare.mode``): ``max`` when a higher value is better, ``min`` when lower is.
+MODES = ("max", "min")
+
+
+def higher_is_better(mode: str) -> bool:
+    """Whether a higher value of the metric is better, from its declared ``mode`` (``primary_metric.mode``, which
+    ``compare.mode`` follows): the one rule the ranking, the Pareto fronts, the gain over the baselines and the
+    tuning all follow. The metric's name plays no part (a regression's ``mae`` is ``min``, its ``corr`` ``max``)."""
+    if mode not in MODES:
+        raise UserError(f"compare.mode={mode!r}: expected max (higher is better) or min (lower is better)")
+    return mode == "max"
+
+
+def improvement(value: float, reference: float, mode: str) -> float:
+    """How much better ``value`` is than ``reference`` in the metric's direction (positive: better)."""
+    return value - reference if higher_is_better(mode) else reference - value
+
+
+def pareto_front(points: Sequence[tuple[str, float, float]], higher_is_better: bool = True) -> list[str]:
+    """The names of the ``(name, cost, metric)`` points on the Pareto front: none other costs no more and scores
+    at least as well, with one of the two strictly. Sorted by cost."""
+    sign = 1.0 if higher_is_better else -1.0
+    front = [
+        (c, name) for name, c, m in points
+        if not any(c2 <= c and sign * m2 >= sign * m and (c2 < c or sign * m2 > sign * m) for _, c2, m2 in points)
+    ]
+    return [name for _, name in sorted(front)]
+
+
+def _override_dict(run: RunRecord, ignore: Collection[str] = ()) -> dict[str, str]:
     out = {}
     for o in run.overrides:
         key, sep, value = o.lstrip("+~").partition("=")
-        if sep and key not in _RUN_KEYS and not key.startswith("hydra."):
+        if sep and key not in _RUN_KEYS and key not in ignore and not key.startswith("hydra."):
             out[key] = value
     return out
 
 
-def group_runs(runs: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
-    """Runs grouped by fusion plus every override whose value differs between runs (seeds aside)."""
-    overrides = [_override_dict(r) for r in runs]
+def group_runs(runs: Sequence[RunRecord], ignore: Collection[str] = ()) -> dict[str, list[RunRecord]]:
+    """Runs grouped by fusion plus every override whose value differs between runs (seeds aside, and the keys in
+    ``ignore``: the tuned hyperparameters, which differ between fusions of a tuned comparison by design)."""
+    overrides = [_override_dict(r, ignore) for r in runs]
     keys = sorted({k for o in overrides for k in o})
     varying = [k for k in keys if len({o.get(k) for o in overrides}) > 1]
     groups: dict[str, list[RunRecord]] = {}
@@ -120,8 +153,8 @@ def _curve(runs: Sequence[RunRecord], key: str) -> list[tuple[int, Stat]]:
     return [(e, Stat.of(v)) for e, v in sorted(per_epoch.items())]
 
 
-def summarize_group(name: str, runs: Sequence[RunRecord], metric: str = "acc") -> GroupSummary:
-    """The :class:`GroupSummary` of the runs of one group."""
+def summarize_group(name: str, runs: Sequence[RunRecord], metric: str = "acc", mode: str = "max") -> GroupSummary:
+    """The :class:`GroupSummary` of the runs of one group (``mode``: the metric's direction, ``max`` or ``min``)."""
     runs = sorted(runs, key=lambda r: (r.seed, str(r.run_dir)))
     kinds = sorted({str(r.results.get("peak_memory_kind")) for r in runs})
     subsets, split = _subsets(runs, metric)
@@ -130,6 +163,7 @@ def summarize_group(name: str, runs: Sequence[RunRecord], metric: str = "acc") -
         fusion=runs[0].fusion,
         runs=list(runs),
         metric=metric,
+        mode=mode,
         params=Stat.of((r.results.get("params") or {}).get("total") for r in runs),
         fusion_params=Stat.of((r.results.get("params") or {}).get("fusion") for r in runs),
         train_samples_per_sec=Stat.of(r.train_samples_per_sec for r in runs),
@@ -144,25 +178,15 @@ def summarize_group(name: str, runs: Sequence[RunRecord], metric: str = "acc") -
     )
 
 
-def default_mode(metric: str) -> str:
-    """The direction of a metric named without one: ``min`` for losses and errors, ``max`` otherwise."""
-    return "min" if metric in ("loss", "mae", "mse", "rmse") or metric.endswith("_loss") else "max"
-
-
-def summarize(runs: Sequence[RunRecord], metric: str = "acc", mode: str | None = None) -> list[GroupSummary]:
-    """One :class:`GroupSummary` per group, ranked by mean best-validation metric (best first).
-
-    ``mode``: ``max`` (higher is better) or ``min``; None: :func:`default_mode`.
-    """
-    groups = [summarize_group(name, rs, metric) for name, rs in group_runs(runs).items()]
-    mode = mode or default_mode(metric)
-    if mode not in ("max", "min"):
-        raise ValueError(f"compare.mode={mode!r}: expected max (higher is better) or min")
-    higher_is_better = mode == "max"
-    groups = [replace(g, mode=mode) for g in groups]
+def summarize(runs: Sequence[RunRecord], metric: str = "acc", mode: str = "max",
+              ignore: Collection[str] = ()) -> list[GroupSummary]:
+    """One :class:`GroupSummary` per group (:func:`group_runs`), ranked by mean best-validation metric in its
+    direction ``mode`` (best first: the highest for ``max``, the lowest for ``min``); groups without it last."""
+    higher = higher_is_better(mode)
+    groups = [summarize_group(name, rs, metric, mode) for name, rs in group_runs(runs, ignore).items()]
 
     def key(g: GroupSummary) -> tuple[bool, float, str]:
         v = g.val.mean
-        return (v is None, -(v or 0.0) if higher_is_better else (v or 0.0), g.name)
+        return (v is None, -(v or 0.0) if higher else (v or 0.0), g.name)
 
     return sorted(groups, key=key)

@@ -10,9 +10,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from mmgpt.report.runs import RunRecord
+from mmgpt.report.runs import TUNE_DIR, RunRecord
 from mmgpt.report.significance import Difference, RunPredictions, accuracy, pairwise
-from mmgpt.report.summary import GroupSummary, Stat
+from mmgpt.report.summary import GroupSummary, Stat, higher_is_better, improvement
+from mmgpt.report.tuning import Tuning, tuning_markdown, tuning_rows
 from mmgpt.training.predictions import read_predictions
 
 #: Bootstrap replicates of the significance test.
@@ -37,8 +38,9 @@ def _split(groups: Sequence[GroupSummary]) -> str:
     return next((g.subsets_split for g in groups if g.subsets_split), "test")
 
 
-def summary_rows(groups: Sequence[GroupSummary]) -> list[dict[str, str]]:
-    """The rows of ``report.csv``: one per group, in rank order, means and stds as separate columns."""
+def summary_rows(groups: Sequence[GroupSummary], cost: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """The rows of ``report.csv``: one per group, in rank order, means and stds as separate columns; the measured
+    cost (``cost.json``) as ``cost_*`` columns."""
     subsets, split = _subset_names(groups), _split(groups)
     rows = []
     for rank, g in enumerate(groups, 1):
@@ -63,6 +65,8 @@ def summary_rows(groups: Sequence[GroupSummary]) -> list[dict[str, str]]:
         }
         for key, stat in stats.items():
             row[f"{key}_mean"], row[f"{key}_std"] = _num(stat.mean), _num(stat.std)
+        for key, value in ((cost or {}).get("configurations", {}).get(g.name) or {}).items():
+            row[f"cost_{key}"] = _num(value)
         rows.append(row)
     return rows
 
@@ -125,8 +129,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def sweep_info(root: Path) -> dict[str, Any]:
-    """What ``<root>/multirun.yaml`` (written by Hydra at launch) says about the sweep; empty without one."""
+    """What ``<root>/multirun.yaml`` (written by Hydra at launch) says about the sweep; for a tuned comparison
+    (``mmgpt-compare tune=N``) its command line (``tune/launch.yaml``); empty without either."""
     path = root / "multirun.yaml"
+    launch = root / TUNE_DIR / "launch.yaml"
+    if not path.is_file() and launch.is_file():
+        saved = OmegaConf.load(launch)
+        return {"overrides": [f"tune={saved.trials}", *(str(a) for a in saved.args)]}
     if not path.is_file():
         return {}
     cfg = OmegaConf.load(path)
@@ -149,12 +158,13 @@ def _md_header(groups: Sequence[GroupSummary], root: Path, info: dict[str, Any])
         lines.append("- command: `" + " ".join(["mmgpt-compare", *info["overrides"]]) + "`"
                      + ("" if info["overrides"] else " (defaults)"))
         choices = ", ".join(f"{k}={info[k]}" for k in ("data", "experiment", "trainer", "logger") if info.get(k))
-        lines.append(f"- config choices: {choices}")
+        if choices:
+            lines.append(f"- config choices: {choices}")
     total = sum(float(r.results.get("wall_time_s") or 0.0) for r in runs)
     lines.append(f"- summed wall time of the runs: {total:.0f} s")
-    better = "lower" if groups and groups[0].mode == "min" else "higher"
-    lines.append(f"- ranked by mean validation {metric} ({better} is better) of each run's best checkpoint "
-                 "(best first); values are mean ± sample std over seeds")
+    direction = "higher" if not groups or higher_is_better(groups[0].mode) else "lower"
+    lines.append(f"- ranked by mean validation {metric} of each run's best checkpoint ({direction} is better, best "
+                 "first); values are mean ± sample std over seeds")
     return lines
 
 
@@ -199,14 +209,16 @@ def is_baseline(group: GroupSummary) -> bool:
 
 
 def gain_over_baselines(groups: Sequence[GroupSummary]) -> dict[str, float]:
-    """Each fusion's mean test metric improvement over the best unimodal baseline's (positive: better, in the
-    metric's direction); empty without baselines."""
+    """How much each fusion's mean test metric beats the best unimodal baseline's, in the metric's direction
+    (positive: better; for a ``min`` metric such as MAE, the baseline's value minus the fusion's); empty without
+    baselines."""
     baselines = [g.test.mean for g in groups if is_baseline(g) and g.test.mean is not None]
     if not baselines:
         return {}
-    sign = -1.0 if groups[0].mode == "min" else 1.0
-    best = max(baselines) if sign > 0 else min(baselines)
-    return {g.name: sign * (g.test.mean - best) for g in groups if not is_baseline(g) and g.test.mean is not None}
+    mode = groups[0].mode
+    best = max(baselines) if higher_is_better(mode) else min(baselines)
+    return {g.name: improvement(g.test.mean, best, mode) for g in groups
+            if not is_baseline(g) and g.test.mean is not None}
 
 
 def _md_summary(groups: Sequence[GroupSummary], diffs: Sequence[Difference] | None = None) -> list[str]:
@@ -261,14 +273,71 @@ def _fixed(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{float(value):.{digits}f}"
 
 
-def render_markdown(groups: Sequence[GroupSummary], root: Path, plots: Sequence[Path]) -> str:
-    """The text of ``report.md``."""
+def _flops(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f}"
+
+
+def _md_cost(groups: Sequence[GroupSummary], cost: dict[str, Any] | None) -> list[str]:
+    if not cost:
+        return ["Not measured (no `cost.json`: written when a comparison finishes)."]
+    conf, batch = cost["configurations"], cost["batch"]
+    memory = ("CUDA allocator peak (`max_memory_allocated`)" if cost["memory_kind"].startswith("cuda")
+              else "peak bytes of live tensors (parameters, batch, activations, gradients)")
+    lines = [
+        f"Every configuration rebuilt from its runs' config and measured in one process on {cost['device']} "
+        f"({cost['threads']} threads) on the same batch: FLOPs per sample counted by `torch.utils.flop_counter` "
+        f"(CPU attention included), {memory} of one training step at batch {batch}, forward latency "
+        f"(eval, no grad) at batch 1 and {batch}, and training throughput (forward, backward, AdamW) at batch "
+        f"{batch}; latency and throughput are medians of {cost['rounds']} rounds interleaved across the "
+        f"configurations (load average {cost['load_average_before']:.1f} before, "
+        f"{cost['load_average_after']:.1f} after: the machine may have been shared; ratios between "
+        "configurations are the robust part).", ""]
+    header = ["fusion", "params", "forward FLOPs/sample", "train-step FLOPs/sample", "peak step memory MB",
+              "latency b1 ms", f"latency b{batch} ms/sample", "train samples/s", f"test {groups[0].metric}"]
+    rows = [[g.name, f"{c['params']:,}", _flops(c["forward_flops"]), _flops(c["train_step_flops"]),
+             f"{c['peak_step_memory_mb']:.1f}", f"{c['latency_b1_ms']:.2f}", f"{c['latency_batch_ms'] / batch:.3f}",
+             f"{c['train_samples_per_sec']:.0f}", g.test.fmt(4)]
+            for g in groups if (c := conf.get(g.name))]
+    return lines + _table(header, rows)
+
+
+def _md_matching(matching: dict[str, Any]) -> list[str]:
+    kind, ref, tol = matching["kind"], matching["reference"], matching["tolerance"]
+    what = "parameters" if kind == "params" else "forward FLOPs per sample"
+    lines = [f"`compare.match={kind}`: before training, every fusion's `model.dim` and `model.mlp_ratio` (shared "
+             f"sizes: encoders and fusion alike) were set so that its {what} are within {tol:.0%} of {ref}'s at its "
+             "configured size; unimodal baselines keep theirs. Tuned size keys are left out of the search space.",
+             "", f"| configuration | {what} before | after | ratio to {ref} | changed |", "|---|---|---|---|---|"]
+    for name, c in matching["configurations"].items():
+        changed = ", ".join(f"`{k}`={v}" for k, v in sorted(c["overrides"].items())) or "-"
+        lines.append(f"| {name} | {c['before']:,.0f} | {c['after']:,.0f} | {c['ratio']:.3f} | {changed} |")
+    return lines
+
+
+def significance_rows(diffs: Sequence[Difference]) -> list[dict[str, str]]:
+    """The rows of ``significance.csv``: every pair, its difference, interval, p-values and verdict."""
+    return [{"a": d.a, "b": d.b, "difference": _num(d.diff), "ci_low": _num(d.low), "ci_high": _num(d.high),
+             "p": _num(d.p_value), "p_holm": _num(d.p_holm), "distinguishable": str(d.distinguishable()).lower()}
+            for d in diffs]
+
+
+def render_markdown(groups: Sequence[GroupSummary], root: Path, plots: Sequence[Path],
+                    tuning: Tuning | None = None, cost: dict[str, Any] | None = None,
+                    matching: dict[str, Any] | None = None, diffs: Sequence[Difference] | None = None) -> str:
+    """The text of ``report.md`` (with a tuning section when the comparison was tuned, a cost table when
+    ``cost.json`` was measured); ``diffs``: :func:`significance` of ``groups``, computed when not given."""
     lines = _md_header(groups, root, sweep_info(root))
-    diffs = significance(groups)
+    diffs = significance(groups) if diffs is None else diffs
     lines += ["", "## Summary", ""] + _md_summary(groups, diffs)
     if diffs is not None and _ties(diffs):
         lines += ["", "`(tie)`: not distinguishable from the fusion ranked just above it (next section)."]
     lines += ["", "## Are the differences real?", ""] + _md_significance(diffs)
+    lines += ["", "## Cost at equal footing", ""] + _md_cost(groups, cost)
+    if matching:
+        lines += ["", "## Compute matching", ""] + _md_matching(matching)
     lines += ["", "## Missing-modality robustness", ""] + _md_robustness(groups)
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({os.path.relpath(p, root)})" for p in plots]
     lines += ["", "## Runs", ""] + _md_runs(groups, root)
@@ -300,15 +369,27 @@ def render_markdown(groups: Sequence[GroupSummary], root: Path, plots: Sequence[
         "smaller than the spread between seeds, and a pair marked not distinguishable may still differ; a t-test "
         "over three seeds would have two degrees of freedom and even less power.",
         "",
+        "## Methods: hyperparameters",
+        "",
     ]
-    return "\n".join(lines)
+    lines += tuning_markdown(tuning) if tuning else [
+        "Not tuned: every configuration ran with the same configured hyperparameters (`mmgpt-compare tune=N` "
+        "gives each the same number of tuning trials).", ""]
+    return "\n".join(lines) + ("\n" if tuning else "")
 
 
-def write_tables(groups: Sequence[GroupSummary], root: Path, out_dir: Path, plots: Sequence[Path]) -> list[Path]:
-    """Write ``report.md``, ``report.csv`` and ``runs.csv`` into ``out_dir``."""
+def write_tables(groups: Sequence[GroupSummary], root: Path, out_dir: Path, plots: Sequence[Path],
+                 tuning: Tuning | None = None, cost: dict[str, Any] | None = None,
+                 matching: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``report.md``, ``report.csv`` and ``runs.csv`` (and ``trials.csv`` when tuned) into ``out_dir``."""
     md = out_dir / "report.md"
-    md.write_text(render_markdown(groups, root, plots))
-    return [md, write_csv(out_dir / "report.csv", summary_rows(groups)),
+    diffs = significance(groups)
+    md.write_text(render_markdown(groups, root, plots, tuning, cost, matching, diffs))
+    if tuning:
+        write_csv(out_dir / "trials.csv", tuning_rows(tuning))
+    if diffs:
+        write_csv(out_dir / "significance.csv", significance_rows(diffs))
+    return [md, write_csv(out_dir / "report.csv", summary_rows(groups, cost)),
             write_csv(out_dir / "runs.csv", run_rows(groups, root))]
 
 

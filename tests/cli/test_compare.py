@@ -58,7 +58,9 @@ class FakeRuns:
         (out / "checkpoints").mkdir(parents=True)
         (out / "checkpoints" / "best.ckpt").write_bytes(b"")
         (out / "metrics.csv").write_text(f"epoch,step,val/acc\n0,1,{acc / 2}\n1,2,{acc}\n2,2,{acc}\n")
-        results = {"fusion": fusion, "seed": seed, "val": {"val/acc": acc}, "test": {"test/acc": acc - 0.05},
+        mae = round(1.0 - acc, 6)  # a regression's primary metric (task=regression: mae, mode min)
+        results = {"fusion": fusion, "seed": seed, "val": {"val/acc": acc, "val/mae": mae},
+                   "test": {"test/acc": acc - 0.05, "test/mae": mae + 0.05},
                    "params": {"total": 100 * len(fusion), "fusion": 10}, "train_samples_per_sec": 50.0 + seed,
                    "peak_memory_mb": 300.0, "peak_memory_kind": "cpu_max_rss", "wall_time_s": 1.0 + seed,
                    "epochs": 2, "global_step": 2, "best_ckpt": str(out / "checkpoints" / "best.ckpt")}
@@ -111,6 +113,27 @@ def test_sweep_trains_each_point_once_and_resume_skips_finished(fake: FakeRuns, 
     fake.trained.clear(), fake.evaluated.clear()
     compare.main([f"resume={sweep_dir}"])
     assert fake.trained == fake.evaluated == []
+
+
+def test_a_regression_sweep_ranks_the_lowest_mae_first_also_when_rebuilt(fake: FakeRuns, tmp_path: Path) -> None:
+    """task=regression declares primary_metric {mae, min}: the report ranks the lowest MAE first (late: 0.3 < 0.4),
+    and report=DIR reads that direction back from the sweep; another metric needs its direction given."""
+    sweep_dir = tmp_path / "sweep"
+    compare.main(["task=regression", "model/fusion=early,late", "seed=0,1", "compare.robustness=false",
+                  "compare.cost=false", f"hydra.sweep.dir={sweep_dir}"])
+    assert compare.sweep_ranking(sweep_dir) == ("mae", "min")
+    ranked = csv_rows(sweep_dir / "report.csv")
+    assert [row["fusion"] for row in ranked] == ["late", "early"]
+    assert float(ranked[0]["val_mae_mean"]) < float(ranked[1]["val_mae_mean"])
+    assert "(lower is better, best first)" in (sweep_dir / "report.md").read_text()
+
+    (sweep_dir / "report.csv").unlink()
+    compare.main([f"report={sweep_dir}"])
+    assert [row["fusion"] for row in csv_rows(sweep_dir / "report.csv")] == ["late", "early"]
+    with pytest.raises(SystemExit, match=r"compare\.metric=loss: .* add compare\.mode=max .* or compare\.mode=min"):
+        compare.main([f"report={sweep_dir}", "compare.metric=loss"])
+    compare.main([f"report={sweep_dir}", "compare.metric=acc", "compare.mode=max"])
+    assert [row["fusion"] for row in csv_rows(sweep_dir / "report.csv")] == ["late", "early"]  # acc: 0.7 > 0.6
 
 
 def test_two_sweeps_never_share_a_directory(fake: FakeRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,7 +194,8 @@ def test_sweep_writes_report_whose_numbers_are_the_runs(sweep: Path) -> None:
     assert sorted(results) == JOBS  # job number first: run directories never collide
     for name in ("report.md", "report.csv", "runs.csv"):
         assert (sweep / name).stat().st_size > 0
-    for name in ("val_curves.png", "metric_vs_params.png", "metric_vs_throughput.png"):
+    for name in ("val_curves.png", "metric_vs_params.png", "metric_vs_throughput.png", "metric_vs_flops.png",
+                 "metric_vs_latency.png"):
         assert (sweep / name).read_bytes().startswith(b"\x89PNG")
 
     for row in csv_rows(sweep / "runs.csv"):
@@ -205,13 +229,24 @@ def test_sweep_writes_report_whose_numbers_are_the_runs(sweep: Path) -> None:
     assert float(ranked[0]["val_acc_mean"]) >= float(ranked[1]["val_acc_mean"])
     md = (sweep / "report.md").read_text()
     assert "mmgpt-compare experiment=smoke model/fusion=early,late seed=0,1" in md
+    # the cost of both fusions, measured once after the runs, in report.md and as cost_* columns of report.csv
+    cost = json.loads((sweep / "cost.json").read_text())
+    assert sorted(cost["configurations"]) == ["early", "late"] and cost["batch"] == 32  # the 32 training samples
+    for fusion, row in summary.items():
+        measured = cost["configurations"][fusion]
+        assert measured["params"] == int(row["params_total"])
+        assert measured["forward_flops"] > 0 and measured["train_step_flops"] > 2 * measured["forward_flops"]
+        assert measured["peak_step_memory_mb"] > 2 * measured["params"] * 4 / 2**20  # weights + gradients
+        assert measured["latency_b1_ms"] > 0 and measured["train_samples_per_sec"] > 0
+        assert float(row["cost_forward_flops"]) == measured["forward_flops"]
+    assert "## Cost at equal footing" in md and "## Methods: hyperparameters" in md
     assert "## Missing-modality robustness" in md and "audio+image+text" in md
 
 
 @pytest.mark.slow
 def test_report_from_directories_is_the_same(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    names = ["report.md", "report.csv", "runs.csv", "val_curves.png", "metric_vs_params.png",
-             "metric_vs_throughput.png"]
+    names = ["report.md", "report.csv", "runs.csv", "significance.csv", "val_curves.png", "metric_vs_params.png",
+             "metric_vs_throughput.png", "metric_vs_flops.png", "metric_vs_latency.png"]
     before = {n: (sweep / n).read_bytes() for n in names}
     for n in names:
         (sweep / n).unlink()
@@ -289,7 +324,7 @@ def wandb_records(path: Path) -> Iterator[Any]:
 @pytest.mark.slow
 def test_wandb_runs_are_separate_and_share_one_group(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = results_of(sweep)
-    runs = offline_wandb_runs(sweep)
+    runs = [p for p in offline_wandb_runs(sweep) if p.parent.parent.name != "dashboard"]
     assert sorted(p.parent.parent.name for p in runs) == JOBS  # one run per job, in the job's directory
     ids, groups = set(), set()
     for run_dir in runs:
@@ -304,6 +339,13 @@ def test_wandb_runs_are_separate_and_share_one_group(sweep: Path, capsys: pytest
         assert summary["train_samples_per_sec"] == pytest.approx(res["train_samples_per_sec"])
     assert len(ids) == len(JOBS)
     assert groups == {f"compare-{sweep.name}"}
+    # the comparison's own tables: one more run in the same group, with the summary and significance tables
+    (report_run,) = [p for p in offline_wandb_runs(sweep) if p.parent.parent.name == "dashboard"]
+    records = list(wandb_records(next(report_run.glob("run-*.wandb"))))
+    assert {r.run.run_group for r in records if r.HasField("run")} == {f"compare-{sweep.name}"}
+    tables = {(item.nested_key[0], json.loads(item.value_json)) for r in records if r.HasField("history")
+              for item in r.history.item if list(item.nested_key[1:]) == ["_type"]}
+    assert {("summary", "table-file"), ("runs", "table-file"), ("significance", "table-file")} <= tables
     assert wandb_sync_command(sweep) == f"wandb sync {sweep}/*/wandb/offline-run-*"
 
 
@@ -376,3 +418,22 @@ def test_a_finished_run_with_another_config_is_not_reused(tmp_path: Path) -> Non
     assert compare.changed_keys(moved, cfg) == []  # a moved sweep is the same sweep
     cfg.trainer.max_epochs = 7
     assert compare.changed_keys(moved, cfg) == ["trainer.max_epochs"]
+
+
+@pytest.mark.slow
+def test_a_real_regression_comparison_on_features_is_measured_and_ranked_by_lowest_mae(tmp_path: Path) -> None:
+    """experiment=mosi (features modalities, task=regression) end to end, about 30 s on CPU: the cost step
+    rebuilds each network fitted to the data's declared features and trains it on float targets (cost.json for
+    every fusion), and the report puts the lowest validation MAE first."""
+    from tests.helpers.benchmarks import write_mmsa
+
+    pkl = tmp_path / "unaligned_50.pkl"
+    write_mmsa(pkl, aligned=False, sizes={"train": 16, "valid": 8, "test": 8}, seq_lens=(12, 10, 8))
+    sweep = tmp_path / "sweep"
+    compare.main(["experiment=mosi", f"data.root={pkl}", "model/fusion=early,late", "seed=0",
+                  "compare.baselines=false", "compare.robustness=false", "compare.cost_rounds=1", "model.dim=16",
+                  "model.num_heads=2", "trainer.max_epochs=1", "logger=csv", "callbacks.progress=null",
+                  "data.batch_size=8", f"hydra.sweep.dir={sweep}"])
+    assert sorted(json.loads((sweep / "cost.json").read_text())["configurations"]) == ["early", "late"]
+    maes = [float(row["val_mae_mean"]) for row in csv_rows(sweep / "report.csv")]
+    assert maes == sorted(maes)

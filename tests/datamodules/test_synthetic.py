@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmgpt.datamodules.synthetic import CLASSES, SyntheticDataModule, SyntheticGenerator, ceilings
-from mmgpt.datamodules.synthetic.generator import MODALITY_FACTORS, QTYPES, answer, caption
+from mmgpt.datamodules.synthetic.generator import ALL_QTYPES, MODALITY_FACTORS, QTYPES, TEMPLATES, answer, caption
 
 # The figures README.md documents; if the rule changes, the README and this table must change together.
 DOCUMENTED_CEILINGS = {
@@ -123,3 +123,59 @@ def test_datamodule_batches():
     assert batch.labels.shape == (4,) and int(batch.labels.max()) < dm.num_classes
     assert len(batch.captions) == 4 and all(batch.captions)
     assert dm.class_names == list(CLASSES)
+
+
+# The relational question (`same`: "Are there as many shapes as beeps?"), with every other question type: the
+# figures README.md documents for data=synthetic_relational.
+RELATIONAL_CEILINGS = {
+    "audio+image+text": 1.0,
+    "image+text": 11 / 18,  # audio removed: pitch, beeps, total and same are guesses
+    "audio+text": 11 / 18,
+    "audio+image": 1 / 6,
+    "text": 7 / 18,  # "no" answers 2/3 of the relational questions without looking
+    "image": 1 / 6,
+    "audio": 1 / 6,
+}
+
+
+def test_relational_question_needs_image_and_audio_together():
+    alone = ceilings(questions=["same"])
+    assert alone["audio+image"] == pytest.approx(1.0) and alone["audio+image+text"] == pytest.approx(1.0)
+    for subset in ("none", "text", "image", "audio", "image+text", "audio+text"):
+        assert alone[subset] == pytest.approx(2 / 3), subset  # no better than always answering "no"
+    got = ceilings(questions=ALL_QTYPES)
+    for subset, value in RELATIONAL_CEILINGS.items():
+        assert got[subset] == pytest.approx(value, abs=1e-9), subset
+
+
+def test_relational_ceilings_confirmed_empirically():
+    gen = SyntheticGenerator(questions=ALL_QTYPES)
+    rng = np.random.default_rng(1)
+    lats = [gen.sample_latents(rng) for _ in range(30000)]
+    train, test = lats[:15000], lats[15000:]
+    for subset, exact in RELATIONAL_CEILINGS.items():
+        factors = [f for m in subset.split("+") for f in MODALITY_FACTORS[m]]
+        table: dict[tuple, Counter] = defaultdict(Counter)
+        for lat in train:
+            table[tuple(lat[f] for f in factors)][answer(lat)] += 1
+        hits = sum(table[tuple(lat[f] for f in factors)].most_common(1)[0][0] == answer(lat) for lat in test
+                   if tuple(lat[f] for f in factors) in table)
+        assert hits / len(test) == pytest.approx(exact, abs=0.015), subset
+
+
+def test_relational_samples_labels_and_classes():
+    gen = SyntheticGenerator(image_size=16, questions=ALL_QTYPES)
+    assert gen.classes == (*CLASSES, "yes", "no")
+    samples = gen.generate(300, seed=2)
+    same = [s for s in samples if s.latents["qtype"] == "same"]
+    assert 20 < len(same) < 80  # one question in six
+    for s in samples:
+        assert gen.classes[s.label] == answer(s.latents)
+    for s in same:
+        assert s.text in TEMPLATES["same"]
+        assert gen.classes[s.label] == ("yes" if s.latents["n_shapes"] == s.latents["n_beeps"] else "no")
+    assert all(s.latents["qtype"] != "same" for s in SyntheticGenerator(image_size=16).generate(300, seed=2))
+    dm = SyntheticDataModule(num_train=8, num_val=4, num_test=4, image_size=16, questions=ALL_QTYPES)
+    assert dm.class_names == [*CLASSES, "yes", "no"] and dm.num_classes == 17
+    with pytest.raises(ValueError, match="questions=.*expected a non-empty subset"):
+        SyntheticGenerator(questions=["colour", "size"])

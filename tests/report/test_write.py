@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mmgpt.errors import UserError
 from mmgpt.report import Stat, load_runs, summarize, write_report
 from mmgpt.report.runs import read_curves
 
@@ -19,21 +20,23 @@ SUBSETS = ("audio+image+text", "audio+image", "audio+text", "image+text", "audio
 def make_run(root: Path, name: str, fusion: str, seed: int, val: float, test: float, *, params: int = 1000,
              samples_per_sec: float = 100.0, memory: float = 500.0, wall: float = 10.0,
              curve: tuple[float, ...] = (0.3, 0.5), overrides: tuple[str, ...] = (),
-             subsets: dict[str, float] | None = None) -> Path:
-    """A run directory as ``mmgpt.cli.train.train`` (+ the robustness evaluation) leaves it."""
+             subsets: dict[str, float] | None = None, metric: str = "acc") -> Path:
+    """A run directory as ``mmgpt.cli.train.train`` (+ the robustness evaluation) leaves it; ``val`` and ``test``
+    are the values of ``metric``."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text(
         "".join(f"- {o}\n" for o in (f"model/fusion={fusion}", f"seed={seed}", *overrides))
     )
     results: dict[str, Any] = {
-        "fusion": fusion, "seed": seed, "val": {"val/acc": val, "val/loss": 1.0}, "test": {"test/acc": test},
+        "fusion": fusion, "seed": seed, "val": {f"val/{metric}": val, "val/loss": 1.0},
+        "test": {f"test/{metric}": test},
         "params": {"fusion": params // 4, "total": params}, "train_samples_per_sec": samples_per_sec,
         "peak_memory_mb": memory, "peak_memory_kind": "cpu_max_rss", "wall_time_s": wall,
         "epochs": len(curve), "global_step": 10 * len(curve), "best_ckpt": None, "run_dir": str(run),
     }
     (run / "results.json").write_text(json.dumps(results))
-    lines = ["epoch,step,train/loss,val/acc"]
+    lines = [f"epoch,step,train/loss,val/{metric}"]
     for e, v in enumerate(curve):
         lines += [f"{e},{10 * e + 5},2.0,", f"{e},{10 * e + 9},,{v}"]
     lines.append(f"{len(curve)},{10 * len(curve)},,{max(curve)}")  # re-validation of the best checkpoint
@@ -216,3 +219,31 @@ def test_report_shows_each_fusions_gain_over_the_best_unimodal_baseline(tmp_path
     assert "gain over best unimodal" in text
     assert next(ln for ln in text.splitlines() if "| early |" in ln).rstrip(" |").endswith("+0.2000")
     assert next(ln for ln in text.splitlines() if "| unimodal_text |" in ln).rstrip(" |").endswith("baseline")
+
+
+def test_a_min_metric_ranks_the_lowest_first(tmp_path: Path) -> None:
+    """A regression compared on MAE (``primary_metric: {name: mae, mode: min}``): the lowest validation MAE ranks
+    first, the best baseline is the one with the lowest MAE and a fusion below it gains. Ranking a min metric as
+    if higher were better would put the worst model first (the bug this guards against)."""
+    root = tmp_path / "sweep"
+    maes = {"early": 0.90, "late": 0.60, "cross_attention": 0.75, "unimodal_text": 0.80, "unimodal_image": 1.10}
+    for job, (fusion, mae) in enumerate(maes.items()):
+        make_run(root, f"{job}_{fusion}", fusion, 0, val=mae, test=mae, metric="mae")
+    best_first = ["late", "cross_attention", "unimodal_text", "early", "unimodal_image"]
+    assert [g.fusion for g in summarize(load_runs(root), "mae", "min")] == best_first
+    assert [g.fusion for g in summarize(load_runs(root), "mae", "max")] == best_first[::-1]  # mode decides, not name
+
+    report = write_report(root, metric="mae", mode="min")
+    assert [row["fusion"] for row in rows(report.summary_csv)] == best_first
+    assert [row["rank"] for row in rows(report.summary_csv)] == ["1", "2", "3", "4", "5"]
+    text = report.markdown.read_text()
+    assert "ranked by mean validation mae of each run's best checkpoint (lower is better, best first)" in text
+    line = {f: next(ln for ln in text.splitlines() if f"| {f} |" in ln).rstrip(" |") for f in maes}
+    assert line["late"].startswith("| 1 |") and line["unimodal_image"].startswith("| 5 |")
+    assert line["late"].endswith("+0.2000")   # 0.80 (unimodal_text, the best baseline) - 0.60
+    assert line["early"].endswith("-0.1000")  # worse than the best baseline
+
+
+def test_an_unknown_mode_is_an_error(sweep: Path) -> None:
+    with pytest.raises(UserError, match=r"compare\.mode='lower': expected max .* or min"):
+        write_report(sweep, metric="acc", mode="lower")
