@@ -58,7 +58,6 @@ class GroupSummary:
         subsets: the metric per modality subset (missing-modality evaluation), when every run has one.
         subsets_split: the split of that evaluation.
         curve: the validation metric per epoch, over seeds.
-        mode: ``max`` when a higher metric is better, ``min`` when lower is.
     """
 
     name: str
@@ -77,7 +76,6 @@ class GroupSummary:
     subsets: dict[str, Stat]
     subsets_split: str | None
     curve: list[tuple[int, Stat]]
-    mode: str = "max"
 
     @property
     def seeds(self) -> list[int]:
