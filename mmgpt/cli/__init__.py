@@ -46,8 +46,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
-register_schemas()
-quiet_lightning()
 def with_baselines(fusions: str, baselines: bool, modalities: list[str]) -> str:
     """``mmgpt-compare``'s sweep of ``model/fusion``: the fusions, plus ``unimodal_<m>`` per modality if asked.
 
@@ -64,3 +62,5 @@ def with_baselines(fusions: str, baselines: bool, modalities: list[str]) -> str:
 
 OmegaConf.register_new_resolver("mmgpt_run_id", run_id, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("mmgpt_with_baselines", with_baselines, replace=True)
+register_schemas()
+quiet_lightning()
