@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.hf.source import HFDataError, Piece, SplitFiles, read_group, read_table
 from mmgpt.datamodules.processors import Processor
 from mmgpt.datamodules.resumable import SampleKey, delivered_before
-from mmgpt.datamodules.shards.partition import worker_shards
+from mmgpt.datamodules.shards.partition import dealt_batches, reader_runs
 from mmgpt.training.rng import mix_seed, seeded
 
 #: What a label column may hold.
@@ -160,8 +159,8 @@ class HFStream(IterableDataset):
     every rank) when ``shuffle``, each loader worker of each rank reads its own pieces in order, a sample's
     randomness is seeded by (seed, epoch, its row index), and :meth:`resume_at` continues an epoch after the
     batches already trained on, skipping without decoding what each worker had delivered. Every rank yields the
-    same number of batches (:meth:`padding`), so DDP never waits on a rank that ran out: when the pieces do not
-    divide evenly a few rows are repeated, as ``DistributedSampler`` does for map-style data.
+    same number of batches (``partition.padding_batches``), so DDP never waits on a rank that ran out: when the
+    pieces do not divide evenly a few rows are repeated, as ``DistributedSampler`` does for map-style data.
 
     Args:
         pieces: the split's pieces (possibly cut by :func:`~mmgpt.datamodules.shards.partition.first_samples`).
@@ -189,7 +188,7 @@ class HFStream(IterableDataset):
         self._group: tuple[tuple[str, int], Any] | None = None  # the last row group read (pieces share groups)
 
     # No __len__, as for tar shards: a rank's batch count depends on the loader's workers (each ends with its own
-    # partial batch), so Lightning runs each pass until the stream ends (every rank: the same count, see padding).
+    # partial batch), so Lightning runs each pass until the stream ends (every rank: the same count, padded).
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -203,25 +202,11 @@ class HFStream(IterableDataset):
             random.Random(self.seed + epoch).shuffle(pieces)
         return pieces
 
-    def _rank_rows(self, epoch: int, num_workers: int, rank: int) -> list[int]:
-        pieces = self._epoch_pieces(epoch)
-        return [sum(self.sizes[p] for p in worker_shards(pieces, rank, self.world_size, w, num_workers))
-                for w in range(num_workers)]
-
-    def padding(self, epoch: int, num_workers: int) -> int:
-        """Batches this rank's worker 0 adds so that every rank has as many batches as the longest one (DDP steps
-        in lockstep: a rank with fewer batches would leave the others waiting). Like ``DistributedSampler``
-        (``drop_last=False``), the extra batches repeat rows of the split (from its first piece on)."""
-        n = max(1, num_workers)
-        totals = [sum(math.ceil(r / self.batch_size) for r in self._rank_rows(epoch, n, rank))
-                  for rank in range(self.world_size)]
-        return max(totals) - totals[self.rank]
-
     def batches_per_worker(self, epoch: int, num_workers: int) -> list[int]:
-        n = max(1, num_workers)
-        batches = [math.ceil(r / self.batch_size) for r in self._rank_rows(epoch, n, self.rank)]
-        batches[0] += self.padding(epoch, n)
-        return batches
+        """How many batches each of ``num_workers`` workers (1 for none) yields in ``epoch`` on this rank; every
+        rank yields as many (:func:`~mmgpt.datamodules.shards.partition.padding_batches`)."""
+        return dealt_batches(self._epoch_pieces(epoch), self.sizes, self.rank, self.world_size, num_workers,
+                             self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[SampleKey, dict[str, Any]]]:
         info = get_worker_info()
@@ -232,13 +217,7 @@ class HFStream(IterableDataset):
             role = (worker + first) % num_workers  # worker 0 must yield the batch the epoch continues with
             skip = delivered[role] * self.batch_size
         pieces = self._epoch_pieces(self.epoch)
-        runs = [(p, self.sizes[p]) for p in worker_shards(pieces, self.rank, self.world_size, role, num_workers)]
-        pad = self.padding(self.epoch, num_workers) * self.batch_size if role == 0 else 0
-        for p in itertools.cycle(pieces) if pad else ():  # the padding rows: the split's rows from the first on
-            runs.append((p, min(self.sizes[p], pad)))
-            pad -= runs[-1][1]
-            if pad <= 0:
-                break
+        runs = reader_runs(pieces, self.sizes, self.rank, self.world_size, role, num_workers, self.batch_size)
         for piece, n in runs:
             if skip >= n:  # skipped whole, unread
                 skip -= n

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import random
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -16,7 +15,7 @@ from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.processors import Processor
 from mmgpt.datamodules.resumable import SampleKey, delivered_before
 from mmgpt.datamodules.shards.format import ShardError, sample_index
-from mmgpt.datamodules.shards.partition import worker_shards
+from mmgpt.datamodules.shards.partition import dealt_batches, reader_runs
 from mmgpt.training.rng import mix_seed, seeded
 
 
@@ -143,10 +142,7 @@ class ShardDataset(IterableDataset):
         Each worker skips, without decoding, the samples it had delivered, and takes over the part of the worker
         whose batch came next, so the loader yields exactly the batches an uninterrupted epoch would have.
         """
-        missing = [s for s in self.shards if s not in self.sizes]
-        if missing:
-            raise ShardError(f"cannot resume mid-epoch: no sample count for {missing[0]} (shards written by an "
-                             "older mmgpt-data shard lack them in shards.json; write the shards again)")
+        self._require_sizes("resume mid-epoch")
         self.resume = (epoch, batches)
 
     def _epoch_shards(self, epoch: int) -> list[str]:
@@ -155,37 +151,17 @@ class ShardDataset(IterableDataset):
             random.Random(self.seed + epoch).shuffle(shards)
         return shards
 
-    def _rank_samples(self, epoch: int, num_workers: int, rank: int) -> list[int]:
-        shards = self._epoch_shards(epoch)
-        return [sum(self.sizes[s] for s in worker_shards(shards, rank, self.world_size, w, num_workers))
-                for w in range(num_workers)]
-
-    def padding(self, epoch: int, num_workers: int) -> int:
-        """Batches this rank's worker 0 adds so that every rank has as many batches as the longest one.
-
-        DDP steps in lockstep: a rank with fewer batches (fewer or smaller shards than the others, or none when
-        there are fewer shards than ranks x workers) would leave the others waiting for ever. Like
-        ``DistributedSampler`` (``drop_last=False``), the extra batches repeat samples of the split, from its
-        first shard on. Needs every shard's sample count (``shards.json``) when there is more than one rank.
-        """
-        if self.world_size == 1:
-            return 0
+    def _require_sizes(self, why: str) -> None:
         missing = [s for s in self.shards if s not in self.sizes]
         if missing:
-            raise ShardError(f"cannot deal the shards evenly over {self.world_size} ranks: no sample count for "
-                             f"{missing[0]} (shards written by an older mmgpt-data shard lack them in shards.json; "
-                             "write the shards again)")
-        n = max(1, num_workers)
-        totals = [sum(math.ceil(k / self.batch_size) for k in self._rank_samples(epoch, n, rank))
-                  for rank in range(self.world_size)]
-        return max(totals) - totals[self.rank]
+            raise ShardError(f"cannot {why}: no sample count for {missing[0]} (shards written by an older "
+                             "mmgpt-data shard lack them in shards.json; write the shards again)")
 
     def batches_per_worker(self, epoch: int, num_workers: int) -> list[int]:
-        """How many batches each of ``num_workers`` workers (1 for none) yields in ``epoch`` on this rank."""
-        n = max(1, num_workers)
-        batches = [math.ceil(k / self.batch_size) for k in self._rank_samples(epoch, n, self.rank)]
-        batches[0] += self.padding(epoch, n)
-        return batches
+        """How many batches each of ``num_workers`` workers (1 for none) yields in ``epoch`` on this rank; every
+        rank yields as many (:func:`~mmgpt.datamodules.shards.partition.padding_batches`)."""
+        return dealt_batches(self._epoch_shards(epoch), self.sizes, self.rank, self.world_size, num_workers,
+                             self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[SampleKey, dict[str, Any]]]:
         info = get_worker_info()
@@ -196,13 +172,10 @@ class ShardDataset(IterableDataset):
             delivered, first = delivered_before(self.batches_per_worker(self.epoch, num_workers), self.resume[1])
             role = (worker + first) % num_workers  # worker 0 must yield the batch the epoch continues with
             skip = delivered[role] * self.batch_size
-        runs = [(s, self.sizes.get(s)) for s in worker_shards(shards, self.rank, self.world_size, role, num_workers)]
-        pad = self.padding(self.epoch, num_workers) * self.batch_size if role == 0 else 0
-        for shard in itertools.cycle(shards) if pad else ():  # the padding: the split's samples from the first on
-            runs.append((shard, min(self.sizes[shard], pad)))
-            pad -= runs[-1][1]
-            if pad <= 0:
-                break
+        if self.world_size > 1:
+            self._require_sizes(f"deal the shards evenly over {self.world_size} ranks")
+        # (shard, its first n samples: all, or fewer with data.num_train), then worker 0's padding under DDP
+        runs = reader_runs(shards, self.sizes, self.rank, self.world_size, role, num_workers, self.batch_size)
         raw_samples = itertools.chain.from_iterable(itertools.islice(read_tar(s), n) for s, n in runs)
         random_transform = self.train and any(getattr(p, "augment", False) for p in self.processors.values())
         for raw in itertools.islice(raw_samples, skip, None):
