@@ -13,6 +13,7 @@ Legend: B batch, T text tokens, P prefix tokens, M context tokens, K pooled memb
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -203,13 +204,10 @@ class TextDecoder(nn.Module):
         self.lm_head = nn.Linear(dim, vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied, as in GPT-2
 
-    @property
+    @functools.cached_property
     def tokenizer(self) -> Tokenizer:
         """The tokenizer of the texts this decoder reads and writes (captions, prompts, generated text)."""
-        cached = self.__dict__.get("_tokenizer")
-        if cached is None:
-            cached = self.__dict__["_tokenizer"] = load_tokenizer(self.tokenizer_spec, self.max_length)
-        return cached
+        return load_tokenizer(self.tokenizer_spec, self.max_length)
 
     def new_cache(self) -> DecoderCache:
         """An empty cache for :meth:`forward` (one entry per layer)."""

@@ -21,6 +21,7 @@ Legend: B batch, T text tokens, P prefix tokens, M context tokens, D mmgpt dim, 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Iterator
@@ -161,18 +162,14 @@ class HFDecoder(nn.Module):
 
         return repeated_blocks(self.lm)
 
-    @property
+    @functools.cached_property
     def tokenizer(self) -> HFTokenizer:
         """The LM's own tokenizer (``AutoTokenizer`` from ``name_or_path``), truncating at ``max_length``."""
-        cached = self.__dict__.get("_tokenizer")
-        if cached is None:
-            from mmgpt.encoders.hf import load_pretrained
+        from mmgpt.encoders.hf import load_pretrained
 
-            cached = load_pretrained(lambda path, **kw: HFTokenizer(path, self.max_length, **kw), self.name_or_path,
-                                     what="model.net.decoder.name_or_path", vocab_size=self.vocab_size,
-                                     trust_remote_code=self._trust_remote_code)
-            self.__dict__["_tokenizer"] = cached
-        return cached
+        return load_pretrained(lambda path, **kw: HFTokenizer(path, self.max_length, **kw), self.name_or_path,
+                               what="model.net.decoder.name_or_path", vocab_size=self.vocab_size,
+                               trust_remote_code=self._trust_remote_code)
 
     def new_cache(self) -> HFDecoderCache:
         """An empty cache for :meth:`forward` (the LM creates its own cache object on the first call)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -54,13 +56,10 @@ class TextEncoder(nn.Module):
             dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
         )
 
-    @property
+    @functools.cached_property
     def tokenizer(self) -> Tokenizer:
         """The tokenizer of this encoder's input (what its processor tokenizes with)."""
-        cached = self.__dict__.get("_tokenizer")
-        if cached is None:
-            cached = self.__dict__["_tokenizer"] = load_tokenizer(self.tokenizer_spec, self.max_length)
-        return cached
+        return load_tokenizer(self.tokenizer_spec, self.max_length)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         """x (B, T) token ids, mask (B, T) True = real token -> tokens (B, T, D)."""
