@@ -207,6 +207,17 @@ def delivered_before(batches_per_worker: Sequence[int], consumed: int) -> tuple[
     return delivered, 0
 
 
+def resumed_reader(batches_per_worker: Sequence[int], worker: int, consumed: int, batch_size: int) -> tuple[int, int]:
+    """``(role, samples to skip)`` of loader worker ``worker`` when an epoch resumes after ``consumed`` batches.
+
+    The worker takes over the part of the worker whose batch comes next (so worker 0 yields the batch the epoch
+    continues with) and skips, undecoded, the samples that part had delivered (:func:`delivered_before`).
+    """
+    delivered, first = delivered_before(batches_per_worker, consumed)
+    role = (worker + first) % len(batches_per_worker)
+    return role, delivered[role] * batch_size
+
+
 class StreamLoader(DataLoader):
     """A DataLoader over a :class:`StreamingDataset` that tells it the epoch each time a pass starts (before
     workers fork), and whose position Lightning checkpoints and restores (like :class:`ResumableLoader`).

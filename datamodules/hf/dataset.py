@@ -22,7 +22,7 @@ from mmgpt.datamodules.base import process
 from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.hf.source import HFDataError, Piece, SplitFiles, read_group, read_table
 from mmgpt.datamodules.processors import Processor
-from mmgpt.datamodules.resumable import SampleKey, delivered_before
+from mmgpt.datamodules.resumable import SampleKey, resumed_reader
 from mmgpt.datamodules.shards.partition import dealt_batches, reader_runs
 from mmgpt.training.rng import mix_seed, seeded
 
@@ -213,9 +213,8 @@ class HFStream(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         role, skip = worker, 0
         if self.resume is not None and self.resume[0] == self.epoch and self.resume[1] > 0:
-            delivered, first = delivered_before(self.batches_per_worker(self.epoch, num_workers), self.resume[1])
-            role = (worker + first) % num_workers  # worker 0 must yield the batch the epoch continues with
-            skip = delivered[role] * self.batch_size
+            role, skip = resumed_reader(self.batches_per_worker(self.epoch, num_workers), worker, self.resume[1],
+                                        self.batch_size)
         pieces = self._epoch_pieces(self.epoch)
         runs = reader_runs(pieces, self.sizes, self.rank, self.world_size, role, num_workers, self.batch_size)
         for piece, n in runs:

@@ -13,7 +13,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from mmgpt.datamodules.base import process
 from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.processors import Processor
-from mmgpt.datamodules.resumable import SampleKey, delivered_before
+from mmgpt.datamodules.resumable import SampleKey, resumed_reader
 from mmgpt.datamodules.shards.format import ShardError, sample_index
 from mmgpt.datamodules.shards.partition import dealt_batches, reader_runs
 from mmgpt.training.rng import mix_seed, seeded
@@ -169,9 +169,8 @@ class ShardDataset(IterableDataset):
         shards = self._epoch_shards(self.epoch)
         role, skip = worker, 0
         if self.resume is not None and self.resume[0] == self.epoch and self.resume[1] > 0:
-            delivered, first = delivered_before(self.batches_per_worker(self.epoch, num_workers), self.resume[1])
-            role = (worker + first) % num_workers  # worker 0 must yield the batch the epoch continues with
-            skip = delivered[role] * self.batch_size
+            role, skip = resumed_reader(self.batches_per_worker(self.epoch, num_workers), worker, self.resume[1],
+                                        self.batch_size)
         if self.world_size > 1:
             self._require_sizes(f"deal the shards evenly over {self.world_size} ranks")
         # (shard, its first n samples: all, or fewer with data.num_train), then worker 0's padding under DDP
