@@ -24,6 +24,7 @@ from torchmetrics.classification import (
 )
 
 from mmgpt.batch import MultimodalBatch
+from mmgpt.errors import UserError
 from mmgpt.model import MultimodalTransformer
 from mmgpt.objectives.base import Objective, ObjectiveOutput
 from mmgpt.objectives.metrics import SamplesF1, SentimentBinary, SentimentClasses
@@ -51,10 +52,10 @@ class Regression(Objective):
     def __init__(self, num_classes: int = 1, loss: str = "l1", weight: float = 1.0, sentiment: bool = True) -> None:
         super().__init__(weight)
         if num_classes != 1:
-            raise ValueError(f"regression predicts one value per sample, but the head has {num_classes} outputs "
-                             "(regression data declares one target)")
+            raise UserError(f"task=regression predicts one value per sample, but the data has {num_classes} classes: "
+                            "regression needs float labels (data.label_type=float)")
         if loss not in ("l1", "mse"):
-            raise ValueError(f"model.module.objectives.regress.loss={loss!r}: expected l1 or mse")
+            raise UserError(f"model.module.objectives.regress.loss={loss!r}: expected l1 or mse")
         self.loss, self.sentiment = loss, sentiment
 
     def forward(self, net: MultimodalTransformer, batch: MultimodalBatch) -> ObjectiveOutput:
@@ -92,7 +93,7 @@ class MultiLabel(Objective):
                  pos_weight: float | None = None) -> None:
         super().__init__(weight)
         if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold={threshold}: expected a probability in (0, 1)")
+            raise UserError(f"threshold={threshold}: expected a probability in (0, 1)")
         self.num_classes, self.threshold, self.pos_weight = num_classes, threshold, pos_weight
 
     def forward(self, net: MultimodalTransformer, batch: MultimodalBatch) -> ObjectiveOutput:
@@ -129,7 +130,7 @@ class Binary(Objective):
     def __init__(self, num_classes: int = 2, weight: float = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__(weight)
         if num_classes != 2:
-            raise ValueError(f"binary classification needs exactly 2 classes, the data has {num_classes}")
+            raise UserError(f"task=binary needs exactly 2 classes, the data has {num_classes}")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
     def forward(self, net: MultimodalTransformer, batch: MultimodalBatch) -> ObjectiveOutput:

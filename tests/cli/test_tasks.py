@@ -55,5 +55,17 @@ def test_a_primary_metric_the_objectives_do_not_log_is_refused(compose_cfg: Call
 
 
 def test_binary_needs_two_classes(compose_cfg: Callable[..., DictConfig]) -> None:
-    with pytest.raises(Exception, match="binary classification needs exactly 2 classes, the data has"):
+    with pytest.raises(Exception, match="task=binary needs exactly 2 classes, the data has"):
         train(compose_cfg(["task=binary", *SMALL]))
+
+
+@pytest.mark.parametrize(("task", "message"), [("binary", "task=binary needs exactly 2 classes, the data has 15"),
+                                               ("regression", "regression needs float labels")])
+def test_a_task_that_does_not_fit_the_data_is_one_line_from_mmgpt_train(compose_cfg: Callable[..., DictConfig],
+                                                                         task: str, message: str) -> None:
+    """Not Hydra's instantiation traceback: the command prints one line naming the task and what the data has."""
+    from mmgpt.cli.common import user_errors
+
+    with pytest.raises(SystemExit) as stop:
+        user_errors(train)(compose_cfg([f"task={task}", *SMALL]))
+    assert str(stop.value).startswith("error: ") and message in str(stop.value) and "\n" not in str(stop.value)
