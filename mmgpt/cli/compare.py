@@ -30,6 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
+from mmgpt import stored_config
 from mmgpt.cli.common import rank_zero, relaunchable_job, user_errors
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
@@ -37,6 +38,7 @@ from mmgpt.config import CONFIG_DIR
 from mmgpt.errors import UserError
 from mmgpt.report import ReportFiles, write_report
 from mmgpt.report.runs import COST, EVAL_RESULTS, RESULTS, TUNE_DIR, find_run_dirs
+from mmgpt.stored_config import run_config
 from mmgpt.training.checkpointing import config_differences
 from mmgpt.training.safe_load import check_stored_overrides
 from mmgpt.training.tracking import wandb_sync_command
@@ -70,12 +72,11 @@ def changed_keys(run_dir: Path, cfg: DictConfig) -> list[str]:
     Where runs are stored (``paths.*``, and paths under the run directory) is not a difference: a sweep may have
     been moved or copied before it is resumed.
     """
-    path = run_dir / "config.yaml"
-    if not path.is_file():
+    saved = run_config(run_dir)  # data: read unresolved, an interpolation in it is refused
+    if saved is None:
         return []
-    saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     now = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(saved, dict) and isinstance(now, dict)
+    assert isinstance(now, dict)
     old_dir, new_dir = str((saved.get("paths") or {}).get("output_dir")), str(now["paths"]["output_dir"])
     saved, now = ({k: v for k, v in c.items() if k != "paths"} for c in (_moved(saved, old_dir, new_dir), now))
     return sorted({d.split(":", 1)[0] for d in config_differences(saved, now)})
@@ -205,11 +206,10 @@ def previous_overrides(sweep_dir: Path) -> list[str]:
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; resume=DIR needs the directory of an mmgpt-compare sweep")
-    cfg = OmegaConf.load(path)
-    hydra_overrides = [
-        str(o) for o in cfg.hydra.overrides.hydra if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))
-    ]
-    overrides = [*hydra_overrides, *(str(o) for o in cfg.hydra.overrides.task)]
+    saved = stored_config.load(path)  # data: nothing resolved; the overrides are checked below
+    hydra_overrides, task = (stored_config.strings(stored_config.select(saved, key, path, default=[]), path, key)
+                             for key in ("hydra.overrides.hydra", "hydra.overrides.task"))
+    overrides = [*(o for o in hydra_overrides if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))), *task]
     check_stored_overrides(overrides, path)  # a sweep directory from elsewhere must not name code to call
     return overrides
 
@@ -219,10 +219,13 @@ def load_launch(sweep_dir: Path) -> tuple[int, list[str]] | None:
     path = sweep_dir / TUNE_DIR / "launch.yaml"
     if not path.is_file():
         return None
-    saved = OmegaConf.load(path)
-    overrides = [str(a) for a in saved.args]
+    saved = stored_config.load_checked(path)  # data: nothing resolved
+    overrides = stored_config.strings(saved.get("args", []), path, "args")
     check_stored_overrides(overrides, path)  # a directory from elsewhere must not name code to call
-    return int(saved.trials), overrides
+    trials = saved.get("trials")
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 0:
+        raise UserError(f"{path}: trials: expected a number of trials, got {trials!r}")
+    return trials, overrides
 
 
 def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
@@ -237,8 +240,10 @@ def sweep_ranking(sweep_dir: Path) -> tuple[str, str]:
     directory from before the keys existed ranks by ``acc``, ``max`` (their defaults then)."""
     runs = find_run_dirs(sweep_dir) if sweep_dir.is_dir() else []
     paths = [sweep_dir / "multirun.yaml", *(d / ".hydra" / "config.yaml" for d in runs[:1])]
-    cfg = next((OmegaConf.load(p) for p in paths if p.is_file()), OmegaConf.create())
-    return str(OmegaConf.select(cfg, "compare.metric") or "acc"), str(OmegaConf.select(cfg, "compare.mode") or "max")
+    path = next((p for p in paths if p.is_file()), None)
+    saved = stored_config.load(path) if path is not None else {}  # Hydra's records: only these keys are read
+    return tuple(str(stored_config.select(saved, f"compare.{key}", path, default=default) or default)
+                 for key, default in (("metric", "acc"), ("mode", "max")))  # type: ignore[return-value]
 
 
 def report_ranking(sweep_dir: Path, metric: str | None, mode: str | None) -> tuple[str, str]:

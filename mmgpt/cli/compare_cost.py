@@ -29,6 +29,8 @@ from mmgpt.report.cost import first_samples, interleaved_speed, network_cost, st
 from mmgpt.report.runs import COST, MATCHING, load_runs
 from mmgpt.report.summary import group_runs
 from mmgpt.report.tuning import read_tuning
+from mmgpt.stored_config import run_config
+from mmgpt.training.safe_load import safe_data_config
 
 log = logging.getLogger("mmgpt.compare")
 
@@ -46,10 +48,9 @@ def head_loss(out: Any, batch: MultimodalBatch) -> Tensor:
     return nn.functional.mse_loss(out.logits.float(), batch.labels.reshape(out.logits.shape).float())
 
 
-def _batch(data_cfg: Any, size: int, device: torch.device) -> MultimodalBatch:
-    """One training batch of up to ``size`` samples of the configured data (augmentation as in training)."""
-    data = dict(OmegaConf.to_container(data_cfg, resolve=True))  # type: ignore[arg-type]
-    data["batch_size"] = size
+def _batch(data: dict[str, Any], size: int, device: torch.device) -> MultimodalBatch:
+    """One training batch of up to ``size`` samples of the data config ``data`` (augmentation as in training)."""
+    data = {**data, "batch_size": size}
     datamodule = instantiate(data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -64,15 +65,17 @@ def measure_costs(sweep_dir: Path, rounds: int = 5) -> Path | None:
     if not groups:
         raise FileNotFoundError(f"{sweep_dir}: no finished run to measure")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    configs = {name: OmegaConf.load(runs[0].run_dir / "config.yaml") for name, runs in groups.items()
-               if (runs[0].run_dir / "config.yaml").is_file()}
+    # a run's config.yaml is data: read unresolved and checked (no interpolation), its data config checked below
+    saved = {name: (runs[0].run_dir, run_config(runs[0].run_dir)) for name, runs in groups.items()}
+    configs = {name: OmegaConf.create(cfg) for name, (_, cfg) in saved.items() if cfg is not None}
     if len(configs) < len(groups):
         log.warning("no config.yaml in the runs of %s: their cost is not measured",
                     ", ".join(sorted(set(groups) - set(configs))))
     if not configs:
         return None
-    first = next(iter(configs.values()))
-    batch, datamodule = _batch(first.data, LARGE_BATCH, device)
+    run_dir, first = next((d, cfg) for d, cfg in saved.values() if cfg is not None)
+    data = safe_data_config(first.get("data"), run_dir / "config.yaml", run_dir, where="data")
+    batch, datamodule = _batch(data, LARGE_BATCH, device)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     nets, out = {}, {}

@@ -44,6 +44,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmgpt import stored_config
 from mmgpt.cli.common import ddp_env_restored, write_json
 from mmgpt.cli.compare_dashboards import wandb_group
 from mmgpt.config import CONFIG_DIR
@@ -330,7 +331,7 @@ def save_launch(sweep_dir: Path, args: Sequence[str], trials: int) -> None:
     path = sweep_dir / TUNE_DIR / LAUNCH
     launch = {"trials": trials, "args": list(args)}
     if path.is_file():
-        saved = OmegaConf.to_container(OmegaConf.load(path))
+        saved = stored_config.load_checked(path)  # data: nothing resolved
         if saved != launch:
             raise UserError(f"{sweep_dir} was started as `mmgpt-compare tune={saved['trials']} "  # type: ignore[index]
                             f"{' '.join(saved['args'])}`; resume it with resume={sweep_dir}")  # type: ignore[index]

@@ -46,10 +46,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         check_targets(cfg.data, "data")
         data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     else:
-        run_cfg = stored_run_config(read_checkpoint(ckpt_path))
+        run_cfg = stored_run_config(read_checkpoint(ckpt_path), ckpt_path)
         if not run_cfg or "data" not in run_cfg:
             raise UserError(f"{ckpt_path} stores no data config; pass one, e.g. data=synthetic")
-        data_cfg = safe_data_config(run_cfg["data"], f"{ckpt_path}: mmgpt.config.data", out_dir)
+        data_cfg = safe_data_config(run_cfg["data"], ckpt_path, out_dir)
     datamodule = build_datamodule(data_cfg, module.hparams.net)  # the processors the checkpoint's encoders declare
     if list(datamodule.class_names) != list(module.hparams.class_names or datamodule.class_names):
         raise UserError(

@@ -116,7 +116,7 @@ def run_generate(cfg: DictConfig) -> list[str]:
     for name, xs in (*media.items(), ("prompt", prompts)):
         if len(xs) not in (0, 1, n):
             raise UserError(f"{name}: {len(xs)} values for a batch of {n}")
-    data_cfg = (stored_run_config(read_checkpoint(cfg.ckpt_path)) or {}).get("data") or {}
+    data_cfg = (stored_run_config(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path) or {}).get("data") or {}
     processors = media_processors(net, module.hparams["net"], data_cfg)
     batch = build_batch(net, media, n * cfg.num_samples, processors).to(cfg.device)
     prompts = (prompts or [""]) * (n if len(prompts) <= 1 else 1)

@@ -37,6 +37,7 @@ from mmgpt.cli.common import (
 )
 from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_model_specs, check_targets, resolved
 from mmgpt.registry import fit_to_data, import_plugins
+from mmgpt.stored_config import checkpoint_string
 from mmgpt.training.callbacks import (
     FlushLogsWithCheckpoint,
     RestoreLoaderPosition,
@@ -196,7 +197,8 @@ def resume_state(cfg: DictConfig, out_dir: Path, module: MultimodalModule) -> Re
         return None
     saved = read_checkpoint(path)
     check_resume_compatible(saved, module.hparams["net"], path)
-    return ResumeState(path, int(saved.get("global_step", 0)), (saved.get("mmgpt") or {}).get("wandb_id"))
+    # the wandb id goes into the logger's config: a plain string, never an interpolation to resolve
+    return ResumeState(path, int(saved.get("global_step", 0)), checkpoint_string(saved, "wandb_id", path))
 
 
 def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:

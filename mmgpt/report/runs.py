@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from mmgpt.stored_config import hydra_overrides
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ def read_curves(path: Path, epochs: int) -> dict[str, list[tuple[int, float]]]:
 def read_run(run_dir: Path) -> RunRecord:
     """The :class:`RunRecord` of one run directory (which must hold ``results.json``)."""
     results = json.loads((run_dir / RESULTS).read_text())
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+    overrides = hydra_overrides(run_dir)  # text: never resolved
     subsets = split = None
     eval_file = run_dir / EVAL_RESULTS
     if eval_file.is_file():

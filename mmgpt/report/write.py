@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
+from mmgpt import stored_config
 from mmgpt.report.runs import TUNE_DIR, RunRecord
 from mmgpt.report.significance import Difference, RunPredictions, accuracy, pairwise
 from mmgpt.report.summary import GroupSummary, Stat, higher_is_better, improvement
@@ -133,15 +132,19 @@ def sweep_info(root: Path) -> dict[str, Any]:
     (``mmgpt-compare tune=N``) its command line (``tune/launch.yaml``); empty without either."""
     path = root / "multirun.yaml"
     launch = root / TUNE_DIR / "launch.yaml"
-    if not path.is_file() and launch.is_file():
-        saved = OmegaConf.load(launch)
-        return {"overrides": [f"tune={saved.trials}", *(str(a) for a in saved.args)]}
+    if not path.is_file() and launch.is_file():  # stored configs: read as text, nothing resolved
+        saved = stored_config.load(launch)
+        args = stored_config.strings(stored_config.select(saved, "args", launch, default=[], shown_only=True),
+                                     launch, "args", shown_only=True)
+        return {"overrides": [f"tune={stored_config.select(saved, 'trials', launch)}", *args]}
     if not path.is_file():
         return {}
-    cfg = OmegaConf.load(path)
-    choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
+    cfg = stored_config.load(path)
+    choices = stored_config.select(cfg, "hydra.runtime.choices", path, default={}, shown_only=True)
+    choices = choices if isinstance(choices, dict) else {}
+    task = stored_config.select(cfg, "hydra.overrides.task", path, default=[], shown_only=True)
     return {
-        "overrides": [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task") or []],
+        "overrides": stored_config.strings(task, path, "hydra.overrides.task", shown_only=True),
         "data": choices.get("data"),
         "experiment": choices.get("experiment"),
         "trainer": choices.get("trainer"),

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from mmgpt import registry
+from mmgpt import registry, stored_config
 from mmgpt.errors import UserError
 from mmgpt.registry import SpecError
 
@@ -94,6 +94,7 @@ def module_hparams(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
     hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, Mapping) or "net" not in hparams:
         raise CheckpointError(f"{path}: not an mmgpt training checkpoint (no hyper_parameters.net)")
+    stored_config.checkpoint_hparams(ckpt, path, error=CheckpointError)  # no interpolation is ever resolved
     out: dict[str, Any] = {}
     try:
         for key, value in hparams.items():
@@ -158,46 +159,39 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu", plug
     return module.to(map_location)
 
 
-def stored_run_config(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The resolved run config a checkpoint stores (``checkpoint["mmgpt"]["config"]``), or None."""
-    return (ckpt.get("mmgpt") or {}).get("config")
+def stored_run_config(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any] | None:
+    """The resolved run config checkpoint ``path`` stores (``checkpoint["mmgpt"]["config"]``), or None; no value
+    may be an interpolation (:func:`mmgpt.stored_config.checkpoint_run_config`)."""
+    return stored_config.checkpoint_run_config(ckpt, path, error=CheckpointError)
 
 
-def safe_data_config(data: Mapping[str, Any], where: str, run_dir: str | Path) -> dict[str, Any]:
+def safe_data_config(data: Mapping[str, Any], source: str | Path, run_dir: str | Path,
+                     where: str = "mmgpt.config.data") -> dict[str, Any]:
     """A data config read from a file (a checkpoint, a run directory), checked before it is instantiated.
 
     Its ``_target_`` must be one of mmgpt's datamodules (:data:`DATAMODULES`, older paths mapped), no other key
-    may hold a ``_target_``, and settings that write files are pointed into ``run_dir``.
+    may hold a ``_target_`` or an interpolation, and settings that write files are pointed into ``run_dir``.
 
+    Args:
+        data: the stored data config.
+        source: the file it was read from, and ``where`` its key there (both named in errors).
+        run_dir: where the settings that write files point.
     Raises:
-        CheckpointError: naming the key and the target refused.
+        CheckpointError: naming the file, the key and the target refused.
     """
     if not isinstance(data, Mapping):
-        raise CheckpointError(f"{where}: not a data config")
+        raise CheckpointError(f"{source}: {where}: not a data config")
     target = data.get("_target_")
     if target not in DATAMODULES:
-        raise CheckpointError(f"{where}._target_: {target!r} is not one of mmgpt's datamodules; refused "
+        raise CheckpointError(f"{source}: {where}._target_: {target!r} is not one of mmgpt's datamodules; refused "
                               "(nothing was imported or called)")
     out = dict(data)
     out["_target_"] = DATAMODULES[str(target)]
-    for key, value in out.items():
-        if key != "_target_":
-            _refuse_targets(value, f"{where}.{key}")
+    stored_config.check({k: v for k, v in out.items() if k != "_target_"}, source, where, error=CheckpointError)
     for key, sub in _WRITING_DATA_KEYS.items():
         if out.get(key) is not None:
             out[key] = str(Path(run_dir) / sub)
     return out
-
-
-def _refuse_targets(node: Any, where: str) -> None:
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            if key in ("_target_", "_partial_", "_args_"):
-                raise CheckpointError(f"{where}.{key}: {value!r} refused (a stored config may not name code to call)")
-            _refuse_targets(value, f"{where}.{key}")
-    elif isinstance(node, (list, tuple)):
-        for i, value in enumerate(node):
-            _refuse_targets(value, f"{where}[{i}]")
 
 
 #: Override keys that select code (Hydra callbacks, launchers, ``_target_`` anywhere) are not taken from a file.
