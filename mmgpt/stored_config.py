@@ -21,6 +21,7 @@ cannot resolve anything, since no string in it is an interpolation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -101,19 +102,34 @@ def load_checked(path: str | Path, *, code: bool = False, kind: type = dict,
     return check(node, path, code=code, error=error)
 
 
+#: A whole value that only refers to another key of the same file (``${primary_metric.name}``): no resolver.
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
+
+
 def select(node: Any, key: str, source: str | Path, *, code: bool = False, default: Any = None,
-           shown_only: bool = False, error: type[UserError] = StoredConfigError) -> Any:
+           shown_only: bool = False, references: bool = False, error: type[UserError] = StoredConfigError) -> Any:
     """The value at the dotted ``key`` of a loaded tree (``default`` when absent), checked (:func:`check`).
 
-    ``shown_only``: the value is only shown (a report's command line), never used as config, so it is not
-    checked: it stays text (an interpolation in it is printed, never resolved).
+    Args:
+        shown_only: the value is only shown (a report's command line), never used as config, so it is not
+            checked: it stays text (an interpolation in it is printed, never resolved).
+        references: for Hydra's unresolved records (``multirun.yaml``, ``.hydra/config.yaml``): a value that is
+            exactly a reference to another key of the same file (``${primary_metric.name}``) is looked up in the
+            tree, as plain data (no resolver runs); any other interpolation is still refused.
     """
-    value = node
-    for part in key.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return default
-        value = value[part]
+    value, seen = _lookup(node, key, default), {key}
+    while references and isinstance(value, str) and (ref := _REFERENCE.fullmatch(value)) and ref[1] not in seen:
+        seen.add(ref[1])
+        value = _lookup(node, ref[1], default)
     return value if shown_only else check(value, source, key, code=code, error=error)
+
+
+def _lookup(node: Any, key: str, default: Any) -> Any:
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def strings(node: Any, source: str | Path, where: str, *, shown_only: bool = False,

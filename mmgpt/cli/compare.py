@@ -17,7 +17,6 @@ into the sweep directory and prints where it is, with the ``wandb sync`` command
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -30,7 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
-from mmgpt import stored_config
+from mmgpt import stored_config, sweep_folder
 from mmgpt.cli.common import rank_zero, relaunchable_job, user_errors
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
@@ -40,7 +39,6 @@ from mmgpt.report import ReportFiles, write_report
 from mmgpt.report.runs import COST, EVAL_RESULTS, RESULTS, TUNE_DIR, find_run_dirs
 from mmgpt.stored_config import run_config
 from mmgpt.training.checkpointing import config_differences
-from mmgpt.training.safe_load import check_stored_overrides
 from mmgpt.training.tracking import wandb_sync_command
 
 log = logging.getLogger("mmgpt.compare")
@@ -52,9 +50,9 @@ _KEEP_ON_RETRY = (".hydra",)
 
 
 def finished_results(run_dir: Path) -> dict[str, Any] | None:
-    """The ``results.json`` of a finished run in ``run_dir``; None when the run never finished."""
+    """The ``results.json`` of a finished run in ``run_dir`` (checked as data); None when the run never finished."""
     path = run_dir / RESULTS
-    return json.loads(path.read_text()) if path.is_file() else None
+    return sweep_folder.read_results(path) if path.is_file() else None
 
 
 def _moved(node: Any, old: str, new: str) -> Any:
@@ -108,7 +106,8 @@ def best_checkpoint(run_dir: Path, results: dict[str, Any]) -> Path | None:
     if not recorded:
         return None
     candidates = [run_dir / "checkpoints" / Path(recorded).name, Path(recorded)]
-    return next((p for p in candidates if p.is_file()), None)
+    # a results.json is data: a recorded path outside the run's own directory is not opened
+    return next((p for p in candidates if p.is_file() and p.resolve().is_relative_to(run_dir.resolve())), None)
 
 
 def robustness_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
@@ -206,12 +205,12 @@ def previous_overrides(sweep_dir: Path) -> list[str]:
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; resume=DIR needs the directory of an mmgpt-compare sweep")
-    saved = stored_config.load(path)  # data: nothing resolved; the overrides are checked below
-    hydra_overrides, task = (stored_config.strings(stored_config.select(saved, key, path, default=[]), path, key)
-                             for key in ("hydra.overrides.hydra", "hydra.overrides.task"))
-    overrides = [*(o for o in hydra_overrides if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))), *task]
-    check_stored_overrides(overrides, path)  # a sweep directory from elsewhere must not name code to call
-    return overrides
+    saved = stored_config.load(path)  # data: nothing resolved; each override checked (mmgpt/sweep_folder.py)
+    hydra_overrides, task = (
+        sweep_folder.check_overrides(stored_config.select(saved, key, path, default=[], shown_only=True), path, key,
+                                     sweep_dir)
+        for key in ("hydra.overrides.hydra", "hydra.overrides.task"))
+    return [*(o for o in hydra_overrides if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))), *task]
 
 
 def load_launch(sweep_dir: Path) -> tuple[int, list[str]] | None:
@@ -219,9 +218,8 @@ def load_launch(sweep_dir: Path) -> tuple[int, list[str]] | None:
     path = sweep_dir / TUNE_DIR / "launch.yaml"
     if not path.is_file():
         return None
-    saved = stored_config.load_checked(path)  # data: nothing resolved
-    overrides = stored_config.strings(saved.get("args", []), path, "args")
-    check_stored_overrides(overrides, path)  # a directory from elsewhere must not name code to call
+    saved = stored_config.load_checked(path, code=True)  # data: nothing resolved; each override checked below
+    overrides = sweep_folder.check_overrides(saved.get("args", []), path, "args", sweep_dir)
     trials = saved.get("trials")
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 0:
         raise UserError(f"{path}: trials: expected a number of trials, got {trials!r}")
@@ -242,7 +240,7 @@ def sweep_ranking(sweep_dir: Path) -> tuple[str, str]:
     paths = [sweep_dir / "multirun.yaml", *(d / ".hydra" / "config.yaml" for d in runs[:1])]
     path = next((p for p in paths if p.is_file()), None)
     saved = stored_config.load(path) if path is not None else {}  # Hydra's records: only these keys are read
-    return tuple(str(stored_config.select(saved, f"compare.{key}", path, default=default) or default)
+    return tuple(str(stored_config.select(saved, f"compare.{key}", path, default=default, references=True) or default)
                  for key, default in (("metric", "acc"), ("mode", "max")))  # type: ignore[return-value]
 
 
@@ -274,6 +272,7 @@ def _tuned(args: list[str], trials: str | None, resume_dir: str | None) -> None:
         return
     launch = load_launch(Path(resume_dir))
     assert launch is not None
+    sweep_folder.check_sweep_folder(Path(resume_dir).resolve())  # the runs' and trials' files are data too
     if trials is not None or args:
         raise UserError(f"resume={resume_dir} continues a tuned comparison as it was started; it takes no other "
                         f"arguments (got: {' '.join(args) or 'tune=' + str(trials)})")
@@ -302,7 +301,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if resume_dir is not None:
         sweep_dir = Path(resume_dir).resolve()
-        args = [*previous_overrides(sweep_dir), *args, f"hydra.sweep.dir={sweep_dir}"]
+        stored = previous_overrides(sweep_dir)
+        sweep_folder.check_sweep_folder(sweep_dir)  # the runs' files are data too
+        args = [*stored, *args, f"hydra.sweep.dir={sweep_dir}"]
         log.info("resuming %s with: %s", sweep_dir, " ".join(args))
     saved, sys.argv = sys.argv, [sys.argv[0], *args]
     try:

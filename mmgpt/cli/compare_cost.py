@@ -24,12 +24,13 @@ from torch import Tensor, nn
 
 from mmgpt.batch import MultimodalBatch
 from mmgpt.cli.common import write_json
-from mmgpt.report import read_json, varied_by_design
+from mmgpt.report import varied_by_design
 from mmgpt.report.cost import first_samples, interleaved_speed, network_cost, step_memory
 from mmgpt.report.runs import COST, MATCHING, load_runs
 from mmgpt.report.summary import group_runs
 from mmgpt.report.tuning import read_tuning
 from mmgpt.stored_config import run_config
+from mmgpt.sweep_folder import read_matching
 from mmgpt.training.safe_load import safe_data_config
 
 log = logging.getLogger("mmgpt.compare")
@@ -61,7 +62,7 @@ def measure_costs(sweep_dir: Path, rounds: int = 5) -> Path | None:
     """Measure every configuration of the comparison in ``sweep_dir`` and write ``cost.json`` there; None (and
     a warning) when no run has the ``config.yaml`` to rebuild its network from."""
     groups = group_runs(load_runs(sweep_dir),
-                        ignore=varied_by_design(read_tuning(sweep_dir), read_json(sweep_dir / MATCHING)))
+                        ignore=varied_by_design(read_tuning(sweep_dir), read_matching(sweep_dir / MATCHING)))
     if not groups:
         raise FileNotFoundError(f"{sweep_dir}: no finished run to measure")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

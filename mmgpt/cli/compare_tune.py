@@ -32,7 +32,6 @@ DDP launcher re-runs that command line for the other ranks, so every rank of a t
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -44,7 +43,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mmgpt import stored_config
+from mmgpt import stored_config, sweep_folder
 from mmgpt.cli.common import ddp_env_restored, write_json
 from mmgpt.cli.compare_dashboards import wandb_group
 from mmgpt.config import CONFIG_DIR
@@ -288,9 +287,18 @@ def tune(plan: Plan, fixed: Mapping[str, Sequence[str]]) -> dict[str, dict[str, 
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = _storage(plan)
-    studies = {f: optuna.create_study(study_name=f, storage=storage, direction=plan.direction, load_if_exists=True)
-               for f in plan.fusions}
+    journal = plan.sweep_dir / TUNE_DIR / JOURNAL
+    try:
+        storage = _storage(plan)
+        studies = {f: optuna.create_study(study_name=f, storage=storage, direction=plan.direction,
+                                          load_if_exists=True) for f in plan.fusions}
+    except Exception as e:  # noqa: BLE001 - a journal Optuna cannot replay, whatever the reason
+        raise sweep_folder.SweepFolderError(f"{journal}: not a readable Optuna journal ({type(e).__name__}: "
+                                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    for fusion, study in studies.items():  # the journal is data: its trials' values become overrides
+        for trial in study.get_trials(deepcopy=False):
+            sweep_folder.check_trial_params(trial.params, plan.space, journal,
+                                            f"study {fusion} trial {trial.number} params", plan.sweep_dir)
     spaces = {f: space_of(plan, f) for f in plan.fusions}
     for fusion, study in studies.items():
         settle_interrupted(plan, fusion, study)
@@ -346,9 +354,8 @@ def matched_sizes(plan: Plan) -> dict[str, list[str]]:
     from mmgpt.cli.compare_match import match_sizes, matching_record
 
     path = plan.sweep_dir / MATCHING
-    if path.is_file():
-        record = json.loads(path.read_text())
-    else:
+    record = sweep_folder.read_matching(path)  # data: only sizes (model.dim, model.mlp_ratio) become overrides
+    if record is None:
         configs = {f: compose_compare([*plan.args, f"model/fusion={f}"]) for f in plan.fusions}
         matched = match_sizes(configs, plan.match or "", plan.match_reference, plan.match_tolerance)
         record = matching_record(plan.match or "", plan.match_reference, plan.match_tolerance, matched, plan.fusions)

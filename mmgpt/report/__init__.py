@@ -7,7 +7,6 @@ summarises them over seeds (:mod:`mmgpt.report.summary`), and writes the report 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from mmgpt.report.runs import COST, MATCHING, RunRecord, load_runs
 from mmgpt.report.summary import GroupSummary, Stat, summarize
 from mmgpt.report.tuning import Tuning, read_tuning
 from mmgpt.report.write import write_tables
+from mmgpt.sweep_folder import read_json_object, read_matching
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ReportFiles:
 
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON file of the comparison directory (``cost.json``, ``matching.json``); None when absent."""
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json_object(path) if path.is_file() else None  # data: a malformed file is one line naming it
 
 
 def read_cost(root: Path) -> dict[str, Any] | None:
@@ -65,7 +65,7 @@ def write_report(root: str | Path, metric: str = "acc", mode: str = "max",
     runs = load_runs(root)
     if not runs:
         raise FileNotFoundError(f"{root}: no finished run (no results.json) to report on")
-    tuning, matching = read_tuning(root), read_json(root / MATCHING)
+    tuning, matching = read_tuning(root), read_matching(root / MATCHING)
     groups = summarize(runs, metric, mode, ignore=varied_by_design(tuning, matching))
     out.mkdir(parents=True, exist_ok=True)
     cost = read_cost(root)

@@ -7,13 +7,13 @@ here computes a metric: every number comes from those files.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmgpt.stored_config import hydra_overrides
+from mmgpt.sweep_folder import SweepFolderError, read_eval_results, read_results
 
 log = logging.getLogger(__name__)
 
@@ -84,26 +84,30 @@ def read_curves(path: Path, epochs: int) -> dict[str, list[tuple[int, float]]]:
         return {}
     per_key: dict[str, dict[int, float]] = {}
     with path.open(newline="") as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        for row in reader:
             if not row.get("epoch"):
                 continue
-            epoch = int(float(row["epoch"]))
-            if epoch >= epochs:
-                continue
-            for key, value in row.items():
-                if key and key.startswith("val/") and value not in (None, ""):
-                    per_key.setdefault(key, {})[epoch + 1] = float(value)
+            try:
+                epoch = int(float(row["epoch"]))
+                if epoch >= epochs:
+                    continue
+                for key, value in row.items():
+                    if key and key.startswith("val/") and value not in (None, ""):
+                        per_key.setdefault(key, {})[epoch + 1] = float(value)
+            except (TypeError, ValueError) as e:
+                raise SweepFolderError(f"{path}: line {reader.line_num}: not a number ({e})") from None
     return {k: sorted(v.items()) for k, v in sorted(per_key.items())}
 
 
 def read_run(run_dir: Path) -> RunRecord:
     """The :class:`RunRecord` of one run directory (which must hold ``results.json``)."""
-    results = json.loads((run_dir / RESULTS).read_text())
+    results = read_results(run_dir / RESULTS)  # a run's files are data: checked, a malformed one named
     overrides = hydra_overrides(run_dir)  # text: never resolved
     subsets = split = None
     eval_file = run_dir / EVAL_RESULTS
     if eval_file.is_file():
-        evaluated = json.loads(eval_file.read_text())
+        evaluated = read_eval_results(eval_file)
         subsets, split = evaluated.get("subsets"), evaluated.get("split")
     return RunRecord(
         run_dir=run_dir,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mmgpt.report.runs import TUNING
+from mmgpt.sweep_folder import SweepFolderError, read_json_object
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,13 @@ def read_tuning(root: Path) -> Tuning | None:
     path = root / TUNING
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    return Tuning(trials=int(data["trials_per_configuration"]), metric=str(data["metric"]),
-                  direction=str(data["direction"]), seed=int(data["seed"]), space=dict(data["space"]),
-                  sampler=str(data["sampler"]), configurations=dict(data["configurations"]))
+    data = read_json_object(path)  # data from the comparison directory: a malformed file is one line
+    try:
+        return Tuning(trials=int(data["trials_per_configuration"]), metric=str(data["metric"]),
+                      direction=str(data["direction"]), seed=int(data["seed"]), space=dict(data["space"]),
+                      sampler=str(data["sampler"]), configurations=dict(data["configurations"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise SweepFolderError(f"{path}: missing or malformed {type(e).__name__}: {e}") from None
 
 
 def _range(spec: dict[str, Any]) -> str:

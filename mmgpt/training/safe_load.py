@@ -193,17 +193,3 @@ def safe_data_config(data: Mapping[str, Any], source: str | Path, run_dir: str |
             out[key] = str(Path(run_dir) / sub)
     return out
 
-
-#: Override keys that select code (Hydra callbacks, launchers, ``_target_`` anywhere) are not taken from a file.
-def check_stored_overrides(overrides: list[str], source: str | Path) -> None:
-    """Refuse overrides read from a file (a sweep's ``multirun.yaml``) that would name code to call.
-
-    Raises:
-        CheckpointError: naming the override.
-    """
-    for override in overrides:
-        key, _, value = override.partition("=")
-        names_code = "_target_" in key or "_target_" in value or "_partial_" in key
-        if names_code or key.lstrip("+~").startswith("hydra.callbacks"):
-            raise CheckpointError(f"{source}: override {override!r} names code to call; refused (give it on the "
-                                  "command line yourself if you mean it)")

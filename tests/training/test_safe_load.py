@@ -240,6 +240,6 @@ def test_compare_report_and_resume_do_not_call_what_a_run_directory_names(tmp_pa
     (sweep / "multirun.yaml").write_text(json.dumps(multirun))
     compare_main([f"report={sweep}"])
     assert not side_effect.exists()
-    with pytest.raises(SystemExit, match=r"multirun\.yaml: override .*_target_.* refused"):
+    with pytest.raises(SystemExit, match=r"multirun\.yaml: hydra\.overrides\.task\[0\]: .*_target_.* refused"):
         compare_main([f"resume={sweep}"])
     assert not side_effect.exists()
