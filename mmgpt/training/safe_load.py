@@ -63,10 +63,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load ``path`` with ``weights_only=True``; a missing, non-checkpoint or damaged file is one clear error."""
     path = Path(path)
     if path.is_dir():  # a sharded checkpoint (trainer=fsdp): its metadata here; load_module consolidates weights
-        from mmgpt.training.distributed import is_sharded_checkpoint
+        from mmgpt.training.distributed import check_sharded_checkpoint, is_sharded_checkpoint
 
         if not is_sharded_checkpoint(path):
             raise CheckpointError(f"{path}: a folder, but not a complete sharded checkpoint (.metadata and meta.pt)")
+        check_sharded_checkpoint(path)  # its index and byte entries as data, before anything else reads them
         path = path / "meta.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
