@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmgpt.errors import UserError
+from mmgpt.errors import UserError, load_error_reason
 from mmgpt.layers import Block
 
 log = logging.getLogger(__name__)
@@ -234,9 +234,8 @@ def _load_data(value: io.BytesIO, fqn: str) -> Any:
     try:
         return torch.load(value, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read it as data refuses the entry
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else type(e).__name__)
-        raise pickle.UnpicklingError(f"the byte entry {fqn!r} is not plain data ({why}); refused") from None
+        raise pickle.UnpicklingError(f"the byte entry {fqn!r} is not plain data ({load_error_reason(e)}); "
+                                     "refused") from None
 
 
 def _data_only_planner() -> Any:
