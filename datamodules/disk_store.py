@@ -350,9 +350,14 @@ class DiskStore:
 
     def _load_segment(self, name: str) -> tuple[list[np.ndarray], dict[int, str]] | None:
         idx, bin_ = self.root / f"{name}.idx.npz", self.root / f"{name}.bin"
+        root = self.root.resolve()
+        if idx.resolve().parent != root or bin_.resolve().parent != root:  # a link leading out of the store
+            return self._drop(name, "a link to a file outside the store")
         try:
             with np.load(idx, allow_pickle=False) as z:
                 header = json.loads(z["header"].tobytes().decode())
+                if not isinstance(header, dict):
+                    return self._drop(name, "its index header is not a JSON object")
                 if header.get("version") != STORE_VERSION:
                     log.info("store %s: skipping segment %s of format version %s", self.root, name,
                              header.get("version"))
@@ -362,17 +367,15 @@ class DiskStore:
                         z["shape"]]
         except FileNotFoundError:  # deleted by another process since the listing
             return None
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
             return self._drop(name, f"unreadable index ({type(e).__name__}: {e})")
-        if len({len(c) for c in cols}) != 1 or cols[7].shape[1:] != (MAX_NDIM,):
-            return self._drop(name, "index columns disagree in length")
         try:
             size = bin_.stat().st_size
         except FileNotFoundError:
             return self._drop(name, "its .bin file is missing")
-        ends = cols[2] + np.maximum(cols[3], 0)
-        if size < header["bin_bytes"] or (len(ends) and int(ends.max()) > size):
-            return self._drop(name, f"truncated shard: {size} of {header['bin_bytes']} bytes")
+        why = _index_problem(cols, header, size)
+        if why is not None:
+            return self._drop(name, why)
         return cols, {int(k): v for k, v in header["errors"].items()}
 
     def _drop(self, name: str, why: str) -> None:
@@ -389,6 +392,39 @@ class DiskStore:
                     p.unlink()
             except OSError:
                 pass
+
+
+def _index_problem(cols: list[np.ndarray], header: dict, size: int) -> str | None:
+    """Why a segment's index cannot be trusted (columns of another type or length, dtype codes, shapes, byte counts
+    or offsets that do not describe arrays inside its ``size``-byte ``.bin``), or None when it can. An index comes
+    from whichever process (or machine) wrote the store: it is read as data and checked before any entry is used."""
+    n = len(cols[0])
+    if any(c.dtype.kind not in "iu" for c in cols) or len({len(c) for c in cols}) != 1 or cols[7].ndim != 2 \
+            or cols[7].shape[1:] != (MAX_NDIM,):
+        return "index columns disagree in type or length"
+    bin_bytes, errors = header.get("bin_bytes"), header.get("errors")
+    if not isinstance(bin_bytes, int) or not isinstance(errors, dict):
+        return "its index header lacks bin_bytes or errors"
+    if size < bin_bytes:
+        return f"truncated shard: {size} of {bin_bytes} bytes"
+    if not all(isinstance(k, str) and k.isdigit() and int(k) < n and isinstance(v, str) for k, v in errors.items()):
+        return "its index header lists errors of entries it does not have"
+    off, nbytes, code, shape = cols[2], cols[3], cols[6], cols[7]
+    array = nbytes >= 0  # entries that hold an array (-1: a recorded decode error)
+    is_error = np.zeros(n, bool)
+    is_error[[int(k) for k in errors]] = True
+    if np.any(array == is_error) or np.any((code < 0) | (code >= len(DTYPES))):
+        return "index entries of an unknown kind or dtype"
+    dims = shape >= 0
+    ndim = dims.sum(axis=1)
+    if np.any(dims != (np.arange(MAX_NDIM) < ndim[:, None])):  # sizes first, then -1 padding
+        return "index shapes that are not shapes"
+    items = np.where(dims, shape, 1).astype(np.float64).prod(axis=1)  # float: a crafted shape cannot wrap around
+    itemsize = np.array([d.itemsize for d in _NP_DTYPES])[code]
+    outside = (off < 0) | (off > size) | (nbytes > size - np.minimum(np.maximum(off, 0), size))
+    if np.any(array & (outside | (items * itemsize != nbytes))):
+        return "index entries outside the .bin file, or of the wrong byte count"
+    return None
 
 
 class KeyedDiskStore:

@@ -8,11 +8,11 @@ Torchvision image stems live with the image encoder (:class:`mmgpt.encoders.imag
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor
+
+from mmgpt.errors import UserError
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -21,8 +21,14 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0]})") from e
+    from mmgpt.training.safe_load import read_checkpoint
+
+    obj = read_checkpoint(path)  # weights_only; a pickle that is not a checkpoint is one line naming the file
+    return obj.get("state_dict", obj)

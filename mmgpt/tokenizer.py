@@ -280,10 +280,20 @@ def load_tokenizer(spec: str | Path | None, max_length: int) -> Tokenizer:
         raise UserError("tokenizer=ids: the data gives token ids already, so there is no tokenizer to encode text "
                         "with (name the tokenizer.json the ids came from instead)")
     file = _tokenizer_file(spec)
-    kind = json.loads(file.read_text()).get("model", {}).get("type") if file.suffix == ".json" else None
+    kind = _model_type(file) if file.suffix == ".json" else None
     if kind != "BPE":
         raise UserError(f"tokenizer {spec}: expected a BPE tokenizer.json (model type {kind!r})")
     return BPETokenizer(file, max_length)
+
+
+def _model_type(file: Path) -> Any:
+    """The ``model.type`` of a ``tokenizer.json`` (None where it has none), read as data: one line if unreadable."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"tokenizer {file}: not a readable tokenizer.json ({e})") from None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model.get("type") if isinstance(model, dict) else None
 
 
 def tokenizer_vocab(spec: str | Path | None, vocab_size: int | None, where: str) -> int:

@@ -139,3 +139,20 @@ def test_a_training_run_reads_and_writes_text_with_the_bpe(bpe_path, folder, com
     assert [tok.decode(row[m]) for row, m in zip(ids, mask)] == [rows[i]["text"] for i in batch.ids]
     results = train(cfg)
     assert results["global_step"] == 6 and {"val/token_acc", "val/mlm_acc"} <= set(results["val"])
+
+
+@pytest.mark.parametrize(("text", "why"), [("{not json", "not a readable tokenizer.json"),
+                                           ('["a", "list"]', "expected a BPE tokenizer.json"),
+                                           ('{"model": "BPE"}', "expected a BPE tokenizer.json"),
+                                           ('{"model": {"type": "BPE"}}', "not a readable tokenizer.json")])
+def test_a_foreign_tokenizer_json_is_one_line(tmp_path, text, why):
+    """A tokenizer.json from elsewhere is data: malformed, of another shape or not loadable, it is one line."""
+    from mmgpt.errors import UserError
+    from mmgpt.tokenizer import load_tokenizer
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(text)
+    with pytest.raises(UserError) as refused:
+        load_tokenizer(path, 16)
+    assert str(refused.value).startswith(f"tokenizer {path}") and why in str(refused.value)
+    assert "\n" not in str(refused.value)

@@ -30,7 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from mmgpt.datamodules.base import shared_options
-from mmgpt.datamodules.benchmarks.common import BenchmarkDataModule, BenchmarkError, BenchmarkSplit, require_file
+from mmgpt.datamodules.benchmarks.common import (
+    BenchmarkDataModule,
+    BenchmarkError,
+    BenchmarkSplit,
+    load_npy,
+    require_file,
+)
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
 from mmgpt.datamodules.processors import Processor
 
@@ -56,7 +62,7 @@ class _Rows:
         if not 0 <= i < len(self):
             raise IndexError(i)
         if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
+            self._array = load_npy(self.path, mmap=True)
         return self.convert(np.asarray(self._array[self.start + i]))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -97,12 +103,12 @@ def read_avmnist(root: str | Path, *, image_size: int = IMAGE_SIDE, num_train: i
     for part in ("train", "test"):
         images = require_file(root / "image" / f"{part}_data.npy", "MultiBench's AV-MNIST layout")
         audio = require_file(root / "audio" / f"{part}_data.npy", "MultiBench's AV-MNIST layout")
-        labels = np.load(require_file(root / f"{part}_labels.npy", "MultiBench's AV-MNIST layout")).astype(np.int64)
+        labels = load_npy(require_file(root / f"{part}_labels.npy", "MultiBench's AV-MNIST layout")).astype(np.int64)
         labels = labels.reshape(-1)
         n = len(labels)
         for path, shape in ((images, (IMAGE_SIDE * IMAGE_SIDE,)), (audio, (SPECTROGRAM_SIDE, SPECTROGRAM_SIDE))):
-            got = np.load(path, mmap_mode="r").shape
-            if got[0] != n or int(np.prod(got[1:])) != int(np.prod(shape)):
+            got = load_npy(path, mmap=True).shape
+            if not got or got[0] != n or int(np.prod(got[1:])) != int(np.prod(shape)):
                 raise BenchmarkError(f"{path}: shape {got}, expected ({n}, {', '.join(map(str, shape))}) "
                                      f"({n} labels in {part}_labels.npy)")
         if labels.size and not ((labels >= 0) & (labels <= 9)).all():

@@ -162,3 +162,49 @@ def require_keys(mapping: Mapping[str, Any], keys: Sequence[str], where: str) ->
         if key not in mapping:
             raise BenchmarkError(f"{where}: no key {key!r} (has: {', '.join(map(str, mapping))})")
 
+
+
+def load_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
+    """A ``.npy`` file as a numeric array, read as data: never unpickled (``allow_pickle=False``), never an ``.npz``
+    archive or a file of another kind, never Python objects or records.
+
+    Raises:
+        BenchmarkError: naming the file and what it holds instead.
+    """
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # a pickle, object dtype, a truncated or foreign file
+        raise BenchmarkError(f"{path}: not a numeric .npy array ({str(e).splitlines()[0]})") from None
+    if not isinstance(array, np.ndarray):  # np.load opens any zip as an .npz archive
+        array.close()
+        raise BenchmarkError(f"{path}: an .npz archive, not a .npy array")
+    if array.dtype.kind not in "biuf":
+        raise BenchmarkError(f"{path}: an array of dtype {array.dtype}, not numbers")
+    return array
+
+
+def h5_dataset(file: Any, key: str, path: str | Path, kinds: str = "biuf") -> Any:
+    """Dataset ``key`` of an open HDF5 file, read as data from that file alone: refused when it is a link to
+    another file (external link), a virtual dataset or one with external storage (both read other files), or
+    holds anything but ``kinds`` of dtype (numbers by default; ``S``/``O`` strings where asked).
+
+    Raises:
+        BenchmarkError: naming the file, the key and why.
+    """
+    import h5py
+
+    link = file.get(key, getlink=True)
+    if link is None:
+        raise BenchmarkError(f"{path}: no dataset {key!r}")
+    if isinstance(link, h5py.ExternalLink):
+        raise BenchmarkError(f"{path}: {key!r} is a link to another file ({link.filename}); refused")
+    dataset = file[key]
+    if not isinstance(dataset, h5py.Dataset):
+        raise BenchmarkError(f"{path}: {key!r} is a {type(dataset).__name__}, not a dataset")
+    if dataset.is_virtual or dataset.external:
+        raise BenchmarkError(f"{path}: {key!r} reads its data from other files (virtual or external storage); "
+                             "refused")
+    string = h5py.check_string_dtype(dataset.dtype) is not None
+    if dataset.dtype.kind not in kinds or (dataset.dtype.kind == "O" and not string):
+        raise BenchmarkError(f"{path}: {key!r} holds {dataset.dtype}, not {'strings' if 'S' in kinds else 'numbers'}")
+    return dataset

@@ -38,6 +38,7 @@ from mmgpt.datamodules.benchmarks.common import (
     BenchmarkDataModule,
     BenchmarkError,
     BenchmarkSplit,
+    h5_dataset,
     require_file,
     require_keys,
 )
@@ -151,15 +152,27 @@ def read_mmimdb_hdf5(path: str | Path, *, poster: str = "vgg", image_size: int =
         raise BenchmarkError(f"{path}: reading MM-IMDb's HDF5 file needs h5py (pip install 'mmgpt[benchmarks]')") from e
     path = str(require_file(Path(path), "MM-IMDb's multimodal_imdb.hdf5"))
     key = "vgg_features" if poster == "vgg" else "images"
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise BenchmarkError(f"{path}: not a readable HDF5 file ({e})") from None
+    with f:
         require_keys(f, ["features", key, "genres"], path)
-        n = len(f["genres"])
-        genres = json.loads(f["genres"].attrs["target_names"]) if "target_names" in f["genres"].attrs else \
-            [str(i) for i in range(f["genres"].shape[1])]
-        labels = np.asarray(f["genres"][:], dtype=np.int64)
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in f["imdb_ids"][:]] if "imdb_ids" in f else \
-            [str(i) for i in range(n)]
-        ranges = _fuel_splits(f.attrs.get("split")) or HDF5_SPLITS
+        for name in ("features", key):
+            h5_dataset(f, name, path)  # numbers, in this file: checked before the loaders read rows
+        genres_ds = h5_dataset(f, "genres", path)
+        n = len(genres_ds)
+        try:
+            genres = json.loads(genres_ds.attrs["target_names"]) if "target_names" in genres_ds.attrs else \
+                [str(i) for i in range(genres_ds.shape[1])]
+            if not isinstance(genres, list) or not all(isinstance(g, str) for g in genres):
+                raise ValueError("not a list of names")
+            ranges = _fuel_splits(f.attrs.get("split")) or HDF5_SPLITS
+        except (ValueError, TypeError, KeyError, IndexError) as e:  # json errors are ValueErrors
+            raise BenchmarkError(f"{path}: the genre names or the split table are not readable ({e})") from None
+        labels = np.asarray(genres_ds[:], dtype=np.int64)
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in h5_dataset(f, "imdb_ids", path, "SOU")[:]] \
+            if "imdb_ids" in f else [str(i) for i in range(n)]
     tables = {}
     for split, (start, stop) in ranges.items():
         if stop > n:

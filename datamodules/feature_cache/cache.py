@@ -103,14 +103,22 @@ class FeatureCache:
         self.root, self.dtype = Path(root), dtype
         self.store = DiskStore(self.root)
 
-    def get(self, fingerprint: str, key: SourceId) -> Hidden | None:
+    def get(self, fingerprint: str, key: SourceId, hidden_size: int | None = None) -> Hidden | None:
+        """The cached hidden states of a sample, or None (not cached, or an entry that is not (N, ``hidden_size``)
+        floating-point hidden states with an (N,) bool mask: a foreign or damaged entry is computed again)."""
         hit = self.store.lookup(NAMESPACE, fingerprint, key)
         if hit is None or hit.error is not None:
             return None
-        tokens = torch.from_numpy(self.store.read(hit)).float()  # (N, H)
+        tokens = self.store.read(hit)  # (N, H)
         mask_hit = self.store.lookup(MASK_NAMESPACE, fingerprint, key)
-        mask = torch.from_numpy(self.store.read(mask_hit)) if mask_hit is not None else None
-        return Hidden(tokens, mask)
+        mask = self.store.read(mask_hit) if mask_hit is not None and mask_hit.error is None else None
+        width_ok = tokens.ndim == 2 and (hidden_size is None or tokens.shape[1] == hidden_size)
+        if not width_ok or tokens.dtype.kind != "f" or (
+                mask is not None and (mask.dtype != np.bool_ or mask.shape != tokens.shape[:1])):
+            log.warning("feature cache %s: an entry of shape %s (%s) is not hidden states of width %s; computing it "
+                        "again", self.root, tokens.shape, tokens.dtype, hidden_size)
+            return None
+        return Hidden(torch.from_numpy(tokens).float(), None if mask is None else torch.from_numpy(mask))
 
     def put(self, fingerprint: str, key: SourceId, tokens: Tensor, mask: Tensor) -> None:
         """Store one sample's hidden states (N, H) and mask (N,): the rows up to its last valid position."""
@@ -164,10 +172,10 @@ class CachedFeatures(Processor):
         if not self.inner.is_present(value):
             return None
         key = content_key(value)
-        hit = self.cache.get(self.key, key)
+        hit = self.cache.get(self.key, key, self.hidden_size)
         if hit is None:  # filled by another process since this one loaded the index?
             self.cache.refresh()
-            hit = self.cache.get(self.key, key)
+            hit = self.cache.get(self.key, key, self.hidden_size)
         return hit if hit is not None else FeatureMiss(key, value)
 
     def collate(self, values: Sequence[Any]) -> tuple[Tensor, Tensor | None, Tensor]:

@@ -107,13 +107,16 @@ def open_source(path: str, *, piece_rows: int = 256, cache_dir: str | None = Non
 def _saved_folder(root: Path) -> dict[str, SplitFiles]:
     if (root / "dataset_dict.json").is_file():
         names = _read_json(root / "dataset_dict.json").get("splits", [])
-        folders = {name: root / name for name in names}
+        folders = {name: root / _inside(name, root / "dataset_dict.json", "splits") for name in _listed(
+            names, root / "dataset_dict.json", "splits")}
     else:  # one Dataset saved alone: it is the training split
         folders = {"train": root}
     out = {}
     for name, folder in folders.items():
         state = _read_json(folder / "state.json")
-        files = [str(folder / f["filename"]) for f in state.get("_data_files", [])]
+        entries = _listed(state.get("_data_files", []), folder / "state.json", "_data_files")
+        files = [str(folder / _inside(f.get("filename") if isinstance(f, dict) else None, folder / "state.json",
+                                      "_data_files")) for f in entries]
         if not files:
             raise HFDataError(f"{folder / 'state.json'}: lists no data files")
         out[name] = SplitFiles(name, files)
@@ -177,9 +180,26 @@ def _hub(repo_id: str, *, cache_dir: str | None) -> dict[str, SplitFiles]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HFDataError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise HFDataError(f"{path}: a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _listed(value: Any, path: Path, key: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise HFDataError(f"{path}: {key}: not a list")
+    return value
+
+
+def _inside(name: Any, path: Path, key: str) -> str:
+    """``name`` (a split folder or data file that a saved folder's JSON lists) if it is a plain name of that
+    folder: a saved folder from elsewhere never makes mmgpt read outside it."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or "\\" in name:
+        raise HFDataError(f"{path}: {key}: {name!r} is not a name inside the folder; refused")
+    return name
 
 
 def _list_pieces(split: SplitFiles, piece_rows: int) -> None:

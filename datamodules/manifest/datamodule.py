@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 ON_ERROR = ("raise", "skip")
 
 
+def unlink_link(path: Path) -> None:
+    """Remove ``path`` if it is a symbolic link: a report written into a folder from elsewhere replaces a link found
+    there instead of writing through it to wherever it points."""
+    if path.is_symlink():
+        path.unlink()
+
+
 class FailureLog:
     """Files that failed to decode while loading, as lines appended to one file, so loader workers' failures
     are counted in the training process too (each line is one small ``O_APPEND`` write)."""
@@ -41,10 +48,11 @@ class FailureLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        unlink_link(self.path)
         self.path.write_text("")
 
     def add(self, message: str) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW)
         try:
             os.write(fd, (message.replace("\n", " ") + "\n").encode())
         finally:
@@ -316,6 +324,7 @@ class ManifestDataModule(MultimodalDataModule):
             return
         path = Path(self.hparams.report_dir) / "data_report.json"
         path.parent.mkdir(parents=True, exist_ok=True)
+        unlink_link(path)
         data = {
             "root": str(self.root),
             "on_error": self.hparams.on_error,

@@ -46,6 +46,8 @@ def _tar_members(shard: str) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of every regular file in a tar, in order."""
     try:
         with open(shard, "rb", buffering=1 << 20) as f:
+            end = f.seek(0, 2)  # a member's size is checked against what is left before it is read
+            f.seek(0)
             long_name: str | None = None
             while True:
                 header = f.read(512)
@@ -55,9 +57,9 @@ def _tar_members(shard: str) -> Iterator[tuple[str, bytes]]:
                     raise ShardError(f"{shard}: not a tar file, or damaged (bad header checksum at byte "
                                      f"{f.tell() - 512})")
                 size, kind = _octal(header[124:136]), header[156:157]
-                data = f.read(size)
-                if len(data) < size:
+                if size > end - f.tell():
                     raise ShardError(f"{shard}: truncated (a member ends past the end of the file)")
+                data = f.read(size)
                 f.seek((-size) % 512, 1)
                 if kind in (b"x", b"L"):  # pax extended header / GNU long name: the next member's name
                     long_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode()
@@ -67,9 +69,16 @@ def _tar_members(shard: str) -> Iterator[tuple[str, bytes]]:
                     continue
                 name = long_name or _ustar_name(header)
                 long_name = None
+                if name.startswith("/") or ".." in name.split("/"):
+                    raise ShardError(f"{shard}: the member {name!r} has an absolute or '..' name; refused (members "
+                                     "are named <key>.<ext>; nothing is extracted)")
                 yield name, data
     except OSError as e:
         raise ShardError(f"{shard}: cannot read the shard ({e})") from e
+    except (ValueError, UnicodeDecodeError) as e:  # a header field that is not octal, a name that is not UTF-8
+        if isinstance(e, ShardError):
+            raise
+        raise ShardError(f"{shard}: not a tar file, or damaged ({e})") from e
 
 
 def _octal(field: bytes) -> int:

@@ -13,10 +13,12 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from mmgpt.errors import UserError
+
 META_FILE = "shards.json"
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """A manifest folder that cannot be sharded, or a shard folder that cannot be read."""
 
 
@@ -42,6 +44,40 @@ def read_meta(root: Path) -> dict[str, Any]:
     if not meta.is_file():
         raise ShardError(f"{meta}: not found; write shards with `mmgpt-data shard DIR {root}`")
     try:
-        return json.loads(meta.read_text())
+        data = json.loads(meta.read_text())
     except json.JSONDecodeError as e:
         raise ShardError(f"{meta}: not valid JSON ({e.msg}, line {e.lineno})") from e
+    check_meta(data, meta)
+    return data
+
+
+def check_meta(meta: Any, where: Path | str) -> None:
+    """Refuse a ``shards.json`` that does not describe shard files of its own folder: ``class_names`` a list of
+    strings; per split, ``shards`` plain file names (no folder part, no ``..``: nothing outside the folder is read)
+    and ``sizes`` (if given) one count per shard.
+
+    Raises:
+        ShardError: naming the file and the key.
+    """
+    def refuse(key: str, why: str) -> None:
+        raise ShardError(f"{where}: {key}: {why}; refused")
+
+    if not isinstance(meta, dict):
+        refuse("the top level", f"a JSON {type(meta).__name__}, not an object")
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        refuse("class_names", "not a list of strings")
+    splits = meta.get("splits")
+    if not isinstance(splits, dict):
+        refuse("splits", "not an object")
+    for split, entry in splits.items():
+        shards = entry.get("shards") if isinstance(entry, dict) else None
+        if not isinstance(shards, list):
+            refuse(f"splits.{split}.shards", "not a list")
+        for i, name in enumerate(shards):
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or "\\" in name:
+                refuse(f"splits.{split}.shards[{i}]", f"{name!r} is not a file name in this folder")
+        sizes = entry.get("sizes")
+        if sizes is not None and not (isinstance(sizes, list) and len(sizes) == len(shards) and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes)):
+            refuse(f"splits.{split}.sizes", "not one sample count per shard")

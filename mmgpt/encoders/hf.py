@@ -112,7 +112,16 @@ def load_pretrained(loader: Callable[..., Any], name_or_path: str, *, what: str 
 
     Without network (or with ``HF_HUB_OFFLINE=1``) a hub id is looked up in the local cache only
     (``local_files_only``), so nothing hangs on a download; a miss raises :class:`BackboneNotFound` in one line.
+    A local folder (or the cached snapshot of a hub id) is checked as data first, unless the user set
+    ``trust_remote_code`` (:func:`~mmgpt.encoders.model_folder.check_model_folder`: no shipped code, no unknown
+    model type, no pickled weights that are not plain data), and refused in one line.
     """
+    if not kwargs.get("trust_remote_code"):
+        from mmgpt.encoders.model_folder import check_model_folder
+
+        folder = local_folder(name_or_path)
+        if folder is not None:
+            check_model_folder(folder, what)
     if Path(name_or_path).exists():
         with _quiet_progress():
             return loader(str(name_or_path), **kwargs)

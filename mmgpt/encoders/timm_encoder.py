@@ -30,6 +30,10 @@ def create_timm_model(model_name: str, *, checkpoint_path: str | None = None, pr
     kwargs = {"num_classes": 0, **dict(model_kwargs or {})}
     if checkpoint_path is not None and not Path(checkpoint_path).is_file():
         raise BackboneNotFound(f"checkpoint_path={checkpoint_path!r}: no such file")
+    if checkpoint_path is not None:  # timm reads it with weights-only loading too, but with a traceback
+        from mmgpt.encoders.model_folder import check_weights_file
+
+        check_weights_file(checkpoint_path, f"checkpoint_path={checkpoint_path}")
     try:
         return timm.create_model(model_name, pretrained=pretrained, checkpoint_path=checkpoint_path or "", **kwargs)
     except RuntimeError as e:  # unknown model name, or a checkpoint of another shape

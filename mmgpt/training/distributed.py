@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import io
 import logging
 import os
 import pickle
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmgpt.errors import UserError, load_error_reason
 from mmgpt.layers import Block
 
 log = logging.getLogger(__name__)
@@ -139,8 +141,15 @@ def is_sharded_checkpoint(path: str | Path) -> bool:
 
 
 def load_sharded_meta(path: str | Path) -> dict[str, Any]:
-    """Everything a sharded checkpoint holds except weights and optimizer state (``meta.pt``)."""
-    return torch.load(Path(path) / META_FILE, map_location="cpu", weights_only=True)
+    """Everything a sharded checkpoint holds except weights and optimizer state (``meta.pt``), after checking the
+    whole folder as data (:func:`check_sharded_checkpoint`).
+
+    Raises:
+        CheckpointError: one line naming the folder and what was refused.
+    """
+    from mmgpt.training.safe_load import read_checkpoint
+
+    return read_checkpoint(path)  # a folder: checked, then its meta.pt read with weights_only=True
 
 
 class _IndexUnpickler(pickle.Unpickler):
@@ -163,10 +172,46 @@ class _IndexUnpickler(pickle.Unpickler):
                 return obj
         raise pickle.UnpicklingError(f"the sharded checkpoint's index names {module}.{name}; refused")
 
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError(f"the sharded checkpoint's index uses a persistent id ({pid!r}); refused")
+
+
+def _check_index(metadata: Any, folder: Path) -> None:
+    """Refuse an index that is not torch.distributed.checkpoint's ``Metadata``, or whose entries point outside the
+    checkpoint folder's own data files (another folder, ``../``, a link leading elsewhere) or past their end."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    def refuse(why: str) -> None:
+        raise pickle.UnpicklingError(f"{why}; refused")
+
+    if not isinstance(metadata, Metadata):
+        refuse(f"the index (.metadata) holds a {type(metadata).__name__}, not a checkpoint index")
+    if not isinstance(metadata.state_dict_metadata, dict) or not isinstance(metadata.storage_data, dict):
+        refuse("the index (.metadata) has no entry tables")
+    root = folder.resolve()
+    sizes: dict[str, int] = {}
+    for index, info in metadata.storage_data.items():
+        fqn = getattr(index, "fqn", index)
+        name = getattr(info, "relative_path", None)
+        if not isinstance(info, _StorageInfo) or not isinstance(name, str):
+            refuse(f"the index entry {fqn!r} is not a storage record")
+        if name not in sizes:
+            file = folder / name
+            if Path(name).name != name or name in ("", ".", "..") or file.resolve().parent != root \
+                    or not file.is_file():
+                refuse(f"the index entry {fqn!r} names the data file {name!r}, not a file of this folder")
+            sizes[name] = file.stat().st_size
+        offset, length = info.offset, info.length
+        if not (isinstance(offset, int) and isinstance(length, int) and 0 <= offset and 0 <= length
+                and offset + length <= sizes[name]):
+            refuse(f"the index entry {fqn!r} lies outside {name} (offset {offset!r}, length {length!r}, "
+                   f"{sizes[name]} bytes)")
+
 
 def _safe_reader(path: Path) -> Any:
-    """A FileSystemReader whose index is read with :class:`_IndexUnpickler` (the shards themselves are read with
-    ``torch.load(weights_only=True)`` by torch)."""
+    """A FileSystemReader whose index is read with :class:`_IndexUnpickler` and checked (:func:`_check_index`);
+    tensors are read by torch with ``torch.load(weights_only=True)``, byte entries by :func:`_data_only_planner`."""
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
 
@@ -174,6 +219,7 @@ def _safe_reader(path: Path) -> Any:
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
             with open(Path(self.path) / ".metadata", "rb") as f:
                 metadata = _IndexUnpickler(f).load()
+            _check_index(metadata, Path(self.path))
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
@@ -182,31 +228,101 @@ def _safe_reader(path: Path) -> Any:
     return SafeReader(path)
 
 
+def _load_data(value: io.BytesIO, fqn: str) -> Any:
+    """A byte entry of a shard file as data: ``torch.load(weights_only=True)`` (tensors, numbers, strings, plain
+    containers), where torch's own planner unpickles it without restriction."""
+    try:
+        return torch.load(value, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read it as data refuses the entry
+        raise pickle.UnpicklingError(f"the byte entry {fqn!r} is not plain data ({load_error_reason(e)}); "
+                                     "refused") from None
+
+
+def _data_only_planner() -> Any:
+    """The load planner of :func:`consolidate`: torch's, with every non-tensor ("byte") entry of the shard files
+    (optimizer hyperparameters, anything Lightning saved beside the tensors) read by :func:`_load_data`."""
+    from torch.distributed.checkpoint._traverse import set_element
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+
+    class DataOnlyPlanner(_EmptyStateDictLoadPlanner):
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            fqn = read_item.dest_index.fqn
+            obj = _load_data(value, fqn)
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[fqn], obj)
+            else:
+                self.state_dict[fqn] = obj
+
+    return DataOnlyPlanner()
+
+
+def _unreadable(path: Path, e: BaseException) -> Exception:
+    """One line for a failure inside torch.distributed.checkpoint (it wraps errors in a multi-line report)."""
+    from mmgpt.training.safe_load import CheckpointError
+
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    reason = next((ln for ln in lines if "refused" in ln), lines[-1] if lines else type(e).__name__)
+    return CheckpointError(f"{path}: cannot read the sharded checkpoint ({reason})")
+
+
+def check_sharded_checkpoint(path: str | Path) -> None:
+    """Read a sharded checkpoint's index and every byte entry of its data files as data only, reading no tensor.
+
+    Run before anything else opens the folder (``mmgpt-eval``, ``ckpt_path=`` resume through Lightning, whose own
+    reader unpickles both without restriction): a crafted index or byte entry is refused before it is used.
+
+    Raises:
+        CheckpointError: one line naming the folder and the entry refused.
+    """
+    from torch.distributed.checkpoint.api import CheckpointException as DCPException  # a BaseException
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+    from torch.distributed.checkpoint.planner import LoadPlan
+    from torch.distributed.checkpoint.planner_helpers import _create_read_item_for_byteio
+
+    class ByteChecker:
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            _load_data(value, read_item.dest_index.fqn)
+
+    path = Path(path)
+    reader = _safe_reader(path)
+    try:
+        metadata = reader.read_metadata()
+        reader.set_up_storage_reader(metadata, is_coordinator=True)
+        items = [_create_read_item_for_byteio(index, 0, index, 0, 0) for index in metadata.storage_data
+                 if isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata)]
+        reader.read_data(LoadPlan(items), ByteChecker()).wait()
+    except (Exception, DCPException) as e:
+        raise _unreadable(path, e) from None
+
+
 def consolidate(path: str | Path) -> dict[str, Any]:
     """A sharded checkpoint folder as one ordinary checkpoint dict (full tensors, on CPU, in this process).
 
     No process group is needed: the shards are read from the files. Weights come back under ``state_dict``
     (names as in an unsharded module), optimizer states as ``optimizer_states`` (keyed by parameter name, as
-    torch.distributed.checkpoint stores them), and ``meta.pt``'s entries as they are.
+    torch.distributed.checkpoint stores them), and ``meta.pt``'s entries as they are. Nothing in the folder is
+    unpickled without restriction (see :func:`check_sharded_checkpoint`).
+
+    Raises:
+        CheckpointError: one line naming the folder and what was refused or is missing.
     """
     from torch.distributed.checkpoint.api import CheckpointException as DCPException  # a BaseException
-    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     path = Path(path)
-    if not is_sharded_checkpoint(path):
-        raise FileNotFoundError(f"{path}: not a complete sharded checkpoint folder (.metadata and {META_FILE})")
+    meta = load_sharded_meta(path)
     state: dict[str, Any] = {}
     try:
-        _load_state_dict(state, storage_reader=_safe_reader(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+        _load_state_dict(state, storage_reader=_safe_reader(path), planner=_data_only_planner(), no_dist=True)
     except (Exception, DCPException) as e:  # torch wraps reader errors in a multi-line CheckpointException
+        raise _unreadable(path, e) from None
+    if not isinstance(state.get("state_dict"), dict):
         from mmgpt.training.safe_load import CheckpointError
 
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        reason = next((ln for ln in lines if "refused" in ln), lines[-1] if lines else type(e).__name__)
-        raise CheckpointError(f"{path}: cannot read the sharded checkpoint ({reason})") from None
-    optimizers = sorted((k for k in state if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
-    out = {**load_sharded_meta(path), "state_dict": state.pop("state_dict")}
+        raise CheckpointError(f"{path}: the sharded checkpoint holds no state_dict")
+    optimizers = sorted((k for k in state if k.startswith("optimizer_") and k[len("optimizer_"):].isdigit()),
+                        key=lambda k: int(k[len("optimizer_"):]))
+    out = {**meta, "state_dict": state.pop("state_dict")}
     out["optimizer_states"] = [state.pop(k) for k in optimizers]
     return out
 
@@ -271,8 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         ckpt = consolidate(args.checkpoint)
-    except FileNotFoundError as e:
-        parser.exit(2, f"error: {e}\n")
+    except UserError as e:  # a missing, incomplete or refused folder: one line
+        parser.exit(1, f"error: {e}\n")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, args.output)
     print(f"wrote {args.output} ({len(ckpt['state_dict'])} tensors, step {ckpt.get('global_step')})")

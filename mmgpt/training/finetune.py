@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from mmgpt.pretrained import read_state_dict
@@ -128,14 +127,20 @@ def trainable_by_part(net: nn.Module) -> dict[str, dict[str, int]]:
 def init_from_checkpoint(net: nn.Module, path: str | Path) -> LoadReport:
     """Initialise ``net`` from a checkpoint: a Lightning one (keys under ``net.``) or a plain network state dict."""
     from mmgpt.training.backbone_checkpoints import CKPT_KEY, check_identities
+    from mmgpt.training.distributed import consolidate, is_sharded_checkpoint
+    from mmgpt.training.safe_load import CheckpointError, read_checkpoint
 
     entries = None
-    if Path(path).suffix == ".safetensors" or not Path(path).is_file():
+    if is_sharded_checkpoint(path):  # trainer=fsdp's folder: read as data (index, byte entries, meta.pt)
+        state = consolidate(path)["state_dict"]
+    elif Path(path).suffix == ".safetensors" or not Path(path).is_file():
         state = read_state_dict(path)
     else:  # read once: a slim checkpoint's backbone identities come with its tensors
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
-        entries = obj.get(CKPT_KEY) if isinstance(obj, Mapping) else None
+        obj = read_checkpoint(path)  # weights_only; a pickle that is not a checkpoint is one line naming the file
+        state = obj.get("state_dict", obj)
+        entries = obj.get(CKPT_KEY)
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"init_from={path}: not a checkpoint or state dict of tensors")
     if entries:  # the backbones it left out must be the ones net read (they stay as read)
         check_identities(entries, net, path, prefix="net.")
     prefix = "net." if any(k.startswith("net.") for k in state) else ""

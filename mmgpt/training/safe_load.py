@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from mmgpt import registry, stored_config
-from mmgpt.errors import UserError
+from mmgpt.errors import UserError, load_error_reason
 from mmgpt.registry import SpecError
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load ``path`` with ``weights_only=True``; a missing, non-checkpoint or damaged file is one clear error."""
     path = Path(path)
     if path.is_dir():  # a sharded checkpoint (trainer=fsdp): its metadata here; load_module consolidates weights
-        from mmgpt.training.distributed import is_sharded_checkpoint
+        from mmgpt.training.distributed import check_sharded_checkpoint, is_sharded_checkpoint
 
         if not is_sharded_checkpoint(path):
             raise CheckpointError(f"{path}: a folder, but not a complete sharded checkpoint (.metadata and meta.pt)")
+        check_sharded_checkpoint(path)  # its index and byte entries as data, before anything else reads them
         path = path / "meta.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -78,8 +79,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         reason = "truncated or damaged" if "zip" in str(e).lower() or "archive" in str(e).lower() else str(e)
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason.splitlines()[0]})") from e
     except Exception as e:  # noqa: BLE001 - pickle errors of every kind mean "not a checkpoint"
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(f"{path}: not a checkpoint ({type(e).__name__}: {first})") from e
+        raise CheckpointError(f"{path}: not a checkpoint ({type(e).__name__}: {load_error_reason(e)})") from e
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
     return ckpt

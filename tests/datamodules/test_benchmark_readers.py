@@ -207,3 +207,74 @@ def test_mmimdb_multibench_hdf5(tmp_path):
     _, images = read_mmimdb_hdf5(tmp_path / "multimodal_imdb.hdf5", poster="image", image_size=32)
     poster = images["test"].stored(0, "poster", None)
     assert poster.shape == (3, 32, 32) and poster.dtype == torch.uint8
+
+
+# -- benchmark files from elsewhere are read as data (issue 21, item 5) ---------------------------------------------
+class _Marker:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize("case", ["pickle", "object array", "npz archive", "records", "text"])
+def test_avmnist_npy_files_are_numeric_arrays_or_one_line(tmp_path, case):
+    write_avmnist(tmp_path, num_train=4, num_test=2)
+    marker, labels = tmp_path / "ran", tmp_path / "train_labels.npy"
+    if case == "pickle":
+        labels.write_bytes(pickle.dumps([_Marker(marker)]))
+    elif case == "object array":
+        np.save(labels, np.array([_Marker(marker)] * 4, dtype=object), allow_pickle=True)
+    elif case == "npz archive":
+        with open(labels, "wb") as f:
+            np.savez(f, labels=np.arange(4))
+    elif case == "records":
+        np.save(labels, np.zeros(4, dtype=[("a", "i4"), ("b", "f4")]))
+    else:
+        labels.write_text("0 1 2 3\n")
+    with pytest.raises(BenchmarkError) as refused:
+        read_avmnist(tmp_path, num_train=3)
+    assert str(refused.value).startswith(f"{labels}: ") and "\n" not in str(refused.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("case", ["external link", "virtual dataset", "external storage", "genre names",
+                                  "strings as features"])
+def test_mmimdb_hdf5_reads_only_its_own_numbers(tmp_path, case):
+    h5py = pytest.importorskip("h5py")
+    from mmgpt.datamodules.benchmarks.mmimdb import read_mmimdb_hdf5
+    from tests.helpers.benchmarks import write_mmimdb_hdf5
+
+    path, other = tmp_path / "multimodal_imdb.hdf5", tmp_path / "elsewhere.hdf5"
+    data = write_mmimdb_hdf5(path, sizes=(2, 1, 1))
+    with h5py.File(other, "w") as f:
+        f["features"] = data["features"]
+    np.asarray(data["features"]).tofile(tmp_path / "raw.bin")
+    with h5py.File(path, "a") as f:
+        if case == "genre names":
+            f["genres"].attrs["target_names"] = "{not json"
+            expected = "the genre names or the split table are not readable"
+        elif case == "strings as features":
+            del f["features"]
+            f["features"] = np.asarray([b"x"] * 4, dtype="S1")
+            expected = "'features' holds |S1, not numbers"
+        else:
+            del f["features"]
+            if case == "external link":
+                f["features"] = h5py.ExternalLink(str(other), "features")
+                expected = "'features' is a link to another file"
+            elif case == "virtual dataset":
+                layout = h5py.VirtualLayout(shape=data["features"].shape, dtype=np.float32)
+                layout[:] = h5py.VirtualSource(str(other), "features", shape=data["features"].shape)
+                f.create_virtual_dataset("features", layout)
+                expected = "'features' reads its data from other files"
+            else:
+                f.create_dataset("features", shape=data["features"].shape, dtype=np.float32,
+                                 external=[(str(tmp_path / "raw.bin"), 0, h5py.h5f.UNLIMITED)])
+                expected = "'features' reads its data from other files"
+    with pytest.raises(BenchmarkError) as refused:
+        read_mmimdb_hdf5(path)
+    assert str(refused.value).startswith(f"{path}: {expected}") and "\n" not in str(refused.value)

@@ -339,3 +339,28 @@ def test_a_changed_file_misses_and_the_others_hit(models, tmp_path):
     assert filled() == {"image": 0, "text": 0}
     write_png(root / "img/2.png", (20, 20), "RGB", (0, 0, 0))  # new content (and size / mtime)
     assert filled() == {"image": 1, "text": 0}
+
+
+def test_an_entry_that_is_not_hidden_states_of_the_width_is_computed_again(models, tmp_path, caplog):
+    """A cache folder from elsewhere is data: an entry under a sample's key that is not (N, H) float hidden states
+    (here: one column too many) is a miss with one warning, and filling computes it again."""
+    import logging
+
+    import numpy as np
+
+    from mmgpt.datamodules.feature_cache import NAMESPACE, content_key
+
+    net = build_network(spec(models), 15).eval()
+    dm = datamodule()
+    processors = install(dm, net, root=tmp_path / "cache")
+    fill(dm, net, processors, batch_size=5)
+    image = processors["image"]
+    val = dm.make_dataset("val")
+    key = content_key(image.inner.transform(val.fields(val.items[0])["image"], train=False))
+    image.cache.store.put(NAMESPACE, image.key, key, np.zeros((3, image.hidden_size + 1), np.float16))
+    image.cache.flush()
+    with caplog.at_level(logging.WARNING):
+        assert _misses(dm, image) == 1
+    assert "is not hidden states of width 32; computing it again" in caplog.text
+    assert fill(dm, net, processors, batch_size=5).computed["image"] == 1
+    assert _misses(dm, image) == 0

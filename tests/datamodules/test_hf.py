@@ -239,3 +239,33 @@ def test_ddp_sim_streams_hf_data_with_validation_every_epoch(parquet, tmp_path):
     (metrics,) = tmp_path.glob("train/runs/*/metrics.csv")
     epochs = {row["epoch"] for row in csv.DictReader(metrics.open()) if row.get("val/acc")}
     assert {"0", "1"} <= epochs
+
+
+@pytest.mark.parametrize("case", ["split outside", "absolute split", "data file outside", "state not an object"])
+def test_a_saved_folder_from_elsewhere_never_reads_outside_it(disk, tmp_path, case):
+    """dataset_dict.json and state.json are data: a split or data file named outside the folder is refused in one
+    line naming the file and key (issue 21, item 5)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(disk, folder)
+    listing = json.loads((folder / "dataset_dict.json").read_text())
+    split = listing["splits"][0]
+    state_file = folder / split / "state.json"
+    state = json.loads(state_file.read_text())
+    if case == "split outside":
+        listing["splits"][0] = f"../{split}"
+    elif case == "absolute split":
+        listing["splits"][0] = str(disk / split)
+    elif case == "data file outside":
+        state["_data_files"][0]["filename"] = f"../../{disk.name}/{split}/{state['_data_files'][0]['filename']}"
+    (folder / "dataset_dict.json").write_text(json.dumps(listing))
+    state_file.write_text("[]" if case == "state not an object" else json.dumps(state))
+    with pytest.raises(HFDataError) as refused:
+        hf_source.open_source(str(folder))
+    message = str(refused.value)
+    where = "state.json" if case in ("data file outside", "state not an object") else "dataset_dict.json"
+    assert where in message.split(":")[0] and "\n" not in message
+    if case != "state not an object":
+        assert message.endswith("is not a name inside the folder; refused")

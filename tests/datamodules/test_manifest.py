@@ -275,3 +275,20 @@ def test_worker_processes_deliver_the_same_batches(make_folder: FolderFactory) -
         a, b = next(iter(inline.val_dataloader())), next(iter(workers.val_dataloader()))
         assert a.ids == b.ids and torch.equal(a.inputs["audio"], b.inputs["audio"])
         assert torch.equal(a.present["image"], b.present["image"])
+
+
+def test_reports_replace_links_left_in_the_report_folder_instead_of_writing_through_them(
+        make_folder: FolderFactory, tmp_path: Path) -> None:
+    """A report folder from elsewhere may hold links named like mmgpt's reports: they are replaced, and the files
+    they point at are left as they were (issue 21, item 5)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    targets = {name: tmp_path / f"outside-{name}" for name in ("data_report.json", "decode_failures.txt")}
+    for name, target in targets.items():
+        target.write_text("keep me\n")
+        (run / name).symlink_to(target)
+    dm = module(bad_folder(make_folder), on_error="skip", report_dir=str(run))
+    dm.setup("fit")
+    assert all(target.read_text() == "keep me\n" for target in targets.values())
+    assert not (run / "data_report.json").is_symlink() and not (run / "decode_failures.txt").is_symlink()
+    assert json.loads((run / "data_report.json").read_text())["samples"] == {"train": 8, "val": 4}

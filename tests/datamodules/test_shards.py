@@ -214,3 +214,61 @@ def test_the_tar_reader_groups_members_as_webdataset_does(tmp_path, shard_dir, f
     (tmp_path / "bad.tar").write_bytes(bytes(damaged))
     with pytest.raises(ShardError, match="bad.tar: not a tar file, or damaged"):
         ours(tmp_path / "bad.tar")
+
+
+# -- shards from elsewhere are read as data, inside their folder (issue 21, item 5) ---------------------------------
+@pytest.mark.parametrize("name", ["../escape.json", "/abs/escape.json", "sub/../../escape.json"])
+def test_a_member_with_an_absolute_or_parent_name_is_refused_in_one_line(shard_dir, tmp_path, name):
+    """The reader never extracts anything; a crafted member name is still refused, naming the shard and member."""
+    shard = tmp_path / "crafted.tar"
+    shutil.copy(shard_dir / "train-000000.tar", shard)
+    with tarfile.open(shard, "a") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    with pytest.raises(ShardError) as refused:
+        list(read_tar(str(shard)))
+    assert str(refused.value) == (f"{shard}: the member {name!r} has an absolute or '..' name; refused (members are "
+                                  "named <key>.<ext>; nothing is extracted)")
+    assert not (tmp_path / "escape.json").exists()
+
+
+def test_a_member_size_past_the_end_is_refused_before_it_is_read(shard_dir, tmp_path):
+    """A header claiming a huge member is 'truncated' at once (no attempt to read or allocate that much)."""
+    data = bytearray((shard_dir / "train-000000.tar").read_bytes())
+    data[124:136] = b"\x80" + (1 << 60).to_bytes(11, "big")  # GNU base-256 size field
+    data[148:156] = b" " * 8
+    data[148:155] = f"{sum(data[:512]):06o}\0".encode()
+    shard = tmp_path / "huge.tar"
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=r"huge\.tar: truncated \(a member ends past the end of the file\)"):
+        list(read_tar(str(shard)))
+
+
+@pytest.mark.parametrize("case", ["shard outside", "absolute shard", "shard in a subfolder", "sizes of strings",
+                                  "class names not a list", "splits a list", "not an object"])
+def test_a_crafted_shards_json_is_refused_naming_the_key(shard_dir, tmp_path, case):
+    folder = tmp_path / "copy"
+    shutil.copytree(shard_dir, folder)
+    meta = json.loads((folder / "shards.json").read_text())
+    train = meta["splits"]["train"]
+    edits = {
+        "shard outside": ("splits.train.shards[0]", lambda: train["shards"].__setitem__(0, "../train-000000.tar")),
+        "absolute shard": ("splits.train.shards[0]",
+                           lambda: train["shards"].__setitem__(0, str(shard_dir / "train-000000.tar"))),
+        "shard in a subfolder": ("splits.train.shards[1]", lambda: train["shards"].__setitem__(1, "a/b.tar")),
+        "sizes of strings": ("splits.train.sizes", lambda: train.__setitem__("sizes", ["6"] * len(train["sizes"]))),
+        "class names not a list": ("class_names", lambda: meta.__setitem__("class_names", "a b")),
+        "splits a list": ("splits", lambda: meta.__setitem__("splits", [train])),
+    }
+    if case == "not an object":
+        key, text = "the top level", "[]"
+    else:
+        key, edit = edits[case]
+        edit()
+        text = json.dumps(meta)
+    (folder / "shards.json").write_text(text)
+    with pytest.raises(ShardError) as refused:
+        ShardDataModule(str(folder), batch_size=2, num_workers=0)
+    message = str(refused.value)
+    assert message.startswith(f"{folder / 'shards.json'}: {key}: ") and message.endswith("; refused"), message

@@ -202,3 +202,93 @@ def test_the_store_interface_get_put_flush_by_store_key(tmp_path: Path) -> None:
     assert torch.equal(again.get(key), torch.arange(6, dtype=torch.uint8).reshape(2, 3))
     assert str(again.get(StoreKey(src.path, stat, "fp2"))) == "broken"
     assert again.get(StoreKey(src.path, (1, 2), "fp")) is None  # another stat: stale
+
+
+# -- a store written by another machine is read as data (issue 21, item 5) ----------------------------------------
+class _Marker:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def _rewrite_index(index: Path, **columns) -> None:
+    """The segment index with some columns replaced (the rest as written)."""
+    with np.load(index, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(columns)
+    with open(index, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _header(index: Path, **changes) -> np.ndarray:
+    import json
+
+    with np.load(index, allow_pickle=False) as z:
+        header = json.loads(z["header"].tobytes().decode())
+    header.update(changes)
+    return np.frombuffer(json.dumps(header).encode(), np.uint8)
+
+
+def _crafted(index: Path, case: str, tmp_path: Path) -> dict:
+    with np.load(index, allow_pickle=False) as z:
+        offset, nbytes, dtype, shape = z["offset"], z["nbytes"], z["dtype"], z["shape"]
+    first = int(np.flatnonzero(nbytes >= 0)[0])  # an entry holding an array
+
+    def at(column: np.ndarray, value) -> np.ndarray:
+        column = column.copy()
+        column[first] = value
+        return column
+
+    return {
+        "object dtype": {"offset": np.array([_Marker(tmp_path / "ran")] * len(offset), dtype=object)},
+        "float offsets": {"offset": offset.astype(np.float64)},
+        "negative offset": {"offset": at(offset, -64)},
+        "offset past the end": {"offset": at(offset, 1 << 40)},
+        "offset that wraps around": {"offset": at(offset, (1 << 63) - 8)},
+        "unknown dtype code": {"dtype": at(dtype, 99)},
+        "shape of another size": {"shape": at(shape, [1 << 20, 1 << 20, 1 << 20, 1 << 20])},
+        "shape with a hole": {"shape": at(shape, [3, -1, 5, -1])},
+        "header not an object": {"header": np.frombuffer(b"[1, 2]", np.uint8)},
+        "error of no entry": {"header": _header(index, errors={"999": "x"})},
+        "header without bin_bytes": {"header": _header(index, bin_bytes="all")},
+    }[case]
+
+
+@pytest.mark.parametrize("case", ["object dtype", "float offsets", "negative offset", "offset past the end",
+                                  "offset that wraps around", "unknown dtype code", "shape of another size",
+                                  "shape with a hole", "header not an object", "error of no entry",
+                                  "header without bin_bytes"])
+def test_a_crafted_index_is_dropped_with_one_warning_and_never_read(tmp_path: Path, case: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    srcs = sources(tmp_path, 10)
+    fill(str(tmp_path / "s"), srcs[:5], list(range(5)))
+    fill(str(tmp_path / "s"), srcs, list(range(5, 10)))  # a second segment, left intact
+    first = min((tmp_path / "s").glob("seg-*.idx.npz"))
+    _rewrite_index(first, **_crafted(first, case, tmp_path))  # np.savez pickles an object column
+    with caplog.at_level(logging.WARNING):
+        store = MediaStore(tmp_path / "s")
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "is damaged" in warnings[0].getMessage() and "\n" not in warnings[0].getMessage()
+    assert not first.exists() and not (tmp_path / "ran").exists()
+    assert [store.lookup("media", "fp", s) is not None for s in srcs] == [False] * 5 + [True] * 5
+    for i in range(6, 10):
+        assert np.array_equal(store.read(store.lookup("media", "fp", srcs[i])), value(i))
+
+
+@pytest.mark.parametrize("which", [".bin", ".idx.npz"])
+def test_a_segment_linked_to_a_file_outside_the_store_is_never_read(tmp_path: Path, which: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    srcs = sources(tmp_path, 4)
+    fill(str(tmp_path / "s"), srcs, [1, 2, 3])
+    segment = min((tmp_path / "s").glob("seg-*.bin")).name[: -len(".bin")]
+    inside = tmp_path / "s" / f"{segment}{which}"
+    outside = tmp_path / f"outside{which}"
+    outside.write_bytes(inside.read_bytes())
+    inside.unlink()
+    inside.symlink_to(outside)
+    with caplog.at_level(logging.WARNING):
+        store = MediaStore(tmp_path / "s")
+    assert "a link to a file outside the store" in caplog.text and len(store) == 0
+    assert outside.read_bytes() and not inside.is_symlink()  # the link is dropped, what it pointed at is left alone

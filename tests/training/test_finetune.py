@@ -83,3 +83,48 @@ def test_lora_through_the_module_config(compose_cfg):
     results = train(cfg)
     assert results["params_trainable"] < results["params"]["total"] / 4
     assert isinstance(results["val"]["val/acc"], float)
+
+
+@pytest.mark.parametrize("content", ["call", "list", "text", "safetensors"])
+def test_init_from_a_file_that_is_not_a_checkpoint_is_one_line_and_runs_nothing(tmp_path, content):
+    """init_from is read as data, like ckpt_path: a pickled call, a pickle of something else, a text file or a
+    damaged .safetensors file each end in one line naming the file (nothing is run)."""
+    import os
+
+    from mmgpt.errors import UserError
+
+    marker = tmp_path / "ran"
+
+    class Call:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / ("weights.safetensors" if content == "safetensors" else "weights.pt")
+    if content == "call":
+        torch.save({"state_dict": {"w": Call()}}, path)
+    elif content == "list":
+        torch.save([torch.zeros(2)], path)
+    else:
+        path.write_text("not weights\n")
+    with pytest.raises(UserError) as refused:
+        init_from_checkpoint(tiny_net("late"), path)
+    message = str(refused.value)
+    assert str(path) in message and "\n" not in message and not marker.exists()
+    if content == "call":
+        assert "GLOBAL posix.system" in message
+
+
+def test_init_from_a_sharded_checkpoint_folder(tmp_path):
+    """trainer=fsdp's checkpoint folder initialises a network as its consolidated file would (read as data)."""
+    import torch.distributed.checkpoint as dcp
+
+    src, dst = tiny_net("late", decoder=False), tiny_net("late", decoder=False)
+    folder = tmp_path / "last.ckpt"
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.save({"state_dict": {f"net.{k}": v for k, v in src.state_dict().items()}}, checkpoint_id=folder,
+                 no_dist=True)
+    torch.save({"global_step": 1}, folder / "meta.pt")
+    report = init_from_checkpoint(dst, folder)
+    assert report.missing == [] and report.mismatched == {}
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, src.state_dict()[k]), k
