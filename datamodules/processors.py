@@ -10,9 +10,8 @@ Legend: B batch, T text tokens, S audio samples, N feature steps, F feature size
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -330,40 +329,3 @@ def scratch_audio_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) ->
     """Mono waveforms at the encoder's ``sample_rate`` (its log-mel is the encoder's own front end)."""
     rate = int(spec.get("sample_rate") or data["sample_rate"])
     return AudioProcessor(sample_rate=rate, max_samples=audio_samples(float(data["max_audio_seconds"]), rate))
-
-
-def build_processors(net: Mapping[str, Any], data: Mapping[str, Any], *, explicit: Collection[str] = (),
-                     where: str = "model.net.encoders") -> dict[str, Processor]:
-    """Modality name -> the processor its encoder declares (registry ``Part.processor``), for the datamodule.
-
-    Args:
-        net: the network spec (``model.net``, resolved), or just its ``encoders`` mapping.
-        data: the data options (``data.*``; missing ones take :data:`DATA_OPTIONS`).
-        explicit: the ``data.*`` keys the user set explicitly (e.g. on the command line). One of them that
-            contradicts a value the backbone decides (:meth:`Processor.derived`) is refused, naming both keys.
-
-    Raises:
-        UserError: a contradicting ``data.*`` value, or a backbone processor that cannot be loaded.
-    """
-    from mmgpt.errors import UserError
-    from mmgpt.registry import part
-
-    options = {**DATA_OPTIONS, **{k: v for k, v in data.items() if k in DATA_OPTIONS and v is not None}}
-    encoders = net.get("encoders", net)
-    out: dict[str, Processor] = {}
-    for name in sorted(encoders):
-        spec = encoders[name]
-        builder = part(spec["type"], "encoder", f"{where}.{name}").processor
-        if builder is None:  # a user's own encoder: the datamodule's default processor for this modality
-            continue
-        module, _, attr = builder.partition(":")
-        processor = getattr(importlib.import_module(module), attr)(spec, options)
-        if processor is None:  # the encoder takes what the data's own processor gives (e.g. token ids)
-            continue
-        for key, value in processor.derived().items():
-            if key in explicit and data.get(key) is not None and data[key] != value:
-                raise UserError(f"data.{key}={data[key]} contradicts {where}.{name} ({spec['type']} "
-                                f"{spec.get('name_or_path') or spec.get('model_name')}), whose processor uses "
-                                f"{key}={value}: drop data.{key} (the backbone's is used) or choose another backbone")
-        out[name] = processor
-    return out

@@ -7,3 +7,7 @@ class UserError(ValueError):
     The commands (:func:`mmgpt.cli.common.user_errors`) print its message as one line and exit with status 1;
     ``MMGPT_TRACEBACK=1`` shows the traceback as well.
     """
+
+
+class CheckpointError(UserError):
+    """A file that is not a usable mmgpt checkpoint, or one that names something mmgpt does not build."""

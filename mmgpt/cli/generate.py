@@ -24,7 +24,8 @@ from mmgpt.errors import UserError
 from mmgpt.generation import GenerationConfig, generate
 from mmgpt.model import MultimodalTransformer
 from mmgpt.registry import encoder_kind
-from mmgpt.training.safe_load import load_module, read_checkpoint, stored_run_config
+from mmgpt.training.lit_module import MultimodalModule
+from mmgpt.training.safe_load import read_checkpoint, stored_run_config
 
 log = logging.getLogger("mmgpt.generate")
 
@@ -108,7 +109,8 @@ def run_generate(cfg: DictConfig) -> list[str]:
     prompts = [str(p) for p in _as_list(cfg.prompt)]
     if not media:
         raise UserError("give the media to write about: image=..., audio=... or media={<modality>: <file>}")
-    module = load_module(cfg.ckpt_path, map_location="cpu", plugins=list(cfg.get("plugins") or []))
+    plugins = list(cfg.get("plugins") or [])
+    module = MultimodalModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", plugins=plugins)
     net = module.net.to(cfg.device).eval()
     if net.decoder is None:
         raise UserError(f"{cfg.ckpt_path} has no text decoder: train it with task=caption")

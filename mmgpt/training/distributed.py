@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmgpt.errors import CheckpointError
 from mmgpt.layers import Block
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,6 @@ def consolidate(path: str | Path) -> dict[str, Any]:
     try:
         _load_state_dict(state, storage_reader=_safe_reader(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
     except (Exception, DCPException) as e:  # torch wraps reader errors in a multi-line CheckpointException
-        from mmgpt.training.safe_load import CheckpointError
-
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         reason = next((ln for ln in lines if "refused" in ln), lines[-1] if lines else type(e).__name__)
         raise CheckpointError(f"{path}: cannot read the sharded checkpoint ({reason})") from None

@@ -16,7 +16,8 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from mmgpt.datamodules.processors import TextProcessor, build_processors
+from mmgpt.datamodules.encoder_processors import build_processors
+from mmgpt.datamodules.processors import TextProcessor
 from mmgpt.errors import UserError
 from mmgpt.registry import SpecError, build, check_spec, for_checkpoint
 from tests.helpers.backbones import FAMILIES, SAMPLE_RATE, TEXTS, TIMM_KWARGS, TIMM_MODEL, encoder_spec
@@ -317,7 +318,7 @@ def test_a_cached_hub_id_loads_offline_with_the_same_identity(backbones, tmp_pat
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
     code = ("from mmgpt.registry import build\n"
-            "from mmgpt.datamodules.processors import build_processors\n"
+            "from mmgpt.datamodules.encoder_processors import build_processors\n"
             "spec = {'type': 'hf_text', 'name_or_path': 'someone/tiny-bert', 'dim': 8}\n"
             "encoder = build(spec, 'e', 'encoder')\n"
             "processor = build_processors({'encoders': {'text': spec}}, {})['text']\n"
