@@ -16,8 +16,8 @@ from mmgpt.datamodules.hf_processors import (
     hf_text_processor,
     timm_image_processor,
 )
+from mmgpt.datamodules.options import DataOptions
 from mmgpt.datamodules.processors import (
-    DATA_OPTIONS,
     Processor,
     scratch_audio_processor,
     scratch_image_processor,
@@ -51,14 +51,15 @@ def build_processors(net: Mapping[str, Any], data: Mapping[str, Any], *, explici
 
     Args:
         net: the network spec (``model.net``, resolved), or just its ``encoders`` mapping.
-        data: the data options (``data.*``; missing ones take :data:`DATA_OPTIONS`).
+        data: the data config (``data.*``): its shared options, the missing ones taking their defaults
+            (:class:`~mmgpt.datamodules.options.DataOptions`).
         explicit: the ``data.*`` keys the user set explicitly (e.g. on the command line). One of them that
             contradicts a value the backbone decides (:meth:`Processor.derived`) is refused, naming both keys.
 
     Raises:
         UserError: a contradicting ``data.*`` value, or a backbone processor that cannot be loaded.
     """
-    options = {**DATA_OPTIONS, **{k: v for k, v in data.items() if k in DATA_OPTIONS and v is not None}}
+    options = DataOptions.given(data).as_dict()
     encoders = net.get("encoders", net)
     out: dict[str, Processor] = {}
     for name in sorted(encoders):

@@ -4,7 +4,7 @@ A processor owns every setting its modality's decoding depends on, and has four 
 bytes -> the stored form), ``transform`` (stored form -> encoder input, with training-time augmentation),
 ``collate`` (per-sample inputs -> a batch tensor, a padding mask and presence) and ``fingerprint`` (a stable
 string of the decode settings, for store keys). The scratch encoders' preprocessing is the set built by
-:func:`default_processors`; a pretrained backbone brings its own processor of the same kind.
+:func:`declared_processors`; a pretrained backbone brings its own processor of the same kind.
 Legend: B batch, T text tokens, S audio samples, N feature steps, F feature size.
 """
 
@@ -18,8 +18,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, Source, load_audio, load_image
-from mmgpt.datamodules.store import CACHE_VERSION
+from mmgpt.batch import MODALITIES
+from mmgpt.datamodules.decode import (
+    CACHE_VERSION,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DecodeError,
+    Source,
+    load_audio,
+    load_image,
+)
+from mmgpt.datamodules.options import DataOptions
 from mmgpt.tokenizer import TOKEN_IDS, ByteTokenizer, load_tokenizer
 
 #: The kinds of modality a datamodule can declare.
@@ -225,7 +233,7 @@ class FeaturesProcessor(Processor):
 
 
 #: The modalities of the embedded synthetic set, and of data that declares none: name -> kind.
-DEFAULT_MODALITIES: dict[str, str] = {"audio": "audio", "image": "image", "text": "text"}
+DEFAULT_MODALITIES: dict[str, str] = {name: name for name in MODALITIES}
 
 
 class ModalityError(ValueError):
@@ -275,39 +283,24 @@ RESERVED_NAMES: tuple[str, ...] = ("id", "label", "caption", "kind")
 MODALITY_OPTIONS: dict[str, tuple[str, ...]] = {"text": (), "image": (), "audio": (), "features": ("dim", "max_steps")}
 
 
-def declared_processors(modalities: Mapping[str, Any] | None, *, image_size: int, sample_rate: int,
-                     max_audio_seconds: float, max_text_length: int, augment: bool = False,
-                     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, Processor]:
-    """The scratch encoders' processors of the declared modalities (name -> kind, see :func:`parse_modalities`)."""
+def declared_processors(modalities: Mapping[str, Any] | None, options: DataOptions = DataOptions(),
+                        ) -> dict[str, Processor]:
+    """The scratch encoders' processors of the declared modalities (see :func:`parse_modalities`; None: the
+    default three), with the sizes of the data ``options``."""
     out: dict[str, Processor] = {}
     for name, spec in parse_modalities(modalities).items():
         kind = spec["kind"]
         if kind == "text":
-            out[name] = TextProcessor(tokenizer=ByteTokenizer(max_text_length))
+            out[name] = TextProcessor(tokenizer=ByteTokenizer(options.max_text_length))
         elif kind == "image":
-            out[name] = ImageProcessor(image_size=image_size, max_pixels=max_image_pixels, augment=augment)
+            out[name] = ImageProcessor(image_size=options.image_size, max_pixels=options.max_image_pixels,
+                                       augment=options.augment)
         elif kind == "audio":
-            out[name] = AudioProcessor(sample_rate=sample_rate,
-                                       max_samples=audio_samples(max_audio_seconds, sample_rate))
+            out[name] = AudioProcessor(sample_rate=options.sample_rate,
+                                       max_samples=audio_samples(options.max_audio_seconds, options.sample_rate))
         else:
             out[name] = FeaturesProcessor(dim=spec["dim"], max_steps=spec.get("max_steps"))
     return out
-
-
-def default_processors(*, image_size: int, sample_rate: int, max_audio_seconds: float, max_text_length: int,
-                       augment: bool = False, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                       ) -> dict[str, Processor]:
-    """The scratch encoders' processors of the default modalities (:data:`DEFAULT_MODALITIES`)."""
-    return declared_processors(None, image_size=image_size, sample_rate=sample_rate,
-                               max_audio_seconds=max_audio_seconds, max_text_length=max_text_length,
-                               augment=augment, max_image_pixels=max_image_pixels)
-
-
-# -- processors travel with the encoders ------------------------------------------------------------------------------
-#: The data options processors are built from, and their defaults (those of :class:`MultimodalDataModule`).
-DATA_OPTIONS: dict[str, Any] = {"image_size": 32, "sample_rate": 8000, "max_audio_seconds": 1.0,
-                                "max_text_length": 64, "augment": False,
-                                "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS}
 
 
 # The scratch encoders' specs name their sizes (the YAML sets them from data.*): the processor follows the encoder.

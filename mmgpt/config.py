@@ -17,6 +17,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from mmgpt.datamodules.options import config_defaults as data_option_defaults
 from mmgpt.errors import UserError
 from mmgpt.registry import HYDRA_KEYS, NetworkSpec, check_spec, unknown_argument
 
@@ -201,6 +202,9 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     cs.store(name="eval_schema", node=EvalSchema)
+    # The shared data options and their defaults, read from their one declaration; every conf/data/*.yaml starts
+    # from this node (`defaults: [options, _self_]`) and sets only what differs.
+    cs.store(group="data", name="options", node=data_option_defaults())
 
 
 class ConfigKeyError(UserError):

@@ -124,7 +124,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "data": {"core", "network", "data"},
     "training": {"core", "network", "training"},
     "report": {"core", "network", "training", "report"},
-    "config": {"core", "network", "config"},
+    "config": {"core", "network", "data", "config"},
     "cli": set(ROOMS.values()),
 }
 #: Single modules another room may import besides: the data loaders' seeding helpers (no imports of their own).
