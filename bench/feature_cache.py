@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from bench.common import save
+from mmgpt.datamodules.encoder_processors import build_processors
 from mmgpt.datamodules.feature_cache import fill, install
-from mmgpt.datamodules.processors import Processor, build_processors
+from mmgpt.datamodules.processors import Processor
 from mmgpt.datamodules.synthetic import SyntheticDataModule
 from mmgpt.datamodules.synthetic.generator import SyntheticGenerator
 from mmgpt.registry import build_network

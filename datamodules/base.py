@@ -10,7 +10,6 @@ sample) in both loaders, so batches do not depend on worker counts and resuming 
 
 from __future__ import annotations
 
-import inspect
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mmgpt.datamodules.collate import Collate, check_dropout_probs, require_positive
-from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.datamodules.options import DataOptions, with_options
 from mmgpt.datamodules.processors import ModalityError, Processor, declared_processors, parse_modalities
 from mmgpt.datamodules.resumable import StreamLoader, batches_trained, resumable_loader
 
@@ -59,54 +58,41 @@ def process(fields: Mapping[str, Any], processors: Mapping[str, Processor], *, t
 
 
 class MultimodalDataModule(pl.LightningDataModule):
-    """The shared part of every mmgpt datamodule (subclasses list these options in their own signature, so a
-    misspelt ``data.*`` key is still refused, and pass them here).
+    """The shared part of every mmgpt datamodule.
 
     Args:
-        batch_size: per-process batch size.
-        num_workers: DataLoader worker processes (0: load in the training process).
-        image_size: side of the square images.
-        sample_rate: audio sample rate in Hz.
-        max_audio_seconds: longer clips are cropped (``round(max_audio_seconds * sample_rate)`` samples).
-        max_text_length: token limit of the byte tokenizer.
-        max_image_pixels: larger images are refused as a named problem (None: no limit).
-        augment: randomly flip training images horizontally.
-        modality_dropout: per-modality probability of dropping that modality from a training sample (never a
-            sample's last one), e.g. ``{"audio": 0.2}``.
-        pin_memory: pin batches for faster host-to-GPU copies; None pins when CUDA is available.
-        shuffle: shuffle the training split each epoch.
-        seed: shuffling and data-randomness seed.
-        num_train: use only the first ``num_train`` training samples (None: all); num_val, num_test likewise.
         modalities: the declared modalities, name -> kind (``text``, ``image``, ``audio``, ``features``) or
             name -> ``{kind: ..., <options>}`` (a ``features`` modality gives its ``dim``); None: ``audio``,
-            ``image`` and ``text`` (see :func:`mmgpt.datamodules.processors.parse_modalities`). Only datamodules
-            whose data can hold other modalities list this option.
+            ``image`` and ``text`` (see :func:`mmgpt.datamodules.processors.parse_modalities`). A datamodule whose
+            data can hold other modalities takes it from its config; a benchmark passes those of its files.
         processors: modality name -> processor, replacing the default (scratch) processor of that declared
-            modality: what the network's encoders declare (:func:`~mmgpt.datamodules.processors.build_processors`;
-            the commands pass them). Modalities not named keep their scratch processor
+            modality: what the network's encoders declare (:func:`~mmgpt.datamodules.encoder_processors.
+            build_processors`; the commands pass them). Modalities not named keep their scratch processor
             (:func:`~mmgpt.datamodules.processors.declared_processors`).
+        **options: the shared options (:class:`~mmgpt.datamodules.options.DataOptions`, read as
+            :attr:`options`). A subclass takes them as ``**options`` and passes them on; its signature is extended
+            with them (:meth:`__init_subclass__`), so a misspelt ``data.*`` key is still refused when the config is
+            checked.
     """
 
-    def __init__(self, *, batch_size: int, num_workers: int, image_size: int, sample_rate: int,
-                 max_audio_seconds: float, max_text_length: int,
-                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, augment: bool = False,
-                 modality_dropout: Mapping[str, float] | None = None, pin_memory: bool | None = None,
-                 shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
-                 num_test: int | None = None, modalities: Mapping[str, Any] | None = None,
-                 processors: Mapping[str, Processor] | None = None) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = with_options(cls.__init__)  # type: ignore[attr-defined]
+
+    def __init__(self, *, modalities: Mapping[str, Any] | None = None,
+                 processors: Mapping[str, Processor] | None = None, **options: Any) -> None:
         super().__init__()
-        require_positive(batch_size=batch_size, num_train=num_train, num_val=num_val, num_test=num_test)
-        if int(num_workers) < 0:
-            raise ValueError(f"data.num_workers={num_workers}: expected 0 or more")
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        self.augment, self.shuffle, self.seed = bool(augment), bool(shuffle), int(seed)
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
-        self.limits = {"train": num_train, "val": num_val, "test": num_test}
+        self.options = o = DataOptions.of(options)
+        require_positive(batch_size=o.batch_size, num_train=o.num_train, num_val=o.num_val, num_test=o.num_test)
+        if int(o.num_workers) < 0:
+            raise ValueError(f"data.num_workers={o.num_workers}: expected 0 or more")
+        self.batch_size, self.num_workers = int(o.batch_size), int(o.num_workers)
+        self.augment, self.shuffle, self.seed = bool(o.augment), bool(o.shuffle), int(o.seed)
+        self.pin_memory = torch.cuda.is_available() if o.pin_memory is None else bool(o.pin_memory)
+        self.limits = {"train": o.num_train, "val": o.num_val, "test": o.num_test}
         #: name -> kind of every declared modality (data.modalities; the default three when none is declared).
         self.modalities: dict[str, str] = {n: spec["kind"] for n, spec in parse_modalities(modalities).items()}
-        self.processors: dict[str, Processor] = declared_processors(
-            modalities, image_size=image_size, sample_rate=sample_rate, max_audio_seconds=max_audio_seconds,
-            max_text_length=max_text_length, augment=augment, max_image_pixels=max_image_pixels)
+        self.processors: dict[str, Processor] = declared_processors(modalities, o)
         for name, processor in (processors or {}).items():
             if name not in self.modalities:
                 continue  # an encoder for a modality this data does not declare: the network check names it
@@ -114,9 +100,18 @@ class MultimodalDataModule(pl.LightningDataModule):
                 raise ModalityError(f"data.modalities.{name}: declared {self.modalities[name]!r}, but its encoder's "
                                     f"processor takes {processor.kind!r} input")
             self.processors[name] = processor
-        self.modality_dropout = check_dropout_probs(modality_dropout, self.processors)
-        self.collate = Collate(self.processors)
-        self.train_collate = Collate(self.processors, modality_dropout=self.modality_dropout)
+        self.modality_dropout = check_dropout_probs(o.modality_dropout, self.processors)
+        self._build_collates()
+
+    def _build_collates(self) -> None:
+        """The evaluation and training collates of the current processors (modality dropout in training only)."""
+        self.collate = self.wrap_collate(Collate(self.processors))
+        self.train_collate = self.wrap_collate(Collate(self.processors, modality_dropout=self.modality_dropout))
+
+    def wrap_collate(self, collate: Collate) -> Callable[[Sequence[dict[str, Any]]], Any]:
+        """The collate the loaders use around ``collate`` (a datamodule whose datasets may yield failed samples
+        wraps it to drop them)."""
+        return collate
 
     def replace_processors(self, processors: Mapping[str, Processor]) -> None:
         """Swap the processors of some modalities (e.g. for the frozen-feature cache's) and rebuild the collates.
@@ -126,8 +121,7 @@ class MultimodalDataModule(pl.LightningDataModule):
         if unknown:
             raise ValueError(f"replace_processors: {unknown} are not modalities of {self.describe()}")
         self.processors.update(processors)
-        self.collate = Collate(self.processors)
-        self.train_collate = Collate(self.processors, modality_dropout=self.modality_dropout)
+        self._build_collates()
 
     # -- what a datamodule says about itself ---------------------------------------------------------------------
     @property
@@ -188,16 +182,3 @@ class MultimodalDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
-
-
-def shared_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """The base's options picked from a subclass constructor's arguments (its ``locals()`` on entry), so that
-    each subclass lists the options in its signature (for config checking) but forwards them in one line."""
-    return {name: arguments[name] for name in (*SHARED_OPTIONS, *INJECTED) if name in arguments}
-
-
-#: What the commands pass every datamodule besides its config (built objects, not ``data.*`` keys).
-INJECTED: tuple[str, ...] = ("processors",)
-#: The options every datamodule takes and its config sets (the base constructor's other keyword arguments).
-SHARED_OPTIONS: tuple[str, ...] = tuple(p for p in inspect.signature(MultimodalDataModule.__init__).parameters
-                                         if p not in ("self", *INJECTED))

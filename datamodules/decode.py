@@ -34,6 +34,9 @@ import torchaudio.functional as AF
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+#: Bump when decoding changes, so stored decoded media (the media store's entries) are not reused.
+#: 2: high-bit-depth images scaled instead of saturated; resampling of awkward rates through a nearby ratio.
+CACHE_VERSION = 2
 #: Default refusal threshold (pixels) for images: Pillow's own warning threshold (about 9459 x 9459).
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 #: Images above this many pixels are decoded one at a time and reduced at once (a few hundred MB of RGB).

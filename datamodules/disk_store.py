@@ -1,5 +1,5 @@
 """The on-disk media store (issue 16): preprocessed arrays (decoded media, later frozen backbone features) in
-immutable segment files, shared by every process. :mod:`mmgpt.datamodules.store` holds the store interface.
+immutable segment files, shared by every process, keyed by namespace, processor fingerprint and :class:`SourceId`.
 
 Every process that opens the same folder reads the same file pages through the OS page cache (``pread`` or
 ``numpy.memmap``): a DDP rank or a loader worker holds no private copy, so resident memory does not grow with the
@@ -426,32 +426,3 @@ def _index_problem(cols: list[np.ndarray], header: dict, size: int) -> str | Non
         return "index entries outside the .bin file, or of the wrong byte count"
     return None
 
-
-class KeyedDiskStore:
-    """The :class:`~mmgpt.datamodules.store.MediaStore` interface (``get``/``put``/``flush`` by ``StoreKey``) over a
-    :class:`DiskStore`, for code written against that interface (``key.source`` is the path, ``key.stat`` its
-    (size, mtime_ns), ``key.fingerprint`` the processor's)."""
-
-    def __init__(self, store: DiskStore, namespace: str = "media") -> None:
-        self.store, self.namespace = store, namespace
-
-    def get(self, key):  # noqa: ANN001, ANN201 (StoreKey -> Tensor | DecodeError | None; torch imported lazily)
-        import torch
-
-        from mmgpt.datamodules.decode import DecodeError
-
-        if key.stat is None:
-            return None
-        hit = self.store.lookup(self.namespace, key.fingerprint, SourceId(key.source, *key.stat))
-        if hit is None:
-            return None
-        return DecodeError(hit.error) if hit.error is not None else torch.from_numpy(self.store.read(hit))
-
-    def put(self, key, value) -> None:  # noqa: ANN001
-        if key.stat is None:
-            return
-        array = value if isinstance(value, str) else (str(value) if isinstance(value, Exception) else value.numpy())
-        self.store.put(self.namespace, key.fingerprint, SourceId(key.source, *key.stat), array)
-
-    def flush(self) -> None:
-        self.store.flush()

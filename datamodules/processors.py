@@ -4,23 +4,30 @@ A processor owns every setting its modality's decoding depends on, and has four 
 bytes -> the stored form), ``transform`` (stored form -> encoder input, with training-time augmentation),
 ``collate`` (per-sample inputs -> a batch tensor, a padding mask and presence) and ``fingerprint`` (a stable
 string of the decode settings, for store keys). The scratch encoders' preprocessing is the set built by
-:func:`default_processors`; a pretrained backbone brings its own processor of the same kind.
+:func:`declared_processors`; a pretrained backbone brings its own processor of the same kind.
 Legend: B batch, T text tokens, S audio samples, N feature steps, F feature size.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, Source, load_audio, load_image
-from mmgpt.datamodules.store import CACHE_VERSION
+from mmgpt.batch import MODALITIES
+from mmgpt.datamodules.decode import (
+    CACHE_VERSION,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DecodeError,
+    Source,
+    load_audio,
+    load_image,
+)
+from mmgpt.datamodules.options import DataOptions
 from mmgpt.tokenizer import TOKEN_IDS, ByteTokenizer, load_tokenizer
 
 #: The kinds of modality a datamodule can declare.
@@ -226,7 +233,7 @@ class FeaturesProcessor(Processor):
 
 
 #: The modalities of the embedded synthetic set, and of data that declares none: name -> kind.
-DEFAULT_MODALITIES: dict[str, str] = {"audio": "audio", "image": "image", "text": "text"}
+DEFAULT_MODALITIES: dict[str, str] = {name: name for name in MODALITIES}
 
 
 class ModalityError(ValueError):
@@ -276,39 +283,24 @@ RESERVED_NAMES: tuple[str, ...] = ("id", "label", "caption", "kind")
 MODALITY_OPTIONS: dict[str, tuple[str, ...]] = {"text": (), "image": (), "audio": (), "features": ("dim", "max_steps")}
 
 
-def declared_processors(modalities: Mapping[str, Any] | None, *, image_size: int, sample_rate: int,
-                     max_audio_seconds: float, max_text_length: int, augment: bool = False,
-                     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, Processor]:
-    """The scratch encoders' processors of the declared modalities (name -> kind, see :func:`parse_modalities`)."""
+def declared_processors(modalities: Mapping[str, Any] | None, options: DataOptions = DataOptions(),
+                        ) -> dict[str, Processor]:
+    """The scratch encoders' processors of the declared modalities (see :func:`parse_modalities`; None: the
+    default three), with the sizes of the data ``options``."""
     out: dict[str, Processor] = {}
     for name, spec in parse_modalities(modalities).items():
         kind = spec["kind"]
         if kind == "text":
-            out[name] = TextProcessor(tokenizer=ByteTokenizer(max_text_length))
+            out[name] = TextProcessor(tokenizer=ByteTokenizer(options.max_text_length))
         elif kind == "image":
-            out[name] = ImageProcessor(image_size=image_size, max_pixels=max_image_pixels, augment=augment)
+            out[name] = ImageProcessor(image_size=options.image_size, max_pixels=options.max_image_pixels,
+                                       augment=options.augment)
         elif kind == "audio":
-            out[name] = AudioProcessor(sample_rate=sample_rate,
-                                       max_samples=audio_samples(max_audio_seconds, sample_rate))
+            out[name] = AudioProcessor(sample_rate=options.sample_rate,
+                                       max_samples=audio_samples(options.max_audio_seconds, options.sample_rate))
         else:
             out[name] = FeaturesProcessor(dim=spec["dim"], max_steps=spec.get("max_steps"))
     return out
-
-
-def default_processors(*, image_size: int, sample_rate: int, max_audio_seconds: float, max_text_length: int,
-                       augment: bool = False, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                       ) -> dict[str, Processor]:
-    """The scratch encoders' processors of the default modalities (:data:`DEFAULT_MODALITIES`)."""
-    return declared_processors(None, image_size=image_size, sample_rate=sample_rate,
-                               max_audio_seconds=max_audio_seconds, max_text_length=max_text_length,
-                               augment=augment, max_image_pixels=max_image_pixels)
-
-
-# -- processors travel with the encoders ------------------------------------------------------------------------------
-#: The data options processors are built from, and their defaults (those of :class:`MultimodalDataModule`).
-DATA_OPTIONS: dict[str, Any] = {"image_size": 32, "sample_rate": 8000, "max_audio_seconds": 1.0,
-                                "max_text_length": 64, "augment": False,
-                                "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS}
 
 
 # The scratch encoders' specs name their sizes (the YAML sets them from data.*): the processor follows the encoder.
@@ -330,40 +322,3 @@ def scratch_audio_processor(spec: Mapping[str, Any], data: Mapping[str, Any]) ->
     """Mono waveforms at the encoder's ``sample_rate`` (its log-mel is the encoder's own front end)."""
     rate = int(spec.get("sample_rate") or data["sample_rate"])
     return AudioProcessor(sample_rate=rate, max_samples=audio_samples(float(data["max_audio_seconds"]), rate))
-
-
-def build_processors(net: Mapping[str, Any], data: Mapping[str, Any], *, explicit: Collection[str] = (),
-                     where: str = "model.net.encoders") -> dict[str, Processor]:
-    """Modality name -> the processor its encoder declares (registry ``Part.processor``), for the datamodule.
-
-    Args:
-        net: the network spec (``model.net``, resolved), or just its ``encoders`` mapping.
-        data: the data options (``data.*``; missing ones take :data:`DATA_OPTIONS`).
-        explicit: the ``data.*`` keys the user set explicitly (e.g. on the command line). One of them that
-            contradicts a value the backbone decides (:meth:`Processor.derived`) is refused, naming both keys.
-
-    Raises:
-        UserError: a contradicting ``data.*`` value, or a backbone processor that cannot be loaded.
-    """
-    from mmgpt.errors import UserError
-    from mmgpt.registry import part
-
-    options = {**DATA_OPTIONS, **{k: v for k, v in data.items() if k in DATA_OPTIONS and v is not None}}
-    encoders = net.get("encoders", net)
-    out: dict[str, Processor] = {}
-    for name in sorted(encoders):
-        spec = encoders[name]
-        builder = part(spec["type"], "encoder", f"{where}.{name}").processor
-        if builder is None:  # a user's own encoder: the datamodule's default processor for this modality
-            continue
-        module, _, attr = builder.partition(":")
-        processor = getattr(importlib.import_module(module), attr)(spec, options)
-        if processor is None:  # the encoder takes what the data's own processor gives (e.g. token ids)
-            continue
-        for key, value in processor.derived().items():
-            if key in explicit and data.get(key) is not None and data[key] != value:
-                raise UserError(f"data.{key}={data[key]} contradicts {where}.{name} ({spec['type']} "
-                                f"{spec.get('name_or_path') or spec.get('model_name')}), whose processor uses "
-                                f"{key}={value}: drop data.{key} (the backbone's is used) or choose another backbone")
-        out[name] = processor
-    return out

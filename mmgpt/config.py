@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from mmgpt.datamodules.options import config_defaults as data_option_defaults
 from mmgpt.errors import UserError
+from mmgpt.registry import HYDRA_KEYS, NetworkSpec, check_spec, unknown_argument
 
-CONFIG_DIR = Path(__file__).resolve().parent / "conf"  # conf/ at the top of the repository, mapped in as mmgpt/conf
+#: The Hydra config folder: the repository's conf/ in a checkout, mmgpt/conf in a wheel (pyproject.toml maps it in
+#: as the data-only package ``mmgpt.conf``; found, not imported, since it holds no Python).
+CONFIG_DIR = Path(importlib.util.find_spec("mmgpt.conf").submodule_search_locations[0])
 
 
 @dataclass
@@ -198,9 +202,9 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     cs.store(name="eval_schema", node=EvalSchema)
-
-
-_HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+    # The shared data options and their defaults, read from their one declaration; every conf/data/*.yaml starts
+    # from this node (`defaults: [options, _self_]`) and sets only what differs.
+    cs.store(group="data", name="options", node=data_option_defaults())
 
 
 class ConfigKeyError(UserError):
@@ -251,18 +255,10 @@ def check_targets(cfg: Any, prefix: str = "") -> None:
                 obj = _resolve_target(str(target))
             except (ImportError, AttributeError) as e:
                 raise ConfigKeyError(f"{where}._target_: cannot import {target!r} ({e})") from e
-            try:
-                params = inspect.signature(obj).parameters
-            except (TypeError, ValueError):
-                params = None
-            if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                for key in cfg.keys():
-                    if key not in _HYDRA_KEYS and key not in params:
-                        allowed = ", ".join(k for k in params if k not in ("self", "args", "kwargs"))
-                        raise ConfigKeyError(
-                            f"config key '{prefix + '.' if prefix else ''}{key}' is not a parameter of {target} "
-                            f"(it accepts: {allowed})"
-                        )
+            unknown = unknown_argument(obj, (k for k in cfg.keys() if k not in HYDRA_KEYS))
+            if unknown is not None:
+                raise ConfigKeyError(f"config key '{prefix + '.' if prefix else ''}{unknown[0]}' is not a parameter "
+                                     f"of {target} (it accepts: {unknown[1]})")
         for key, node in items:
             if isinstance(node, (DictConfig, ListConfig)):
                 check_targets(node, f"{prefix}.{key}" if prefix else str(key))
@@ -305,8 +301,6 @@ def check_model_specs(cfg: DictConfig) -> None:
     Raises:
         SpecError: naming the key path of an unknown part, a part of the wrong kind or an argument it lacks.
     """
-    from mmgpt.registry import NetworkSpec, check_spec
-
     NetworkSpec.from_dict(OmegaConf.to_container(cfg.model.net, resolve=True)).check()
     module = OmegaConf.to_container(cfg.model.module, resolve=True)
     for name, spec in (module.get("objectives") or {}).items():

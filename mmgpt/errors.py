@@ -14,3 +14,7 @@ def load_error_reason(e: BaseException) -> str:
     the global a pickle asked for (its first lines only suggest turning the protection off), else the first line."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(e).__name__)
+
+
+class CheckpointError(UserError):
+    """A file that is not a usable mmgpt checkpoint, or one that names something mmgpt does not build."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,11 +45,6 @@ class Part:
     #: Arguments replaced when the part is rebuilt from a checkpoint, whose state dict supplies the weights
     #: (e.g. no download of pretrained weights named in a checkpoint).
     checkpoint_overrides: Mapping[str, Any] = field(default_factory=dict)
-    #: For encoders: ``module:attr`` of the function ``(encoder spec, data options) -> Processor`` that builds the
-    #: modality's processor (how raw samples become this encoder's input; see
-    #: :func:`mmgpt.datamodules.processors.build_processors`). A string, so nothing under ``mmgpt`` imports
-    #: the datamodules.
-    processor: str | None = None
 
     def resolve(self) -> Callable[..., Any]:
         if callable(self.factory):
@@ -63,24 +58,18 @@ NO_REMOTE_CODE: Mapping[str, Any] = {"trust_remote_code": False}
 #: Every part mmgpt defines. Names are what specs (YAML, checkpoints) use in ``type:``.
 BUILTIN: dict[str, Part] = {
     # encoders: raw input -> tokens (B, N, D) + mask
-    "text_encoder": Part("encoder", "mmgpt.encoders.text:TextEncoder",
-                         processor="mmgpt.datamodules.processors:scratch_text_processor"),
-    "image_encoder": Part("encoder", "mmgpt.encoders.image:ImageEncoder",
-                          processor="mmgpt.datamodules.processors:scratch_image_processor"),
-    "audio_encoder": Part("encoder", "mmgpt.encoders.audio:AudioEncoder",
-                          processor="mmgpt.datamodules.processors:scratch_audio_processor"),
-    # pretrained backbones (transformers / timm, imported when built); their processors come from the backbone.
+    "text_encoder": Part("encoder", "mmgpt.encoders.text:TextEncoder"),
+    "image_encoder": Part("encoder", "mmgpt.encoders.image:ImageEncoder"),
+    "audio_encoder": Part("encoder", "mmgpt.encoders.audio:AudioEncoder"),
+    # pretrained backbones (transformers / timm, imported when built); their processors come from the backbone
+    # (the data side's table, mmgpt.datamodules.encoder_processors).
     # Rebuilding one from a checkpoint never runs code shipped with a model (trust_remote_code is forced off).
-    "hf_text": Part("encoder", checkpoint_overrides=NO_REMOTE_CODE, factory="mmgpt.encoders.hf:HFTextEncoder",
-                    processor="mmgpt.datamodules.hf_processors:hf_text_processor"),
-    "hf_image": Part("encoder", checkpoint_overrides=NO_REMOTE_CODE, factory="mmgpt.encoders.hf:HFImageEncoder",
-                     processor="mmgpt.datamodules.hf_processors:hf_image_processor"),
-    "hf_audio": Part("encoder", checkpoint_overrides=NO_REMOTE_CODE, factory="mmgpt.encoders.hf:HFAudioEncoder",
-                     processor="mmgpt.datamodules.hf_processors:hf_audio_processor"),
+    "hf_text": Part("encoder", checkpoint_overrides=NO_REMOTE_CODE, factory="mmgpt.encoders.hf:HFTextEncoder"),
+    "hf_image": Part("encoder", checkpoint_overrides=NO_REMOTE_CODE, factory="mmgpt.encoders.hf:HFImageEncoder"),
+    "hf_audio": Part("encoder", checkpoint_overrides=NO_REMOTE_CODE, factory="mmgpt.encoders.hf:HFAudioEncoder"),
     # a checkpoint's state dict holds the weights: timm's own pretrained weights are not fetched again
     "timm_image": Part("encoder", "mmgpt.encoders.timm_encoder:TimmImageEncoder",
-                       checkpoint_overrides={"pretrained": False},
-                       processor="mmgpt.datamodules.hf_processors:timm_image_processor"),
+                       checkpoint_overrides={"pretrained": False}),
     "features_encoder": Part("encoder", "mmgpt.encoders.features:FeaturesEncoder"),
     # image stems: (B, 3, H, W) -> (B, D, H/p, W/p)
     "patch_embed": Part("image_stem", "mmgpt.encoders.image:PatchEmbed"),
@@ -159,8 +148,8 @@ LEGACY_TARGETS: dict[str, str] = {
     "mmgpt.optim.warmup_cosine": "warmup_cosine",
 }
 
-#: Keys of a spec that mark Hydra instantiation; never accepted in a spec.
-_HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+#: Keys that mark Hydra instantiation: never accepted in a spec; not arguments of a config node's ``_target_``.
+HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 
 
 class SpecError(UserError):
@@ -215,7 +204,7 @@ def check_spec(node: Any, where: str, kind: str | None = None) -> None:
     """
     if isinstance(node, Mapping):
         for key in node:
-            if key in _HYDRA_KEYS:
+            if key in HYDRA_KEYS:
                 raise SpecError(f"{where}.{key}: import paths are not accepted in a network spec "
                                 f"({key}={node[key]!r}); name a registered part with `type:` instead")
             if key == "trust_remote_code" and node[key] is not False and not (
@@ -234,17 +223,26 @@ def check_spec(node: Any, where: str, kind: str | None = None) -> None:
             check_spec(value, f"{where}[{i}]")
 
 
-def _check_arguments(found: Part, node: Mapping[str, Any], where: str) -> None:
+def unknown_argument(factory: Callable[..., Any], keys: Iterable[Any]) -> tuple[str, str] | None:
+    """The first of ``keys`` that ``factory`` has no parameter for, with the parameters it has (for the message);
+    None when every key is one, or when ``factory`` takes ``**kwargs`` or has no signature. The one argument check
+    of specs (:func:`check_spec`) and of Hydra ``_target_`` nodes (:func:`mmgpt.config.check_targets`)."""
     try:
-        params = inspect.signature(found.resolve()).parameters
+        params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
-        return
+        return None
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    for key in node:
-        if key != "type" and key not in params:
-            allowed = ", ".join(k for k in params if k not in ("self", "args", "kwargs"))
-            raise SpecError(f"{where}.{key}: not an argument of {node['type']!r} (it takes: {allowed})")
+        return None
+    for key in keys:
+        if key not in params:
+            return str(key), ", ".join(k for k in params if k not in ("self", "args", "kwargs"))
+    return None
+
+
+def _check_arguments(found: Part, node: Mapping[str, Any], where: str) -> None:
+    unknown = unknown_argument(found.resolve(), (k for k in node if k != "type"))
+    if unknown is not None:
+        raise SpecError(f"{where}.{unknown[0]}: not an argument of {node['type']!r} (it takes: {unknown[1]})")
 
 
 def build(node: Any, where: str, kind: str | None = None, **extra: Any) -> Any:

@@ -16,8 +16,8 @@ WHEEL="$(ls "$WORK"/dist/mmgpt-*.whl)"
 for f in mmgpt/conf/train.yaml mmgpt/conf/eval.yaml mmgpt/conf/model/default.yaml mmgpt/datamodules/synthetic/generator.py; do
   grep -qx "$f" "$WORK/contents.txt" || { echo "wheel-check: $f missing from $WHEEL"; exit 1; }
 done
-if grep -q '^datamodules/' "$WORK/contents.txt"; then
-  echo "wheel-check: the wheel installs a top-level 'datamodules' package"; exit 1
+if grep -qE '^(datamodules|conf)/' "$WORK/contents.txt"; then
+  echo "wheel-check: the wheel installs a top-level 'datamodules' or 'conf' folder"; exit 1
 fi
 "$PY" -m pip install --no-deps --no-compile -q --disable-pip-version-check --root-user-action=ignore --target "$WORK/site" "$WHEEL" 2>&1 | grep -v "WARNING: Location" || true
 export PYTHONPATH="$WORK/site"

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmgpt.datamodules.base import shared_options
 from mmgpt.datamodules.benchmarks.common import (
     BenchmarkDataModule,
     BenchmarkError,
@@ -37,7 +36,6 @@ from mmgpt.datamodules.benchmarks.common import (
     load_npy,
     require_file,
 )
-from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
 from mmgpt.datamodules.processors import Processor
 
 #: MultiBench's validation split: the last 5000 of the 60000 training samples.
@@ -135,16 +133,11 @@ class AVMNISTDataModule(BenchmarkDataModule):
 
     task = "multiclass"
 
-    def __init__(self, root: str, train_size: int = NUM_TRAIN, batch_size: int = 40, num_workers: int = 0,
-                 image_size: int = IMAGE_SIDE,
-                 sample_rate: int = 8000, max_audio_seconds: float = 1.0, max_text_length: int = 64,
-                 shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
-                 num_test: int | None = None, augment: bool = False, modality_dropout: dict[str, float] | None = None,
-                 pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                 processors: Mapping[str, Processor] | None = None) -> None:
-        options = shared_options(locals())
+    def __init__(self, root: str, train_size: int = NUM_TRAIN, batch_size: int = 40, image_size: int = IMAGE_SIDE,
+                 processors: Mapping[str, Processor] | None = None, **options: Any) -> None:
         modalities = {"image": "image", "spectrogram": {"kind": "features", "dim": SPECTROGRAM_SIDE}}
-        super().__init__(root=root, modalities=modalities, **options)
+        super().__init__(root=root, modalities=modalities, batch_size=batch_size, image_size=image_size,
+                         processors=processors, **options)
         self.save_hyperparameters(ignore=["processors"])
         self.tables = read_avmnist(root, image_size=image_size, num_train=int(train_size))
 

@@ -99,8 +99,8 @@ class BenchmarkDataModule(MultimodalDataModule):
 
     task: str
 
-    def __init__(self, *, root: str | Path, modalities: Mapping[str, Any], **shared: Any) -> None:
-        super().__init__(modalities=dict(modalities), **shared)
+    def __init__(self, *, root: str | Path, modalities: Mapping[str, Any], **options: Any) -> None:
+        super().__init__(modalities=dict(modalities), **options)
         self.root = Path(root)
         self._splits: dict[str, BenchmarkSplit] = {}
 

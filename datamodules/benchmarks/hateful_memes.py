@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mmgpt.datamodules.base import shared_options
 from mmgpt.datamodules.benchmarks.common import BenchmarkDataModule, BenchmarkError, BenchmarkSplit, require_file
-from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
 from mmgpt.datamodules.processors import Processor
 
 #: Split -> the files tried in order.
@@ -90,14 +89,11 @@ class HatefulMemesDataModule(BenchmarkDataModule):
     task = "binary"
 
     def __init__(self, root: str, val_file: str | None = None, test_file: str | None = None, batch_size: int = 32,
-                 num_workers: int = 2, image_size: int = 64, sample_rate: int = 8000, max_audio_seconds: float = 1.0,
-                 max_text_length: int = 128, shuffle: bool = True, seed: int = 0, num_train: int | None = None,
-                 num_val: int | None = None, num_test: int | None = None, augment: bool = False,
-                 modality_dropout: dict[str, float] | None = None, pin_memory: bool | None = None,
-                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                 processors: Mapping[str, Processor] | None = None) -> None:
-        options = shared_options(locals())
-        super().__init__(root=root, modalities={"image": "image", "text": "text"}, **options)
+                 num_workers: int = 2, image_size: int = 64, max_text_length: int = 128,
+                 processors: Mapping[str, Processor] | None = None, **options: Any) -> None:
+        super().__init__(root=root, modalities={"image": "image", "text": "text"}, batch_size=batch_size,
+                         num_workers=num_workers, image_size=image_size, max_text_length=max_text_length,
+                         processors=processors, **options)
         self.save_hyperparameters(ignore=["processors"])
         self.files = {"train": split_file(self.root, "train"), "val": split_file(self.root, "val", val_file),
                       "test": split_file(self.root, "test", test_file)}

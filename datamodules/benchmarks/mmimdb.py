@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from mmgpt.datamodules.base import shared_options
 from mmgpt.datamodules.benchmarks.common import (
     BenchmarkDataModule,
     BenchmarkError,
@@ -42,7 +41,6 @@ from mmgpt.datamodules.benchmarks.common import (
     require_file,
     require_keys,
 )
-from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
 from mmgpt.datamodules.processors import Processor
 
 #: mmgpt split -> the key of split.json.
@@ -209,12 +207,8 @@ class MMIMDbDataModule(BenchmarkDataModule):
     task = "multilabel"
 
     def __init__(self, root: str, poster: str = "vgg", batch_size: int = 32, num_workers: int = 2, image_size: int = 64,
-                 sample_rate: int = 8000, max_audio_seconds: float = 1.0, max_text_length: int = 256,
-                 shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
-                 num_test: int | None = None, augment: bool = False, modality_dropout: dict[str, float] | None = None,
-                 pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                 processors: Mapping[str, Processor] | None = None) -> None:
-        options = shared_options(locals())
+                 max_text_length: int = 256, processors: Mapping[str, Processor] | None = None,
+                 **options: Any) -> None:
         if str(root).endswith((".hdf5", ".h5")):  # MultiBench's file: pre-extracted plot (and poster) features
             self.genres, self.tables = read_mmimdb_hdf5(root, poster=poster, image_size=image_size)
             first = self.tables["train"].columns  # feature sizes as stored (300 and 4096 in the distributed file)
@@ -224,7 +218,8 @@ class MMIMDbDataModule(BenchmarkDataModule):
         else:
             self.genres, self.tables = read_mmimdb(root)
             modalities = {"plot": "text", "poster": "image"}
-        super().__init__(root=root, modalities=modalities, **options)
+        super().__init__(root=root, modalities=modalities, batch_size=batch_size, num_workers=num_workers,
+                         image_size=image_size, max_text_length=max_text_length, processors=processors, **options)
         self.save_hyperparameters(ignore=["processors"])
 
     @property

@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from mmgpt.datamodules import safe_pickle
-from mmgpt.datamodules.base import shared_options
 from mmgpt.datamodules.benchmarks.common import (
     BenchmarkDataModule,
     BenchmarkError,
@@ -48,7 +47,6 @@ from mmgpt.datamodules.benchmarks.common import (
     require_file,
     require_keys,
 )
-from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
 from mmgpt.datamodules.processors import Processor
 
 log = logging.getLogger(__name__)
@@ -154,13 +152,7 @@ class MMSADataModule(BenchmarkDataModule):
     task = "regression"
 
     def __init__(self, root: str, text: str = "features", max_steps: int | None = None, batch_size: int = 32,
-                 num_workers: int = 0, image_size: int = 32, sample_rate: int = 8000, max_audio_seconds: float = 1.0,
-                 max_text_length: int = 64, shuffle: bool = True, seed: int = 0, num_train: int | None = None,
-                 num_val: int | None = None, num_test: int | None = None, augment: bool = False,
-                 modality_dropout: dict[str, float] | None = None, pin_memory: bool | None = None,
-                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                 processors: Mapping[str, Processor] | None = None) -> None:
-        options = shared_options(locals())
+                 processors: Mapping[str, Processor] | None = None, **options: Any) -> None:
         self.tables = read_mmsa(root, text=text)
         train = self.tables["train"]
         modalities: dict[str, Any] = {}
@@ -169,7 +161,7 @@ class MMSADataModule(BenchmarkDataModule):
                 modalities[name] = {"kind": "features", "dim": int(column.shape[2]), "max_steps": max_steps}
             else:
                 modalities[name] = "text"
-        super().__init__(root=root, modalities=modalities, **options)
+        super().__init__(root=root, modalities=modalities, batch_size=batch_size, processors=processors, **options)
         if text == "bert":  # ids already: the scratch text processor would tokenize strings
             self.use_processor("language", TokenIdsProcessor())
         self.save_hyperparameters(ignore=["processors"])

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, shared_options
-from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.batch import MODALITIES
+from mmgpt.datamodules.base import SPLITS, MultimodalDataModule
 from mmgpt.datamodules.hf.dataset import LABEL_TYPES, HFMapDataset, HFStream, Labels, RowFields
 from mmgpt.datamodules.hf.source import HFDataError, SplitFiles, open_source, read_group, read_table
 from mmgpt.datamodules.processors import RESERVED_NAMES, Processor
@@ -60,13 +60,7 @@ class HFDataModule(MultimodalDataModule):
     def __init__(self, path: str, columns: Mapping[str, str] | None = None, splits: Mapping[str, str] | None = None,
                  streaming: bool = False, label_type: str | None = None, class_names: list[str] | None = None,
                  piece_rows: int = 256, cache_dir: str | None = None, modalities: Mapping[str, Any] | None = None,
-                 batch_size: int = 64, num_workers: int = 1, image_size: int = 32, sample_rate: int = 8000,
-                 max_audio_seconds: float = 1.0, max_text_length: int = 64, shuffle: bool = True, seed: int = 0,
-                 num_train: int | None = None, num_val: int | None = None, num_test: int | None = None,
-                 augment: bool = False, modality_dropout: dict[str, float] | None = None,
-                 pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                 processors: Mapping[str, Processor] | None = None) -> None:
-        options = shared_options(locals())
+                 num_workers: int = 1, processors: Mapping[str, Processor] | None = None, **options: Any) -> None:
         if int(piece_rows) < 1:
             raise HFDataError(f"data.piece_rows={piece_rows}: expected a positive integer")
         if label_type is not None and label_type not in LABEL_TYPES:
@@ -83,7 +77,7 @@ class HFDataModule(MultimodalDataModule):
             raise HFDataError(f"data.modalities.{missing[0]}: declared, but {self.path} has no column "
                               f"{missing[0]!r} (map one: data.columns.{missing[0]}=<column>; columns: "
                               f"{', '.join(first.column_names)})")
-        super().__init__(**{**options, "modalities": declared})
+        super().__init__(num_workers=num_workers, modalities=declared, processors=processors, **options)
         self.save_hyperparameters(ignore=["class_names", "processors"])  # the module logs the resolved class names
         self.label_type, self._class_names = self._labels(label_type, class_names)
         log.info("%s: %s", self.path, ", ".join(f"{s}={n} ({self.sources[n].num_rows} rows)"
@@ -199,7 +193,7 @@ def _resolve_columns(columns: Mapping[str, str] | None, modalities: Mapping[str,
         if key in RESERVED_NAMES:
             raise HFDataError(f"data.columns.{key}: {key!r} is not a modality name")
     names = list(modalities) if modalities is not None else list(given) or [
-        n for n in ("audio", "image", "text") if n in have]
+        n for n in MODALITIES if n in have]
     if not names:
         raise HFDataError(f"{path}: no modality columns: map them, e.g. data.columns={{text: <column>, image: "
                           f"<column>}} (columns: {', '.join(have)})")

@@ -5,15 +5,12 @@ from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, check_f
 from mmgpt.datamodules.manifest.datamodule import ManifestDataModule, StoreDataset
 from mmgpt.datamodules.manifest.media import MediaFiles
 from mmgpt.datamodules.manifest.records import Problem, Row, read_index, resolve_media
-from mmgpt.datamodules.store import DecodeSettings, MediaCache
 
 __all__ = [
     "CheckReport",
     "DecodeError",
-    "DecodeSettings",
     "ManifestDataModule",
     "ManifestError",
-    "MediaCache",
     "MediaFiles",
     "Problem",
     "Row",

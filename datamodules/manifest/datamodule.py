@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from mmgpt.datamodules.base import MultimodalDataModule, ProcessedDataset, process, shared_options
-from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError
+from mmgpt.datamodules.base import MultimodalDataModule, ProcessedDataset, process
+from mmgpt.datamodules.collate import Collate
+from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, SampleTable, check_folder
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles, Progress
 from mmgpt.datamodules.manifest.records import LABEL_TYPES, ManifestIndex, label_names, read_index
-from mmgpt.datamodules.processors import Processor, audio_samples
-from mmgpt.datamodules.store import DecodeSettings
+from mmgpt.datamodules.processors import Processor
 
 log = logging.getLogger(__name__)
 
@@ -151,18 +151,9 @@ class ManifestDataModule(MultimodalDataModule):
 
     Args:
         root: the folder (``train.jsonl``/``.csv``, ``val...``, optional ``test...`` and ``labels.txt``).
-        image_size: images are resized to this square side.
-        sample_rate: audio is resampled to this rate (Hz).
-        max_audio_seconds: longer recordings are cropped to this length (shorter ones padded, with masks).
-        max_text_length: token limit of the byte tokenizer; longer texts are truncated.
-        batch_size: per-process batch size.
         num_workers: DataLoader worker processes. Samples are read from the media store (the OS page cache holds
             it once for every process), so one worker, collating while the model trains, is usually enough; 0
             collates in the training process.
-        pin_memory: pin batches for faster host-to-GPU copies; None pins when CUDA is available.
-        augment: randomly flip training images (off by default: digits and text are not mirror-symmetric).
-        modality_dropout: per-modality probability of dropping that modality from a training sample
-            (never a sample's last modality), e.g. ``{"audio": 0.2}``.
         on_error: ``raise`` stops with the full problem report; ``skip`` trains without the bad rows and logs
             how many were skipped and which.
         allow_outside_root: accept media paths that are absolute or lead outside ``root``.
@@ -181,29 +172,19 @@ class ManifestDataModule(MultimodalDataModule):
             (``experiment=smoke`` sets it). Every row is still checked.
         num_val: the same for the validation split.
         num_test: the same for the test split.
-        seed: shuffling and augmentation seed (each epoch's order and each sample's flips follow from it).
         max_image_pixels: images with more pixels are refused as a problem of their row (None: no limit).
-        shuffle: shuffle the training split each epoch.
         modalities: the folder's modalities, name -> kind (``{text: text, poster: image, vision_feats:
             {kind: features, dim: 35}}``); rows have one key (CSV: column) per name, holding the text or a file
             path (``.npy`` for features). None: ``text``, ``image`` and ``audio``.
         label_type: what a row's ``label`` is: ``class`` (a class name), ``float`` (a number: regression, one
             target), ``multilabel`` (a list of class names; CSV: ``name|name``), batched as (B,) int64, (B,)
             float32 or (B, C) multi-hot.
+        The rest: the shared data options (:class:`~mmgpt.datamodules.options.DataOptions`).
     """
 
     def __init__(
         self,
         root: str,
-        image_size: int = 32,
-        sample_rate: int = 8000,
-        max_audio_seconds: float = 1.0,
-        max_text_length: int = 64,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        pin_memory: bool | None = None,
-        augment: bool = False,
-        modality_dropout: dict[str, float] | None = None,
         on_error: str = "raise",
         allow_outside_root: bool = False,
         cache_dir: str | None = None,
@@ -211,17 +192,12 @@ class ManifestDataModule(MultimodalDataModule):
         check: str = "full",
         memory_cache_mb: float = 0,
         report_dir: str | None = None,
-        num_train: int | None = None,
-        num_val: int | None = None,
-        num_test: int | None = None,
-        seed: int = 0,
-        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-        shuffle: bool = True,
         modalities: dict[str, Any] | None = None,
         label_type: str = "class",
         processors: Mapping[str, Processor] | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(**shared_options(locals()))
+        super().__init__(modalities=modalities, processors=processors, **options)
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
         if check not in CHECKS:
@@ -232,14 +208,14 @@ class ManifestDataModule(MultimodalDataModule):
         if label_type not in LABEL_TYPES:
             raise ValueError(f"data.label_type={label_type!r}: expected one of {', '.join(LABEL_TYPES)}")
         self.root = Path(root).expanduser().absolute()
-        self.settings = DecodeSettings(image_size, sample_rate, audio_samples(max_audio_seconds, sample_rate),
-                                       max_image_pixels)
         self.report: CheckReport | None = None
         self.splits: dict[str, ProcessedDataset] = {}
         self.media: MediaFiles | None = None
         self._prepared: CheckReport | None = None  # the check pass prepare_data ran in this process
         self.failures: FailureLog | None = None
-        self.collate, self.train_collate = DropFailed(self.collate), DropFailed(self.train_collate)
+
+    def wrap_collate(self, collate: Collate) -> DropFailed:
+        return DropFailed(collate)  # samples that fail to load under on_error=skip arrive as None
 
     @cached_property
     def index(self) -> ManifestIndex:
@@ -307,11 +283,11 @@ class ManifestDataModule(MultimodalDataModule):
         hp = self.hparams
         t0 = time.perf_counter()
         store = None if hp.cache_dir is None else Path(hp.cache_dir) / "media-store"
-        self.media = MediaFiles(self.settings, store, threads=hp.decode_threads, memory_cache_mb=hp.memory_cache_mb,
-                                processors=self.processors)
+        self.media = MediaFiles(self.processors, store, threads=hp.decode_threads, memory_cache_mb=hp.memory_cache_mb)
         progress = Progress(f"data.check={hp.check} {self.root.name}")
         report = check_folder(self.root, self.media, hp.allow_outside_root, check=hp.check, progress=progress,
-                              kinds=None if hp.modalities is None else self.modalities, label_type=hp.label_type)
+                              kinds=None if hp.modalities is None else self.modalities,
+                              label_type=hp.label_type)
         progress.close()
         self.media.store.refresh()  # what this pass (and any other process) committed, for the datasets
         log.info("checked %s (data.check=%s) in %.1fs: %s samples, %d files decoded, %d entries in the store %s",

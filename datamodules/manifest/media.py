@@ -1,4 +1,5 @@
-"""A manifest's media files through the :class:`~mmgpt.datamodules.store.DiskStore`: checked, decoded once, read back.
+"""A manifest's media files through the :class:`~mmgpt.datamodules.disk_store.DiskStore`: checked, decoded once,
+read back.
 
 :class:`MediaFiles` is what the validation pass and the datasets share. The validation pass checks files in
 chunks (``full``: decode and write to the store, then drop; ``headers``: read only each file's header), so its
@@ -24,10 +25,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from mmgpt.datamodules.decode import DecodeError
+from mmgpt.datamodules.decode import CACHE_VERSION, DecodeError
 from mmgpt.datamodules.disk_store import DiskStore, SourceId
-from mmgpt.datamodules.processors import AudioProcessor, ImageProcessor, Processor
-from mmgpt.datamodules.store import CACHE_VERSION, DecodeSettings
+from mmgpt.datamodules.processors import Processor
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,6 @@ log = logging.getLogger(__name__)
 CHECKS: tuple[str, ...] = ("full", "headers", "off")
 #: The store namespace of decoded manifest media (backbone features will use their own).
 NAMESPACE = "media"
-
-
-def fingerprint(kind: str, settings: DecodeSettings) -> str:
-    """What the decoded array of a ``kind`` file depends on besides the file: part of its store key."""
-    if kind == "image":
-        return f"image:v{CACHE_VERSION}:size={settings.image_size}:max_pixels={settings.max_image_pixels}"
-    if kind == "audio":
-        return f"audio:v{CACHE_VERSION}:rate={settings.sample_rate}:max={settings.max_audio_samples}"
-    raise ValueError(f"unknown media kind {kind!r}")
 
 
 def read_npy_header(path: str | Path) -> tuple[int, ...]:
@@ -103,27 +94,19 @@ class MediaFiles:
     """Decoded images and clips of manifest folders, kept in a memory-mapped store (one copy on disk for all).
 
     Args:
-        settings: decoding settings (their fingerprint is part of every store key).
+        processors: the modalities, name -> processor (text ones, or None, count as text: rows may hold them); each
+            file of an ``image``, ``audio`` or ``features`` modality is decoded by its modality's processor, and
+            the processor's fingerprint (every setting decoding depends on) is part of the store key (so keys do not
+            depend on the name, and a pretrained backbone's processor gets its own entries).
         store: the store, or its folder; None makes a temporary one, deleted with this object.
         threads: decoding threads in the validation pass (Pillow and libsndfile release the GIL).
         memory_cache_mb: per-process LRU of decoded arrays, in MiB (0: none; see :class:`DiskStore`).
         keep: store what the validation pass decodes; False only checks (decode, drop), for a one-off
             ``mmgpt-data check`` without a store folder.
-        processors: the file-valued modalities, name -> processor (``image``, ``audio``, ``features`` kinds; text
-            ones are ignored); each file is decoded by its modality's processor, and the processor's fingerprint
-            is part of the store key (so keys do not depend on the name, and a pretrained backbone's processor
-            gets its own entries). None: ``image`` and ``audio`` with the scratch processors of ``settings``.
     """
 
-    def __init__(self, settings: DecodeSettings, store: DiskStore | str | Path | None = None, *, threads: int = 4,
-                 memory_cache_mb: float = 0, keep: bool = True,
-                 processors: Mapping[str, Processor] | None = None) -> None:
-        self.settings = settings
-        if processors is None:
-            processors = {"image": ImageProcessor(image_size=settings.image_size, max_pixels=settings.max_image_pixels),
-                          "audio": AudioProcessor(sample_rate=settings.sample_rate,
-                                                  max_samples=settings.max_audio_samples),
-                          "text": None}
+    def __init__(self, processors: Mapping[str, Processor | None], store: DiskStore | str | Path | None = None, *,
+                 threads: int = 4, memory_cache_mb: float = 0, keep: bool = True) -> None:
         #: Every declared modality, name -> kind (text included: what a folder's rows may hold).
         self.modalities = {name: p.kind if p is not None else "text" for name, p in processors.items()}
         #: The file-valued modalities' processors.

@@ -23,14 +23,14 @@ from typing import Any, overload
 
 import numpy as np
 
+from mmgpt.datamodules.processors import DEFAULT_MODALITIES
+
 #: Splits a manifest folder may hold, and whether each is required.
 SPLITS: dict[str, bool] = {"train": True, "val": True, "test": False}
 #: Keys a row of a folder with the default modalities may have; any but ``label`` may be absent or null.
 ROW_KEYS: tuple[str, ...] = ("id", "text", "image", "audio", "label", "caption")
 #: The file-valued modalities of the default declaration.
 MEDIA_KEYS: tuple[str, ...] = ("image", "audio")
-#: The default declaration: modality name -> kind.
-DEFAULT_KINDS: dict[str, str] = {"audio": "audio", "image": "image", "text": "text"}
 
 
 def row_keys(kinds: Mapping[str, str]) -> tuple[str, ...]:
@@ -139,7 +139,7 @@ class ManifestIndex:
     problems: list[Problem] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    kinds: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_KINDS))
+    kinds: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MODALITIES))
     label_type: str = "class"
 
 
@@ -547,7 +547,7 @@ def read_index(root: str | Path, kinds: Mapping[str, str] | None = None, label_t
     root = Path(root)
     if label_type not in LABEL_TYPES:
         raise ValueError(f"data.label_type={label_type!r}: expected one of {', '.join(LABEL_TYPES)}")
-    index = ManifestIndex(root=root, kinds=dict(DEFAULT_KINDS if kinds is None else kinds), label_type=label_type)
+    index = ManifestIndex(root=root, kinds=dict(DEFAULT_MODALITIES if kinds is None else kinds), label_type=label_type)
     if not root.is_dir():
         index.problems.append(Problem(str(root), None, "not a directory", True))
         return index

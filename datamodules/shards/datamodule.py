@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, shared_options
-from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.datamodules.base import SPLITS, MultimodalDataModule
 from mmgpt.datamodules.processors import DEFAULT_MODALITIES, Processor
 from mmgpt.datamodules.shards.dataset import ShardDataset
 from mmgpt.datamodules.shards.format import META_FILE, ShardError, read_meta
@@ -19,34 +18,18 @@ class ShardDataModule(MultimodalDataModule):
 
     Args:
         root: the shard folder (with ``shards.json`` and ``labels.txt``).
-        batch_size: per-process batch size.
         num_workers: data-loading workers per process.
-        image_size: image side in pixels.
-        sample_rate: audio sample rate in Hz.
-        max_audio_seconds: longest clip.
-        max_text_length: token limit.
-        shuffle: shuffle training shards each epoch.
-        seed: shuffling and data-randomness seed.
         num_train: stream only the first ``num_train`` training samples (in the order written; None: all), for
-            quick runs (``experiment=smoke`` sets it); needs the per-shard counts of ``shards.json``.
-        num_val: the same for the validation split.
-        num_test: the same for the test split.
-        augment: randomly flip training images.
-        modality_dropout: per-modality probability of dropping that modality from a training sample
-            (never a sample's last modality), e.g. ``{"audio": 0.2}``.
-        pin_memory: pin batches for host-to-GPU copies; None pins when CUDA is available.
+            quick runs (``experiment=smoke`` sets it); needs the per-shard counts of ``shards.json``; num_val,
+            num_test likewise.
         max_image_pixels: a larger image stops streaming with an error naming its shard and sample (None: no
             limit); ``mmgpt-data shard`` refuses such images before writing.
+        The rest: the shared data options (:class:`~mmgpt.datamodules.options.DataOptions`).
     """
 
-    def __init__(self, root: str, batch_size: int = 64, num_workers: int = 2, image_size: int = 32,
-                 sample_rate: int = 8000, max_audio_seconds: float = 1.0, max_text_length: int = 64,
-                 shuffle: bool = True, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
-                 num_test: int | None = None, augment: bool = False, modality_dropout: dict[str, float] | None = None,
-                 pin_memory: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                 modalities: dict[str, Any] | None = None,
-                 processors: Mapping[str, Processor] | None = None) -> None:
-        super().__init__(**shared_options(locals()))
+    def __init__(self, root: str, num_workers: int = 2, modalities: Mapping[str, Any] | None = None,
+                 processors: Mapping[str, Processor] | None = None, **options: Any) -> None:
+        super().__init__(num_workers=num_workers, modalities=modalities, processors=processors, **options)
         self.require_modalities(DEFAULT_MODALITIES, "shards")
         self.save_hyperparameters(ignore=["processors"])
         self.root = Path(root)

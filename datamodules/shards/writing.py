@@ -13,8 +13,9 @@ import webdataset as wds
 from mmgpt.datamodules.manifest.check import check_folder
 from mmgpt.datamodules.manifest.media import MediaFiles
 from mmgpt.datamodules.manifest.records import MEDIA_KEYS, read_index, resolve_media
+from mmgpt.datamodules.options import DataOptions
+from mmgpt.datamodules.processors import declared_processors
 from mmgpt.datamodules.shards.format import META_FILE, ShardError, sample_key
-from mmgpt.datamodules.store import DecodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ def write_shards(root: str | Path, out: str | Path, samples_per_shard: int = 256
         raise ShardError(f"{out} is not empty; shards are written into a new folder")
     # The whole check of `mmgpt-data check` (every file exists and decodes) before anything is written, so that
     # bad data is reported here, by file and line, rather than by a training run that streams it later.
-    report = check_folder(root, MediaFiles(DecodeSettings(32, 16000, 16000), keep=False), allow_outside_root)
+    media = MediaFiles(declared_processors(None, DataOptions(image_size=32, sample_rate=16000)), keep=False)
+    report = check_folder(root, media, allow_outside_root)
     if not report.ok:
         raise ShardError(f"{root}: nothing written, fix these first:\n{report.format(limit=20)}")
     index = read_index(root)

@@ -9,8 +9,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, ProcessedDataset, shared_options
-from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, ProcessedDataset
 from mmgpt.datamodules.processors import DEFAULT_MODALITIES, Processor
 from mmgpt.datamodules.synthetic.generator import QTYPES, SyntheticGenerator, SyntheticSample
 
@@ -30,53 +29,26 @@ class SyntheticDataModule(MultimodalDataModule):
         num_val: validation samples.
         num_test: test samples.
         seed: generation seed; splits use seed, seed + 1, seed + 2 (also the shuffling and augmentation seed).
-        image_size: image side in pixels.
-        sample_rate: audio sample rate in Hz.
-        max_audio_seconds: longest clip.
-        max_text_length: token limit of the byte tokenizer.
-        batch_size: per-process batch size.
-        num_workers: DataLoader workers.
         augment: flip training images.
-        modality_dropout: per-modality probability of dropping that modality from a training sample
-            (never a sample's last modality), e.g. ``{"audio": 0.2}``.
-        shuffle: shuffle the training split each epoch (off: a fixed order, e.g. to compare 1 vs N processes).
-        pin_memory: pin batches for host-to-GPU copies; None pins when CUDA is available.
-        max_image_pixels: as for the other datamodules (generated images are small; kept for one option set).
-        modalities: a subset of ``audio``, ``image``, ``text`` to use (None: all three), e.g.
-            ``{image: image, text: text}`` for an image-text set.
         questions: the question types (default: the five of the generator's table; ``data=synthetic_relational``
             adds the relational ``same``, and with it the classes ``yes`` and ``no``).
+        modalities: a subset of ``audio``, ``image``, ``text`` to use (None: all three), e.g.
+            ``{image: image, text: text}`` for an image-text set.
+        processors, options: as for every datamodule (:class:`MultimodalDataModule`).
     """
 
-    def __init__(
-        self,
-        num_train: int = 4000,
-        num_val: int = 1000,
-        num_test: int = 1000,
-        seed: int = 0,
-        image_size: int = 32,
-        sample_rate: int = 8000,
-        max_audio_seconds: float = 1.0,
-        max_text_length: int = 64,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        augment: bool = True,
-        modality_dropout: dict[str, float] | None = None,
-        shuffle: bool = True,
-        pin_memory: bool | None = None,
-        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-        modalities: dict[str, Any] | None = None,
-        processors: Mapping[str, Processor] | None = None,
-        questions: Sequence[str] = QTYPES,
-    ) -> None:
-        super().__init__(**shared_options(locals()))
+    def __init__(self, num_train: int = 4000, num_val: int = 1000, num_test: int = 1000, augment: bool = True,
+                 questions: Sequence[str] = QTYPES, modalities: Mapping[str, Any] | None = None,
+                 processors: Mapping[str, Processor] | None = None, **options: Any) -> None:
+        super().__init__(num_train=num_train, num_val=num_val, num_test=num_test, augment=augment,
+                         modalities=modalities, processors=processors, **options)
         self.require_modalities(DEFAULT_MODALITIES, "the synthetic data set")
         self.save_hyperparameters(ignore=["processors"])
         # Clips are rendered at the audio processor's rate (a backbone's, e.g. 16 kHz); images at image_size (a
         # backbone's processor resizes them).
-        sample_rate = getattr(self.processors.get("audio"), "sample_rate", sample_rate)
-        self.generator = SyntheticGenerator(image_size, sample_rate, max_seconds=max_audio_seconds,
-                                            questions=questions)
+        sample_rate = getattr(self.processors.get("audio"), "sample_rate", self.options.sample_rate)
+        self.generator = SyntheticGenerator(self.options.image_size, sample_rate,
+                                            max_seconds=self.options.max_audio_seconds, questions=questions)
         self.splits: dict[str, ProcessedDataset] = {}
 
     @property

@@ -78,7 +78,7 @@ def build_datamodule(data_cfg: DictConfig | Mapping[str, Any], net: Mapping[str,
                      explicit: Collection[str] = ()) -> pl.LightningDataModule:
     """The datamodule of ``data_cfg`` (a ``_target_`` config) with the processors the network's encoders declare
     (:func:`mmgpt.datamodules.processors.build_processors`): preprocessing travels with the encoders."""
-    from mmgpt.datamodules.processors import build_processors  # the entry point is the edge: imported here
+    from mmgpt.datamodules.encoder_processors import build_processors  # the entry point is the edge: imported here
 
     data = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
     processors = build_processors(net, data, explicit=explicit)

@@ -36,7 +36,7 @@ from mmgpt.cli.train import train
 from mmgpt.config import CONFIG_DIR
 from mmgpt.errors import UserError
 from mmgpt.report import ReportFiles, write_report
-from mmgpt.report.runs import COST, EVAL_RESULTS, RESULTS, TUNE_DIR, find_run_dirs
+from mmgpt.report.runs import COST, EVAL_RESULTS, TUNE_DIR, find_run_dirs, finished_results
 from mmgpt.stored_config import run_config
 from mmgpt.training.checkpointing import config_differences
 from mmgpt.training.tracking import wandb_sync_command
@@ -47,12 +47,6 @@ log = logging.getLogger("mmgpt.compare")
 
 #: What an unfinished run directory keeps when its job starts again: Hydra's record of the job and the job log.
 _KEEP_ON_RETRY = (".hydra",)
-
-
-def finished_results(run_dir: Path) -> dict[str, Any] | None:
-    """The ``results.json`` of a finished run in ``run_dir`` (checked as data); None when the run never finished."""
-    path = run_dir / RESULTS
-    return sweep_folder.read_results(path) if path.is_file() else None
 
 
 def _moved(node: Any, old: str, new: str) -> Any:
@@ -268,7 +262,7 @@ def _tuned(args: list[str], trials: str | None, resume_dir: str | None) -> None:
     if resume_dir is None:
         if trials is None or not trials.isdigit():
             raise UserError(f"tune={trials}: expected the number of trials per configuration, e.g. tune=4")
-        tuned_comparison(args, int(trials))
+        tuned_comparison(args, int(trials), app=_compare_app, finish=finish)
         return
     launch = load_launch(Path(resume_dir))
     assert launch is not None
@@ -276,7 +270,7 @@ def _tuned(args: list[str], trials: str | None, resume_dir: str | None) -> None:
     if trials is not None or args:
         raise UserError(f"resume={resume_dir} continues a tuned comparison as it was started; it takes no other "
                         f"arguments (got: {' '.join(args) or 'tune=' + str(trials)})")
-    tuned_comparison(launch[1], launch[0], Path(resume_dir).resolve())
+    tuned_comparison(launch[1], launch[0], Path(resume_dir).resolve(), app=_compare_app, finish=finish)
 
 
 @user_errors

@@ -36,7 +36,7 @@ import logging
 import math
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from mmgpt.cli.common import ddp_env_restored, write_json
 from mmgpt.cli.compare_dashboards import wandb_group
 from mmgpt.config import CONFIG_DIR
 from mmgpt.errors import UserError
-from mmgpt.report.runs import MATCHING, TUNE_DIR, TUNING
+from mmgpt.report.runs import MATCHING, TUNE_DIR, TUNING, finished_results
 from mmgpt.report.summary import higher_is_better
 
 log = logging.getLogger("mmgpt.compare")
@@ -76,6 +76,8 @@ class Plan:
         sampler_seed: seeds trial k's sampler (with k), so a resumed tuning draws what it would have drawn.
         match: ``params`` / ``flops`` when the fusions are scaled to one budget first (:mod:`compare_match`).
         match_reference, match_tolerance: the fusion that sets the budget, and how close the others must be.
+        app: the ``mmgpt-compare`` Hydra app that runs one job from ``sys.argv`` (passed in by
+            :mod:`mmgpt.cli.compare`, which imports this module: the imports run one way).
     """
 
     sweep_dir: Path
@@ -91,6 +93,7 @@ class Plan:
     match_reference: str = ""
     match_tolerance: float = 0.05
     extra: tuple[str, ...] = ()
+    app: Callable[[], Any] | None = None
 
     @property
     def direction(self) -> str:
@@ -190,16 +193,15 @@ def _override(key: str, value: Any) -> str:
 def run_point(plan: Plan, run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """One training run (plus its missing-modality evaluation unless turned off) as an ``mmgpt-compare`` Hydra job
     in RUN mode; returns its ``results.json``. A finished run is not trained again (:func:`compare.run_job`)."""
-    from mmgpt.cli import compare
-
+    assert plan.app is not None, "a plan runs jobs through the mmgpt-compare app it was given"
     argv = [*plan.args, *overrides, "hydra.mode=RUN", f"hydra.run.dir={run_dir}", *plan.extra]
     saved, sys.argv = sys.argv, [sys.argv[0], *argv]
     try:
         with ddp_env_restored():  # a DDP trial must not leave its process group to the next one
-            compare._compare_app()
+            plan.app()
     finally:
         sys.argv = saved
-    results = compare.finished_results(run_dir)
+    results = finished_results(run_dir)
     if results is None:
         raise RuntimeError(f"{run_dir}: the run ended without writing results.json")
     return results
@@ -227,8 +229,6 @@ def settle_interrupted(plan: Plan, fusion: str, study: Any) -> None:
     """Trials an interruption left running: told their value when their run finished, else failed (marked
     ``interrupted``, not counted against the budget), their directory removed and their values queued again."""
     from optuna.trial import TrialState
-
-    from mmgpt.cli.compare import finished_results
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         run_dir = _trial_dir(plan, fusion, trial.number)
@@ -364,13 +364,12 @@ def matched_sizes(plan: Plan) -> dict[str, list[str]]:
             for f, c in record["configurations"].items()}
 
 
-def tuned_comparison(args: Sequence[str], trials: int, sweep_dir: Path | None = None) -> Path:
+def tuned_comparison(args: Sequence[str], trials: int, sweep_dir: Path | None = None, *, app: Callable[[], Any],
+                     finish: Callable[[Path, DictConfig], Any]) -> Path:
     """``mmgpt-compare tune=N`` and/or ``compare.match=...``: match the sizes, tune every configuration, train the
-    seeds on each one's values, measure the cost and write the report."""
-    from mmgpt.cli.compare import finish
-
+    seeds on each one's values, then ``finish`` (cost and report). ``app`` runs one job (see :class:`Plan`)."""
     given, args = _take_all(args, "hydra.sweep.dir")
-    plan = make_plan(args, trials, sweep_dir or (Path(given) if given else None))
+    plan = replace(make_plan(args, trials, sweep_dir or (Path(given) if given else None)), app=app)
     save_launch(plan.sweep_dir, args, trials)
     log.info("comparison in %s: %s%d tuning trials for each of %s, then seeds %s", plan.sweep_dir,
              f"sizes matched on {plan.match}, " if plan.match else "", trials, ", ".join(plan.fusions), plan.seeds)

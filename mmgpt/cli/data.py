@@ -30,14 +30,12 @@ def _check(args: argparse.Namespace) -> int:
 
     if args.hf or is_hf_source(str(args.root)):
         return _check_hf(args)
-    from mmgpt.datamodules.manifest import DecodeSettings, MediaFiles, check_folder
+    from mmgpt.datamodules.manifest import MediaFiles, check_folder
     from mmgpt.datamodules.manifest.media import Progress
-    from mmgpt.datamodules.processors import ModalityError, audio_samples, declared_processors, parse_modalities
+    from mmgpt.datamodules.options import DataOptions
+    from mmgpt.datamodules.processors import ModalityError, declared_processors, parse_modalities
 
-    max_samples = audio_samples(args.max_audio_seconds, args.sample_rate)
-    max_pixels = args.max_image_pixels if args.max_image_pixels > 0 else None
-    settings = DecodeSettings(args.image_size, args.sample_rate, max_samples, max_pixels)
-    processors, kinds = None, None
+    declared, kinds = None, None
     if args.modalities is not None:  # the folder's declaration (data.modalities), as JSON
         try:
             declared = json.loads(args.modalities)
@@ -45,12 +43,12 @@ def _check(args: argparse.Namespace) -> int:
         except (json.JSONDecodeError, ModalityError) as e:
             print(f"error: --modalities: {e}", file=sys.stderr)
             return 2
-        processors = declared_processors(declared, image_size=args.image_size, sample_rate=args.sample_rate,
-                                         max_audio_seconds=args.max_audio_seconds, max_text_length=64,
-                                         max_image_pixels=max_pixels)
+    options = DataOptions(image_size=args.image_size, sample_rate=args.sample_rate,
+                          max_audio_seconds=args.max_audio_seconds,
+                          max_image_pixels=args.max_image_pixels if args.max_image_pixels > 0 else None)
     store = None if args.cache_dir is None else Path(args.cache_dir) / "media-store"
-    media = MediaFiles(settings, store, threads=args.threads, keep=store is not None,  # no store: decode and drop
-                       processors=processors)
+    media = MediaFiles(declared_processors(declared, options), store, threads=args.threads,
+                       keep=store is not None)  # no store: decode and drop
     progress = Progress(f"checking ({args.check})")  # a bar with the time left, on a terminal's stderr
     report = check_folder(args.root, media, allow_outside_root=args.allow_outside_root, check=args.check,
                           progress=progress, kinds=kinds, label_type=args.label_type)

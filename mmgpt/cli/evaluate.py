@@ -27,8 +27,9 @@ from mmgpt.cli.common import (
 from mmgpt.config import CONFIG_DIR, check_targets
 from mmgpt.errors import UserError
 from mmgpt.training.evaluation import evaluate_subsets, modality_subsets
+from mmgpt.training.lit_module import MultimodalModule
 from mmgpt.training.progress import progress_bar
-from mmgpt.training.safe_load import load_module, read_checkpoint, safe_data_config, stored_run_config
+from mmgpt.training.safe_load import read_checkpoint, safe_data_config, stored_run_config
 
 log = logging.getLogger("mmgpt.eval")
 
@@ -40,7 +41,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path)
     if cfg.split not in ("val", "test"):
         raise UserError(f"split={cfg.split!r}: expected 'val' or 'test'")
-    module = load_module(ckpt_path, map_location="cpu", plugins=list(cfg.get("plugins") or []))
+    plugins = list(cfg.get("plugins") or [])
+    module = MultimodalModule.load_from_checkpoint(ckpt_path, map_location="cpu", plugins=plugins)
     out_dir = Path(cfg.paths.output_dir)
     if cfg.data is not None:  # the user's own data config: checked like mmgpt-train's
         check_targets(cfg.data, "data")

@@ -24,7 +24,8 @@ from mmgpt.errors import UserError
 from mmgpt.generation import GenerationConfig, generate
 from mmgpt.model import MultimodalTransformer
 from mmgpt.registry import encoder_kind
-from mmgpt.training.safe_load import load_module, read_checkpoint, stored_run_config
+from mmgpt.training.lit_module import MultimodalModule
+from mmgpt.training.safe_load import read_checkpoint, stored_run_config
 
 log = logging.getLogger("mmgpt.generate")
 
@@ -64,16 +65,14 @@ def media_processors(net: MultimodalTransformer, spec: dict[str, Any], data_cfg:
                      ) -> dict[str, Any]:
     """name -> the processor of each of the network's modalities, as the run trained with: the data's declaration
     (``data.modalities`` in the checkpoint's run config) and the processors the encoders declare."""
-    from mmgpt.datamodules.processors import DATA_OPTIONS, build_processors, declared_processors
+    from mmgpt.datamodules.encoder_processors import build_processors
+    from mmgpt.datamodules.options import DataOptions
+    from mmgpt.datamodules.processors import declared_processors
 
-    options = {**DATA_OPTIONS, **{k: v for k, v in data_cfg.items() if k in DATA_OPTIONS and v is not None}}
     declared = data_cfg.get("modalities") or {m: encoder_kind(spec["encoders"][m], f"net.encoders.{m}")
                                               for m in net.modalities}
-    processors = declared_processors(declared, image_size=options["image_size"], sample_rate=options["sample_rate"],
-                                     max_audio_seconds=options["max_audio_seconds"],
-                                     max_text_length=options["max_text_length"],
-                                     max_image_pixels=options["max_image_pixels"])
-    processors.update(build_processors(spec, options))  # the encoders' own (backbones; scratch sizes)
+    processors = declared_processors(declared, DataOptions.given(data_cfg))
+    processors.update(build_processors(spec, data_cfg))  # the encoders' own (backbones; scratch sizes)
     return {m: processors[m] for m in net.modalities}
 
 
@@ -108,7 +107,8 @@ def run_generate(cfg: DictConfig) -> list[str]:
     prompts = [str(p) for p in _as_list(cfg.prompt)]
     if not media:
         raise UserError("give the media to write about: image=..., audio=... or media={<modality>: <file>}")
-    module = load_module(cfg.ckpt_path, map_location="cpu", plugins=list(cfg.get("plugins") or []))
+    plugins = list(cfg.get("plugins") or [])
+    module = MultimodalModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", plugins=plugins)
     net = module.net.to(cfg.device).eval()
     if net.decoder is None:
         raise UserError(f"{cfg.ckpt_path} has no text decoder: train it with task=caption")

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.encoders.base import EncoderOutput
+from mmgpt.encoders.tuning import Tuning, apply, parse_tuning, set_mode
 
 
 @dataclass(frozen=True)
@@ -34,35 +35,6 @@ class BackboneIdentity:
 
     name_or_path: str
     sha256: str
-
-
-@dataclass(frozen=True)
-class Tuning:
-    """How a backbone is fine-tuned (the ``tuning:`` key of a backbone encoder's spec).
-
-    Attributes:
-        freeze: keep every backbone weight fixed (eval mode, no gradients) unless ``unfreeze_last`` / ``lora``
-            say otherwise; the projection always trains.
-        unfreeze_last: train the top N of :meth:`BackboneEncoder.layers` (0: none).
-        lora: parameter-efficient adapters (``peft`` LoRA arguments, e.g. ``{r: 8, alpha: 16, target_modules:
-            [query, value]}``), or None.
-        lr_mult: learning-rate multiplier of the backbone's trainable parameters relative to the new ones.
-        gradient_checkpointing: recompute the backbone's activations in backward.
-    """
-
-    freeze: bool = True
-    unfreeze_last: int = 0
-    lora: Mapping[str, Any] | None = None
-    lr_mult: float = 1.0
-    gradient_checkpointing: bool = False
-
-
-def _tuning(fields: Mapping[str, Any]) -> Tuning:
-    known = Tuning.__dataclass_fields__
-    for key in fields:
-        if key not in known:  # a TypeError: the builder prefixes the encoder's key path
-            raise TypeError(f"tuning.{key}: not a tuning setting (settings: {', '.join(known)})")
-    return Tuning(**fields)
 
 
 class BackboneEncoder(nn.Module, ABC):
@@ -84,13 +56,11 @@ class BackboneEncoder(nn.Module, ABC):
         self.backbone = backbone
         self.proj = nn.Linear(hidden_size, dim)
         self.identity = identity
-        self.tuning = tuning if isinstance(tuning, Tuning) else _tuning(tuning or {})
+        self.tuning = tuning if isinstance(tuning, Tuning) else parse_tuning(tuning or {})
 
     def apply_tuning(self) -> None:
         """Freeze / unfreeze / add adapters / switch on gradient checkpointing as :attr:`tuning` says
         (:mod:`mmgpt.encoders.tuning`; called once by the network builder)."""
-        from mmgpt.encoders.tuning import apply
-
         apply(self)
 
     @property
@@ -103,8 +73,6 @@ class BackboneEncoder(nn.Module, ABC):
         batch-norm statistics), whatever Lightning's ``model.train()`` asks."""
         super().train(mode)
         if getattr(self, "_tuning_applied", False):
-            from mmgpt.encoders.tuning import set_mode
-
             set_mode(self, mode)
         return self
 

@@ -36,8 +36,9 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from mmgpt.encoders.backbone import BackboneEncoder, BackboneIdentity, Tuning
+from mmgpt.encoders.backbone import BackboneEncoder, BackboneIdentity
 from mmgpt.encoders.base import EncoderOutput
+from mmgpt.encoders.tuning import Tuning
 from mmgpt.errors import UserError
 from mmgpt.layers import mark_pretrained
 
@@ -231,7 +232,7 @@ class HFEncoder(BackboneEncoder):
         name_or_path: hub id or local ``save_pretrained`` folder.
         dim: D, the width of the projected tokens.
         layer: which hidden layer to return (-1: ``last_hidden_state``; i: ``hidden_states[i]``).
-        tuning: fine-tuning controls (:class:`~mmgpt.encoders.backbone.Tuning`; default frozen).
+        tuning: fine-tuning controls (:class:`~mmgpt.encoders.tuning.Tuning`; default frozen).
         trust_remote_code: run code shipped with the model folder (off unless set explicitly in the spec).
         revision: the hub revision (branch, tag or commit) of a hub id.
     """

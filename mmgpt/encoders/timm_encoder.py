@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmgpt.encoders.backbone import BackboneEncoder, BackboneIdentity, Tuning
+from mmgpt.encoders.backbone import BackboneEncoder, BackboneIdentity
 from mmgpt.encoders.base import EncoderOutput
 from mmgpt.encoders.hf import BackboneNotFound, as_tokens, repeated_blocks, weights_sha256
+from mmgpt.encoders.tuning import Tuning
 from mmgpt.errors import UserError
 from mmgpt.layers import mark_pretrained
 

@@ -1,6 +1,6 @@
 """Fine-tuning controls of a pretrained backbone: what :meth:`BackboneEncoder.apply_tuning` does.
 
-A :class:`~mmgpt.encoders.backbone.Tuning` is applied once, by the network builder, after the encoder is complete
+A :class:`Tuning` is applied once, by the network builder, after the encoder is complete
 and before the network's weights are initialised:
 
 - ``freeze`` (the default): every backbone parameter stops taking gradients; the projection always trains. A
@@ -37,12 +37,42 @@ from torch import Tensor, nn
 from mmgpt.errors import UserError
 
 if TYPE_CHECKING:
-    from mmgpt.encoders.backbone import BackboneEncoder, Tuning
+    from mmgpt.encoders.backbone import BackboneEncoder
 
 log = logging.getLogger(__name__)
 
 #: mmgpt's names for LoRA arguments (as ``model.lora`` spells them) -> peft ``LoraConfig`` field names.
 LORA_ALIASES = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout"}
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How a backbone is fine-tuned (the ``tuning:`` key of a backbone encoder's spec).
+
+    Attributes:
+        freeze: keep every backbone weight fixed (eval mode, no gradients) unless ``unfreeze_last`` / ``lora``
+            say otherwise; the projection always trains.
+        unfreeze_last: train the top N of :meth:`BackboneEncoder.layers` (0: none).
+        lora: parameter-efficient adapters (``peft`` LoRA arguments, e.g. ``{r: 8, alpha: 16, target_modules:
+            [query, value]}``), or None.
+        lr_mult: learning-rate multiplier of the backbone's trainable parameters relative to the new ones.
+        gradient_checkpointing: recompute the backbone's activations in backward.
+    """
+
+    freeze: bool = True
+    unfreeze_last: int = 0
+    lora: Mapping[str, Any] | None = None
+    lr_mult: float = 1.0
+    gradient_checkpointing: bool = False
+
+
+def parse_tuning(fields: Mapping[str, Any]) -> Tuning:
+    """A spec's ``tuning:`` mapping -> :class:`Tuning`; an unknown key is a TypeError naming it."""
+    known = Tuning.__dataclass_fields__
+    for key in fields:
+        if key not in known:  # a TypeError: the builder prefixes the encoder's key path
+            raise TypeError(f"tuning.{key}: not a tuning setting (settings: {', '.join(known)})")
+    return Tuning(**fields)
 
 
 class TuningError(UserError):

@@ -30,6 +30,12 @@ COST = "cost.json"
 MATCHING = "matching.json"
 
 
+def finished_results(run_dir: Path) -> dict[str, Any] | None:
+    """The ``results.json`` of a finished run in ``run_dir`` (checked as data); None when the run never finished."""
+    path = run_dir / RESULTS
+    return read_results(path) if path.is_file() else None
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One finished run, as its files describe it.

@@ -36,6 +36,7 @@ from torch import nn
 
 from mmgpt.encoders.backbone import BackboneEncoder
 from mmgpt.encoders.tuning import fingerprint, frozen_state
+from mmgpt.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ def check_identities(entries: Mapping[str, Any], module: nn.Module, source: str 
         source: the checkpoint, for messages.
         prefix: removed from the recorded encoder names (``"net."`` when ``module`` is the bare network).
     """
-    from mmgpt.training.safe_load import CheckpointError
-
     encoders = backbone_encoders(module)
     omitted: set[str] = set()
     for name, entry in entries.items():
@@ -134,8 +133,6 @@ def restore(checkpoint: Mapping[str, Any], module: nn.Module, source: str | Path
         CheckpointError: a backbone whose hash differs (naming it and both paths), a backbone the network lacks,
             or keys that fit neither.
     """
-    from mmgpt.training.safe_load import CheckpointError
-
     entries = checkpoint.get(CKPT_KEY) or {}
     if not entries:
         return set()

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmgpt.errors import UserError, load_error_reason
+from mmgpt.errors import CheckpointError, UserError, load_error_reason
 from mmgpt.layers import Block
 
 log = logging.getLogger(__name__)
@@ -317,8 +317,6 @@ def consolidate(path: str | Path) -> dict[str, Any]:
     except (Exception, DCPException) as e:  # torch wraps reader errors in a multi-line CheckpointException
         raise _unreadable(path, e) from None
     if not isinstance(state.get("state_dict"), dict):
-        from mmgpt.training.safe_load import CheckpointError
-
         raise CheckpointError(f"{path}: the sharded checkpoint holds no state_dict")
     optimizers = sorted((k for k in state if k.startswith("optimizer_") and k[len("optimizer_"):].isdigit()),
                         key=lambda k: int(k[len("optimizer_"):]))

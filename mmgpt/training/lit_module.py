@@ -3,8 +3,8 @@
 The network is built from its typed spec (``net``, :class:`mmgpt.registry.NetworkSpec`) by
 :func:`mmgpt.registry.build_network`; objectives, optimizer and schedule are registered parts too. The specs are
 saved in the checkpoint's hyperparameters with the number and names of classes, so a checkpoint rebuilds its model
-without YAML, and only from parts mmgpt registered (:mod:`mmgpt.training.safe_load`). With no ``objectives`` the
-module is the plain classifier (cross-entropy, ``acc``/``f1``).
+without YAML, and only from parts mmgpt registered (:meth:`MultimodalModule.load_from_checkpoint`). With no
+``objectives`` the module is the plain classifier (cross-entropy, ``acc``/``f1``).
 """
 
 from __future__ import annotations
@@ -26,14 +26,16 @@ from mmgpt import registry
 from mmgpt.batch import MultimodalBatch
 from mmgpt.encoders.backbone import BackboneEncoder
 from mmgpt.encoders.tuning import held_in_eval
+from mmgpt.errors import CheckpointError
 from mmgpt.lora import add_lora
 from mmgpt.model import ModelOutput, MultimodalTransformer
 from mmgpt.objectives import Classification, Objective
 from mmgpt.training import backbone_checkpoints
-from mmgpt.training.distributed import clip_grad_norm_, is_sharded, shard_module
+from mmgpt.training.distributed import clip_grad_norm_, consolidate, is_sharded, shard_module
 from mmgpt.training.finetune import freeze as freeze_parts
 from mmgpt.training.finetune import parameter_counts, trainable_by_part
 from mmgpt.training.optim import grad_norm, param_groups
+from mmgpt.training.safe_load import module_hparams, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +139,30 @@ class MultimodalModule(pl.LightningModule):
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: str | Path, map_location: str | torch.device = "cpu", plugins: list[str] | None = None
     ) -> MultimodalModule:
-        """Rebuild a trained module from ``checkpoint_path`` through mmgpt's safe loader.
+        """Rebuild a trained module from ``checkpoint_path`` safely: the one loader every command goes through.
 
-        Only parts mmgpt registered are built (:mod:`mmgpt.training.safe_load`); ``plugins`` imports the user's
-        modules that register parts of their own.
+        The checkpoint is read and its specs checked by :mod:`mmgpt.training.safe_load` (only parts mmgpt registered
+        are built); ``plugins`` imports the user's modules that register parts of their own (the user's choice). A
+        sharded checkpoint is consolidated in memory; a slim one's backbones are re-read and checked against their
+        hashes.
         """
-        from mmgpt.training.safe_load import load_module
-
-        return load_module(checkpoint_path, map_location=map_location, plugins=plugins)
+        registry.import_plugins(plugins)
+        ckpt = read_checkpoint(checkpoint_path)
+        module = cls(**module_hparams(ckpt, checkpoint_path))
+        state = ckpt.get("state_dict")
+        if Path(checkpoint_path).is_dir():
+            # the index (.metadata) is read with a restricted unpickler, the shards with weights_only=True
+            log.info("%s is a sharded checkpoint: consolidating it in memory", checkpoint_path)
+            state = consolidate(checkpoint_path)["state_dict"]
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"{checkpoint_path}: the checkpoint holds no state_dict")
+        omitted = backbone_checkpoints.restore(ckpt, module, checkpoint_path)  # a slim checkpoint's backbones
+        try:
+            module.load_state_dict(state, strict=not omitted)
+        except RuntimeError as e:
+            raise CheckpointError(f"{checkpoint_path}: its weights do not fit the network it describes "
+                                  f"({str(e).splitlines()[0]})") from e
+        return module.to(map_location)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Slim checkpoints: pretrained backbone tensors unchanged since they were read are left out, each

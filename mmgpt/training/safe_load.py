@@ -1,4 +1,5 @@
-"""Opening a checkpoint is as safe as opening a data file: the one loader every command goes through.
+"""Opening a checkpoint is as safe as opening a data file: the reader and checks behind the one loader every
+command goes through (:meth:`mmgpt.training.lit_module.MultimodalModule.load_from_checkpoint`).
 
 A checkpoint is read with ``torch.load(weights_only=True)`` (unpickling runs no code), and what it stores is then
 only *described*, never imported: the network, objectives, optimizer and schedule are typed specs of parts that
@@ -26,8 +27,9 @@ from typing import Any
 import torch
 
 from mmgpt import registry, stored_config
-from mmgpt.errors import UserError, load_error_reason
+from mmgpt.errors import CheckpointError, load_error_reason
 from mmgpt.registry import SpecError
+from mmgpt.training.distributed import check_sharded_checkpoint, is_sharded_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +57,10 @@ _MODULE_SPECS = {"optimizer": "optimizer", "scheduler": "scheduler"}
 _MODULE_PLAIN = {"num_classes", "label_smoothing", "class_names", "eval_generation_batches", "freeze", "lora"}
 
 
-class CheckpointError(UserError):
-    """A file that is not a usable mmgpt checkpoint, or one that names something mmgpt does not build."""
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load ``path`` with ``weights_only=True``; a missing, non-checkpoint or damaged file is one clear error."""
     path = Path(path)
-    if path.is_dir():  # a sharded checkpoint (trainer=fsdp): its metadata here; load_module consolidates weights
-        from mmgpt.training.distributed import check_sharded_checkpoint, is_sharded_checkpoint
-
+    if path.is_dir():  # a sharded checkpoint (trainer=fsdp): its metadata here; loading consolidates the weights
         if not is_sharded_checkpoint(path):
             raise CheckpointError(f"{path}: a folder, but not a complete sharded checkpoint (.metadata and meta.pt)")
         check_sharded_checkpoint(path)  # its index and byte entries as data, before anything else reads them
@@ -123,40 +119,6 @@ def module_hparams(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
     except SpecError as e:
         raise CheckpointError(f"{path}: {e}") from e
     return out
-
-
-def load_module(path: str | Path, map_location: str | torch.device = "cpu", plugins: list[str] | None = None):
-    """The trained :class:`~mmgpt.training.lit_module.MultimodalModule` of checkpoint ``path``, built safely.
-
-    Args:
-        path: the checkpoint.
-        map_location: where the weights go.
-        plugins: the user's modules that register parts of their own (imported here, by the user's choice).
-    """
-    from mmgpt.training.lit_module import MultimodalModule
-
-    registry.import_plugins(plugins)
-    ckpt = read_checkpoint(path)
-    hparams = module_hparams(ckpt, path)
-    module = MultimodalModule(**hparams)
-    state = ckpt.get("state_dict")
-    if Path(path).is_dir():
-        from mmgpt.training.distributed import consolidate
-
-        # the index (.metadata) is read with a restricted unpickler, the shards with weights_only=True
-        log.info("%s is a sharded checkpoint: consolidating it in memory", path)
-        state = consolidate(path)["state_dict"]
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path}: the checkpoint holds no state_dict")
-    from mmgpt.training.backbone_checkpoints import restore
-
-    omitted = restore(ckpt, module, path)  # a slim checkpoint: backbones re-read and checked against their hashes
-    try:
-        module.load_state_dict(state, strict=not omitted)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{path}: its weights do not fit the network it describes ({str(e).splitlines()[0]})") from e
-    return module.to(map_location)
 
 
 def stored_run_config(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any] | None:

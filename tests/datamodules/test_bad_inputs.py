@@ -18,14 +18,14 @@ from PIL import Image
 from mmgpt.cli.data import main as data_main
 from mmgpt.datamodules.decode import DecodeError, load_audio, load_image, resample_rates
 from mmgpt.datamodules.manifest import (
-    DecodeSettings,
     ManifestDataModule,
     ManifestError,
     MediaFiles,
     check_folder,
     read_index,
 )
-from mmgpt.datamodules.processors import TextProcessor
+from mmgpt.datamodules.options import DataOptions
+from mmgpt.datamodules.processors import TextProcessor, declared_processors
 from mmgpt.tokenizer import ByteTokenizer
 from tests.datamodules.conftest import FolderFactory, good_rows
 from tests.helpers.media import write_bomb_png, write_png16
@@ -223,7 +223,7 @@ def test_samples_shared_by_train_and_evaluation_splits_are_warned_about(make_fol
 def test_a_csv_without_a_label_column_is_one_problem_about_its_header(media: Path) -> None:
     (media / "train.csv").write_text("id,text,image\n" + "".join(f"r{i},text {i},img/red.png\n" for i in range(50)))
     (media / "val.csv").write_text("id,text,label\nv1,hello,cat\n")
-    report = check_folder(media, MediaFiles(DecodeSettings(16, 8000, 8000)))
+    report = check_folder(media, MediaFiles(declared_processors(None, DataOptions(image_size=16))))
     train_problems = [str(p) for p in report.problems if p.file == "train.csv"]
     assert train_problems == ["train.csv:1: the header has no 'label' column (columns: ['id', 'text', 'image'])"]
     assert report.fatal

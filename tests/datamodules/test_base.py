@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
 
-from mmgpt.datamodules.base import SHARED_OPTIONS, MultimodalDataModule
+from mmgpt.config import CONFIG_DIR
+from mmgpt.datamodules.base import MultimodalDataModule
 from mmgpt.datamodules.manifest import ManifestDataModule
+from mmgpt.datamodules.options import FIELDS as SHARED_OPTIONS
+from mmgpt.datamodules.options import config_defaults
 from mmgpt.datamodules.resumable import StreamLoader
 from mmgpt.datamodules.shards import ShardDataModule
 from mmgpt.datamodules.synthetic import SyntheticDataModule
@@ -29,14 +33,31 @@ def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_datamodule_takes_every_shared_option_and_its_config_sets_it() -> None:
+    """The signature a config is checked against (the class's: its own parameters and the shared options), and the
+    composed data config (the YAML over the ``data/options`` node)."""
     shared = set(SHARED_OPTIONS)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for name, cls in DATAMODULES.items():
+            params = set(inspect.signature(cls).parameters)
+            assert shared <= params, (name, shared - params)
+            assert "processors" in params, name  # the commands inject the encoders' processors
+            assert issubclass(cls, MultimodalDataModule)
+            keys = set(compose("train", overrides=[f"data={name}"]).data)
+            assert shared <= keys, (name, shared - keys)
+
+
+def test_a_shared_option_is_declared_once() -> None:
+    """The data YAML files set only what differs from the shared defaults, and no datamodule lists the shared
+    options it does not change (a new one is one field of DataOptions)."""
+    defaults = config_defaults()
+    for path in sorted(CONF.glob("*.yaml")):
+        node = yaml.safe_load(path.read_text())
+        repeated = [k for k in SHARED_OPTIONS if k in node and node[k] == defaults[k]]
+        assert not repeated, f"{path.name} repeats the shared defaults of {repeated}"
     for name, cls in DATAMODULES.items():
-        params = set(inspect.signature(cls.__init__).parameters)
-        assert shared <= params, (name, shared - params)
-        assert "processors" in params, name  # the commands inject the encoders' processors
-        assert issubclass(cls, MultimodalDataModule)
-        keys = set(yaml.safe_load((CONF / f"{name}.yaml").read_text()))
-        assert shared <= keys, (name, shared - keys)
+        own = inspect.signature(cls.__init__).parameters
+        listed = [k for k in SHARED_OPTIONS if k in own and own[k].default == defaults[k]]
+        assert not listed, f"{name} lists the shared options {listed} with their shared defaults"
 
 
 def _epoch(dm: ShardDataModule, num_workers: int, epoch: int, batches: int = 0) -> list[tuple]:

@@ -287,7 +287,7 @@ def test_ddp_ranks_fill_their_shares_then_train_from_the_cache(models, tmp_path)
 def test_real_backbones_cached_equal_uncached(family, tmp_path):
     """The HF / timm encoders with their own processors (as mmgpt-train builds them): float32 storage reproduces
     the uncached network's outputs, batches padded as in training."""
-    from mmgpt.datamodules.processors import build_processors
+    from mmgpt.datamodules.encoder_processors import build_processors
     from tests.helpers.backbones import FAMILIES, encoder_spec
 
     factory, kind, _ = FAMILIES[family]

@@ -11,13 +11,14 @@ import torch
 
 from mmgpt.datamodules import decode as decode_module
 from mmgpt.datamodules.manifest import (
-    DecodeSettings,
     ManifestDataModule,
     ManifestError,
     MediaFiles,
     check_folder,
     read_index,
 )
+from mmgpt.datamodules.options import DataOptions
+from mmgpt.datamodules.processors import declared_processors
 from tests.datamodules.conftest import FolderFactory, good_rows, write_rows
 
 
@@ -136,7 +137,7 @@ def bad_folder(make_folder: FolderFactory) -> Path:
 
 def test_check_reports_every_problem_with_file_and_line(make_folder: FolderFactory) -> None:
     root = bad_folder(make_folder)
-    report = check_folder(root, MediaFiles(DecodeSettings(16, 8000, 8000)))
+    report = check_folder(root, MediaFiles(declared_processors(None, DataOptions(image_size=16))))
     assert report.bad_rows == [("train.jsonl", 9), ("train.jsonl", 10), ("train.jsonl", 11), ("train.jsonl", 12),
                                ("train.jsonl", 13), ("train.jsonl", 14), ("val.jsonl", 5)]
     text = [str(p) for p in report.problems]
@@ -162,10 +163,11 @@ def test_paths_outside_the_folder_need_an_opt_in(make_folder: FolderFactory, tmp
             {"text": "b", "audio": str(outside), "label": "x"},
             {"text": "c", "audio": "wav/./../wav/mono8k.wav", "label": "x"}]  # stays inside: fine
     root = make_folder(train=rows, val=[{"text": "v", "label": "x"}])
-    refused = check_folder(root, MediaFiles(DecodeSettings(16, 8000, 8000)))
+    refused = check_folder(root, MediaFiles(declared_processors(None, DataOptions(image_size=16))))
     assert refused.bad_rows == [("train.jsonl", 1), ("train.jsonl", 2)] and not refused.fatal
     assert [str(p) for p in refused.problems][1].startswith("train.jsonl:2: audio: absolute path")
-    allowed = check_folder(root, MediaFiles(DecodeSettings(16, 8000, 8000)), allow_outside_root=True)
+    allowed = check_folder(root, MediaFiles(declared_processors(None, DataOptions(image_size=16))),
+                           allow_outside_root=True)
     assert allowed.ok and len(allowed.samples["train"]) == 3
 
 

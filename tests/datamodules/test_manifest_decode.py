@@ -10,7 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from mmgpt.datamodules.manifest import DecodeError, DecodeSettings, MediaFiles, load_audio, load_image
+from mmgpt.datamodules.manifest import DecodeError, MediaFiles, load_audio, load_image
+from mmgpt.datamodules.options import DataOptions
+from mmgpt.datamodules.processors import declared_processors
 from tests.datamodules.conftest import write_png, write_wav
 
 
@@ -68,7 +70,7 @@ def test_empty_and_corrupt_audio_raise(media: Path) -> None:
 
 
 def test_store_decodes_once_and_redecodes_changed_files(media: Path, tmp_path: Path) -> None:
-    settings = DecodeSettings(16, 8000, 8000)
+    settings = declared_processors(None, DataOptions(image_size=16))
     paths = [str(media / p) for p in ("img/red.png", "img/gray.jpg", "img/corrupt.png", "img/nope.png")]
     first = MediaFiles(settings, tmp_path / "store")
     out = first.check_many("image", paths)
@@ -90,13 +92,13 @@ def test_store_decodes_once_and_redecodes_changed_files(media: Path, tmp_path: P
     third.flush()
     assert MediaFiles(settings, tmp_path / "store").get("image", paths[0])[1].min() == 255  # the newer entry wins
 
-    other = MediaFiles(DecodeSettings(8, 8000, 8000), tmp_path / "store")  # other settings, other fingerprint
+    other = MediaFiles(declared_processors(None, DataOptions(image_size=8)), tmp_path / "store")  # other keys
     other.check_many("image", paths[:1])
     assert other.decoded == 1
 
 
 def test_get_decodes_what_the_store_lacks_and_raises_decode_errors(media: Path) -> None:
-    files = MediaFiles(DecodeSettings(16, 8000, 8000))  # a temporary store
+    files = MediaFiles(declared_processors(None, DataOptions(image_size=16)))  # a temporary store
     wave = files.get("audio", str(media / "wav/mono8k.wav"))
     assert wave.shape == (4000,) and files.decoded == 1
     assert torch.equal(files.get("audio", str(media / "wav/mono8k.wav")), wave) and files.decoded == 1
@@ -112,7 +114,7 @@ def test_get_decodes_what_the_store_lacks_and_raises_decode_errors(media: Path) 
                                                ("audio", "wav/empty.wav", "empty audio")])
 def test_headers_check_catches_broken_headers_without_decoding(media: Path, kind: str, name: str, message: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    files = MediaFiles(DecodeSettings(16, 8000, 8000))
+    files = MediaFiles(declared_processors(None, DataOptions(image_size=16)))
     good = "img/red.png" if kind == "image" else "wav/stereo44k.wav"
     out = files.check_many(kind, [str(media / name), str(media / good)], mode="headers")
     assert message in out[str(media / name)] and out[str(media / good)] is None
@@ -126,7 +128,7 @@ def test_headers_check_catches_a_truncated_png_header_and_a_wrong_wav_header(tmp
     data = bytearray(wav.read_bytes())
     data[20:22] = (0x7777).to_bytes(2, "little")  # fmt chunk: an audio format code libsndfile does not know
     (tmp_path / "wrong.wav").write_bytes(bytes(data))
-    files = MediaFiles(DecodeSettings(16, 8000, 8000))
+    files = MediaFiles(declared_processors(None, DataOptions(image_size=16)))
     cut, wrong = str(tmp_path / "cut.png"), str(tmp_path / "wrong.wav")
     assert "cannot decode image" in files.check_many("image", [cut], mode="headers")[cut]
     assert "cannot decode audio" in files.check_many("audio", [wrong], mode="headers")[wrong]

@@ -11,13 +11,14 @@ import torch
 
 from mmgpt.datamodules.manifest import (
     DecodeError,
-    DecodeSettings,
     ManifestDataModule,
     ManifestError,
     MediaFiles,
     check_folder,
 )
 from mmgpt.datamodules.manifest.check import Sample
+from mmgpt.datamodules.options import DataOptions
+from mmgpt.datamodules.processors import declared_processors
 from tests.datamodules.conftest import FolderFactory, good_rows, write_png, write_rows, write_wav
 
 
@@ -94,7 +95,7 @@ def test_check_off_with_raise_stops_at_the_failing_file(make_folder: FolderFacto
 def test_samples_hold_paths_and_the_check_streams_with_progress(make_folder: FolderFactory) -> None:
     root = make_folder(train=good_rows(10), val=good_rows(4))
     calls: list[tuple[int, int]] = []
-    report = check_folder(root, MediaFiles(DecodeSettings(16, 8000, 8000)), chunk=3,
+    report = check_folder(root, MediaFiles(declared_processors(None, DataOptions(image_size=16))), chunk=3,
                           progress=lambda done, total: calls.append((done, total)))
     assert report.ok and all(isinstance(s, Sample) and not isinstance(s.image, torch.Tensor)
                              for s in report.samples["train"])
@@ -140,7 +141,7 @@ def test_a_check_that_keeps_nothing_decodes_every_file_and_stores_none(make_fold
     root = make_folder(train=good_rows(6) + [{"id": "bad", "text": "t", "image": "img/corrupt.png", "label": "cat"}],
                        val=good_rows(2))
     (root / "img/corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    media = MediaFiles(DecodeSettings(16, 8000, 8000), keep=False)
+    media = MediaFiles(declared_processors(None, DataOptions(image_size=16)), keep=False)
     report = check_folder(root, media)
     assert report.bad_rows == [("train.jsonl", 7)] and report.decoded > 0 and len(media.store) == 0
 
@@ -156,7 +157,7 @@ def test_rows_stay_in_their_split_files(make_folder: FolderFactory, tmp_path: Pa
     root = make_folder(train=good_rows(4), val=good_rows(2))
     write_rows(root / "train.jsonl", [{"id": f"r{i}", "text": f"a caption of row {i}", "label": ("cat", "dog")[i % 2],
                                        "caption": f"caption {i}"} for i in range(n)])
-    media = MediaFiles(DecodeSettings(16, 8000, 8000), keep=False)
+    media = MediaFiles(declared_processors(None, DataOptions(image_size=16)), keep=False)
     tracemalloc.start()
     try:
         report = check_folder(root, media)

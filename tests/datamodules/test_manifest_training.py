@@ -17,7 +17,8 @@ from mmgpt.cli.train import build_module, train
 from mmgpt.config import check_targets
 from mmgpt.datamodules.collate import Collate, random_modality_dropout
 from mmgpt.datamodules.manifest import ManifestDataModule
-from mmgpt.datamodules.processors import default_processors
+from mmgpt.datamodules.options import DataOptions
+from mmgpt.datamodules.processors import declared_processors
 from tests.datamodules.conftest import FolderFactory, good_rows
 
 FUSIONS = [
@@ -93,7 +94,8 @@ def test_modality_dropout_drops_only_in_training_and_never_everything(make_folde
     kept = random_modality_dropout(only, {"audio": 0.99, "image": 0.99})
     assert kept["audio"].tolist() == [True, False] and kept["image"].tolist() == [False, True]
     with pytest.raises(ValueError, match=r"modality_dropout.audio=1.0"):
-        Collate(default_processors(image_size=16, sample_rate=100, max_audio_seconds=1.0, max_text_length=8),
+        Collate(declared_processors(None, DataOptions(image_size=16, sample_rate=100, max_audio_seconds=1.0,
+                                                      max_text_length=8)),
                 modality_dropout={"audio": 1.0})
 
 

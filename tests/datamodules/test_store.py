@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmgpt.datamodules.disk_store import DiskStore as MediaStore
-from mmgpt.datamodules.disk_store import SourceId
+from mmgpt.datamodules.disk_store import DiskStore, SourceId
 
 
 def sources(tmp_path: Path, n: int) -> list[SourceId]:
@@ -31,7 +30,7 @@ def value(i: int) -> np.ndarray:
 
 
 def fill(root: str, srcs: list[SourceId], order: list[int]) -> None:
-    store = MediaStore(root, segment_bytes=4096)  # tiny segments: many commits while the other process writes
+    store = DiskStore(root, segment_bytes=4096)  # tiny segments: many commits while the other process writes
     for i in order:
         store.put("media", "fp", srcs[i], value(i) if i % 5 else f"error {i}")
     store.flush()
@@ -40,7 +39,7 @@ def fill(root: str, srcs: list[SourceId], order: list[int]) -> None:
 def test_put_flush_and_read_back_in_another_store_object(tmp_path: Path) -> None:
     srcs = sources(tmp_path, 20)
     fill(str(tmp_path / "s"), srcs, list(range(20)))
-    store = MediaStore(tmp_path / "s")
+    store = DiskStore(tmp_path / "s")
     assert len(store) == 20
     for i, src in enumerate(srcs):
         hit = store.lookup("media", "fp", src)
@@ -56,13 +55,13 @@ def test_put_flush_and_read_back_in_another_store_object(tmp_path: Path) -> None
 
 def test_uncommitted_entries_are_visible_to_their_own_process_only(tmp_path: Path) -> None:
     srcs = sources(tmp_path, 2)
-    writer = MediaStore(tmp_path / "s")
+    writer = DiskStore(tmp_path / "s")
     writer.put("media", "fp", srcs[0], value(0))
     hit = writer.lookup("media", "fp", srcs[0])
     assert hit is not None and np.array_equal(writer.read(hit), value(0))
-    assert MediaStore(tmp_path / "s").lookup("media", "fp", srcs[0]) is None
+    assert DiskStore(tmp_path / "s").lookup("media", "fp", srcs[0]) is None
     writer.flush()
-    assert MediaStore(tmp_path / "s").lookup("media", "fp", srcs[0]) is not None
+    assert DiskStore(tmp_path / "s").lookup("media", "fp", srcs[0]) is not None
 
 
 def test_two_processes_filling_one_store_at_once_leave_a_valid_store(tmp_path: Path) -> None:
@@ -76,7 +75,7 @@ def test_two_processes_filling_one_store_at_once_leave_a_valid_store(tmp_path: P
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    store = MediaStore(tmp_path / "s")
+    store = DiskStore(tmp_path / "s")
     assert len(store) == 300
     assert not list((tmp_path / "s").glob("tmp-*"))  # every writer committed
     assert len(list((tmp_path / "s").glob("seg-*.bin"))) > 2  # several segments from each writer
@@ -91,7 +90,7 @@ def test_two_processes_filling_one_store_at_once_leave_a_valid_store(tmp_path: P
 
 def test_a_changed_source_file_misses_and_its_new_entry_wins(tmp_path: Path) -> None:
     srcs = sources(tmp_path, 1)
-    store = MediaStore(tmp_path / "s")
+    store = DiskStore(tmp_path / "s")
     store.put("media", "fp", srcs[0], value(1))
     store.flush()
     path = Path(srcs[0].path)
@@ -101,7 +100,7 @@ def test_a_changed_source_file_misses_and_its_new_entry_wins(tmp_path: Path) -> 
     assert changed is not None and store.lookup("media", "fp", changed) is None  # stale: decode again
     store.put("media", "fp", changed, value(2))
     store.flush()
-    fresh = MediaStore(tmp_path / "s")
+    fresh = DiskStore(tmp_path / "s")
     hit = fresh.lookup("media", "fp", changed)
     assert hit is not None and np.array_equal(fresh.read(hit), value(2)) and len(fresh) == 1
     assert fresh.lookup("media", "fp", srcs[0]) is None
@@ -122,12 +121,12 @@ def test_a_damaged_segment_is_detected_dropped_and_rebuilt_with_a_warning(tmp_pa
     else:
         first.unlink()
     with caplog.at_level(logging.WARNING):
-        store = MediaStore(tmp_path / "s")
+        store = DiskStore(tmp_path / "s")
     assert "is damaged" in caplog.text and first.stem in caplog.text
     assert not first.exists() and not index.exists()  # dropped, so a later pass rebuilds it
     assert [store.lookup("media", "fp", s) is not None for s in srcs] == [False] * 5 + [True] * 5
     fill(str(tmp_path / "s"), srcs, list(range(5)))  # what a check pass does with the misses
-    store = MediaStore(tmp_path / "s")
+    store = DiskStore(tmp_path / "s")
     for i in range(1, 5):
         hit = store.lookup("media", "fp", srcs[i])
         assert hit is not None and np.array_equal(store.read(hit), value(i))
@@ -144,14 +143,14 @@ def test_the_index_loads_without_pickle(tmp_path: Path, monkeypatch: pytest.Monk
         return real(*args, **kwargs)
 
     monkeypatch.setattr(np, "load", spy)
-    assert len(MediaStore(tmp_path / "s")) == 2
+    assert len(DiskStore(tmp_path / "s")) == 2
     assert loads == [False]
 
 
 @pytest.mark.parametrize("mmap", [False, True])
 def test_reads_and_memory_lru_stay_within_its_budget(tmp_path: Path, mmap: bool) -> None:
     srcs = sources(tmp_path, 40)
-    store = MediaStore(tmp_path / "s", memory_cache_mb=0.002, mmap=mmap)  # about 2 KB: a few arrays
+    store = DiskStore(tmp_path / "s", memory_cache_mb=0.002, mmap=mmap)  # about 2 KB: a few arrays
     for i, src in enumerate(srcs):
         store.put("media", "fp", src, value(i + 1))
     store.flush()
@@ -165,7 +164,7 @@ def test_reads_and_memory_lru_stay_within_its_budget(tmp_path: Path, mmap: bool)
 
 def test_a_forked_child_writes_its_own_segment(tmp_path: Path) -> None:
     srcs = sources(tmp_path, 2)
-    store = MediaStore(tmp_path / "s")
+    store = DiskStore(tmp_path / "s")
     store.put("media", "fp", srcs[0], value(3))  # open segment in the parent
 
     def child() -> None:
@@ -177,31 +176,26 @@ def test_a_forked_child_writes_its_own_segment(tmp_path: Path) -> None:
     p.join(60)
     assert p.exitcode == 0
     store.flush()
-    fresh = MediaStore(tmp_path / "s")
+    fresh = DiskStore(tmp_path / "s")
     for i, src in enumerate(srcs):
         hit = fresh.lookup("media", "fp", src)
         assert hit is not None and np.array_equal(fresh.read(hit), value(3 + i))
 
 
-def test_the_store_interface_get_put_flush_by_store_key(tmp_path: Path) -> None:
-    import torch
-
-    from mmgpt.datamodules.decode import DecodeError
-    from mmgpt.datamodules.disk_store import KeyedDiskStore
-    from mmgpt.datamodules.store import StoreKey, file_stat
-
+def test_entries_by_source_and_fingerprint_round_trip(tmp_path: Path) -> None:
+    """An array and a decode error stored under a source and a fingerprint read back from a fresh store; the same
+    path with another (size, mtime) is stale."""
     (src,) = sources(tmp_path, 1)
-    stat = file_stat(Path(src.path))
-    keyed = KeyedDiskStore(MediaStore(tmp_path / "s"))
-    key = StoreKey(src.path, stat, "fp")
-    assert keyed.get(key) is None
-    keyed.put(key, torch.arange(6, dtype=torch.uint8).reshape(2, 3))
-    keyed.put(StoreKey(src.path, stat, "fp2"), DecodeError("broken"))
-    keyed.flush()
-    again = KeyedDiskStore(MediaStore(tmp_path / "s"))
-    assert torch.equal(again.get(key), torch.arange(6, dtype=torch.uint8).reshape(2, 3))
-    assert str(again.get(StoreKey(src.path, stat, "fp2"))) == "broken"
-    assert again.get(StoreKey(src.path, (1, 2), "fp")) is None  # another stat: stale
+    store = DiskStore(tmp_path / "s")
+    assert store.lookup("media", "fp", src) is None
+    store.put("media", "fp", src, np.arange(6, dtype=np.uint8).reshape(2, 3))
+    store.put("media", "fp2", src, "broken")
+    store.flush()
+    again = DiskStore(tmp_path / "s")
+    hit = again.lookup("media", "fp", src)
+    assert hit is not None and np.array_equal(again.read(hit), np.arange(6, dtype=np.uint8).reshape(2, 3))
+    assert again.lookup("media", "fp2", src).error == "broken"
+    assert again.lookup("media", "fp", SourceId(src.path, 1, 2)) is None  # another stat: stale
 
 
 # -- a store written by another machine is read as data (issue 21, item 5) ----------------------------------------
@@ -268,7 +262,7 @@ def test_a_crafted_index_is_dropped_with_one_warning_and_never_read(tmp_path: Pa
     first = min((tmp_path / "s").glob("seg-*.idx.npz"))
     _rewrite_index(first, **_crafted(first, case, tmp_path))  # np.savez pickles an object column
     with caplog.at_level(logging.WARNING):
-        store = MediaStore(tmp_path / "s")
+        store = DiskStore(tmp_path / "s")
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "is damaged" in warnings[0].getMessage() and "\n" not in warnings[0].getMessage()
     assert not first.exists() and not (tmp_path / "ran").exists()
@@ -289,6 +283,6 @@ def test_a_segment_linked_to_a_file_outside_the_store_is_never_read(tmp_path: Pa
     inside.unlink()
     inside.symlink_to(outside)
     with caplog.at_level(logging.WARNING):
-        store = MediaStore(tmp_path / "s")
+        store = DiskStore(tmp_path / "s")
     assert "a link to a file outside the store" in caplog.text and len(store) == 0
     assert outside.read_bytes() and not inside.is_symlink()  # the link is dropped, what it pointed at is left alone

@@ -16,7 +16,8 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from mmgpt.datamodules.processors import TextProcessor, build_processors
+from mmgpt.datamodules.encoder_processors import build_processors
+from mmgpt.datamodules.processors import TextProcessor
 from mmgpt.errors import UserError
 from mmgpt.registry import SpecError, build, check_spec, for_checkpoint
 from tests.helpers.backbones import FAMILIES, SAMPLE_RATE, TEXTS, TIMM_KWARGS, TIMM_MODEL, encoder_spec
@@ -269,10 +270,9 @@ def test_manifest_and_shards_decode_through_the_backbone_processors(backbones, t
     from transformers import AutoImageProcessor
 
     from mmgpt.datamodules.manifest import ManifestDataModule
-    from mmgpt.datamodules.manifest.media import fingerprint
-    from mmgpt.datamodules.processors import default_processors
+    from mmgpt.datamodules.options import DataOptions
+    from mmgpt.datamodules.processors import declared_processors
     from mmgpt.datamodules.shards import ShardDataModule, write_shards
-    from mmgpt.datamodules.store import DecodeSettings
     from mmgpt.datamodules.synthetic.export import export_synthetic
 
     export_synthetic(tmp_path / "folder", num_train=6, num_val=2, num_test=2, image_size=48, sample_rate=8000)
@@ -300,10 +300,10 @@ def test_manifest_and_shards_decode_through_the_backbone_processors(backbones, t
     assert batches["manifest"].ids == batches["shards"].ids
     torch.testing.assert_close(batches["manifest"].inputs["audio"], batches["shards"].inputs["audio"])
     # The scratch processors keep the media store's keys of before (a warm store stays warm).
-    scratch = default_processors(image_size=32, sample_rate=8000, max_audio_seconds=1.0, max_text_length=16)
-    settings = DecodeSettings(32, 8000, 8000)
-    assert scratch["image"].fingerprint() == fingerprint("image", settings)
-    assert scratch["audio"].fingerprint() == fingerprint("audio", settings)
+    scratch = declared_processors(None, DataOptions(image_size=32, sample_rate=8000, max_audio_seconds=1.0,
+                                                    max_text_length=16))
+    assert scratch["image"].fingerprint() == "image:v2:size=32:max_pixels=89478485"  # the keys of the stores
+    assert scratch["audio"].fingerprint() == "audio:v2:rate=8000:max=8000"  # written with DecodeSettings
 
 
 @pytest.mark.slow  # a fresh interpreter (the hub cache location is read at import)
@@ -317,7 +317,7 @@ def test_a_cached_hub_id_loads_offline_with_the_same_identity(backbones, tmp_pat
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
     code = ("from mmgpt.registry import build\n"
-            "from mmgpt.datamodules.processors import build_processors\n"
+            "from mmgpt.datamodules.encoder_processors import build_processors\n"
             "spec = {'type': 'hf_text', 'name_or_path': 'someone/tiny-bert', 'dim': 8}\n"
             "encoder = build(spec, 'e', 'encoder')\n"
             "processor = build_processors({'encoders': {'text': spec}}, {})['text']\n"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmgpt.datamodules.processors import build_processors
+from mmgpt.datamodules.encoder_processors import build_processors
 from mmgpt.registry import build, build_network
 from tests.helpers.backbones import FAMILIES, TEXTS, encoder_spec
 

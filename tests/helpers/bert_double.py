@@ -15,8 +15,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from mmgpt import registry
-from mmgpt.encoders.backbone import BackboneEncoder, BackboneIdentity, Tuning
+from mmgpt.encoders.backbone import BackboneEncoder, BackboneIdentity
 from mmgpt.encoders.base import EncoderOutput
+from mmgpt.encoders.tuning import Tuning
 
 #: The byte tokenizer's vocabulary (256 bytes + 5 specials) and a text length above the synthetic questions'.
 VOCAB, MAX_POSITIONS = 261, 128

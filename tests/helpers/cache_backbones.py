@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt import registry
-from mmgpt.encoders.backbone import BackboneEncoder, BackboneIdentity, Tuning
+from mmgpt.encoders.backbone import BackboneEncoder, BackboneIdentity
 from mmgpt.encoders.base import EncoderOutput
+from mmgpt.encoders.tuning import Tuning
 from mmgpt.layers.init import mark_pretrained
 from mmgpt.tokenizer import ByteTokenizer
 

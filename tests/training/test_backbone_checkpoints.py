@@ -12,8 +12,9 @@ from omegaconf import open_dict
 
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
+from mmgpt.errors import CheckpointError
 from mmgpt.training.backbone_checkpoints import CKPT_KEY
-from mmgpt.training.safe_load import CheckpointError, load_module
+from mmgpt.training.lit_module import MultimodalModule
 from tests.helpers.bert_double import bert_run_cfg, folder_sha256, save_tiny_bert
 
 #: LoRA on query/value + the top layer unfrozen, dropout on: adapters, a trained layer and frozen layers at once.
@@ -44,7 +45,7 @@ def test_slim_checkpoint_stores_trained_tensors_and_loads_back_exactly(bert, com
     assert all(k.startswith(PREFIX) and "lora_" not in k and "layer.2." not in k for k in entry["omitted"])
     assert len(entry["omitted"]) > len(stored)
 
-    module = load_module(last)  # the one loader mmgpt-eval and mmgpt-generate use
+    module = MultimodalModule.load_from_checkpoint(last)  # the one loader mmgpt-eval and mmgpt-generate use
     full = module.state_dict()
     assert set(full) == set(ckpt["state_dict"]) | set(entry["omitted"])
     for k, v in ckpt["state_dict"].items():
@@ -66,7 +67,7 @@ def test_a_backbone_with_another_hash_is_refused_naming_it(bert, compose_cfg, tm
     shutil.rmtree(bert)
     save_tiny_bert(bert, hidden_size=32, num_layers=3, seed=1)  # same architecture, other weights
     with pytest.raises(CheckpointError) as e:
-        load_module(last)
+        MultimodalModule.load_from_checkpoint(last)
     message = str(e.value)
     assert "\n" not in message and "net.encoders.text" in message and str(bert) in message
     assert trained_on[:16] in message and folder_sha256(bert)[:16] in message and "refused" in message
@@ -112,7 +113,7 @@ def test_frozen_weights_changed_by_init_from_are_kept(bert, compose_cfg, tmp_pat
     layer0 = {k for k in start if k.startswith(PREFIX + "encoder.layer.0.")}
     assert layer0 and layer0 <= set(ckpt["state_dict"])  # changed since loading: stored
     assert not set(ckpt[CKPT_KEY]["net.encoders.text"]["omitted"]) & layer0
-    module = load_module(last).state_dict()
+    module = MultimodalModule.load_from_checkpoint(last).state_dict()
     for k in layer0:
         assert torch.equal(module[k], start[k]), k
 

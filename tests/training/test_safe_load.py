@@ -22,10 +22,11 @@ from omegaconf import open_dict
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
 from mmgpt.config import CONFIG_DIR
+from mmgpt.errors import CheckpointError
 from mmgpt.registry import LEGACY_TARGETS
 from mmgpt.training.finetune import init_from_checkpoint
 from mmgpt.training.lit_module import MultimodalModule
-from mmgpt.training.safe_load import CheckpointError, load_module, read_checkpoint
+from mmgpt.training.safe_load import read_checkpoint
 
 
 def _cfg(name: str, overrides: list[str], out: Path):
@@ -123,11 +124,11 @@ def test_load_from_checkpoint_goes_through_the_safe_loader(real_ckpt, tmp_path, 
 def test_unknown_hyperparameter_and_trust_remote_code_are_refused(real_ckpt, tmp_path):
     crafted = _craft(real_ckpt, tmp_path, lambda c: c["hyper_parameters"].__setitem__("callback", {"x": 1}))
     with pytest.raises(CheckpointError, match=r"hyper_parameters\.callback"):
-        load_module(crafted)
+        MultimodalModule.load_from_checkpoint(crafted)
     crafted = _craft(real_ckpt, tmp_path,
                      lambda c: c["hyper_parameters"]["net"]["encoders"]["text"].__setitem__("trust_remote_code", True))
     with pytest.raises(CheckpointError, match=r"encoders\.text\.trust_remote_code"):
-        load_module(crafted)
+        MultimodalModule.load_from_checkpoint(crafted)
 
 
 def test_generate_refuses_a_crafted_checkpoint(real_ckpt, tmp_path):
@@ -148,14 +149,14 @@ def test_generate_refuses_a_crafted_checkpoint(real_ckpt, tmp_path):
 def test_init_from_a_crafted_checkpoint_reads_tensors_only(real_ckpt, tmp_path):
     node, side_effect = _payloads(tmp_path)["copyfile"]
     crafted = _craft(real_ckpt, tmp_path, lambda c: _place(c, "encoder", node))
-    module = load_module(real_ckpt)
+    module = MultimodalModule.load_from_checkpoint(real_ckpt)
     report = init_from_checkpoint(module.net, crafted)
     assert report.loaded and not side_effect.exists()
 
 
 def test_a_legitimate_checkpoint_loads_and_the_stored_data_config_writes_only_into_the_eval_run(real_ckpt, tmp_path):
     ckpt = read_checkpoint(real_ckpt)
-    module = load_module(real_ckpt)
+    module = MultimodalModule.load_from_checkpoint(real_ckpt)
     for name, tensor in module.state_dict().items():
         torch.testing.assert_close(tensor, ckpt["state_dict"][name], rtol=0, atol=0)
     results = evaluate(_cfg("eval", [f"ckpt_path={real_ckpt}", "subsets=false"], tmp_path / "eval"))
@@ -191,7 +192,7 @@ def test_a_checkpoint_written_before_the_typed_spec_still_loads(real_ckpt, tmp_p
 
     crafted = _craft(real_ckpt, tmp_path, legacy)
     assert any(k.endswith(".gates") for k in torch.load(crafted, weights_only=True)["state_dict"])
-    old, new = load_module(crafted), load_module(real_ckpt)
+    old, new = MultimodalModule.load_from_checkpoint(crafted), MultimodalModule.load_from_checkpoint(real_ckpt)
     for name, tensor in new.state_dict().items():
         torch.testing.assert_close(old.state_dict()[name], tensor, rtol=0, atol=0)
 

@@ -63,8 +63,8 @@ def test_a_sharded_checkpoints_index_is_read_without_running_code(tmp_path):
     import torch
     import torch.distributed.checkpoint as dcp
 
+    from mmgpt.errors import CheckpointError
     from mmgpt.training.distributed import META_FILE, consolidate
-    from mmgpt.training.safe_load import CheckpointError
 
     folder = tmp_path / "step.ckpt"
     weights = {"w": torch.randn(3, 4), "b": torch.arange(5.0)}
