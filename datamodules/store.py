@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Bump when decoding changes, so old on-disk caches are not reused.
 #: 2: high-bit-depth images scaled instead of saturated; resampling of awkward rates through a nearby ratio.
-CACHE_VERSION = 2
+#: 3: audio resampled by soxr at the exact ratio of any two rates.
+CACHE_VERSION = 3
 
 #: A file's identity: (size in bytes, modification time in ns); None when it cannot be read.
 FileStat = tuple[int, int] | None
