@@ -115,9 +115,10 @@ def _pillow_refusal(error: Image.DecompressionBombError, max_pixels: int | None)
         return DecodeError(f"image of {size} is larger than the limit of {max_pixels:,} (data.max_image_pixels)")
     # Within the config's limit, but past Pillow's process-wide one, which mmgpt does not change behind the
     # program's back: the program that wants such images raises it itself.
+    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
     return DecodeError(f"image of {size} is within data.max_image_pixels but above Pillow's own limit of "
-                       f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS, a process-wide setting: raise "
-                       "it in a plugin module to decode such images)")
+                       f"{pillow_limit:,} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS, a process-wide setting: raise it in "
+                       "a plugin module to decode such images)")
 
 
 def _reduce_large(im: Image.Image, image_size: int) -> Image.Image:
