@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from mmgpt.encoders.base import EncoderOutput
 from mmgpt.encoders.log_mel import LogMel
-from mmgpt.layers import Transformer
+from mmgpt.layers import LearnedTokens, Transformer
 
 
 class AudioEncoder(nn.Module):
@@ -53,7 +53,7 @@ class AudioEncoder(nn.Module):
         self.norm_in = nn.LayerNorm(n_mels)
         self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, stride=2, padding=1)
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
-        self.pos_emb = nn.Parameter(torch.zeros(1, max_frames, dim))
+        self.pos_emb = LearnedTokens(1, max_frames, dim)
         self.drop = nn.Dropout(dropout)
         self.transformer = Transformer(
             dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
@@ -74,5 +74,5 @@ class AudioEncoder(nn.Module):
         F_ = h.shape[1]
         if F_ > self.max_frames:
             raise ValueError(f"audio gives {F_} frames but the encoder's max_frames is {self.max_frames}")
-        h = self.drop(h + self.pos_emb[:, :F_])
+        h = self.drop(h + self.pos_emb.weight[:, :F_])
         return EncoderOutput(self.transformer(h, mask=tok_mask), tok_mask)
