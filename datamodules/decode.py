@@ -8,8 +8,10 @@ and cropped to ``max_samples`` -> (S,) float32.
 
 Memory is bounded per file: JPEG decodes straight at a reduced scale (Pillow's ``draft``); other formats that
 are large are reduced by an integer factor right after decoding, and only one such large decode runs at a time
-whatever the number of decoding threads. Resampling between rates whose ratio reduces to large integers (44111
--> 8000 Hz) uses a nearby ratio of small integers, so the filter stays small.
+whatever the number of decoding threads. Audio is resampled by libsoxr (``soxr``) at the exact ratio of any two
+rates (44111 -> 8000 Hz as well), its filter bounded in size whatever the ratio.
+Pillow's own refusal of very large images (``PIL.Image.MAX_IMAGE_PIXELS``, a process-wide setting) is left as the
+user's program set it: the limit of a data config is applied per decode (``max_pixels``).
 Legend: H/W image height/width, S audio samples.
 """
 
@@ -23,26 +25,24 @@ import threading
 import warnings
 import wave
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
-import torchaudio.functional as AF
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 #: Bump when decoding changes, so stored decoded media (the media store's entries) are not reused.
 #: 2: high-bit-depth images scaled instead of saturated; resampling of awkward rates through a nearby ratio.
-CACHE_VERSION = 2
+#: 3: audio resampled by soxr at the exact ratio of any two rates.
+CACHE_VERSION = 3
 #: Default refusal threshold (pixels) for images: Pillow's own warning threshold (about 9459 x 9459).
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 #: Images above this many pixels are decoded one at a time and reduced at once (a few hundred MB of RGB).
 LARGE_IMAGE_PIXELS = 16_000_000
-#: Resampling uses rates ``orig, new`` reduced to at most this (the filter costs about orig x new x 12 floats).
-MAX_RESAMPLE_RATE_PARTS = 1000
 
 _large_decode = threading.Lock()
 # mmgpt refuses images above data.max_image_pixels itself, with a named problem; Pillow's warning about images
@@ -87,8 +87,6 @@ def open_rgb(source: Source, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     sides stay at least ``target_size`` (4x for large images); without it the image is decoded at full size (what a
     pretrained backbone's own processor sees).
     """
-    if max_pixels is not None and max_pixels > Image.MAX_IMAGE_PIXELS * 2:
-        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's error would otherwise refuse what the user allowed
     try:
         with Image.open(_open(source)) as im:
             w, h = im.size
@@ -105,14 +103,26 @@ def open_rgb(source: Source, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
                     return _to_rgb(_reduce_large(im, target_size))
             return _to_rgb(im)
     except Image.DecompressionBombError as e:  # above twice Pillow's threshold: refused before we see the size
-        found = re.search(r"\((\d+) pixels\)", str(e))
-        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-        raise DecodeError(f"image of {size} is larger than the limit of {max_pixels or Image.MAX_IMAGE_PIXELS:,} "
-                          "(data.max_image_pixels)") from e
+        raise _pillow_refusal(e, max_pixels) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if isinstance(e, DecodeError):
             raise
         raise DecodeError(f"cannot decode image: {e}") from e
+
+
+def _pillow_refusal(error: Image.DecompressionBombError, max_pixels: int | None) -> DecodeError:
+    """The one-line problem of an image Pillow refused before its size could be checked against ``max_pixels``."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    pixels = int(found.group(1)) if found else None
+    size = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    if max_pixels is not None and (pixels is None or pixels > max_pixels):
+        return DecodeError(f"image of {size} is larger than the limit of {max_pixels:,} (data.max_image_pixels)")
+    # Within the config's limit, but past Pillow's process-wide one, which mmgpt does not change behind the
+    # program's back: the program that wants such images raises it itself.
+    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return DecodeError(f"image of {size} is within data.max_image_pixels but above Pillow's own limit of "
+                       f"{pillow_limit:,} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS, a process-wide setting: raise it in "
+                       "a plugin module to decode such images)")
 
 
 def _reduce_large(im: Image.Image, image_size: int) -> Image.Image:
@@ -164,23 +174,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def resample_rates(orig: int, new: int, limit: int = MAX_RESAMPLE_RATE_PARTS) -> tuple[int, int]:
-    """The (orig, new) pair to resample with: the exact ratio when it reduces to integers <= ``limit``, else the
-    nearest ratio that does (e.g. 44111 -> 8000 Hz: 397 -> 72, a frequency error of 3e-6).
+def resample(wave: np.ndarray, orig: int, new: int) -> np.ndarray:
+    """Resample a mono float32 waveform from ``orig`` to ``new`` Hz at the exact ratio (libsoxr, high quality).
 
-    The cost of a windowed-sinc resampler grows with the reduced integers (torchaudio builds ``new`` filters of
-    about ``orig`` taps each), so rates such as 44111 Hz, coprime with the target, would need a filter of
-    hundreds of millions of taps.
+    Any pair of rates costs the same small filter (44111 -> 8000 Hz included), and the output has
+    ``round(len(wave) * new / orig)`` samples.
     """
-    g = math.gcd(orig, new)
-    if max(orig, new) // g <= limit:
-        return orig // g, new // g
-    ratio = Fraction(new, orig)  # < 1 when downsampling
-    if ratio < 1:
-        r = ratio.limit_denominator(limit)
-        return r.denominator, r.numerator
-    r = (1 / ratio).limit_denominator(limit)
-    return r.numerator, r.denominator
+    if orig == new:
+        return wave
+    return soxr.resample(wave, orig, new, quality="HQ")
 
 
 def _read_pcm16_wav(source: Source, frames_for: Callable[[int], int]) -> tuple[int, np.ndarray] | None:
@@ -227,8 +229,5 @@ def load_audio(source: Source, sample_rate: int, max_samples: int) -> Tensor:
     mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)  # (S_in,) mixed down to mono
     if not np.isfinite(mono).all():
         raise DecodeError("audio contains NaN or infinite samples")
-    wave = torch.from_numpy(np.ascontiguousarray(mono))
-    if sr_in != sample_rate:
-        orig, new = resample_rates(sr_in, sample_rate)
-        wave = AF.resample(wave, orig, new)
-    return wave[:max_samples].contiguous()
+    wave = resample(np.ascontiguousarray(mono), sr_in, sample_rate)  # (S,)
+    return torch.from_numpy(np.ascontiguousarray(wave[:max_samples], dtype=np.float32))

@@ -38,7 +38,7 @@ def _keep(value: object) -> bool:
 
 
 def _manifest_texts(root: Path) -> Iterator[str]:
-    from mmgpt.datamodules.manifest.records import read_index
+    from mmgpt.datamodules.manifest.index import read_index
 
     index = read_index(root)
     fatal = [p for p in index.problems if p.fatal]

@@ -15,6 +15,7 @@ from mmgpt.decoder import Conditioning, DecoderCache, DecoderOutput, TextDecoder
 from mmgpt.encoders import EncoderOutput
 from mmgpt.errors import UserError
 from mmgpt.fusion import Fusion, FusionOutput
+from mmgpt.layers import accept_unwrapped_names
 from mmgpt.tokenizer import ByteTokenizer, Tokenizer
 
 
@@ -77,6 +78,7 @@ class MultimodalTransformer(nn.Module):
         self.head = head
         self.decoder = decoder
         self.text_modality = text_modality
+        accept_unwrapped_names(self)  # checkpoints written when learned tokens were bare parameters still load
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -15,16 +15,9 @@ from typing import overload
 
 import numpy as np
 
+from mmgpt.datamodules.manifest.index import read_index
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles
-from mmgpt.datamodules.manifest.records import (
-    SPLITS,
-    Problem,
-    Row,
-    RowTable,
-    media_keys,
-    read_index,
-    resolve_media,
-)
+from mmgpt.datamodules.manifest.rows import SPLITS, Problem, Row, RowTable, media_keys, resolve_media
 
 
 class ManifestError(ValueError):

@@ -1,6 +1,6 @@
 """``data=manifest data.root=DIR``: train on a folder of the user's own images, recordings and texts.
 
-The folder format is documented in :mod:`mmgpt.datamodules.manifest.records`. Before training, every row is read and
+The folder format is documented in :mod:`mmgpt.datamodules.manifest.rows`. Before training, every row is read and
 every file checked once (:func:`~mmgpt.datamodules.manifest.check.check_folder`; ``check=full`` decodes it into the
 on-disk media store under ``cache_dir``), and the datasets read each sample from the store on demand: no epoch
 decodes anything, and memory does not grow with the folder (the store's pages are shared by every process).
@@ -25,8 +25,9 @@ from mmgpt.datamodules.base import MultimodalDataModule, ProcessedDataset, proce
 from mmgpt.datamodules.collate import Collate
 from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.manifest.check import CheckReport, ManifestError, SampleTable, check_folder
+from mmgpt.datamodules.manifest.index import read_index
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles, Progress
-from mmgpt.datamodules.manifest.records import LABEL_TYPES, ManifestIndex, label_names, read_index
+from mmgpt.datamodules.manifest.rows import LABEL_TYPES, ManifestIndex, label_names
 from mmgpt.datamodules.processors import Processor
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,9 @@ from typing import Any
 import webdataset as wds
 
 from mmgpt.datamodules.manifest.check import check_folder
+from mmgpt.datamodules.manifest.index import read_index
 from mmgpt.datamodules.manifest.media import MediaFiles
-from mmgpt.datamodules.manifest.records import MEDIA_KEYS, read_index, resolve_media
+from mmgpt.datamodules.manifest.rows import MEDIA_KEYS, resolve_media
 from mmgpt.datamodules.options import DataOptions
 from mmgpt.datamodules.processors import declared_processors
 from mmgpt.datamodules.shards.format import META_FILE, ShardError, sample_key

@@ -6,37 +6,11 @@ Legend: B batch, S waveform samples, C mel bins, L spectrogram frames, F encoder
 from __future__ import annotations
 
 import torch
-import torchaudio
 from torch import Tensor, nn
 
 from mmgpt.encoders.base import EncoderOutput
-from mmgpt.layers import Transformer
-
-
-class LogMel(nn.Module):
-    """Waveform (B, S) -> log-mel spectrogram (B, C, L) with torchaudio, plus per-frame validity."""
-
-    def __init__(self, *, sample_rate: int, n_mels: int, n_fft: int, hop_length: int) -> None:
-        super().__init__()
-        self.hop_length = hop_length
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, center=True,
-            # Zero (not reflect) padding at the edges: a clip's frames are then the same whether it is the
-            # longest clip of its batch or is followed by padding, so encodings never depend on the batch.
-            pad_mode="constant",
-        )
-
-    def forward(self, wave: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        # The mel transform runs in float32 even under autocast: its power spectrum under/overflows in half.
-        with torch.autocast(device_type=wave.device.type, enabled=False):
-            spec = self.mel(wave.float())  # (B, C, L)
-        spec = torch.log(spec + 1e-6)
-        lengths = mask.sum(dim=1)  # (B,)
-        frame_lengths = lengths // self.hop_length + 1  # center=True frames
-        L = spec.shape[-1]
-        frame_mask = torch.arange(L, device=wave.device)[None] < frame_lengths[:, None]  # (B, L)
-        frame_mask &= (lengths > 0)[:, None]
-        return spec, frame_mask
+from mmgpt.encoders.log_mel import LogMel
+from mmgpt.layers import LearnedTokens, Transformer
 
 
 class AudioEncoder(nn.Module):
@@ -79,7 +53,7 @@ class AudioEncoder(nn.Module):
         self.norm_in = nn.LayerNorm(n_mels)
         self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, stride=2, padding=1)
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
-        self.pos_emb = nn.Parameter(torch.zeros(1, max_frames, dim))
+        self.pos_emb = LearnedTokens(1, max_frames, dim)
         self.drop = nn.Dropout(dropout)
         self.transformer = Transformer(
             dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
@@ -100,5 +74,5 @@ class AudioEncoder(nn.Module):
         F_ = h.shape[1]
         if F_ > self.max_frames:
             raise ValueError(f"audio gives {F_} frames but the encoder's max_frames is {self.max_frames}")
-        h = self.drop(h + self.pos_emb[:, :F_])
+        h = self.drop(h + self.pos_emb.weight[:, :F_])
         return EncoderOutput(self.transformer(h, mask=tok_mask), tok_mask)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.encoders.base import EncoderOutput
-from mmgpt.layers import Transformer
+from mmgpt.layers import LearnedTokens, Transformer
 
 
 class FeaturesEncoder(nn.Module):
@@ -49,7 +49,7 @@ class FeaturesEncoder(nn.Module):
         self.input_dim, self.max_steps = int(input_dim), int(max_steps)
         self.norm_in = nn.LayerNorm(self.input_dim)  # features arrive on any scale
         self.proj = nn.Linear(self.input_dim, dim)
-        self.pos_emb = nn.Parameter(torch.zeros(1, self.max_steps, dim))
+        self.pos_emb = LearnedTokens(1, self.max_steps, dim)
         self.drop = nn.Dropout(dropout)
         self.transformer = Transformer(
             dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
@@ -67,5 +67,5 @@ class FeaturesEncoder(nn.Module):
                              "(raise max_steps, or crop with data.modalities.<name>.max_steps)")
         if mask is None:
             mask = torch.ones(B, N, dtype=torch.bool, device=x.device)
-        h = self.drop(self.proj(self.norm_in(x)) + self.pos_emb[:, :N])  # (B, N, D)
+        h = self.drop(self.proj(self.norm_in(x)) + self.pos_emb.weight[:, :N])  # (B, N, D)
         return EncoderOutput(self.transformer(h, mask=mask), mask)

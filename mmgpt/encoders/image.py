@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.encoders.base import EncoderOutput
-from mmgpt.layers import Transformer, mark_pretrained
+from mmgpt.layers import LearnedTokens, Transformer, mark_pretrained
 
 
 class PatchEmbed(nn.Module):
@@ -85,7 +85,7 @@ class ImageEncoder(nn.Module):
         self.patch_embed = (
             stem if stem is not None else PatchEmbed(dim=dim, patch_size=patch_size, in_channels=in_channels)
         )
-        self.pos_emb = nn.Parameter(torch.zeros(1, self.num_patches, dim))
+        self.pos_emb = LearnedTokens(1, self.num_patches, dim)
         self.drop = nn.Dropout(dropout)
         self.transformer = Transformer(
             dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
@@ -97,7 +97,7 @@ class ImageEncoder(nn.Module):
         if H != self.image_size or W != self.image_size:
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {H}x{W}")
         h = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, P, D)
-        h = self.drop(h + self.pos_emb)
+        h = self.drop(h + self.pos_emb.weight)
         patch_mask = torch.ones(B, self.num_patches, dtype=torch.bool, device=x.device)
         return EncoderOutput(self.transformer(h, mask=None), patch_mask)
 

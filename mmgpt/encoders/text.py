@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.encoders.base import EncoderOutput
-from mmgpt.layers import Transformer
+from mmgpt.layers import LearnedTokens, Transformer
 from mmgpt.tokenizer import Tokenizer, load_tokenizer, tokenizer_vocab
 
 
@@ -50,7 +50,7 @@ class TextEncoder(nn.Module):
         self.tokenizer_spec = tokenizer
         vocab_size = tokenizer_vocab(tokenizer, vocab_size, "model.net.encoders.text")
         self.tok_emb = nn.Embedding(vocab_size, dim)
-        self.pos_emb = nn.Parameter(torch.zeros(1, max_length, dim))
+        self.pos_emb = LearnedTokens(1, max_length, dim)
         self.drop = nn.Dropout(dropout)
         self.transformer = Transformer(
             dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
@@ -68,5 +68,5 @@ class TextEncoder(nn.Module):
             raise ValueError(f"text has {T} tokens but the encoder's max_length is {self.max_length}")
         if mask is None:
             mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
-        h = self.drop(self.tok_emb(x) + self.pos_emb[:, :T])  # (B, T, D)
+        h = self.drop(self.tok_emb(x) + self.pos_emb.weight[:, :T])  # (B, T, D)
         return EncoderOutput(self.transformer(h, mask=mask, causal=self.causal), mask)

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor, nn
+
+from mmgpt.layers import LearnedTokens
 
 
 @dataclass
@@ -68,7 +69,7 @@ class ModalityEmbedding(nn.Module):
 
     def __init__(self, *, modalities: Sequence[str], dim: int) -> None:
         super().__init__()
-        self.table = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in sorted(modalities)})
+        self.table = nn.ModuleDict({m: LearnedTokens(dim) for m in sorted(modalities)})
 
     def forward(self, modality: str, x: Tensor) -> Tensor:
-        return x + self.table[modality]
+        return x + self.table[modality].weight

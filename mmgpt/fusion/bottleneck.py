@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.fusion.base import Fusion, FusionOutput
-from mmgpt.layers import Block, masked_mean
+from mmgpt.layers import Block, LearnedTokens, masked_mean
 
 
 class BottleneckFusion(Fusion):
@@ -57,18 +57,18 @@ class BottleneckFusion(Fusion):
                              for _ in range(num_layers))
             for m in self.modalities
         })
-        self.queries = nn.Parameter(torch.zeros(1, num_bottlenecks, dim))  # the initial bottleneck tokens
+        self.queries = LearnedTokens(1, num_bottlenecks, dim)  # the initial bottleneck tokens
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> FusionOutput:
         self.check_inputs(tokens)
         B = next(iter(tokens.values())).shape[0]
-        K = self.queries.shape[1]
+        K = self.queries.weight.shape[1]
         present = {m: masks[m].any(dim=1) for m in self.modalities}  # (B,)
-        weight = torch.stack([present[m] for m in self.modalities], dim=1).to(self.queries.dtype)  # (B, M)
+        weight = torch.stack([present[m] for m in self.modalities], dim=1).to(self.queries.weight.dtype)  # (B, M)
         weight = weight / weight.sum(dim=1, keepdim=True).clamp(min=1.0)
         h = dict(tokens)
-        bottleneck = self.queries.expand(B, -1, -1)  # (B, K, D)
+        bottleneck = self.queries.weight.expand(B, -1, -1)  # (B, K, D)
         k_mask = torch.ones(B, K, dtype=torch.bool, device=bottleneck.device)
         for i in range(len(self.layers[self.modalities[0]])):
             if i < self.fusion_layer:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.fusion.base import Fusion, FusionOutput, ModalityEmbedding
-from mmgpt.layers import Block, cross_attention_block
+from mmgpt.layers import Block, LearnedTokens, cross_attention_block
 
 
 class CrossAttentionFusion(Fusion):
@@ -52,8 +52,8 @@ class CrossAttentionFusion(Fusion):
         self.query = query
         self.context_modalities = tuple(m for m in self.modalities if m != query)
         self.type_emb = ModalityEmbedding(modalities=self.context_modalities, dim=dim)
-        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
-        self.null = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls = LearnedTokens(1, 1, dim)
+        self.null = LearnedTokens(1, 1, dim)
         self.cross_blocks = nn.ModuleList(
             cross_attention_block(
                 dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, gate_init=gate_init
@@ -70,10 +70,10 @@ class CrossAttentionFusion(Fusion):
         B = tokens[self.query].shape[0]
         device = tokens[self.query].device
         one = torch.ones(B, 1, dtype=torch.bool, device=device)
-        q = torch.cat([self.cls.expand(B, -1, -1), tokens[self.query]], dim=1)  # (B, T, D)
+        q = torch.cat([self.cls.weight.expand(B, -1, -1), tokens[self.query]], dim=1)  # (B, T, D)
         q_mask = torch.cat([one, masks[self.query]], dim=1)  # (B, T)
         ctx = torch.cat(
-            [self.null.expand(B, -1, -1), *(self.type_emb(m, tokens[m]) for m in self.context_modalities)], dim=1
+            [self.null.weight.expand(B, -1, -1), *(self.type_emb(m, tokens[m]) for m in self.context_modalities)], dim=1
         )  # (B, M, D)
         ctx_mask = torch.cat([one, *(masks[m] for m in self.context_modalities)], dim=1)  # (B, M)
         for cross, self_block in zip(self.cross_blocks, self.self_blocks, strict=True):

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mmgpt.fusion.base import Fusion, FusionOutput, ModalityEmbedding
-from mmgpt.layers import Transformer
+from mmgpt.layers import LearnedTokens, Transformer
 
 
 class EarlyFusion(Fusion):
@@ -40,7 +40,7 @@ class EarlyFusion(Fusion):
     ) -> None:
         super().__init__(modalities=modalities)
         self.type_emb = ModalityEmbedding(modalities=self.modalities, dim=dim)
-        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls = LearnedTokens(1, 1, dim)
         self.transformer = Transformer(
             dim=dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
         )
@@ -48,7 +48,7 @@ class EarlyFusion(Fusion):
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> FusionOutput:
         self.check_inputs(tokens)
         B = next(iter(tokens.values())).shape[0]
-        cls = self.cls.expand(B, -1, -1)  # (B, 1, D)
+        cls = self.cls.weight.expand(B, -1, -1)  # (B, 1, D)
         x = torch.cat([cls, *(self.type_emb(m, tokens[m]) for m in self.modalities)], dim=1)  # (B, N, D)
         cls_mask = torch.ones(B, 1, dtype=torch.bool, device=cls.device)
         mask = torch.cat([cls_mask, *(masks[m] for m in self.modalities)], dim=1)  # (B, N)

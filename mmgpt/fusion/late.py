@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.fusion.base import Fusion, FusionOutput
-from mmgpt.layers import MLP, Transformer, masked_mean
+from mmgpt.layers import MLP, LearnedTokens, Transformer, masked_mean
 
 
 class Combiner(nn.Module, ABC):
@@ -84,7 +84,7 @@ class LateFusion(Fusion):
                 for m in self.modalities
             }
         )
-        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in self.modalities})
+        self.missing = nn.ModuleDict({m: LearnedTokens(dim, std=0.0) for m in self.modalities})
         self.combiner = combiner
 
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> FusionOutput:
@@ -94,5 +94,5 @@ class LateFusion(Fusion):
         for m in self.modalities:
             h = self.stacks[m](tokens[m], mask=masks[m])  # (B, N_m, D)
             present[m] = masks[m].any(dim=1)  # (B,)
-            pooled[m] = torch.where(present[m][:, None], masked_mean(h, masks[m]), self.missing[m])  # (B, D)
+            pooled[m] = torch.where(present[m][:, None], masked_mean(h, masks[m]), self.missing[m].weight)  # (B, D)
         return self.combiner(pooled, present)

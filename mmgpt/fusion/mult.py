@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.fusion.base import Fusion, FusionOutput
-from mmgpt.layers import Block, Transformer, masked_mean
+from mmgpt.layers import Block, LearnedTokens, Transformer, masked_mean
 
 
 class MulTFusion(Fusion):
@@ -59,21 +59,21 @@ class MulTFusion(Fusion):
         self.cross = nn.ModuleDict({
             f"{s}->{t}": nn.ModuleList(Block(**sizes) for _ in range(num_layers)) for s, t in self.pairs
         })
-        self.null = nn.Parameter(torch.zeros(1, 1, dim))
+        self.null = LearnedTokens(1, 1, dim)
         k = len(self.modalities) - 1
         self.merge = nn.ModuleDict({t: nn.Linear(k * dim, dim) for t in self.modalities})
         self.self_attn = nn.ModuleDict({
             t: Transformer(dim=dim, num_layers=self_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
             for t in self.modalities
         })
-        self.missing = nn.Parameter(torch.zeros(len(self.modalities), dim))
+        self.missing = LearnedTokens(len(self.modalities), dim, std=0.0)
         width = len(self.modalities) * dim
         self.combine = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim))
 
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> FusionOutput:
         self.check_inputs(tokens)
         B = next(iter(tokens.values())).shape[0]
-        null = self.null.expand(B, -1, -1)  # (B, 1, D)
+        null = self.null.weight.expand(B, -1, -1)  # (B, 1, D)
         one = torch.ones(B, 1, dtype=torch.bool, device=null.device)
         summaries = []
         for i, t in enumerate(self.modalities):
@@ -88,5 +88,5 @@ class MulTFusion(Fusion):
                 streams.append(h)
             h = self.self_attn[t](self.merge[t](torch.cat(streams, dim=-1)), mask=masks[t])  # (B, N_t, D)
             present = masks[t].any(dim=1, keepdim=True)  # (B, 1)
-            summaries.append(torch.where(present, masked_mean(h, masks[t]), self.missing[i]))  # (B, D)
+            summaries.append(torch.where(present, masked_mean(h, masks[t]), self.missing.weight[i]))  # (B, D)
         return FusionOutput(pooled=self.combine(torch.cat(summaries, dim=-1)))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.fusion.base import Fusion, FusionOutput, ModalityEmbedding
-from mmgpt.layers import Block
+from mmgpt.layers import Block, LearnedTokens
 
 
 class ResamplerFusion(Fusion):
@@ -49,8 +49,8 @@ class ResamplerFusion(Fusion):
     ) -> None:
         super().__init__(modalities=modalities)
         sizes = {"dim": dim, "num_heads": num_heads, "mlp_ratio": mlp_ratio, "dropout": dropout}
-        self.queries = nn.Parameter(torch.zeros(1, num_queries, dim))
-        self.null = nn.Parameter(torch.zeros(1, 1, dim))
+        self.queries = LearnedTokens(1, num_queries, dim)
+        self.null = LearnedTokens(1, 1, dim)
         self.type_emb = ModalityEmbedding(modalities=self.modalities, dim=dim)
         self.context_norm = nn.LayerNorm(dim)
         self.cross_blocks = nn.ModuleList(Block(**sizes) for _ in range(num_layers))
@@ -60,12 +60,12 @@ class ResamplerFusion(Fusion):
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> FusionOutput:
         self.check_inputs(tokens)
         B = next(iter(tokens.values())).shape[0]
-        one = torch.ones(B, 1, dtype=torch.bool, device=self.queries.device)
+        one = torch.ones(B, 1, dtype=torch.bool, device=self.queries.weight.device)
         ctx = self.context_norm(torch.cat(
-            [self.null.expand(B, -1, -1), *(self.type_emb(m, tokens[m]) for m in self.modalities)], dim=1
+            [self.null.weight.expand(B, -1, -1), *(self.type_emb(m, tokens[m]) for m in self.modalities)], dim=1
         ))  # (B, 1 + N, D)
         ctx_mask = torch.cat([one, *(masks[m] for m in self.modalities)], dim=1)  # (B, 1 + N)
-        q = self.queries.expand(B, -1, -1)  # (B, Q, D)
+        q = self.queries.weight.expand(B, -1, -1)  # (B, Q, D)
         for cross, self_block in zip(self.cross_blocks, self.self_blocks):
             q = self_block(cross(q, context=ctx, context_mask=ctx_mask))
         h = self.norm(q)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from mmgpt.layers import unwrapped_names
 from mmgpt.pretrained import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,12 @@ class LoadReport:
 def load_partial(model: nn.Module, state: Mapping[str, Tensor], prefix: str = "") -> LoadReport:
     """Copy the tensors of ``state`` whose names (minus ``prefix``) and shapes match ``model``'s.
 
-    Keys of layers wrapped by LoRA (``x.base.weight``) also accept the unwrapped name (``x.weight``).
+    Keys of layers wrapped by LoRA (``x.base.weight``) also accept the unwrapped name (``x.weight``), and learned
+    tokens the name they had as bare parameters (``fusion.cls`` for ``fusion.cls.weight``).
     """
     own = model.state_dict()
     alias = {k.replace(".base.", ".", 1): k for k in own if ".base." in k}
+    alias |= unwrapped_names(model)  # learned tokens saved before they were LearnedTokens (``fusion.cls``)
     report = LoadReport()
     new: dict[str, Tensor] = {}
     for key, value in state.items():

@@ -151,7 +151,7 @@ def test_rows_stay_in_their_split_files(make_folder: FolderFactory, tmp_path: Pa
     import tracemalloc
 
     from mmgpt.datamodules.manifest.check import SampleTable
-    from mmgpt.datamodules.manifest.records import RowTable
+    from mmgpt.datamodules.manifest.rows import RowTable
 
     n = 10_000
     root = make_folder(train=good_rows(4), val=good_rows(2))
@@ -173,7 +173,7 @@ def test_rows_stay_in_their_split_files(make_folder: FolderFactory, tmp_path: Pa
                                                                   "train.jsonl:1235")
     assert [r.id for r in train[n - 2 :].rows] == [f"r{n - 2}", f"r{n - 1}"]
     write_rows(root / "train.jsonl", [{"id": "other", "text": "t", "label": "cat"}])  # changed under the table
-    from mmgpt.datamodules.manifest.records import RowsChanged
+    from mmgpt.datamodules.manifest.rows import RowsChanged
 
     with pytest.raises(RowsChanged, match="train.jsonl changed"):
         SampleTable(train.rows.take(np.arange(3)), train.root)[0]
@@ -225,7 +225,7 @@ def test_ddp_ranks_decode_once_in_prepare_data_and_read_the_store(make_folder: F
 
 
 def test_rows_on_disk_keep_named_modalities_and_read_them_from_the_store(tmp_path: Path) -> None:
-    from mmgpt.datamodules.manifest.records import RowTable
+    from mmgpt.datamodules.manifest.rows import RowTable
     from tests.helpers.modalities import FOUR, four_modality_folder
 
     root = four_modality_folder(tmp_path / "four")
@@ -249,7 +249,7 @@ def test_rows_on_disk_keep_named_modalities_and_read_them_from_the_store(tmp_pat
 
 @pytest.mark.parametrize("label_type", ["float", "multilabel"])
 def test_rows_on_disk_keep_typed_labels(make_folder: FolderFactory, tmp_path: Path, label_type: str) -> None:
-    from mmgpt.datamodules.manifest.records import read_index
+    from mmgpt.datamodules.manifest.index import read_index
 
     labels = {"float": [0.5, -2, 3.25, 0.5], "multilabel": [["b", "a"], [], ["b"], "a|c"]}[label_type]
     rows = [{"id": f"r{i}", "text": f"t {i}", "label": label} for i, label in enumerate(labels)]
