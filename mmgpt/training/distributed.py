@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from mmgpt.errors import CheckpointError, UserError, load_error_reason
 from mmgpt.layers import Block
+from mmgpt.training.checkpoint_file import read_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +148,11 @@ def load_sharded_meta(path: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: one line naming the folder and what was refused.
     """
-    from mmgpt.training.safe_load import read_checkpoint
-
-    return read_checkpoint(path)  # a folder: checked, then its meta.pt read with weights_only=True
+    path = Path(path)
+    if not is_sharded_checkpoint(path):
+        raise CheckpointError(f"{path}: a folder, but not a complete sharded checkpoint (.metadata and {META_FILE})")
+    check_sharded_checkpoint(path)
+    return read_checkpoint_file(path / META_FILE)
 
 
 class _IndexUnpickler(pickle.Unpickler):
@@ -258,8 +261,6 @@ def _data_only_planner() -> Any:
 
 def _unreadable(path: Path, e: BaseException) -> Exception:
     """One line for a failure inside torch.distributed.checkpoint (it wraps errors in a multi-line report)."""
-    from mmgpt.training.safe_load import CheckpointError
-
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     reason = next((ln for ln in lines if "refused" in ln), lines[-1] if lines else type(e).__name__)
     return CheckpointError(f"{path}: cannot read the sharded checkpoint ({reason})")

@@ -19,16 +19,14 @@ explicitly (``plugins=[...]`` on the command line); a checkpoint never imports a
 from __future__ import annotations
 
 import logging
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mmgpt import registry, stored_config
-from mmgpt.errors import CheckpointError, load_error_reason
+from mmgpt.errors import CheckpointError
 from mmgpt.registry import SpecError
+from mmgpt.training.checkpoint_file import read_checkpoint_file
 from mmgpt.training.distributed import check_sharded_checkpoint, is_sharded_checkpoint
 
 log = logging.getLogger(__name__)
@@ -58,27 +56,17 @@ _MODULE_PLAIN = {"num_classes", "label_smoothing", "class_names", "eval_generati
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load ``path`` with ``weights_only=True``; a missing, non-checkpoint or damaged file is one clear error."""
+    """Load ``path`` with ``weights_only=True``; a missing, non-checkpoint or damaged file is one clear error.
+
+    A folder is a sharded checkpoint (trainer=fsdp): its index and byte entries are checked as data, then its
+    ``meta.pt`` is read (loading consolidates the weights)."""
     path = Path(path)
-    if path.is_dir():  # a sharded checkpoint (trainer=fsdp): its metadata here; loading consolidates the weights
+    if path.is_dir():
         if not is_sharded_checkpoint(path):
             raise CheckpointError(f"{path}: a folder, but not a complete sharded checkpoint (.metadata and meta.pt)")
-        check_sharded_checkpoint(path)  # its index and byte entries as data, before anything else reads them
+        check_sharded_checkpoint(path)
         path = path / "meta.pt"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or damaged: {e})") from e
-    except RuntimeError as e:
-        reason = "truncated or damaged" if "zip" in str(e).lower() or "archive" in str(e).lower() else str(e)
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason.splitlines()[0]})") from e
-    except Exception as e:  # noqa: BLE001 - pickle errors of every kind mean "not a checkpoint"
-        raise CheckpointError(f"{path}: not a checkpoint ({type(e).__name__}: {load_error_reason(e)})") from e
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: not a checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
-    return ckpt
+    return read_checkpoint_file(path)
 
 
 def module_hparams(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
