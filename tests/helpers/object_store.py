@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import json
 import logging
 import os
 import re
@@ -17,6 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
 
 #: Credentials moto accepts (it does not check them); set for the tests' processes and their children.
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -188,3 +192,17 @@ def proxy(upstream: str, every: int = 0) -> Iterator[tuple[str, Faults]]:
 
 def set_s3_env() -> None:
     os.environ.update(S3_ENV)
+
+
+class RecordTrainIds(pl.Callback):
+    """A Lightning callback (``+callbacks.record_ids._target_=...``) that appends each training batch's sample ids
+    to ``folder/rank<global rank>.jsonl``: what every process trained on, for the exactly-once checks."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / f"rank{trainer.global_rank}.jsonl").open("a") as f:
+            f.write(json.dumps([str(i) for i in batch.ids]) + "\n")
