@@ -22,7 +22,7 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +221,9 @@ class ShardCache:
         path = self.local_name(url)
         while True:
             if not path.exists():
-                self._download(url, path, size)
+                with self._downloading(path):  # one download per shard on the node; the others wait for it
+                    if not path.exists():
+                        self._download(url, path, size)
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
@@ -238,7 +240,18 @@ class ShardCache:
 
     def disk_bytes(self) -> int:
         """Bytes the folder holds now (complete shards and downloads in progress)."""
-        return sum(_size(p) for p in self.folder.iterdir())
+        return sum(_size(p) for p in self.folder.iterdir() if p.is_file())
+
+    @contextmanager
+    def _downloading(self, path: Path) -> Iterator[None]:
+        locks = self.folder / ".locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / path.name, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _download(self, url: str, path: Path, size: int | None) -> None:
         fs = filesystem(url, self.storage_options)
@@ -289,6 +302,8 @@ class ShardCache:
         """Evict least recently used shards not held by any process until ``incoming`` more bytes fit."""
         entries = []
         for p in self.folder.iterdir():
+            if p.name == ".locks":
+                continue
             try:
                 st = p.stat()
             except FileNotFoundError:

@@ -210,3 +210,30 @@ def test_the_cache_stays_under_its_size_and_refuses_a_size_too_small(bucket_set,
     assert 0 < peak[0] <= size and cache.disk_bytes() <= size
     with pytest.raises(RemoteError, match=r"data.cache_size=\d+ bytes cannot hold the shards 2 readers keep"):
         _remote(bucket_set, endpoint, tmp_path, num_workers=2, read_ahead=1, cache_size=size)
+
+
+def test_shard_and_check_commands_with_a_bucket(local_shards, endpoint, tmp_path, capsys):
+    from mmgpt.cli.data import main as data_main
+
+    options = json.dumps({"endpoint_url": endpoint})
+    folder = str(local_shards.parent / "folder")
+    assert data_main(["shard", folder, "s3://data/cli", "--samples-per-shard", "6", "--storage-options", options]) == 0
+    assert data_main(["shard", folder, "s3://data/cli", "--storage-options", options]) == 1  # not empty
+    assert "s3://data/cli is not empty" in capsys.readouterr().err
+    check = ["check", "s3://data/cli", "--storage-options", options, "--cache-dir", str(tmp_path / "cache")]
+    assert data_main(check) == 0
+    assert "s3://data/cli: train 50 samples, val 12 samples, test 6 samples" in capsys.readouterr().out
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+    data = bytearray((local_shards / "train-000002.tar").read_bytes())
+    data[0:8] = b"#" * 8  # same size, first header damaged
+    fs.pipe("data/cli/train-000002.tar", bytes(data))
+    assert data_main([*check[:-1], str(tmp_path / "cache2")]) == 1
+    out = capsys.readouterr().out
+    assert "s3://data/cli/train-000002.tar: not a tar file, or damaged" in out and "1 problems" in out
+    fs.rm("data/cli/train-000004.tar")
+    assert data_main([*check[:-1], str(tmp_path / "cache3")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: s3://data/cli/train-000004.tar: not found at endpoint {endpoint}"]
