@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 #: What a dropped connection mid-read looks like is up to the transport; these end a download at once instead.
 FATAL = (FileNotFoundError, PermissionError, IsADirectoryError, UserError)
-PART = ".part-"  # a download in progress: <name>.part-<pid>-<random>
+PART = ".part-"  # a download in progress: <name>.part-<pid>-<random>-<expected bytes>
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
           "gib": 2**30, "tib": 2**40}
 
@@ -255,11 +255,13 @@ class ShardCache:
 
     def _download(self, url: str, path: Path, size: int | None) -> None:
         fs = filesystem(url, self.storage_options)
-        part = path.with_name(f"{path.name}{PART}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        self._make_room(size or 0)
+        # The download's expected size is in its name, so that every process's eviction counts it in full from
+        # the start (two readers downloading at once must not each make room for one shard only).
+        part = path.with_name(f"{path.name}{PART}{os.getpid()}-{uuid.uuid4().hex[:8]}-{size or 0}")
         done, error = 0, None
         try:
             with open(part, "wb") as out:
+                self._make_room()
                 for attempt in range(self.retry.attempts):
                     try:
                         done, total = self._copy(fs, url, out, done)
@@ -298,8 +300,9 @@ class ShardCache:
                 done += len(chunk)
                 self.fetched_bytes += len(chunk)
 
-    def _make_room(self, incoming: int) -> None:
-        """Evict least recently used shards not held by any process until ``incoming`` more bytes fit."""
+    def _make_room(self) -> None:
+        """Evict least recently used shards not held by any process until the folder, downloads in progress counted
+        at their full size, fits its size."""
         entries = []
         for p in self.folder.iterdir():
             if p.name == ".locks":
@@ -308,10 +311,10 @@ class ShardCache:
                 st = p.stat()
             except FileNotFoundError:
                 continue
-            entries.append((st.st_mtime, st.st_size, p))
+            entries.append((st.st_mtime, max(st.st_size, _expected(p)), p))
         used = sum(s for _, s, _ in entries)
         for _, size, p in sorted(entries):
-            if used + incoming <= self.max_bytes:
+            if used <= self.max_bytes:
                 return
             if PART in p.name:
                 if _stale(p):
@@ -320,10 +323,10 @@ class ShardCache:
                 continue
             if _evict(p):
                 used -= size
-        if used + incoming > self.max_bytes:
-            log.warning("shard cache %s: %d bytes held by readers, %d more needed, over its size of %d bytes "
+        if used > self.max_bytes:
+            log.warning("shard cache %s: %d bytes held by readers or downloading, over its size of %d bytes "
                         "(raise data.cache_size, or lower data.read_ahead / data.num_workers)", self.folder, used,
-                        incoming, self.max_bytes)
+                        self.max_bytes)
 
 
 def _size(p: Path) -> int:
@@ -348,6 +351,14 @@ def _evict(p: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def _expected(p: Path) -> int:
+    """The full size of a download in progress (the last part of its name), 0 for a complete shard."""
+    if PART not in p.name:
+        return 0
+    tail = p.name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _stale(part: Path) -> bool:
