@@ -237,3 +237,11 @@ def test_shard_and_check_commands_with_a_bucket(local_shards, endpoint, tmp_path
     assert data_main([*check[:-1], str(tmp_path / "cache3")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: s3://data/cli/train-000004.tar: not found at endpoint {endpoint}"]
+
+
+def test_a_remote_error_from_a_loader_worker_still_reads_as_one_line():
+    raised_in_worker = RemoteError("Caught RemoteError in DataLoader worker process 1.\nOriginal Traceback (most "
+                                   "recent call last):\n  File \"x.py\", line 3, in f\n    raise e\n"
+                                   "mmgpt.datamodules.remote.RemoteError: s3://b/set/train-000001.tar: not found\n")
+    assert str(raised_in_worker) == "s3://b/set/train-000001.tar: not found"
+    assert str(RemoteError("s3://b/x: not found")) == "s3://b/x: not found"

@@ -41,6 +41,7 @@ def store(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.mark.slow
 def test_credentials_in_storage_options_stay_out_of_the_run_files(store, tmp_path, compose_cfg):
     from mmgpt.cli.train import train
 
@@ -118,3 +119,15 @@ def test_two_nodes_each_download_their_share(store, tmp_path):
     for served in (node0.served_bytes, node1.served_bytes):
         # its half of the training shards, its share of the validation shards, shards.json: never the whole set
         assert train_bytes / 2 <= served <= train_bytes / 2 + val_bytes + 20_000, (served, train_bytes)
+
+
+def test_mmgpt_train_with_a_wrong_endpoint_fails_in_one_line_before_training(tmp_path):
+    closed = 9  # the discard port: nothing listens on loopback
+    out = subprocess.run([str(BIN / "mmgpt-train"), "experiment=smoke", "data=shards", "data.root=s3://data/set",
+                          "data.storage_options={endpoint_url: 'http://127.0.0.1:9', "
+                          "config_kwargs: {retries: {max_attempts: 1}}}", f"hydra.run.dir={tmp_path / 'run'}"],
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"error: s3://data/set/shards.json: cannot connect at endpoint http://127.0.0.1:{closed} ")
+    assert "Traceback" not in out.stderr and not (tmp_path / "run" / "checkpoints").exists()
