@@ -148,24 +148,23 @@ def object_sizes(urls: list[str], storage_options: Mapping[str, Any] | None = No
         return {}
     fs = filesystem(urls[0], storage_options)
     sizes: dict[str, int | None] = {}
+    current = urls[0]  # what a failure is about
     try:
         folders = {u.rsplit("/", 1)[0] for u in urls}
         if urls[0].startswith("s3://") and len(folders) == 1:  # one listing instead of a HEAD per object
             listed = {("s3://" + e["name"].removeprefix("s3://")): e.get("size")
                       for e in fs.ls(folders.pop(), detail=True, refresh=True)}
-            for u in urls:
-                if u not in listed:
-                    raise FileNotFoundError(u)
-                sizes[u] = listed[u]
+            for current in urls:
+                if current not in listed:
+                    raise FileNotFoundError(current)
+                sizes[current] = listed[current]
             return sizes
-        for u in urls:
-            sizes[u] = fs.info(u).get("size")
+        for current in urls:  # HTTP: a HEAD each
+            sizes[current] = fs.info(current).get("size")
     except UserError:
         raise
-    except Exception as e:  # noqa: BLE001
-        missing = str(e) if isinstance(e, FileNotFoundError) and str(e).startswith(("s3://", "http")) else urls[0]
-        raise RemoteError(describe_failure(missing if isinstance(e, FileNotFoundError) else urls[0], e,
-                                           storage_options)) from e
+    except Exception as e:  # noqa: BLE001 -- transports raise their own types
+        raise RemoteError(describe_failure(current, e, storage_options)) from e
     return sizes
 
 
