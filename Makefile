@@ -98,6 +98,7 @@ bench: $(DEV_STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md (tens 
 	$(BIN)/python -m bench.fusions
 	$(BIN)/python -m bench.compile
 	$(BIN)/python -m bench.dataloader
+	$(BIN)/python -m bench.remote_loader
 	$(BIN)/python -m bench.feature_cache
 	$(BIN)/python -m bench.slim_checkpoint
 	$(BIN)/python -m bench.report

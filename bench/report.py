@@ -11,8 +11,8 @@ from pathlib import Path
 from bench.common import RESULTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["lightning_overhead", "configured_run", "attention", "fusions", "compile", "dataloader", "memory",
-         "feature_cache", "slim_checkpoint"]
+ORDER = ["lightning_overhead", "configured_run", "attention", "fusions", "compile", "dataloader", "remote_loader",
+         "memory", "feature_cache", "slim_checkpoint"]
 
 HEADER = """# Benchmarks
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,5 +312,30 @@ def check_model_specs(cfg: DictConfig) -> None:
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain containers with every interpolation resolved (hydra: nodes included when available)."""
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    """The config as plain containers with every interpolation resolved (hydra: nodes included when available),
+    credentials left out (:func:`redacted`): what run files, loggers and checkpoints keep."""
+    return redacted(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[return-value]
+
+
+#: Names of options under a ``storage_options`` node (``data.storage_options``) that hold credentials.
+SECRET_OPTION = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
+
+
+def is_secret_key(path: str) -> bool:
+    """Whether the dotted config key ``path`` is a credential (``data.storage_options.secret``...)."""
+    parts = path.lstrip("+~").split(".")
+    if "storage_options" not in parts[:-1]:
+        return False
+    return any(SECRET_OPTION.search(p) for p in parts[parts.index("storage_options") + 1 :])
+
+
+def redacted(config: Any, inside: bool = False) -> Any:
+    """``config`` (plain containers) without the credentials under any ``storage_options`` node, so that a run's
+    ``config.yaml``, its loggers' hyperparameters and its checkpoints never hold them (mmgpt-eval finds them
+    again where the training run's transport did: environment, ``~/.aws``)."""
+    if isinstance(config, dict):
+        return {k: redacted(v, inside or k == "storage_options") for k, v in config.items()
+                if not (inside and SECRET_OPTION.search(str(k)))}
+    if isinstance(config, list):
+        return [redacted(v, inside) for v in config]
+    return config

@@ -40,7 +40,8 @@ class HFDataModule(MultimodalDataModule):
     """A Hugging Face data set (see the module doc).
 
     Args:
-        path: a ``save_to_disk`` folder, Parquet/Arrow files (a file, folder or glob), or a Hub id.
+        path: a ``save_to_disk`` folder, Parquet/Arrow files (a file, folder or glob), any of these at a URL
+            (``s3://``, ``http(s)://``), or a Hub id.
         columns: ``{<modality or label or id>: <column>}``; unnamed modalities use the column of their name,
             the label the column ``label``. None: the declared modalities' columns, else whichever of ``text``,
             ``image``, ``audio`` the data has.
@@ -52,6 +53,7 @@ class HFDataModule(MultimodalDataModule):
             distinct values of the training split).
         piece_rows: streaming unit: runs of at most this many rows are split over ranks x workers.
         cache_dir: where a Hub data set is downloaded (None: ``datasets``' default).
+        storage_options: a URL path's filesystem options (e.g. ``{"endpoint_url": ...}``); never saved.
         modalities: the declared modalities (name -> kind, see :mod:`mmgpt.datamodules.processors`); None: from
             the columns' types.
         The rest: the shared data options (:class:`~mmgpt.datamodules.base.MultimodalDataModule`).
@@ -60,13 +62,15 @@ class HFDataModule(MultimodalDataModule):
     def __init__(self, path: str, columns: Mapping[str, str] | None = None, splits: Mapping[str, str] | None = None,
                  streaming: bool = False, label_type: str | None = None, class_names: list[str] | None = None,
                  piece_rows: int = 256, cache_dir: str | None = None, modalities: Mapping[str, Any] | None = None,
-                 num_workers: int = 1, processors: Mapping[str, Processor] | None = None, **options: Any) -> None:
+                 num_workers: int = 1, storage_options: dict[str, Any] | None = None,
+                 processors: Mapping[str, Processor] | None = None, **options: Any) -> None:
         if int(piece_rows) < 1:
             raise HFDataError(f"data.piece_rows={piece_rows}: expected a positive integer")
         if label_type is not None and label_type not in LABEL_TYPES:
             raise HFDataError(f"data.label_type={label_type!r}: expected one of {', '.join(LABEL_TYPES)}")
         self.path, self.streaming = str(path), bool(streaming)
-        self.sources = open_source(self.path, piece_rows=int(piece_rows), cache_dir=cache_dir)
+        self.sources = open_source(self.path, piece_rows=int(piece_rows), cache_dir=cache_dir,
+                                   storage_options=storage_options)
         self.split_names = _resolve_splits(self.sources, splits, self.path)
         first = self.sources[self.split_names.get("train") or next(iter(self.split_names.values()))]
         self.columns, self.label_column, self.id_column = _resolve_columns(columns, modalities, first, self.path)
@@ -78,7 +82,8 @@ class HFDataModule(MultimodalDataModule):
                               f"{missing[0]!r} (map one: data.columns.{missing[0]}=<column>; columns: "
                               f"{', '.join(first.column_names)})")
         super().__init__(num_workers=num_workers, modalities=declared, processors=processors, **options)
-        self.save_hyperparameters(ignore=["class_names", "processors"])  # the module logs the resolved class names
+        # the module logs the resolved class names; credentials stay out of checkpoints
+        self.save_hyperparameters(ignore=["class_names", "processors", "storage_options"])
         self.label_type, self._class_names = self._labels(label_type, class_names)
         log.info("%s: %s", self.path, ", ".join(f"{s}={n} ({self.sources[n].num_rows} rows)"
                                                 for s, n in self.split_names.items()))
@@ -118,7 +123,7 @@ class HFDataModule(MultimodalDataModule):
             pieces, sizes = first_samples(pieces, sizes, int(limit))
         return HFStream(pieces, sizes, self.row_fields(), self.processors, train=split == "train", rank=rank,
                         world_size=world_size, shuffle=self.shuffle and split == "train", seed=self.seed,
-                        batch_size=self.batch_size, where=where)
+                        batch_size=self.batch_size, where=where, storage_options=files.storage_options)
 
     # -- labels --------------------------------------------------------------------------------------------------
     def _labels(self, label_type: str | None, class_names: list[str] | None) -> tuple[str, list[str]]:
@@ -149,7 +154,7 @@ def read_column(split: SplitFiles, column: str) -> list[Any]:
     """Every value of one column of a split (columnar formats read only that column)."""
     out: list[Any] = []
     for f in split.files:
-        out += read_table(f, [column]).column(column).to_pylist()
+        out += read_table(f, [column], split.storage_options).column(column).to_pylist()
     return out
 
 
@@ -228,4 +233,6 @@ def _kind(split: SplitFiles, column: str, path: str) -> Any:
 
 def _first_rows(split: SplitFiles, column: str) -> list[Any]:
     p = split.pieces[0] if split.pieces else None
-    return [] if p is None else read_group(p.file, p.group, [column]).column(column).to_pylist()[:16]
+    if p is None:
+        return []
+    return read_group(p.file, p.group, [column], split.storage_options).column(column).to_pylist()[:16]

@@ -140,7 +140,7 @@ class HFMapDataset(Dataset):
         k = bisect.bisect_right(self.starts, i) - 1
         f = self.files[k]
         if f not in self._tables:
-            self._tables[f] = read_table(f, self.fields.needed)
+            self._tables[f] = read_table(f, self.fields.needed, self.split.storage_options)
         return self._tables[f].slice(i - self.starts[k], 1).to_pylist()[0]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -177,9 +177,11 @@ class HFStream(IterableDataset):
 
     def __init__(self, pieces: list[Piece], sizes: dict[Piece, int], fields: RowFields,
                  processors: Mapping[str, Processor], *, train: bool = False, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = False, seed: int = 0, batch_size: int = 1, where: str = "") -> None:
+                 shuffle: bool = False, seed: int = 0, batch_size: int = 1, where: str = "",
+                 storage_options: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.pieces, self.sizes, self.fields = list(pieces), dict(sizes), fields
+        self.storage_options = storage_options  # the pieces' files are URLs: their filesystem's options
         self.processors, self.train, self.where = dict(processors), train, where
         self.rank, self.world_size, self.shuffle, self.seed = rank, world_size, shuffle, seed
         self.batch_size = batch_size
@@ -233,5 +235,5 @@ class HFStream(IterableDataset):
     def _rows(self, piece: Piece) -> list[dict[str, Any]]:
         group = (piece.file, piece.group)
         if self._group is None or self._group[0] != group:
-            self._group = (group, read_group(piece.file, piece.group, self.fields.needed))
+            self._group = (group, read_group(piece.file, piece.group, self.fields.needed, self.storage_options))
         return self._group[1].slice(piece.start, piece.num_rows).to_pylist()

@@ -7,6 +7,9 @@
 * Parquet or Arrow files: one file, a folder of them, or a glob. A file's split is the split word in its name or
   its folder (``train-00000-of-00002.parquet``, ``data/validation-*.parquet``, ``test.arrow``: the Hub's naming);
   files naming no split are ``train``;
+* a URL of any of these: ``s3://bucket/prefix`` (listed), ``http(s)://host/prefix`` (a save_to_disk folder, whose
+  ``dataset_dict.json`` / ``state.json`` list its files, or the files' URLs; HTTP has no listing): read through fsspec
+  (``pip install 'mmgpt[remote]'``) with ``data.storage_options``, Parquet by byte ranges, Arrow streamed;
 * a Hub id (``owner/name``): fetched with ``datasets.load_dataset`` when the Hub can be reached (its Arrow cache
   files are then read like a saved folder); without a network it fails at once, in one line.
 
@@ -32,6 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmgpt.datamodules.remote import is_url
 from mmgpt.errors import UserError
 
 #: Words in a file's name or folder that name its split (the Hub's conventions), -> the split name used.
@@ -65,6 +69,7 @@ class SplitFiles:
     files: list[str]
     pieces: list[Piece] = field(default_factory=list)
     schema: pa.Schema | None = None
+    storage_options: dict[str, Any] | None = None  # the files are URLs: their filesystem's options
 
     @property
     def num_rows(self) -> int:
@@ -82,7 +87,8 @@ class SplitFiles:
         return list(self.schema.names)
 
 
-def open_source(path: str, *, piece_rows: int = 256, cache_dir: str | None = None) -> dict[str, SplitFiles]:
+def open_source(path: str, *, piece_rows: int = 256, cache_dir: str | None = None,
+                storage_options: dict[str, Any] | None = None) -> dict[str, SplitFiles]:
     """The splits of ``path`` (see the module doc), keyed by their own split names, pieces listed (row groups cut
     into pieces of at most ``piece_rows`` rows).
 
@@ -90,7 +96,9 @@ def open_source(path: str, *, piece_rows: int = 256, cache_dir: str | None = Non
         HFDataError: nothing readable at ``path`` (one line naming it and what was expected).
     """
     local = Path(path).expanduser()
-    if local.is_dir() and ((local / "dataset_dict.json").is_file() or (local / "state.json").is_file()):
+    if is_url(path):
+        splits = _remote(path, storage_options)
+    elif local.is_dir() and ((local / "dataset_dict.json").is_file() or (local / "state.json").is_file()):
         splits = _saved_folder(local)
     elif local.exists() or glob.has_magic(path):
         splits = _data_files(path)
@@ -102,6 +110,65 @@ def open_source(path: str, *, piece_rows: int = 256, cache_dir: str | None = Non
     for split in splits.values():
         _list_pieces(split, piece_rows)
     return splits
+
+
+def _remote(url: str, storage_options: dict[str, Any] | None) -> dict[str, SplitFiles]:
+    """The splits at a URL: a save_to_disk folder (its JSON files list the data files), one file, or a listed
+    prefix or glob of them."""
+    from mmgpt.datamodules.remote import RemoteError, describe_failure, filesystem, join, read_bytes
+
+    url = url.rstrip("/")
+    fs = filesystem(url, storage_options)
+    options = dict(storage_options or {})
+    if url.endswith(DATA_SUFFIXES) and not glob.has_magic(url):
+        files = [url]
+    else:
+        for name in ("dataset_dict.json", "state.json"):
+            try:
+                text = read_bytes(join(url, name), options)
+            except RemoteError as e:
+                if ": not found" in str(e):
+                    continue
+                raise
+            return _saved_remote(url, name, text, options)
+        protocol = url.split("://", 1)[0]
+        try:
+            found = fs.glob(url) if glob.has_magic(url) else fs.find(url)
+        except Exception as e:  # noqa: BLE001 -- transports raise their own types
+            raise HFDataError(describe_failure(url, e, options) + "; an http(s) URL needs a save_to_disk folder "
+                              "(its dataset_dict.json) or the data files' URLs") from e
+        names = [f if "://" in f else f"{protocol}://{f}" for f in found]
+        files = sorted(f for f in names if f.endswith(DATA_SUFFIXES))
+        if not files:
+            raise HFDataError(f"data.path={url}: no .parquet or .arrow files there (nor a dataset_dict.json)")
+    out: dict[str, SplitFiles] = {}
+    for f in files:
+        split = _split_of(f[len(url):] if f != url else f.rsplit("/", 1)[-1])
+        out.setdefault(split, SplitFiles(split, [], storage_options=options)).files.append(f)
+    return out
+
+
+def _saved_remote(url: str, name: str, text: bytes, options: dict[str, Any]) -> dict[str, SplitFiles]:
+    from mmgpt.datamodules.remote import join, read_bytes
+
+    def state(folder: str) -> list[str]:
+        data = _parse_json(read_bytes(join(folder, "state.json"), options), join(folder, "state.json"))
+        files = [join(folder, f["filename"]) for f in data.get("_data_files", [])]
+        if not files:
+            raise HFDataError(f"{join(folder, 'state.json')}: lists no data files")
+        return files
+
+    if name == "state.json":  # one Dataset saved alone: it is the training split
+        return {"train": SplitFiles("train", state(url), storage_options=options)}
+    names = _parse_json(text, join(url, name)).get("splits", [])
+    return {n: SplitFiles(n, state(join(url, n)), storage_options=options) for n in names}
+
+
+def _parse_json(text: bytes, where: str) -> dict[str, Any]:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HFDataError(f"{where}: not readable JSON ({e})") from e
 
 
 def _saved_folder(root: Path) -> dict[str, SplitFiles]:
@@ -206,12 +273,17 @@ def _list_pieces(split: SplitFiles, piece_rows: int) -> None:
     groups: list[tuple[str, int, int]] = []  # (file, group, rows)
     for f in split.files:
         try:
-            if f.endswith(".parquet"):
+            if f.endswith(".parquet") and not is_url(f):
                 meta = pq.ParquetFile(f).metadata
                 schema = pq.read_schema(f)
                 groups += [(f, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+            elif f.endswith(".parquet"):
+                with _opened(f, split.storage_options) as source:
+                    parquet = pq.ParquetFile(source)
+                    meta, schema = parquet.metadata, parquet.schema_arrow
+                groups += [(f, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
             else:
-                with pa.memory_map(f) as source:
+                with _opened(f, split.storage_options) as source:
                     reader = _arrow_reader(source)
                     schema = reader.schema
                     groups += [(f, i, batch.num_rows) for i, batch in enumerate(reader)]
@@ -249,19 +321,40 @@ class _FileBatches:
         return (self.reader.get_batch(i) for i in range(self.reader.num_record_batches))
 
 
-def read_group(file: str, index: int, columns: list[str]) -> pa.Table:
+def _opened(file: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """``file`` open for reading: a local one memory-mapped, a URL through fsspec (a failure is one line)."""
+    if not is_url(file):
+        return pa.memory_map(file)
+    from mmgpt.datamodules.remote import RemoteError, describe_failure, filesystem
+
+    try:
+        return filesystem(file, storage_options).open(file, "rb", block_size=8 << 20)
+    except Exception as e:  # noqa: BLE001 -- transports raise their own types
+        raise RemoteError(describe_failure(file, e, storage_options)) from e
+
+
+def read_group(file: str, index: int, columns: list[str], storage_options: dict[str, Any] | None = None) -> pa.Table:
     """Row group ``index`` of a Parquet file, or record batch ``index`` of an Arrow file, as a table."""
     if file.endswith(".parquet"):
-        return pq.ParquetFile(file).read_row_group(index, columns=columns)
-    with pa.memory_map(file) as source:
+        if not is_url(file):
+            return pq.ParquetFile(file).read_row_group(index, columns=columns)
+        with _opened(file, storage_options) as source:
+            return pq.ParquetFile(source).read_row_group(index, columns=columns)
+    with _opened(file, storage_options) as source:
         for i, batch in enumerate(_arrow_reader(source)):
             if i == index:
                 return pa.Table.from_batches([batch]).select(columns)
     raise HFDataError(f"{file}: has no record batch {index} (changed since it was listed?)")
 
 
-def read_table(file: str, columns: list[str]) -> pa.Table:
-    """A whole file as a table: Arrow memory-mapped (no copy), Parquet decompressed into memory."""
+def read_table(file: str, columns: list[str], storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """A whole file as a table: Arrow memory-mapped (no copy), Parquet decompressed into memory (a URL's file
+    read into memory)."""
+    if is_url(file):
+        with _opened(file, storage_options) as source:
+            if file.endswith(".parquet"):
+                return pq.read_table(source, columns=columns)
+            return pa.Table.from_batches(list(_arrow_reader(source))).select(columns)
     if file.endswith(".parquet"):
         return pq.read_table(file, columns=columns)
     return pa.Table.from_batches(list(_arrow_reader(pa.memory_map(file)))).select(columns)

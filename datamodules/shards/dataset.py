@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -18,9 +18,13 @@ from mmgpt.datamodules.shards.format import ShardError, sample_index
 from mmgpt.datamodules.shards.partition import dealt_batches, reader_runs
 from mmgpt.training.rng import mix_seed, seeded
 
+if TYPE_CHECKING:
+    from mmgpt.datamodules.shards.remote import RemoteShards
 
-def read_tar(shard: str) -> Iterator[dict[str, Any]]:
-    """The raw samples of one shard, in order: ``{"__key__", "__url__", "<ext>": bytes, ...}``.
+
+def read_tar(shard: str, name: str | None = None) -> Iterator[dict[str, Any]]:
+    """The raw samples of one shard, in order: ``{"__key__", "__url__", "<ext>": bytes, ...}``; ``name`` (default:
+    the path) is the ``__url__`` and what errors call the shard, e.g. the URL of a local copy of a remote shard.
 
     Members of one sample are consecutive and share the part of their name before the first dot (WebDataset's
     layout). The tar is read as a stream of 512-byte headers and member data, parsed here rather than by
@@ -28,22 +32,23 @@ def read_tar(shard: str) -> Iterator[dict[str, Any]]:
     GNU long names are understood, and a header whose checksum is wrong is an error naming the shard.
     """
     sample: dict[str, Any] = {}
-    for name, data in _tar_members(shard):
-        folder, _, base = name.rpartition("/")
+    url = name or shard
+    for member, data in _tar_members(shard, url):
+        folder, _, base = member.rpartition("/")
         stem, _, ext = base.partition(".")
         key = f"{folder}/{stem}" if folder else stem  # the folder part stays in the key, as in WebDataset
         if sample and key != sample["__key__"]:
             yield sample
             sample = {}
         if not sample:
-            sample = {"__key__": key, "__url__": shard}
+            sample = {"__key__": key, "__url__": url}
         sample[ext] = data
     if sample:
         yield sample
 
 
-def _tar_members(shard: str) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of every regular file in a tar, in order."""
+def _tar_members(shard: str, url: str) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of every regular file in a tar, in order (errors name the shard ``url``)."""
     try:
         with open(shard, "rb", buffering=1 << 20) as f:
             end = f.seek(0, 2)  # a member's size is checked against what is left before it is read
@@ -54,11 +59,11 @@ def _tar_members(shard: str) -> Iterator[tuple[str, bytes]]:
                 if len(header) < 512 or header.count(0) == 512:
                     return  # end of archive (two zero blocks), or a file cut at a header boundary
                 if sum(header[:148]) + 256 + sum(header[156:]) != _octal(header[148:156]):
-                    raise ShardError(f"{shard}: not a tar file, or damaged (bad header checksum at byte "
+                    raise ShardError(f"{url}: not a tar file, or damaged (bad header checksum at byte "
                                      f"{f.tell() - 512})")
                 size, kind = _octal(header[124:136]), header[156:157]
                 if size > end - f.tell():
-                    raise ShardError(f"{shard}: truncated (a member ends past the end of the file)")
+                    raise ShardError(f"{url}: truncated (a member ends past the end of the file)")
                 data = f.read(size)
                 f.seek((-size) % 512, 1)
                 if kind in (b"x", b"L"):  # pax extended header / GNU long name: the next member's name
@@ -70,15 +75,15 @@ def _tar_members(shard: str) -> Iterator[tuple[str, bytes]]:
                 name = long_name or _ustar_name(header)
                 long_name = None
                 if name.startswith("/") or ".." in name.split("/"):
-                    raise ShardError(f"{shard}: the member {name!r} has an absolute or '..' name; refused (members "
+                    raise ShardError(f"{url}: the member {name!r} has an absolute or '..' name; refused (members "
                                      "are named <key>.<ext>; nothing is extracted)")
                 yield name, data
     except OSError as e:
-        raise ShardError(f"{shard}: cannot read the shard ({e})") from e
+        raise ShardError(f"{url}: cannot read the shard ({e})") from e
     except (ValueError, UnicodeDecodeError) as e:  # a header field that is not octal, a name that is not UTF-8
         if isinstance(e, ShardError):
             raise
-        raise ShardError(f"{shard}: not a tar file, or damaged ({e})") from e
+        raise ShardError(f"{url}: not a tar file, or damaged ({e})") from e
 
 
 def _octal(field: bytes) -> int:
@@ -127,11 +132,14 @@ class ShardDataset(IterableDataset):
         seed: shuffling and data-randomness seed.
         batch_size: the loader's batch size (to resume mid-epoch, see :meth:`resume_at`).
         sizes: samples per shard, by path (from ``shards.json``; to resume mid-epoch).
+        remote: where remote shards (URLs) are fetched from and cached (None: the shards are local paths).
+        byte_sizes: bytes per shard, by path (from ``shards.json``; a remote copy of another size is refused).
     """
 
     def __init__(self, shards: list[str], class_names: list[str], processors: Mapping[str, Processor], *,
                  train: bool = False, rank: int = 0, world_size: int = 1, shuffle: bool = False, seed: int = 0,
-                 batch_size: int = 1, sizes: dict[str, int] | None = None) -> None:
+                 batch_size: int = 1, sizes: dict[str, int] | None = None, remote: RemoteShards | None = None,
+                 byte_sizes: dict[str, int | None] | None = None) -> None:
         super().__init__()
         self.shards = list(shards)
         self.batch_size, self.sizes = batch_size, dict(sizes or {})
@@ -141,6 +149,7 @@ class ShardDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed = shuffle, seed
         self.epoch = 0
+        self.remote, self.byte_sizes = remote, dict(byte_sizes or {})
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -184,7 +193,7 @@ class ShardDataset(IterableDataset):
             self._require_sizes(f"deal the shards evenly over {self.world_size} ranks")
         # (shard, its first n samples: all, or fewer with data.num_train), then worker 0's padding under DDP
         runs = reader_runs(shards, self.sizes, self.rank, self.world_size, role, num_workers, self.batch_size)
-        raw_samples = itertools.chain.from_iterable(itertools.islice(read_tar(s), n) for s, n in runs)
+        raw_samples = self._read_runs(runs)
         random_transform = self.train and any(getattr(p, "augment", False) for p in self.processors.values())
         for raw in itertools.islice(raw_samples, skip, None):
             index = sample_index(raw["__key__"])
@@ -195,6 +204,21 @@ class ShardDataset(IterableDataset):
             else:
                 sample = self._decode(raw)
             yield key, sample
+
+    def _read_runs(self, runs: Sequence[tuple[str, int | None]]) -> Iterator[dict[str, Any]]:
+        """The raw samples of ``runs`` (shard, samples from its start) in order: local shards read where they are,
+        remote ones through the node's cache, fetched ahead."""
+        if self.remote is None:
+            located = ((s, s, n) for s, n in runs)
+        else:
+            located = ((url, str(path), n) for url, path, n in self.remote.local_runs(runs, self.byte_sizes))
+        for url, path, n in located:
+            count = 0
+            for raw in itertools.islice(read_tar(path, url), n):
+                count += 1
+                yield raw
+            if n is not None and count < n:  # a shard cut at a member boundary parses as a shorter one
+                raise ShardError(f"{url}: truncated ({count} samples, {n} expected from shards.json)")
 
     def _decode(self, raw: dict[str, Any]) -> dict[str, Any]:
         meta = json.loads(raw["json"])

@@ -5,9 +5,12 @@ header), and prints every problem with its file and line; it exits with status 1
 Face data (a save_to_disk folder, Parquet/Arrow files; ``--columns text=question,label=answer``) it reads every
 row of every split and decodes every media cell, naming the split, row and column of each problem. With
 ``--cache-dir`` the decoded media go to the media store training reads (``data.cache_dir``).
+On a shard set (a folder or URL with ``shards.json``) it streams every shard and decodes every sample, with a
+progress bar, and names each shard that fails by its URL.
 ``mmgpt-data export-synthetic OUT`` writes the embedded synthetic set out as a manifest folder (PNG + WAV + JSON
 Lines). ``mmgpt-data shard DIR OUT`` writes a manifest folder as
-WebDataset tar shards for streaming (``data=shards data.root=OUT``). ``mmgpt-data features [DIR] KEY=VALUE...``
+WebDataset tar shards for streaming (``data=shards data.root=OUT``); OUT may be a URL (``s3://bucket/prefix``).
+``mmgpt-data features [DIR] KEY=VALUE...``
 fills the frozen-feature cache ahead of training, with the training command's overrides.
 ``mmgpt-data tokenizer DIR --vocab-size N`` trains a byte-level BPE on the training texts and captions of a
 manifest or shards folder and saves it (``tokenizer.json``) for ``model.net.encoders.text.tokenizer=PATH``.
@@ -27,9 +30,12 @@ from pathlib import Path
 # never pulls in datamodules.
 def _check(args: argparse.Namespace) -> int:
     from mmgpt.datamodules.hf.check import is_hf_source
+    from mmgpt.datamodules.remote import is_url
 
-    if args.hf or is_hf_source(str(args.root)):
+    if args.hf or is_hf_source(str(args.root)) or (is_url(args.root) and args.root.endswith((".parquet", ".arrow"))):
         return _check_hf(args)
+    if is_url(args.root) or (Path(args.root) / "shards.json").is_file():
+        return _check_shards(args)
     from mmgpt.datamodules.manifest import MediaFiles, check_folder
     from mmgpt.datamodules.manifest.media import Progress
     from mmgpt.datamodules.options import DataOptions
@@ -50,7 +56,7 @@ def _check(args: argparse.Namespace) -> int:
     media = MediaFiles(declared_processors(declared, options), store, threads=args.threads,
                        keep=store is not None)  # no store: decode and drop
     progress = Progress(f"checking ({args.check})")  # a bar with the time left, on a terminal's stderr
-    report = check_folder(args.root, media, allow_outside_root=args.allow_outside_root, check=args.check,
+    report = check_folder(Path(args.root), media, allow_outside_root=args.allow_outside_root, check=args.check,
                           progress=progress, kinds=kinds, label_type=args.label_type)
     progress.close()
     print(report.format(limit=args.limit))
@@ -65,12 +71,44 @@ def _check_hf(args: argparse.Namespace) -> int:
         columns = dict(pair.split("=", 1) for pair in args.columns.split(",")) if args.columns else None
         report = check_hf(str(args.root), columns=columns, image_size=args.image_size, sample_rate=args.sample_rate,
                           max_audio_seconds=args.max_audio_seconds,
-                          max_image_pixels=args.max_image_pixels if args.max_image_pixels > 0 else None)
+                          max_image_pixels=args.max_image_pixels if args.max_image_pixels > 0 else None,
+                          **({"storage_options": args.storage_options} if args.storage_options else {}))
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(report.format(limit=args.limit))
     return 0 if report.ok else 1
+
+
+def _check_shards(args: argparse.Namespace) -> int:
+    from mmgpt.datamodules.manifest.media import Progress
+    from mmgpt.datamodules.shards.check import check_shards
+    from mmgpt.errors import UserError
+
+    progress = Progress("checking shards (samples)")  # a bar with the time left, on a terminal's stderr
+    try:
+        report = check_shards(args.root, progress, storage_options=args.storage_options, image_size=args.image_size,
+                              sample_rate=args.sample_rate, max_audio_seconds=args.max_audio_seconds,
+                              max_image_pixels=args.max_image_pixels if args.max_image_pixels > 0 else None,
+                              **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
+    except (UserError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        progress.close()
+    print(report.format(limit=args.limit))
+    return 0 if report.ok else 1
+
+
+def _storage_options(text: str) -> dict:
+    """``--storage-options`` as JSON (what ``data.storage_options`` holds)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text}")
+    return value
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -84,10 +122,12 @@ def _export(args: argparse.Namespace) -> int:
 
 def _shard(args: argparse.Namespace) -> int:
     from mmgpt.datamodules.shards import ShardError, write_shards
+    from mmgpt.errors import UserError
 
     try:
-        summary = write_shards(args.root, args.out, args.samples_per_shard, args.allow_outside_root)
-    except ShardError as e:
+        summary = write_shards(args.root, args.out, args.samples_per_shard, args.allow_outside_root,
+                               storage_options=args.storage_options)
+    except (ShardError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for split, info in summary["splits"].items():
@@ -183,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="validate a manifest folder or Hugging Face data: report every bad row")
-    check.add_argument("root", type=Path, help="the folder (train.jsonl/.csv, val..., test..., labels.txt), or a "
-                       "save_to_disk folder / Parquet or Arrow files")
+    check.add_argument("root", help="the folder (train.jsonl/.csv, val..., test..., labels.txt), a save_to_disk "
+                       "folder / Parquet or Arrow files, or a shard set (folder or URL s3://..., https://... with "
+                       "shards.json: every shard streamed and decoded)")
     check.add_argument("--image-size", type=int, default=32)
     check.add_argument("--sample-rate", type=int, default=8000)
     check.add_argument("--max-audio-seconds", type=float, default=1.0)
@@ -204,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--modalities", default=None,
                        help='the declared modalities as JSON (data.modalities), e.g. \'{"text": "text", "poster": '
                             '"image", "feats": {"kind": "features", "dim": 35}}\' (default: text, image, audio)')
+    check.add_argument("--storage-options", type=_storage_options, default=None,
+                       help='a URL\'s filesystem options as JSON (data.storage_options), e.g. '
+                            '\'{"endpoint_url": "http://store:9000"}\'; credentials: environment or ~/.aws')
     check.add_argument("--label-type", choices=("class", "float", "multilabel"), default="class",
                        help="what a label is (data.label_type)")
     check.set_defaults(func=_check)
@@ -221,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     shard = sub.add_parser("shard", help="write a manifest folder as WebDataset tar shards (data=shards)")
     shard.add_argument("root", type=Path, help="the manifest folder")
-    shard.add_argument("out", type=Path, help="a new, empty folder for the shards")
+    shard.add_argument("out", help="a new, empty folder for the shards, or a URL (s3://bucket/prefix: each shard "
+                       "uploaded as soon as it is written, shards.json last)")
+    shard.add_argument("--storage-options", type=_storage_options, default=None,
+                       help="the URL's filesystem options as JSON, e.g. '{\"endpoint_url\": \"http://store:9000\"}'")
     shard.add_argument("--samples-per-shard", type=int, default=256)
     shard.add_argument("--allow-outside-root", action="store_true")
     shard.set_defaults(func=_shard)

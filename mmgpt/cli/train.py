@@ -35,7 +35,16 @@ from mmgpt.cli.common import (
     user_errors,
     write_json,
 )
-from mmgpt.config import CONFIG_DIR, ConfigKeyError, apply_objectives, check_model_specs, check_targets, resolved
+from mmgpt.config import (
+    CONFIG_DIR,
+    ConfigKeyError,
+    apply_objectives,
+    check_model_specs,
+    check_targets,
+    is_secret_key,
+    redacted,
+    resolved,
+)
 from mmgpt.registry import fit_to_data, import_plugins
 from mmgpt.stored_config import checkpoint_string
 from mmgpt.training.callbacks import (
@@ -231,11 +240,25 @@ def record_run(cfg: DictConfig, out_dir: Path, loggers: list[Any], resume: Resum
     """The run directory's config.yaml and metrics.csv, the loggers' hyperparameters and run labels."""
     if rank_zero():  # a resumed run continues metrics.csv; a fresh one never appends to another run's
         prepare_metrics_csv(out_dir / "metrics.csv", None if resume is None else resume.global_step)
-        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        OmegaConf.save(OmegaConf.create(resolved(cfg)), out_dir / "config.yaml")
+        redact_hydra_files(cfg, out_dir / ".hydra")
     run_config = resolved(cfg)
     for lg in loggers:
         lg.log_hyperparams(run_config)
     label_run(loggers, fusion=fusion_name(cfg), seed=int(cfg.seed))  # tracking: wandb tags + config
+
+
+def redact_hydra_files(cfg: DictConfig, folder: Path) -> None:
+    """Hydra's copies of the config and the command line (``.hydra/``) without credentials (see :func:`redacted`),
+    when any was given in the config or on the command line."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    if (folder / "config.yaml").is_file() and redacted(config) != config:
+        OmegaConf.save(OmegaConf.create(redacted(config)), folder / "config.yaml")
+    overrides = folder / "overrides.yaml"
+    if overrides.is_file():
+        kept = [o for o in OmegaConf.load(overrides) if not is_secret_key(str(o).split("=", 1)[0])]
+        if len(kept) != len(OmegaConf.load(overrides)):
+            OmegaConf.save(OmegaConf.create(kept), overrides)
 
 
 def fit(trainer: pl.Trainer, module: MultimodalModule, datamodule: pl.LightningDataModule,

@@ -22,6 +22,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from mmgpt.config import is_secret_key
+
 log = logging.getLogger(__name__)
 
 #: Config keys shown as hyperparameters on TensorBoard's HParams dashboard (when present), besides the fusion,
@@ -120,7 +122,7 @@ def dashboard_hparams(cfg: DictConfig, fusion: str) -> dict[str, Scalar]:
     if HydraConfig.initialized():
         for override in HydraConfig.get().overrides.task:
             key, sep, value = str(override).lstrip("+~").partition("=")
-            if sep and key not in ("seed", "model/fusion"):
+            if sep and key not in ("seed", "model/fusion") and not is_secret_key(key):  # credentials stay out
                 hp.setdefault(key, value)
     return hp
 

@@ -2,7 +2,8 @@
 uninterrupted run ends: same weights, same metrics, with every source of randomness on (image flips and
 modality dropout in the data, dropout in the model), so the RNG states and the loader position must both resume.
 On one process, on two DDP processes (each rank's RNG states are saved and restored), and streaming tar shards
-through two loader workers (the stream's position is restored)."""
+through two loader workers (the stream's position is restored), from a local folder and from an S3 bucket (moto's
+server on the loopback interface)."""
 
 import csv
 import json
@@ -27,8 +28,10 @@ RANDOM_DATA = ["data.augment=true", "data.modality_dropout.audio=0.2", "data.mod
 SETUPS = {
     "one_process": ["experiment=smoke", "data.num_train=256", *RANDOM_DATA],
     "ddp_sim": ["experiment=smoke", "trainer=ddp_sim", "data.num_train=512", *RANDOM_DATA],
-    # streamed from tar shards by 2 loader workers with uneven streams (shards of 48 samples, 256 in all)
+    # streamed from tar shards by 2 loader workers with uneven streams (shards of 48 samples, 256 in all); s3_shards:
+    # the same shards in a bucket
     "shards": ["experiment=smoke", "data=shards", "data.num_train=256", "data.num_workers=2", *RANDOM_DATA],
+    "s3_shards": ["experiment=smoke", "data=shards", "data.num_train=256", "data.num_workers=2", *RANDOM_DATA],
 }
 KILL_AT = 11
 
@@ -37,6 +40,25 @@ KILL_AT = 11
 def shard_root(tmp_path_factory) -> Path:
     return export_and_shard(tmp_path_factory.mktemp("kill_shards"), num_train=256, samples_per_shard=48, num_val=64,
                             num_test=64)
+
+
+@pytest.fixture(scope="module")
+def s3_shard_root(shard_root):
+    """The shard folder uploaded to s3://runs/set of a moto server; yields the data.* overrides that read it."""
+    pytest.importorskip("moto")
+    import s3fs
+
+    from tests.helpers.object_store import S3_ENV, make_bucket, s3_server
+
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(S3_ENV)  # the training processes inherit them
+    with s3_server() as endpoint:
+        make_bucket(endpoint, "runs")
+        s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True).put(str(shard_root), "runs/set",
+                                                                              recursive=True)
+        yield ["data.root=s3://runs/set", f"data.storage_options={{endpoint_url: '{endpoint}'}}"]
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -54,6 +76,8 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_pat
     args = [str(BIN / "mmgpt-train"), *COMMON, *SETUPS[setup]]
     if setup == "shards":
         args.append(f"data.root={request.getfixturevalue('shard_root')}")
+    if setup == "s3_shards":  # the three runs share one node-local cache, as runs on one node would
+        args += [*request.getfixturevalue("s3_shard_root"), f"data.cache_dir={tmp_path / 'cache'}"]
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
     subprocess.run([*args, f"hydra.run.dir={full_dir}"], env=_env(tmp_path), check=True, capture_output=True,
                    timeout=600)
@@ -77,7 +101,7 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_pat
     full = json.loads((full_dir / "results.json").read_text())
     resumed = json.loads((killed_dir / "results.json").read_text())
     # 8 steps per epoch; on shards 9 (2 workers stream 144 and 112 samples: 5 + 4 batches of 32)
-    assert resumed["global_step"] == full["global_step"] == (18 if setup == "shards" else 16)
+    assert resumed["global_step"] == full["global_step"] == (18 if "shards" in setup else 16)
     assert resumed["world_size"] == full["world_size"]
     assert resumed["val"] == full["val"]
     # the metric history survives the restart: every validation row, none twice
