@@ -26,6 +26,7 @@ from mmgpt.cli.common import (
 )
 from mmgpt.config import CONFIG_DIR, check_targets
 from mmgpt.errors import UserError
+from mmgpt.stamp import current_command, run_stamp, spec_libraries
 from mmgpt.training.evaluation import evaluate_subsets, modality_subsets
 from mmgpt.training.progress import progress_bar
 from mmgpt.training.safe_load import load_module, read_checkpoint, safe_data_config, stored_run_config
@@ -61,7 +62,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run = trainer.validate if cfg.split == "val" else trainer.test
 
     metrics = metrics_of(run(module, datamodule=datamodule, verbose=False))
-    results: dict[str, Any] = {"ckpt_path": str(ckpt_path), "split": cfg.split, "metrics": metrics}
+    results: dict[str, Any] = {"ckpt_path": str(ckpt_path), "split": cfg.split, "metrics": metrics,
+                               "stamp": run_stamp(current_command(), spec_libraries(module.hparams.net))}
     if cfg.subsets:
         results["subsets"] = evaluate_subsets(trainer, module, datamodule, cfg.split, module.net.modalities)
     if rank_zero():
