@@ -45,6 +45,9 @@ log = logging.getLogger("mmgpt.compare")
 
 #: Environment variables Lightning's DDP launcher sets in the launching process.
 
+#: The comparisons finished in this process, newest last (:func:`mmgpt.compare` returns the one it ran).
+FINISHED: list[Path] = []
+
 #: What an unfinished run directory keeps when its job starts again: Hydra's record of the job and the job log.
 _KEEP_ON_RETRY = (".hydra",)
 
@@ -190,6 +193,7 @@ def finish(sweep_dir: Path, cfg: DictConfig) -> ReportFiles:
         from mmgpt.cli.compare_dashboards import publish_to_wandb
 
         publish_to_wandb(sweep_dir, cfg)
+    FINISHED.append(Path(sweep_dir).resolve())
     return files
 
 
@@ -278,7 +282,11 @@ def _tuned(args: list[str], trials: str | None, resume_dir: str | None) -> None:
 @user_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: ``report=DIR`` and ``resume=DIR`` are handled here, everything else goes to Hydra."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    run(list(sys.argv[1:] if argv is None else argv))
+
+
+def run(args: list[str]) -> None:
+    """``mmgpt-compare <args>`` (:func:`main` without the one-line error report; :func:`mmgpt.compare` calls it)."""
     report_dir, args = _take(args, "report")
     if report_dir is not None:
         metric, args = _take(args, "compare.metric")

@@ -28,6 +28,7 @@ from mmgpt.config import CONFIG_DIR, check_targets
 from mmgpt.errors import UserError
 from mmgpt.stamp import current_command, run_stamp, spec_libraries
 from mmgpt.training.evaluation import evaluate_subsets, modality_subsets
+from mmgpt.training.predictions import SavePredictions
 from mmgpt.training.progress import progress_bar
 from mmgpt.training.safe_load import load_module, read_checkpoint, safe_data_config, stored_run_config
 
@@ -58,10 +59,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"{list(module.hparams.class_names)}"
         )
     cache = feature_cache_callbacks(cfg.feature_cache, datamodule, module, splits=(cfg.split,))  # as in training
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[progress_bar(), *cache])
+    saver = SavePredictions(str(out_dir))  # predictions_<split>.npz of the evaluation on all modalities
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[progress_bar(), *cache, saver])
     run = trainer.validate if cfg.split == "val" else trainer.test
 
     metrics = metrics_of(run(module, datamodule=datamodule, verbose=False))
+    trainer.callbacks.remove(saver)  # the subsets' evaluations below are not these predictions
     results: dict[str, Any] = {"ckpt_path": str(ckpt_path), "split": cfg.split, "metrics": metrics,
                                "stamp": run_stamp(current_command(), spec_libraries(module.hparams.net))}
     if cfg.subsets:
