@@ -30,6 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
+from mmgpt.cli.app import with_version
 from mmgpt.cli.common import rank_zero, relaunchable_job, user_errors
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
@@ -279,6 +280,7 @@ def _tuned(args: list[str], trials: str | None, resume_dir: str | None) -> None:
     tuned_comparison(launch[1], launch[0], Path(resume_dir).resolve())
 
 
+@with_version("mmgpt-compare")
 @user_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: ``report=DIR`` and ``resume=DIR`` are handled here, everything else goes to Hydra."""

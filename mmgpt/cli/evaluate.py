@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
+from mmgpt.cli.app import with_version
 from mmgpt.cli.common import (
     build_datamodule,
     feature_cache_callbacks,
@@ -90,6 +91,7 @@ def format_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@with_version("mmgpt-eval")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 @user_errors
 def main(cfg: DictConfig) -> None:

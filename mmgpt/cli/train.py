@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
+from mmgpt.cli.app import with_version
 from mmgpt.cli.common import (
     build_datamodule,
     explicit_overrides,
@@ -348,6 +349,7 @@ def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
 
 
+@with_version("mmgpt-train")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 @user_errors
 def main(cfg: DictConfig) -> float | None:
