@@ -74,11 +74,11 @@ def export(checkpoint: str | Path, out: str | Path, *, include_backbones: bool =
     record: dict[str, Any] = {"state_dict": dict(module.net.state_dict())}
     slim(record, module.net)  # unchanged backbone tensors out, their identities in
     backbones = dict(record.get("backbones") or {})
+    processors = _save_processors(module.net, spec, run_cfg.get("data") or {}, out)  # from the original paths
     if include_backbones:
         for name, entry in backbones.items():
             entry["included"] = _include_backbone(spec, name, out)
     tied = _save_weights(record["state_dict"], out / WEIGHTS_FILE)
-    processors = _save_processors(module.net, spec, run_cfg.get("data") or {}, out)
 
     results = _run_results(checkpoint)
     data = run_cfg.get("data") or {}

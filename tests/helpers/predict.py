@@ -28,6 +28,7 @@ def train_and_eval(compose_cfg: Callable[..., Any], root: Path, out: Path, *over
     ev = compose_cfg(["logger=csv"], config_name="eval")
     with open_dict(ev):
         ev.ckpt_path, ev.split, ev.subsets = results["best_ckpt"], "val", False
+        ev.feature_cache.mode = "off"  # a frozen backbone's hidden states computed, not read from the float16 cache
         ev.paths.output_dir = str(out / "eval")
     evaluate(ev)
     return results["best_ckpt"], np.load(out / "eval" / "predictions_val.npz")
