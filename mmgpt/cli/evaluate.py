@@ -1,7 +1,9 @@
 """``mmgpt-eval ckpt_path=PATH``: evaluate a checkpoint, on all modalities and on every subset of them.
 
 The checkpoint is opened by mmgpt's safe loader (:mod:`mmgpt.training.safe_load`): the network is rebuilt from
-registered parts only, and the stored data config may name only mmgpt's datamodules.
+registered parts only, and the stored data config may name only mmgpt's datamodules. Besides
+``eval_results.json`` the evaluation writes ``predictions_<split>.npz`` (ids, labels, scores and logits of every
+sample, all modalities present as the data has them), the reference ``mmgpt.load(...).predict`` is tested against.
 """
 
 from __future__ import annotations
