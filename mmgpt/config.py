@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 from mmgpt.datamodules.options import config_defaults as data_option_defaults
 from mmgpt.errors import UserError
@@ -168,6 +168,8 @@ class TrainSchema:
     resume: str | None = None  # null | auto: continue from the run directory's newest good checkpoint
     init_from: str | None = None        # initialise the network from this checkpoint (partial load, reported)
     objectives: Any = None  # shorthand weights, e.g. {classify: 1.0, lm: 1.0}: see apply_objectives
+    encoders: dict[str, Any] = field(default_factory=dict)  # short backbone choices, e.g. {text: "hf:DIR"}
+    print_config: bool = True           # print the resolved config as a tree when the run starts
     plugins: list[str] = field(default_factory=list)  # modules imported first, registering parts of the user's own
     compare: CompareSchema = field(default_factory=CompareSchema)
     feature_cache: FeatureCacheSchema = field(default_factory=FeatureCacheSchema)
@@ -294,6 +296,84 @@ def apply_objectives(cfg: DictConfig) -> None:
             )
     for name, definition in defined.items():
         definition.weight = float(weights.get(name, 0.0))
+
+
+#: The short backbone syntax: ``encoders.<modality>=<family>[:<reference>[@<weights or revision>]]``.
+_SHORT = re.compile(r"^(?P<family>[a-z_]+)(?::(?P<ref>[^@]+?))?(?:@(?P<at>.+))?$")
+#: family -> (the key its reference sets, the key its ``@`` part sets) in conf/model/encoder/<kind>/<family>.yaml.
+_SHORT_KEYS: dict[str, tuple[str | None, str | None]] = {
+    "scratch": (None, None),
+    "hf": ("name_or_path", "revision"),
+    "timm": ("model_name", "checkpoint_path"),
+}
+_SHORT_FORMS = "scratch, hf:NAME_OR_PATH[@REVISION] or timm:MODEL_NAME[@WEIGHTS_FILE]"
+
+
+def parse_backbone(value: str, where: str) -> tuple[str, dict[str, str]]:
+    """``hf:bert-base-uncased`` -> ``("hf", {"name_or_path": "bert-base-uncased"})``: the short syntax's family and
+    the encoder config keys it sets (``timm:convnext_tiny@/m/w.safetensors`` also sets ``checkpoint_path``).
+
+    Raises:
+        ConfigKeyError: naming ``where`` and the accepted forms.
+    """
+    found = _SHORT.match(str(value).strip())
+    family = found and found["family"]
+    if not found or family not in _SHORT_KEYS or (family != "scratch") != bool(found["ref"]) or (
+            found["at"] and _SHORT_KEYS[family][1] is None):
+        raise ConfigKeyError(f"{where}={value!r}: expected {_SHORT_FORMS}")
+    ref_key, at_key = _SHORT_KEYS[family]
+    keys = {ref_key: found["ref"].strip()} if ref_key else {}
+    if found["at"]:
+        keys[at_key] = found["at"].strip()  # type: ignore[index]
+    return family, keys
+
+
+def _modality_kind(cfg: DictConfig, name: str) -> str:
+    """The kind of modality ``name``: its current encoder's, else the data's declaration, else the name itself."""
+    from mmgpt.registry import encoder_kind
+
+    current = OmegaConf.select(cfg, f"model.net.encoders.{name}")
+    if current is not None and current.get("type") is not None:
+        kind = encoder_kind({"type": current.type}, f"model.net.encoders.{name}")
+        if kind:
+            return kind
+    declared = OmegaConf.select(cfg, f"data.modalities.{name}")
+    if declared is not None:
+        return str(declared if isinstance(declared, str) else declared.get("kind"))
+    return name
+
+
+def apply_backbones(cfg: DictConfig) -> None:
+    """Expand the short backbone syntax into today's encoder configs, before anything reads ``model.net``.
+
+    ``encoders.text=hf:bert-base-uncased`` does what the long form does
+    (``model/encoder/text@model.net.encoders.text=hf model.net.encoders.text.name_or_path=bert-base-uncased``): the
+    modality's encoder becomes ``conf/model/encoder/<kind>/<family>.yaml`` with the reference set. The kind is the
+    current encoder's (``text``, ``image``, ``audio``...), or the data's declaration for a new modality
+    (``+encoders.image2=hf:DIR``). Values are plain strings, so ``mmgpt-compare`` sweeps them like any key.
+
+    Raises:
+        ConfigKeyError: an unknown form or family, or a family the modality's kind has no config for.
+    """
+    for name, value in (cfg.get("encoders") or {}).items():
+        if value is None:
+            continue
+        where = f"encoders.{name}"
+        family, keys = parse_backbone(value, where)
+        kind = _modality_kind(cfg, str(name))
+        path = CONFIG_DIR / "model" / "encoder" / kind / f"{family}.yaml"
+        if not path.is_file():
+            have = sorted(p.stem for p in (CONFIG_DIR / "model" / "encoder" / kind).glob("*.yaml"))
+            raise ConfigKeyError(f"{where}={value!r}: no {family} encoder for {kind} modalities "
+                                 f"(conf/model/encoder/{kind}/ has: {', '.join(have) or 'nothing'})")
+        node = OmegaConf.load(path)
+        for key, setting in keys.items():
+            node[key] = setting
+        with open_dict(cfg.model.net):
+            if cfg.model.net.get("encoders") is None:
+                cfg.model.net.encoders = {}
+            with open_dict(cfg.model.net.encoders):
+                cfg.model.net.encoders[name] = node
 
 
 def check_model_specs(cfg: DictConfig) -> None:

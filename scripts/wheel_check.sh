@@ -10,7 +10,7 @@ PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"   # absolute, not resolve
 WORK="$(mktemp -d /tmp/mmgpt-wheel-check.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 "$PY" -m pip wheel --no-deps -q -w "$WORK/dist" . 2>&1 | grep -v "WARNING: Location" || true
-WHEEL="$(ls "$WORK"/dist/mmgpt-*.whl)"
+WHEEL="$(ls "$WORK"/dist/mmgpt_fusion-*.whl)"  # the distribution mmgpt-fusion (mmgpt on PyPI is another project)
 "$PY" -c "import sys, zipfile; print(*zipfile.ZipFile(sys.argv[1]).namelist(), sep=chr(10))" "$WHEEL" \
   > "$WORK/contents.txt"   # listed once: `grep -q` in a pipe would SIGPIPE the lister under pipefail
 for f in mmgpt/conf/train.yaml mmgpt/conf/eval.yaml mmgpt/conf/model/default.yaml mmgpt/datamodules/synthetic/generator.py; do

@@ -218,3 +218,40 @@ def relaunchable_job(run_dir: Path) -> Iterator[None]:
         sys.argv = saved_argv
         with read_write(hc), open_dict(hc):
             hc.run.dir = saved_run_dir
+
+
+#: The order of the config tree's top-level branches (the rest follow in key order).
+_TREE_ORDER = ("data", "model", "trainer", "callbacks", "logger", "paths")
+
+
+def config_tree(cfg: DictConfig, *, color: bool) -> str:
+    """The resolved config as a tree: one branch per top-level group (data, model, trainer...), its YAML inside;
+    Hydra's own node left out. ``color``: with terminal colours and box lines, else plain text."""
+    import io
+
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
+    order = [k for k in _TREE_ORDER if k in plain] + sorted(k for k in plain if k not in _TREE_ORDER)
+    tree = Tree("config", guide_style="dim" if color else "")
+    for key in order:
+        value = plain[key]
+        text = OmegaConf.to_yaml(value).rstrip() if isinstance(value, (dict, list)) else str(value)
+        tree.add(key).add(Syntax(text, "yaml", theme="ansi_dark") if color else text)
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=color, color_system="auto" if color else None, width=120,
+                      safe_box=not color)
+    console.print(tree)
+    return buf.getvalue()
+
+
+def show_config(cfg: DictConfig) -> None:
+    """Print the resolved config as a tree at the start of a run: coloured on a terminal, plain text in logs
+    (the run directory's log file and a non-terminal output get the plain tree through the logger)."""
+    if sys.stdout.isatty():
+        sys.stdout.write(config_tree(cfg, color=True))
+        sys.stdout.flush()
+    else:
+        log.info("config:\n%s", config_tree(cfg, color=False))

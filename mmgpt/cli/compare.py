@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
 from mmgpt import stored_config, sweep_folder
+from mmgpt.cli.app import with_version
 from mmgpt.cli.common import rank_zero, relaunchable_job, user_errors
 from mmgpt.cli.evaluate import evaluate
 from mmgpt.cli.train import train
@@ -44,6 +45,9 @@ from mmgpt.training.tracking import wandb_sync_command
 log = logging.getLogger("mmgpt.compare")
 
 #: Environment variables Lightning's DDP launcher sets in the launching process.
+
+#: The comparisons finished in this process, newest last (:func:`mmgpt.compare` returns the one it ran).
+FINISHED: list[Path] = []
 
 #: What an unfinished run directory keeps when its job starts again: Hydra's record of the job and the job log.
 _KEEP_ON_RETRY = (".hydra",)
@@ -184,6 +188,7 @@ def finish(sweep_dir: Path, cfg: DictConfig) -> ReportFiles:
         from mmgpt.cli.compare_dashboards import publish_to_wandb
 
         publish_to_wandb(sweep_dir, cfg)
+    FINISHED.append(Path(sweep_dir).resolve())
     return files
 
 
@@ -273,10 +278,15 @@ def _tuned(args: list[str], trials: str | None, resume_dir: str | None) -> None:
     tuned_comparison(launch[1], launch[0], Path(resume_dir).resolve(), app=_compare_app, finish=finish)
 
 
+@with_version("mmgpt-compare")
 @user_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: ``report=DIR`` and ``resume=DIR`` are handled here, everything else goes to Hydra."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    run(list(sys.argv[1:] if argv is None else argv))
+
+
+def run(args: list[str]) -> None:
+    """``mmgpt-compare <args>`` (:func:`main` without the one-line error report; :func:`mmgpt.compare` calls it)."""
     report_dir, args = _take(args, "report")
     if report_dir is not None:
         metric, args = _take(args, "compare.metric")

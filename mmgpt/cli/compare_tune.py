@@ -115,8 +115,12 @@ def compose_compare(args: Sequence[str]) -> DictConfig:
     """``conf/compare.yaml`` with ``args``, Hydra's own config included (as ``mmgpt-compare`` would see it)."""
     from hydra import compose, initialize_config_dir
 
+    from mmgpt.config import apply_backbones
+
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="compare"):
-        return compose("compare", overrides=list(args), return_hydra_config=True)
+        cfg = compose("compare", overrides=list(args), return_hydra_config=True)
+    apply_backbones(cfg)  # the short backbone syntax: matching measures the backbones the runs will train
+    return cfg
 
 
 def _take_all(args: Sequence[str], key: str) -> tuple[str | None, list[str]]:

@@ -1,7 +1,9 @@
 """``mmgpt-eval ckpt_path=PATH``: evaluate a checkpoint, on all modalities and on every subset of them.
 
 The checkpoint is opened by mmgpt's safe loader (:mod:`mmgpt.training.safe_load`): the network is rebuilt from
-registered parts only, and the stored data config may name only mmgpt's datamodules.
+registered parts only, and the stored data config may name only mmgpt's datamodules. Besides
+``eval_results.json`` the evaluation writes ``predictions_<split>.npz`` (ids, labels, scores and logits of every
+sample, all modalities present as the data has them), the reference ``mmgpt.load(...).predict`` is tested against.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
+from mmgpt.cli.app import with_version
 from mmgpt.cli.common import (
     build_datamodule,
     feature_cache_callbacks,
@@ -26,8 +29,10 @@ from mmgpt.cli.common import (
 )
 from mmgpt.config import CONFIG_DIR, check_targets
 from mmgpt.errors import UserError
+from mmgpt.stamp import current_command, run_stamp, spec_libraries
 from mmgpt.training.evaluation import evaluate_subsets, modality_subsets
 from mmgpt.training.lit_module import MultimodalModule
+from mmgpt.training.predictions import SavePredictions
 from mmgpt.training.progress import progress_bar
 from mmgpt.training.safe_load import read_checkpoint, safe_data_config, stored_run_config
 
@@ -59,11 +64,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"{list(module.hparams.class_names)}"
         )
     cache = feature_cache_callbacks(cfg.feature_cache, datamodule, module, splits=(cfg.split,))  # as in training
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[progress_bar(), *cache])
+    saver = SavePredictions(str(out_dir))  # predictions_<split>.npz of the evaluation on all modalities
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[progress_bar(), *cache, saver])
     run = trainer.validate if cfg.split == "val" else trainer.test
 
     metrics = metrics_of(run(module, datamodule=datamodule, verbose=False))
-    results: dict[str, Any] = {"ckpt_path": str(ckpt_path), "split": cfg.split, "metrics": metrics}
+    trainer.callbacks.remove(saver)  # the subsets' evaluations below are not these predictions
+    results: dict[str, Any] = {"ckpt_path": str(ckpt_path), "split": cfg.split, "metrics": metrics,
+                               "stamp": run_stamp(current_command(), spec_libraries(module.hparams.net))}
     if cfg.subsets:
         results["subsets"] = evaluate_subsets(trainer, module, datamodule, cfg.split, module.net.modalities)
     if rank_zero():
@@ -87,6 +95,7 @@ def format_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@with_version("mmgpt-eval")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 @user_errors
 def main(cfg: DictConfig) -> None:

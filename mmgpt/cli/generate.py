@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from mmgpt.batch import MultimodalBatch
+from mmgpt.cli.app import with_version
 from mmgpt.cli.common import user_errors
 from mmgpt.errors import UserError
 from mmgpt.generation import GenerationConfig, generate
@@ -133,6 +134,7 @@ def run_generate(cfg: DictConfig) -> list[str]:
 ConfigStore.instance().store(name="generate", node=GenerateSchema)
 
 
+@with_version("mmgpt-generate")
 @hydra.main(version_base="1.3", config_path=None, config_name="generate")
 @user_errors
 def main(cfg: DictConfig) -> None:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
+from mmgpt.cli.app import with_version
 from mmgpt.cli.common import (
     build_datamodule,
     explicit_overrides,
@@ -32,12 +33,14 @@ from mmgpt.cli.common import (
     peak_memory,
     rank_zero,
     relaunchable_job,
+    show_config,
     user_errors,
     write_json,
 )
 from mmgpt.config import (
     CONFIG_DIR,
     ConfigKeyError,
+    apply_backbones,
     apply_objectives,
     check_model_specs,
     check_targets,
@@ -46,6 +49,7 @@ from mmgpt.config import (
     resolved,
 )
 from mmgpt.registry import fit_to_data, import_plugins
+from mmgpt.stamp import current_command, run_stamp, spec_libraries
 from mmgpt.stored_config import checkpoint_string
 from mmgpt.training.callbacks import (
     FlushLogsWithCheckpoint,
@@ -71,6 +75,8 @@ REQUIRED_CALLBACKS = (RunConfigInCheckpoint, RngStateInCheckpoint, FlushLogsWith
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate and test as configured; write ``results.json`` into the run directory and return it."""
     check_config(cfg)
+    if cfg.get("print_config", True) and rank_zero():
+        show_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reset_peak_memory()  # tracking: this run's peak, not the multirun process's
@@ -85,7 +91,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = build_callbacks(cfg) + feature_cache(cfg, datamodule, module, init_report)
     loggers = build_loggers(cfg, resume)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    record_run(cfg, out_dir, loggers, resume)
+    stamp = run_stamp(current_command(), spec_libraries(module.hparams["net"]))
+    record_run(cfg, out_dir, loggers, resume, stamp)
 
     try:
         t0 = time.perf_counter()
@@ -95,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         val = metrics_of(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False))
         test = test_metrics(cfg, trainer, module, datamodule, best)
         results = assemble_results(cfg, trainer, module, val, test, best, init_report, time.perf_counter() - t0)
+        results["stamp"] = stamp
         if rank_zero():
             write_results(cfg, out_dir, results, loggers)
         return results
@@ -109,6 +117,7 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigKeyError(f"model.{group}={cfg.model[group]!r}: to choose a {group}, use the config group "
                                  f"with a slash: model/{group}={cfg.model[group]}")
     import_plugins(cfg.get("plugins"))
+    apply_backbones(cfg)  # encoders.text=hf:DIR -> the encoder config the long form composes
     check_targets(cfg)
     apply_objectives(cfg)
     check_model_specs(cfg)
@@ -236,13 +245,17 @@ def build_loggers(cfg: DictConfig, resume: ResumeState | None) -> list[Any]:
     return instantiate_group(cfg.logger)
 
 
-def record_run(cfg: DictConfig, out_dir: Path, loggers: list[Any], resume: ResumeState | None) -> None:
-    """The run directory's config.yaml and metrics.csv, the loggers' hyperparameters and run labels."""
+def record_run(cfg: DictConfig, out_dir: Path, loggers: list[Any], resume: ResumeState | None,
+               stamp: dict[str, Any] | None = None) -> None:
+    """The run directory's config.yaml and metrics.csv, the loggers' hyperparameters (with the run ``stamp``:
+    commit, versions, command, host, devices) and run labels."""
     if rank_zero():  # a resumed run continues metrics.csv; a fresh one never appends to another run's
         prepare_metrics_csv(out_dir / "metrics.csv", None if resume is None else resume.global_step)
         OmegaConf.save(OmegaConf.create(resolved(cfg)), out_dir / "config.yaml")
         redact_hydra_files(cfg, out_dir / ".hydra")
     run_config = resolved(cfg)
+    if stamp is not None:
+        run_config["stamp"] = stamp
     for lg in loggers:
         lg.log_hyperparams(run_config)
     label_run(loggers, fusion=fusion_name(cfg), seed=int(cfg.seed))  # tracking: wandb tags + config
@@ -354,6 +367,7 @@ def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
 
 
+@with_version("mmgpt-train")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 @user_errors
 def main(cfg: DictConfig) -> float | None:

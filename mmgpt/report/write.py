@@ -13,6 +13,7 @@ from mmgpt.report.runs import TUNE_DIR, RunRecord
 from mmgpt.report.significance import Difference, RunPredictions, accuracy, pairwise
 from mmgpt.report.summary import GroupSummary, Stat, higher_is_better, improvement
 from mmgpt.report.tuning import Tuning, tuning_markdown, tuning_rows
+from mmgpt.stamp import describe_commits
 from mmgpt.training.predictions import read_predictions
 
 #: Bootstrap replicates of the significance test.
@@ -163,6 +164,12 @@ def _md_header(groups: Sequence[GroupSummary], root: Path, info: dict[str, Any])
         choices = ", ".join(f"{k}={info[k]}" for k in ("data", "experiment", "trainer", "logger") if info.get(k))
         if choices:
             lines.append(f"- config choices: {choices}")
+    commits, differ = describe_commits([r.results.get("stamp") for r in runs])
+    lines.append(f"- code: {commits}")
+    if differ:
+        lines.append("- **warning: the runs come from different commits (or uncommitted changes)**; their differences "
+                     "may come from the code, not only from the configurations (each run's `results.json` has its "
+                     "`stamp`)")
     total = sum(float(r.results.get("wall_time_s") or 0.0) for r in runs)
     lines.append(f"- summed wall time of the runs: {total:.0f} s")
     direction = "higher" if not groups or higher_is_better(groups[0].mode) else "lower"

@@ -3,7 +3,8 @@
 :class:`SavePredictions` records, during ``trainer.validate`` / ``trainer.test`` of the best checkpoint (not the
 validation passes inside ``fit``), each sample's id, label and class scores (softmax of the logits the validation /
 test step returns: the callback never runs the network itself, which FSDP2 would not allow), and
-writes ``predictions_<split>.npz`` (``ids`` as strings, ``labels`` int64, ``scores`` float32; no pickled objects)
+writes ``predictions_<split>.npz`` (``ids`` as strings, ``labels`` int64, ``scores`` float32, and the ``logits``
+themselves as float32; no pickled objects)
 into the run directory. Under DDP each rank writes ``predictions_<split>.rank<r>.npz``; :func:`read_predictions`
 joins them (padding duplicates dropped by id).
 """
@@ -26,7 +27,7 @@ class SavePredictions(pl.Callback):
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
-        self._rows: list[tuple[list[str], np.ndarray, np.ndarray]] = []
+        self._rows: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = []
 
     def _recording(self, trainer: pl.Trainer) -> bool:
         return trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and not trainer.sanity_checking
@@ -42,9 +43,9 @@ class SavePredictions(pl.Callback):
         logits = outputs.get("logits") if isinstance(outputs, dict) else None
         if not self._recording(trainer) or batch.labels is None or logits is None:
             return
-        scores = local(logits).float().softmax(dim=-1)
+        logits = local(logits).float()
         ids = [str(i) for i in batch.ids] or [f"{batch_idx}:{k}" for k in range(batch.batch_size)]
-        self._rows.append((ids, batch.labels.cpu().numpy(), scores.cpu().numpy()))
+        self._rows.append((ids, batch.labels.cpu().numpy(), logits.softmax(dim=-1).cpu().numpy(), logits.cpu().numpy()))
 
     on_validation_batch_end = _batch
     on_test_batch_end = _batch
@@ -54,8 +55,9 @@ class SavePredictions(pl.Callback):
             return
         name = f"predictions_{split}" + (f".rank{trainer.global_rank}" if trainer.world_size > 1 else "")
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        np.savez(self.dirpath / f"{name}.npz", ids=np.array([i for ids, _, _ in self._rows for i in ids]),
-                 labels=np.concatenate([r[1] for r in self._rows]), scores=np.concatenate([r[2] for r in self._rows]))
+        np.savez(self.dirpath / f"{name}.npz", ids=np.array([i for row in self._rows for i in row[0]]),
+                 labels=np.concatenate([r[1] for r in self._rows]), scores=np.concatenate([r[2] for r in self._rows]),
+                 logits=np.concatenate([r[3] for r in self._rows]))
         self._rows = []
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
