@@ -46,6 +46,7 @@ from mmgpt.training.callbacks import (
 )
 from mmgpt.training.checkpointing import check_resume_compatible, find_resume_checkpoint
 from mmgpt.training.distributed import layer_classes
+from mmgpt.training.epoch_state import EpochMetricsInCheckpoint
 from mmgpt.training.finetune import LoadReport, init_from_checkpoint, parameter_counts, trainable_by_part
 from mmgpt.training.lit_module import MultimodalModule
 from mmgpt.training.loggers import prepare_metrics_csv
@@ -55,7 +56,8 @@ from mmgpt.training.tracking import dashboard_hparams, label_run, log_final, res
 log = logging.getLogger("mmgpt.train")
 
 #: Callbacks that resuming and evaluation rely on (listed, with why, in conf/callbacks/default.yaml).
-REQUIRED_CALLBACKS = (RunConfigInCheckpoint, RngStateInCheckpoint, FlushLogsWithCheckpoint, RestoreLoaderPosition)
+REQUIRED_CALLBACKS = (RunConfigInCheckpoint, RngStateInCheckpoint, FlushLogsWithCheckpoint, RestoreLoaderPosition,
+                      EpochMetricsInCheckpoint)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
