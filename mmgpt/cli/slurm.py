@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import subprocess
 import time
 from collections.abc import Sequence
@@ -73,6 +75,23 @@ def register_resolvers() -> None:
     for name, fn in (("processes", processes_per_node), ("gpus", gpus_per_node), ("cpus", cpus_per_task),
                      ("mem_gb", mem_gb)):
         OmegaConf.register_new_resolver(f"mmgpt_slurm_{name}", fn, replace=True)
+
+
+def requeued_slurm_job() -> str | None:
+    """This process's SLURM job id if the job has been requeued while it runs (``scontrol requeue``, pre-emption,
+    submitit's requeue on time-out), so SLURM starts it again by itself; None outside SLURM or otherwise.
+
+    SLURM counts the job's restarts when it requeues it; the count it started with is ``SLURM_RESTART_COUNT``.
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    restarts = re.search(r"\bRestarts=(\d+)", out)
+    return job if restarts and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0) else None
 
 
 # --- what the partition offers ----------------------------------------------------------------------------------------
