@@ -21,8 +21,13 @@ stop() {  # stop <name> <pid file>: SIGTERM, then wait up to 30 s, then SIGKILL
     rm -f "$pidfile"
 }
 
-stop slurmd "$STATE/run/slurmd.pid"
+for pidfile in "$STATE"/run/slurmd-*.pid; do stop "slurmd $(basename "$pidfile" .pid | cut -d- -f2)" "$pidfile"; done
 stop slurmctld "$STATE/run/slurmctld.pid"
 stop slurmdbd "$STATE/run/slurmdbd.pid"
 stop mariadb "$STATE/mysql/mariadb.pid"
 stop munged "$STATE/munge/munged.pid"
+
+# the two-node set-up (MMGPT_SLURM_NODES=2): the nodes' network namespaces, the bridge and their /etc/hosts lines
+for ns in $(ip netns list 2>/dev/null | grep -o '^mmgpt-n[0-9]*'); do ip netns del "$ns" && echo "removed $ns"; done
+ip link show mmgptbr0 >/dev/null 2>&1 && ip link del mmgptbr0
+sed -i '/^10\.77\.0\.[0-9]* n[0-9]*$/d' /etc/hosts 2>/dev/null || true

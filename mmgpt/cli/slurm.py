@@ -118,7 +118,7 @@ def read_partition(name: str | None) -> Partition | None:
         part, nodes, cpus, mem, gres, limit = line.split("|")
         default = part.endswith("*")
         if (name is None and default) or part.rstrip("*") == name:
-            gpus = sum(int(g.split(":")[-1].split("(")[0]) for g in gres.split(",") if g.startswith("gpu"))
+            gpus = sum(int(g.split("(")[0].split(":")[-1]) for g in gres.split(",") if g.startswith("gpu"))
             return Partition(part.rstrip("*"), int(nodes), int(cpus.rstrip("+")), int(mem.rstrip("+")), gpus, limit)
     return None
 

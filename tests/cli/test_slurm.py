@@ -36,6 +36,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm,
 # 8 steps per epoch (256 samples / batch 32), 2 epochs, a checkpoint after every step.
 RESUMABLE = ["experiment=smoke", "logger=csv", "data.num_train=256", "trainer.max_epochs=2", "test=false",
              "callbacks.step_checkpoint.every_n_train_steps=1", "model.dropout=0.1", "data.augment=true"]
+LONG_RUN = ["experiment=smoke", "logger=csv", "data.num_train=4096", "trainer.max_epochs=50"]
+# A 3-minute limit, submitit's signal 60 s before it: SLURM sends it up to 60 s early, so 1 to 2 minutes into each
+# run of the job (on a 1-minute limit it can come before Python has set up the handler, and the job just dies).
+TIME_LIMIT = ["hydra.launcher.timeout_min=3", "hydra.launcher.signal_delay_s=60"]
 EPOCH_KEYS = ("train/acc", "train/f1", "train/loss_epoch", "val/acc")
 
 
@@ -137,21 +141,17 @@ def test_scontrol_requeue_mid_epoch_ends_as_the_uninterrupted_run(tmp_path):
 
 
 def test_time_limit_expiry_is_requeued_and_ends_as_the_uninterrupted_run(tmp_path):
-    """A 1-minute limit with the pre-emption signal 10 s before it: submitit requeues the job on the signal, as
-    many times as it takes (each run of the job gets about 50 s)."""
-    run_dir = _interrupted_run(tmp_path, lambda job: None, "hydra.launcher.timeout_min=1",
-                               "hydra.launcher.signal_delay_s=10", "hydra.launcher.max_num_timeout=20")
+    """submitit requeues the job on the signal before its time limit, as many times as it takes."""
+    run_dir = _interrupted_run(tmp_path, lambda job: None, *TIME_LIMIT, "hydra.launcher.max_num_timeout=20")
     logs = "".join(p.read_text() for p in run_dir.parent.glob(".submitit/*/*_log.*"))
     assert "this job is timed-out" in logs and "Requeued job" in logs
 
 
 def test_retries_used_up_fail_the_sweep_in_one_line(tmp_path):
-    proc = _sweep(tmp_path, "experiment=smoke", "logger=csv", "data.num_train=4096", "trainer.max_epochs=50",
-                  "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40",
-                  "hydra.launcher.max_num_timeout=0")
+    proc = _sweep(tmp_path, *LONG_RUN, *TIME_LIMIT, "hydra.launcher.max_num_timeout=0")
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(r"error: 1 of 1 SLURM jobs failed: \d+_0 \(\w+: .*timed-out too many times.*\) .*", last), last
+    assert re.fullmatch(r"error: 1 of 1 SLURM jobs failed: \d+ \(\w+: .*timed-out too many times.*\) .*", last), last
     job = re.search(r"failed: (\S+)", last).group(1)
     state = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job], capture_output=True,
                            text=True).stdout.split()
