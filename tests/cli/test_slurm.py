@@ -93,6 +93,15 @@ def test_default_launcher_runs_a_two_point_sweep_on_a_cpu_partition(tmp_path):
         assert json.loads(results.read_text())["fusion"] == fusion
 
 
+def _node_cpus() -> list[int]:
+    """CPUs of each node of the cluster."""
+    if not _slurm_up():
+        return []
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %c"], capture_output=True, text=True).stdout
+    return [int(c.rstrip("+")) for _, c in dict(line.split() for line in out.splitlines()).items()]
+
+
+@pytest.mark.skipif(max(_node_cpus() or [2]) < 2, reason="nodes of 1 CPU (the two-node set-up)")
 def test_two_task_ddp_job_takes_its_ranks_from_slurm(tmp_path):
     proc = _sweep(tmp_path, "experiment=smoke", "logger=csv", "trainer=ddp_sim")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -165,3 +174,14 @@ def test_a_request_larger_than_the_node_is_refused_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: hydra.launcher.tasks_per_node=1 x cpus_per_task=64")
     assert "more than partition" in proc.stderr and time.time() - started < 300
     assert not list(tmp_path.glob("train/multiruns/*/.submitit/*"))  # nothing was submitted
+
+
+@pytest.mark.skipif(len(_node_cpus()) < 2, reason="one SLURM node (MMGPT_SLURM_NODES=2 scripts/slurm_up.sh makes two)")
+def test_two_node_ddp_job_of_one_task_per_node(tmp_path):
+    proc = _sweep(tmp_path, "experiment=smoke", "logger=csv", "trainer=ddp_sim", "trainer.devices=1",
+                  "trainer.num_nodes=2")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    (results,) = tmp_path.glob("train/multiruns/*/0/results.json")
+    assert json.loads(results.read_text())["world_size"] == 2
+    logs = "".join(p.read_text() for p in tmp_path.glob("train/multiruns/*/.submitit/*/*_log.err"))
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs  # the second node's task is the second rank
