@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test test-all test-slow test-gpu gpu-dry-run gpu-wheels install train lint wheel-check clean help
+.PHONY: demo test test-all test-slow test-gpu test-slurm slurm-up slurm-down gpu-dry-run gpu-wheels install train lint wheel-check clean help
 
 help:
 	@echo "make demo      create .venv, install, train the default model on the synthetic set (about 4 min on 2 CPUs, set-up included)"
 	@echo "make test      create .venv, install, run the default test suite"
 	@echo "make test-all  also run tests marked slow (about 5 min on 2 CPUs)"
 	@echo "make test-slow only the tests marked slow (CI runs make test, then this)"
+	@echo "make test-slurm  as root: bring up a one-node SLURM (scripts/slurm_up.sh), run the tests against it (about 15 min)"
 	@echo "make test-gpu  the tests marked gpu (skipped without CUDA); bench/gpu.sh runs them and every GPU figure"
 	@echo "make gpu-dry-run  bench/gpu.sh without CUDA: GPU sections skipped, the step benchmark at tiny shapes"
 	@echo "make lint      ruff (configured in pyproject.toml)"
@@ -46,10 +47,21 @@ test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-all: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu" $(ARGS)
+	$(BIN)/python -m pytest -q -m "not gpu and not slurm" $(ARGS)
 
 test-slow: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q -m "slow and not gpu" $(ARGS)
+	$(BIN)/python -m pytest -q -m "slow and not gpu and not slurm" $(ARGS)
+
+# A real one-node SLURM on this machine (Debian: apt-get install slurm-wlm munge slurmdbd mariadb-server; as root),
+# left running afterwards: make slurm-down stops it.
+test-slurm: $(DEV_STAMP) slurm-up
+	$(BIN)/python -m pytest -q -m slurm tests/cli/test_slurm.py $(ARGS)
+
+slurm-up:
+	bash scripts/slurm_up.sh
+
+slurm-down:
+	bash scripts/slurm_down.sh
 
 test-gpu: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m gpu tests/gpu $(ARGS)

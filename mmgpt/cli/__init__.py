@@ -13,6 +13,7 @@ from datetime import datetime
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from mmgpt.cli.slurm import register_resolvers as register_slurm_resolvers
 from mmgpt.config import CONFIG_DIR, register_schemas
 
 
@@ -63,4 +64,5 @@ def with_baselines(fusions: str, baselines: bool, modalities: list[str]) -> str:
 OmegaConf.register_new_resolver("mmgpt_run_id", run_id, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("mmgpt_with_baselines", with_baselines, replace=True)
 register_schemas()
+register_slurm_resolvers()  # conf/hydra/launcher/slurm*.yaml: the job's resources from the trainer
 quiet_lightning()

@@ -18,6 +18,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
@@ -37,6 +38,7 @@ from mmgpt.cli.common import (
     user_errors,
     write_json,
 )
+from mmgpt.cli.slurm import requeued_slurm_job
 from mmgpt.config import (
     CONFIG_DIR,
     ConfigKeyError,
@@ -60,6 +62,7 @@ from mmgpt.training.callbacks import (
 )
 from mmgpt.training.checkpointing import check_resume_compatible, find_resume_checkpoint
 from mmgpt.training.distributed import layer_classes
+from mmgpt.training.epoch_state import EpochMetricsInCheckpoint
 from mmgpt.training.finetune import LoadReport, init_from_checkpoint, parameter_counts, trainable_by_part
 from mmgpt.training.lit_module import MultimodalModule
 from mmgpt.training.loggers import prepare_metrics_csv
@@ -68,8 +71,13 @@ from mmgpt.training.tracking import dashboard_hparams, label_run, log_final, res
 
 log = logging.getLogger("mmgpt.train")
 
+#: exit status of a run stopped by SIGTERM (128 + 15, as a shell reports a process killed by it): not 0, so a
+#: scheduler or script never takes an interrupted run for a finished one
+EXIT_SIGTERM = 143
+
 #: Callbacks that resuming and evaluation rely on (listed, with why, in conf/callbacks/default.yaml).
-REQUIRED_CALLBACKS = (RunConfigInCheckpoint, RngStateInCheckpoint, FlushLogsWithCheckpoint, RestoreLoaderPosition)
+REQUIRED_CALLBACKS = (RunConfigInCheckpoint, RngStateInCheckpoint, FlushLogsWithCheckpoint, RestoreLoaderPosition,
+                      EpochMetricsInCheckpoint)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -281,6 +289,9 @@ def fit(trainer: pl.Trainer, module: MultimodalModule, datamodule: pl.LightningD
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume and resume.ckpt_path, weights_only=True)
+    except SIGTERMException:  # Lightning stops on SIGTERM with a SystemExit that carries no status: exit 0
+        _how_to_continue(out_dir)
+        raise SystemExit(EXIT_SIGTERM) from None
     except (KeyboardInterrupt, SystemExit):
         _how_to_continue(out_dir)
         raise
@@ -358,7 +369,13 @@ def fusion_name(cfg: DictConfig) -> str:
 
 
 def _how_to_continue(out_dir: Path) -> None:
-    if rank_zero():
+    if not rank_zero():
+        return
+    job = requeued_slurm_job()
+    if job:  # the scheduler starts it again by itself: nothing for the user to do
+        log.warning("training was interrupted; SLURM requeued job %s, which continues from its newest checkpoint "
+                    "in %s when it starts again (if its command has resume=auto)", job, out_dir)
+    else:
         log.warning("training was interrupted; continue it from its newest checkpoint with the same command plus: "
                     "resume=auto hydra.run.dir=%s", out_dir)
 

@@ -65,9 +65,15 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "MMGPT_LOG_DIR": str(tmp_path), "CI": "1", "WANDB_MODE": "offline"}
 
 
-def _val_rows(run_dir: Path) -> list[tuple[str, str, str]]:
+EPOCH_KEYS = ("val/acc", "train/acc", "train/f1", "train/loss_epoch")
+
+
+def _val_rows(run_dir: Path) -> list[tuple[str, ...]]:
+    """The epoch rows of metrics.csv: validation and the training epoch's metrics (equal after a mid-epoch resume:
+    the epoch's metric state is in the checkpoint)."""
     with (run_dir / "metrics.csv").open(newline="") as f:
-        return [(r["epoch"], r["step"], r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
+        return [(r["epoch"], r["step"], *(r.get(k, "") for k in EPOCH_KEYS)) for r in csv.DictReader(f)
+                if any(r.get(k) for k in EPOCH_KEYS)]
 
 
 @pytest.mark.slow
@@ -108,5 +114,35 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_pat
     assert _val_rows(killed_dir) == _val_rows(full_dir)
     a = torch.load(full_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(killed_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_exits_143_then_resume_auto_matches_an_uninterrupted_run(tmp_path):
+    """SIGTERM (scancel, kill, a pre-emption) is not a success: status 143 and how to continue; resuming then
+    ends with the uninterrupted run's weights and epoch metrics."""
+    args = [str(BIN / "mmgpt-train"), *COMMON, *SETUPS["one_process"]]
+    full_dir, stopped_dir = tmp_path / "full", tmp_path / "stopped"
+    full = subprocess.Popen([*args, f"hydra.run.dir={full_dir}"], env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*args, f"hydra.run.dir={stopped_dir}"], env=_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while newest_step((stopped_dir / "checkpoints").glob("step*.ckpt")) < KILL_AT and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, out[-3000:]
+    assert f"with the same command plus: resume=auto hydra.run.dir={stopped_dir}" in out
+    assert not (stopped_dir / "results.json").exists()
+
+    subprocess.run([*args, "resume=auto", f"hydra.run.dir={stopped_dir}"], env=_env(tmp_path), check=True,
+                   capture_output=True, timeout=600)
+    assert full.wait(timeout=600) == 0
+    assert _val_rows(stopped_dir) == _val_rows(full_dir)
+    a = torch.load(full_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(stopped_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
