@@ -4,7 +4,7 @@
 dependency (``pip install 'mmgpt[remote]'``), imported only when a root is a URL: local paths never touch this
 module's imports. Credentials come from where the transport looks for them (environment, ``~/.aws``); a config's
 ``storage_options`` (an endpoint URL, a profile, and secret keys if one must) reach the filesystem only, never a
-saved hyperparameter or run file (:func:`mmgpt.config.redacted` drops their secrets from what is saved).
+saved hyperparameter or run file (:func:`mmgpt.secrets.redacted` drops their secrets from what is saved).
 
 :class:`ShardCache` is the bounded local copy of remote tar shards: a shard is downloaded whole (resumed from where
 a dropped connection left it, with backoff), checked against its expected size and only then renamed into place,

@@ -21,6 +21,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from mmgpt.datamodules.options import config_defaults as data_option_defaults
 from mmgpt.errors import UserError
 from mmgpt.registry import HYDRA_KEYS, NetworkSpec, check_spec, unknown_argument
+from mmgpt.secrets import redacted
 
 #: The Hydra config folder: the repository's conf/ in a checkout, mmgpt/conf in a wheel (pyproject.toml maps it in
 #: as the data-only package ``mmgpt.conf``; found, not imported, since it holds no Python).
@@ -395,27 +396,3 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain containers with every interpolation resolved (hydra: nodes included when available),
     credentials left out (:func:`redacted`): what run files, loggers and checkpoints keep."""
     return redacted(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[return-value]
-
-
-#: Names of options under a ``storage_options`` node (``data.storage_options``) that hold credentials.
-SECRET_OPTION = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
-
-
-def is_secret_key(path: str) -> bool:
-    """Whether the dotted config key ``path`` is a credential (``data.storage_options.secret``...)."""
-    parts = path.lstrip("+~").split(".")
-    if "storage_options" not in parts[:-1]:
-        return False
-    return any(SECRET_OPTION.search(p) for p in parts[parts.index("storage_options") + 1 :])
-
-
-def redacted(config: Any, inside: bool = False) -> Any:
-    """``config`` (plain containers) without the credentials under any ``storage_options`` node, so that a run's
-    ``config.yaml``, its loggers' hyperparameters and its checkpoints never hold them (mmgpt-eval finds them
-    again where the training run's transport did: environment, ``~/.aws``)."""
-    if isinstance(config, dict):
-        return {k: redacted(v, inside or k == "storage_options") for k, v in config.items()
-                if not (inside and SECRET_OPTION.search(str(k)))}
-    if isinstance(config, list):
-        return [redacted(v, inside) for v in config]
-    return config

@@ -111,7 +111,7 @@ def test_pyproject_lists_every_package() -> None:
 #: The rooms of the package, by module prefix (the longest prefix decides).
 ROOMS: dict[str, str] = {
     "mmgpt": "core", "mmgpt.errors": "core", "mmgpt.batch": "core", "mmgpt.tokenizer": "core",
-    "mmgpt.pretrained": "core",
+    "mmgpt.secrets": "core",
     **{f"mmgpt.{m}": "network" for m in ("layers", "encoders", "fusion", "model", "decoder", "hf_decoder",
                                          "objectives", "generation", "lora", "registry")},
     "mmgpt.datamodules": "data", "mmgpt.training": "training", "mmgpt.report": "report", "mmgpt.config": "config",

@@ -46,11 +46,10 @@ from mmgpt.config import (
     apply_objectives,
     check_model_specs,
     check_targets,
-    is_secret_key,
-    redacted,
     resolved,
 )
 from mmgpt.registry import fit_to_data, import_plugins
+from mmgpt.secrets import is_secret_key, redacted
 from mmgpt.stamp import current_command, run_stamp, spec_libraries
 from mmgpt.stored_config import checkpoint_string
 from mmgpt.training.callbacks import (

@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from mmgpt.layers import unwrapped_names
-from mmgpt.pretrained import read_state_dict
+from mmgpt.training.checkpoint_file import read_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from mmgpt.config import is_secret_key
+from mmgpt.secrets import is_secret_key
 
 log = logging.getLogger(__name__)
 
