@@ -15,23 +15,25 @@ import json
 
 import torch
 
-from bench.common import build_classifier, interleaved, peak_memory_during, run_child, save
+from bench.common import interleaved, peak_memory_during, run_child, save
+from mmgpt import presets
 from mmgpt.batch import MultimodalBatch
+from mmgpt.datamodules.synthetic.generator import classes_for
 
 FUSIONS = ("early", "late", "cross_attention")
 
 
 def make(fusion: str, T: int, batch: int):
-    module, _, _ = build_classifier([f"model/fusion={fusion}", f"data.max_text_length={T}", "data.num_train=1",
-                                     "data.num_val=1", "data.num_test=1"])
+    """(the network of ``model/fusion=<fusion>`` with T text tokens, one training step of it)."""
+    num_classes = len(classes_for())  # the synthetic set's classes
+    net = presets.build(fusion, num_classes, presets.Sizes(max_text_length=T)).train()
     g = torch.Generator().manual_seed(0)
     b = MultimodalBatch(
         inputs={"text": torch.randint(0, 256, (batch, T), generator=g), "image": torch.randn(batch, 3, 32, 32),
                 "audio": torch.randn(batch, 8000) * 0.1},
         masks={"text": torch.ones(batch, T, dtype=torch.bool), "audio": torch.ones(batch, 8000, dtype=torch.bool)},
-        labels=torch.randint(0, module.hparams.num_classes, (batch,), generator=g),
+        labels=torch.randint(0, num_classes, (batch,), generator=g),
     )
-    net = module.net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
     def step() -> None:
@@ -40,7 +42,7 @@ def make(fusion: str, T: int, batch: int):
         loss.backward()
         opt.step()
 
-    return module, step
+    return net, step
 
 
 def main() -> None:
@@ -60,9 +62,9 @@ def main() -> None:
     for T in args.text_lengths:
         built = {f: make(f, T, args.batch) for f in FUSIONS}
         times = interleaved({f: s for f, (_, s) in built.items()}, repeats=args.repeats)
-        for f, (module, _) in built.items():
+        for f, (net, _) in built.items():
             mem = run_child("bench.fusions", ["--child", f, str(T), "--batch", str(args.batch)])["peak_mb"]
-            rows.append({"fusion": f, "T": T, "params": module.net.param_counts()["total"],
+            rows.append({"fusion": f, "T": T, "params": net.param_counts()["total"],
                          "samples_per_s": args.batch / times[f], "peak_mb": mem})
             print(rows[-1], flush=True)
 

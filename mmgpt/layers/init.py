@@ -24,11 +24,19 @@ def mark_pretrained(module: nn.Module) -> nn.Module:
 
 
 def _fresh_modules(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` and its sub-modules not marked pretrained; a module's own learned tokens come right after it,
+    before its other sub-modules (the order of the draws when they were bare parameters: a seed still gives the
+    weights it gave then)."""
     if getattr(module, "_mmgpt_pretrained", False):
         return
     yield module
-    for child in module.children():
-        yield from _fresh_modules(child)
+    children = list(module.children())
+    for child in children:
+        if isinstance(child, LearnedTokens):
+            yield from _fresh_modules(child)
+    for child in children:
+        if not isinstance(child, LearnedTokens):
+            yield from _fresh_modules(child)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

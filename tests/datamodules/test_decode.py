@@ -33,7 +33,7 @@ def test_resampling_at_an_odd_ratio_matches_the_signal_sampled_at_the_new_rate(o
     assert out.dtype == np.float32 and len(out) == round(n * new / orig)
     reference = _tones(new, len(out), freqs)
     edge = new // 50  # 20 ms: the filter's start-up at both ends
-    assert np.abs(out[edge:-edge] - reference[edge:-edge]).max() < 2e-3
+    assert np.abs(out[edge:-edge] - reference[edge:-edge]).max() < 5e-4  # measured: 1.1e-4 at most
 
 
 def test_a_rate_that_is_already_right_is_not_touched() -> None:

@@ -1,44 +1,47 @@
 """Every fusion strategy, through the whole model: shapes, order invariance, gradients, missing modalities.
 
-The suite runs on every option of ``conf/model/fusion/`` (and the variants below), built from the composed YAML
-through :func:`mmgpt.registry.build_network`: a new fusion is tested by adding its YAML.
+The suite runs on every option of ``conf/model/fusion/`` (and the variants below), built by the preset builders
+(:mod:`mmgpt.presets`, which ``tests/test_presets.py`` checks against the composed YAML): a new fusion is tested
+by adding its YAML and its preset.
 """
 
 from functools import lru_cache
+from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from torch import nn
 
+from mmgpt import presets
 from mmgpt.batch import MultimodalBatch
-from mmgpt.config import CONFIG_DIR
 from mmgpt.fusion import CrossAttentionFusion, EarlyFusion
 from mmgpt.model import MultimodalTransformer
 from mmgpt.registry import build_network
 from tests.conftest import DIM, HEADS, IMAGE_SIZE, SAMPLE_RATE, make_batch
 
 MODS = ["audio", "image", "text"]
-#: option name -> overrides of the train config: every YAML of conf/model/fusion, plus variants of some.
-FUSIONS: dict[str, list[str]] = {
-    p.stem: [f"model/fusion={p.stem}"] for p in (CONFIG_DIR / "model" / "fusion").glob("*.yaml")
-}
+#: option name -> (preset, changes to its fusion spec): every preset (one per YAML of conf/model/fusion), plus
+#: variants of some.
+FUSIONS: dict[str, tuple[str, dict[str, Any]]] = {name: (name, {}) for name in presets.FUSIONS}
 FUSIONS |= {
-    "late_logit_average": ["model/fusion=late", "model/fusion/combiner=logit_average"],
-    "cross_attention_gated": ["model/fusion=cross_attention", "model.fusion.gate_init=0.5"],
-    "bottleneck_from_first_layer": ["model/fusion=bottleneck", "model.fusion.fusion_layer=0"],
+    "late_logit_average": ("late", {"combiner": {"type": "logit_average"}}),
+    "cross_attention_gated": ("cross_attention", {"gate_init": 0.5}),
+    "bottleneck_from_first_layer": ("bottleneck", {"fusion_layer": 0}),
 }
-TINY = [f"model.dim={DIM}", f"model.num_heads={HEADS}", "model.encoder_layers=1", f"data.image_size={IMAGE_SIZE}",
-        f"data.sample_rate={SAMPLE_RATE}", "data.max_text_length=16", "model.net.encoders.image.patch_size=4",
-        "model.net.encoders.audio.n_mels=16", "model.net.encoders.audio.n_fft=128"]
+TINY = presets.Sizes(dim=DIM, num_heads=HEADS, encoder_layers=1, image_size=IMAGE_SIZE, patch_size=4,
+                     sample_rate=SAMPLE_RATE, n_mels=16, n_fft=128, max_text_length=16)
+
+
+def _spec(fusion: str, decoder: bool) -> dict:
+    preset, changes = FUSIONS[fusion]
+    spec = presets.network_spec(preset, TINY, decoder=decoder)
+    spec["fusion"].update(changes)
+    return spec
 
 
 @lru_cache(maxsize=None)
 def spec_of(fusion: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*FUSIONS[fusion], *TINY])
-    return OmegaConf.to_container(cfg.model.net, resolve=True)
+    return _spec(fusion, decoder=False)
 
 
 def build(fusion: str, num_classes: int = 5) -> MultimodalTransformer:
@@ -135,9 +138,9 @@ def test_cross_attention_query_must_be_a_modality():
 
 @lru_cache(maxsize=None)
 def caption_spec_of(fusion: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*FUSIONS[fusion], *TINY, "task=caption", "model.decoder.gate_init=0.5"])
-    return OmegaConf.to_container(cfg.model.net, resolve=True)
+    spec = _spec(fusion, decoder=True)
+    spec["decoder"]["gate_init"] = 0.5
+    return spec
 
 
 def test_every_fusion_conditions_the_text_decoder(fusion_name, batch):

@@ -56,17 +56,18 @@ def test_every_learned_table_of_the_shipped_parts_is_initialised_once() -> None:
 def test_a_table_with_its_own_std_keeps_it_and_zero_means_zeros() -> None:
     torch.manual_seed(0)
     net = tiny_net("late")
-    assert all(float(m.weight.abs().max()) == 0.0 for m in net.fusion.missing.values())  # starts as "no information"
+    missing = net.fusion.missing.values()
+    assert all(float(m.weight.detach().abs().max()) == 0.0 for m in missing)  # starts as "no information"
     parts = nn.ModuleDict({"wide": LearnedTokens(2000, std=1.0), "plain": LearnedTokens(2000)})
     init_weights(parts)
-    assert 0.9 < float(parts["wide"].weight.std()) < 1.1 and _drawn(parts["plain"].weight)
+    assert 0.9 < float(parts["wide"].weight.detach().std()) < 1.1 and _drawn(parts["plain"].weight)
 
 
 def test_parts_marked_pretrained_are_left_alone() -> None:
     loaded = mark_pretrained(nn.ModuleDict({"t": LearnedTokens(8)}))
     parts = nn.ModuleDict({"loaded": loaded, "fresh": LearnedTokens(8)})
     init_weights(parts)
-    assert float(parts["loaded"]["t"].weight.abs().max()) == 0.0 and _drawn(parts["fresh"].weight)
+    assert float(parts["loaded"]["t"].weight.detach().abs().max()) == 0.0 and _drawn(parts["fresh"].weight)
 
 
 def _old_format(state: dict[str, Tensor], net: nn.Module) -> dict[str, Tensor]:
