@@ -288,3 +288,78 @@ def test_resume_of_an_untouched_tuned_comparison_trains_nothing(tuned, copied, m
     monkeypatch.setattr(compare, "train", lambda cfg: pytest.fail("a finished run was trained again"))
     compare.main([f"resume={folder}"])
     assert (folder / "report.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Property: no string of a real sweep folder, replaced by an interpolation or a {_target_: ...} mapping, ever runs.
+
+
+def _read_as_resume_and_report(folder: Path) -> int:
+    """Every reader ``resume=DIR`` and ``report=DIR`` run before anything is composed or trained (the stored
+    overrides, the folder check, ranking, runs, report header, each finished run's config comparison); returns
+    how many refused (UserError). Any other exception fails the test: it would be a traceback."""
+    from mmgpt.errors import UserError
+    from mmgpt.report import read_tuning
+    from mmgpt.report.runs import load_runs
+    from mmgpt.report.write import sweep_info
+    from mmgpt.sweep_folder import check_sweep_folder, read_matching, run_dirs
+
+    refused = 0
+    steps = [
+        lambda: compare.previous_overrides(folder),
+        lambda: check_sweep_folder(folder),
+        lambda: compare.report_ranking(folder, None, None),
+        lambda: load_runs(folder),
+        lambda: sweep_info(folder),
+        lambda: (read_tuning(folder), read_matching(folder / "matching.json")),
+        lambda: [compare.changed_keys(d, OmegaConf.load(sweep / JOB / "config.yaml")) for d in run_dirs(folder)],
+    ]
+    sweep = folder.parent / "unplanted"
+    for step in steps:
+        try:
+            step()
+        except UserError:
+            refused += 1
+    return refused
+
+
+def _string_leaves(path: Path) -> list[tuple[Any, ...]]:
+    from tests.helpers.planted import leaves
+
+    node = json.loads(path.read_text()) if path.suffix == ".json" else OmegaConf.to_container(
+        OmegaConf.load(path), resolve=False)
+    keep = (lambda p: p[:2] == ("hydra", "overrides") or p[:1] == ("compare",)) if path.name == "multirun.yaml" \
+        else (lambda p: True)  # multirun.yaml: what is read of it (the rest is Hydra's record, never read)
+    return [p for p, v in leaves(node) if isinstance(v, str) and keep(p)]
+
+
+@pytest.mark.slow
+def test_no_string_of_a_real_sweep_folder_ever_runs_when_replaced(sweep, copied, tmp_path):
+    from tests.helpers.planted import plant
+
+    folder = copied(sweep)
+    shutil.copytree(sweep, tmp_path / "unplanted")
+    marker = tmp_path / "marker"
+    files = [folder / "multirun.yaml", folder / JOB / "config.yaml", folder / JOB / ".hydra" / "overrides.yaml",
+             folder / JOB / "results.json"]
+    assert _read_as_resume_and_report(folder) == 0  # the real folder: nothing refused
+    tried = 0
+    for path in files:
+        original = path.read_text()
+        for leaf in _string_leaves(path):
+            for planted in (interpolations(marker)["custom_resolver"], target_node(marker)):
+                node = json.loads(original) if path.suffix == ".json" else OmegaConf.to_container(
+                    OmegaConf.create(original), resolve=False)
+                plant(node, list(leaf), planted)
+                if path.suffix == ".json":
+                    path.write_text(json.dumps(node))
+                else:
+                    OmegaConf.save(OmegaConf.create(node), path)
+                refused = _read_as_resume_and_report(folder)
+                tried += 1
+                where = f"{path.relative_to(folder)}: {'.'.join(map(str, leaf))} = {planted!r}"
+                assert not marker.exists(), where
+                if path.name == "multirun.yaml" and leaf[:2] == ("hydra", "overrides"):
+                    assert refused, f"a stored override was taken: {where}"
+        path.write_text(original)
+    assert tried > 100
