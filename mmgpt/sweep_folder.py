@@ -176,11 +176,14 @@ def _check_paths(key: str, values: Sequence[Any], override: str, source: str | P
                 raise _refuse(source, where, override, "names a file or folder outside the folder it writes in")
 
 
-def check_overrides(overrides: Iterable[Any], source: str | Path, where: str, sweep_dir: Path) -> list[str]:
-    """Every stored override of the list at ``source``'s ``where``, checked (:func:`check_override`)."""
+def check_overrides(overrides: Iterable[Any], source: str | Path, where: str, sweep_dir: Path,
+                    skip: tuple[str, ...] = ()) -> list[str]:
+    """Every stored override of the list at ``source``'s ``where``, checked (:func:`check_override`), except
+    those starting with ``skip`` (settings the caller replaces and never passes on)."""
     overrides = stored_config.strings(list(overrides), source, where, shown_only=True, error=SweepFolderError)
     for i, override in enumerate(overrides):
-        check_override(override, source, f"{where}[{i}]", sweep_dir)
+        if not override.startswith(skip) or not skip:
+            check_override(override, source, f"{where}[{i}]", sweep_dir)
     return overrides
 
 

@@ -205,11 +205,13 @@ def previous_overrides(sweep_dir: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; resume=DIR needs the directory of an mmgpt-compare sweep")
     saved = stored_config.load(path)  # data: nothing resolved; each override checked (mmgpt/sweep_folder.py)
+    # the sweep's directory and mode are given anew (a moved sweep records its old directory)
+    replaced = ("hydra.sweep.dir=", "hydra.mode=")
     hydra_overrides, task = (
         sweep_folder.check_overrides(stored_config.select(saved, key, path, default=[], shown_only=True), path, key,
-                                     sweep_dir)
+                                     sweep_dir, skip=replaced)
         for key in ("hydra.overrides.hydra", "hydra.overrides.task"))
-    return [*(o for o in hydra_overrides if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))), *task]
+    return [*(o for o in hydra_overrides if not o.startswith(replaced)), *task]
 
 
 def load_launch(sweep_dir: Path) -> tuple[int, list[str]] | None:

@@ -132,7 +132,7 @@ def safe_data_config(data: Mapping[str, Any], source: str | Path, run_dir: str |
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{source}: {where}: not a data config")
     target = data.get("_target_")
-    if target not in DATAMODULES:
+    if not isinstance(target, str) or target not in DATAMODULES:
         raise CheckpointError(f"{source}: {where}._target_: {target!r} is not one of mmgpt's datamodules; refused "
                               "(nothing was imported or called)")
     out = dict(data)

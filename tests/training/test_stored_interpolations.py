@@ -8,6 +8,7 @@ line naming the file and the key.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -163,3 +164,44 @@ def test_a_legitimate_run_config_and_checkpoint_read_back_unchanged(run_dir):
     assert stored_config.checkpoint_run_config(ckpt, "last.ckpt") == ckpt["mmgpt"]["config"]
     assert stored_config.checkpoint_hparams(ckpt, "last.ckpt") == ckpt["hyper_parameters"]
     assert stored_config.run_config(run_dir) == OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+
+
+def _load_as_mmgpt_eval_does(path: Path, out: Path) -> None:
+    """What ``mmgpt-eval`` builds from a checkpoint before running anything: the module, the stored data config,
+    the datamodule."""
+    from mmgpt.cli.common import build_datamodule
+    from mmgpt.training.safe_load import load_module, read_checkpoint, safe_data_config, stored_run_config
+
+    module = load_module(path)
+    run_cfg = stored_run_config(read_checkpoint(path), path)
+    build_datamodule(safe_data_config(run_cfg["data"], path, out), module.hparams.net)
+
+
+@pytest.mark.slow
+def test_no_string_of_a_stored_checkpoint_config_ever_runs_when_replaced(run_dir, tmp_path):
+    """Property: every string value of a real checkpoint's stored config (``hyper_parameters`` and
+    ``mmgpt.config``), replaced in turn by an interpolation and by a ``{_target_: ...}`` mapping, is refused or
+    ignored by loading, never run; a refusal is a UserError (one line from the commands), never another error."""
+    from mmgpt.errors import UserError
+    from tests.helpers.planted import target_node
+
+    marker = tmp_path / "marker"
+    real = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    sections = {"hyper_parameters": real["hyper_parameters"], "mmgpt.config": real["mmgpt"]["config"]}
+    crafted, tried, refused = tmp_path / "crafted.ckpt", 0, 0
+    for name, section in sections.items():
+        for path, value in list(leaves(section)):
+            if not isinstance(value, str):
+                continue
+            for planted in (interpolations(marker)["custom_resolver"], target_node(marker)):
+                ckpt = copy.deepcopy(real)
+                plant(ckpt["hyper_parameters"] if name == "hyper_parameters" else ckpt["mmgpt"]["config"],
+                      list(path), copy.deepcopy(planted))
+                torch.save(ckpt, crafted)
+                tried += 1
+                try:
+                    _load_as_mmgpt_eval_does(crafted, tmp_path / "eval")
+                except UserError:
+                    refused += 1
+                assert not marker.exists(), f"{name}.{'.'.join(map(str, path))} ran {planted!r}"
+    assert tried > 100 and refused >= tried // 2, (tried, refused)  # every interpolation at least is refused
