@@ -47,6 +47,8 @@ def read_meta(root: Path) -> dict[str, Any]:
         data = json.loads(meta.read_text())
     except json.JSONDecodeError as e:
         raise ShardError(f"{meta}: not valid JSON ({e.msg}, line {e.lineno})") from e
+    except UnicodeDecodeError as e:
+        raise ShardError(f"{meta}: not UTF-8 text ({e})") from e
     check_meta(data, meta)
     return data
 

@@ -6,9 +6,12 @@ weights that ``torch.load(weights_only=True)`` rejects), but as a traceback of a
 loader, after some of the folder has been read. :func:`check_model_folder` looks first and refuses, in one line
 naming the folder, the file and why:
 
-* a ``*config.json`` (model, tokenizer, processor) that is not a JSON object, or that has an ``auto_map`` (classes
-  shipped as Python files in the folder: ``trust_remote_code`` is off for every folder mmgpt reads unless the user
-  sets it on the command line);
+* a ``*config.json`` (model, tokenizer, processor) that is not a JSON object;
+* an ``auto_map`` (classes shipped as Python files in the folder) where the folder names no class of
+  ``transformers`` itself to use instead: a ``config.json`` whose ``model_type`` it does not know, a tokenizer or
+  processor config without a known ``tokenizer_class`` / ``*_type``. (``trust_remote_code`` is off for every
+  folder mmgpt reads unless the user sets it; with it off and a known class, ``transformers`` ignores the
+  ``auto_map``, so such folders load, with ``transformers``' own code);
 * a ``config.json`` whose ``model_type`` ``transformers`` does not know (only its own classes are built);
 * a weight index (``*.index.json``) naming a shard outside the folder;
 * pickled weights (``pytorch_model*.bin``; only read when the folder has no ``.safetensors`` weights, as
@@ -59,25 +62,25 @@ def check_model_folder(folder: str | Path, what: str = "name_or_path") -> None:
     if stamp in _CHECKED:
         return
     where = f"{what}={folder}"
+    config_file = folder / "config.json"
+    model_type = _json_object(config_file, where).get("model_type") if config_file.is_file() else None
     for path in files:
         if path.name.endswith("config.json"):
             config = _json_object(path, where)
-            if "auto_map" in config:
+            native = _known_model_type(model_type) if path == config_file else _known_class(config) or (
+                not any(key in config for key in _CLASS_KEYS) and _known_model_type(model_type))
+            if "auto_map" in config and not native:
                 classes = ", ".join(sorted({str(v) for v in _strings(config["auto_map"])})) or "auto_map"
                 raise ModelFolderError(f"{where}: {path.name} has an auto_map (code shipped with the model: "
-                                       f"{classes}); refused (trust_remote_code is off; mmgpt builds only "
-                                       "transformers' own classes, nothing was imported)")
-    config_file = folder / "config.json"
-    if config_file.is_file():
-        model_type = _json_object(config_file, where).get("model_type")
-        if model_type is not None and not _known_model_type(model_type):
-            raise ModelFolderError(f"{where}: config.json names model_type {model_type!r}, which transformers does "
-                                   "not know; refused (mmgpt builds only transformers' own classes)")
+                                       f"{classes}) and no class of transformers' own; refused (trust_remote_code "
+                                       "is off, nothing was imported)")
+    if model_type is not None and not _known_model_type(model_type):
+        raise ModelFolderError(f"{where}: config.json names model_type {model_type!r}, which transformers does "
+                               "not know; refused (mmgpt builds only transformers' own classes)")
     for index in (p for p in files if p.name.endswith(".index.json")):
         weight_map = _json_object(index, where).get("weight_map") or {}
-        for name in _strings(weight_map):
-            if Path(name).name != name or name in (".", "..") or not (folder / name).resolve().is_relative_to(
-                    folder.resolve()):
+        for name in _strings(weight_map):  # plain names (the hub cache's snapshots link them to its blobs)
+            if Path(name).name != name or name in ("", ".", "..") or "\\" in name:
                 raise ModelFolderError(f"{where}: {index.name} names the weight file {name!r}, outside the folder; "
                                        "refused")
     if not any((folder / name).is_file() for name in SAFETENSORS_WEIGHTS):
@@ -143,3 +146,16 @@ def _known_model_type(model_type: Any) -> bool:
     from transformers import CONFIG_MAPPING
 
     return isinstance(model_type, str) and model_type in CONFIG_MAPPING
+
+
+#: Keys through which a tokenizer / processor config names its transformers class.
+_CLASS_KEYS = ("tokenizer_class", "image_processor_type", "feature_extractor_type", "processor_class")
+
+
+def _known_class(config: dict[str, Any]) -> bool:
+    """Whether a tokenizer or processor config names a class of transformers itself (then transformers uses it
+    and ignores an ``auto_map`` while ``trust_remote_code`` is off)."""
+    import transformers
+
+    names = [config.get(key) for key in _CLASS_KEYS if isinstance(config.get(key), str)]
+    return bool(names) and all(hasattr(transformers, name) for name in names)

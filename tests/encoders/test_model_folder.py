@@ -55,11 +55,11 @@ def _edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps(data))
 
 
-def _remote_code(folder: Path, marker: Path, file: str = "config.json") -> None:
+def _remote_code(folder: Path, marker: Path, file: str = "config.json", **changes) -> None:
     """An ``auto_map`` naming a module shipped in the folder, which would write ``marker`` on import."""
     (folder / "custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     _edit_json(folder / file, auto_map={"AutoConfig": "custom.Config", "AutoModel": "custom.Model",
-                                        "AutoTokenizer": ["custom.Tokenizer", None]})
+                                        "AutoTokenizer": ["custom.Tokenizer", None]}, **changes)
 
 
 def _pickled_weights(folder: Path, value: object) -> None:
@@ -84,13 +84,22 @@ def _decoder(folder: Path):
 
 def test_remote_code_in_config_json_is_refused_in_one_line_before_anything_is_imported(bert_dir, tmp_path):
     folder, marker = _copy(bert_dir, tmp_path / "sent"), tmp_path / "imported"
-    _remote_code(folder, marker)
+    _remote_code(folder, marker, model_type="custom_bert")
     with pytest.raises(ModelFolderError) as refused:
         _text_encoder(folder)
     message = str(refused.value)
     assert message.startswith(f"name_or_path={folder}: config.json has an auto_map (code shipped with the model: "
-                              "custom.Config, custom.Model, custom.Tokenizer); refused")
+                              "custom.Config, custom.Model, custom.Tokenizer) and no class of transformers' own; "
+                              "refused")
     assert "\n" not in message and not marker.exists()
+
+
+def test_an_auto_map_beside_a_known_model_type_loads_transformers_own_class_and_runs_nothing(bert_dir, tmp_path):
+    """Many published folders keep an auto_map after transformers gained the model: with trust_remote_code off,
+    transformers builds its own class, so the folder loads and the shipped module is never imported."""
+    folder, marker = _copy(bert_dir, tmp_path / "sent"), tmp_path / "imported"
+    _remote_code(folder, marker)
+    assert type(_text_encoder(folder).backbone).__name__ == "BertModel" and not marker.exists()
 
 
 def test_an_unknown_model_type_is_refused(bert_dir, tmp_path):
@@ -105,7 +114,7 @@ def test_remote_code_in_the_tokenizer_config_is_refused(bert_dir, tmp_path):
     from mmgpt.datamodules.hf_processors import hf_text_processor
 
     folder, marker = _copy(bert_dir, tmp_path / "sent"), tmp_path / "imported"
-    _remote_code(folder, marker, "tokenizer_config.json")
+    _remote_code(folder, marker, "tokenizer_config.json", tokenizer_class="CustomTokenizer")
     with pytest.raises(ModelFolderError, match=r"sent: tokenizer_config\.json has an auto_map .*refused"):
         hf_text_processor({"type": "hf_text", "name_or_path": str(folder), "dim": DIM}, {"max_text_length": 16})
     assert not marker.exists()
@@ -151,7 +160,7 @@ def test_a_config_that_is_not_a_json_object_is_one_line(bert_dir, tmp_path):
 def test_the_decoder_folder_is_checked_the_same_way(lm_dir, tmp_path, case):
     folder, marker = _copy(lm_dir, tmp_path / "lm"), tmp_path / "ran"
     if case == "auto_map":
-        _remote_code(folder, marker)
+        _remote_code(folder, marker, model_type="custom_lm")
     else:
         _pickled_weights(folder, {"lm_head.weight": torch.zeros(2), "x": _Marker(marker)})
     with pytest.raises(ModelFolderError, match=rf"^model\.net\.decoder\.name_or_path={folder}: .*refused"):
@@ -175,7 +184,7 @@ def test_a_timm_checkpoint_holding_a_call_is_refused(tmp_path):
 @pytest.mark.slow  # a whole mmgpt-train start-up (~30 s on the shared machine)
 def test_mmgpt_train_on_a_folder_with_remote_code_prints_one_line(bert_dir, tmp_path):
     folder, marker = _copy(bert_dir, tmp_path / "sent"), tmp_path / "imported"
-    _remote_code(folder, marker)
+    _remote_code(folder, marker, model_type="custom_bert")
     done = subprocess.run([sys.executable, "-m", "mmgpt.cli.train", "experiment=smoke", f"hydra.run.dir={tmp_path}",
                            "model/encoder/text@model.net.encoders.text=hf",
                            f"model.net.encoders.text.name_or_path={folder}"],
