@@ -6,9 +6,10 @@ The synthetic set (32 px images, 1 s audio) is written as tar shards to a local 
 shard``'s writer, to a bucket of moto's S3 server, run in its own process on the loopback interface (the real
 S3 wire protocol through s3fs/botocore). For each worker count the local and the remote loader make their passes
 over the training split in turn (a warm-up pass each, then ``--passes`` timed ones, alternated); a rate is the
-median of its timed passes. The remote loader's shard cache is smaller than the set (``--cache-fraction``), so with
-its least-recently-used eviction every pass downloads every shard again: these are streaming rates, not cached
-ones. A thread samples the cache folder's size all along; its peak is reported against the configured size. The
+median of its timed passes. The remote loader's cache is emptied before each pass, so every pass downloads every
+shard: these are streaming rates, not cached ones. The cache is smaller than the set (``--cache-fraction``, or what
+the readers hold at once if that is more), so least-recently-used eviction runs during each pass; a thread samples
+the cache folder's size all along, and its peak is reported against the configured size. The
 model rate is training steps (forward, backward, AdamW) over batches in memory, as in ``bench.dataloader``.
 """
 
@@ -109,11 +110,12 @@ def main() -> None:
         upload_s = time.perf_counter() - t0
         meta = json.loads((local / "shards.json").read_text())
         train_bytes = sum(meta["splits"]["train"]["bytes"])
-        cache_size = int(train_bytes * args.cache_fraction)
+        largest = max(meta["splits"]["train"]["bytes"])
         common = {"batch_size": 64, "image_size": 32, "shuffle": True}
         rows = []
         for workers in (1, 2):
             cache = work / f"cache{workers}"
+            cache_size = max(int(train_bytes * args.cache_fraction), workers * (args.read_ahead + 1) * largest)
             local_dm = ShardDataModule(str(local), num_workers=workers, **common)
             remote_dm = ShardDataModule("s3://bench/set", num_workers=workers, storage_options=options,
                                         cache_dir=str(cache), cache_size=cache_size, read_ahead=args.read_ahead,
@@ -123,6 +125,8 @@ def main() -> None:
             rates: dict[str, list[float]] = {"local": [], "remote": []}
             for _ in range(args.passes):  # alternated, so both see the same machine load
                 rates["local"].append(one_pass(local_dm)[0])
+                for shard in cache.glob("*.tar"):  # a cold cache: every shard downloaded in this pass
+                    shard.unlink()
                 rates["remote"].append(one_pass(remote_dm)[0])
             peak = watch.stop()
             local_rate, remote_rate = statistics.median(rates["local"]), statistics.median(rates["remote"])
@@ -150,11 +154,12 @@ def main() -> None:
         "",
         f"{args.num_train} synthetic training samples (32 px, 1 s audio) in shards of {args.samples_per_shard} "
         f"({train_bytes / 1e6:.1f} MB), batch 64. Remote: moto's S3 server in its own process on the loopback "
-        f"interface, read through s3fs; shard cache of {cache_size / 1e6:.1f} MB ({args.cache_fraction:.0%} of the "
-        f"set: every pass downloads every shard again), read-ahead {args.read_ahead}. Median of {args.passes} "
+        "interface, read through s3fs; the shard cache emptied before each pass (every shard downloaded in every "
+        f"pass) and smaller than the set (eviction at work), read-ahead {args.read_ahead}. Median of {args.passes} "
         "passes each after a warm-up, local and remote passes alternated. Model: "
         f"{args.steps} training steps over batches in memory (default model, early fusion). Upload while writing: "
-        f"{upload_s:.1f} s. Command: `python -m bench.remote_loader --num-train {args.num_train}`.",
+        f"{upload_s:.1f} s. Command: `python -m bench.remote_loader --num-train {args.num_train} "
+        f"--samples-per-shard {args.samples_per_shard}`.",
         "",
         "| workers | local samples/s | remote samples/s | **remote / local** | remote / model | cache peak / size |",
         "|---:|---:|---:|---:|---:|---:|",

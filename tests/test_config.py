@@ -153,3 +153,15 @@ def test_common_slips_get_a_message_naming_the_key(compose_cfg):
         instantiate(compose_cfg(["data.batch_size=-4"]).data, _convert_="all")
     with pytest.raises(FileNotFoundError, match=r"ckpt_path=/nowhere/x.ckpt: no such checkpoint file"):
         train(compose_cfg(["experiment=smoke", "ckpt_path=/nowhere/x.ckpt"]))
+
+
+def test_credentials_under_storage_options_are_redacted_from_what_runs_save():
+    from mmgpt.config import is_secret_key, redacted
+
+    cfg = {"data": {"root": "s3://b/set", "storage_options": {
+        "endpoint_url": "http://store:9000", "key": "AKIA", "secret": "s3cr3t", "token": "t",
+        "client_kwargs": {"aws_secret_access_key": "x", "region_name": "eu"}}}, "model": {"key": "kept"}}
+    assert redacted(cfg) == {"data": {"root": "s3://b/set", "storage_options": {
+        "endpoint_url": "http://store:9000", "client_kwargs": {"region_name": "eu"}}}, "model": {"key": "kept"}}
+    assert is_secret_key("data.storage_options.secret") and is_secret_key("+data.storage_options.client_kwargs.token")
+    assert not is_secret_key("data.storage_options.endpoint_url") and not is_secret_key("model.key")
