@@ -327,7 +327,8 @@ def load_exported(folder: str | Path, *, device: str | torch.device = "cpu", plu
     net.load_state_dict(state, strict=False)
     processor_spec = json.loads(json.dumps(net_spec))
     for modality, rel in (manifest.get("processors") or {}).items():
-        processor_spec["encoders"][modality]["name_or_path"] = str(folder / rel)  # the folder's own files
+        enc = processor_spec["encoders"][modality]
+        enc["name_or_path"], enc["revision"] = str(folder / rel), None  # the folder's own files
     processors = media_processors(net, processor_spec, manifest.get("data") or {})
     task, threshold = task_of(manifest.get("objectives"))
     return Predictor(net.to(device), processors, manifest.get("class_names") or [], task=task, threshold=threshold,

@@ -13,14 +13,37 @@ from tests.helpers.predict import assert_same_as_eval, train_and_eval
 FUSIONS = ["late", "cross_attention", "tensor", "low_rank", "mult", "bottleneck", "resampler", "unimodal_text"]
 
 
-def _check(compose_cfg, make_folder, tmp_path, *overrides: str) -> None:  # noqa: F811
+def _check(compose_cfg, make_folder, tmp_path, *overrides: str):  # noqa: F811, ANN202
     root = make_folder(train=good_rows(16), val=good_rows(10), test=good_rows(4))
     ckpt, saved = train_and_eval(compose_cfg, root, tmp_path, *overrides)
     assert_same_as_eval(mmgpt.load(ckpt), root, saved)
+    return root
 
 
 def test_predict_equals_eval(compose_cfg, make_folder, tmp_path) -> None:  # noqa: F811
-    _check(compose_cfg, make_folder, tmp_path, "model/fusion=early")
+    root = _check(compose_cfg, make_folder, tmp_path, "model/fusion=early")
+    check_in_memory_inputs(mmgpt.load(tmp_path / "run" / "checkpoints" / "last.ckpt"), root)
+
+
+def check_in_memory_inputs(predictor: mmgpt.Predictor, root) -> None:
+    """PIL images, (H, W, 3) arrays and (waveform, rate) pairs predict as their files do; one sample, or one value
+    given for a list of others, is repeated; an unknown modality is one line."""
+    import numpy as np
+    import soundfile as sf
+    import torch
+    from PIL import Image
+
+    image, audio = root / "img" / "red.png", root / "wav" / "stereo44k.wav"
+    wave, rate = sf.read(str(audio), dtype="float32")
+    files = predictor.predict(text=["a", "b"], image=str(image), audio=str(audio))
+    with Image.open(image) as im:
+        pil = predictor.predict(text=["a", "b"], image=im.copy(), audio=(wave, rate))
+        array = predictor.predict(text=["a", "b"], image=np.asarray(im.convert("RGB")), audio=str(audio))
+    assert torch.equal(files.logits, pil.logits) and torch.equal(files.logits, array.logits)
+    one = predictor.predict(text="a", image=str(image), audio=str(audio))
+    assert one.logits.shape[0] == 1 and torch.allclose(one.logits[0], files.logits[0], atol=1e-5)
+    with pytest.raises(mmgpt.errors.UserError, match="no modality 'poster'"):
+        predictor.predict(poster="x.png")
 
 
 @pytest.mark.slow
