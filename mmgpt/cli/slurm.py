@@ -77,15 +77,19 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(f"mmgpt_slurm_{name}", fn, replace=True)
 
 
-def requeued_slurm_job() -> str | None:
-    """This process's SLURM job id if the job has been requeued while it runs (``scontrol requeue``, pre-emption,
-    submitit's requeue on time-out), so SLURM starts it again by itself; None outside SLURM or otherwise.
+def requeued_slurm_job(exit_code: object = None) -> str | None:
+    """This process's SLURM job id if the job has been requeued while it runs, so SLURM starts it again by itself;
+    None outside SLURM or otherwise.
 
-    SLURM counts the job's restarts when it requeues it; the count it started with is ``SLURM_RESTART_COUNT``.
+    submitit requeues its job on the time-out / pre-emption signal and then exits with status -1 (``exit_code``);
+    after ``scontrol requeue`` or a pre-emption (SIGTERM) SLURM's count of the job's restarts is above the count
+    it started with (``SLURM_RESTART_COUNT``).
     """
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return None
+    if exit_code == -1 and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        return job
     try:
         out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):

@@ -128,3 +128,10 @@ def test_a_job_that_can_never_start_cancels_the_sweep(tmp_path, monkeypatch):
 def test_not_a_slurm_job_is_never_requeued(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert slurm.requeued_slurm_job() is None
+
+
+def test_submitits_exit_after_requeueing_is_a_requeue(monkeypatch):
+    """submitit exits with -1 right after `scontrol requeue` (whose SIGTERM may cut an scontrol query short)."""
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert slurm.requeued_slurm_job(-1) == "41"
