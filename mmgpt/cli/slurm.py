@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
@@ -202,6 +202,15 @@ class WatchedSlurmLauncher(SlurmLauncher):
         log.info("submitted %d SLURM job(s) from %s: %s", n, sweep_dir, " ".join(j.job_id for j in jobs))
         self._watch(jobs)
         return self._collect(jobs, overrides)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        """Run one sweep point inside its SLURM job. A failed point fails the job: Hydra hands the failure back as
+        a value, so the job would end ``COMPLETED`` in ``sacct``; raised here, it ends ``FAILED`` (non-zero exit),
+        and submitit still stores the error for :meth:`_collect`."""
+        ret = super().__call__(*args, **kwargs)
+        if ret.status is JobStatus.FAILED:
+            raise ret._return_value
+        return ret
 
     def _watch(self, jobs: list[Any]) -> None:
         """One line per change of a job's (state, reason) until every job has written its result."""

@@ -135,3 +135,17 @@ def test_submitits_exit_after_requeueing_is_a_requeue(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "41")
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     assert slurm.requeued_slurm_job(-1) == "41"
+
+
+def test_a_failed_sweep_point_fails_its_job(monkeypatch):
+    """Hydra returns a job's exception as a value; inside a SLURM job it is raised, so the job ends FAILED."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    failed, done = JobReturn(), JobReturn()
+    failed.status, failed._return_value = JobStatus.FAILED, ValueError("bad data")
+    done.status, done._return_value = JobStatus.COMPLETED, 0.5
+    # the plugin's class it derives from (Hydra's plugin scan may have imported the plugin module again since)
+    monkeypatch.setattr(WatchedSlurmLauncher.__bases__[0], "__call__", lambda self, *a, **k: k["ret"])
+    assert WatchedSlurmLauncher()(ret=done) is done
+    with pytest.raises(ValueError, match="bad data"):
+        WatchedSlurmLauncher()(ret=failed)
