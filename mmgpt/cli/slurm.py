@@ -284,7 +284,10 @@ def _gone(state: tuple[str, str] | None) -> bool:
 
 
 def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    """The exception line of a job's error: submitit puts the job's traceback between two dashed lines, the log
+    paths after it."""
+    text = text.split("\n----------------------\nYou can check full logs")[0]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip() and set(line.strip()) != {"-"}]
     return lines[-1][:300] if lines else "no result"
 
 

@@ -84,7 +84,10 @@ class FakeJob:
 
 
 def test_state_changes_are_printed_once_each_and_a_failed_job_fails_the_sweep(tmp_path, monkeypatch, caplog):
-    jobs = [FakeJob("7_0", tmp_path), FakeJob("7_1", tmp_path, RuntimeError("Traceback...\nValueError: boom"))]
+    error = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent "
+             "call last):\n  File x\nValueError: boom\n\n----------------------\nYou can check full logs with "
+             "'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /logs/7_1_0_log.err\n  - /logs/7_1_0_log.out")
+    jobs = [FakeJob("7_0", tmp_path), FakeJob("7_1", tmp_path, RuntimeError(error))]  # as submitit words it
     timeline = iter([
         {"7_0": ("PENDING", "Resources"), "7_1": ("PENDING", "Priority")},
         {"7_0": ("PENDING", "Resources"), "7_1": ("PENDING", "Priority")},  # no change: no line
