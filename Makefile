@@ -13,7 +13,7 @@ help:
 	@echo "make test      create .venv, install, run the default test suite"
 	@echo "make test-all  also run tests marked slow (about 5 min on 2 CPUs)"
 	@echo "make test-slow only the tests marked slow (CI runs make test, then this)"
-	@echo "make test-slurm  as root: bring up a one-node SLURM (scripts/slurm_up.sh), run the tests against it (about 15 min)"
+	@echo "make test-slurm  as root: bring up a one-node SLURM (scripts/slurm_up.sh), run the tests against it (long: requeues)"
 	@echo "make test-gpu  the tests marked gpu (skipped without CUDA); bench/gpu.sh runs them and every GPU figure"
 	@echo "make gpu-dry-run  bench/gpu.sh without CUDA: GPU sections skipped, the step benchmark at tiny shapes"
 	@echo "make lint      ruff (configured in pyproject.toml)"

@@ -17,7 +17,10 @@ HOST=$(hostname -s)
 CPUS=${MMGPT_SLURM_CPUS:-$(nproc)}
 MEM_MB=${MMGPT_SLURM_MEM_MB:-$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 2048 ))}  # minus the OS'
 
-NODES=${MMGPT_SLURM_NODES:-1}  # 2: two nodes on this machine (n1, n2), each slurmd in a network namespace
+# MMGPT_SLURM_NODES=2: two nodes on this machine (n1, n2: the CPUs and memory shared out), each slurmd in its own
+# network and UTS namespace (Debian's slurmd is built without --enable-multiple-slurmd). NOT RUN YET: written for
+# tests/cli/test_slurm.py's 2-node x 1-task DDP test, not tried for lack of time (see README, SLURM).
+NODES=${MMGPT_SLURM_NODES:-1}
 NET=10.77.0                    # their network (a bridge, mmgptbr0, on this machine at $NET.1)
 sinfo_nodes() { if [ "$NODES" = 1 ]; then echo "$HOST"; else echo "n[1-$NODES]"; fi; }
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
@@ -77,15 +77,19 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(f"mmgpt_slurm_{name}", fn, replace=True)
 
 
-def requeued_slurm_job() -> str | None:
-    """This process's SLURM job id if the job has been requeued while it runs (``scontrol requeue``, pre-emption,
-    submitit's requeue on time-out), so SLURM starts it again by itself; None outside SLURM or otherwise.
+def requeued_slurm_job(exit_code: object = None) -> str | None:
+    """This process's SLURM job id if the job has been requeued while it runs, so SLURM starts it again by itself;
+    None outside SLURM or otherwise.
 
-    SLURM counts the job's restarts when it requeues it; the count it started with is ``SLURM_RESTART_COUNT``.
+    submitit requeues its job on the time-out / pre-emption signal and then exits with status -1 (``exit_code``);
+    after ``scontrol requeue`` or a pre-emption (SIGTERM) SLURM's count of the job's restarts is above the count
+    it started with (``SLURM_RESTART_COUNT``).
     """
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return None
+    if exit_code == -1 and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        return job
     try:
         out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
@@ -199,6 +203,15 @@ class WatchedSlurmLauncher(SlurmLauncher):
         self._watch(jobs)
         return self._collect(jobs, overrides)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        """Run one sweep point inside its SLURM job. A failed point fails the job: Hydra hands the failure back as
+        a value, so the job would end ``COMPLETED`` in ``sacct``; raised here, it ends ``FAILED`` (non-zero exit),
+        and submitit still stores the error for :meth:`_collect`."""
+        ret = super().__call__(*args, **kwargs)
+        if ret.status is JobStatus.FAILED:
+            raise ret._return_value
+        return ret
+
     def _watch(self, jobs: list[Any]) -> None:
         """One line per change of a job's (state, reason) until every job has written its result."""
         seen: dict[str, tuple[str, str]] = {}
@@ -271,7 +284,10 @@ def _gone(state: tuple[str, str] | None) -> bool:
 
 
 def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    """The exception line of a job's error: submitit puts the job's traceback between two dashed lines, the log
+    paths after it."""
+    text = text.split("\n----------------------\nYou can check full logs")[0]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip() and set(line.strip()) != {"-"}]
     return lines[-1][:300] if lines else "no result"
 
 

@@ -291,8 +291,8 @@ def fit(trainer: pl.Trainer, module: MultimodalModule, datamodule: pl.LightningD
     except SIGTERMException:  # Lightning stops on SIGTERM with a SystemExit that carries no status: exit 0
         _how_to_continue(out_dir)
         raise SystemExit(EXIT_SIGTERM) from None
-    except (KeyboardInterrupt, SystemExit):
-        _how_to_continue(out_dir)
+    except (KeyboardInterrupt, SystemExit) as e:
+        _how_to_continue(out_dir, getattr(e, "code", None))
         raise
     if trainer.interrupted:
         _how_to_continue(out_dir)
@@ -367,10 +367,10 @@ def fusion_name(cfg: DictConfig) -> str:
     return hydra_choice("model/fusion") or str(cfg.model.fusion.type)
 
 
-def _how_to_continue(out_dir: Path) -> None:
+def _how_to_continue(out_dir: Path, exit_code: object = None) -> None:
     if not rank_zero():
         return
-    job = requeued_slurm_job()
+    job = requeued_slurm_job(exit_code)
     if job:  # the scheduler starts it again by itself: nothing for the user to do
         log.warning("training was interrupted; SLURM requeued job %s, which continues from its newest checkpoint "
                     "in %s when it starts again (if its command has resume=auto)", job, out_dir)

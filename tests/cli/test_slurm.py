@@ -154,6 +154,7 @@ def test_time_limit_expiry_is_requeued_and_ends_as_the_uninterrupted_run(tmp_pat
     run_dir = _interrupted_run(tmp_path, lambda job: None, *TIME_LIMIT, "hydra.launcher.max_num_timeout=20")
     logs = "".join(p.read_text() for p in run_dir.parent.glob(".submitit/*/*_log.*"))
     assert "this job is timed-out" in logs and "Requeued job" in logs
+    assert "SLURM requeued job" in logs and "with the same command plus" not in logs
 
 
 def test_retries_used_up_fail_the_sweep_in_one_line(tmp_path):

@@ -84,7 +84,10 @@ class FakeJob:
 
 
 def test_state_changes_are_printed_once_each_and_a_failed_job_fails_the_sweep(tmp_path, monkeypatch, caplog):
-    jobs = [FakeJob("7_0", tmp_path), FakeJob("7_1", tmp_path, RuntimeError("Traceback...\nValueError: boom"))]
+    error = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent "
+             "call last):\n  File x\nValueError: boom\n\n----------------------\nYou can check full logs with "
+             "'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /logs/7_1_0_log.err\n  - /logs/7_1_0_log.out")
+    jobs = [FakeJob("7_0", tmp_path), FakeJob("7_1", tmp_path, RuntimeError(error))]  # as submitit words it
     timeline = iter([
         {"7_0": ("PENDING", "Resources"), "7_1": ("PENDING", "Priority")},
         {"7_0": ("PENDING", "Resources"), "7_1": ("PENDING", "Priority")},  # no change: no line
@@ -128,3 +131,24 @@ def test_a_job_that_can_never_start_cancels_the_sweep(tmp_path, monkeypatch):
 def test_not_a_slurm_job_is_never_requeued(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert slurm.requeued_slurm_job() is None
+
+
+def test_submitits_exit_after_requeueing_is_a_requeue(monkeypatch):
+    """submitit exits with -1 right after `scontrol requeue` (whose SIGTERM may cut an scontrol query short)."""
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert slurm.requeued_slurm_job(-1) == "41"
+
+
+def test_a_failed_sweep_point_fails_its_job(monkeypatch):
+    """Hydra returns a job's exception as a value; inside a SLURM job it is raised, so the job ends FAILED."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    failed, done = JobReturn(), JobReturn()
+    failed.status, failed._return_value = JobStatus.FAILED, ValueError("bad data")
+    done.status, done._return_value = JobStatus.COMPLETED, 0.5
+    # the plugin's class it derives from (Hydra's plugin scan may have imported the plugin module again since)
+    monkeypatch.setattr(WatchedSlurmLauncher.__bases__[0], "__call__", lambda self, *a, **k: k["ret"])
+    assert WatchedSlurmLauncher()(ret=done) is done
+    with pytest.raises(ValueError, match="bad data"):
+        WatchedSlurmLauncher()(ret=failed)

@@ -61,9 +61,8 @@ def _fit(compose_cfg, tmp_path, ckpt_path=None, save=False, epoch_state=True) ->
 def test_resumed_mid_epoch_logs_the_uninterrupted_runs_epoch_metrics(compose_cfg, tmp_path):
     full = _fit(compose_cfg, tmp_path, save=True).epoch_rows()
     assert len(full) == 2
-    for step in (2, 6):  # 2 steps into the first epoch, 2 steps into the second
-        resumed = _fit(compose_cfg, tmp_path, ckpt_path=tmp_path / f"step{step}.ckpt").epoch_rows()
-        assert resumed == full[step // 4:], step  # the epochs it finishes, with the same values, bit for bit
+    resumed = _fit(compose_cfg, tmp_path, ckpt_path=tmp_path / "step6.ckpt").epoch_rows()  # 2 steps into epoch 2
+    assert resumed == full[1:]  # the epoch it finishes, with the same values, bit for bit
     # what the callback fixes: resumed without it, the second epoch's metrics cover only its last 2 batches
     resumed = _fit(compose_cfg, tmp_path, ckpt_path=tmp_path / "step6.ckpt", epoch_state=False).epoch_rows()
     assert resumed[0]["train/loss_epoch"] != full[1]["train/loss_epoch"]

@@ -139,8 +139,8 @@ def test_sigterm_mid_epoch_exits_143_then_resume_auto_matches_an_uninterrupted_r
     assert not (stopped_dir / "results.json").exists()
 
     subprocess.run([*args, "resume=auto", f"hydra.run.dir={stopped_dir}"], env=_env(tmp_path), check=True,
-                   capture_output=True, timeout=600)
-    assert full.wait(timeout=600) == 0
+                   capture_output=True, timeout=1200)
+    assert full.wait(timeout=1200) == 0
     assert _val_rows(stopped_dir) == _val_rows(full_dir)
     a = torch.load(full_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(stopped_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
