@@ -18,7 +18,7 @@ from mmgpt.datamodules.benchmarks import BenchmarkError, read_mmsa
 pytest.importorskip("MMSA")
 pytestmark = pytest.mark.slow
 
-SMALL = Shape({"train": 192, "valid": 48, "test": 96}, {"text": 32, "audio": 5, "vision": 20}, (12, 16, 10))
+SMALL = Shape({"train": 384, "valid": 64, "test": 128}, {"text": 32, "audio": 5, "vision": 20}, (12, 16, 10))
 
 
 @pytest.fixture(scope="module")
