@@ -58,16 +58,16 @@ BENCH = Shape({"train": 320, "valid": 57, "test": 171}, {**MOSI_DIMS, "text": 12
 QUICK = Shape({"train": 256, "valid": 64, "test": 128}, {"text": 64, "audio": 5, "vision": 20}, (20, 24, 16))
 
 
-def _modality(rng: np.random.Generator, z: np.ndarray, lengths: np.ndarray, steps: int, dim: int,
-              noise: float) -> np.ndarray:
-    """(N, steps, dim) float32: ``z * direction + noise`` on each sample's first ``lengths`` steps, zeros after."""
-    direction = SIGNAL * rng.normal(size=dim)  # every feature carries SIGNAL * z + N(0, 1) on average
-    x = z[:, None, None] * direction + noise * rng.normal(size=(len(z), steps, dim))  # (N, L, F)
+def _modality(rng: np.random.Generator, z: np.ndarray, direction: np.ndarray, lengths: np.ndarray,
+              steps: int) -> np.ndarray:
+    """(N, steps, F) float32: ``z * direction + N(0, 1)`` on each sample's first ``lengths`` steps, zeros after."""
+    x = z[:, None, None] * direction + rng.normal(size=(len(z), steps, len(direction)))  # (N, L, F)
     x[np.arange(steps)[None, :] >= lengths[:, None]] = 0.0
     return x.astype(np.float32)
 
 
-def _split(rng: np.random.Generator, name: str, n: int, shape: Shape, aligned: bool) -> dict[str, Any]:
+def _split(rng: np.random.Generator, name: str, n: int, shape: Shape, aligned: bool,
+           directions: dict[str, np.ndarray]) -> dict[str, Any]:
     lt, la, lv = shape.steps
     z = rng.normal(size=(3, n))  # text, audio, vision scores
     y = TEXT_WEIGHT * z[0] + PAIR_WEIGHT * z[1] * z[2] + LABEL_NOISE * rng.normal(size=n)
@@ -79,7 +79,7 @@ def _split(rng: np.random.Generator, name: str, n: int, shape: Shape, aligned: b
     else:
         audio_len = rng.integers(max(2, la // 4), la + 1, size=n)
         vision_len = rng.integers(max(2, lv // 4), lv + 1, size=n)
-    audio = _modality(rng, z[1], audio_len, la, shape.dims["audio"], noise=1.0)
+    audio = _modality(rng, z[1], directions["audio"], audio_len, la)
     audio[:, :, -1][rng.random(size=(n, la)) < 0.02] = -np.inf  # COVAREP's -inf (MMSA's loader sets 0)
     ids = rng.integers(1000, 30000, size=(n, lt))
     ids[np.arange(lt)[None, :] >= words[:, None]] = 0
@@ -88,10 +88,10 @@ def _split(rng: np.random.Generator, name: str, n: int, shape: Shape, aligned: b
     d: dict[str, Any] = {
         "raw_text": np.array([f"{name} utterance {i}" for i in range(n)], dtype=object),
         "id": np.array([f"{name}_video{i // 3}$_${i % 3}" for i in range(n)], dtype=object),
-        "text": _modality(rng, z[0], words, lt, shape.dims["text"], noise=1.0),
+        "text": _modality(rng, z[0], directions["text"], words, lt),
         "text_bert": np.stack([ids, mask, np.zeros_like(mask)], axis=1).astype(np.float32),  # (N, 3, Lt)
         "audio": audio,
-        "vision": _modality(rng, z[2], vision_len, lv, shape.dims["vision"], noise=1.0),
+        "vision": _modality(rng, z[2], directions["vision"], vision_len, lv),
         "annotations": np.array(["Positive" if v > 0 else "Negative" if v < 0 else "Neutral" for v in labels],
                                 dtype=object),
         "classification_labels": (np.sign(labels) + 1).astype(np.float32),
@@ -106,7 +106,10 @@ def _split(rng: np.random.Generator, name: str, n: int, shape: Shape, aligned: b
 def write_pickle(path: Path, *, aligned: bool, shape: Shape = BENCH, seed: int = 0) -> Path:
     """Write an MMSA feature pickle (aligned or unaligned) with the planted signal; returns ``path``."""
     rng = np.random.default_rng(seed)  # the same seed gives the same latent scores in both files
-    data = {name: _split(rng, name, n, shape, aligned) for name, n in shape.sizes.items()}
+    # one direction per modality for the whole file (every split), so what is learnt on train holds on test;
+    # each feature carries SIGNAL * z against unit noise on average
+    directions = {m: SIGNAL * rng.normal(size=shape.dims[m]) for m in ("text", "audio", "vision")}
+    data = {name: _split(rng, name, n, shape, aligned, directions) for name, n in shape.sizes.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps(data, protocol=4))
     return path
