@@ -12,7 +12,7 @@ from bench.common import RESULTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["lightning_overhead", "configured_run", "attention", "fusions", "compile", "dataloader", "remote_loader",
-         "memory", "feature_cache", "slim_checkpoint"]
+         "memory", "feature_cache", "slim_checkpoint", "peer_mmsa"]
 
 HEADER = """# Benchmarks
 

@@ -33,7 +33,8 @@ ALL_OPTIONS = [
 #: (tests/datamodules/test_manifest*.py, test_shards.py, test_hf.py, test_benchmark*.py).
 BENCHMARKS = ("mosi", "mosei", "avmnist", "mmimdb", "mmimdb_features", "hateful_memes")
 NEEDS_DATA = {"data=manifest", "data=shards", "data=hf", *(f"{g}={b}" for g in ("data", "experiment")
-                                                             for b in BENCHMARKS)}
+                                                             for b in BENCHMARKS),
+              *(o for o in ALL_OPTIONS if o.startswith("experiment=mosi_mmsa_"))}  # MMSA's recipes on data=mosi
 
 
 def extra_overrides(option: str, tmp_path: Path) -> list[str]:

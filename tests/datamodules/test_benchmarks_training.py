@@ -85,3 +85,29 @@ def test_mmgpt_eval_rebuilds_benchmark_data_from_the_checkpoint(tmp_path, compos
     out = evaluate(eval_cfg)
     assert out["metrics"]["val/mae"] == pytest.approx(results["val"]["val/mae"], abs=1e-5)
     assert "acoustic+language+visual" in out["subsets"] and "visual" in out["subsets"]
+
+
+MMSA_RECIPES = [("mosi_mmsa_tfn", "tensor", 1e-3, 32), ("mosi_mmsa_lmf", "low_rank", 1e-3, 64),
+                ("mosi_mmsa_mult", "mult", 2e-3, 16), ("mosi_mmsa_lf_dnn", "late", 1e-3, 128),
+                ("mosi_mmsa_ef_lstm", "early", 1e-3, 32)]
+
+
+@pytest.mark.parametrize(("experiment", "fusion", "lr", "batch_size"), MMSA_RECIPES)
+def test_mmsa_recipes_compose_over_mosi(compose_cfg, experiment, fusion, lr, batch_size):
+    """experiment=mosi_mmsa_<model>: MMSA's training recipe for that model (optimizer, constant rate, batch,
+    patience) on mmgpt's fusion, composed over experiment=mosi (its data, task and encoders)."""
+    cfg = compose_cfg([f"experiment={experiment}", "data.root=unused.pkl"])
+    assert cfg.model.fusion.type == fusion and cfg.model.module.scheduler is None
+    assert (cfg.model.module.optimizer.type, cfg.model.module.optimizer.lr) == ("adam", lr)
+    assert cfg.data.batch_size == batch_size and cfg.callbacks.early_stopping.patience == 8
+    assert cfg.primary_metric.name == "mae" and sorted(cfg.model.net.encoders) == ["acoustic", "language", "visual"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", [r[0] for r in MMSA_RECIPES])
+def test_mmsa_recipes_train(tmp_path, compose_cfg, experiment):
+    from mmgpt.cli.train import train
+
+    root = _write("mosi", tmp_path / "data")
+    cfg = compose_cfg([f"experiment={experiment}", f"data.root={root}", "logger=csv", "debug=fdr"])
+    assert train(cfg)["global_step"] == 1

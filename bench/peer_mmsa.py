@@ -1,0 +1,333 @@
+"""mmgpt's classic fusions side by side with the MMSA toolkit's own TFN, LMF, MulT, EF-LSTM and LF-DNN, on the same
+synthetic CMU-MOSI pickle and seeds, interleaved (MMSA run, mmgpt run, MMSA run, ...) so machine load hits both.
+
+    python -m bench.peer_mmsa [--quick | --mosi] [--seeds 1111 1112] [--max-epochs 6] [--patience 3] [--models TFN LMF]
+
+1. Writes ``aligned_50.pkl`` and ``unaligned_50.pkl`` in MMSA's layout with a planted audio x vision interaction
+   (:mod:`bench.mmsa_data`) and checks that MMSA's loader and mmgpt's ``data=mosi`` read identical arrays.
+2. For each seed and each pair, trains MMSA's model through MMSA's own pieces (``get_config_regression`` for its
+   hyperparameters, ``MMDataLoader``, ``AMIO``, ``ATIO``'s trainer ``do_train`` / ``do_test``: what ``MMSA_run``
+   does per seed, minus its ``torch.cuda.set_device``, which fails on a machine without a GPU), then mmgpt's
+   ``mmgpt-train experiment=mosi model/fusion=<fusion>`` on the same file with the same seed. Both stop when the
+   validation L1 loss / MAE has not improved for ``--patience`` epochs (MMSA's ``early_stop``, 8 by default) or at
+   ``--max-epochs``, and both are tested on their best validation epoch.
+3. Writes ``bench/results/peer_mmsa.{json,md}``: test Acc-2 (both conventions), F1, MAE, Corr, Acc-7 (mean +- std
+   over seeds), epochs, wall seconds per epoch (training, validation and checkpointing) and training samples/s
+   (the training passes only), and whether each mmgpt metric is within or better than the peer's seed range.
+
+The pairs (peer -> mmgpt): TFN -> tensor, LMF -> low_rank, MulT -> mult, LF-DNN -> late on the unaligned file,
+EF-LSTM -> early on the aligned file (MMSA's EF-LSTM needs aligned data). mmgpt runs its own architecture (the
+README's "mmgpt vs MMSA" table lists what differs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # MMSA's trainers draw a tqdm bar per pass
+
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+
+from bench.common import compose_train_config, save  # noqa: E402
+from bench.mmsa_data import BENCH, MOSI, QUICK, compare_loaders, mmsa_args, write_pickle  # noqa: E402
+
+log = logging.getLogger("bench.peer_mmsa")
+
+#: MMSA model -> (mmgpt fusion, the file both read).
+PAIRS: dict[str, tuple[str, str]] = {
+    "TFN": ("tensor", "unaligned"), "LMF": ("low_rank", "unaligned"), "MulT": ("mult", "unaligned"),
+    "LF_DNN": ("late", "unaligned"), "EF_LSTM": ("early", "aligned"),
+}
+#: our metric name -> MMSA's metricsTop key (both on the test split of the best validation epoch).
+METRICS: dict[str, str] = {"acc2": "Has0_acc_2", "f1": "Has0_F1_score", "acc2_nonzero": "Non0_acc_2",
+                           "f1_nonzero": "Non0_F1_score", "mae": "MAE", "corr": "Corr", "acc7": "Mult_acc_7"}
+LOWER_IS_BETTER = {"mae"}
+
+
+@dataclass
+class Run:
+    """One training: its test metrics, epochs run, and the clocks."""
+
+    side: str  # "MMSA" or "mmgpt"
+    model: str  # MMSA's model name or mmgpt's fusion
+    seed: int
+    metrics: dict[str, float]
+    epochs: int
+    fit_s: float  # the whole fit: training passes, validation, checkpoints
+    train_s: float  # the training passes only
+    train_samples: int  # samples seen by the training passes (all epochs)
+
+    @property
+    def s_per_epoch(self) -> float:
+        return self.fit_s / max(1, self.epochs)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.train_samples / self.train_s if self.train_s > 0 else float("nan")
+
+
+class _EpochCap(Exception):
+    """Raised by :class:`TimedLoader` when MMSA's trainer starts an epoch past the cap (MMSA's loop has none)."""
+
+
+class TimedLoader:
+    """MMSA's training DataLoader, timed: each full pass over it is one epoch of MMSA's ``do_train`` loop.
+
+    The clock runs from the loop asking for the first batch to the loop asking for one past the last, so it covers
+    loading, forward, backward and the optimizer step of every batch, as mmgpt's Throughput callback does.
+    """
+
+    def __init__(self, loader: Any, max_epochs: int) -> None:
+        self.loader, self.max_epochs = loader, max_epochs
+        self.epochs, self.seconds, self.samples = 0, 0.0, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.epochs >= self.max_epochs:
+            raise _EpochCap
+        self.epochs += 1
+        t0 = time.perf_counter()
+        for batch in self.loader:
+            self.samples += len(batch["index"])
+            yield batch
+        self.seconds += time.perf_counter() - t0
+
+
+class _ReduceLROnPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """torch's scheduler without the ``verbose`` argument MMSA's MulT trainer passes (removed in torch 2.7)."""
+
+    def __init__(self, *args: Any, verbose: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+
+
+def run_mmsa(model: str, path: Path, seed: int, *, max_epochs: int, patience: int, work: Path) -> Run:
+    """Train and test MMSA's ``model`` on ``path`` with MMSA's config, loader, model and trainer."""
+    from MMSA.data_loader import MMDataLoader
+    from MMSA.models import AMIO
+    from MMSA.trains import ATIO
+    from MMSA.utils import setup_seed
+
+    mult_trainer = importlib.import_module("MMSA.trains.singleTask.MULT")  # the module (the package exports the class)
+    mult_trainer.ReduceLROnPlateau = _ReduceLROnPlateau  # the one change MMSA needs to run on torch >= 2.7
+    args = mmsa_args(model, path, early_stop=patience, model_save_path=work / f"{model}-{seed}.pth")
+    setup_seed(seed)
+    loaders = MMDataLoader(args, num_workers=0)
+    timed = TimedLoader(loaders["train"], max_epochs)
+    loaders["train"] = timed
+    net = AMIO(args).to(args.device)
+    trainer = ATIO().getTrain(args)
+    t0 = time.perf_counter()
+    try:
+        trainer.do_train(net, loaders)
+    except _EpochCap:
+        pass
+    fit_s = time.perf_counter() - t0
+    net.load_state_dict(torch.load(args.model_save_path, weights_only=True))
+    results = trainer.do_test(net, loaders["test"], mode="TEST")
+    metrics = {ours: float(results[theirs]) for ours, theirs in METRICS.items()}
+    return Run("MMSA", model, seed, metrics, timed.epochs, fit_s, timed.seconds, timed.samples)
+
+
+class FitClock(pl.Callback):
+    """The wall time of ``trainer.fit`` and the training-pass time of each epoch (from mmgpt's Throughput)."""
+
+    last: FitClock | None = None
+
+    def __init__(self) -> None:
+        self.fit_s, self.train_s, self.samples = 0.0, 0.0, 0
+        self._t0 = 0.0
+        FitClock.last = self
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from mmgpt.training.callbacks import Throughput
+
+        clock = next(c for c in trainer.callbacks if isinstance(c, Throughput))
+        # Throughput has paused its clock for this epoch (its hook runs first: callbacks are in key order)
+        self.train_s += clock._elapsed
+        self.samples += clock._samples
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.fit_s = time.perf_counter() - self._t0
+
+
+def run_mmgpt(fusion: str, path: Path, seed: int, *, max_epochs: int, patience: int, work: Path) -> Run:
+    """``mmgpt-train experiment=mosi model/fusion=<fusion>`` on ``path``, in this process."""
+    from omegaconf import open_dict
+
+    from mmgpt.cli.train import train
+
+    cfg = compose_train_config([
+        "experiment=mosi", f"data.root={path}", f"model/fusion={fusion}", f"seed={seed}",
+        f"trainer.max_epochs={max_epochs}", f"callbacks.early_stopping.patience={patience}", "logger=csv",
+        "callbacks.progress=null", "trainer.enable_progress_bar=false",
+        "+callbacks.zz_fit_clock._target_=bench.peer_mmsa.FitClock",
+    ])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(work / f"{fusion}-{seed}")
+    results = train(cfg)
+    from bench.peer_mmsa import FitClock as clocks  # the class Hydra instantiated (this file may run as __main__)
+
+    clock = clocks.last
+    assert clock is not None
+    metrics = {k: float(results["test"][f"test/{k}"]) for k in METRICS}
+    return Run("mmgpt", fusion, seed, metrics, int(results["epochs"]), clock.fit_s, clock.train_s, clock.samples)
+
+
+@dataclass
+class Summary:
+    """A model's runs over the seeds: mean, std, min and max of every metric, and the clocks."""
+
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, key: str) -> list[float]:
+        return [r.metrics[key] for r in self.runs]
+
+    def mean(self, key: str) -> float:
+        return statistics.fmean(self.values(key))
+
+    def std(self, key: str) -> float:
+        return statistics.pstdev(self.values(key))  # MMSA_run reports np.std (population)
+
+    def cell(self, key: str) -> str:
+        scale = 1 if key == "mae" or key == "corr" else 100
+        return f"{self.mean(key) * scale:.2f} ± {self.std(key) * scale:.2f}" if key != "mae" and key != "corr" \
+            else f"{self.mean(key):.3f} ± {self.std(key):.3f}"
+
+    def clock(self, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in self.runs)
+
+
+def within_spread(ours: Summary, peer: Summary, key: str) -> bool:
+    """mmgpt's mean is inside the peer's seed range [min, max] or better than all of it."""
+    values = peer.values(key)
+    if key in LOWER_IS_BETTER:
+        return ours.mean(key) <= max(values)
+    return ours.mean(key) >= min(values)
+
+
+def table(summaries: dict[str, dict[str, Summary]], seeds: list[int]) -> str:
+    header = ("| model | acc2 (%) | f1 (%) | acc2_nonzero (%) | f1_nonzero (%) | MAE | Corr | Acc-7 (%) | epochs | "
+              "s/epoch | train samples/s | mmgpt/MMSA samples/s |")
+    lines = [header, "|" + "---|" * 12]
+    verdicts = []
+    for model, (fusion, data) in PAIRS.items():
+        if model not in summaries["MMSA"] or fusion not in summaries["mmgpt"]:
+            continue
+        peer, ours = summaries["MMSA"][model], summaries["mmgpt"][fusion]
+        ratio = statistics.median(o.samples_per_s / p.samples_per_s for o, p in zip(ours.runs, peer.runs)
+                                  if o.seed == p.seed)
+        for label, s, r in ((f"MMSA {model} ({data})", peer, ""), (f"mmgpt `{fusion}`", ours, f"{ratio:.2f}x")):
+            cells = [s.cell(k) for k in METRICS]
+            lines.append(f"| {label} | {' | '.join(cells)} | {s.clock('epochs'):.0f} | {s.clock('s_per_epoch'):.2f} "
+                         f"| {s.clock('samples_per_s'):.0f} | {r} |")
+        missed = [k for k in METRICS if not within_spread(ours, peer, k)]
+        verdict = f"outside the peer's range on {', '.join(missed)}" if missed else \
+            "within or better than the peer's seed range on every metric"
+        verdicts.append(f"- `{fusion}` vs {model}: {verdict}; training throughput {ratio:.2f}x the peer's "
+                        "(median of the per-seed ratios)")
+    return "\n".join([*lines, "", f"Seeds: {', '.join(map(str, seeds))}. Epochs, s/epoch and samples/s: medians "
+                      "over seeds.", "", *verdicts])
+
+
+def report(runs: list[Run], *, command: str, shape: Any, problems: dict[str, list[str]], seeds: list[int],
+           wall: float, name: str) -> None:
+    """The side-by-side table of ``runs`` into ``bench/results/<name>.{json,md}``."""
+    summaries: dict[str, dict[str, Summary]] = {"MMSA": {}, "mmgpt": {}}
+    for run in runs:
+        summaries[run.side].setdefault(run.model, Summary()).runs.append(run)
+    loaders = "MMSA's and mmgpt's loaders read identical arrays from both files." if not any(problems.values()) \
+        else f"Loader differences: {json.dumps(problems)}"
+    md = (f"## mmgpt vs MMSA's reference implementations (same data, same seeds)\n\n`{command}`: synthetic MOSI of "
+          f"{shape.sizes} samples, features {shape.dims}, stored steps text/audio/vision {shape.steps}; "
+          f"{wall / 60:.1f} min in all, on the shared (loaded) machine, one torch thread for both sides, the two "
+          f"sides' runs alternated. {loaders} Test metrics of each run's best validation epoch, mean ± std over "
+          f"seeds (MMSA's convention, np.std); MAE and Corr as numbers, the rest in %.\n\n{table(summaries, seeds)}\n")
+    save(name, {"command": command, "shape": asdict(shape), "loader_problems": problems, "wall_s": wall,
+                "seeds": seeds, "runs": [asdict(r) for r in runs]}, md)
+
+
+def report_again(name: str) -> None:
+    """Rewrite ``bench/results/<name>.md`` from the runs its ``.json`` holds (after a change to the table)."""
+    from bench.common import RESULTS_DIR
+    from bench.mmsa_data import Shape
+
+    saved = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+    shape = saved["shape"]
+    report([Run(**r) for r in saved["runs"]], command=saved["command"], problems=saved["loader_problems"],
+           shape=Shape(shape["sizes"], shape["dims"], tuple(shape["steps"])), wall=saved["wall_s"],
+           seeds=saved.get("seeds") or sorted({r["seed"] for r in saved["runs"]}), name=name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small file and 2 epochs (a smoke run, minutes)")
+    parser.add_argument("--mosi", action="store_true", help="MOSI's own sizes and steps (hours on a CPU)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112])
+    parser.add_argument("--max-epochs", type=int, default=6)
+    parser.add_argument("--patience", type=int, default=3, help="epochs without a better validation loss (MMSA: 8)")
+    parser.add_argument("--models", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--steps", type=int, nargs=3, default=None, metavar=("TEXT", "AUDIO", "VISION"),
+                        help="stored steps per modality (default: the chosen shape's, bench.mmsa_data)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for both sides (1: on a shared, loaded CPU more threads spin and wait)")
+    parser.add_argument("--data", type=Path, default=None, help="where to write the pickles (default: a temp dir)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the table from the saved runs")
+    args = parser.parse_args(argv)
+    if args.report_only:
+        return report_again("peer_mmsa_quick" if args.quick else "peer_mmsa")
+    if args.quick:
+        args.max_epochs, args.patience = 2, 2
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    command = " ".join(["python -m bench.peer_mmsa", *(["--quick"] if args.quick else []),
+                        *(["--mosi"] if args.mosi else []), "--seeds", *map(str, args.seeds),
+                        f"--max-epochs {args.max_epochs} --patience {args.patience}",
+                        *([f"--steps {' '.join(map(str, args.steps))}"] if args.steps else []),
+                        f"--threads {args.threads}"])
+    name = "peer_mmsa_quick" if args.quick else "peer_mmsa"
+    work = Path(tempfile.mkdtemp(prefix="peer_mmsa_"))
+    shape = QUICK if args.quick else MOSI if args.mosi else BENCH
+    if args.steps:
+        shape = dataclasses.replace(shape, steps=tuple(args.steps))
+    files = {kind: write_pickle((args.data or work / "data") / f"{kind}_50.pkl", aligned=kind == "aligned",
+                                shape=shape) for kind in ("aligned", "unaligned")}
+    problems = {kind: compare_loaders(path, aligned=kind == "aligned") for kind, path in files.items()}
+    print("loaders:", problems, flush=True)
+    runs: list[Run] = []
+    started = time.perf_counter()
+    for i, seed in enumerate(args.seeds):
+        for j, model in enumerate(args.models):
+            fusion, kind = PAIRS[model]
+            sides = [(model, run_mmsa), (fusion, run_mmgpt)]
+            for side, fn in sides if (i + j) % 2 == 0 else reversed(sides):  # alternate who goes first
+                run = fn(side, files[kind], seed, max_epochs=args.max_epochs, patience=args.patience, work=work)
+                runs.append(run)
+                print(f"{run.side} {run.model} seed {seed}: {run.epochs} epochs, {run.s_per_epoch:.2f} s/epoch, "
+                      f"{run.samples_per_s:.0f} samples/s, " + " ".join(f"{k}={v:.4f}" for k, v in run.metrics.items()),
+                      flush=True)
+                report(runs, command=command, shape=shape, problems=problems, seeds=args.seeds,
+                       wall=time.perf_counter() - started, name=name)  # after every run: a partial table survives
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
