@@ -17,9 +17,14 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Comparison", "EvalResults", "Results", "compare", "evaluate", "overrides_of", "train"]
+if TYPE_CHECKING:
+    import torch
+
+    from mmgpt.predictor import Predictor
+
+__all__ = ["Comparison", "EvalResults", "Results", "compare", "evaluate", "load", "overrides_of", "train"]
 
 
 @dataclass(frozen=True)
@@ -234,3 +239,30 @@ def compare(overrides: Sequence[str] | None = None, **options: Any) -> Compariso
         table = list(csv.DictReader(f))
     return Comparison(sweep_dir=sweep_dir, report=sweep_dir / "report.md", table=table,
                       runs=[Results.read(d) for d in find_run_dirs(sweep_dir)])
+
+
+def load(path: str | Path, *, device: str | torch.device = "cpu", plugins: Sequence[str] = ()) -> Predictor:
+    """A :class:`Predictor` from a checkpoint (``.ckpt``, or a sharded checkpoint's folder) or a folder written by
+    ``mmgpt-export``, opened by the same safe loader as ``mmgpt-eval``: nothing it names is imported.
+
+    Args:
+        path: the checkpoint or exported folder.
+        device: where the model runs.
+        plugins: your modules that register parts the model uses (imported here, by your choice).
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "mmgpt.json").is_file():
+        from mmgpt.export import load_exported
+
+        return load_exported(path, device=device, plugins=plugins)
+    from mmgpt.cli.generate import media_processors
+    from mmgpt.predictor import Predictor, task_of
+    from mmgpt.training.lit_module import MultimodalModule
+    from mmgpt.training.safe_load import read_checkpoint, stored_run_config
+
+    module = MultimodalModule.load_from_checkpoint(path, map_location="cpu", plugins=list(plugins))
+    data_cfg = (stored_run_config(read_checkpoint(path), path) or {}).get("data") or {}
+    processors = media_processors(module.net, module.hparams["net"], data_cfg)
+    task, threshold = task_of(module.hparams.get("objectives"))
+    return Predictor(module.net.to(device), processors, module.hparams.get("class_names") or [], task=task,
+                     threshold=threshold, source=path)

@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -20,12 +19,9 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 from mmgpt.datamodules.options import config_defaults as data_option_defaults
 from mmgpt.errors import UserError
+from mmgpt.paths import CONFIG_DIR  # noqa: F401  (re-exported: mmgpt.config.CONFIG_DIR)
 from mmgpt.registry import HYDRA_KEYS, NetworkSpec, check_spec, unknown_argument
 from mmgpt.secrets import redacted
-
-#: The Hydra config folder: the repository's conf/ in a checkout, mmgpt/conf in a wheel (pyproject.toml maps it in
-#: as the data-only package ``mmgpt.conf``; found, not imported, since it holds no Python).
-CONFIG_DIR = Path(importlib.util.find_spec("mmgpt.conf").submodule_search_locations[0])
 
 
 @dataclass

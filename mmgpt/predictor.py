@@ -20,7 +20,7 @@ from torch import Tensor
 
 from mmgpt.errors import UserError
 
-__all__ = ["Prediction", "Predictor", "load"]
+__all__ = ["Prediction", "Predictor", "task_of"]
 
 
 @dataclass(frozen=True)
@@ -205,29 +205,3 @@ def task_of(objectives: Mapping[str, Any] | None) -> tuple[str, float]:
                 float(spec.get("weight", 1.0)) > 0):
             return str(spec["type"]), float(spec.get("threshold", 0.5))
     return "classify", 0.5
-
-
-def load(path: str | Path, *, device: str | torch.device = "cpu", plugins: Sequence[str] = ()) -> Predictor:
-    """A :class:`Predictor` from a checkpoint (``.ckpt``, or a sharded checkpoint's folder) or a folder written by
-    ``mmgpt-export``, opened by the same safe loader as ``mmgpt-eval``: nothing it names is imported.
-
-    Args:
-        path: the checkpoint or exported folder.
-        device: where the model runs.
-        plugins: your modules that register parts the model uses (imported here, by your choice).
-    """
-    path = Path(path)
-    if path.is_dir() and (path / "mmgpt.json").is_file():
-        from mmgpt.export import load_exported
-
-        return load_exported(path, device=device, plugins=plugins)
-    from mmgpt.cli.generate import media_processors
-    from mmgpt.training.lit_module import MultimodalModule
-    from mmgpt.training.safe_load import read_checkpoint, stored_run_config
-
-    module = MultimodalModule.load_from_checkpoint(path, map_location="cpu", plugins=list(plugins))
-    data_cfg = (stored_run_config(read_checkpoint(path), path) or {}).get("data") or {}
-    processors = media_processors(module.net, module.hparams["net"], data_cfg)
-    task, threshold = task_of(module.hparams.get("objectives"))
-    return Predictor(module.net.to(device), processors, module.hparams.get("class_names") or [], task=task,
-                     threshold=threshold, source=path)

@@ -80,7 +80,7 @@ def _group_option_exists(group: str, option: Any) -> bool:
     """Whether ``option`` of config group ``group`` is one of mmgpt's (its YAML file, or a node mmgpt stored)."""
     from hydra.core.config_store import ConfigStore
 
-    from mmgpt.config import CONFIG_DIR
+    from mmgpt.paths import CONFIG_DIR
 
     if option is None:
         return True  # `group=null`: no option
@@ -147,7 +147,7 @@ def check_override(override: str, source: str | Path, where: str, sweep_dir: Pat
 
 
 def _is_group(key: str) -> bool:
-    from mmgpt.config import CONFIG_DIR
+    from mmgpt.paths import CONFIG_DIR
 
     return (CONFIG_DIR / key).is_dir()
 

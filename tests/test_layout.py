@@ -103,7 +103,7 @@ def test_pyproject_lists_every_package() -> None:
     on_disk = {"mmgpt.conf"} | {
         _dotted(Path(*MAPPED.get(p.relative_to(ROOT).parts[0], p.relative_to(ROOT).parts[0]).split("."),
                      *p.relative_to(ROOT).parts[1:]))
-        for folder in ("mmgpt", "datamodules") for p in (ROOT / folder).rglob("__init__.py")}
+        for folder in ("mmgpt", "datamodules", "hydra_plugins") for p in (ROOT / folder).rglob("__init__.py")}
     assert set(setuptools["packages"]) == on_disk
 
 
@@ -111,7 +111,9 @@ def test_pyproject_lists_every_package() -> None:
 #: The rooms of the package, by module prefix (the longest prefix decides).
 ROOMS: dict[str, str] = {
     "mmgpt": "core", "mmgpt.errors": "core", "mmgpt.batch": "core", "mmgpt.tokenizer": "core",
-    "mmgpt.secrets": "core",
+    "mmgpt.secrets": "core", "mmgpt.paths": "core", "mmgpt.stored_config": "core", "mmgpt.stamp": "core",
+    "mmgpt.presets": "network", "mmgpt.sweep_folder": "report",
+    **{f"mmgpt.{m}": "api" for m in ("api", "predictor", "export")},
     **{f"mmgpt.{m}": "network" for m in ("layers", "encoders", "fusion", "model", "decoder", "hf_decoder",
                                          "objectives", "generation", "lora", "registry")},
     "mmgpt.datamodules": "data", "mmgpt.training": "training", "mmgpt.report": "report", "mmgpt.config": "config",
@@ -125,6 +127,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "training": {"core", "network", "training"},
     "report": {"core", "network", "training", "report"},
     "config": {"core", "network", "data", "config"},
+    "api": set(ROOMS.values()),
     "cli": set(ROOMS.values()),
 }
 #: Single modules another room may import besides: the data loaders' seeding helpers (no imports of their own).
