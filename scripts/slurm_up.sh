@@ -146,7 +146,7 @@ else
     done
 fi
 for _ in $(seq 60); do
-    [ "$(sinfo -h -N -o %T 2>/dev/null | grep -c -E '^(idle|mixed|allocated)')" = "$NODES" ] && break
+    [ "$(sinfo -h -N -p cpu -o %T 2>/dev/null | grep -c -E '^(idle|mixed|allocated)')" = "$NODES" ] && break
     scontrol update nodename="$NODELIST" state=resume >/dev/null 2>&1 || true
     sleep 0.5
 done
