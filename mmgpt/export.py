@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from mmgpt import stored_config
 from mmgpt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def export(checkpoint: str | Path, out: str | Path, *, include_backbones: bool =
         "export_stamp": run_stamp(),
         "checkpoint": checkpoint.name,
     }
-    check_manifest(manifest, out / SPEC_FILE)
+    stored_config.check(manifest, out / SPEC_FILE, error=ExportError)  # what load_exported will accept
     (out / SPEC_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     (out / CARD_FILE).write_text(model_card(manifest))
     log.info("exported %s to %s", checkpoint, out)
@@ -220,31 +221,9 @@ def model_card(manifest: Mapping[str, Any]) -> str:
 
 
 # -- reading -----------------------------------------------------------------------------------------------------------
-_CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
-
-
-def check_manifest(node: Any, source: str | Path, where: str = "") -> None:
-    """Refuse anything in an exported folder's JSON that could name code or be resolved: a Hydra ``_target_``-style
-    key, or a ``${...}`` interpolation, anywhere.
-
-    Raises:
-        ExportError: naming the file and the key path.
-    """
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            at = f"{where}.{key}" if where else str(key)
-            if key in _CODE_KEYS:
-                raise ExportError(f"{source}: {at}: {value!r} refused (an exported model may not name code to call)")
-            check_manifest(value, source, at)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            check_manifest(value, source, f"{where}[{i}]")
-    elif isinstance(node, str) and "${" in node:
-        raise ExportError(f"{source}: {where}: {node!r} refused (interpolations are not resolved in an exported model)")
-
-
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """``mmgpt.json`` of an exported folder, checked (:func:`check_manifest`) and its format confirmed."""
+    """``mmgpt.json`` of an exported folder, its format confirmed and checked as data
+    (:func:`mmgpt.stored_config.check`: no ``_target_``, no ``${...}``)."""
     path = folder / SPEC_FILE
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -255,7 +234,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
         raise ExportError(f"{path}: format version {manifest['format_version']} is newer than this mmgpt reads "
                           f"({FORMAT_VERSION}); update mmgpt")
-    check_manifest(manifest, path)
+    stored_config.check(manifest, path, error=ExportError)  # no code keys, no interpolations: data only
     return manifest
 
 
