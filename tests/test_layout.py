@@ -119,7 +119,7 @@ ROOMS: dict[str, str] = {
     "mmgpt.datamodules": "data", "mmgpt.training": "training", "mmgpt.report": "report", "mmgpt.config": "config",
     "mmgpt.cli": "cli",
 }
-#: The rooms each room may import (its own included): the rule README.md ("Layout") states.
+#: The rooms each room may import (its own included): the rule docs/development.md ("Layout") states.
 MAY_IMPORT: dict[str, set[str]] = {
     "core": {"core"},
     "network": {"core", "network"},
@@ -194,7 +194,7 @@ def test_imports_run_the_documented_way() -> None:
     wrong = [f"{modules[a].relative_to(ROOT)}:{line}: {a} ({room(a)}) imports {b} ({room(b)})"
              for a, targets in graph.items() for b, line in targets.items()
              if room(b) not in MAY_IMPORT[room(a)] and b not in ALSO_ALLOWED.get(room(a), ())]
-    assert not wrong, "imports against the documented direction (README.md, Layout):\n" + "\n".join(wrong)
+    assert not wrong, "imports against the documented direction (docs/development.md, Layout):\n" + "\n".join(wrong)
 
 
 def _cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
