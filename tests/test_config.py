@@ -157,7 +157,7 @@ def test_common_slips_get_a_message_naming_the_key(compose_cfg):
 
 
 def test_credentials_under_storage_options_are_redacted_from_what_runs_save():
-    from mmgpt.config import is_secret_key, redacted
+    from mmgpt.secrets import is_secret_key, redacted
 
     cfg = {"data": {"root": "s3://b/set", "storage_options": {
         "endpoint_url": "http://store:9000", "key": "AKIA", "secret": "s3cr3t", "token": "t",

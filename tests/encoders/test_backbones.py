@@ -302,8 +302,8 @@ def test_manifest_and_shards_decode_through_the_backbone_processors(backbones, t
     # The scratch processors keep the media store's keys of before (a warm store stays warm).
     scratch = declared_processors(None, DataOptions(image_size=32, sample_rate=8000, max_audio_seconds=1.0,
                                                     max_text_length=16))
-    assert scratch["image"].fingerprint() == "image:v2:size=32:max_pixels=89478485"  # the keys of the stores
-    assert scratch["audio"].fingerprint() == "audio:v2:rate=8000:max=8000"  # written with DecodeSettings
+    assert scratch["image"].fingerprint() == "image:v3:size=32:max_pixels=89478485"  # the keys of the stores
+    assert scratch["audio"].fingerprint() == "audio:v3:rate=8000:max=8000"  # written with DecodeSettings
 
 
 @pytest.mark.slow  # a fresh interpreter (the hub cache location is read at import)
