@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmgpt.datamodules.problems import problem_lines
+
 #: The file types of Hugging Face data (as :data:`mmgpt.datamodules.hf.source.DATA_SUFFIXES`; repeated so that
 #: telling a manifest folder from Hugging Face data imports neither pyarrow nor datasets).
 DATA_SUFFIXES = (".parquet", ".arrow")
@@ -43,12 +45,7 @@ class HFReport:
     def format(self, limit: int | None = None) -> str:
         lines = [f"{self.path}: " + ", ".join(f"{s} {n} rows" for s, n in self.rows.items()),
                  "modalities: " + ", ".join(f"{n} ({k})" for n, k in self.modalities.items()), self.label]
-        shown = self.problems if limit is None else self.problems[:limit]
-        lines += shown
-        if len(shown) < len(self.problems):
-            lines.append(f"... and {len(self.problems) - len(shown)} more problems")
-        lines.append(f"{len(self.problems)} problems" if self.problems else "no problems")
-        return "\n".join(lines)
+        return "\n".join([*lines, *problem_lines(self.problems, limit)])
 
 
 def check_hf(path: str, *, columns: Mapping[str, str] | None = None, splits: Mapping[str, str] | None = None,

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmgpt.datamodules.problems import problem_lines
 from mmgpt.datamodules.remote import RemoteError
 from mmgpt.datamodules.shards.datamodule import ShardDataModule
 from mmgpt.datamodules.shards.format import ShardError
@@ -26,12 +27,7 @@ class ShardReport:
 
     def format(self, limit: int | None = None) -> str:
         lines = [f"{self.root}: " + ", ".join(f"{s} {n} samples" for s, n in self.samples.items())]
-        shown = self.problems if limit is None else self.problems[:limit]
-        lines += shown
-        if len(shown) < len(self.problems):
-            lines.append(f"... and {len(self.problems) - len(shown)} more problems")
-        lines.append(f"{len(self.problems)} problems" if self.problems else "no problems")
-        return "\n".join(lines)
+        return "\n".join([*lines, *problem_lines(self.problems, limit)])
 
 
 def check_shards(root: str, progress: Callable[[int, int], None] | None = None, **options: Any) -> ShardReport:
