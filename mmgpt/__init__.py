@@ -21,7 +21,7 @@ from mmgpt.batch import MODALITIES, MultimodalBatch
 
 if TYPE_CHECKING:
     from mmgpt.api import Comparison, EvalResults, Results, compare, evaluate, load, train
-    from mmgpt.export import export
+    from mmgpt.exported import export
     from mmgpt.predictor import Prediction, Predictor
 
 __all__ = ["MODALITIES", "Comparison", "EvalResults", "MultimodalBatch", "Prediction", "Predictor", "Results",
@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 #: The public API's names and the modules they live in (imported when first used).
 _LAZY = {"train": "mmgpt.api", "evaluate": "mmgpt.api", "compare": "mmgpt.api", "Results": "mmgpt.api",
          "EvalResults": "mmgpt.api", "Comparison": "mmgpt.api", "load": "mmgpt.api",
-         "Predictor": "mmgpt.predictor", "Prediction": "mmgpt.predictor", "export": "mmgpt.export"}
+         "Predictor": "mmgpt.predictor", "Prediction": "mmgpt.predictor", "export": "mmgpt.exported"}
 
 
 def __getattr__(name: str) -> Any:

@@ -252,7 +252,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", plugins: Seque
     """
     path = Path(path)
     if path.is_dir() and (path / "mmgpt.json").is_file():
-        from mmgpt.export import load_exported
+        from mmgpt.exported import load_exported
 
         return load_exported(path, device=device, plugins=plugins)
     from mmgpt.cli.generate import media_processors

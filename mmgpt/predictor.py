@@ -1,7 +1,7 @@
 """``mmgpt.load(path)``: a trained model (a checkpoint or an exported folder) that predicts from raw inputs.
 
 The model is opened by mmgpt's safe loaders (:mod:`mmgpt.training.safe_load` for checkpoints,
-:mod:`mmgpt.export` for exported folders), and raw inputs go through the model's own processors (the ones its
+:mod:`mmgpt.exported` for exported folders), and raw inputs go through the model's own processors (the ones its
 encoders declare, with the data settings it was trained with), collated into a batch exactly as the datamodules
 collate theirs: a file predicted here gives the logits ``mmgpt-eval`` computes for it in the same batch.
 """

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import mmgpt
-from mmgpt.export import ExportError, export
+from mmgpt.exported import ExportError, export
 from tests.datamodules.conftest import good_rows, make_folder, media  # noqa: F401  (fixtures)
 from tests.helpers.predict import assert_same_as_eval, train_and_eval
 

@@ -113,7 +113,7 @@ ROOMS: dict[str, str] = {
     "mmgpt": "core", "mmgpt.errors": "core", "mmgpt.batch": "core", "mmgpt.tokenizer": "core",
     "mmgpt.secrets": "core", "mmgpt.paths": "core", "mmgpt.stored_config": "core", "mmgpt.stamp": "core",
     "mmgpt.presets": "network", "mmgpt.sweep_folder": "report",
-    **{f"mmgpt.{m}": "api" for m in ("api", "predictor", "export")},
+    **{f"mmgpt.{m}": "api" for m in ("api", "predictor", "exported")},
     **{f"mmgpt.{m}": "network" for m in ("layers", "encoders", "fusion", "model", "decoder", "hf_decoder",
                                          "objectives", "generation", "lora", "registry")},
     "mmgpt.datamodules": "data", "mmgpt.training": "training", "mmgpt.report": "report", "mmgpt.config": "config",

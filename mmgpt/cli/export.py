@@ -1,5 +1,5 @@
 """``mmgpt-export CKPT OUT [--include-backbones]``: write a trained checkpoint as a self-contained folder
-(:mod:`mmgpt.export`), which ``mmgpt.load(OUT)`` opens."""
+(:mod:`mmgpt.exported`), which ``mmgpt.load(OUT)`` opens."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
 
 @user_errors
 def main(argv: Sequence[str] | None = None) -> None:
-    from mmgpt.export import export
+    from mmgpt.exported import export
 
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")

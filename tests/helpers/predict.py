@@ -43,7 +43,8 @@ def predict_files(predictor: mmgpt.Predictor, root: Path, rows: list[dict[str, A
     def column(key: str) -> list[Any]:
         return [None if r.get(key) is None else (r[key] if key == "text" else str(root / r[key])) for r in rows]
 
-    return predictor.predict(text=column("text"), image=column("image"), audio=column("audio"), batch_size=BATCH)
+    inputs = {m: column(m) for m in ("text", "image", "audio") if m in predictor.modalities}  # unimodal: its own
+    return predictor.predict(**inputs, batch_size=BATCH)
 
 
 def assert_same_as_eval(predictor: mmgpt.Predictor, root: Path, saved: Any) -> None:

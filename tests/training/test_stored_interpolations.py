@@ -170,9 +170,10 @@ def _load_as_mmgpt_eval_does(path: Path, out: Path) -> None:
     """What ``mmgpt-eval`` builds from a checkpoint before running anything: the module, the stored data config,
     the datamodule."""
     from mmgpt.cli.common import build_datamodule
-    from mmgpt.training.safe_load import load_module, read_checkpoint, safe_data_config, stored_run_config
+    from mmgpt.training.lit_module import MultimodalModule
+    from mmgpt.training.safe_load import read_checkpoint, safe_data_config, stored_run_config
 
-    module = load_module(path)
+    module = MultimodalModule.load_from_checkpoint(path)
     run_cfg = stored_run_config(read_checkpoint(path), path)
     build_datamodule(safe_data_config(run_cfg["data"], path, out), module.hparams.net)
 
