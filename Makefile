@@ -17,6 +17,7 @@ help:
 	@echo "make test-gpu  the tests marked gpu (skipped without CUDA); bench/gpu.sh runs them and every GPU figure"
 	@echo "make gpu-dry-run  bench/gpu.sh without CUDA: GPU sections skipped, the step benchmark at tiny shapes"
 	@echo "make lint      ruff (configured in pyproject.toml)"
+	@echo "make lock      rewrite constraints.txt (the tested dependency versions every install uses) after a dependency change"
 	@echo "make wheel-check  build the wheel, install it apart from the checkout, run mmgpt-train and mmgpt-eval from it"
 	@echo "make compare   early/late/cross-attention + unimodal baselines x 3 seeds, then report.md/report.csv/plots"
 	@echo "make compare-all  every fusion family + baselines, TUNE=4 tuning trials each, then 3 seeds on each best"
@@ -26,15 +27,30 @@ help:
 	@echo "make train ARGS='model/fusion=late trainer.max_epochs=3'   train with Hydra overrides"
 
 DEV_STAMP := $(VENV)/.installed-dev
+# The tested versions of every dependency (make lock writes it); `make install LOCK=` resolves afresh instead.
+LOCK ?= constraints.txt
+PIP_INSTALL = $(BIN)/python -m pip install --quiet --disable-pip-version-check $(if $(LOCK),-c $(LOCK))
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e .
+	$(PIP_INSTALL) -e .
 	touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(PIP_INSTALL) -e ".[dev]"
 	touch $(DEV_STAMP)
+
+# Rewrite constraints.txt from a fresh resolution of .[dev] in a scratch venv (after changing a dependency).
+# boto3 is held to the botocore that aiobotocore (s3fs) accepts, or pip backtracks through every boto3 release.
+.PHONY: lock
+lock:
+	rm -rf /tmp/mmgpt-lock && $(PYTHON) -m venv /tmp/mmgpt-lock
+	/tmp/mmgpt-lock/bin/python -m pip install --quiet -e ".[dev]" \
+	  "boto3$$(/tmp/mmgpt-lock/bin/python -m pip download --no-deps -q -d /tmp/mmgpt-lock/aio aiobotocore >/dev/null 2>&1; \
+	    unzip -p /tmp/mmgpt-lock/aio/aiobotocore-*.whl '*/METADATA' | sed -n 's/^Requires-Dist: botocore//p' | head -1)"
+	head -3 constraints.txt > /tmp/mmgpt-lock/head.txt
+	{ cat /tmp/mmgpt-lock/head.txt; /tmp/mmgpt-lock/bin/python -m pip freeze --exclude-editable; } > constraints.txt
+	/tmp/mmgpt-lock/bin/python -m pip check
 
 install: $(DEV_STAMP)
 
