@@ -152,6 +152,7 @@ def epoch_losses(run_dir: Path) -> list[float]:
     return [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
 
 
+@pytest.mark.slow  # minutes on 2 CPUs: in CI's slow run (make test-slow)
 @pytest.mark.parametrize("fusion", ["early", "cross_attention"])
 def test_captioning_trains_with_the_hf_decoder_and_its_checkpoint_generates(gpt2_dir, fusion, compose_cfg,
                                                                              tmp_path):

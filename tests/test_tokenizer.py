@@ -110,6 +110,7 @@ def test_text_encoder_and_decoder_vocab_follow_the_tokenizer(bpe_path):
         TextEncoder(dim=8, num_layers=1, num_heads=2, tokenizer=str(bpe_path.parent / "missing.json"))
 
 
+@pytest.mark.slow  # minutes on 2 CPUs: in CI's slow run (make test-slow)
 def test_a_training_run_reads_and_writes_text_with_the_bpe(bpe_path, folder, compose_cfg):
     """The text processor tokenizes with the encoder's BPE (processors travel with the encoders), the scratch
     decoder shares it, and a short pre-training run (causal LM + masked LM on it) trains."""

@@ -42,6 +42,7 @@ def test_submitit_local_executor_runs_a_sweep_job(tmp_path):
     assert list(tmp_path.glob("train/multiruns/*/.submitit/*/*_result.pkl"))  # submitit ran and collected the job
 
 
+@pytest.mark.slow  # minutes on 2 CPUs: in CI's slow run (make test-slow)
 def test_multirun_with_ddp_sim_gives_one_directory_per_sweep_point(tmp_path):
     """Each sweep point launches its own 2 DDP processes; the ranks write into that point's directory only."""
     env = {**os.environ, "MMGPT_LOG_DIR": str(tmp_path), "CI": "1", "WANDB_MODE": "offline"}

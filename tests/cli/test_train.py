@@ -83,6 +83,7 @@ def _train_subprocess(tmp_path: Path, name: str, *args: str, launcher: list[str]
     return json.loads(results_file.read_text())
 
 
+@pytest.mark.slow  # minutes on 2 CPUs: in CI's slow run (make test-slow)
 def test_ddp_sim_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     """2 CPU processes x batch 16 == 1 process x batch 32: same samples per step, gradients averaged by DDP.
 

@@ -42,6 +42,7 @@ def test_caption_checkpoint_rebuilds_and_generates(compose_cfg):
     assert len(out.texts) == 4 and out.tokens.dtype == torch.long
 
 
+@pytest.mark.slow  # minutes on 2 CPUs: in CI's slow run (make test-slow)
 def test_pretrain_task_composes_every_objective(compose_cfg):
     from mmgpt.config import check_targets
 

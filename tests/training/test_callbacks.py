@@ -191,6 +191,7 @@ def _fit(compose_cfg, tmp_path, steps: int, ckpt_path=None, save_every: int | No
     return module
 
 
+@pytest.mark.slow  # minutes on 2 CPUs: in CI's slow run (make test-slow)
 def test_resuming_mid_epoch_with_dropout_and_data_randomness_repeats_the_uninterrupted_run(compose_cfg, tmp_path):
     """4 steps per epoch; resuming from the checkpoint taken at step 3 (mid-epoch) of a 6-step run ends with the
     weights that run ended with."""

@@ -65,6 +65,7 @@ class _Recorder:
         return read
 
 
+@pytest.mark.slow  # minutes on 2 CPUs: in CI's slow run (make test-slow)
 def test_training_steps_read_nothing_back_to_the_host(compose_cfg, tmp_path):
     cfg = compose_cfg(["experiment=smoke", "data.num_train=192", "trainer.max_epochs=2",
                        "trainer.log_every_n_steps=1000", "+callbacks.progress.every_n_steps=1000",
