@@ -6,8 +6,8 @@ test step returns: the callback never runs the network itself, which FSDP2 would
 writes ``predictions_<split>.npz`` (``ids`` as strings, ``labels`` as the batch holds them: int64 class indices, a
 regression's float targets (N,), multi-hot (N, C); ``scores`` float32, and the ``logits`` themselves as float32: a
 regression's predicted values (N, 1), a multi-label task's per-label logits, whose softmax ``scores`` mean
-nothing; no pickled objects) into the run directory. Under DDP each rank writes ``predictions_<split>.rank<r>.npz``; :func:`read_predictions`
-joins them (padding duplicates dropped by id).
+nothing; no pickled objects) into the run directory. Under DDP each rank writes
+``predictions_<split>.rank<r>.npz``; :func:`read_predictions` joins them (padding duplicates dropped by id).
 """
 
 from __future__ import annotations
