@@ -12,7 +12,13 @@ Regression metrics follow the MMSA toolkit's sentiment conventions (``MMSA/utils
 
 Retrieval: ``R@K`` counts a query as a hit when fewer than K *other* candidates score at least as high as its
 own match (ties count against the query, so a model that scores everything alike gets R@1 = 0, not 1).
-Legend: N samples of the split, C classes / labels, E embedding dim.
+The functional forms (:func:`accuracy`, :func:`mean_absolute_error`, :func:`pearson_corr`,
+:func:`sentiment_binary`, :func:`sentiment_classes`, :func:`micro_f1`, :func:`binary_auroc`) compute each metric
+over *weighted* samples: ``weights`` (R, N) says how often each sample is drawn in each of R resamples, so one
+call scores every bootstrap replicate of the significance test (:mod:`mmgpt.report.significance`); without
+weights (each sample once) they give the metric of the split, the value the metric objects log (the sentiment
+objects call them; the others are checked against the torchmetrics objects in the tests).
+Legend: N samples of the split, C classes / labels, E embedding dim, R resamples.
 """
 
 from __future__ import annotations
@@ -47,17 +53,97 @@ class _Collected(Metric):
         return _cat(self.preds), _cat(self.target)
 
 
-def weighted_binary_f1(pred: Tensor, truth: Tensor) -> Tensor:
+def _weights(n: int, weights: Tensor | None) -> Tensor:
+    """``weights`` as float64 (R, N); None: every sample once (R = 1)."""
+    return torch.ones(1, n, dtype=torch.float64) if weights is None else weights.double()
+
+
+def _mean(values: Tensor, w: Tensor) -> Tensor:
+    """The weighted mean (R,) of per-sample ``values`` (N,); NaN for a resample without samples."""
+    total = w.sum(dim=1)
+    return torch.where(total > 0, (w @ values.double()) / total.clamp(min=1e-300), torch.nan)
+
+
+def weighted_binary_f1(pred: Tensor, truth: Tensor, weights: Tensor | None = None) -> Tensor:
     """F1 of each class (False, True) weighted by its support in ``truth``: scikit-learn's ``average="weighted"``
-    for two labels (a class never predicted nor present scores 0)."""
-    out = torch.zeros((), dtype=torch.float64)
+    for two labels (a class never predicted nor present scores 0). (R,) with ``weights`` (R, N), else a scalar."""
+    w = _weights(len(truth), weights)
+    total = w.sum(dim=1).clamp(min=1)
+    out = torch.zeros(w.shape[0], dtype=torch.float64)
     for cls in (False, True):
-        p, t = pred == cls, truth == cls
-        tp = (p & t).sum().double()
-        denom = p.sum().double() + t.sum().double()
-        f1 = 2 * tp / denom if denom > 0 else torch.zeros((), dtype=torch.float64)
-        out = out + f1 * t.sum().double() / max(len(truth), 1)
-    return out.float()
+        p, t = (pred == cls).double(), (truth == cls).double()
+        tp, predicted, support = w @ (p * t), w @ p, w @ t
+        f1 = torch.where(predicted + support > 0, 2 * tp / (predicted + support).clamp(min=1e-300), 0.0)
+        out = out + f1 * support / total
+    return out if weights is not None else out[0].float()
+
+
+def accuracy(scores: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Top-1 accuracy (R,) of (N, C) class scores against (N,) class indices."""
+    return _mean((scores.argmax(dim=1) == target).double(), _weights(len(target), weights))
+
+
+def mean_absolute_error(preds: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+    """MAE (R,) of (N,) predictions: the mean of the per-sample absolute errors."""
+    return _mean((preds.double() - target.double()).abs(), _weights(len(target), weights))
+
+
+def pearson_corr(preds: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Pearson correlation (R,) of (N,) predictions and targets (NaN when either is constant)."""
+    w = _weights(len(target), weights)
+    x, y = preds.double(), target.double()
+    mx, my = _mean(x, w), _mean(y, w)  # (R,)
+    dx, dy = x[None] - mx[:, None], y[None] - my[:, None]  # (R, N): centred per resample
+    cov, vx, vy = (w * dx * dy).sum(dim=1), (w * dx * dx).sum(dim=1), (w * dy * dy).sum(dim=1)
+    return cov / (vx * vy).sqrt()
+
+
+def sentiment_binary(preds: Tensor, target: Tensor, *, score: str = "acc", exclude_zero: bool = False,
+                     weights: Tensor | None = None) -> Tensor:
+    """MMSA's two-class sentiment accuracy or weighted F1 (R,) (see the module doc and :class:`SentimentBinary`)."""
+    w = _weights(len(target), weights)
+    if exclude_zero:
+        w = w * (target != 0).double()
+        pred, truth = preds > 0, target > 0
+    else:
+        pred, truth = preds >= 0, target >= 0
+    if score == "acc":
+        return _mean((pred == truth).double(), w)
+    return torch.where(w.sum(dim=1) > 0, weighted_binary_f1(pred, truth, w), torch.nan)
+
+
+def sentiment_classes(preds: Tensor, target: Tensor, *, num_classes: int = 7,
+                      weights: Tensor | None = None) -> Tensor:
+    """MMSA's Acc-5 / Acc-7 (R,): truth and prediction clipped to [-b, b], b = (num_classes - 1) / 2, rounded half
+    to even, equal."""
+    b = (num_classes - 1) / 2
+    same = torch.round(preds.double().clamp(-b, b)) == torch.round(target.double().clamp(-b, b))
+    return _mean(same.double(), _weights(len(target), weights))
+
+
+def micro_f1(logits: Tensor, target: Tensor, *, threshold: float = 0.5, weights: Tensor | None = None) -> Tensor:
+    """Multi-label micro F1 (R,) of (N, C) logits against multi-hot (N, C) targets: a label is predicted when
+    sigmoid(logit) >= ``threshold``; 2 TP / (2 TP + FP + FN) over every (sample, label), 0 when all are 0."""
+    w = _weights(len(target), weights)
+    pred, truth = torch.sigmoid(logits.double()) >= threshold, target > 0.5  # (N, C)
+    tp, fp, fn = (w @ (x.double().sum(dim=1)) for x in (pred & truth, pred & ~truth, ~pred & truth))
+    denom = 2 * tp + fp + fn
+    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1e-300), 0.0)
+
+
+def binary_auroc(positive: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+    """AUROC (R,) of (N,) scores of the positive class against (N,) 0/1 targets: the probability that a positive
+    outscores a negative, ties counting one half (the area under the ROC curve); 0 without both classes."""
+    w = _weights(len(target), weights)
+    levels, group = torch.unique(positive.double(), return_inverse=True)  # ascending scores, tied ones together
+    pos = torch.zeros(w.shape[0], len(levels), dtype=torch.float64)
+    neg = torch.zeros_like(pos)
+    y = (target > 0).double()
+    pos.index_add_(1, group, w * y)  # (R, L): positives drawn at each score level
+    neg.index_add_(1, group, w * (1 - y))
+    below = neg.cumsum(dim=1) - neg  # negatives scored strictly lower
+    pairs = pos.sum(dim=1) * neg.sum(dim=1)
+    return torch.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(dim=1) / pairs.clamp(min=1e-300), 0.0)
 
 
 class SentimentBinary(_Collected):
@@ -77,16 +163,7 @@ class SentimentBinary(_Collected):
 
     def compute(self) -> Tensor:
         preds, target = self._all()
-        if self.exclude_zero:
-            keep = target != 0
-            pred, truth = preds[keep] > 0, target[keep] > 0
-        else:
-            pred, truth = preds >= 0, target >= 0
-        if len(truth) == 0:
-            return torch.tensor(float("nan"))
-        if self.score == "acc":
-            return (pred == truth).float().mean()
-        return weighted_binary_f1(pred, truth)
+        return sentiment_binary(preds, target, score=self.score, exclude_zero=self.exclude_zero)[0].float()
 
 
 class SentimentClasses(_Collected):
@@ -100,12 +177,11 @@ class SentimentClasses(_Collected):
         super().__init__()
         if num_classes < 3 or num_classes % 2 == 0:
             raise ValueError(f"num_classes={num_classes}: expected an odd count >= 3")
-        self.bound = (num_classes - 1) / 2
+        self.num_classes = num_classes
 
     def compute(self) -> Tensor:
         preds, target = self._all()
-        b = self.bound
-        return (torch.round(preds.clamp(-b, b)) == torch.round(target.clamp(-b, b))).float().mean()
+        return sentiment_classes(preds, target, num_classes=self.num_classes)[0].float()
 
 
 class SamplesF1(_Collected):

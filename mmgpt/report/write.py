@@ -9,15 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from mmgpt import stored_config
+from mmgpt.report import significance_section as section
 from mmgpt.report.runs import TUNE_DIR, RunRecord
-from mmgpt.report.significance import Difference, RunPredictions, accuracy, pairwise
+from mmgpt.report.significance_section import SignificanceTest, significance
 from mmgpt.report.summary import GroupSummary, Stat, higher_is_better, improvement
 from mmgpt.report.tuning import Tuning, tuning_markdown, tuning_rows
 from mmgpt.stamp import describe_commits
-from mmgpt.training.predictions import read_predictions
-
-#: Bootstrap replicates of the significance test.
-N_BOOT = 1000
 
 
 def _num(value: float | int | None) -> str:
@@ -178,41 +175,6 @@ def _md_header(groups: Sequence[GroupSummary], root: Path, info: dict[str, Any])
     return lines
 
 
-def significance(groups: Sequence[GroupSummary], split: str = "test") -> list[Difference] | None:
-    """Every pair of groups compared on ``split``'s per-sample predictions (:mod:`mmgpt.report.significance`);
-    None when the metric is not accuracy, there are fewer than two groups or a run saved no predictions."""
-    if len(groups) < 2 or groups[0].metric != "acc":
-        return None
-    runs: dict[str, dict[int, RunPredictions]] = {}
-    for g in groups:
-        runs[g.name] = {}
-        for r in g.runs:
-            preds = read_predictions(r.run_dir, split)
-            if preds is None:
-                return None
-            runs[g.name][r.seed] = RunPredictions(*preds)
-    return pairwise(runs, accuracy, n_boot=N_BOOT)
-
-
-def _ties(diffs: Sequence[Difference] | None) -> set[frozenset[str]]:
-    return {frozenset((d.a, d.b)) for d in diffs or () if not d.distinguishable()}
-
-
-def _md_significance(diffs: Sequence[Difference] | None) -> list[str]:
-    if diffs is None:
-        return ["No per-sample predictions (`predictions_test.npz`) in every run, or a metric other than accuracy: "
-                "no significance test."]
-    rows = [[f"{d.a} − {d.b}", f"{d.diff:+.4f}", f"[{d.low:+.4f}, {d.high:+.4f}]", f"{d.p_value:.3f}",
-             f"{d.p_holm:.3f}", "yes" if d.distinguishable() else "**no**"] for d in diffs]
-    same = [f"{d.a} and {d.b}" for d in diffs if not d.distinguishable()]
-    lines = ["Difference of mean test accuracy for every pair, with a 95% bootstrap interval and a two-sided p-value, "
-             "Holm-adjusted over the pairs (see Methods).", ""]
-    lines += _table(["pair", "difference", "95% CI", "p", "p (Holm)", "distinguishable at 0.05"], rows)
-    lines += ["", ("Not distinguishable: " + "; ".join(same) + ". Their order in the ranking is not evidence that "
-                   "one is better.") if same else "Every pair is distinguishable at the 0.05 level (Holm)."]
-    return lines
-
-
 def is_baseline(group: GroupSummary) -> bool:
     """A unimodal baseline run (``model/fusion=unimodal_<modality>``)."""
     return group.fusion.startswith("unimodal")
@@ -231,9 +193,9 @@ def gain_over_baselines(groups: Sequence[GroupSummary]) -> dict[str, float]:
             if not is_baseline(g) and g.test.mean is not None}
 
 
-def _md_summary(groups: Sequence[GroupSummary], diffs: Sequence[Difference] | None = None) -> list[str]:
+def _md_summary(groups: Sequence[GroupSummary], test: SignificanceTest | None = None) -> list[str]:
     metric = groups[0].metric if groups else "acc"
-    ties = _ties(diffs)
+    ties = section.ties(test)
     gains = gain_over_baselines(groups)
     kinds = sorted({g.peak_memory_kind for g in groups})
     header = ["rank", "fusion", "seeds", "params (fusion)", "train samples/s", f"peak memory MB ({'/'.join(kinds)})",
@@ -327,24 +289,17 @@ def _md_matching(matching: dict[str, Any]) -> list[str]:
     return lines
 
 
-def significance_rows(diffs: Sequence[Difference]) -> list[dict[str, str]]:
-    """The rows of ``significance.csv``: every pair, its difference, interval, p-values and verdict."""
-    return [{"a": d.a, "b": d.b, "difference": _num(d.diff), "ci_low": _num(d.low), "ci_high": _num(d.high),
-             "p": _num(d.p_value), "p_holm": _num(d.p_holm), "distinguishable": str(d.distinguishable()).lower()}
-            for d in diffs]
-
-
 def render_markdown(groups: Sequence[GroupSummary], root: Path, plots: Sequence[Path],
                     tuning: Tuning | None = None, cost: dict[str, Any] | None = None,
-                    matching: dict[str, Any] | None = None, diffs: Sequence[Difference] | None = None) -> str:
+                    matching: dict[str, Any] | None = None, test: SignificanceTest | None = None) -> str:
     """The text of ``report.md`` (with a tuning section when the comparison was tuned, a cost table when
-    ``cost.json`` was measured); ``diffs``: :func:`significance` of ``groups``, computed when not given."""
+    ``cost.json`` was measured); ``test``: :func:`significance` of ``groups``, computed when not given."""
     lines = _md_header(groups, root, sweep_info(root))
-    diffs = significance(groups) if diffs is None else diffs
-    lines += ["", "## Summary", ""] + _md_summary(groups, diffs)
-    if diffs is not None and _ties(diffs):
+    test = significance(groups, root=root) if test is None else test
+    lines += ["", "## Summary", ""] + _md_summary(groups, test)
+    if section.ties(test):
         lines += ["", "`(tie)`: not distinguishable from the fusion ranked just above it (next section)."]
-    lines += ["", "## Are the differences real?", ""] + _md_significance(diffs)
+    lines += ["", "## Are the differences real?", ""] + section.markdown(test)
     lines += ["", "## Cost at equal footing", ""] + _md_cost(groups, cost)
     if matching:
         lines += ["", "## Compute matching", ""] + _md_matching(matching)
@@ -368,16 +323,7 @@ def render_markdown(groups: Sequence[GroupSummary], root: Path, plots: Sequence[
         "",
         "## Methods: the significance test",
         "",
-        "Each run saves its best checkpoint's per-sample test predictions (`predictions_test.npz`). Runs of two "
-        "fusions with the same seed saw the same data, so they are paired by seed and by sample id. For a pair of "
-        f"fusions, {N_BOOT} bootstrap replicates each draw seeds with replacement and, within each drawn seed, test "
-        "samples with replacement (the same draw for both fusions), and compute the mean over the drawn seeds of "
-        "the accuracy difference. The 95% interval is the 2.5-97.5 percentile range of the replicates; the "
-        "two-sided p-value is 2 min(P(d <= 0), P(d >= 0)); p-values are Holm-adjusted over all pairs (only seeds "
-        "both fusions ran are compared). Resampling seeds carries seed-to-seed variation into the interval. With "
-        "three seeds that variation is estimated from three values: the test has little power against differences "
-        "smaller than the spread between seeds, and a pair marked not distinguishable may still differ; a t-test "
-        "over three seeds would have two degrees of freedom and even less power.",
+        section.methods(test),
         "",
         "## Methods: hyperparameters",
         "",
@@ -393,12 +339,12 @@ def write_tables(groups: Sequence[GroupSummary], root: Path, out_dir: Path, plot
                  matching: dict[str, Any] | None = None) -> list[Path]:
     """Write ``report.md``, ``report.csv`` and ``runs.csv`` (and ``trials.csv`` when tuned) into ``out_dir``."""
     md = out_dir / "report.md"
-    diffs = significance(groups)
-    md.write_text(render_markdown(groups, root, plots, tuning, cost, matching, diffs))
+    test = significance(groups, root=root)
+    md.write_text(render_markdown(groups, root, plots, tuning, cost, matching, test))
     if tuning:
         write_csv(out_dir / "trials.csv", tuning_rows(tuning))
-    if diffs:
-        write_csv(out_dir / "significance.csv", significance_rows(diffs))
+    if test.diffs:
+        write_csv(out_dir / "significance.csv", section.rows(test))
     return [md, write_csv(out_dir / "report.csv", summary_rows(groups, cost)),
             write_csv(out_dir / "runs.csv", run_rows(groups, root))]
 

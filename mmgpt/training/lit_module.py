@@ -181,7 +181,8 @@ class MultimodalModule(pl.LightningModule):
         return self.net(batch)
 
     def _step(self, batch: MultimodalBatch, split: str, batch_idx: int = 0) -> tuple[Tensor, Tensor | None]:
-        """The weighted loss, and the class logits (B, C) of the objective that uses the head, if any."""
+        """The weighted loss, and the head's outputs (B, C) of the objective that uses it, if any (a regression's
+        (B,) predictions as (B, 1), so that its per-sample predictions are saved too)."""
         bs = batch.batch_size
         logits: Tensor | None = None
         on_step = split == "train"  # values are averaged over DDP ranks (sync_dist), not rank 0's alone
@@ -189,8 +190,8 @@ class MultimodalModule(pl.LightningModule):
         total: Tensor | None = None
         for name, objective in self.objectives.items():
             out = objective(self.net, batch)
-            if objective.uses_head and logits is None and out.preds is not None and out.preds.dim() == 2:
-                logits = out.preds
+            if objective.uses_head and logits is None and out.preds is not None and out.preds.dim() in (1, 2):
+                logits = out.preds if out.preds.dim() == 2 else out.preds[:, None]  # (B, C)
             total = objective.weight * out.loss if total is None else total + objective.weight * out.loss
             metrics = all_metrics[name]
             objective.update(metrics, out)

@@ -3,10 +3,11 @@
 :class:`SavePredictions` records, during ``trainer.validate`` / ``trainer.test`` of the best checkpoint (not the
 validation passes inside ``fit``), each sample's id, label and class scores (softmax of the logits the validation /
 test step returns: the callback never runs the network itself, which FSDP2 would not allow), and
-writes ``predictions_<split>.npz`` (``ids`` as strings, ``labels`` int64, ``scores`` float32, and the ``logits``
-themselves as float32; no pickled objects)
-into the run directory. Under DDP each rank writes ``predictions_<split>.rank<r>.npz``; :func:`read_predictions`
-joins them (padding duplicates dropped by id).
+writes ``predictions_<split>.npz`` (``ids`` as strings, ``labels`` as the batch holds them: int64 class indices, a
+regression's float targets (N,), multi-hot (N, C); ``scores`` float32, and the ``logits`` themselves as float32: a
+regression's predicted values (N, 1), a multi-label task's per-label logits, whose softmax ``scores`` mean
+nothing; no pickled objects) into the run directory. Under DDP each rank writes
+``predictions_<split>.rank<r>.npz``; :func:`read_predictions` joins them (padding duplicates dropped by id).
 """
 
 from __future__ import annotations
@@ -67,16 +68,20 @@ class SavePredictions(pl.Callback):
         self._end(trainer, "test")
 
 
-def read_predictions(run_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(ids, labels, scores) of a run's ``split``, from one file or the per-rank files; None when there are none."""
+def read_predictions(run_dir: str | Path, split: str,
+                     values: str = "scores") -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(ids, labels, ``values``) of a run's ``split``, from one file or the per-rank files; None when there are none
+    (or they have no ``values`` array). ``values``: ``scores`` or ``logits``."""
     run_dir = Path(run_dir)
     files = sorted(run_dir.glob(f"predictions_{split}.npz")) or sorted(run_dir.glob(f"predictions_{split}.rank*.npz"))
     if not files:
         return None
     parts = [np.load(f, allow_pickle=False) for f in files]
+    if any(values not in p.files for p in parts):
+        return None
     ids = np.concatenate([p["ids"] for p in parts])
     labels = np.concatenate([p["labels"] for p in parts])
-    scores = np.concatenate([p["scores"] for p in parts])
+    scores = np.concatenate([p[values] for p in parts])
     _, first = np.unique(ids, return_index=True)  # DDP pads with repeated samples
     first.sort()
     return ids[first], labels[first], scores[first]

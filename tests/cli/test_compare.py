@@ -424,7 +424,8 @@ def test_a_finished_run_with_another_config_is_not_reused(tmp_path: Path) -> Non
 def test_a_real_regression_comparison_on_features_is_measured_and_ranked_by_lowest_mae(tmp_path: Path) -> None:
     """experiment=mosi (features modalities, task=regression) end to end, about 30 s on CPU: the cost step
     rebuilds each network fitted to the data's declared features and trains it on float targets (cost.json for
-    every fusion), and the report puts the lowest validation MAE first."""
+    every fusion), the report puts the lowest validation MAE first, and its significance test compares the runs'
+    saved predicted values on MAE."""
     from tests.helpers.benchmarks import write_mmsa
 
     pkl = tmp_path / "unaligned_50.pkl"
@@ -437,3 +438,13 @@ def test_a_real_regression_comparison_on_features_is_measured_and_ranked_by_lowe
     assert sorted(json.loads((sweep / "cost.json").read_text())["configurations"]) == ["early", "late"]
     maes = [float(row["val_mae_mean"]) for row in csv_rows(sweep / "report.csv")]
     assert maes == sorted(maes)
+    # each run saved its predicted values, and the report tests the pair on MAE (the metric it ranks by)
+    import numpy as np
+
+    saved = [np.load(p) for p in sorted(sweep.rglob("predictions_test.npz"))]
+    assert len(saved) == 2 and all(s["logits"].shape == (8, 1) and s["labels"].dtype == np.float32 for s in saved)
+    (pair,) = csv_rows(sweep / "significance.csv")
+    assert (pair["a"], pair["b"], pair["metric"]) == ("early", "late", "mae")
+    tests = {row["fusion"]: float(row["test_mae_mean"]) for row in csv_rows(sweep / "report.csv")}
+    assert float(pair["difference"]) == pytest.approx(tests["early"] - tests["late"], abs=1e-5)
+    assert "`mae(a) - mae(b)` (negative means a is better" in (sweep / "report.md").read_text()

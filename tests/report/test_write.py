@@ -244,6 +244,81 @@ def test_a_min_metric_ranks_the_lowest_first(tmp_path: Path) -> None:
     assert line["early"].endswith("-0.1000")  # worse than the best baseline
 
 
+def _regression_predictions(run: Path, noise: float, seed: int, n: int = 300) -> float:
+    """``predictions_test.npz`` as a regression run writes it (float targets, predictions in (N, 1) ``logits``,
+    meaningless softmax ``scores``); returns the run's test MAE."""
+    import numpy as np
+
+    labels = (np.round(np.random.default_rng(7).uniform(-3, 3, n) * 3) / 3).astype(np.float32)
+    pred = (labels + np.random.default_rng(seed).normal(0, noise, n)).astype(np.float32)
+    np.savez(run / "predictions_test.npz", ids=np.array([f"s{i}" for i in range(n)]), labels=labels,
+             scores=np.ones((n, 1), np.float32), logits=pred[:, None])
+    return float(np.abs(pred - labels).mean())
+
+
+def test_a_regression_report_tests_the_mae_of_every_pair(tmp_path: Path) -> None:
+    """A regression comparison (``experiment=mosi``: ranked by MAE, mode min) gets the significance test on MAE,
+    the metric it ranks by: the difference is mae(a) - mae(b) (negative: a is better) and equals the mean over seeds
+    of the runs' test MAE differences; tensor (much lower MAE) beats late, late and early are not told apart."""
+    import numpy as np
+
+    root = tmp_path / "sweep"
+    maes: dict[str, list[float]] = {}
+    for job, (fusion, noise) in enumerate((("tensor", 0.5), ("late", 1.0), ("early", 1.01))):
+        for seed in range(3):
+            run = make_run(root, f"{job}_{fusion}_{seed}", fusion, seed, val=noise, test=noise, metric="mae")
+            maes.setdefault(fusion, []).append(_regression_predictions(run, noise, seed=100 * job + seed))
+    report = write_report(root, metric="mae", mode="min")
+    text = report.markdown.read_text()
+    table = text.split("## Are the differences real?")[1].split("## Cost")[0]
+    assert "`mae(a) - mae(b)` (negative means a is better (lower `mae` is better))" in table
+    pair = {(r["a"], r["b"]): r for r in rows(report.markdown.parent / "significance.csv")}
+    assert {r["metric"] for r in pair.values()} == {"mae"}
+    late_tensor = pair[("late", "tensor")]
+    assert float(late_tensor["difference"]) == pytest.approx(np.mean(maes["late"]) - np.mean(maes["tensor"]))
+    assert float(late_tensor["difference"]) > 0.3 and float(late_tensor["ci_low"]) > 0  # tensor is better
+    assert late_tensor["distinguishable"] == "true" and pair[("early", "late")]["distinguishable"] == "false"
+    assert "Not distinguishable: early and late" in table
+    assert "The metric is `mae`, mean absolute error" in text.split("## Methods: the significance test")[1]
+
+
+def test_a_metric_without_a_per_sample_form_says_so_by_name(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    for job, fusion in enumerate(("early", "late")):
+        run = make_run(root, f"{job}_{fusion}", fusion, 0, val=0.5, test=0.5, metric="bleu")
+        _regression_predictions(run, 1.0, seed=job)
+    text = write_report(root, metric="bleu", mode="max").markdown.read_text()
+    assert "The ranking metric `bleu` has no per-sample form" in text and "no significance test" in text
+    assert not (root / "significance.csv").exists()
+
+
+def test_a_multilabel_report_uses_the_runs_threshold(tmp_path: Path) -> None:
+    """f1_micro is tested at the threshold the runs trained with (their ``config.yaml``): at 0.9 no logit of 2
+    (sigmoid 0.88) predicts a label, so both fusions score 0 and nothing differs; at the default 0.5 they do."""
+    import numpy as np
+
+    def sweep(threshold: float | None) -> dict[str, str]:
+        root = tmp_path / f"sweep{threshold}"
+        for job, (fusion, right) in enumerate((("early", 0.9), ("late", 0.5))):
+            for seed in range(2):
+                run = make_run(root, f"{job}_{fusion}_{seed}", fusion, seed, val=right, test=right, metric="f1_micro")
+                if threshold is not None:
+                    (run / "config.yaml").write_text("model:\n  module:\n    objectives:\n      multilabel:\n"
+                                                     f"        type: multilabel\n        threshold: {threshold}\n")
+                rng = np.random.default_rng(10 * job + seed)
+                labels = (rng.random((200, 4)) < 0.4).astype(np.int64)
+                hit = rng.random((200, 4)) < right
+                logits = np.where(hit == labels.astype(bool), 2.0, -2.0).astype(np.float32)
+                np.savez(run / "predictions_test.npz", ids=np.arange(200).astype(str), labels=labels,
+                         scores=np.full((200, 4), 0.25, np.float32), logits=logits)
+        report = write_report(root, metric="f1_micro", mode="max")
+        return rows(report.markdown.parent / "significance.csv")[0]
+
+    default, strict = sweep(None), sweep(0.9)
+    assert float(default["difference"]) > 0.2 and default["distinguishable"] == "true"
+    assert float(strict["difference"]) == 0.0 and strict["p"] == "1.0"
+
+
 def test_an_unknown_mode_is_an_error(sweep: Path) -> None:
     with pytest.raises(UserError, match=r"compare\.mode='lower': expected max .* or min"):
         write_report(sweep, metric="acc", mode="lower")
