@@ -15,7 +15,7 @@ from mmgpt.cli.compare_match import match_sizes
 from mmgpt.cli.compare_tune import compose_compare
 from mmgpt.errors import UserError
 from mmgpt.registry import build_network
-from mmgpt.report.cost import count_flops
+from mmgpt.cli.cost import count_flops
 
 FUSIONS = ("early", "tensor", "mult", "unimodal_text")
 
