@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from mmgpt.batch import MultimodalBatch
 from mmgpt.cli.common import write_json
-from mmgpt.report import varied_by_design
 from mmgpt.cli.cost import first_samples, interleaved_speed, network_cost, step_memory
+from mmgpt.report import varied_by_design
 from mmgpt.report.runs import COST, MATCHING, load_runs
 from mmgpt.report.summary import group_runs
 from mmgpt.report.tuning import read_tuning

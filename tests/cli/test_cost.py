@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from mmgpt.cli.cost import count_flops, network_cost
 from mmgpt.config import CONFIG_DIR
 from mmgpt.layers import Attention, Block
-from mmgpt.cli.cost import count_flops, network_cost
 from tests.conftest import make_batch
 from tests.helpers.tiny import tiny_net
 
