@@ -230,8 +230,16 @@ def _trial_dir(plan: Plan, fusion: str, number: int) -> Path:
 
 
 def interrupted(study: Any) -> set[int]:
-    """The numbers of the study's trials that an interruption cut short (its user attribute ``interrupted``)."""
-    return {int(n) for n in study.user_attrs.get(INTERRUPTED, [])}
+    """The numbers of the study's trials that an interruption cut short: its user attribute ``interrupted`` (and,
+    in a journal written before that attribute, the trials carrying ``interrupted`` themselves).
+
+    Raises:
+        ValueError: the attribute is not a list of trial numbers (the journal is data).
+    """
+    recorded = study.user_attrs.get(INTERRUPTED, [])
+    if not isinstance(recorded, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in recorded):
+        raise ValueError(f"user attribute {INTERRUPTED!r}: expected a list of trial numbers, got {recorded!r}")
+    return set(recorded) | {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(INTERRUPTED)}
 
 
 def settle_interrupted(plan: Plan, fusion: str, study: Any) -> None:
@@ -310,6 +318,10 @@ def tune(plan: Plan, fixed: Mapping[str, Sequence[str]]) -> dict[str, dict[str, 
         for trial in study.get_trials(deepcopy=False):
             sweep_folder.check_trial_params(trial.params, plan.space, journal,
                                             f"study {fusion} trial {trial.number} params", plan.sweep_dir)
+        try:
+            interrupted(study)
+        except ValueError as e:
+            raise sweep_folder.SweepFolderError(f"{journal}: study {fusion}: {e}") from None
     spaces = {f: space_of(plan, f) for f in plan.fusions}
     for fusion, study in studies.items():
         settle_interrupted(plan, fusion, study)

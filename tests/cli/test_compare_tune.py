@@ -214,3 +214,19 @@ def test_the_tuner_uses_optuna_through_its_public_api_only() -> None:
     private = [f"{ast.unparse(n)} (line {n.lineno})" for n in ast.walk(tree)
                if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")]
     assert private == []
+
+
+def test_a_malformed_interrupted_record_in_the_journal_is_refused_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    monkeypatch.setattr(compare, "train", FakeTraining().train)
+    sweep = tmp_path / "sweep"
+    compare.main(["tune=1", "compare.cost=false", *_args(sweep)])
+    journal = sweep / "tune" / "optuna.journal"
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    optuna.load_study(study_name="late", storage=storage).set_user_attr("interrupted", ["0; rm -rf /"])
+    with pytest.raises(SystemExit, match=rf"^error: {journal}: study late: user attribute 'interrupted': expected"):
+        compare.main([f"resume={sweep}"])
