@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,26 +157,15 @@ def _run_app(config_name: str, job_name: str, args: list[str], task: Callable[[A
     from hydra.core.global_hydra import GlobalHydra
 
     import mmgpt.cli  # noqa: F401  (registers the schemas and resolvers)
+    from mmgpt.cli.common import logging_restored
     from mmgpt.config import CONFIG_DIR
     from mmgpt.stamp import command_line
 
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        with command_line([f"mmgpt.{api}", *args]), initialize_config_dir(
-                config_dir=str(CONFIG_DIR), version_base="1.3", job_name=job_name):
-            hydra = GlobalHydra.instance().hydra
-            assert hydra is not None
-            return hydra.run(config_name=config_name, task_function=task, overrides=args).return_value
-    finally:  # Hydra pointed logging at the run's log file; the caller's logging comes back
-        for handler in root.handlers[:]:
-            if handler not in saved[0]:
-                root.removeHandler(handler)
-                handler.close()
-        for handler in saved[0]:
-            if handler not in root.handlers:
-                root.addHandler(handler)
-        root.setLevel(saved[1])
+    with logging_restored(), command_line([f"mmgpt.{api}", *args]), initialize_config_dir(
+            config_dir=str(CONFIG_DIR), version_base="1.3", job_name=job_name):
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+        return hydra.run(config_name=config_name, task_function=task, overrides=args).return_value
 
 
 def train(overrides: Sequence[str] | None = None, **options: Any) -> Results:
@@ -217,24 +205,17 @@ def evaluate(overrides: Sequence[str] | None = None, **options: Any) -> EvalResu
 
 def compare(overrides: Sequence[str] | None = None, **options: Any) -> Comparison:
     """Run a comparison as ``mmgpt-compare <overrides>`` does (``report=DIR``, ``resume=DIR`` and ``tune=N``
-    included) and return its report and runs: ``compare(["model/fusion=early,late", "seed=0,1"])``."""
+    included) and return its report and runs: ``compare(["model/fusion=early,late", "seed=0,1"])``.
+
+    The command's own arguments choose one of the plain functions of :mod:`mmgpt.cli.compare` (``sweep``, ``tune``,
+    ``resume``, ``report``; ``run_one`` runs a single job); call them directly for one step at a time."""
     from mmgpt.cli import compare as cmd
     from mmgpt.report.runs import find_run_dirs
     from mmgpt.stamp import command_line
 
     args = overrides_of(overrides, options)
-    done = len(cmd.FINISHED)
     with command_line(["mmgpt.compare", *args]):
-        cmd.run(args)
-    report_dir = next((a.split("=", 1)[1] for a in args if a.startswith("report=")), None)
-    if report_dir is not None:
-        sweep_dir = Path(report_dir).resolve()
-    elif len(cmd.FINISHED) > done:
-        sweep_dir = cmd.FINISHED[-1]
-    else:
-        from mmgpt.errors import UserError
-
-        raise UserError("mmgpt.compare: the comparison ended without a report (see the log above)")
+        sweep_dir = cmd.run(args)  # the command's arguments choose cmd.sweep / tune / resume / report
     with (sweep_dir / "report.csv").open(newline="") as f:
         table = list(csv.DictReader(f))
     return Comparison(sweep_dir=sweep_dir, report=sweep_dir / "report.md", table=table,

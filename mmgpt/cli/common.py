@@ -8,7 +8,7 @@ import logging
 import os
 import resource
 import sys
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -56,6 +56,33 @@ def _user_cause(e: BaseException) -> BaseException | None:
         seen.add(id(e))
         e = e.__cause__  # type: ignore[assignment]
     return None
+
+
+def take_override(args: Sequence[str], key: str) -> tuple[str | None, list[str]]:
+    """Remove every ``key=value`` from ``args``: the last value (None when absent; as written, quotes included) and
+    the other arguments. The one parser of a command's own arguments (``report=DIR``, ``tune=N``...) and of the
+    overrides a comparison takes apart (``model/fusion=...``, ``seed=...``)."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
+    return (values[-1] if values else None), [a for a in args if not a.startswith(f"{key}=")]
+
+
+@contextmanager
+def logging_restored() -> Iterator[None]:
+    """Afterwards, the root logger has its handlers and level of before: a Hydra job run in this process points
+    logging at its run directory's log file, which must not outlive the job."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:

@@ -7,12 +7,22 @@
     mmgpt-compare report=DIR [compare.metric=f1 compare.mode=max]  # rebuild DIR's report from its run directories
     mmgpt-compare resume=DIR [more overrides]              # finish an interrupted comparison in DIR
     mmgpt-compare tune=N [overrides]                       # N tuning trials per fusion first (compare_tune.py)
+    mmgpt-compare OVERRIDES hydra.mode=RUN hydra.run.dir=DIR  # one job of a comparison, in DIR
 
 Each job of the sweep is one :func:`mmgpt.cli.train.train` run in ``<sweep dir>/<job>_<fusion>_seed<seed>``,
 followed by the missing-modality evaluation of :func:`mmgpt.cli.evaluate.evaluate` on its best checkpoint.
 A job whose directory already holds ``results.json`` is not trained again (that is how ``resume=DIR`` skips
 finished runs). When the sweep ends, :class:`CompareReport` writes the report (:func:`mmgpt.report.write_report`)
 into the sweep directory and prints where it is, with the ``wandb sync`` command for offline wandb runs.
+
+The same steps are plain functions, for a notebook as for the command (:func:`run` reads the command line):
+
+- :func:`run_one` (overrides, run directory): one job, in this process, without ``sys.argv``;
+- :func:`sweep` (overrides): the Hydra multirun, through the configured launcher, then cost and report;
+- :func:`tune` (overrides, trials): the tuned or compute-matched comparison (:mod:`mmgpt.cli.compare_tune`);
+- :func:`resume` (directory): finish an interrupted comparison of either kind;
+- :func:`mmgpt.cli.compare_cost.measure_costs` (directory): ``cost.json``;
+- :func:`report` (directory): the report, from the run directories alone.
 """
 
 from __future__ import annotations
@@ -24,15 +34,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import mmgpt.cli  # noqa: F401  (registers the config schemas)
 from mmgpt import stored_config, sweep_folder
 from mmgpt.cli.app import with_version
-from mmgpt.cli.common import rank_zero, relaunchable_job, user_errors
+from mmgpt.cli.common import rank_zero, relaunchable_job, take_override, user_errors
 from mmgpt.cli.evaluate import evaluate
+from mmgpt.cli.hydra_job import ddp_rank_job, override_value, recorded_overrides, run_hydra_job
 from mmgpt.cli.train import train
 from mmgpt.config import CONFIG_DIR
 from mmgpt.errors import UserError
@@ -43,11 +53,6 @@ from mmgpt.training.checkpointing import config_differences
 from mmgpt.training.tracking import wandb_sync_command
 
 log = logging.getLogger("mmgpt.compare")
-
-#: Environment variables Lightning's DDP launcher sets in the launching process.
-
-#: The comparisons finished in this process, newest last (:func:`mmgpt.compare` returns the one it ran).
-FINISHED: list[Path] = []
 
 #: What an unfinished run directory keeps when its job starts again: Hydra's record of the job and the job log.
 _KEEP_ON_RETRY = (".hydra",)
@@ -159,9 +164,24 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def report(sweep_dir: Path, metric: str, mode: str) -> ReportFiles:
-    """Write the report of ``sweep_dir``, ranked by ``metric`` in its direction ``mode`` (``max`` or ``min``), and
-    print where it is, how to see the dashboards and sync wandb."""
+def report(sweep_dir: str | Path, metric: str | None = None, mode: str | None = None) -> ReportFiles:
+    """Write the report of the comparison in ``sweep_dir`` from its run directories alone (``mmgpt-compare
+    report=DIR``), and print where it is, how to see the dashboards and sync wandb.
+
+    Args:
+        sweep_dir: the comparison's directory.
+        metric: rank by ``val/<metric>``; the comparison's own (``compare.metric``) by default.
+        mode: its direction, ``max`` or ``min``; needed with a metric other than the comparison's.
+
+    Raises:
+        mmgpt.errors.UserError: a metric without its direction; a malformed file of the folder.
+        FileNotFoundError: no finished run in ``sweep_dir``.
+    """
+    sweep_dir = Path(sweep_dir).resolve()
+    return _report(sweep_dir, *report_ranking(sweep_dir, metric, mode))
+
+
+def _report(sweep_dir: Path, metric: str, mode: str) -> ReportFiles:
     files = write_report(sweep_dir, metric=metric, mode=mode)
     print(f"\nreport: {files.markdown}\n        {files.summary_csv}\n        {files.runs_csv}")
     for path in files.plots:
@@ -183,12 +203,11 @@ def finish(sweep_dir: Path, cfg: DictConfig) -> ReportFiles:
             measure_costs(sweep_dir, rounds=int(cfg.compare.cost_rounds))
         except Exception as e:  # the runs are done: a failed measurement must not cost the report
             log.warning("cost measurement failed (%s: %s); report without cost.json", type(e).__name__, e)
-    files = report(sweep_dir, metric=str(cfg.compare.metric), mode=str(cfg.compare.mode))
+    files = _report(sweep_dir, str(cfg.compare.metric), str(cfg.compare.mode))
     if OmegaConf.select(cfg, "logger.wandb") is not None:
         from mmgpt.cli.compare_dashboards import publish_to_wandb
 
         publish_to_wandb(sweep_dir, cfg)
-    FINISHED.append(Path(sweep_dir).resolve())
     return files
 
 
@@ -227,12 +246,6 @@ def load_launch(sweep_dir: Path) -> tuple[int, list[str]] | None:
     return trials, overrides
 
 
-def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
-    """Remove ``key=value`` from ``args``; return the value (None when absent) and the other arguments."""
-    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
-    return (values[-1] if values else None), [a for a in args if not a.startswith(f"{key}=")]
-
-
 def sweep_ranking(sweep_dir: Path) -> tuple[str, str]:
     """``(compare.metric, compare.mode)`` a comparison was run with: from its ``multirun.yaml`` (a sweep), else
     from its first run's ``.hydra/config.yaml`` (a tuned or matched comparison runs its jobs one by one); a
@@ -255,67 +268,152 @@ def report_ranking(sweep_dir: Path, metric: str | None, mode: str | None) -> tup
     return metric or saved_metric, mode or saved_mode
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="compare")
-def _compare_app(cfg: DictConfig) -> float | None:
+def run_one(overrides: Sequence[str], run_dir: str | Path) -> dict[str, Any]:
+    """One job of a comparison, in this process: ``mmgpt-compare <overrides> hydra.mode=RUN hydra.run.dir=<run_dir>``
+    without a command line.
+
+    ``conf/compare.yaml`` composed with ``overrides`` (``model/fusion=late``, ``seed=1``...): train unless
+    ``run_dir`` already holds a finished run, then the missing-modality evaluation unless done or turned off
+    (:func:`run_job`). ``run_dir`` gets what a Hydra job's directory gets (``.hydra/config.yaml``, ``hydra.yaml``,
+    ``overrides.yaml``, ``compare.log``) and the run's files; ``sys.argv`` is neither read nor changed. With a DDP
+    trainer, Lightning starts the other ranks by re-running this process's command line: :func:`run` (the
+    command's entry point) recognises them and runs the job recorded in ``run_dir`` (:mod:`mmgpt.cli.hydra_job`);
+    from a notebook, DDP is for the command.
+
+    Returns:
+        the run's results (``results.json``).
+    """
+    overrides = [str(o) for o in overrides]
+    run_dir = Path(run_dir).resolve()
+    return run_hydra_job("compare", overrides, run_dir, run_job, job_name="compare",
+                         command=["mmgpt-compare", *overrides, "hydra.mode=RUN", f"hydra.run.dir={run_dir}"])
+
+
+def sweep_job(cfg: DictConfig) -> float | None:
+    """The task of the multirun's jobs (:func:`sweep`): :func:`run_job`, returning the validation metric."""
     results = run_job(cfg)
     return (results.get("val") or {}).get(f"val/{cfg.compare.metric}")
 
 
-def _tuned(args: list[str], trials: str | None, resume_dir: str | None) -> None:
-    """``tune=N`` or ``compare.match=...``: a planned comparison (:mod:`mmgpt.cli.compare_tune`); with
-    ``resume=DIR``, continue one."""
+def sweep(overrides: Sequence[str] = ()) -> Path:
+    """Every configuration x seed of ``conf/compare.yaml`` with ``overrides`` as one Hydra multirun (through the
+    configured launcher: local, SLURM...), then the cost and the report (:class:`CompareReport`); returns the
+    comparison's directory. Nothing reads or changes ``sys.argv``."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mmgpt.cli.common import logging_restored
+
+    with logging_restored(), initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3",
+                                                   job_name="compare"):
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+        batches = hydra.multirun(config_name="compare", task_function=sweep_job, overrides=[str(o) for o in overrides])
+    jobs = [job for batch in batches or () for job in batch]
+    if not jobs:
+        raise UserError("mmgpt-compare: the sweep has no jobs")
+    job = jobs[0].cfg.copy()  # Hydra's node alone cannot resolve the sweep directory (it reads paths.log_dir)
+    with open_dict(job):
+        job.hydra = jobs[0].hydra_cfg.hydra
+    return Path(str(job.hydra.sweep.dir)).resolve()
+
+
+def tune(overrides: Sequence[str], trials: int, sweep_dir: str | Path | None = None) -> Path:
+    """``mmgpt-compare tune=<trials> <overrides>``: the same number of tuning trials for every configuration, then
+    the seeds on each one's best values, then cost and report (:mod:`mmgpt.cli.compare_tune`); with
+    ``compare.match=params|flops`` in ``overrides``, the sizes are matched first (``trials=0``: matching only).
+    Every job runs through :func:`run_one`. Returns the comparison's directory (``sweep_dir``, else
+    ``hydra.sweep.dir``)."""
     from mmgpt.cli.compare_tune import tuned_comparison
 
-    if resume_dir is None:
-        if trials is None or not trials.isdigit():
+    if isinstance(trials, bool) or not isinstance(trials, int):
+        raise UserError(f"tune={trials}: expected the number of trials per configuration, e.g. tune=4")
+    return tuned_comparison([str(o) for o in overrides], trials, Path(sweep_dir).resolve() if sweep_dir else None,
+                            run=run_one, finish=finish)
+
+
+def resume(sweep_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
+    """Finish the interrupted comparison in ``sweep_dir`` (``mmgpt-compare resume=DIR``): finished runs are not
+    trained again. A sweep is launched again with the overrides it was started with (``multirun.yaml``), plus
+    ``overrides``; a tuned comparison (``tune/launch.yaml``) continues as it was started and takes none."""
+    from mmgpt.cli.compare_tune import tuned_comparison
+
+    sweep_dir = Path(sweep_dir).resolve()
+    launch = load_launch(sweep_dir)
+    if launch is not None:
+        sweep_folder.check_sweep_folder(sweep_dir)  # the runs' and trials' files are data too
+        if overrides:
+            raise UserError(f"resume={sweep_dir} continues a tuned comparison as it was started; it takes no other "
+                            f"arguments (got: {' '.join(overrides)})")
+        return tuned_comparison(launch[1], launch[0], sweep_dir, run=run_one, finish=finish)
+    stored = previous_overrides(sweep_dir)
+    sweep_folder.check_sweep_folder(sweep_dir)  # the runs' files are data too
+    args = [*stored, *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    log.info("resuming %s with: %s", sweep_dir, " ".join(args))
+    return sweep(args)
+
+
+def _matched(args: Sequence[str]) -> bool:
+    return any(a.startswith("compare.match=") and a.split("=", 1)[1] not in ("null", "none", "") for a in args)
+
+
+def run(args: Sequence[str]) -> Path:
+    """``mmgpt-compare <args>`` without the one-line error report (:func:`main`; :func:`mmgpt.compare` calls it):
+    the command's own arguments (``report=``, ``resume=``, ``tune=``, ``hydra.mode=RUN``) choose the function;
+    returns the comparison's directory (a job's directory for a single job)."""
+    args = [str(a) for a in args if a not in ("-m", "--multirun")]  # a comparison is a multirun anyway
+    flags = [a for a in args if a.startswith("-")]
+    if flags:
+        raise UserError(f"mmgpt-compare takes overrides (key=value), not flags: {' '.join(flags)}")
+    rank = ddp_rank_job(args)
+    if rank is not None:  # a DDP rank of a job run in the parent process: that job, whatever the command line says
+        run_dir, job_name = rank
+        run_hydra_job("compare", recorded_overrides(run_dir), run_dir, run_job, job_name=job_name, records=False,
+                      command=["mmgpt-compare", *args])
+        return run_dir
+    report_dir, args = take_override(args, "report")
+    if report_dir is not None:
+        metric, args = take_override(args, "compare.metric")
+        mode, args = take_override(args, "compare.mode")
+        if args:
+            raise UserError(f"mmgpt-compare report=DIR accepts only compare.metric=... and compare.mode=..., not: "
+                            f"{' '.join(args)}")
+        report(report_dir, metric, mode)
+        return Path(report_dir).resolve()
+    mode, args = take_override(args, "hydra.mode")
+    if mode == "RUN":
+        run_dir, args = take_override(args, "hydra.run.dir")
+        if run_dir is None:
+            raise UserError("mmgpt-compare hydra.mode=RUN runs one job: give its directory, hydra.run.dir=DIR")
+        run_one(args, override_value("hydra.run.dir", run_dir))
+        return Path(override_value("hydra.run.dir", run_dir)).resolve()
+    if mode is not None:
+        args = [*args, f"hydra.mode={mode}"]
+    resume_dir, args = take_override(args, "resume")
+    trials, args = take_override(args, "tune")
+    if resume_dir is not None:
+        if trials is not None:
+            raise UserError(f"resume={resume_dir} continues a comparison as it was started; tune={trials} cannot "
+                            "be given again")
+        return resume(resume_dir, args)
+    if trials is not None or _matched(args):
+        if trials is not None and not trials.isdigit():
             raise UserError(f"tune={trials}: expected the number of trials per configuration, e.g. tune=4")
-        tuned_comparison(args, int(trials), app=_compare_app, finish=finish)
-        return
-    launch = load_launch(Path(resume_dir))
-    assert launch is not None
-    sweep_folder.check_sweep_folder(Path(resume_dir).resolve())  # the runs' and trials' files are data too
-    if trials is not None or args:
-        raise UserError(f"resume={resume_dir} continues a tuned comparison as it was started; it takes no other "
-                        f"arguments (got: {' '.join(args) or 'tune=' + str(trials)})")
-    tuned_comparison(launch[1], launch[0], Path(resume_dir).resolve(), app=_compare_app, finish=finish)
+        return tune(args, int(trials or 0))
+    return sweep(args)
 
 
 @with_version("mmgpt-compare")
 @user_errors
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: ``report=DIR`` and ``resume=DIR`` are handled here, everything else goes to Hydra."""
-    run(list(sys.argv[1:] if argv is None else argv))
-
-
-def run(args: list[str]) -> None:
-    """``mmgpt-compare <args>`` (:func:`main` without the one-line error report; :func:`mmgpt.compare` calls it)."""
-    report_dir, args = _take(args, "report")
-    if report_dir is not None:
-        metric, args = _take(args, "compare.metric")
-        mode, args = _take(args, "compare.mode")
-        if args:
-            raise SystemExit(f"mmgpt-compare report=DIR accepts only compare.metric=... and compare.mode=..., not: "
-                             f"{' '.join(args)}")
-        sweep_dir = Path(report_dir).resolve()
-        report(sweep_dir, *report_ranking(sweep_dir, metric, mode))
+    """Entry point: ``mmgpt-compare <args>`` (:func:`run`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        print(__doc__)
         return
-    resume_dir, args = _take(args, "resume")
-    trials, args = _take(args, "tune")
-    matched = any(a.startswith("compare.match=") and a.split("=", 1)[1] not in ("null", "none", "") for a in args)
-    if trials is not None or matched or (resume_dir is not None and load_launch(Path(resume_dir)) is not None):
-        _tuned(args, "0" if trials is None and matched else trials, resume_dir)
-        return
-    if resume_dir is not None:
-        sweep_dir = Path(resume_dir).resolve()
-        stored = previous_overrides(sweep_dir)
-        sweep_folder.check_sweep_folder(sweep_dir)  # the runs' files are data too
-        args = [*stored, *args, f"hydra.sweep.dir={sweep_dir}"]
-        log.info("resuming %s with: %s", sweep_dir, " ".join(args))
-    saved, sys.argv = sys.argv, [sys.argv[0], *args]
-    try:
-        _compare_app()
-    finally:
-        sys.argv = saved
+    if not logging.getLogger().handlers:  # what the steps between jobs log (tuning trials, cost) goes to the console
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
+    run(args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Every configuration's network is rebuilt from one of its runs' ``config.yaml`` (same architecture, fresh weights:
 cost does not depend on the trained values) and measured in this one process on the same batch of the
-configured data: parameters, FLOPs per sample (forward and training step, :func:`mmgpt.report.cost.network_cost`),
+configured data: parameters, FLOPs per sample (forward and training step, :func:`mmgpt.cli.cost.network_cost`),
 peak tensor memory of a training step, forward latency at batch 1 and at batch 64, and training throughput.
 Latency and throughput are measured in interleaved rounds across the configurations, so a change of machine load
 during the measurement touches all of them alike. The result is ``cost.json`` in the comparison directory; the
@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from mmgpt.batch import MultimodalBatch
 from mmgpt.cli.common import write_json
+from mmgpt.cli.cost import first_samples, interleaved_speed, network_cost, step_memory
 from mmgpt.report import varied_by_design
-from mmgpt.report.cost import first_samples, interleaved_speed, network_cost, step_memory
 from mmgpt.report.runs import COST, MATCHING, load_runs
 from mmgpt.report.summary import group_runs
 from mmgpt.report.tuning import read_tuning

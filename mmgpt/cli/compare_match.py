@@ -22,9 +22,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mmgpt.cli.cost import count_flops, first_samples
 from mmgpt.cli.train import network_spec
 from mmgpt.errors import UserError
-from mmgpt.report.cost import count_flops, first_samples
 
 log = logging.getLogger("mmgpt.compare")
 

@@ -26,8 +26,14 @@ each fusion's best values to a seed sweep, and its study lives in memory unless 
 each configuration has its own study in a journal file next to the runs: an interrupted comparison resumes where
 it stopped; a trial cut short is run again with the same values; a finished trial is never run twice.
 
-DDP: a trial is a Hydra job in RUN mode whose command line carries the sampled values as overrides. Lightning's
-DDP launcher re-runs that command line for the other ranks, so every rank of a trial trains with the same values.
+Every trial and final run is one job run by the ``run`` function the comparison is given
+(:func:`mmgpt.cli.compare.run_one`: a Hydra job in RUN mode, in this process, from a list of overrides and a run
+directory; nothing reads or changes ``sys.argv``). DDP: the job's overrides, the sampled values included, are
+recorded in its ``.hydra/overrides.yaml``; the ranks Lightning's launcher starts run that job
+(:mod:`mmgpt.cli.hydra_job`), so every rank of a trial trains with the same values.
+
+Optuna is used through its public API only: a trial cut short is told ``FAIL`` and its number recorded in the
+study's user attribute ``interrupted`` (not counted against the budget), and its values are queued again.
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,7 +49,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mmgpt import stored_config, sweep_folder
-from mmgpt.cli.common import ddp_env_restored, write_json
+from mmgpt.cli.common import take_override, write_json
 from mmgpt.cli.compare_dashboards import wandb_group
 from mmgpt.config import CONFIG_DIR
 from mmgpt.errors import UserError
@@ -58,6 +63,11 @@ LAUNCH = "launch.yaml"
 _SIZE_KEYS = ("num_layers", "dim", "mlp_ratio")
 JOURNAL = "optuna.journal"
 _SPEC_KEYS = {"low", "high", "log", "int", "choices"}
+#: The study's user attribute listing the numbers of its interrupted trials (failed, not counted against the budget).
+INTERRUPTED = "interrupted"
+
+#: Runs one job: ``run(overrides, run_dir)`` -> its results (:func:`mmgpt.cli.compare.run_one`).
+RunJob = Callable[[Sequence[str], Path], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,8 @@ class Plan:
         sampler_seed: seeds trial k's sampler (with k), so a resumed tuning draws what it would have drawn.
         match: ``params`` / ``flops`` when the fusions are scaled to one budget first (:mod:`compare_match`).
         match_reference, match_tolerance: the fusion that sets the budget, and how close the others must be.
-        app: the ``mmgpt-compare`` Hydra app that runs one job from ``sys.argv`` (passed in by
+        extra: overrides every job gets after its own (the wandb group of the comparison).
+        run: runs one job from its overrides and run directory (:func:`mmgpt.cli.compare.run_one`, passed in by
             :mod:`mmgpt.cli.compare`, which imports this module: the imports run one way).
     """
 
@@ -93,7 +104,7 @@ class Plan:
     match_reference: str = ""
     match_tolerance: float = 0.05
     extra: tuple[str, ...] = ()
-    app: Callable[[], Any] | None = None
+    run: RunJob | None = None
 
     @property
     def direction(self) -> str:
@@ -123,17 +134,12 @@ def compose_compare(args: Sequence[str]) -> DictConfig:
     return cfg
 
 
-def _take_all(args: Sequence[str], key: str) -> tuple[str | None, list[str]]:
-    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
-    return (values[-1] if values else None), [a for a in args if not a.startswith(f"{key}=")]
-
-
 def make_plan(args: Sequence[str], trials: int, sweep_dir: Path | None = None) -> Plan:
     """The :class:`Plan` of ``mmgpt-compare tune=<trials> <args>`` (``sweep_dir``: resume this directory)."""
     if trials < 0:
         raise UserError(f"tune={trials}: the number of trials per configuration cannot be negative")
-    fusions_arg, rest = _take_all(args, "model/fusion")
-    seeds_arg, rest = _take_all(rest, "seed")
+    fusions_arg, rest = take_override(args, "model/fusion")
+    seeds_arg, rest = take_override(rest, "seed")
     rest = [a for a in rest if not a.startswith(("hydra.mode=", "hydra.sweep.dir=", "hydra.run.dir="))]
     cfg = compose_compare(rest)
     rest = [a for a in rest if not a.startswith(("compare.match=", "compare.match_"))]  # the runs get the sizes
@@ -195,16 +201,10 @@ def _override(key: str, value: Any) -> str:
 
 
 def run_point(plan: Plan, run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """One training run (plus its missing-modality evaluation unless turned off) as an ``mmgpt-compare`` Hydra job
-    in RUN mode; returns its ``results.json``. A finished run is not trained again (:func:`compare.run_job`)."""
-    assert plan.app is not None, "a plan runs jobs through the mmgpt-compare app it was given"
-    argv = [*plan.args, *overrides, "hydra.mode=RUN", f"hydra.run.dir={run_dir}", *plan.extra]
-    saved, sys.argv = sys.argv, [sys.argv[0], *argv]
-    try:
-        with ddp_env_restored():  # a DDP trial must not leave its process group to the next one
-            plan.app()
-    finally:
-        sys.argv = saved
+    """One training run (plus its missing-modality evaluation unless turned off) in ``run_dir``, through the plan's
+    ``run`` function; returns its ``results.json``. A finished run is not trained again (:func:`compare.run_job`)."""
+    assert plan.run is not None, "a plan runs its jobs through the run function it was given"
+    plan.run([*plan.args, *overrides, *plan.extra], run_dir)
     results = finished_results(run_dir)
     if results is None:
         raise RuntimeError(f"{run_dir}: the run ended without writing results.json")
@@ -229,8 +229,21 @@ def _trial_dir(plan: Plan, fusion: str, number: int) -> Path:
     return plan.sweep_dir / TUNE_DIR / fusion / f"trial{number}"
 
 
+def interrupted(study: Any) -> set[int]:
+    """The numbers of the study's trials that an interruption cut short: its user attribute ``interrupted`` (and,
+    in a journal written before that attribute, the trials carrying ``interrupted`` themselves).
+
+    Raises:
+        ValueError: the attribute is not a list of trial numbers (the journal is data).
+    """
+    recorded = study.user_attrs.get(INTERRUPTED, [])
+    if not isinstance(recorded, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in recorded):
+        raise ValueError(f"user attribute {INTERRUPTED!r}: expected a list of trial numbers, got {recorded!r}")
+    return set(recorded) | {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(INTERRUPTED)}
+
+
 def settle_interrupted(plan: Plan, fusion: str, study: Any) -> None:
-    """Trials an interruption left running: told their value when their run finished, else failed (marked
+    """Trials an interruption left running: told their value when their run finished, else failed (recorded as
     ``interrupted``, not counted against the budget), their directory removed and their values queued again."""
     from optuna.trial import TrialState
 
@@ -241,7 +254,8 @@ def settle_interrupted(plan: Plan, fusion: str, study: Any) -> None:
         if value is not None:
             study.tell(trial.number, value)
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        # recorded before it is failed: stopped in between, the next resume records it again (a set)
+        study.set_user_attr(INTERRUPTED, sorted(interrupted(study) | {trial.number}))
         study.tell(trial.number, state=TrialState.FAIL)
         shutil.rmtree(run_dir, ignore_errors=True)
         study.enqueue_trial(trial.params)
@@ -252,7 +266,8 @@ def spent(study: Any) -> int:
     """Trials that count against the budget: finished ones and failures of the run itself (not interruptions)."""
     from optuna.trial import TrialState
 
-    return sum(t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))
+    cut = interrupted(study)
+    return sum(t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.number not in cut)
                for t in study.get_trials(deepcopy=False))
 
 
@@ -278,9 +293,9 @@ def run_trial(plan: Plan, fusion: str, study: Any, space: dict[str, Any], fixed:
         study.tell(trial, value)
 
 
-def _trial_record(plan: Plan, fusion: str, trial: Any) -> dict[str, Any]:
+def _trial_record(plan: Plan, fusion: str, trial: Any, cut: set[int]) -> dict[str, Any]:
     return {"number": trial.number, "state": trial.state.name, "value": trial.value, "params": trial.params,
-            "interrupted": bool(trial.user_attrs.get("interrupted")),
+            "interrupted": trial.number in cut,
             "run_dir": str(_trial_dir(plan, fusion, trial.number).relative_to(plan.sweep_dir))}
 
 
@@ -303,6 +318,10 @@ def tune(plan: Plan, fixed: Mapping[str, Sequence[str]]) -> dict[str, dict[str, 
         for trial in study.get_trials(deepcopy=False):
             sweep_folder.check_trial_params(trial.params, plan.space, journal,
                                             f"study {fusion} trial {trial.number} params", plan.sweep_dir)
+        try:
+            interrupted(study)
+        except ValueError as e:
+            raise sweep_folder.SweepFolderError(f"{journal}: study {fusion}: {e}") from None
     spaces = {f: space_of(plan, f) for f in plan.fusions}
     for fusion, study in studies.items():
         settle_interrupted(plan, fusion, study)
@@ -315,11 +334,11 @@ def tune(plan: Plan, fixed: Mapping[str, Sequence[str]]) -> dict[str, dict[str, 
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not done:
             raise RuntimeError(f"{fusion}: none of its {plan.trials} trials finished with a val/{plan.metric}")
-        best = study.best_trial
+        best, cut = study.best_trial, interrupted(study)
         out[fusion] = {
             "trials": spent(study), "completed": len(done), "best_value": best.value, "best_trial": best.number,
             "best_params": best.params, "not_tuned": spaces[fusion][1],
-            "all_trials": [_trial_record(plan, fusion, t) for t in study.get_trials(deepcopy=False)],
+            "all_trials": [_trial_record(plan, fusion, t, cut) for t in study.get_trials(deepcopy=False)],
         }
     return out
 
@@ -368,12 +387,12 @@ def matched_sizes(plan: Plan) -> dict[str, list[str]]:
             for f, c in record["configurations"].items()}
 
 
-def tuned_comparison(args: Sequence[str], trials: int, sweep_dir: Path | None = None, *, app: Callable[[], Any],
+def tuned_comparison(args: Sequence[str], trials: int, sweep_dir: Path | None = None, *, run: RunJob,
                      finish: Callable[[Path, DictConfig], Any]) -> Path:
     """``mmgpt-compare tune=N`` and/or ``compare.match=...``: match the sizes, tune every configuration, train the
-    seeds on each one's values, then ``finish`` (cost and report). ``app`` runs one job (see :class:`Plan`)."""
-    given, args = _take_all(args, "hydra.sweep.dir")
-    plan = replace(make_plan(args, trials, sweep_dir or (Path(given) if given else None)), app=app)
+    seeds on each one's values, then ``finish`` (cost and report). ``run`` runs one job (see :class:`Plan`)."""
+    given, args = take_override(args, "hydra.sweep.dir")
+    plan = replace(make_plan(args, trials, sweep_dir or (Path(given) if given else None)), run=run)
     save_launch(plan.sweep_dir, args, trials)
     log.info("comparison in %s: %s%d tuning trials for each of %s, then seeds %s", plan.sweep_dir,
              f"sizes matched on {plan.match}, " if plan.match else "", trials, ", ".join(plan.fusions), plan.seeds)

@@ -448,3 +448,140 @@ def test_a_real_regression_comparison_on_features_is_measured_and_ranked_by_lowe
     tests = {row["fusion"]: float(row["test_mae_mean"]) for row in csv_rows(sweep / "report.csv")}
     assert float(pair["difference"]) == pytest.approx(tests["early"] - tests["late"], abs=1e-5)
     assert "`mae(a) - mae(b)` (negative means a is better" in (sweep / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plain function interface: one job from overrides and a run directory, nothing read from or written to argv.
+
+JOB = ["model/fusion=late", "seed=1", "compare.robustness=false"]
+
+
+class SeenByTraining:
+    """A stand-in for :func:`train` that records what a job sees of Hydra and the run stamp, then runs ``inner``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.seen = inner, []
+
+    def __call__(self, cfg: Any) -> dict[str, Any]:
+        from hydra.core.hydra_config import HydraConfig
+
+        from mmgpt.cli.common import hydra_choice
+        from mmgpt.stamp import current_command
+
+        hc = HydraConfig.get()
+        self.seen.append({"task": list(hc.overrides.task), "mode": str(hc.mode), "run_dir": hc.run.dir,
+                          "job": hc.job.name, "fusion": hydra_choice("model/fusion"), "seed": int(cfg.seed),
+                          "output_dir": str(cfg.paths.output_dir), "command": current_command()})
+        return self.inner(cfg)
+
+
+def test_run_one_is_a_hydra_job_in_the_given_directory_and_leaves_argv_alone(
+        fake: FakeRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    seen = SeenByTraining(fake.train)
+    monkeypatch.setattr(compare, "train", seen)
+    garbage = ["not-a-program", "--no-such-flag", "tune=oops", "report=/nowhere"]
+    monkeypatch.setattr(sys, "argv", garbage)
+    handlers = logging.getLogger().handlers[:]
+    run_dir = tmp_path / "job"
+
+    results = compare.run_one(JOB, run_dir)
+
+    assert sys.argv is garbage and sys.argv == ["not-a-program", "--no-such-flag", "tune=oops", "report=/nowhere"]
+    assert results == json.loads((run_dir / "results.json").read_text())
+    assert (results["fusion"], results["seed"]) == ("late", 1) and fake.trained == ["job"]
+    # Hydra's RUN-mode records: read back by the report, resume and sweep_ranking
+    assert OmegaConf.load(run_dir / ".hydra" / "overrides.yaml") == JOB
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").compare.metric == "acc"
+    assert OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.run.dir == str(run_dir.resolve())
+    assert compare.sweep_ranking(tmp_path) == ("acc", "max")
+    assert (run_dir / "compare.log").is_file()
+    # what the job saw: its own overrides as overrides.task (a DDP rank re-runs them), RUN mode, its directory
+    (job,) = seen.seen
+    assert job["task"] == JOB and job["mode"] == "RunMode.RUN" and job["run_dir"] == str(run_dir.resolve())
+    assert (job["job"], job["fusion"], job["seed"]) == ("compare", "late", 1)
+    assert job["output_dir"] == str(run_dir.resolve())
+    assert job["command"] == ["mmgpt-compare", *JOB, "hydra.mode=RUN", f"hydra.run.dir={run_dir.resolve()}"]
+    # and afterwards Hydra and logging are as they were
+    assert not HydraConfig.initialized() and logging.getLogger().handlers == handlers
+
+    fake.trained.clear()
+    assert compare.run_one(JOB, run_dir) == results and fake.trained == []  # a finished job is not run again
+
+
+def test_a_ddp_rank_process_runs_the_job_recorded_in_its_run_directory(
+        fake: FakeRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's launcher re-runs the parent's command line (here a whole tuned comparison) with the job's
+    directory appended: the rank runs the job recorded there, without writing Hydra's records again."""
+    from mmgpt.cli.hydra_job import ddp_rank_job
+
+    run_dir = tmp_path / "tune" / "late" / "trial0"
+    compare.run_one(JOB, run_dir)
+    (run_dir / "results.json").unlink()  # rank 0 is still training
+    records = {p.name: p.read_text() for p in (run_dir / ".hydra").iterdir()}
+    seen = SeenByTraining(fake.train)
+    monkeypatch.setattr(compare, "train", seen)
+    launcher = ["tune=2", "model/fusion=early,late", "seed=0", f'hydra.run.dir="{run_dir}"',
+                "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert ddp_rank_job(launcher) is None  # rank 0 / no launcher: the command line means what it says
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert ddp_rank_job(launcher) == (run_dir, "train_ddp_process_1")
+
+    assert compare.run(launcher) == run_dir
+    (job,) = seen.seen
+    assert job["task"] == JOB and (job["fusion"], job["seed"], job["job"]) == ("late", 1, "train_ddp_process_1")
+    assert {p.name: p.read_text() for p in (run_dir / ".hydra").iterdir()} == records
+    assert (run_dir / "train_ddp_process_1.log").is_file()
+    assert not (tmp_path / "tune" / "early").exists()  # nothing of the comparison on the command line ran
+
+
+def test_mmgpt_compare_from_python_returns_the_comparison_it_ran(
+        fake: FakeRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mmgpt.compare`` goes through compare.run's functions; the sweep directory comes back from the multirun
+    (here Hydra's default one, under MMGPT_LOG_DIR), not from argv or a global."""
+    import sys
+
+    import mmgpt
+
+    monkeypatch.setenv("MMGPT_LOG_DIR", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["garbage", "resume=/nowhere"])
+    comparison = mmgpt.compare(["model/fusion=early,late", "seed=0", "compare.robustness=false", "compare.cost=false"])
+    (sweep_dir,) = (tmp_path / "compare" / "multiruns").iterdir()
+    assert comparison.sweep_dir == sweep_dir.resolve() and comparison.report == sweep_dir.resolve() / "report.md"
+    assert [row["name"] for row in comparison.table] == ["late", "early"]
+    assert sorted(r.run_dir.name for r in comparison.runs) == ["0_early_seed0", "1_late_seed0"]
+    assert mmgpt.compare([f"report={sweep_dir}"]).table == comparison.table
+    assert sys.argv == ["garbage", "resume=/nowhere"]
+
+
+def test_the_comparison_code_neither_swaps_argv_nor_calls_a_private_app() -> None:
+    """No module of the comparison assigns ``sys.argv`` (Lightning's launcher for a Hydra multirun aside: that is
+    mmgpt/cli/common.py's relaunchable_job), and none defines a Hydra app to be driven through it."""
+    import ast
+
+    import mmgpt.cli
+
+    root = Path(mmgpt.cli.__file__).parent
+    for name in ("compare.py", "compare_tune.py", "compare_cost.py", "compare_match.py", "hydra_job.py"):
+        tree = ast.parse((root / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in (t for tt in targets for t in ast.walk(tt)):
+                    assert ast.unparse(target) != "sys.argv", f"{name}:{node.lineno} assigns sys.argv"
+            if isinstance(node, ast.FunctionDef):
+                decorators = [ast.unparse(d) for d in node.decorator_list]
+                assert not any(d.startswith("hydra.main") for d in decorators), f"{name}: a Hydra app {node.name}"
+
+
+def test_command_line_flags_are_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"^error: mmgpt-compare takes overrides \(key=value\), not flags: --cfg"):
+        compare.main(["--cfg", "job"])
+    with pytest.raises(SystemExit, match=r"^error: mmgpt-compare hydra.mode=RUN runs one job: give its directory"):
+        compare.main(["hydra.mode=RUN", "seed=0"])

@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 import mmgpt.cli.compare as compare
 from mmgpt.cli.compare_match import match_sizes
 from mmgpt.cli.compare_tune import compose_compare
+from mmgpt.cli.cost import count_flops
 from mmgpt.errors import UserError
 from mmgpt.registry import build_network
-from mmgpt.report.cost import count_flops
 
 FUSIONS = ("early", "tensor", "mult", "unimodal_text")
 

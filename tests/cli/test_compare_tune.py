@@ -180,3 +180,53 @@ def test_tuned_comparison_with_ddp_trains_every_trial_on_two_processes(tmp_path:
     for path in [*trial_results, *sweep.glob("*_seed0/results.json")]:
         assert json.loads(path.read_text())["world_size"] == 2
     assert (sweep / "report.md").is_file() and (sweep / "tune" / "optuna.journal").is_file()
+
+
+def test_tune_is_a_plain_function_that_ignores_argv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """compare.tune runs every trial and final run through compare.run_one: with sys.argv set to garbage it runs
+    the same comparison, leaves sys.argv alone, and each job's directory records the job's own overrides."""
+    from omegaconf import OmegaConf
+
+    fake = FakeTraining()
+    monkeypatch.setattr(compare, "train", fake.train)
+    garbage = ["garbage", "tune=x", "--cfg", "resume=/nowhere"]
+    monkeypatch.setattr(sys, "argv", garbage)
+    sweep = compare.tune(["model/fusion=early,late", "seed=0", "compare.robustness=false", "compare.cost=false"], 1,
+                         tmp_path / "sweep")
+    assert sweep == (tmp_path / "sweep").resolve() and sys.argv is garbage and sys.argv[1] == "tune=x"
+    assert [c[0] for c in fake.calls] == ["tune/early/trial0", "tune/late/trial0", "0_early_seed0", "1_late_seed0"]
+    trial = OmegaConf.load(sweep / "tune" / "late" / "trial0" / ".hydra" / "overrides.yaml")
+    lr = next(o for o in trial if o.startswith(f"{LR}="))
+    assert "model/fusion=late" in trial and float(lr.split("=", 1)[1]) == pytest.approx(fake.calls[1][3])
+    final = OmegaConf.load(sweep / "1_late_seed0" / ".hydra" / "overrides.yaml")
+    assert f"{LR}={fake.calls[1][3]!r}" in final  # the final run on the best (only) trial's values
+    assert (sweep / "report.md").is_file() and (sweep / "tuning.json").is_file()
+
+
+def test_the_tuner_uses_optuna_through_its_public_api_only() -> None:
+    """No private attribute (``study._storage``, ``trial._trial_id``...) anywhere in the tuner: the interrupted
+    trials are a study user attribute (see test_an_interrupted_tuning_resumes_with_the_same_values_and_budget)."""
+    import ast
+
+    import mmgpt.cli.compare_tune as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    private = [f"{ast.unparse(n)} (line {n.lineno})" for n in ast.walk(tree)
+               if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")]
+    assert private == []
+
+
+def test_a_malformed_interrupted_record_in_the_journal_is_refused_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    monkeypatch.setattr(compare, "train", FakeTraining().train)
+    sweep = tmp_path / "sweep"
+    compare.main(["tune=1", "compare.cost=false", *_args(sweep)])
+    journal = sweep / "tune" / "optuna.journal"
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    optuna.load_study(study_name="late", storage=storage).set_user_attr("interrupted", ["0; rm -rf /"])
+    with pytest.raises(SystemExit, match=rf"^error: {journal}: study late: user attribute 'interrupted': expected"):
+        compare.main([f"resume={sweep}"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmgpt.report.cost import interleaved_speed, peak_tensor_bytes, step_memory
+from mmgpt.cli.cost import interleaved_speed, peak_tensor_bytes, step_memory
 from tests.conftest import make_batch
 from tests.helpers.tiny import tiny_net
 

@@ -1,4 +1,5 @@
-"""FLOP counts against hand counts, attention on CPU included."""
+"""The cost measurement of ``mmgpt-compare`` (mmgpt/cli/cost.py): FLOP counts against hand counts, attention on CPU
+included; peak tensor memory; interleaved speed."""
 
 import math
 
@@ -6,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from mmgpt.cli.cost import count_flops, network_cost
 from mmgpt.config import CONFIG_DIR
 from mmgpt.layers import Attention, Block
-from mmgpt.report.cost import count_flops, network_cost
 from tests.conftest import make_batch
 from tests.helpers.tiny import tiny_net
 
@@ -56,7 +57,7 @@ def _ce(out, batch):
 
 
 def test_peak_tensor_bytes_by_hand():
-    from mmgpt.report.cost import peak_tensor_bytes
+    from mmgpt.cli.cost import peak_tensor_bytes
 
     layer = nn.Linear(256, 1024, bias=False)
     x = torch.randn(64, 256)
@@ -75,7 +76,7 @@ def test_peak_tensor_bytes_by_hand():
 
 
 def test_step_memory_counts_parameters_gradients_and_activations():
-    from mmgpt.report.cost import step_memory
+    from mmgpt.cli.cost import step_memory
 
     net = tiny_net("early", decoder=False)
     batch = make_batch(batch_size=4)
@@ -88,7 +89,7 @@ def test_step_memory_counts_parameters_gradients_and_activations():
 
 
 def test_interleaved_speed_measures_every_network():
-    from mmgpt.report.cost import first_samples, interleaved_speed
+    from mmgpt.cli.cost import first_samples, interleaved_speed
 
     nets = {"early": tiny_net("early", decoder=False), "late": tiny_net("late", decoder=False)}
     batch = make_batch(batch_size=8)
@@ -98,14 +99,6 @@ def test_interleaved_speed_measures_every_network():
     assert set(speed) == {"early", "late"}
     for s in speed.values():
         assert s.latency_b1_ms > 0 and s.latency_batch_ms > 0 and s.train_samples_per_sec > 0
-
-
-def test_pareto_front():
-    from mmgpt.report.summary import pareto_front
-
-    points = [("a", 1.0, 0.5), ("b", 2.0, 0.7), ("c", 3.0, 0.6), ("d", 4.0, 0.9), ("e", 1.0, 0.4)]
-    assert pareto_front(points) == ["a", "b", "d"]  # c costs more than b and scores less; e is a at a lower score
-    assert pareto_front(points, higher_is_better=False) == ["e"]
 
 
 @pytest.mark.parametrize("fusion", sorted(p.stem for p in (CONFIG_DIR / "model" / "fusion").glob("*.yaml")))

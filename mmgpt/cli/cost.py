@@ -1,6 +1,10 @@
 """Compute cost of a network: FLOPs per sample (forward and training step), parameters, peak tensor memory of a
 training step, latency and training throughput (measured interleaved across networks).
 
+This is the measuring side of ``mmgpt-compare``'s cost step (:func:`mmgpt.cli.compare_cost.measure_costs` builds
+the networks and writes ``cost.json``; ``compare.match`` sizes networks with :func:`count_flops`). The report
+(:mod:`mmgpt.report`) only reads ``cost.json``: it is built from run directories alone.
+
 FLOPs are counted with :class:`torch.utils.flop_counter.FlopCounterMode`. In the torch versions used here it knows
 the CUDA attention kernels but counts 0 for the CPU one (``_scaled_dot_product_flash_attention_for_cpu``), which
 every attention call in mmgpt uses on CPU; :data:`CPU_ATTENTION_FLOPS` registers the same formula for it
