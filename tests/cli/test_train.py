@@ -168,3 +168,17 @@ def test_a_copied_run_directory_uses_its_own_best_checkpoint(compose_cfg, tmp_pa
     assert Path(again["best_ckpt"]).parent == copy / "checkpoints"
     assert Path(again["best_ckpt"]).name == Path(first["best_ckpt"]).name
     assert again["val"]["val/acc"] == pytest.approx(first["val"]["val/acc"])
+
+
+@pytest.mark.parametrize(("command", "overrides", "key"), [
+    ("eval", [], "ckpt_path"),
+    ("train", ["experiment=smoke", "data=manifest"], "data.root"),
+])
+def test_a_mandatory_value_left_out_is_one_line_naming_the_key(compose_cfg, command, overrides, key):
+    """`mmgpt-eval` without ckpt_path (a `???` in the config) printed OmegaConf's MissingMandatoryValue traceback."""
+    from mmgpt.cli.common import user_errors
+
+    cfg = compose_cfg(overrides, config_name=command)
+    with pytest.raises(SystemExit) as stop:
+        user_errors(evaluate if command == "eval" else train)(cfg)
+    assert str(stop.value) == f"error: {key}: missing; give it on the command line ({key}=...)"
