@@ -254,7 +254,14 @@ def config_tree(cfg: DictConfig, *, color: bool) -> str:
 
 def show_config(cfg: DictConfig) -> None:
     """Print the resolved config as a tree at the start of a run: coloured on a terminal, plain text in logs
-    (the run directory's log file and a non-terminal output get the plain tree through the logger)."""
+    (the run directory's log file and a non-terminal output get the plain tree through the logger); credentials
+    under ``storage_options`` are shown as REDACTED."""
+    from mmgpt.secrets import config_secrets, scrub
+
+    secrets = config_secrets(cfg)
+    if secrets:
+        cfg = OmegaConf.create(scrub({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+                                      if k != "hydra"}, secrets))
     if sys.stdout.isatty():
         sys.stdout.write(config_tree(cfg, color=True))
         sys.stdout.flush()
