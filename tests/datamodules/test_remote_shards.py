@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from mmgpt.datamodules.remote import RemoteError, ShardCache, is_url, parse_size
 from mmgpt.datamodules.resumable import SeededCollate
 from mmgpt.datamodules.shards import ShardDataModule, ShardError, StreamLoader, write_shards
+from mmgpt.errors import UserError
 from tests.helpers.folders import export_and_shard
 from tests.helpers.object_store import S3_ENV, http_server, make_bucket, proxy, s3_server
 
@@ -73,6 +74,8 @@ def test_urls_and_sizes():
     assert parse_size("4GB") == 4 * 10**9 and parse_size("1.5KiB") == 1536 and parse_size(7) == 7
     with pytest.raises(ValueError, match="not a size"):
         parse_size("lots")
+    with pytest.raises(UserError, match=r"'1\.2\.3GB': not a size"):  # was float()'s ValueError, a traceback
+        parse_size("1.2.3GB")
 
 
 def test_s3_streams_the_batches_local_shards_give_and_resumes_mid_epoch(local_shards, bucket_set, endpoint,
