@@ -35,6 +35,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from mmgpt.errors import UserError
+
 #: Bump when decoding changes, so stored decoded media (the media store's entries) are not reused.
 #: 2: high-bit-depth images scaled instead of saturated; resampling of awkward rates through a nearby ratio.
 #: 3: audio resampled by soxr at the exact ratio of any two rates.
@@ -52,7 +54,7 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 Source = str | Path | BinaryIO | bytes
 
 
-class DecodeError(ValueError):
+class DecodeError(UserError):
     """A media file that cannot be decoded (or decodes to nothing, or is refused by a limit)."""
 
 

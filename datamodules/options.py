@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mmgpt.datamodules.decode import DEFAULT_MAX_IMAGE_PIXELS
+from mmgpt.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class DataOptions:
         unknown = sorted(set(options) - set(FIELDS))
         if unknown:
             raise TypeError(f"{where}.{unknown[0]}: not a data option (the shared ones: {', '.join(FIELDS)})")
+        for key, value in options.items():
+            check_type(key, value, where)
         return cls(**options)
 
     @classmethod
@@ -81,8 +85,29 @@ class DataOptions:
 
 #: The shared option names, in declaration order.
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(DataOptions))
+#: The annotation of each shared option (text: this module postpones annotations).
+FIELD_TYPES: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(DataOptions)}
 #: Defaults that a config takes from the run rather than from :class:`DataOptions`.
 CONFIG_VALUES: dict[str, str] = {"seed": "${seed}"}
+
+
+#: The scalar kind of each shared option that has one (its annotation's first type), checked by :func:`check_type`.
+_KINDS = {"int": (numbers.Integral, "an integer"), "float": (numbers.Real, "a number"), "bool": (bool, "true or false")}
+
+
+def check_type(key: str, value: Any, where: str = "data") -> None:
+    """Refuse a value of the wrong type for the shared option ``key`` (``data.batch_size=abc``) in one line.
+
+    Raises:
+        UserError: ``<where>.<key>=<value>: expected ...``.
+    """
+    annotation = str(FIELD_TYPES.get(key, ""))
+    kind = _KINDS.get(annotation.split("|")[0].strip())
+    if kind is None or (value is None and "None" in annotation):
+        return
+    expected, text = kind
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        raise UserError(f"{where}.{key}={value!r}: expected {text}" + (" or null" if "None" in annotation else ""))
 
 
 def config_defaults() -> dict[str, Any]:

@@ -28,6 +28,7 @@ from mmgpt.datamodules.decode import (
     load_image,
 )
 from mmgpt.datamodules.options import DataOptions
+from mmgpt.errors import UserError
 from mmgpt.tokenizer import TOKEN_IDS, ByteTokenizer, load_tokenizer
 
 #: The kinds of modality a datamodule can declare.
@@ -236,7 +237,7 @@ class FeaturesProcessor(Processor):
 DEFAULT_MODALITIES: dict[str, str] = {name: name for name in MODALITIES}
 
 
-class ModalityError(ValueError):
+class ModalityError(UserError):
     """A modality declaration (``data.modalities``) that cannot be used; the message names the key."""
 
 

@@ -74,7 +74,7 @@ def parse_size(size: int | str) -> int:
     """
     if isinstance(size, int):
         return size
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(size))
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", str(size))
     if match is None or match.group(2).lower() not in _UNITS:
         raise UserError(f"{size!r}: not a size (expected bytes, or a number with KB, MB, GB, KiB, MiB, GiB)")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])

@@ -236,6 +236,14 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", plugins: Seque
         from mmgpt.exported import load_exported
 
         return load_exported(path, device=device, plugins=plugins)
+    if path.is_dir():
+        from mmgpt.training.distributed import is_sharded_checkpoint
+
+        if not is_sharded_checkpoint(path):
+            from mmgpt.exported import ExportError
+
+            raise ExportError(f"{path}: a folder, but neither an mmgpt export (its mmgpt.json is missing) nor a "
+                              "sharded checkpoint (.metadata and meta.pt)")
     from mmgpt.cli.generate import media_processors
     from mmgpt.predictor import Predictor, task_of
     from mmgpt.training.lit_module import MultimodalModule

@@ -56,7 +56,7 @@ def export(checkpoint: str | Path, out: str | Path, *, include_backbones: bool =
         out: the folder to write (it must not exist, or be empty, unless ``overwrite``).
         include_backbones: copy each pretrained backbone's files in, instead of referencing them.
         plugins: your modules that register parts the model uses.
-        overwrite: replace what ``out`` holds.
+        overwrite: replace an earlier export in ``out`` (only a folder holding an export's ``mmgpt.json``).
     """
     from mmgpt.stamp import run_stamp
     from mmgpt.training.backbone_checkpoints import slim
@@ -64,8 +64,16 @@ def export(checkpoint: str | Path, out: str | Path, *, include_backbones: bool =
     from mmgpt.training.safe_load import read_checkpoint, stored_run_config
 
     checkpoint, out = Path(checkpoint), Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out}: exists and is not empty (choose a new folder, or pass --overwrite)")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder (choose a new folder)")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{out}: exists and is not empty (choose a new folder, or pass --overwrite)")
+        if not _is_export(out):  # --overwrite deletes the folder: never a run directory, a home, a data folder
+            raise ExportError(f"{out}: not an earlier mmgpt export (no {SPEC_FILE} of format {FORMAT!r}); "
+                              "--overwrite replaces only an export folder, and nothing was deleted")
+        if out.resolve() in checkpoint.resolve().parents:
+            raise ExportError(f"{out}: holds the checkpoint {checkpoint}; choose another folder (nothing was deleted)")
     module = MultimodalModule.load_from_checkpoint(checkpoint, map_location="cpu", plugins=list(plugins))
     run_cfg = stored_run_config(read_checkpoint(checkpoint), checkpoint) or {}
     spec = json.loads(json.dumps(module.hparams["net"]))  # plain JSON types
@@ -106,6 +114,14 @@ def export(checkpoint: str | Path, out: str | Path, *, include_backbones: bool =
     (out / CARD_FILE).write_text(model_card(manifest))
     log.info("exported %s to %s", checkpoint, out)
     return out
+
+
+def _is_export(folder: Path) -> bool:
+    """Whether ``folder`` holds an ``mmgpt.json`` written by :func:`export` (what ``--overwrite`` may replace)."""
+    try:
+        return json.loads((folder / SPEC_FILE).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
 
 
 def _include_backbone(spec: dict[str, Any], name: str, out: Path) -> bool:
@@ -243,6 +259,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if not path.is_file():
+        raise ExportError(f"{path}: missing; not a complete mmgpt export (export the checkpoint again)")
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:

@@ -166,7 +166,10 @@ def checkpoint_run_config(ckpt: Mapping[str, Any], path: str | Path,
 def checkpoint_string(ckpt: Mapping[str, Any], key: str, path: str | Path,
                       error: type[UserError] = StoredConfigError) -> str | None:
     """A plain string a checkpoint records under ``mmgpt.<key>`` (the wandb run id), or None; checked."""
-    value = (ckpt.get("mmgpt") or {}).get(key)
+    meta = ckpt.get("mmgpt") or {}
+    if not isinstance(meta, Mapping):
+        raise error(f"{path}: mmgpt: expected a mapping, got a {type(meta).__name__}")
+    value = meta.get(key)
     if value is not None and not isinstance(value, str):
         raise error(f"{path}: mmgpt.{key}: expected a string, got a {type(value).__name__}")
     return check(value, path, f"mmgpt.{key}", error=error)

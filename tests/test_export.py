@@ -67,6 +67,24 @@ def test_export_loads_predicts_identically_and_refuses_crafted_folders(compose_c
                          text=True)
     assert cli.returncode == 1 and cli.stderr.strip().count("\n") == 0 and "not empty" in cli.stderr
 
+    # A folder missing a file is named for what it lacks (not "a sharded checkpoint", not "a pickle").
+    no_weights, no_spec = tmp_path / "no_weights", tmp_path / "no_spec"
+    shutil.copytree(out, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    assert "model.safetensors: missing" in refused(no_weights)
+    shutil.copytree(out, no_spec)
+    (no_spec / "mmgpt.json").unlink()
+    assert "mmgpt.json is missing" in refused(no_spec)
+
+    # --overwrite replaces an earlier export only: it deleted any folder, e.g. the run holding the checkpoint.
+    run_dir = Path(ckpt).parent.parent
+    kept = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    for target, why in ((run_dir, "not an earlier mmgpt export"), (Path(ckpt), "not a folder")):
+        with pytest.raises(ExportError, match=why):
+            export(ckpt, target, overwrite=True)
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == kept
+    assert export(ckpt, out, overwrite=True) == out and (out / "model.safetensors").is_file()
+
 
 @pytest.mark.slow
 def test_export_hf_backbone_by_reference_and_included(compose_cfg, make_folder, tmp_path: Path) -> None:  # noqa: F811

@@ -18,9 +18,10 @@ import numpy as np
 from mmgpt.datamodules.manifest.index import read_index
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles
 from mmgpt.datamodules.manifest.rows import SPLITS, Problem, Row, RowTable, media_keys, resolve_media
+from mmgpt.errors import UserError
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A manifest folder with problems; the message lists every one of them."""
 
     def __init__(self, report: CheckReport, note: str = "") -> None:

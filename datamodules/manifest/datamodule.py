@@ -29,6 +29,8 @@ from mmgpt.datamodules.manifest.index import read_index
 from mmgpt.datamodules.manifest.media import CHECKS, MediaFiles, Progress
 from mmgpt.datamodules.manifest.rows import LABEL_TYPES, ManifestIndex, label_names
 from mmgpt.datamodules.processors import Processor
+from mmgpt.datamodules.remote import is_url
+from mmgpt.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +210,9 @@ class ManifestDataModule(MultimodalDataModule):
         self.save_hyperparameters(ignore=["processors"])
         if label_type not in LABEL_TYPES:
             raise ValueError(f"data.label_type={label_type!r}: expected one of {', '.join(LABEL_TYPES)}")
+        if is_url(root):
+            raise UserError(f"data.root={root}: data=manifest reads a local folder; data in object storage is read by "
+                            "data=shards (mmgpt-data shard DIR URL) or data=hf")
         self.root = Path(root).expanduser().absolute()
         self.report: CheckReport | None = None
         self.splits: dict[str, ProcessedDataset] = {}

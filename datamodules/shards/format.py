@@ -56,7 +56,7 @@ def read_meta(root: Path) -> dict[str, Any]:
 def check_meta(meta: Any, where: Path | str) -> None:
     """Refuse a ``shards.json`` that does not describe shard files of its own folder: ``class_names`` a list of
     strings; per split, ``shards`` plain file names (no folder part, no ``..``: nothing outside the folder is read)
-    and ``sizes`` (if given) one count per shard.
+    ``sizes`` and ``bytes`` (if given) one sample count and one byte size per shard.
 
     Raises:
         ShardError: naming the file and the key.
@@ -83,3 +83,7 @@ def check_meta(meta: Any, where: Path | str) -> None:
         if sizes is not None and not (isinstance(sizes, list) and len(sizes) == len(shards) and all(
                 isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes)):
             refuse(f"splits.{split}.sizes", "not one sample count per shard")
+        byte_sizes = entry.get("bytes")
+        if byte_sizes is not None and not (isinstance(byte_sizes, list) and len(byte_sizes) == len(shards) and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in byte_sizes)):
+            refuse(f"splits.{split}.bytes", "not one byte size per shard")

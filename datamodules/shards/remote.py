@@ -31,7 +31,7 @@ from mmgpt.datamodules.remote import (
     parse_size,
     read_bytes,
 )
-from mmgpt.datamodules.shards.format import META_FILE, ShardError
+from mmgpt.datamodules.shards.format import META_FILE, ShardError, check_meta
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,11 @@ class RemoteShards:
         url = self.url(META_FILE)
         text = read_bytes(url, self.storage_options)
         try:
-            return json.loads(text)
+            meta = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ShardError(f"{url}: not valid JSON ({e})") from e
+        check_meta(meta, url)  # as for a local set: plain shard names of this prefix, counts and sizes per shard
+        return meta
 
     def check(self, meta: Mapping[str, Any], num_workers: int, processes: int = 1) -> None:
         """Before training: every listed shard is on the store with its recorded size (``bytes`` in

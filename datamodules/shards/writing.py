@@ -37,6 +37,8 @@ def write_shards(root: str | Path, out: str | Path, samples_per_shard: int = 256
         with upload_while_writing(str(out), storage_options) as (local, upload):
             return _write(Path(root), local, samples_per_shard, allow_outside_root, upload)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ShardError(f"{out} exists and is not a folder; shards are written into a new folder")
     if out.exists() and any(out.iterdir()):
         raise ShardError(f"{out} is not empty; shards are written into a new folder")
     return _write(Path(root), out, samples_per_shard, allow_outside_root, None)

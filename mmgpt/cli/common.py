@@ -49,10 +49,15 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
 def _user_cause(e: BaseException) -> BaseException | None:
     """The :class:`UserError` (or missing file) ``e`` is, or was raised from: Hydra's ``instantiate`` wraps what a
     constructor raises (e.g. a part of the network that cannot be loaded) in its own exception."""
+    from omegaconf.errors import MissingMandatoryValue
+
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, (UserError, FileNotFoundError)):
             return e
+        if isinstance(e, MissingMandatoryValue):  # a `???` the command line did not fill (ckpt_path, data.root)
+            key = getattr(e, "full_key", None) or str(e).splitlines()[0].rsplit(": ", 1)[-1]
+            return UserError(f"{key}: missing; give it on the command line ({key}=...)")
         seen.add(id(e))
         e = e.__cause__  # type: ignore[assignment]
     return None
@@ -276,7 +281,14 @@ def config_tree(cfg: DictConfig, *, color: bool) -> str:
 
 def show_config(cfg: DictConfig) -> None:
     """Print the resolved config as a tree at the start of a run: coloured on a terminal, plain text in logs
-    (the run directory's log file and a non-terminal output get the plain tree through the logger)."""
+    (the run directory's log file and a non-terminal output get the plain tree through the logger); credentials
+    under ``storage_options`` are shown as REDACTED."""
+    from mmgpt.secrets import config_secrets, scrub
+
+    secrets = config_secrets(cfg)
+    if secrets:
+        cfg = OmegaConf.create(scrub({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+                                      if k != "hydra"}, secrets))
     if sys.stdout.isatty():
         sys.stdout.write(config_tree(cfg, color=True))
         sys.stdout.flush()

@@ -29,6 +29,7 @@ from mmgpt.cli.common import (
 )
 from mmgpt.config import CONFIG_DIR, check_targets
 from mmgpt.errors import UserError
+from mmgpt.secrets import config_secrets, scrub
 from mmgpt.stamp import current_command, run_stamp, spec_libraries
 from mmgpt.training.evaluation import evaluate_subsets, modality_subsets
 from mmgpt.training.lit_module import MultimodalModule
@@ -71,7 +72,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = metrics_of(run(module, datamodule=datamodule, verbose=False))
     trainer.callbacks.remove(saver)  # the subsets' evaluations below are not these predictions
     results: dict[str, Any] = {"ckpt_path": str(ckpt_path), "split": cfg.split, "metrics": metrics,
-                               "stamp": run_stamp(current_command(), spec_libraries(module.hparams.net))}
+                               "stamp": scrub(run_stamp(current_command(), spec_libraries(module.hparams.net)),
+                                                config_secrets(cfg))}
     if cfg.subsets:
         results["subsets"] = evaluate_subsets(trainer, module, datamodule, cfg.split, module.net.modalities)
     if rank_zero():

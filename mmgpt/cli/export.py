@@ -19,7 +19,8 @@ def parser() -> argparse.ArgumentParser:
                    help="copy pretrained backbones' files in (safetensors and configs) instead of referencing them "
                         "by name_or_path + sha256")
     p.add_argument("--plugins", nargs="*", default=[], help="your modules registering parts the model uses")
-    p.add_argument("--overwrite", action="store_true", help="replace what OUT holds")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export in OUT (a folder with its mmgpt.json)")
     p.add_argument("--version", action="version", version=version_line("mmgpt-export"))
     return p
 

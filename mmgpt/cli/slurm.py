@@ -118,13 +118,23 @@ def read_partition(name: str | None) -> Partition | None:
         out = subprocess.run(["sinfo", "-h", "-o", "%P|%D|%c|%m|%G|%l"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    for line in out.stdout.splitlines():
-        part, nodes, cpus, mem, gres, limit = line.split("|")
-        default = part.endswith("*")
-        if (name is None and default) or part.rstrip("*") == name:
+    found: Partition | None = None
+    for line in out.stdout.splitlines():  # one line per kind of node: a partition of CPU and GPU nodes has two
+        try:
+            part, nodes, cpus, mem, gres, limit = line.split("|")
+            default = part.endswith("*")
+            if not ((name is None and default) or part.rstrip("*") == name):
+                continue
             gpus = sum(int(g.split("(")[0].split(":")[-1]) for g in gres.split(",") if g.startswith("gpu"))
-            return Partition(part.rstrip("*"), int(nodes), int(cpus.rstrip("+")), int(mem.rstrip("+")), gpus, limit)
-    return None
+            kind = Partition(part.rstrip("*"), int(nodes), int(cpus.rstrip("+")), int(mem.rstrip("+")), gpus, limit)
+        except ValueError:  # a line sinfo wrote in another form (a GRES without a count): not a size to check
+            return None
+        if found is None:
+            found = kind
+        else:  # the partition's nodes in all, and the largest node of each resource
+            found = Partition(found.name, found.nodes + kind.nodes, max(found.cpus, kind.cpus),
+                              max(found.mem_mb, kind.mem_mb), max(found.gpus, kind.gpus), found.time_limit)
+    return found
 
 
 def check_request(params: dict[str, Any], partition: Partition) -> None:

@@ -49,7 +49,7 @@ from mmgpt.config import (
     resolved,
 )
 from mmgpt.registry import fit_to_data, import_plugins
-from mmgpt.secrets import is_secret_key, redacted
+from mmgpt.secrets import config_secrets, is_secret_key, redacted, scrub
 from mmgpt.stamp import current_command, run_stamp, spec_libraries
 from mmgpt.stored_config import checkpoint_string
 from mmgpt.training.callbacks import (
@@ -98,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = build_callbacks(cfg) + feature_cache(cfg, datamodule, module, init_report)
     loggers = build_loggers(cfg, resume)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    stamp = run_stamp(current_command(), spec_libraries(module.hparams["net"]))
+    stamp = scrub(run_stamp(current_command(), spec_libraries(module.hparams["net"])), config_secrets(cfg))
     record_run(cfg, out_dir, loggers, resume, stamp)
 
     try:
@@ -274,11 +274,17 @@ def redact_hydra_files(cfg: DictConfig, folder: Path) -> None:
     config = OmegaConf.to_container(cfg, resolve=False)
     if (folder / "config.yaml").is_file() and redacted(config) != config:
         OmegaConf.save(OmegaConf.create(redacted(config)), folder / "config.yaml")
+    secrets = config_secrets(cfg)  # a `data.storage_options={key: ..., secret: ...}` override holds them as text
     overrides = folder / "overrides.yaml"
     if overrides.is_file():
-        kept = [o for o in OmegaConf.load(overrides) if not is_secret_key(str(o).split("=", 1)[0])]
-        if len(kept) != len(OmegaConf.load(overrides)):
+        given = OmegaConf.to_container(OmegaConf.load(overrides))
+        kept = scrub([o for o in given if not is_secret_key(str(o).split("=", 1)[0])], secrets)
+        if kept != given:
             OmegaConf.save(OmegaConf.create(kept), overrides)
+    hydra_file = folder / "hydra.yaml"  # hydra.overrides.task and hydra.job.override_dirname
+    if secrets and hydra_file.is_file():
+        OmegaConf.save(OmegaConf.create(scrub(OmegaConf.to_container(OmegaConf.load(hydra_file)), secrets)),
+                       hydra_file)
 
 
 def fit(trainer: pl.Trainer, module: MultimodalModule, datamodule: pl.LightningDataModule,

@@ -63,7 +63,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         if not is_sharded_checkpoint(path):
-            raise CheckpointError(f"{path}: a folder, but not a complete sharded checkpoint (.metadata and meta.pt)")
+            found = sorted(path.glob("*.ckpt")) or sorted(path.glob("checkpoints/*.ckpt"))  # a run directory
+            found = [p for p in found if p.name.startswith("best")] or found
+            hint = f"; a checkpoint file in it: {found[0]}" if found else ""
+            raise CheckpointError(f"{path}: a folder, but not a complete sharded checkpoint (.metadata and meta.pt)"
+                                  f"{hint}")
         check_sharded_checkpoint(path)
         path = path / "meta.pt"
     return read_checkpoint_file(path)

@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from mmgpt.secrets import is_secret_key
+from mmgpt.secrets import config_secrets, is_secret_key, scrub
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def dashboard_hparams(cfg: DictConfig, fusion: str) -> dict[str, Scalar]:
         for override in HydraConfig.get().overrides.task:
             key, sep, value = str(override).lstrip("+~").partition("=")
             if sep and key not in ("seed", "model/fusion") and not is_secret_key(key):  # credentials stay out
-                hp.setdefault(key, value)
+                hp.setdefault(key, scrub(value, config_secrets(cfg)))
     return hp
 
 

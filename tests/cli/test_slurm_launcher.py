@@ -70,6 +70,17 @@ def test_sinfo_lines_are_read(monkeypatch):
     assert slurm.read_partition("gpu").gpus == 16 and slurm.read_partition("gpu").mem_mb == 512000
 
 
+def test_a_partition_of_two_kinds_of_node_is_read_whole(monkeypatch):
+    """sinfo writes one line per kind of node: only the first was read, so a partition whose first line is its CPU
+    nodes refused a GPU job ("gpus_per_node=4 is more than partition mixed has") that its GPU nodes can hold."""
+    out = "mixed|6|32|128000|(null)|1-00:00:00\nmixed|2|64|512000|gpu:4|1-00:00:00\nother|1|2|100|gpu|infinite\n"
+    monkeypatch.setattr(slurm.subprocess, "run", lambda *a, **k: type("P", (), {"stdout": out})())
+    mixed = slurm.read_partition("mixed")
+    assert mixed == Partition("mixed", 8, 64, 512000, 4, "1-00:00:00")
+    check_request({"nodes": 2, "tasks_per_node": 4, "cpus_per_task": 8, "mem_gb": 64, "gpus_per_node": 4}, mixed)
+    assert slurm.read_partition("other") is None  # a GRES without a count: not checked, rather than a traceback
+
+
 class FakeJob:
     def __init__(self, job_id: str, folder: Path, result: object = 0.5) -> None:
         self.job_id = job_id

@@ -169,3 +169,43 @@ def test_a_copied_run_directory_uses_its_own_best_checkpoint(compose_cfg, tmp_pa
     assert Path(again["best_ckpt"]).parent == copy / "checkpoints"
     assert Path(again["best_ckpt"]).name == Path(first["best_ckpt"]).name
     assert again["val"]["val/acc"] == pytest.approx(first["val"]["val/acc"])
+
+
+@pytest.mark.parametrize(("command", "overrides", "key"), [
+    ("eval", [], "ckpt_path"),
+    ("train", ["experiment=smoke", "data=manifest"], "data.root"),
+])
+def test_a_mandatory_value_left_out_is_one_line_naming_the_key(compose_cfg, command, overrides, key):
+    """`mmgpt-eval` without ckpt_path (a `???` in the config) printed OmegaConf's MissingMandatoryValue traceback."""
+    from mmgpt.cli.common import user_errors
+
+    cfg = compose_cfg(overrides, config_name=command)
+    with pytest.raises(SystemExit) as stop:
+        user_errors(evaluate if command == "eval" else train)(cfg)
+    assert str(stop.value) == f"error: {key}: missing; give it on the command line ({key}=...)"
+
+
+def test_credentials_typed_on_the_command_line_stay_out_of_every_run_file(tmp_path):
+    """docs/datasets.md: storage_options credentials are left out of config.yaml, .hydra/, the loggers'
+    hyperparameters and the checkpoints. Given as the documented `'data.storage_options={...}'` override, they were
+    written into .hydra/overrides.yaml and hydra.yaml, the run stamp's command line (results.json, hparams.yaml,
+    TensorBoard) and the printed config (train.log)."""
+    from tests.helpers.folders import export_and_shard
+
+    shards = export_and_shard(tmp_path, num_train=16, samples_per_shard=8, num_val=8, num_test=4)
+    run = tmp_path / "run"
+    secret, token = "SECRETVALUE-5f0c1d", "TOKENVALUE-9a1b2c"
+    cmd = [str(Path(sys.executable).parent / "mmgpt-train"), "experiment=smoke", "data=shards", f"data.root={shards}",
+           "data.num_workers=0", "data.batch_size=8", "trainer.max_epochs=1", "test=false",
+           f"data.storage_options={{key: AKIDTESTKEY, secret: {secret}}}", f"+data.storage_options.token={token}",
+           f"hydra.run.dir={run}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                         env={**os.environ, "WANDB_MODE": "offline"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert (run / ".hydra" / "hydra.yaml") in files and (run / "results.json") in files
+    for p in files:
+        for value in (secret, token, "AKIDTESTKEY"):
+            assert value.encode() not in p.read_bytes(), p
+    assert secret not in out.stdout + out.stderr
+    assert "secret: REDACTED" in (run / ".hydra" / "overrides.yaml").read_text()

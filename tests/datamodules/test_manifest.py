@@ -294,3 +294,16 @@ def test_reports_replace_links_left_in_the_report_folder_instead_of_writing_thro
     assert all(target.read_text() == "keep me\n" for target in targets.values())
     assert not (run / "data_report.json").is_symlink() and not (run / "decode_failures.txt").is_symlink()
     assert json.loads((run / "data_report.json").read_text())["samples"] == {"train": 8, "val": 4}
+
+
+def test_a_url_root_or_an_empty_folder_is_a_user_error_not_a_traceback(tmp_path: Path) -> None:
+    """``data=manifest data.root=s3://bucket/x`` was read as the local folder ``./s3:/bucket/x``, and the
+    ManifestError of an empty folder (a plain ValueError) reached the user as a traceback."""
+    from mmgpt.cli.common import user_errors
+    from mmgpt.errors import UserError
+
+    with pytest.raises(UserError, match=r"data\.root=s3://bucket/x: data=manifest reads a local folder"):
+        ManifestDataModule(root="s3://bucket/x")
+    dm = ManifestDataModule(root=str(tmp_path))
+    with pytest.raises(SystemExit, match=r"(?s)^error: manifest folder: .*missing split"):
+        user_errors(lambda: dm.num_classes)()

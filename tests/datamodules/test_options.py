@@ -49,3 +49,24 @@ def test_every_data_config_starts_from_the_shared_defaults_and_refuses_a_misspel
     assert config_defaults()["seed"] == "${seed}"
     with pytest.raises(ConfigKeyError, match=r"data\.batch_sizee.*is not a parameter"):
         check_targets(cfg.data, "data")
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("batch_size", "abc", "an integer"), ("batch_size", 2.5, "an integer"), ("num_train", "x", "an integer or null"),
+    ("max_audio_seconds", "long", "a number"), ("augment", "yes", "true or false"),
+])
+def test_a_wrong_type_is_one_line_naming_the_key(key: str, value: object, expected: str) -> None:
+    """``data.batch_size=abc`` was a ValueError from ``int()`` deep inside the constructor, which Hydra printed as
+    "Error in call to target ... full_key: data" without the key; now a UserError naming it, one line."""
+    from hydra.utils import instantiate
+
+    from mmgpt.cli.common import user_errors
+    from mmgpt.errors import UserError
+
+    with pytest.raises(UserError, match=rf"^data\.{key}={value!r}: expected {expected}$"):
+        DataOptions.of({key: value})
+    cfg = {"_target_": "mmgpt.datamodules.synthetic.SyntheticDataModule", "num_train": 2, "num_val": 2,
+           "num_test": 2, key: value}
+    with pytest.raises(SystemExit, match=rf"^error: data\.{key}="):  # through Hydra's instantiate, as mmgpt-train
+        user_errors(instantiate)(cfg)
+    assert DataOptions.of({"max_audio_seconds": 2, "num_train": None, "pin_memory": None}).max_audio_seconds == 2

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from mmgpt.datamodules.remote import RemoteError, ShardCache, is_url, parse_size
 from mmgpt.datamodules.resumable import SeededCollate
 from mmgpt.datamodules.shards import ShardDataModule, ShardError, StreamLoader, write_shards
+from mmgpt.errors import UserError
 from tests.helpers.folders import export_and_shard
 from tests.helpers.object_store import S3_ENV, http_server, make_bucket, proxy, s3_server
 
@@ -73,6 +74,8 @@ def test_urls_and_sizes():
     assert parse_size("4GB") == 4 * 10**9 and parse_size("1.5KiB") == 1536 and parse_size(7) == 7
     with pytest.raises(ValueError, match="not a size"):
         parse_size("lots")
+    with pytest.raises(UserError, match=r"'1\.2\.3GB': not a size"):  # was float()'s ValueError, a traceback
+        parse_size("1.2.3GB")
 
 
 def test_s3_streams_the_batches_local_shards_give_and_resumes_mid_epoch(local_shards, bucket_set, endpoint,
@@ -245,3 +248,19 @@ def test_a_remote_error_from_a_loader_worker_still_reads_as_one_line():
                                    "mmgpt.datamodules.remote.RemoteError: s3://b/set/train-000001.tar: not found\n")
     assert str(raised_in_worker) == "s3://b/set/train-000001.tar: not found"
     assert str(RemoteError("s3://b/x: not found")) == "s3://b/x: not found"
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    ({"shards": ["../other/train-000000.tar"]}, r"splits\.train\.shards\[0\]"),
+    ({"bytes": [1, 2]}, r"splits\.train\.bytes"),
+    ({"shards": "train-000000.tar"}, r"splits\.train\.shards"),
+])
+def test_a_remote_shards_json_is_checked_as_a_local_one(local_shards, tmp_path, change, key):
+    """A URL's shards.json was read unchecked: a shard name with '..' or a folder part was fetched from outside the
+    prefix, and a malformed entry ended in a KeyError or TypeError traceback instead of a line naming the key."""
+    meta = json.loads((local_shards / "shards.json").read_text())
+    meta["splits"]["train"].update(change)
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "shards.json").write_text(json.dumps(meta))
+    with http_server(tmp_path) as base, pytest.raises(ShardError, match=rf"/set/shards\.json: {key}: .*refused"):
+        ShardDataModule(f"{base}/set", cache_dir=str(tmp_path / "cache"))

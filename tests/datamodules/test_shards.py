@@ -272,3 +272,15 @@ def test_a_crafted_shards_json_is_refused_naming_the_key(shard_dir, tmp_path, ca
         ShardDataModule(str(folder), batch_size=2, num_workers=0)
     message = str(refused.value)
     assert message.startswith(f"{folder / 'shards.json'}: {key}: ") and message.endswith("; refused"), message
+
+
+def test_shard_into_an_existing_file_or_a_non_empty_folder_is_one_line(tmp_path: Path) -> None:
+    """`mmgpt-data shard DIR OUT` with OUT an existing file ended in a NotADirectoryError traceback."""
+    (tmp_path / "afile").write_text("keep")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("keep")
+    with pytest.raises(ShardError, match=r"afile exists and is not a folder"):
+        write_shards(tmp_path / "folder", tmp_path / "afile", samples_per_shard=4)
+    with pytest.raises(ShardError, match=r"full is not empty"):
+        write_shards(tmp_path / "folder", tmp_path / "full", samples_per_shard=4)
+    assert (tmp_path / "afile").read_text() == "keep" and (tmp_path / "full" / "keep.txt").read_text() == "keep"

@@ -244,3 +244,17 @@ def test_compare_report_and_resume_do_not_call_what_a_run_directory_names(tmp_pa
     with pytest.raises(SystemExit, match=r"multirun\.yaml: hydra\.overrides\.task\[0\]: .*_target_.* refused"):
         compare_main([f"resume={sweep}"])
     assert not side_effect.exists()
+
+
+def test_a_run_directory_or_a_malformed_mmgpt_record_is_one_clear_line(tmp_path):
+    """`mmgpt-eval ckpt_path=RUN` said only "not a complete sharded checkpoint"; a checkpoint whose `mmgpt` entry
+    is not a mapping ended in an AttributeError when its wandb id was read."""
+    from mmgpt.stored_config import StoredConfigError, checkpoint_string
+
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("best-epoch001.ckpt", "last.ckpt"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"a checkpoint file in it: .*checkpoints/best-epoch001\.ckpt$"):
+        read_checkpoint(tmp_path)
+    with pytest.raises(StoredConfigError, match=r"x\.ckpt: mmgpt: expected a mapping, got a list"):
+        checkpoint_string({"mmgpt": [1]}, "wandb_id", "x.ckpt")
