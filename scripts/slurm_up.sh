@@ -66,8 +66,12 @@ if [ ! -d "$STATE/mysql/mysql" ]; then
     mariadb-install-db --user=mysql --datadir="$STATE/mysql" --auth-root-authentication-method=socket \
         > "$STATE/log/mariadb-install.log" 2>&1
 fi
-running "$STATE/mysql/mariadb.pid" || mariadbd --user=mysql --datadir="$STATE/mysql" --socket=/run/mysqld/mysqld.sock --pid-file="$STATE/mysql/mariadb.pid" \
-    --skip-networking --log-error="$STATE/mysql/mariadb.err" --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 &
+# (an `if`, not `running ... || mariadbd ... &`: that backgrounds a subshell which keeps the script's stdout open,
+# and `bash scripts/slurm_up.sh | tail` never ends)
+if ! running "$STATE/mysql/mariadb.pid"; then
+    mariadbd --user=mysql --datadir="$STATE/mysql" --socket=/run/mysqld/mysqld.sock --pid-file="$STATE/mysql/mariadb.pid" \
+        --skip-networking --log-error="$STATE/mysql/mariadb.err" --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 &
+fi
 for _ in $(seq 120); do mariadb-admin --socket=/run/mysqld/mysqld.sock ping >/dev/null 2>&1 && break; sleep 0.5; done
 mariadb --socket=/run/mysqld/mysqld.sock -u root -e "
     CREATE DATABASE IF NOT EXISTS slurm_acct_db;
