@@ -106,7 +106,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-# Jobs are requeueable by default (pre-emption, `scontrol requeue`, submitit's requeue on time-out).
+# Jobs are requeueable by default (pre-emption, scontrol requeue, submitit's requeue on time-out).
 JobRequeue=1
 SchedulerParameters=nohold_on_prolog_fail
 PreemptType=preempt/partition_prio
@@ -145,8 +145,11 @@ slurmctld
 if [ "$NODES" = 1 ]; then
     slurmd
 else
-    for i in $(seq "$NODES"); do  # slurmd takes its node name from the host name: its own UTS namespace
-        ip netns exec "mmgpt-n$i" unshare --uts sh -c "hostname n$i && exec slurmd"
+    # slurmd takes its node name from the host name: its own UTS namespace. nsenter, not `ip netns exec`: that
+    # also mounts a fresh /sys for the namespace, without /sys/fs/cgroup, and slurmd stops ("No filesystem
+    # mounted on /sys/fs/cgroup ... Unable to initialize cgroup plugin").
+    for i in $(seq "$NODES"); do
+        nsenter --net="/run/netns/mmgpt-n$i" unshare --uts sh -c "hostname n$i && exec slurmd"
     done
 fi
 for _ in $(seq 60); do
