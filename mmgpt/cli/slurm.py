@@ -98,6 +98,21 @@ def requeued_slurm_job(exit_code: object = None) -> str | None:
     return job if restarts and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0) else None
 
 
+def register_launcher_plugin() -> None:
+    """Put ``hydra_plugins.mmgpt_slurm.MmgptSlurmLauncher`` (``hydra/launcher=slurm``) in Hydra's plugin registry.
+
+    Hydra instantiates only launchers its scan of the ``hydra_plugins`` namespace found (``pkgutil.walk_packages``).
+    An editable install (``pip install -e .``, as ``make install`` does) maps ``hydra_plugins.mmgpt_slurm`` through
+    setuptools' import hook, which that scan does not list: ``mmgpt-train -m hydra/launcher=slurm`` failed with
+    "Unknown plugin class" everywhere but from the repository's root (where ``hydra_plugins/`` is on the path).
+    """
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.mmgpt_slurm import MmgptSlurmLauncher
+
+    Plugins.instance().register(MmgptSlurmLauncher)
+
+
 # --- what the partition offers ----------------------------------------------------------------------------------------
 
 @dataclass
