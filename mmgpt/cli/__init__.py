@@ -13,7 +13,6 @@ from datetime import datetime
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from mmgpt.cli.slurm import register_launcher_plugin
 from mmgpt.cli.slurm import register_resolvers as register_slurm_resolvers
 from mmgpt.config import CONFIG_DIR, register_schemas
 
@@ -66,5 +65,4 @@ OmegaConf.register_new_resolver("mmgpt_run_id", run_id, use_cache=True, replace=
 OmegaConf.register_new_resolver("mmgpt_with_baselines", with_baselines, replace=True)
 register_schemas()
 register_slurm_resolvers()  # conf/hydra/launcher/slurm*.yaml: the job's resources from the trainer
-register_launcher_plugin()  # hydra/launcher=slurm from an editable install too
 quiet_lightning()
