@@ -18,8 +18,9 @@ CPUS=${MMGPT_SLURM_CPUS:-$(nproc)}
 MEM_MB=${MMGPT_SLURM_MEM_MB:-$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 2048 ))}  # minus the OS'
 
 # MMGPT_SLURM_NODES=2: two nodes on this machine (n1, n2: the CPUs and memory shared out), each slurmd in its own
-# network and UTS namespace (Debian's slurmd is built without --enable-multiple-slurmd). NOT RUN YET: written for
-# tests/cli/test_slurm.py's 2-node x 1-task DDP test, not tried for lack of time (see README, SLURM).
+# network and UTS namespace (Debian's slurmd is built without --enable-multiple-slurmd), on a bridge with the
+# controller at $NET.1; munged's socket and the files are shared (no mount namespace). Run with
+# tests/cli/test_slurm.py's 2-node x 1-task DDP test (docs/distributed.md, SLURM).
 NODES=${MMGPT_SLURM_NODES:-1}
 NET=10.77.0                    # their network (a bridge, mmgptbr0, on this machine at $NET.1)
 sinfo_nodes() { if [ "$NODES" = 1 ]; then echo "$HOST"; else echo "n[1-$NODES]"; fi; }
