@@ -18,8 +18,9 @@ CPUS=${MMGPT_SLURM_CPUS:-$(nproc)}
 MEM_MB=${MMGPT_SLURM_MEM_MB:-$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 2048 ))}  # minus the OS'
 
 # MMGPT_SLURM_NODES=2: two nodes on this machine (n1, n2: the CPUs and memory shared out), each slurmd in its own
-# network and UTS namespace (Debian's slurmd is built without --enable-multiple-slurmd). NOT RUN YET: written for
-# tests/cli/test_slurm.py's 2-node x 1-task DDP test, not tried for lack of time (see README, SLURM).
+# network and UTS namespace (Debian's slurmd is built without --enable-multiple-slurmd), on a bridge with the
+# controller at $NET.1; munged's socket and the files are shared (no mount namespace). Run with
+# tests/cli/test_slurm.py's 2-node x 1-task DDP test (docs/distributed.md, SLURM).
 NODES=${MMGPT_SLURM_NODES:-1}
 NET=10.77.0                    # their network (a bridge, mmgptbr0, on this machine at $NET.1)
 sinfo_nodes() { if [ "$NODES" = 1 ]; then echo "$HOST"; else echo "n[1-$NODES]"; fi; }
@@ -66,8 +67,12 @@ if [ ! -d "$STATE/mysql/mysql" ]; then
     mariadb-install-db --user=mysql --datadir="$STATE/mysql" --auth-root-authentication-method=socket \
         > "$STATE/log/mariadb-install.log" 2>&1
 fi
-running "$STATE/mysql/mariadb.pid" || mariadbd --user=mysql --datadir="$STATE/mysql" --socket=/run/mysqld/mysqld.sock --pid-file="$STATE/mysql/mariadb.pid" \
-    --skip-networking --log-error="$STATE/mysql/mariadb.err" --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 &
+# (an `if`, not `running ... || mariadbd ... &`: that backgrounds a subshell which keeps the script's stdout open,
+# and `bash scripts/slurm_up.sh | tail` never ends)
+if ! running "$STATE/mysql/mariadb.pid"; then
+    mariadbd --user=mysql --datadir="$STATE/mysql" --socket=/run/mysqld/mysqld.sock --pid-file="$STATE/mysql/mariadb.pid" \
+        --skip-networking --log-error="$STATE/mysql/mariadb.err" --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 &
+fi
 for _ in $(seq 120); do mariadb-admin --socket=/run/mysqld/mysqld.sock ping >/dev/null 2>&1 && break; sleep 0.5; done
 mariadb --socket=/run/mysqld/mysqld.sock -u root -e "
     CREATE DATABASE IF NOT EXISTS slurm_acct_db;
@@ -102,7 +107,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-# Jobs are requeueable by default (pre-emption, `scontrol requeue`, submitit's requeue on time-out).
+# Jobs are requeueable by default (pre-emption, scontrol requeue, submitit's requeue on time-out).
 JobRequeue=1
 SchedulerParameters=nohold_on_prolog_fail
 PreemptType=preempt/partition_prio
@@ -141,8 +146,11 @@ slurmctld
 if [ "$NODES" = 1 ]; then
     slurmd
 else
-    for i in $(seq "$NODES"); do  # slurmd takes its node name from the host name: its own UTS namespace
-        ip netns exec "mmgpt-n$i" unshare --uts sh -c "hostname n$i && exec slurmd"
+    # slurmd takes its node name from the host name: its own UTS namespace. nsenter, not `ip netns exec`: that
+    # also mounts a fresh /sys for the namespace, without /sys/fs/cgroup, and slurmd stops ("No filesystem
+    # mounted on /sys/fs/cgroup ... Unable to initialize cgroup plugin").
+    for i in $(seq "$NODES"); do
+        nsenter --net="/run/netns/mmgpt-n$i" unshare --uts sh -c "hostname n$i && exec slurmd"
     done
 fi
 for _ in $(seq 60); do

@@ -98,6 +98,24 @@ def requeued_slurm_job(exit_code: object = None) -> str | None:
     return job if restarts and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0) else None
 
 
+def register_launcher_plugin() -> None:
+    """Put ``hydra_plugins.mmgpt_slurm.MmgptSlurmLauncher`` (``hydra/launcher=slurm``) in Hydra's plugin registry.
+
+    Hydra instantiates only launchers its scan of the ``hydra_plugins`` namespace found (``pkgutil.walk_packages``).
+    An editable install (``pip install -e .``, as ``make install`` does) maps ``hydra_plugins.mmgpt_slurm`` through
+    setuptools' import hook, which that scan does not list: ``mmgpt-train -m hydra/launcher=slurm`` failed with
+    "Unknown plugin class" (only ``python -c`` from the repository's root, ``hydra_plugins/`` on its path, found it).
+    Called where ``mmgpt.cli.train`` is imported, not from ``mmgpt.cli``: ``hydra_plugins.mmgpt_slurm`` imports
+    ``mmgpt.cli``, so registering there imported the plugin module half-initialised (a SLURM job unpickling the
+    launcher failed with a circular ImportError).
+    """
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.mmgpt_slurm import MmgptSlurmLauncher
+
+    Plugins.instance().register(MmgptSlurmLauncher)
+
+
 # --- what the partition offers ----------------------------------------------------------------------------------------
 
 @dataclass

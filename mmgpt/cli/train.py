@@ -38,7 +38,7 @@ from mmgpt.cli.common import (
     user_errors,
     write_json,
 )
-from mmgpt.cli.slurm import requeued_slurm_job
+from mmgpt.cli.slurm import register_launcher_plugin, requeued_slurm_job
 from mmgpt.config import (
     CONFIG_DIR,
     ConfigKeyError,
@@ -387,6 +387,9 @@ def _how_to_continue(out_dir: Path, exit_code: object = None) -> None:
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+
+
+register_launcher_plugin()  # hydra/launcher=slurm, from an editable install too
 
 
 @with_version("mmgpt-train")
