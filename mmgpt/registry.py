@@ -71,6 +71,9 @@ BUILTIN: dict[str, Part] = {
     "timm_image": Part("encoder", "mmgpt.encoders.timm_encoder:TimmImageEncoder",
                        checkpoint_overrides={"pretrained": False}),
     "features_encoder": Part("encoder", "mmgpt.encoders.features:FeaturesEncoder"),
+    # MMSA's pre-fusion sub-networks: one vector per sample (an LSTM; BatchNorm + ReLU layers on the time average)
+    "lstm_encoder": Part("encoder", "mmgpt.encoders.subnets:LSTMEncoder"),
+    "mlp_subnet": Part("encoder", "mmgpt.encoders.subnets:MLPSubNet"),
     # image stems: (B, 3, H, W) -> (B, D, H/p, W/p)
     "patch_embed": Part("image_stem", "mmgpt.encoders.image:PatchEmbed"),
     "conv_stem": Part("image_stem", "mmgpt.encoders.image:ConvStem"),
@@ -86,10 +89,13 @@ BUILTIN: dict[str, Part] = {
     "bottleneck": Part("fusion", "mmgpt.fusion.bottleneck:BottleneckFusion"),
     "resampler": Part("fusion", "mmgpt.fusion.resampler:ResamplerFusion"),
     "unimodal": Part("fusion", "mmgpt.fusion.unimodal:UnimodalBaseline"),
+    "concat": Part("fusion", "mmgpt.fusion.concat:ConcatFusion"),
     "concat_mlp": Part("combiner", "mmgpt.fusion.late:ConcatMLP"),
     "logit_average": Part("combiner", "mmgpt.fusion.late:LogitAverage"),
     # head, text decoder and its conditioners
     "classification_head": Part("head", "mmgpt.model:ClassificationHead"),
+    "mlp_head": Part("head", "mmgpt.model:MLPHead"),
+    "identity_head": Part("head", "mmgpt.model:IdentityHead"),
     "text_decoder": Part("decoder", "mmgpt.decoder:TextDecoder"),
     "hf_decoder": Part("decoder", "mmgpt.hf_decoder:HFDecoder",
                        checkpoint_overrides={"load_weights": False, **NO_REMOTE_CODE}),
@@ -404,7 +410,10 @@ def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn
         log.info("the fusion uses %s: encoders %s are not built", list(fusion.modalities), unused)
     encoders = {m: build(e, f"{where}.encoders.{m}", "encoder")
                 for m, e in spec.encoders.items() if m in fusion.modalities}
-    head = build(spec.head, f"{where}.head", "head", num_classes=num_classes)
+    head_spec = dict(spec.head)
+    if "dim" in head_spec and head_spec["dim"] is None:  # the fusion's output width (a flattened TFN product...)
+        head_spec["dim"] = _fusion_width(fusion, f"{where}.head.dim")
+    head = build(head_spec, f"{where}.head", "head", num_classes=num_classes)
     decoder = None
     if spec.decoder is not None:
         dec = dict(spec.decoder)
@@ -425,6 +434,15 @@ def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn
                                 text_modality=spec.text_modality)
     init_weights(net)  # once, on the assembled network (parts with loaded weights are marked and skipped)
     return net
+
+
+def _fusion_width(fusion: nn.Module, where: str) -> int:
+    """The width of a fusion's pooled output, for a head spec whose ``dim`` is null."""
+    width = getattr(fusion, "out_dim", None)
+    if not isinstance(width, int):
+        raise SpecError(f"{where}: null (take the fusion's output width), but {type(fusion).__name__} does not "
+                        "declare one (out_dim); give the head's dim")
+    return width
 
 
 def from_legacy(node: Any, where: str) -> Any:

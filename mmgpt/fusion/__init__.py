@@ -6,6 +6,7 @@ Each strategy is one class here plus one registry line and one YAML under ``conf
 
 from mmgpt.fusion.base import Fusion, FusionOutput, ModalityEmbedding
 from mmgpt.fusion.bottleneck import BottleneckFusion
+from mmgpt.fusion.concat import ConcatFusion
 from mmgpt.fusion.cross_attention import CrossAttentionFusion
 from mmgpt.fusion.early import EarlyFusion
 from mmgpt.fusion.late import Combiner, ConcatMLP, LateFusion, LogitAverage
@@ -17,6 +18,7 @@ from mmgpt.fusion.unimodal import UnimodalBaseline
 __all__ = [
     "BottleneckFusion",
     "Combiner",
+    "ConcatFusion",
     "ConcatMLP",
     "CrossAttentionFusion",
     "EarlyFusion",
