@@ -74,6 +74,7 @@ BUILTIN: dict[str, Part] = {
     # MMSA's pre-fusion sub-networks: one vector per sample (an LSTM; BatchNorm + ReLU layers on the time average)
     "lstm_encoder": Part("encoder", "mmgpt.encoders.subnets:LSTMEncoder"),
     "mlp_subnet": Part("encoder", "mmgpt.encoders.subnets:MLPSubNet"),
+    "raw_features": Part("encoder", "mmgpt.encoders.subnets:RawFeatures"),
     # image stems: (B, 3, H, W) -> (B, D, H/p, W/p)
     "patch_embed": Part("image_stem", "mmgpt.encoders.image:PatchEmbed"),
     "conv_stem": Part("image_stem", "mmgpt.encoders.image:ConvStem"),
@@ -90,6 +91,7 @@ BUILTIN: dict[str, Part] = {
     "resampler": Part("fusion", "mmgpt.fusion.resampler:ResamplerFusion"),
     "unimodal": Part("fusion", "mmgpt.fusion.unimodal:UnimodalBaseline"),
     "concat": Part("fusion", "mmgpt.fusion.concat:ConcatFusion"),
+    "early_lstm": Part("fusion", "mmgpt.fusion.recurrent:EarlyLSTMFusion"),
     "concat_mlp": Part("combiner", "mmgpt.fusion.late:ConcatMLP"),
     "logit_average": Part("combiner", "mmgpt.fusion.late:LogitAverage"),
     # head, text decoder and its conditioners
@@ -356,7 +358,8 @@ def fit_to_data(net: Mapping[str, Any], modalities: Mapping[str, Mapping[str, An
     """Check a network spec against the data's declared modalities and fill in what the data decides.
 
     Every encoder must be for a declared modality of the kind it reads (``image_encoder`` for an ``image``
-    modality); a features encoder's ``input_dim: null`` becomes the declared feature size. A declared modality
+    modality); a features encoder's ``input_dim: null`` becomes the declared feature size, and a fusion's
+    ``input_dims.<m>: null`` encoder m's output width (its ``dim``, else its ``input_dim``). A declared modality
     without an encoder is not used by the network (logged).
 
     Args:
@@ -384,12 +387,26 @@ def fit_to_data(net: Mapping[str, Any], modalities: Mapping[str, Mapping[str, An
         if "input_dim" in enc and enc["input_dim"] is None and modalities[name].get("dim") is not None:
             enc["input_dim"] = int(modalities[name]["dim"])
         encoders[name] = enc
+    fusion = net.get("fusion")
+    if isinstance(fusion, Mapping) and isinstance(fusion.get("input_dims"), Mapping):
+        # a fusion's `input_dims.<m>: null` is encoder m's output width: its dim, or the features it hands on
+        fusion = dict(fusion)
+        fusion["input_dims"] = {m: _encoder_width(encoders.get(m), f"{where}.fusion.input_dims.{m}") if d is None
+                                else d for m, d in fusion["input_dims"].items()}
+        out["fusion"] = fusion
     unused = sorted(set(modalities) - set(encoders))
     if unused:
         log.warning("data modalities %s have no encoder in %s.encoders: the network does not use them", unused,
                     where)
     out["encoders"] = encoders
     return out
+
+
+def _encoder_width(enc: Mapping[str, Any] | None, where: str) -> int:
+    width = None if enc is None else enc.get("dim", enc.get("input_dim"))
+    if width is None:
+        raise SpecError(f"{where}: null (the encoder's output width), but there is no such encoder width to take")
+    return int(width)
 
 
 def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn.Module:

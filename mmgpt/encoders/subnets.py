@@ -8,6 +8,9 @@ Their widths may differ per modality; the fusions take them as ``input_dims``.
 
 * :class:`LSTMEncoder` is MMSA's ``TextSubNet``: an LSTM over the steps, its last hidden state, dropout, a Linear.
 * :class:`MLPSubNet` is MMSA's ``SubNet``: the time-averaged features, BatchNorm, dropout and three ReLU layers.
+
+:class:`RawFeatures` is the odd one out: it hands the feature sequence on unchanged (B, N, F), for a fusion that
+reads the features themselves (MMSA's EF-LSTM: ``fusion: early_lstm``).
 """
 
 from __future__ import annotations
@@ -106,3 +109,24 @@ class MLPSubNet(nn.Module):
         x, mask = _as_steps(x, mask, self.input_dim)
         h = self.layers(self.drop(self.norm(masked_mean(x, mask))))  # (B, D)
         return EncoderOutput(h[:, None], mask.any(dim=1, keepdim=True))
+
+
+class RawFeatures(nn.Module):
+    """The feature sequence as it is: tokens (B, N, F) and their mask, no parameters (``dim`` = F).
+
+    For fusions that read the features themselves, such as MMSA's EF-LSTM (:class:`~mmgpt.fusion.EarlyLSTMFusion`).
+
+    Args:
+        input_dim: feature size F; None takes it from the data's declaration (``data.modalities.<name>.dim``).
+    """
+
+    modality_kind = "features"
+
+    def __init__(self, *, input_dim: int | None) -> None:
+        super().__init__()
+        self.input_dim = self.dim = _need_input_dim("raw_features", input_dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
+        """x (B, N, F), mask (B, N) -> the same, as tokens."""
+        x, mask = _as_steps(x, mask, self.input_dim)
+        return EncoderOutput(x, mask)
