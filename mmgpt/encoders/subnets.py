@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from mmgpt.encoders.base import EncoderOutput
-from mmgpt.layers import masked_mean
+from mmgpt.layers import last_step, masked_mean
 
 
 def _as_steps(x: Tensor, mask: Tensor | None, input_dim: int) -> tuple[Tensor, Tensor]:
@@ -44,9 +43,10 @@ def _need_input_dim(name: str, input_dim: int | None) -> int:
 class LSTMEncoder(nn.Module):
     """An LSTM over the real steps of a feature sequence; its last hidden state -> Dropout -> Linear H -> D.
 
-    MMSA's ``TextSubNet`` (TFN, LMF, LF-DNN), with one difference: padded steps are skipped (the sequence is packed
-    by the mask's lengths), so the state read is the one after the last real step; MMSA runs its LSTM over the
-    padding too and reads the state after it. Real steps must come first (padding at the end).
+    MMSA's ``TextSubNet`` (TFN, LMF, LF-DNN), with one difference: the state read is the one after each sample's
+    last real step (padding does not reach it); MMSA reads the state after the padding. Real steps must come first
+    (padding at the end). The LSTM runs over the whole padded batch, as MMSA's does, and the state is picked per
+    sample (:func:`~mmgpt.layers.last_step`): the same result as packing by lengths, faster on a CPU.
 
     Args:
         input_dim: feature size F; None takes it from the data's declaration (``data.modalities.<name>.dim``).
@@ -72,12 +72,9 @@ class LSTMEncoder(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         """x (B, N, F), mask (B, N) True = real step (a prefix) -> one token (B, 1, D)."""
         x, mask = _as_steps(x, mask, self.input_dim)
-        present = mask.any(dim=1, keepdim=True)  # (B, 1)
-        lengths = mask.sum(dim=1).clamp(min=1).cpu()  # a sample without the modality reads one (masked) step
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        _, (h, _) = self.rnn(packed)  # h (num_layers, B, H), in the batch's order
-        y = self.proj(self.drop(h[-1]))  # (B, D)
-        return EncoderOutput(y[:, None], present)
+        out, _ = self.rnn(x)  # (B, N, H): the last layer's state after each step
+        y = self.proj(self.drop(last_step(out, mask)))  # (B, D), the state after the last real step
+        return EncoderOutput(y[:, None], mask.any(dim=1, keepdim=True))
 
 
 class MLPSubNet(nn.Module):

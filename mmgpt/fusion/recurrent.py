@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from mmgpt.fusion.base import Fusion, FusionOutput
+from mmgpt.layers import last_step
 
 
 class EarlyLSTMFusion(Fusion):
@@ -21,8 +21,9 @@ class EarlyLSTMFusion(Fusion):
     hidden state (B, D).
 
     As MMSA's EF-LSTM, the BatchNorm has one channel per step (``BatchNorm1d(steps)`` on (B, S, F)), so sequences
-    are padded with zeros to ``steps``; the LSTM then runs over each sample's real steps only (packed by the mask),
-    where MMSA's runs over the padding too. The encoders hand the features on as they are (``raw_features``).
+    are padded with zeros to ``steps``; the state read is the one after each sample's last real step
+    (:func:`~mmgpt.layers.last_step`), where MMSA reads the one after the padding. The encoders hand the features
+    on as they are (``raw_features``).
 
     Args:
         modalities: modality names.
@@ -59,6 +60,5 @@ class EarlyLSTMFusion(Fusion):
         x = torch.cat([tokens[m] for m in self.modalities], dim=-1)  # (B, N, F)
         x = self.norm(F.pad(x, (0, 0, 0, self.steps - N)))  # (B, S, F), one BatchNorm channel per step
         mask = torch.stack([masks[m] for m in self.modalities]).any(dim=0)  # (B, N)
-        packed = pack_padded_sequence(x, mask.sum(dim=1).clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        _, (h, _) = self.rnn(packed)  # h (num_layers, B, D)
-        return FusionOutput(pooled=h[-1])
+        out, _ = self.rnn(x[:, :N])  # (B, N, D): the steps past the batch's longest sequence cannot matter
+        return FusionOutput(pooled=last_step(out, mask))  # (B, D), the state after each sample's last real step
