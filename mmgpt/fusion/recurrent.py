@@ -27,23 +27,24 @@ class EarlyLSTMFusion(Fusion):
 
     Args:
         modalities: modality names.
-        input_dims: modality -> its feature size F_m.
         dim: LSTM width D (the output width).
         steps: S, the step count every sequence is padded to (MMSA: the data's sequence length).
+        input_dims: modality -> its encoder's width F_m (``raw_features``: the feature size); None: all ``dim``.
         num_layers: stacked LSTM layers.
         dropout: between LSTM layers.
     """
 
     decoder_pairing = ("pooled_prefix", False)
 
-    def __init__(self, *, modalities: Sequence[str], input_dims: Mapping[str, int], dim: int, steps: int,
+    def __init__(self, *, modalities: Sequence[str], dim: int, steps: int, input_dims: Mapping[str, int] | None = None,
                  num_layers: int = 1, dropout: float = 0.0) -> None:
         super().__init__(modalities=modalities)
-        if set(input_dims) != set(self.modalities):
-            raise ValueError(f"early_lstm: input_dims {dict(input_dims)} must name exactly {list(self.modalities)}")
+        widths = dict(input_dims) if input_dims is not None else {m: dim for m in self.modalities}
+        if set(widths) != set(self.modalities):
+            raise ValueError(f"early_lstm: input_dims {widths} must name exactly {list(self.modalities)}")
         self.steps = int(steps)
         self.norm = nn.BatchNorm1d(self.steps)
-        self.rnn = nn.LSTM(sum(int(input_dims[m]) for m in self.modalities), dim, num_layers=num_layers,
+        self.rnn = nn.LSTM(sum(int(widths[m]) for m in self.modalities), dim, num_layers=num_layers,
                            dropout=dropout if num_layers > 1 else 0.0, batch_first=True)
         #: the width of the fusion's output (the head's input)
         self.out_dim = dim
