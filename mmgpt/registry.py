@@ -430,6 +430,9 @@ def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn
     head_spec = dict(spec.head)
     if "dim" in head_spec and head_spec["dim"] is None:  # the fusion's output width (a flattened TFN product...)
         head_spec["dim"] = _fusion_width(fusion, f"{where}.head.dim")
+    elif isinstance(getattr(fusion, "out_dim", None), int) and head_spec.get("dim") not in (None, fusion.out_dim):
+        raise SpecError(f"{where}.head.dim={head_spec['dim']}, but the fusion ({spec.fusion['type']}) outputs "
+                        f"{fusion.out_dim} features: set {where}.head.dim=null to take the fusion's width")
     head = build(head_spec, f"{where}.head", "head", num_classes=num_classes)
     decoder = None
     if spec.decoder is not None:
