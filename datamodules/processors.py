@@ -52,6 +52,10 @@ class Processor(ABC):
     """One modality's raw-sample -> encoder-input rules (see the module doc)."""
 
     kind: str
+    #: Whether ``transform`` may draw random numbers (augmentation). The loader seeds the global generators per
+    #: sample only for datasets where something can (:class:`~mmgpt.datamodules.resumable.KeyedDataset`); a
+    #: processor that never draws says False.
+    draws_randomness: bool = True
 
     def decode(self, source: Any) -> Any:
         """A file (path or bytes) or an inline value -> the stored form. Raises ``DecodeError``."""
@@ -195,6 +199,7 @@ class FeaturesProcessor(Processor):
     """
 
     kind = "features"
+    draws_randomness = False  # no augmentation: the stored features as they are
 
     def __init__(self, *, dim: int, max_steps: int | None = None) -> None:
         self.dim, self.max_steps = dim, max_steps
