@@ -44,3 +44,28 @@ def test_bad_output_range_and_identity_head_mismatch_are_refused():
     x = torch.randn(3, 1)
     assert IdentityHead(dim=1, num_classes=1)(x) is x
     assert sum(p.numel() for p in ClassificationHead(dim=4, num_classes=2).parameters()) == 4 * 2 + 2 + 8
+
+
+def _spec(head: dict, fusion: dict) -> dict:
+    encoders = {m: {"type": "mlp_subnet", "input_dim": 3, "dim": d} for m, d in (("a", 2), ("b", 5))}
+    return {"encoders": encoders, "fusion": fusion, "head": head}
+
+
+def test_a_head_of_dim_null_takes_the_fusions_output_width():
+    from mmgpt.registry import build_network
+
+    net = build_network(_spec({"type": "mlp_head", "dim": None, "hidden_dims": [4]},
+                              {"type": "concat", "input_dims": {"a": 2, "b": 5}}), num_classes=1)
+    assert net.head.net[1].in_features == 7  # Dropout, then Linear(2 + 5, 4)
+    net = build_network(_spec({"type": "mlp_head", "dim": None, "output_range": [-3, 3]},
+                              {"type": "tensor", "dim": None, "modality_dim": None, "input_dims": {"a": 2, "b": 5}}),
+                        num_classes=1)
+    assert net.head.net[1].in_features == 3 * 6
+
+
+def test_a_head_of_another_width_than_the_fusions_output_is_refused_at_build_time():
+    from mmgpt.registry import SpecError, build_network
+
+    with pytest.raises(SpecError, match=r"model\.net\.head\.dim=8, but the fusion \(concat\) outputs 7 features"):
+        build_network(_spec({"type": "classification_head", "dim": 8},
+                            {"type": "concat", "input_dims": {"a": 2, "b": 5}}), num_classes=2)
