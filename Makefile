@@ -22,7 +22,7 @@ help:
 	@echo "make compare   early/late/cross-attention + unimodal baselines x 3 seeds, then report.md/report.csv/plots"
 	@echo "make compare-all  every fusion family + baselines, TUNE=4 tuning trials each, then 3 seeds on each best"
 	@echo "make bench     run the benchmark suite and rewrite BENCHMARKS.md"
-	@echo "make bench-peers  mmgpt's fusions vs MMSA's reference implementations (bench/peer_mmsa.py)"
+	@echo "make bench-peers  mmgpt's fusions and MMSA's architectures in mmgpt vs MMSA's reference implementations (bench/peer_mmsa.py)"
 	@echo "make export-synthetic OUT=dir   write the synthetic set as a manifest folder"
 	@echo "make train ARGS='model/fusion=late trainer.max_epochs=3'   train with Hydra overrides"
 
@@ -133,6 +133,7 @@ bench: $(DEV_STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md (tens 
 	$(BIN)/python -m bench.report
 
 .PHONY: bench-peers
-bench-peers: $(DEV_STAMP)  ## mmgpt's fusions vs MMSA's own TFN/LMF/MulT/EF-LSTM/LF-DNN (about 30 min on 2 CPU cores)
+bench-peers: $(DEV_STAMP)  ## mmgpt's fusions, then MMSA's architectures in mmgpt, vs MMSA's own TFN/LMF/MulT/EF-LSTM/LF-DNN (about 40 min on 2 CPU cores)
 	$(BIN)/python -m bench.peer_mmsa
+	$(BIN)/python -m bench.peer_mmsa --exact
 	$(BIN)/python -m bench.report

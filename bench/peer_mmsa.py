@@ -1,7 +1,8 @@
 """mmgpt's classic fusions side by side with the MMSA toolkit's own TFN, LMF, MulT, EF-LSTM and LF-DNN, on the same
 synthetic CMU-MOSI pickle and seeds, interleaved (MMSA run, mmgpt run, MMSA run, ...) so machine load hits both.
 
-    python -m bench.peer_mmsa [--quick | --mosi] [--seeds 1111 1112] [--max-epochs 6] [--patience 3] [--models TFN LMF]
+    python -m bench.peer_mmsa [--quick | --mosi] [--exact] [--seeds 1111 1112] [--max-epochs 6] [--patience 3]
+        [--models TFN LMF]
 
 1. Writes ``aligned_50.pkl`` and ``unaligned_50.pkl`` in MMSA's layout with a planted audio x vision interaction
    (:mod:`bench.mmsa_data`) and checks that MMSA's loader and mmgpt's ``data=mosi`` read identical arrays.
@@ -17,13 +18,16 @@ synthetic CMU-MOSI pickle and seeds, interleaved (MMSA run, mmgpt run, MMSA run,
 
 The pairs (peer -> mmgpt): TFN -> tensor, LMF -> low_rank, MulT -> mult, LF-DNN -> late on the unaligned file,
 EF-LSTM -> early on the aligned file (MMSA's EF-LSTM needs aligned data). mmgpt runs its own architecture (the
-README's "mmgpt vs MMSA" table lists what differs).
+README's "mmgpt vs MMSA" table lists what differs). With ``--exact`` mmgpt runs ``experiment=mosi_mmsa_<model>``
+instead: MMSA's own architecture and recipe for TFN, LMF, LF-DNN and EF-LSTM (the same trainable parameter count,
+tests/test_mmsa_exact.py), MMSA's recipe on mmgpt's ``mult`` for MulT; its results go to ``peer_mmsa_exact``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -169,27 +173,41 @@ class FitClock(pl.Callback):
         self.fit_s = time.perf_counter() - self._t0
 
 
-def run_mmgpt(fusion: str, path: Path, seed: int, *, max_epochs: int, patience: int, work: Path) -> Run:
-    """``mmgpt-train experiment=mosi model/fusion=<fusion>`` on ``path``, in this process."""
+#: MMSA model -> mmgpt's experiment with its architecture (``--exact``); MulT's is its recipe on mmgpt's ``mult``.
+EXACT: dict[str, str] = {model: f"mosi_mmsa_{model.lower()}" for model in PAIRS}
+
+
+def mmgpt_side(model: str, exact: bool) -> str:
+    """The name mmgpt's run of the pair of ``model`` goes by: its fusion, or its experiment with ``--exact``."""
+    return EXACT[model] if exact else PAIRS[model][0]
+
+
+def run_mmgpt(side: str, path: Path, seed: int, *, max_epochs: int, patience: int, work: Path,
+              steps: int | None = None) -> Run:
+    """``mmgpt-train experiment=mosi model/fusion=<side>`` on ``path``, in this process; ``experiment=<side>`` when
+    ``side`` is one of :data:`EXACT` (``steps``: the aligned file's, for the EF-LSTM's BatchNorm over the steps)."""
     from omegaconf import open_dict
 
     from mmgpt.cli.train import train
 
+    choice = [f"experiment={side}"] if side in EXACT.values() else ["experiment=mosi", f"model/fusion={side}"]
+    if side == EXACT["EF_LSTM"] and steps is not None:
+        choice.append(f"model.fusion.steps={steps}")
     cfg = compose_train_config([
-        "experiment=mosi", f"data.root={path}", f"model/fusion={fusion}", f"seed={seed}",
+        *choice, f"data.root={path}", f"seed={seed}",
         f"trainer.max_epochs={max_epochs}", f"callbacks.early_stopping.patience={patience}", "logger=csv",
         "callbacks.progress=null", "trainer.enable_progress_bar=false",
         "+callbacks.zz_fit_clock._target_=bench.peer_mmsa.FitClock",
     ])
     with open_dict(cfg):
-        cfg.paths.output_dir = str(work / f"{fusion}-{seed}")
+        cfg.paths.output_dir = str(work / f"{side}-{seed}")
     results = train(cfg)
     from bench.peer_mmsa import FitClock as clocks  # the class Hydra instantiated (this file may run as __main__)
 
     clock = clocks.last
     assert clock is not None
     metrics = {k: float(results["test"][f"test/{k}"]) for k in METRICS}
-    return Run("mmgpt", fusion, seed, metrics, int(results["epochs"]), clock.fit_s, clock.train_s, clock.samples)
+    return Run("mmgpt", side, seed, metrics, int(results["epochs"]), clock.fit_s, clock.train_s, clock.samples)
 
 
 @dataclass
@@ -224,12 +242,13 @@ def within_spread(ours: Summary, peer: Summary, key: str) -> bool:
     return ours.mean(key) >= min(values)
 
 
-def table(summaries: dict[str, dict[str, Summary]], seeds: list[int]) -> str:
+def table(summaries: dict[str, dict[str, Summary]], seeds: list[int], exact: bool = False) -> str:
     header = ("| model | acc2 (%) | f1 (%) | acc2_nonzero (%) | f1_nonzero (%) | MAE | Corr | Acc-7 (%) | epochs | "
               "s/epoch | train samples/s | mmgpt/MMSA samples/s |")
     lines = [header, "|" + "---|" * 12]
     verdicts = []
-    for model, (fusion, data) in PAIRS.items():
+    for model, (_, data) in PAIRS.items():
+        fusion = mmgpt_side(model, exact)
         if model not in summaries["MMSA"] or fusion not in summaries["mmgpt"]:
             continue
         peer, ours = summaries["MMSA"][model], summaries["mmgpt"][fusion]
@@ -249,20 +268,26 @@ def table(summaries: dict[str, dict[str, Summary]], seeds: list[int]) -> str:
 
 
 def report(runs: list[Run], *, command: str, shape: Any, problems: dict[str, list[str]], seeds: list[int],
-           wall: float, name: str) -> None:
+           wall: float, name: str, exact: bool = False) -> None:
     """The side-by-side table of ``runs`` into ``bench/results/<name>.{json,md}``."""
     summaries: dict[str, dict[str, Summary]] = {"MMSA": {}, "mmgpt": {}}
     for run in runs:
         summaries[run.side].setdefault(run.model, Summary()).runs.append(run)
     loaders = "MMSA's and mmgpt's loaders read identical arrays from both files." if not any(problems.values()) \
         else f"Loader differences: {json.dumps(problems)}"
-    md = (f"## mmgpt vs MMSA's reference implementations (same data, same seeds)\n\n`{command}`: synthetic MOSI of "
+    title = "mmgpt with MMSA's architectures vs MMSA's reference implementations" if exact else \
+        "mmgpt vs MMSA's reference implementations"
+    sides = ("mmgpt runs `experiment=mosi_mmsa_<model>`: MMSA's own architecture and recipe for TFN, LMF, LF_DNN "
+             "and EF_LSTM (the same trainable parameter count), MMSA's recipe on mmgpt's `mult` for MulT. "
+             ) if exact else ""
+    md = (f"## {title} (same data, same seeds)\n\n{sides}`{command}`: synthetic MOSI of "
           f"{shape.sizes} samples, features {shape.dims}, stored steps text/audio/vision {shape.steps}; "
           f"{wall / 60:.1f} min in all, on the shared (loaded) machine, one torch thread for both sides, the two "
           f"sides' runs alternated. {loaders} Test metrics of each run's best validation epoch, mean ± std over "
-          f"seeds (MMSA's convention, np.std); MAE and Corr as numbers, the rest in %.\n\n{table(summaries, seeds)}\n")
+          f"seeds (MMSA's convention, np.std); MAE and Corr as numbers, the rest in %.\n\n"
+          f"{table(summaries, seeds, exact)}\n")
     save(name, {"command": command, "shape": asdict(shape), "loader_problems": problems, "wall_s": wall,
-                "seeds": seeds, "runs": [asdict(r) for r in runs]}, md)
+                "seeds": seeds, "exact": exact, "runs": [asdict(r) for r in runs]}, md)
 
 
 def report_again(name: str) -> None:
@@ -274,7 +299,8 @@ def report_again(name: str) -> None:
     shape = saved["shape"]
     report([Run(**r) for r in saved["runs"]], command=saved["command"], problems=saved["loader_problems"],
            shape=Shape(shape["sizes"], shape["dims"], tuple(shape["steps"])), wall=saved["wall_s"],
-           seeds=saved.get("seeds") or sorted({r["seed"] for r in saved["runs"]}), name=name)
+           seeds=saved.get("seeds") or sorted({r["seed"] for r in saved["runs"]}), name=name,
+           exact=bool(saved.get("exact", False)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -289,21 +315,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="stored steps per modality (default: the chosen shape's, bench.mmsa_data)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for both sides (1: on a shared, loaded CPU more threads spin and wait)")
+    parser.add_argument("--exact", action="store_true",
+                        help="mmgpt runs experiment=mosi_mmsa_<model> (MMSA's architectures); into peer_mmsa_exact")
     parser.add_argument("--data", type=Path, default=None, help="where to write the pickles (default: a temp dir)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the table from the saved runs")
     args = parser.parse_args(argv)
+    name = "peer_mmsa" + ("_exact" if args.exact else "") + ("_quick" if args.quick else "")
     if args.report_only:
-        return report_again("peer_mmsa_quick" if args.quick else "peer_mmsa")
+        return report_again(name)
     if args.quick:
         args.max_epochs, args.patience = 2, 2
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     command = " ".join(["python -m bench.peer_mmsa", *(["--quick"] if args.quick else []),
-                        *(["--mosi"] if args.mosi else []), "--seeds", *map(str, args.seeds),
+                        *(["--mosi"] if args.mosi else []), *(["--exact"] if args.exact else []),
+                        "--seeds", *map(str, args.seeds),
                         f"--max-epochs {args.max_epochs} --patience {args.patience}",
                         *([f"--steps {' '.join(map(str, args.steps))}"] if args.steps else []),
                         f"--threads {args.threads}"])
-    name = "peer_mmsa_quick" if args.quick else "peer_mmsa"
     work = Path(tempfile.mkdtemp(prefix="peer_mmsa_"))
     shape = QUICK if args.quick else MOSI if args.mosi else BENCH
     if args.steps:
@@ -316,16 +345,18 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     for i, seed in enumerate(args.seeds):
         for j, model in enumerate(args.models):
-            fusion, kind = PAIRS[model]
-            sides = [(model, run_mmsa), (fusion, run_mmgpt)]
+            kind = PAIRS[model][1]
+            ours = functools.partial(run_mmgpt, steps=shape.steps[0])  # aligned: every modality has the text's steps
+            sides = [(model, run_mmsa), (mmgpt_side(model, args.exact), ours)]
             for side, fn in sides if (i + j) % 2 == 0 else reversed(sides):  # alternate who goes first
                 run = fn(side, files[kind], seed, max_epochs=args.max_epochs, patience=args.patience, work=work)
                 runs.append(run)
                 print(f"{run.side} {run.model} seed {seed}: {run.epochs} epochs, {run.s_per_epoch:.2f} s/epoch, "
                       f"{run.samples_per_s:.0f} samples/s, " + " ".join(f"{k}={v:.4f}" for k, v in run.metrics.items()),
                       flush=True)
+                # after every run: a partial table survives
                 report(runs, command=command, shape=shape, problems=problems, seeds=args.seeds,
-                       wall=time.perf_counter() - started, name=name)  # after every run: a partial table survives
+                       wall=time.perf_counter() - started, name=name, exact=args.exact)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -12,7 +12,8 @@ from bench.common import RESULTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["lightning_overhead", "configured_run", "attention", "fusions", "compile", "dataloader", "remote_loader",
-         "memory", "feature_cache", "slim_checkpoint", "peer_mmsa"]
+         "memory", "feature_cache", "slim_checkpoint", "peer_mmsa",
+         "peer_mmsa_exact"]
 
 HEADER = """# Benchmarks
 

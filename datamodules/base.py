@@ -40,6 +40,10 @@ class ProcessedDataset(Dataset):
     def __init__(self, items: Sequence[Any], fields: Callable[[Any], Mapping[str, Any]],
                  processors: Mapping[str, Processor], train: bool) -> None:
         self.items, self.fields, self.processors, self.train = items, fields, processors, train
+        #: False when neither ``fields`` nor any processor can draw random numbers (each says so with its own
+        #: ``draws_randomness``; unknown ones count as drawing): the loader then skips seeding per sample.
+        self.draws_randomness = getattr(fields, "draws_randomness", True) or any(
+            p.draws_randomness for p in processors.values())
 
     def __len__(self) -> int:
         return len(self.items)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from mmgpt.batch import MODALITIES
 from mmgpt.datamodules.decode import (
@@ -52,6 +53,10 @@ class Processor(ABC):
     """One modality's raw-sample -> encoder-input rules (see the module doc)."""
 
     kind: str
+    #: Whether ``transform`` may draw random numbers (augmentation). The loader seeds the global generators per
+    #: sample only for datasets where something can (:class:`~mmgpt.datamodules.resumable.KeyedDataset`); a
+    #: processor that never draws says False.
+    draws_randomness: bool = True
 
     def decode(self, source: Any) -> Any:
         """A file (path or bytes) or an inline value -> the stored form. Raises ``DecodeError``."""
@@ -195,6 +200,7 @@ class FeaturesProcessor(Processor):
     """
 
     kind = "features"
+    draws_randomness = False  # no augmentation: the stored features as they are
 
     def __init__(self, *, dim: int, max_steps: int | None = None) -> None:
         self.dim, self.max_steps = dim, max_steps
@@ -219,15 +225,17 @@ class FeaturesProcessor(Processor):
         return value is not None and len(value) > 0
 
     def collate(self, values: Sequence[Any]) -> tuple[Tensor, Tensor | None, Tensor]:
-        lengths = [len(v) if self.is_present(v) else 0 for v in values]
-        N = max(1, max(lengths))
-        out = torch.zeros(len(values), N, self.dim)  # (B, N, F)
-        mask = torch.zeros(len(values), N, dtype=torch.bool)
-        for i, (v, n) in enumerate(zip(values, lengths)):
-            if n:
-                out[i, :n] = torch.as_tensor(v)
-                mask[i, :n] = True
-        return out, mask, torch.tensor([n > 0 for n in lengths])
+        # One padding call for the batch (a Python loop of per-sample slice assignments cost more than a small
+        # network's step: MMSA-sized models train on batches of 32-128 short sequences).
+        empty = torch.zeros(0, self.dim)
+        steps = [torch.as_tensor(v, dtype=torch.float32) if self.is_present(v) else empty for v in values]
+        lengths = torch.tensor([len(x) for x in steps])  # (B,)
+        N = max(1, int(lengths.max()))
+        out = pad_sequence(steps, batch_first=True)  # (B, N', F), N' the longest; zeros after each length
+        if out.shape[1] < N:  # every sample lacks the modality: one masked step
+            out = torch.zeros(len(values), N, self.dim)
+        mask = torch.arange(N)[None, :] < lengths[:, None]  # (B, N)
+        return out, mask, lengths > 0
 
     def fingerprint(self) -> str:
         return f"features:{self.dim}:{self.max_steps}"

@@ -72,11 +72,22 @@ class KeyedDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: SampleKey) -> tuple[SampleKey, Any]:
+        if not self.draws_randomness:
+            return key, self.dataset[key.index]
         with seeded(key.seed):
             return key, self.dataset[key.index]
 
+    @property
+    def draws_randomness(self) -> bool:
+        """Whether loading a sample can draw random numbers (the dataset's ``draws_randomness``; True if it does
+        not say). When it cannot, samples are loaded without seeding: seeding the three global generators costs
+        more per sample than loading pre-extracted features."""
+        return getattr(self.dataset, "draws_randomness", True)
+
     def __getitems__(self, keys: Sequence[SampleKey]) -> list[tuple[SampleKey, Any]]:
         """A batch's samples, each under its own seed; the caller's generator states are saved once per batch."""
+        if not self.draws_randomness:
+            return [(key, self.dataset[key.index]) for key in keys]
         out = []
         with preserved_rng():
             for key in keys:

@@ -5,9 +5,10 @@ Legend: B batch, K ensemble members, T text tokens, D dim, C classes, V vocabula
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from mmgpt.batch import MultimodalBatch
@@ -28,6 +29,63 @@ class ClassificationHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class MLPHead(nn.Module):
+    """Dropout -> [Linear -> ReLU -> Dropout] per hidden width -> Linear, optionally squashed into an output range.
+
+    The post-fusion layers of MMSA's TFN and LF-DNN (``dropout`` on the fused vector, ReLU layers of
+    ``hidden_dims``) and of its EF-LSTM (``hidden_dropout`` after the hidden layer too). With ``output_range``
+    ``(low, high)`` the outputs are ``low + (high - low) * sigmoid(x)``: MMSA's TFN keeps its regression in
+    (-3, 3) so (``sigmoid(x) * 6 - 3``).
+
+    Args:
+        dim: input width D (the fusion's output width).
+        num_classes: outputs C.
+        hidden_dims: widths of the hidden ReLU layers, in order.
+        dropout: dropout on the input.
+        hidden_dropout: dropout after each hidden layer.
+        output_range: (low, high) bounds of a sigmoid on the outputs, or None for raw outputs.
+    """
+
+    def __init__(self, *, dim: int, num_classes: int, hidden_dims: Sequence[int] = (), dropout: float = 0.0,
+                 hidden_dropout: float = 0.0, output_range: Sequence[float] | None = None) -> None:
+        super().__init__()
+        widths = [dim, *hidden_dims]
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        for a, b in zip(widths, widths[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(hidden_dropout)]
+        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], num_classes))
+        if output_range is not None and (len(output_range) != 2 or output_range[0] >= output_range[1]):
+            raise ValueError(f"mlp_head: output_range={list(output_range)} must be [low, high] with low < high")
+        self.output_range = None if output_range is None else (float(output_range[0]), float(output_range[1]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.net(x)  # (..., C)
+        if self.output_range is None:
+            return y
+        low, high = self.output_range
+        return low + (high - low) * torch.sigmoid(y)
+
+
+class IdentityHead(nn.Module):
+    """No parameters: the fusion's output already is the prediction (MMSA's LMF fuses straight to its one output).
+
+    Args:
+        dim: the fusion's output width; must equal ``num_classes``.
+        num_classes: outputs C.
+        dropout: must be 0 (accepted so that the head slot's shared ``dropout`` key can be set to 0, not removed).
+    """
+
+    def __init__(self, *, dim: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim != num_classes:
+            raise ValueError(f"identity_head: the fusion's output width {dim} must equal the outputs ({num_classes})")
+        if dropout:
+            raise ValueError(f"identity_head: dropout={dropout}; it has no layers to drop from (give 0)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
 
 
 @dataclass

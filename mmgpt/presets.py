@@ -113,6 +113,15 @@ def resampler(s: Sizes, modalities: list[str]) -> Spec:
     return {"type": "resampler", "modalities": modalities, **_block(s, 2), "num_queries": 8}
 
 
+def concat(s: Sizes, modalities: list[str]) -> Spec:
+    return {"type": "concat", "modalities": modalities, "dim": s.dim, "input_dims": None}
+
+
+def early_lstm(s: Sizes, modalities: list[str]) -> Spec:
+    return {"type": "early_lstm", "modalities": modalities, "input_dims": None, "dim": s.dim, "steps": 50,
+            "num_layers": 1, "dropout": s.dropout}
+
+
 def _unimodal(modality: str) -> Callable[[Sizes, list[str]], Spec]:
     def fusion(s: Sizes, modalities: list[str]) -> Spec:
         return {"type": "unimodal", "modalities": [modality], "dim": s.dim}
@@ -129,15 +138,22 @@ FUSIONS: dict[str, Callable[[Sizes, list[str]], Spec]] = {
 }
 
 
+#: The fusions of MMSA's LF-DNN and EF-LSTM (``experiment=mosi_mmsa_lf_dnn`` / ``_ef_lstm``), which the shipped
+#: text / image / audio network cannot run: ``concat`` outputs the encoders' widths summed (the head takes that
+#: width, ``model.net.head.dim=null``), ``early_lstm`` needs aligned modalities. Their specs, as composed.
+FEATURE_FUSIONS: dict[str, Callable[[Sizes, list[str]], Spec]] = {"concat": concat, "early_lstm": early_lstm}
+
+
 def network_spec(fusion: str = "early", sizes: Sizes = Sizes(), *, decoder: bool = False) -> Spec:
     """The spec of the shipped network with ``fusion`` (a key of :data:`FUSIONS`): what
     ``mmgpt-train model/fusion=<fusion>`` composes into ``model.net`` (``task=caption`` adds the decoder)."""
-    if fusion not in FUSIONS:
-        raise KeyError(f"no preset {fusion!r} (presets: {', '.join(FUSIONS)})")
+    known = {**FUSIONS, **FEATURE_FUSIONS}
+    if fusion not in known:
+        raise KeyError(f"no preset {fusion!r} (presets: {', '.join(known)})")
     encoders = scratch_encoders(sizes)
     return {
         "encoders": encoders,
-        "fusion": FUSIONS[fusion](sizes, sorted(encoders)),
+        "fusion": known[fusion](sizes, sorted(encoders)),
         "decoder": text_decoder(sizes) if decoder else None,
         "head": {"type": "classification_head", "dim": sizes.dim, "dropout": sizes.dropout},
     }

@@ -71,6 +71,10 @@ BUILTIN: dict[str, Part] = {
     "timm_image": Part("encoder", "mmgpt.encoders.timm_encoder:TimmImageEncoder",
                        checkpoint_overrides={"pretrained": False}),
     "features_encoder": Part("encoder", "mmgpt.encoders.features:FeaturesEncoder"),
+    # MMSA's pre-fusion sub-networks: one vector per sample (an LSTM; BatchNorm + ReLU layers on the time average)
+    "lstm_encoder": Part("encoder", "mmgpt.encoders.subnets:LSTMEncoder"),
+    "mlp_subnet": Part("encoder", "mmgpt.encoders.subnets:MLPSubNet"),
+    "raw_features": Part("encoder", "mmgpt.encoders.subnets:RawFeatures"),
     # image stems: (B, 3, H, W) -> (B, D, H/p, W/p)
     "patch_embed": Part("image_stem", "mmgpt.encoders.image:PatchEmbed"),
     "conv_stem": Part("image_stem", "mmgpt.encoders.image:ConvStem"),
@@ -86,10 +90,14 @@ BUILTIN: dict[str, Part] = {
     "bottleneck": Part("fusion", "mmgpt.fusion.bottleneck:BottleneckFusion"),
     "resampler": Part("fusion", "mmgpt.fusion.resampler:ResamplerFusion"),
     "unimodal": Part("fusion", "mmgpt.fusion.unimodal:UnimodalBaseline"),
+    "concat": Part("fusion", "mmgpt.fusion.concat:ConcatFusion"),
+    "early_lstm": Part("fusion", "mmgpt.fusion.recurrent:EarlyLSTMFusion"),
     "concat_mlp": Part("combiner", "mmgpt.fusion.late:ConcatMLP"),
     "logit_average": Part("combiner", "mmgpt.fusion.late:LogitAverage"),
     # head, text decoder and its conditioners
     "classification_head": Part("head", "mmgpt.model:ClassificationHead"),
+    "mlp_head": Part("head", "mmgpt.model:MLPHead"),
+    "identity_head": Part("head", "mmgpt.model:IdentityHead"),
     "text_decoder": Part("decoder", "mmgpt.decoder:TextDecoder"),
     "hf_decoder": Part("decoder", "mmgpt.hf_decoder:HFDecoder",
                        checkpoint_overrides={"load_weights": False, **NO_REMOTE_CODE}),
@@ -350,7 +358,8 @@ def fit_to_data(net: Mapping[str, Any], modalities: Mapping[str, Mapping[str, An
     """Check a network spec against the data's declared modalities and fill in what the data decides.
 
     Every encoder must be for a declared modality of the kind it reads (``image_encoder`` for an ``image``
-    modality); a features encoder's ``input_dim: null`` becomes the declared feature size. A declared modality
+    modality); a features encoder's ``input_dim: null`` becomes the declared feature size, and a fusion's
+    ``input_dims.<m>: null`` encoder m's output width (its ``dim``, else its ``input_dim``). A declared modality
     without an encoder is not used by the network (logged).
 
     Args:
@@ -378,12 +387,26 @@ def fit_to_data(net: Mapping[str, Any], modalities: Mapping[str, Mapping[str, An
         if "input_dim" in enc and enc["input_dim"] is None and modalities[name].get("dim") is not None:
             enc["input_dim"] = int(modalities[name]["dim"])
         encoders[name] = enc
+    fusion = net.get("fusion")
+    if isinstance(fusion, Mapping) and isinstance(fusion.get("input_dims"), Mapping):
+        # a fusion's `input_dims.<m>: null` is encoder m's output width: its dim, or the features it hands on
+        fusion = dict(fusion)
+        fusion["input_dims"] = {m: _encoder_width(encoders.get(m), f"{where}.fusion.input_dims.{m}") if d is None
+                                else d for m, d in fusion["input_dims"].items()}
+        out["fusion"] = fusion
     unused = sorted(set(modalities) - set(encoders))
     if unused:
         log.warning("data modalities %s have no encoder in %s.encoders: the network does not use them", unused,
                     where)
     out["encoders"] = encoders
     return out
+
+
+def _encoder_width(enc: Mapping[str, Any] | None, where: str) -> int:
+    width = None if enc is None else enc.get("dim", enc.get("input_dim"))
+    if width is None:
+        raise SpecError(f"{where}: null (the encoder's output width), but there is no such encoder width to take")
+    return int(width)
 
 
 def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn.Module:
@@ -404,7 +427,13 @@ def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn
         log.info("the fusion uses %s: encoders %s are not built", list(fusion.modalities), unused)
     encoders = {m: build(e, f"{where}.encoders.{m}", "encoder")
                 for m, e in spec.encoders.items() if m in fusion.modalities}
-    head = build(spec.head, f"{where}.head", "head", num_classes=num_classes)
+    head_spec = dict(spec.head)
+    if "dim" in head_spec and head_spec["dim"] is None:  # the fusion's output width (a flattened TFN product...)
+        head_spec["dim"] = _fusion_width(fusion, f"{where}.head.dim")
+    elif isinstance(getattr(fusion, "out_dim", None), int) and head_spec.get("dim") not in (None, fusion.out_dim):
+        raise SpecError(f"{where}.head.dim={head_spec['dim']}, but the fusion ({spec.fusion['type']}) outputs "
+                        f"{fusion.out_dim} features: set {where}.head.dim=null to take the fusion's width")
+    head = build(head_spec, f"{where}.head", "head", num_classes=num_classes)
     decoder = None
     if spec.decoder is not None:
         dec = dict(spec.decoder)
@@ -425,6 +454,15 @@ def build_network(spec: NetworkSpec | Mapping[str, Any], num_classes: int) -> nn
                                 text_modality=spec.text_modality)
     init_weights(net)  # once, on the assembled network (parts with loaded weights are marked and skipped)
     return net
+
+
+def _fusion_width(fusion: nn.Module, where: str) -> int:
+    """The width of a fusion's pooled output, for a head spec whose ``dim`` is null."""
+    width = getattr(fusion, "out_dim", None)
+    if not isinstance(width, int):
+        raise SpecError(f"{where}: null (take the fusion's output width), but {type(fusion).__name__} does not "
+                        "declare one (out_dim); give the head's dim")
+    return width
 
 
 def from_legacy(node: Any, where: str) -> Any:

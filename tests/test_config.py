@@ -38,6 +38,8 @@ NEEDS_DATA = {"data=manifest", "data=shards", "data=hf", *(f"{g}={b}" for g in (
 
 
 def extra_overrides(option: str, tmp_path: Path) -> list[str]:
+    if option == "model/fusion=concat":  # its output is the encoders' widths summed: the head takes that width
+        return ["model.net.head.dim=null"]
     if option == "data=hf":
         return [f"data.path={tmp_path}"]
     return [f"data.root={tmp_path}"] if option in NEEDS_DATA else []

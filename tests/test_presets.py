@@ -22,7 +22,7 @@ SMALL_OVERRIDES = ["model.dim=16", "model.num_heads=2", "model.mlp_ratio=3.0", "
 
 
 def test_every_fusion_yaml_has_a_preset() -> None:
-    assert set(FUSION_YAMLS) == set(presets.FUSIONS)
+    assert set(FUSION_YAMLS) == set(presets.FUSIONS) | set(presets.FEATURE_FUSIONS)
 
 
 @pytest.mark.parametrize("fusion", FUSION_YAMLS)

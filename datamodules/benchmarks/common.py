@@ -137,6 +137,8 @@ class BenchmarkDataModule(MultimodalDataModule):
 class _Fields:
     """Sample index -> the dict :func:`mmgpt.datamodules.base.process` takes (picklable, for loader workers)."""
 
+    draws_randomness = False  # a table lookup
+
     def __init__(self, table: BenchmarkSplit, processors: Mapping[str, Processor]) -> None:
         self.table, self.processors = table, dict(processors)
 

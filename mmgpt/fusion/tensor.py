@@ -15,7 +15,8 @@ contributes ``h_m = 0``, so ``z_m = [0; 1]`` and only the interactions of the pr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,48 +26,76 @@ from mmgpt.layers import MLP, masked_mean
 
 
 class _Pooled(Fusion):
-    """Masked mean pooling and a projection to a small width per modality (shared by TFN and LMF)."""
+    """Masked mean pooling and a projection to a small width per modality (shared by TFN and LMF).
+
+    ``modality_dim: None`` uses each pooled vector as it is, at its encoder's width (``input_dims``): MMSA's
+    TFN and LMF fuse their sub-networks' outputs directly (``conf/model/encoder/features/{lstm,subnet}.yaml``).
+    """
 
     decoder_pairing = ("pooled_prefix", False)
 
-    def __init__(self, *, modalities: Sequence[str], dim: int, modality_dim: int) -> None:
+    def __init__(self, *, modalities: Sequence[str], dim: int | None, modality_dim: int | None,
+                 input_dims: Mapping[str, int] | None = None) -> None:
         super().__init__(modalities=modalities)
-        self.project = nn.ModuleDict(
-            {m: nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, modality_dim)) for m in self.modalities}
-        )
+        widths = _input_widths(self.modalities, dim, input_dims)
+        self.project = nn.ModuleDict({
+            m: nn.Identity() if modality_dim is None else nn.Sequential(nn.LayerNorm(widths[m]),
+                                                                       nn.Linear(widths[m], modality_dim))
+            for m in self.modalities
+        })
+        #: the width d_m of each modality's vector before its constant 1 is appended
+        self.widths = {m: widths[m] if modality_dim is None else modality_dim for m in self.modalities}
 
     def extended(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> list[Tensor]:
-        """``[h_m; 1]`` (B, d + 1) per modality in sorted order; ``h_m = 0`` where the modality is absent."""
+        """``[h_m; 1]`` (B, d_m + 1) per modality in sorted order; ``h_m = 0`` where the modality is absent."""
         self.check_inputs(tokens)
         out = []
         for m in self.modalities:
             present = masks[m].any(dim=1, keepdim=True)  # (B, 1)
-            h = self.project[m](masked_mean(tokens[m], masks[m])) * present  # (B, d)
-            out.append(torch.cat([h, torch.ones_like(h[:, :1])], dim=-1))  # (B, d + 1)
+            h = self.project[m](masked_mean(tokens[m], masks[m])) * present  # (B, d_m)
+            out.append(torch.cat([h, torch.ones_like(h[:, :1])], dim=-1))  # (B, d_m + 1)
         return out
+
+
+def _input_widths(modalities: Sequence[str], dim: int | None, input_dims: Mapping[str, int] | None) -> dict[str, int]:
+    """Each modality's encoder width: ``input_dims[m]``, else ``dim``."""
+    given = dict(input_dims or {})
+    unknown = sorted(set(given) - set(modalities))
+    if unknown:
+        raise ValueError(f"input_dims names modalities {unknown} the fusion does not fuse ({list(modalities)})")
+    missing = [m for m in modalities if m not in given and dim is None]
+    if missing:
+        raise ValueError(f"no width for modalities {missing}: give input_dims for them, or dim")
+    return {m: int(given.get(m, dim)) for m in modalities}  # type: ignore[arg-type]
 
 
 class TensorFusion(_Pooled):
     """TFN: the flattened outer product of the extended modality vectors, then an MLP back to ``dim``.
 
-    The fused vector has ``(modality_dim + 1) ** M`` entries (729 for M = 3, d = 8), so keep ``modality_dim`` small.
+    The fused vector has ``prod_m (d_m + 1)`` entries (729 for M = 3, d = 8), so keep ``modality_dim`` small.
+    With ``dim: None`` the flattened product itself is the output (:attr:`out_dim` wide) and the head holds the
+    post-fusion layers, as in MMSA's TFN (``head: mlp_head``).
 
     Args:
         modalities: modality names.
-        dim: width D of the encoders' tokens and of the output.
-        modality_dim: width d each pooled modality vector is projected to.
+        dim: width D of the encoders' tokens (unless ``input_dims`` gives them) and of the output MLP; None: no
+            output MLP.
+        modality_dim: width d each pooled modality vector is projected to; None: no projection.
         mlp_ratio: hidden width of the output MLP / D.
         dropout: dropout rate.
+        input_dims: modality -> its encoder's width, where it is not ``dim``.
     """
 
     def __init__(
-        self, *, modalities: Sequence[str], dim: int, modality_dim: int = 8, mlp_ratio: float = 4.0,
-        dropout: float = 0.0,
+        self, *, modalities: Sequence[str], dim: int | None, modality_dim: int | None = 8, mlp_ratio: float = 4.0,
+        dropout: float = 0.0, input_dims: Mapping[str, int] | None = None,
     ) -> None:
-        super().__init__(modalities=modalities, dim=dim, modality_dim=modality_dim)
-        fused = (modality_dim + 1) ** len(self.modalities)
-        self.out = nn.Sequential(nn.Linear(fused, dim), nn.GELU(), nn.Dropout(dropout),
-                                 MLP(dim=dim, mlp_ratio=mlp_ratio, dropout=dropout))
+        super().__init__(modalities=modalities, dim=dim, modality_dim=modality_dim, input_dims=input_dims)
+        fused = math.prod(d + 1 for d in self.widths.values())
+        self.out = nn.Identity() if dim is None else nn.Sequential(
+            nn.Linear(fused, dim), nn.GELU(), nn.Dropout(dropout), MLP(dim=dim, mlp_ratio=mlp_ratio, dropout=dropout))
+        #: the width of the fusion's output (the head's input)
+        self.out_dim = fused if dim is None else dim
 
     @staticmethod
     def outer(vectors: list[Tensor]) -> Tensor:
@@ -85,22 +114,26 @@ class LowRankFusion(_Pooled):
 
     Args:
         modalities: modality names.
-        dim: width D of the encoders' tokens and of the output.
-        modality_dim: width d each pooled modality vector is projected to.
+        dim: width D of the output (and of the encoders' tokens, unless ``input_dims`` gives them). MMSA's LMF
+            fuses straight to its one output (``dim: 1``, ``head: identity_head``).
+        modality_dim: width d each pooled modality vector is projected to; None: no projection.
         rank: R, the number of factors per modality.
         dropout: dropout rate on the output.
+        input_dims: modality -> its encoder's width, where it is not ``dim``.
     """
 
     def __init__(
-        self, *, modalities: Sequence[str], dim: int, modality_dim: int = 16, rank: int = 4, dropout: float = 0.0
+        self, *, modalities: Sequence[str], dim: int, modality_dim: int | None = 16, rank: int = 4,
+        dropout: float = 0.0, input_dims: Mapping[str, int] | None = None,
     ) -> None:
-        super().__init__(modalities=modalities, dim=dim, modality_dim=modality_dim)
+        super().__init__(modalities=modalities, dim=dim, modality_dim=modality_dim, input_dims=input_dims)
         self.factors = nn.ParameterDict({
-            m: nn.Parameter(nn.init.xavier_normal_(torch.empty(rank, modality_dim + 1, dim))) for m in self.modalities
+            m: nn.Parameter(nn.init.xavier_normal_(torch.empty(rank, d + 1, dim))) for m, d in self.widths.items()
         })
         self.rank_weights = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, rank)))
         self.bias = nn.Parameter(torch.zeros(dim))
         self.drop = nn.Dropout(dropout)
+        self.out_dim = dim
 
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> FusionOutput:
         product: Tensor | None = None

@@ -109,7 +109,10 @@ def test_network_cost_of_every_fusion(fusion):
     from mmgpt.cli.compare_tune import compose_compare
     from mmgpt.registry import build_network
 
-    cfg = compose_compare(["experiment=smoke", "data.image_size=16", f"model/fusion={fusion}"])
+    if fusion == "early_lstm":
+        pytest.skip("early_lstm needs aligned modalities (MMSA's EF-LSTM); text, image and audio are not")
+    head = ["model.net.head.dim=null"] if fusion == "concat" else []  # its width: the encoders' summed
+    cfg = compose_compare(["experiment=smoke", "data.image_size=16", f"model/fusion={fusion}", *head])
     net = build_network(OmegaConf.to_container(cfg.model.net, resolve=True), num_classes=5)
     cost = network_cost(net, make_batch(batch_size=2), _ce)
     assert 0 < cost.forward_flops < cost.train_step_flops

@@ -88,14 +88,15 @@ def test_mmgpt_eval_rebuilds_benchmark_data_from_the_checkpoint(tmp_path, compos
 
 
 MMSA_RECIPES = [("mosi_mmsa_tfn", "tensor", 1e-3, 32), ("mosi_mmsa_lmf", "low_rank", 1e-3, 64),
-                ("mosi_mmsa_mult", "mult", 2e-3, 16), ("mosi_mmsa_lf_dnn", "late", 1e-3, 128),
-                ("mosi_mmsa_ef_lstm", "early", 1e-3, 32)]
+                ("mosi_mmsa_mult", "mult", 2e-3, 16), ("mosi_mmsa_lf_dnn", "concat", 1e-3, 128),
+                ("mosi_mmsa_ef_lstm", "early_lstm", 1e-3, 32)]
 
 
 @pytest.mark.parametrize(("experiment", "fusion", "lr", "batch_size"), MMSA_RECIPES)
 def test_mmsa_recipes_compose_over_mosi(compose_cfg, experiment, fusion, lr, batch_size):
     """experiment=mosi_mmsa_<model>: MMSA's training recipe for that model (optimizer, constant rate, batch,
-    patience) on mmgpt's fusion, composed over experiment=mosi (its data, task and encoders)."""
+    patience) and, but for MulT, its network (tests/test_mmsa_exact.py), composed over experiment=mosi (its data and
+    task; its modalities, with MMSA's sub-networks as their encoders)."""
     cfg = compose_cfg([f"experiment={experiment}", "data.root=unused.pkl"])
     assert cfg.model.fusion.type == fusion and cfg.model.module.scheduler is None
     assert (cfg.model.module.optimizer.type, cfg.model.module.optimizer.lr) == ("adam", lr)
@@ -109,5 +110,9 @@ def test_mmsa_recipes_train(tmp_path, compose_cfg, experiment):
     from mmgpt.cli.train import train
 
     root = _write("mosi", tmp_path / "data")
+    if experiment == "mosi_mmsa_ef_lstm":  # MMSA's EF-LSTM reads the word-aligned file (the same steps everywhere)
+        root = tmp_path / "data" / "aligned_50.pkl"
+        write_mmsa(root, aligned=True, dims={"text": 12, "audio": 5, "vision": 20}, seq_lens=(50, 50, 50),
+                   sizes={"train": 8, "valid": 4, "test": 4})
     cfg = compose_cfg([f"experiment={experiment}", f"data.root={root}", "logger=csv", "debug=fdr"])
     assert train(cfg)["global_step"] == 1

@@ -151,3 +151,17 @@ def test_mmgpt_data_check_takes_the_declaration(folder: Path, capsys: pytest.Cap
     assert "unknown key(s) ['photo', 'poster', 'vision_feats']" in capsys.readouterr().out
     assert main(["check", str(folder), "--modalities", '{"poster": "picture"}']) == 2
     assert "--modalities.poster: kind 'picture' is not one of" in capsys.readouterr().err
+
+
+def test_features_collate_pads_with_zeros_masks_and_marks_absent_samples():
+    from mmgpt.datamodules.processors import FeaturesProcessor
+
+    proc = FeaturesProcessor(dim=2)
+    values = [np.ones((3, 2), dtype=np.float64), None, torch.full((1, 2), 2.0), np.zeros((0, 2))]
+    x, mask, present = proc.collate(values)
+    assert x.dtype == torch.float32 and x.shape == (4, 3, 2)
+    assert mask.tolist() == [[True] * 3, [False] * 3, [True, False, False], [False] * 3]
+    assert present.tolist() == [True, False, True, False]
+    assert x[0].eq(1).all() and x[1].eq(0).all() and x[2, 0].eq(2).all() and x[2, 1:].eq(0).all()
+    x, mask, present = proc.collate([None, None])  # nobody has it: one masked step
+    assert x.shape == (2, 1, 2) and not mask.any() and not present.any()

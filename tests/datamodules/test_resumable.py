@@ -82,3 +82,55 @@ def test_the_sampler_yields_keys_with_per_epoch_sample_seeds_and_splits_ranks():
 def test_a_plain_sampler_is_refused():
     with pytest.raises(TypeError, match="EpochSampler"):
         ResumableLoader([1, 2, 3], sampler=torch.utils.data.SequentialSampler([1, 2, 3]))
+
+
+class _Draws(torch.utils.data.Dataset):
+    """A sample is a random draw: its value shows whether the sample's seed was set."""
+
+    def __init__(self, draws_randomness: bool | None) -> None:
+        if draws_randomness is not None:
+            self.draws_randomness = draws_randomness
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> float:
+        return torch.rand(()).item()
+
+
+@pytest.mark.parametrize("declared", [True, None])
+def test_a_dataset_that_may_draw_is_loaded_under_each_samples_seed(declared, monkeypatch):
+    from mmgpt.datamodules.resumable import KeyedDataset
+
+    keyed = KeyedDataset(_Draws(declared))  # None: says nothing, so it counts as drawing
+    a = keyed.__getitems__([SampleKey(0, 7), SampleKey(1, 8)])
+    b = keyed.__getitems__([SampleKey(0, 7), SampleKey(1, 8)])
+    assert a == b and a[0][1] != a[1][1]
+
+
+def test_a_dataset_that_cannot_draw_is_loaded_without_seeding(monkeypatch):
+    """Features and table lookups (draws_randomness False) skip the per-sample seeding of three generators."""
+    import mmgpt.datamodules.resumable as resumable
+    from mmgpt.datamodules.base import ProcessedDataset
+    from mmgpt.datamodules.processors import FeaturesProcessor
+
+    def refuse(seed: int) -> None:
+        raise AssertionError("seeded")
+
+    monkeypatch.setattr(resumable, "seed_all", refuse)
+    monkeypatch.setattr(resumable, "seeded", refuse)
+
+    class Table:
+        draws_randomness = False
+
+        def __call__(self, i: int) -> dict:
+            return {"id": i, "label": 0, "feats": [[float(i)] * 3]}
+
+    dataset = ProcessedDataset(range(3), Table(), {"feats": FeaturesProcessor(dim=3)}, train=True)
+    assert dataset.draws_randomness is False
+    keyed = resumable.KeyedDataset(dataset)
+    pairs = keyed.__getitems__([SampleKey(2, 5), SampleKey(0, 6)])
+    assert [s["feats"].tolist() for _, s in pairs] == [[[2.0] * 3], [[0.0] * 3]]
+    assert keyed[SampleKey(1, 3)][1]["id"] == 1
+    # a fields function that says nothing counts as drawing
+    assert ProcessedDataset(range(3), lambda i: {}, {"feats": FeaturesProcessor(dim=3)}, train=True).draws_randomness

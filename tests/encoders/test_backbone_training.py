@@ -12,13 +12,15 @@ from omegaconf import OmegaConf
 
 from mmgpt.cli.common import build_datamodule
 from mmgpt.config import CONFIG_DIR
+from mmgpt.presets import FEATURE_FUSIONS
 from mmgpt.registry import build_network
 from tests.helpers.backbones import FAMILIES, TIMM_KWARGS, TIMM_MODEL
 
 pytest.importorskip("transformers")
 pytest.importorskip("timm")
 
-FUSIONS = sorted(p.stem for p in (CONFIG_DIR / "model" / "fusion").glob("*.yaml"))
+#: every fusion but MMSA's feature-only ones (concat, early_lstm: per-modality vectors / aligned features)
+FUSIONS = sorted(p.stem for p in (CONFIG_DIR / "model" / "fusion").glob("*.yaml") if p.stem not in FEATURE_FUSIONS)
 #: modality -> family of each backbone set (the others stay scratch)
 SETS = {
     "bert+vit+wav2vec2": {"text": "bert", "image": "vit", "audio": "wav2vec2"},

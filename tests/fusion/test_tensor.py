@@ -63,3 +63,34 @@ def test_lmf_by_hand_on_one_sample():
     # r=0: (2*1 + 1*0.5) * (3*0.5 + 1*1) = 2.5 * 2.5 = 6.25; r=1: (2*-1 + 1*2) * (3*1 + 0) = 0
     # h = 1.0 * 6.25 + 0.5 * 0 + 0.25 = 6.5
     assert lmf({}, {}).pooled.item() == 6.5
+
+
+def test_without_projection_the_encoders_vectors_of_their_own_widths_enter_the_product():
+    """MMSA's TFN: no projection before the product (modality_dim: None), per-modality widths (input_dims), no MLP
+    after it (dim: None): the fused vector is the flattened product itself, prod_m (d_m + 1) wide."""
+    widths = {"acoustic": 3, "language": 2, "visual": 4}
+    fusion = TensorFusion(modalities=sorted(widths), dim=None, modality_dim=None, input_dims=widths)
+    assert fusion.out_dim == 4 * 3 * 5 and sum(p.numel() for p in fusion.parameters()) == 0
+    tokens = {m: torch.randn(2, 1, d) for m, d in widths.items()}
+    masks = {m: torch.ones(2, 1, dtype=torch.bool) for m in widths}
+    pooled = fusion(tokens, masks).pooled
+    expected = TensorFusion.outer([torch.cat([tokens[m][:, 0], torch.ones(2, 1)], -1) for m in sorted(widths)])
+    torch.testing.assert_close(pooled, expected)
+
+
+def test_lmf_without_projection_has_mmsas_factor_shapes():
+    widths = {"acoustic": 16, "language": 64, "visual": 128}
+    lmf = LowRankFusion(modalities=sorted(widths), dim=1, modality_dim=None, rank=3, input_dims=widths)
+    assert {m: tuple(f.shape) for m, f in lmf.factors.items()} == {m: (3, d + 1, 1) for m, d in widths.items()}
+    assert lmf.out_dim == 1
+    tokens = {m: torch.randn(5, 1, d) for m, d in widths.items()}
+    assert lmf(tokens, {m: torch.ones(5, 1, dtype=torch.bool) for m in widths}).pooled.shape == (5, 1)
+
+
+def test_input_dims_must_cover_the_modalities():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"no width for modalities \['visual'\]"):
+        TensorFusion(modalities=["language", "visual"], dim=None, modality_dim=None, input_dims={"language": 2})
+    with pytest.raises(ValueError, match=r"modalities \['audio'\] the fusion does not fuse"):
+        LowRankFusion(modalities=["language"], dim=1, input_dims={"language": 2, "audio": 3})

@@ -1,0 +1,147 @@
+"""Where the time of ``bench.peer_mmsa --exact``'s training passes goes, measured in one process so that machine load
+hits every side alike: per epoch, alternating,
+
+* ``MMSA``: MMSA's model in MMSA's loop (its loader, Adam, L1 loss): what ``bench.peer_mmsa`` times for MMSA;
+* ``bare``: mmgpt's ``experiment=mosi_mmsa_<model>`` network in a hand-written loop over mmgpt's loader (fused Adam);
+* ``mmgpt-train``: the same run through ``mmgpt-train`` (Lightning, default callbacks), its Throughput callback's
+  per-epoch rate, the first epoch of each fit left out (warm-up; the other two sides' warm-up epochs are too).
+
+    python -m bench.peer_mmsa_steps [--models lmf lf_dnn] [--rounds 3]
+
+Prints training samples/s (medians) and the ratios to MMSA; writes ``bench/results/peer_mmsa_steps.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bench.common import RESULTS_DIR, compose_train_config  # noqa: E402
+from bench.mmsa_data import BENCH, mmsa_args, write_pickle  # noqa: E402
+
+
+def _mmsa(model: str, path: Path) -> Any:
+    from MMSA.data_loader import MMDataLoader
+    from MMSA.models import AMIO
+
+    args = mmsa_args(model, path)
+    loader = MMDataLoader(args, num_workers=0)["train"]
+    net = AMIO(args)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def epoch() -> float:
+        net.train()
+        n, t = 0, time.perf_counter()
+        for b in loader:
+            loss = F.l1_loss(net(b["text"], b["audio"], b["vision"])["M"].view(-1), b["labels"]["M"].view(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            n += len(b["index"])
+        return n / (time.perf_counter() - t)
+    return epoch
+
+
+def _bare(overrides: list[str]) -> Any:
+    from hydra.utils import instantiate
+
+    from mmgpt.cli.train import build_module
+
+    cfg = compose_train_config(overrides)
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    module = build_module(cfg, dm)
+    net, objective = module.net, next(iter(module.objectives.values()))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+
+    def epoch() -> float:
+        net.train()
+        n, t = 0, time.perf_counter()
+        for b in dm.train_dataloader():
+            loss = objective(net, b).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            n += b.batch_size
+        return n / (time.perf_counter() - t)
+    return epoch
+
+
+def _fit(overrides: list[str], epochs: int) -> list[float]:
+    from omegaconf import open_dict
+
+    from mmgpt.cli.train import train
+    from mmgpt.training.callbacks import Throughput
+
+    cfg = compose_train_config([*overrides, "seed=1111", f"trainer.max_epochs={epochs}", "logger=csv",
+                                "callbacks.progress=null", "trainer.enable_progress_bar=false",
+                                f"callbacks.early_stopping.patience={epochs}"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = tempfile.mkdtemp(prefix="peer_mmsa_steps_")
+    rates: list[float] = []
+    hook = Throughput.on_train_epoch_end
+
+    def record(self: Throughput, trainer: Any, pl_module: Any) -> None:
+        hook(self, trainer, pl_module)
+        rates.append(self.history[-1])
+    Throughput.on_train_epoch_end = record  # type: ignore[method-assign]
+    try:
+        train(cfg)
+    finally:
+        Throughput.on_train_epoch_end = hook  # type: ignore[method-assign]
+    return rates[1:]
+
+
+def measure(model: str, rounds: int, epochs: int, work: Path) -> dict[str, Any]:
+    aligned = model == "ef_lstm"
+    path = write_pickle(work / f"{'aligned' if aligned else 'unaligned'}_50.pkl", aligned=aligned, shape=BENCH)
+    overrides = [f"experiment=mosi_mmsa_{model}", f"data.root={path}",
+                 *([f"model.fusion.steps={BENCH.steps[0]}"] if aligned else [])]
+    mmsa, bare = _mmsa(model, path), _bare(overrides)
+    rates: dict[str, list[float]] = {"MMSA": [], "bare": [], "mmgpt-train": []}
+    mmsa(), bare()  # warm-up
+    for _ in range(rounds):
+        for _ in range(epochs - 1):
+            rates["MMSA"].append(mmsa())
+            rates["bare"].append(bare())
+        rates["mmgpt-train"] += _fit(overrides, epochs)
+    medians = {k: statistics.median(v) for k, v in rates.items()}
+    return {"model": model, "samples_per_s": medians,
+            "vs_mmsa": {k: v / medians["MMSA"] for k, v in medians.items()}, "runs": rates}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["lmf", "lf_dnn", "ef_lstm"],
+                        choices=["tfn", "lmf", "lf_dnn", "ef_lstm"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per mmgpt-train fit")
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="peer_mmsa_steps_"))
+    results = []
+    for model in args.models:
+        r = measure(model, args.rounds, args.epochs, work)
+        results.append(r)
+        print(model, " ".join(f"{k} {v:.0f} samples/s ({r['vs_mmsa'][k]:.2f}x)" for k, v in r["samples_per_s"].items()),
+              flush=True)
+    command = f"python -m bench.peer_mmsa_steps --models {' '.join(args.models)} --rounds {args.rounds}"
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "peer_mmsa_steps.json").write_text(json.dumps({"command": command, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Sub-networks that turn a feature sequence into one vector per sample: MMSA's pre-fusion networks (TFN, LMF, LF-DNN).
+
+Legend: B batch, N feature steps, F feature size, H hidden width, D dim (the vector's width).
+
+Both return a sequence of one token, ``EncoderOutput(tokens (B, 1, D), mask (B, 1))``, the mask True where the sample
+has the modality at all, so the pooled fusions (``tensor``, ``low_rank``, ``concat``) read the vector as it is.
+Their widths may differ per modality; the fusions take them as ``input_dims``.
+
+* :class:`LSTMEncoder` is MMSA's ``TextSubNet``: an LSTM over the steps, its last hidden state, dropout, a Linear.
+* :class:`MLPSubNet` is MMSA's ``SubNet``: the time-averaged features, BatchNorm, dropout and three ReLU layers.
+
+:class:`RawFeatures` is the odd one out: it hands the feature sequence on unchanged (B, N, F), for a fusion that
+reads the features themselves (MMSA's EF-LSTM: ``fusion: early_lstm``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mmgpt.encoders.base import EncoderOutput
+from mmgpt.layers import last_step, masked_mean
+
+
+def _as_steps(x: Tensor, mask: Tensor | None, input_dim: int) -> tuple[Tensor, Tensor]:
+    """``x`` as (B, N, F) and its mask (B, N) (all True when none is given); the feature size checked."""
+    if x.dim() == 2:
+        x = x[:, None]  # (B, 1, F): one vector per sample
+    if x.shape[-1] != input_dim:
+        raise ValueError(f"features of size {x.shape[-1]}, but the encoder was built for input_dim={input_dim}")
+    if mask is None:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return x, mask
+
+
+def _need_input_dim(name: str, input_dim: int | None) -> int:
+    if input_dim is None or int(input_dim) < 1:
+        raise ValueError(f"{name}: input_dim={input_dim} (the feature size F of the data's declaration, "
+                         "data.modalities.<name>.dim)")
+    return int(input_dim)
+
+
+class LSTMEncoder(nn.Module):
+    """An LSTM over the real steps of a feature sequence; its last hidden state -> Dropout -> Linear H -> D.
+
+    MMSA's ``TextSubNet`` (TFN, LMF, LF-DNN), with one difference: the state read is the one after each sample's
+    last real step (padding does not reach it); MMSA reads the state after the padding. Real steps must come first
+    (padding at the end). The LSTM runs over the whole padded batch, as MMSA's does, and the state is picked per
+    sample (:func:`~mmgpt.layers.last_step`): the same result as packing by lengths, faster on a CPU.
+
+    Args:
+        input_dim: feature size F; None takes it from the data's declaration (``data.modalities.<name>.dim``).
+        hidden_dim: LSTM width H.
+        dim: output width D.
+        num_layers: stacked LSTM layers.
+        dropout: dropout on the last hidden state, and between LSTM layers when there are several. (MMSA's
+            ``TextSubNet`` sets its dropout to 0 when it has one layer, as all of MMSA's configs do.)
+    """
+
+    #: The modality kind this encoder reads (checked against the data's declaration).
+    modality_kind = "features"
+
+    def __init__(self, *, input_dim: int | None, hidden_dim: int, dim: int, num_layers: int = 1,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.input_dim = _need_input_dim("lstm_encoder", input_dim)
+        self.rnn = nn.LSTM(self.input_dim, hidden_dim, num_layers=num_layers, batch_first=True,
+                           dropout=dropout if num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.proj = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
+        """x (B, N, F), mask (B, N) True = real step (a prefix) -> one token (B, 1, D)."""
+        x, mask = _as_steps(x, mask, self.input_dim)
+        out, _ = self.rnn(x)  # (B, N, H): the last layer's state after each step
+        y = self.proj(self.drop(last_step(out, mask)))  # (B, D), the state after the last real step
+        return EncoderOutput(y[:, None], mask.any(dim=1, keepdim=True))
+
+
+class MLPSubNet(nn.Module):
+    """The features averaged over the real steps -> BatchNorm -> Dropout -> ``num_layers`` x (Linear, ReLU).
+
+    MMSA's ``SubNet`` (TFN, LMF, LF-DNN's audio and vision networks), which reads the time-averaged features its
+    loader computes (``need_normalized``). The average here is over the real steps only; MMSA's loader averages
+    over every stored step, the zero padding included.
+
+    Args:
+        input_dim: feature size F; None takes it from the data's declaration (``data.modalities.<name>.dim``).
+        dim: width D of every layer and of the output.
+        num_layers: Linear + ReLU layers (MMSA: 3).
+        dropout: dropout on the normalised input.
+    """
+
+    modality_kind = "features"
+
+    def __init__(self, *, input_dim: int | None, dim: int, num_layers: int = 3, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.input_dim = _need_input_dim("mlp_subnet", input_dim)
+        self.norm = nn.BatchNorm1d(self.input_dim)
+        self.drop = nn.Dropout(dropout)
+        widths = [self.input_dim] + [dim] * num_layers
+        self.layers = nn.Sequential(*(m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), nn.ReLU())))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
+        """x (B, N, F) or (B, F), mask (B, N) True = real step -> one token (B, 1, D)."""
+        x, mask = _as_steps(x, mask, self.input_dim)
+        h = self.layers(self.drop(self.norm(masked_mean(x, mask))))  # (B, D)
+        return EncoderOutput(h[:, None], mask.any(dim=1, keepdim=True))
+
+
+class RawFeatures(nn.Module):
+    """The feature sequence as it is: tokens (B, N, F) and their mask, no parameters (``dim`` = F).
+
+    For fusions that read the features themselves, such as MMSA's EF-LSTM (:class:`~mmgpt.fusion.EarlyLSTMFusion`).
+
+    Args:
+        input_dim: feature size F; None takes it from the data's declaration (``data.modalities.<name>.dim``).
+    """
+
+    modality_kind = "features"
+
+    def __init__(self, *, input_dim: int | None) -> None:
+        super().__init__()
+        self.input_dim = self.dim = _need_input_dim("raw_features", input_dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
+        """x (B, N, F), mask (B, N) -> the same, as tokens."""
+        x, mask = _as_steps(x, mask, self.input_dim)
+        return EncoderOutput(x, mask)

@@ -1,0 +1,95 @@
+"""MMSA's pre-fusion sub-networks: shapes, masks and lengths respected, BatchNorm in training vs evaluation."""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from mmgpt.encoders import LSTMEncoder, MLPSubNet, RawFeatures
+
+
+def _prefix_mask(lengths: list[int], steps: int) -> torch.Tensor:
+    return torch.arange(steps)[None, :] < torch.tensor(lengths)[:, None]  # (B, N)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_lstm_reads_the_state_after_the_last_real_step(num_layers):
+    """The same vector as MMSA's TextSubNet run on each sample cut to its length (= packing by the lengths)."""
+    torch.manual_seed(0)
+    enc = LSTMEncoder(input_dim=6, hidden_dim=8, dim=4, num_layers=num_layers).eval()
+    lengths = [7, 3, 1, 5]
+    x, mask = torch.randn(4, 7, 6), _prefix_mask(lengths, 7)
+    out = enc(x, mask)
+    assert out.tokens.shape == (4, 1, 4) and out.mask.tolist() == [[True]] * 4
+    _, (h, _) = enc.rnn(pack_padded_sequence(x, torch.tensor(lengths), batch_first=True, enforce_sorted=False))
+    torch.testing.assert_close(out.tokens[:, 0], enc.proj(h[-1]))
+    for i, n in enumerate(lengths):  # one sample alone, cut to its length
+        torch.testing.assert_close(enc(x[i:i + 1, :n]).tokens, out.tokens[i:i + 1])
+
+
+def test_lstm_ignores_what_the_padding_holds_and_marks_absent_samples():
+    torch.manual_seed(0)
+    enc = LSTMEncoder(input_dim=3, hidden_dim=5, dim=2).eval()
+    x, mask = torch.randn(3, 6, 3), _prefix_mask([6, 2, 0], 6)
+    noisy = torch.where(mask[..., None], x, torch.randn_like(x) * 100)
+    a, b = enc(x, mask), enc(noisy, mask)
+    torch.testing.assert_close(a.tokens[:2], b.tokens[:2])
+    assert a.mask[:, 0].tolist() == [True, True, False]  # a sample without the modality is masked out
+
+
+def test_lstm_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    enc = LSTMEncoder(input_dim=3, hidden_dim=5, dim=2, dropout=0.2)
+    enc(torch.randn(4, 5, 3), _prefix_mask([5, 4, 2, 1], 5)).tokens.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+
+
+def test_subnet_averages_the_real_steps_only():
+    torch.manual_seed(0)
+    enc = MLPSubNet(input_dim=4, dim=8, dropout=0.3).eval()
+    x, mask = torch.randn(3, 5, 4), _prefix_mask([5, 2, 1], 5)
+    out = enc(x, mask)
+    assert out.tokens.shape == (3, 1, 8) and out.mask.all()
+    noisy = torch.where(mask[..., None], x, torch.full_like(x, 50.0))
+    torch.testing.assert_close(enc(noisy, mask).tokens, out.tokens)
+    means = torch.stack([x[i, :n].mean(0) for i, n in enumerate([5, 2, 1])])  # (B, F): MMSA's time average
+    torch.testing.assert_close(out.tokens[:, 0], enc.layers(enc.norm(means)))
+    assert (out.tokens >= 0).all()  # three ReLU layers, the last one included (MMSA's SubNet)
+
+
+def test_subnet_layers_and_widths_are_mmsas():
+    enc = MLPSubNet(input_dim=20, dim=128)
+    linears = [m for m in enc.layers if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(20, 128), (128, 128), (128, 128)]
+    assert isinstance(enc.norm, torch.nn.BatchNorm1d) and enc.norm.num_features == 20
+
+
+def test_subnet_batchnorm_uses_batch_statistics_in_training_and_running_ones_in_evaluation():
+    torch.manual_seed(0)
+    enc = MLPSubNet(input_dim=4, dim=6)
+    x = torch.randn(8, 3, 4) * 3 + 2
+    before = enc.norm.running_mean.clone()
+    enc.train()
+    alone, together = enc(x[:2]).tokens[0], enc(x).tokens[0]
+    assert not torch.allclose(alone, together)  # training: the batch's statistics
+    assert not torch.equal(enc.norm.running_mean, before)  # and the running ones were updated
+    enc.eval()
+    running = enc.norm.running_mean.clone()
+    torch.testing.assert_close(enc(x[:2]).tokens[0], enc(x).tokens[0])  # evaluation: a sample alone is the same
+    assert torch.equal(enc.norm.running_mean, running)
+
+
+def test_raw_features_hands_the_features_on():
+    enc = RawFeatures(input_dim=5)
+    x, mask = torch.randn(2, 4, 5), _prefix_mask([4, 2], 4)
+    out = enc(x, mask)
+    assert out.tokens is x and out.mask is mask and enc.dim == 5
+    assert sum(p.numel() for p in enc.parameters()) == 0
+
+
+@pytest.mark.parametrize("cls", [LSTMEncoder, MLPSubNet, RawFeatures])
+def test_a_wrong_feature_size_or_no_input_dim_is_refused(cls):
+    kwargs = {"hidden_dim": 4, "dim": 4} if cls is LSTMEncoder else {"dim": 4} if cls is MLPSubNet else {}
+    with pytest.raises(ValueError, match="input_dim=None"):
+        cls(input_dim=None, **kwargs)
+    with pytest.raises(ValueError, match="features of size 3"):
+        cls(input_dim=5, **kwargs).eval()(torch.randn(2, 4, 3))
