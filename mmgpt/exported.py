@@ -247,7 +247,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise ExportError(f"{path}: not readable JSON ({str(e).splitlines()[0]})") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ExportError(f"{path}: not an mmgpt export (format {FORMAT!r} expected)")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+    version, classes = manifest.get("format_version", 0), manifest.get("num_classes")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ExportError(f"{path}: format_version: expected a whole number, got {version!r}")
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise ExportError(f"{path}: num_classes: expected a positive whole number, got {classes!r}")
+    if version > FORMAT_VERSION:
         raise ExportError(f"{path}: format version {manifest['format_version']} is newer than this mmgpt reads "
                           f"({FORMAT_VERSION}); update mmgpt")
     stored_config.check(manifest, path, error=ExportError)  # no code keys, no interpolations: data only
@@ -323,9 +328,16 @@ def load_exported(folder: str | Path, *, device: str | torch.device = "cpu", plu
                           f"{', '.join((missing + unexpected)[:4])})")
     net.load_state_dict(state, strict=False)
     processor_spec = json.loads(json.dumps(net_spec))
-    for modality, rel in (manifest.get("processors") or {}).items():
-        enc = processor_spec["encoders"][modality]
-        enc["name_or_path"], enc["revision"] = str(folder / rel), None  # the folder's own files
+    stored = manifest.get("processors") or {}
+    if not isinstance(stored, dict):
+        raise ExportError(f"{folder / SPEC_FILE}: processors: expected a mapping of modality -> folder")
+    for modality, rel in stored.items():
+        enc = processor_spec["encoders"].get(modality)
+        target = (folder / rel).resolve() if isinstance(rel, str) else None
+        if enc is None or target is None or folder.resolve() not in target.parents or not target.is_dir():
+            raise ExportError(f"{folder / SPEC_FILE}: processors.{modality}={rel!r}: not a folder of this export "
+                              "for one of the network's encoders; refused")
+        enc["name_or_path"], enc["revision"] = str(target), None  # the folder's own files
     processors = media_processors(net, processor_spec, manifest.get("data") or {})
     task, threshold = task_of(manifest.get("objectives"))
     return Predictor(net.to(device), processors, manifest.get("class_names") or [], task=task, threshold=threshold,

@@ -51,6 +51,11 @@ def test_export_loads_predicts_identically_and_refuses_crafted_folders(compose_c
         "target": lambda m: m["net"]["fusion"].update(_target_="os.system"),
         "interpolation": lambda m: m["class_names"].__setitem__(0, "${oc.env:HOME}"),
         "unknown_part": lambda m: m["net"]["fusion"].update(type="not_a_fusion"),
+        "processor_outside": lambda m: m.update(processors={"text": "../../elsewhere"}),
+        "processor_not_a_path": lambda m: m.update(processors={"text": ["x"]}),
+        "processor_of_no_encoder": lambda m: m.update(processors={"smell": "processors/smell"}),
+        "version_not_a_number": lambda m: m.update(format_version="one"),
+        "no_num_classes": lambda m: m.pop("num_classes"),
     }.items():
         crafted = tmp_path / name
         shutil.copytree(out, crafted)
