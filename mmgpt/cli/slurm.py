@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import subprocess
@@ -52,7 +53,16 @@ def processes_per_node(accelerator: Any, devices: Any) -> int:
             raise UserError(f"trainer.devices={devices}: on SLURM a GPU job asks for a number of GPUs per node; "
                             "give it, e.g. trainer.devices=4")
         return 1
-    return int(devices)
+    text = str(devices).strip()
+    if "," in text:  # Lightning's device list as a string, "0,1" (or "0,"): the devices named
+        return len([d for d in text.split(",") if d.strip()])
+    try:
+        count = int(text)
+    except ValueError:
+        raise UserError(f"trainer.devices={devices}: expected a number of devices, a list of them or auto") from None
+    if count < 1:
+        raise UserError(f"trainer.devices={devices}: a SLURM job needs at least one process per node")
+    return count
 
 
 def gpus_per_node(accelerator: Any, devices: Any) -> int | None:
@@ -67,7 +77,8 @@ def cpus_per_task(num_workers: Any) -> int:
 
 def mem_gb(tasks: Any, gb_per_task: Any) -> int:
     """Memory per node in GB: ``gb_per_task`` for each of the node's tasks (SLURM's ``--mem`` is per node)."""
-    return int(tasks) * int(gb_per_task)
+    total = float(tasks) * float(gb_per_task)  # 1.5 GB x 2 tasks is 3 GB; SLURM's --mem takes whole GB here
+    return max(1, math.ceil(total))
 
 
 def register_resolvers() -> None:

@@ -46,6 +46,21 @@ def test_gpu_ddp_with_devices_auto_asks_for_a_number():
         OmegaConf.to_container(launcher, resolve=True)
 
 
+@pytest.mark.parametrize(("devices", "processes"), [(2, 2), ("2", 2), ("0,1", 2), ("1,", 1), ([0, 3], 2)])
+def test_processes_per_node_reads_every_form_of_trainer_devices(devices, processes):
+    assert slurm.processes_per_node("cpu", devices) == processes
+
+
+@pytest.mark.parametrize("devices", ["two", 0])
+def test_a_device_count_slurm_cannot_run_is_one_line(devices):
+    with pytest.raises(UserError, match=f"trainer.devices={devices}"):
+        slurm.processes_per_node("cpu", devices)
+
+
+def test_memory_per_node_keeps_fractions_of_a_gb():
+    assert (slurm.mem_gb(2, 1.5), slurm.mem_gb(1, 1.5), slurm.mem_gb(4, 8)) == (3, 2, 32)
+
+
 SMALL = Partition(name="cpu", nodes=1, cpus=2, mem_mb=20000, gpus=0, time_limit="infinite")
 
 
