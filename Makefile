@@ -11,7 +11,7 @@ ARGS ?=
 help:
 	@echo "make demo      create .venv, install, train the default model on the synthetic set (about 4 min on 2 CPUs, set-up included)"
 	@echo "make test      create .venv, install, run the default test suite"
-	@echo "make test-all  also run tests marked slow (132 tests, about 30 min more on 2 CPUs; SLURM tests: make test-slurm)"
+	@echo "make test-all  also run tests marked slow (132 tests, about 21 min more on 2 CPUs; SLURM tests: make test-slurm)"
 	@echo "make test-slow only the tests marked slow (CI runs make test, then this)"
 	@echo "make test-slurm  as root: bring up a one-node SLURM (scripts/slurm_up.sh), run the tests against it (long: requeues)"
 	@echo "make test-gpu  the tests marked gpu (skipped without CUDA); bench/gpu.sh runs them and every GPU figure"
