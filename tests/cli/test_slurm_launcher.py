@@ -183,16 +183,21 @@ def test_a_failed_sweep_point_fails_its_job(monkeypatch):
         WatchedSlurmLauncher()(ret=failed)
 
 
+def printed_outside_the_repository(code: str, cwd: Path) -> str:
+    """What ``python -c code`` prints run from ``cwd``, without PYTHONPATH: as an installed mmgpt runs elsewhere."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
+
+
 def test_hydra_knows_the_launcher_plugin_outside_the_repository(tmp_path):
     """An editable install maps hydra_plugins.mmgpt_slurm through setuptools' import hook, which Hydra's scan of the
     hydra_plugins namespace does not list: away from the repository's root, `mmgpt-train -m hydra/launcher=slurm`
     failed with "Unknown plugin class" before mmgpt.cli.train registered it."""
     code = ("import mmgpt.cli.train; from hydra.core.plugins import Plugins; "
             "print('hydra_plugins.mmgpt_slurm.MmgptSlurmLauncher' in Plugins.instance().class_name_to_class)")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.stdout.strip() == "True", proc.stderr[-2000:]
+    assert printed_outside_the_repository(code, tmp_path) == "True"
 
 
 def test_the_launcher_plugin_imports_first_as_a_slurm_job_unpickling_it_does(tmp_path):
@@ -200,7 +205,4 @@ def test_the_launcher_plugin_imports_first_as_a_slurm_job_unpickling_it_does(tmp
     circular import (registering the plugin from mmgpt.cli itself made one)."""
     code = ("import hydra_plugins.mmgpt_slurm as p, mmgpt.cli.train; from hydra.core.plugins import Plugins; "
             "print(p.MmgptSlurmLauncher.__name__ in str(Plugins.instance().class_name_to_class))")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.stdout.strip() == "True", proc.stderr[-2000:]
+    assert printed_outside_the_repository(code, tmp_path) == "True"
