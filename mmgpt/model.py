@@ -16,7 +16,7 @@ from mmgpt.decoder import Conditioning, DecoderCache, DecoderOutput, TextDecoder
 from mmgpt.encoders import EncoderOutput
 from mmgpt.errors import UserError
 from mmgpt.fusion import Fusion, FusionOutput
-from mmgpt.layers import accept_unwrapped_names
+from mmgpt.layers import Dropout, accept_unwrapped_names
 from mmgpt.tokenizer import ByteTokenizer, Tokenizer
 
 
@@ -25,7 +25,7 @@ class ClassificationHead(nn.Module):
 
     def __init__(self, *, dim: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(dropout), nn.Linear(dim, num_classes))
+        self.net = nn.Sequential(nn.LayerNorm(dim), Dropout(dropout), nn.Linear(dim, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -52,9 +52,9 @@ class MLPHead(nn.Module):
                  hidden_dropout: float = 0.0, output_range: Sequence[float] | None = None) -> None:
         super().__init__()
         widths = [dim, *hidden_dims]
-        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        layers: list[nn.Module] = [Dropout(dropout)]
         for a, b in zip(widths, widths[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(hidden_dropout)]
+            layers += [nn.Linear(a, b), nn.ReLU(), Dropout(hidden_dropout)]
         self.net = nn.Sequential(*layers, nn.Linear(widths[-1], num_classes))
         if output_range is not None and (len(output_range) != 2 or output_range[0] >= output_range[1]):
             raise ValueError(f"mlp_head: output_range={list(output_range)} must be [low, high] with low < high")

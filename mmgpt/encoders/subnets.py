@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.encoders.base import EncoderOutput
-from mmgpt.layers import last_step, masked_mean
+from mmgpt.layers import Dropout, last_step, masked_mean
 
 
 def _as_steps(x: Tensor, mask: Tensor | None, input_dim: int) -> tuple[Tensor, Tensor]:
@@ -66,7 +66,7 @@ class LSTMEncoder(nn.Module):
         self.input_dim = _need_input_dim("lstm_encoder", input_dim)
         self.rnn = nn.LSTM(self.input_dim, hidden_dim, num_layers=num_layers, batch_first=True,
                            dropout=dropout if num_layers > 1 else 0.0)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.proj = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
@@ -97,7 +97,7 @@ class MLPSubNet(nn.Module):
         super().__init__()
         self.input_dim = _need_input_dim("mlp_subnet", input_dim)
         self.norm = nn.BatchNorm1d(self.input_dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         widths = [self.input_dim] + [dim] * num_layers
         self.layers = nn.Sequential(*(m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), nn.ReLU())))
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.fusion.base import Fusion, FusionOutput
-from mmgpt.layers import MLP, masked_mean
+from mmgpt.layers import MLP, Dropout, masked_mean
 
 
 class _Pooled(Fusion):
@@ -93,7 +93,7 @@ class TensorFusion(_Pooled):
         super().__init__(modalities=modalities, dim=dim, modality_dim=modality_dim, input_dims=input_dims)
         fused = math.prod(d + 1 for d in self.widths.values())
         self.out = nn.Identity() if dim is None else nn.Sequential(
-            nn.Linear(fused, dim), nn.GELU(), nn.Dropout(dropout), MLP(dim=dim, mlp_ratio=mlp_ratio, dropout=dropout))
+            nn.Linear(fused, dim), nn.GELU(), Dropout(dropout), MLP(dim=dim, mlp_ratio=mlp_ratio, dropout=dropout))
         #: the width of the fusion's output (the head's input)
         self.out_dim = fused if dim is None else dim
 
@@ -132,7 +132,7 @@ class LowRankFusion(_Pooled):
         })
         self.rank_weights = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, rank)))
         self.bias = nn.Parameter(torch.zeros(dim))
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.out_dim = dim
 
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor]) -> FusionOutput:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.layers.attention import Attention, KVCache
+from mmgpt.layers.dropout import Dropout
 
 
 class MLP(nn.Module):
@@ -22,7 +23,7 @@ class MLP(nn.Module):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(approximate=approximate), nn.Linear(hidden, dim), nn.Dropout(dropout)
+            nn.Linear(dim, hidden), nn.GELU(approximate=approximate), nn.Linear(hidden, dim), Dropout(dropout)
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -84,19 +84,27 @@ def load_partial(model: nn.Module, state: Mapping[str, Tensor], prefix: str = ""
 
 
 def freeze(model: nn.Module, parts: Sequence[str]) -> list[str]:
-    """Stop gradients for every parameter under the named parts (``encoders.image``, ``fusion``...).
+    """Stop gradients for every parameter under the named parts (``encoders.image``, ``fusion``...), or for a
+    single named parameter (``fusion.rank_weights``: MMSA's LMF trainer leaves its rank weights and bias out of
+    its optimizer).
 
     Returns:
         the names of the frozen parameters.
     Raises:
-        AttributeError: a part that the model does not have.
+        AttributeError: a part that the model does not have (neither a submodule nor a parameter).
     """
     frozen: list[str] = []
     for part in parts:
-        module = model.get_submodule(part)
-        for name, p in module.named_parameters():
+        try:
+            params = [(f"{part}.{name}", p) for name, p in model.get_submodule(part).named_parameters()]
+        except AttributeError:
+            try:
+                params = [(part, model.get_parameter(part))]
+            except AttributeError:
+                raise AttributeError(f"freeze: the network has no part or parameter {part!r}") from None
+        for name, p in params:
             p.requires_grad_(False)
-            frozen.append(f"{part}.{name}")
+            frozen.append(name)
     return frozen
 
 

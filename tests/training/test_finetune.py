@@ -51,8 +51,18 @@ def test_freeze_then_train_leaves_frozen_weights_bit_identical(compose_cfg, tmp_
 
 
 def test_freeze_unknown_part_fails():
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="encoders.video"):
         freeze(tiny_net("early", decoder=False), ["encoders.video"])
+
+
+def test_freeze_a_single_parameter_leaves_its_siblings_trainable():
+    from mmgpt.fusion.tensor import LowRankFusion
+
+    net = torch.nn.ModuleDict({"fusion": LowRankFusion(modalities=["audio", "text"], dim=4, rank=2)})
+    assert freeze(net, ["fusion.rank_weights", "fusion.bias"]) == ["fusion.rank_weights", "fusion.bias"]
+    fusion = net.get_submodule("fusion")
+    assert not fusion.rank_weights.requires_grad and not fusion.bias.requires_grad
+    assert all(p.requires_grad for p in fusion.factors.parameters())
 
 
 @pytest.mark.parametrize("fusion", ["early", "cross_attention"])
