@@ -254,7 +254,8 @@ def table(summaries: dict[str, dict[str, Summary]], seeds: list[int], exact: boo
         peer, ours = summaries["MMSA"][model], summaries["mmgpt"][fusion]
         ratio = statistics.median(o.samples_per_s / p.samples_per_s for o, p in zip(ours.runs, peer.runs)
                                   if o.seed == p.seed)
-        for label, s, r in ((f"MMSA {model} ({data})", peer, ""), (f"mmgpt `{fusion}`", ours, f"{ratio:.2f}x")):
+        runs = f"{len(peer.runs)} seed{'s' if len(peer.runs) > 1 else ''}"
+        for label, s, r in ((f"MMSA {model} ({data}, {runs})", peer, ""), (f"mmgpt `{fusion}`", ours, f"{ratio:.2f}x")):
             cells = [s.cell(k) for k in METRICS]
             lines.append(f"| {label} | {' | '.join(cells)} | {s.clock('epochs'):.0f} | {s.clock('s_per_epoch'):.2f} "
                          f"| {s.clock('samples_per_s'):.0f} | {r} |")
@@ -268,7 +269,7 @@ def table(summaries: dict[str, dict[str, Summary]], seeds: list[int], exact: boo
 
 
 def report(runs: list[Run], *, command: str, shape: Any, problems: dict[str, list[str]], seeds: list[int],
-           wall: float, name: str, exact: bool = False) -> None:
+           wall: float, name: str, exact: bool = False, load: str = "machine load not recorded") -> None:
     """The side-by-side table of ``runs`` into ``bench/results/<name>.{json,md}``."""
     summaries: dict[str, dict[str, Summary]] = {"MMSA": {}, "mmgpt": {}}
     for run in runs:
@@ -282,12 +283,12 @@ def report(runs: list[Run], *, command: str, shape: Any, problems: dict[str, lis
              ) if exact else ""
     md = (f"## {title} (same data, same seeds)\n\n{sides}`{command}`: synthetic MOSI of "
           f"{shape.sizes} samples, features {shape.dims}, stored steps text/audio/vision {shape.steps}; "
-          f"{wall / 60:.1f} min in all, on the shared (loaded) machine, one torch thread for both sides, the two "
-          f"sides' runs alternated. {loaders} Test metrics of each run's best validation epoch, mean ± std over "
+          f"{wall / 60:.1f} min in all, one torch thread for both sides, the two sides' runs alternated; "
+          f"{load}. {loaders} Test metrics of each run's best validation epoch, mean ± std over "
           f"seeds (MMSA's convention, np.std); MAE and Corr as numbers, the rest in %.\n\n"
           f"{table(summaries, seeds, exact)}\n")
     save(name, {"command": command, "shape": asdict(shape), "loader_problems": problems, "wall_s": wall,
-                "seeds": seeds, "exact": exact, "runs": [asdict(r) for r in runs]}, md)
+                "seeds": seeds, "exact": exact, "load": load, "runs": [asdict(r) for r in runs]}, md)
 
 
 def report_again(name: str) -> None:
@@ -300,7 +301,18 @@ def report_again(name: str) -> None:
     report([Run(**r) for r in saved["runs"]], command=saved["command"], problems=saved["loader_problems"],
            shape=Shape(shape["sizes"], shape["dims"], tuple(shape["steps"])), wall=saved["wall_s"],
            seeds=saved.get("seeds") or sorted({r["seed"] for r in saved["runs"]}), name=name,
-           exact=bool(saved.get("exact", False)))
+           exact=bool(saved.get("exact", False)), load=saved.get("load", "machine load not recorded"))
+
+
+def _seed_caps(specs: list[str], parser: argparse.ArgumentParser) -> dict[str, int]:
+    """``["MulT=3"]`` -> ``{"MulT": 3}``; a malformed entry or an unknown model is a usage error."""
+    caps: dict[str, int] = {}
+    for spec in specs:
+        model, _, count = spec.partition("=")
+        if model not in PAIRS or not count.isdigit() or int(count) < 1:
+            parser.error(f"--model-seeds {spec!r}: expected MODEL=N with MODEL one of {list(PAIRS)} and N >= 1")
+        caps[model] = int(count)
+    return caps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -311,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, default=6)
     parser.add_argument("--patience", type=int, default=3, help="epochs without a better validation loss (MMSA: 8)")
     parser.add_argument("--models", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--model-seeds", nargs="+", default=[], metavar="MODEL=N",
+                        help="run MODEL on the first N seeds only (MulT=3: its epochs take 20x LMF's)")
     parser.add_argument("--steps", type=int, nargs=3, default=None, metavar=("TEXT", "AUDIO", "VISION"),
                         help="stored steps per modality (default: the chosen shape's, bench.mmsa_data)")
     parser.add_argument("--threads", type=int, default=1,
@@ -320,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=None, help="where to write the pickles (default: a temp dir)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the table from the saved runs")
     args = parser.parse_args(argv)
+    caps = _seed_caps(args.model_seeds, parser)
     name = "peer_mmsa" + ("_exact" if args.exact else "") + ("_quick" if args.quick else "")
     if args.report_only:
         return report_again(name)
@@ -331,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
                         *(["--mosi"] if args.mosi else []), *(["--exact"] if args.exact else []),
                         "--seeds", *map(str, args.seeds),
                         f"--max-epochs {args.max_epochs} --patience {args.patience}",
+                        *(["--model-seeds", *args.model_seeds] if args.model_seeds else []),
                         *([f"--steps {' '.join(map(str, args.steps))}"] if args.steps else []),
                         f"--threads {args.threads}"])
     work = Path(tempfile.mkdtemp(prefix="peer_mmsa_"))
@@ -343,8 +359,11 @@ def main(argv: list[str] | None = None) -> None:
     print("loaders:", problems, flush=True)
     runs: list[Run] = []
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[1]
     for i, seed in enumerate(args.seeds):
         for j, model in enumerate(args.models):
+            if i >= caps.get(model, len(args.seeds)):
+                continue
             kind = PAIRS[model][1]
             ours = functools.partial(run_mmgpt, steps=shape.steps[0])  # aligned: every modality has the text's steps
             sides = [(model, run_mmsa), (mmgpt_side(model, args.exact), ours)]
@@ -355,8 +374,10 @@ def main(argv: list[str] | None = None) -> None:
                       f"{run.samples_per_s:.0f} samples/s, " + " ".join(f"{k}={v:.4f}" for k, v in run.metrics.items()),
                       flush=True)
                 # after every run: a partial table survives
+                load = (f"5-minute load average of this {os.cpu_count()}-CPU machine {load_at_start:.1f} at the start, "
+                        f"{os.getloadavg()[1]:.1f} at the last run's end")
                 report(runs, command=command, shape=shape, problems=problems, seeds=args.seeds,
-                       wall=time.perf_counter() - started, name=name, exact=args.exact)
+                       wall=time.perf_counter() - started, name=name, exact=args.exact, load=load)
     shutil.rmtree(work, ignore_errors=True)
 
 
