@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -77,43 +78,66 @@ def export(checkpoint: str | Path, out: str | Path, *, include_backbones: bool =
     module = MultimodalModule.load_from_checkpoint(checkpoint, map_location="cpu", plugins=list(plugins))
     run_cfg = stored_run_config(read_checkpoint(checkpoint), checkpoint) or {}
     spec = json.loads(json.dumps(module.hparams["net"]))  # plain JSON types
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    # Written into a hidden folder beside ``out`` and moved into place at the end: an export that fails midway (a
+    # backbone that cannot be copied, a full disk) leaves no partial folder, and an earlier export stays as it was.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        record: dict[str, Any] = {"state_dict": dict(module.net.state_dict())}
+        slim(record, module.net)  # unchanged backbone tensors out, their identities in
+        backbones = dict(record.get("backbones") or {})
+        processors = _save_processors(module.net, spec, run_cfg.get("data") or {}, stage)  # original paths
+        if include_backbones:
+            for name, entry in backbones.items():
+                entry["included"] = _include_backbone(spec, name, stage)
+        tied = _save_weights(record["state_dict"], stage / WEIGHTS_FILE)
 
-    record: dict[str, Any] = {"state_dict": dict(module.net.state_dict())}
-    slim(record, module.net)  # unchanged backbone tensors out, their identities in
-    backbones = dict(record.get("backbones") or {})
-    processors = _save_processors(module.net, spec, run_cfg.get("data") or {}, out)  # from the original paths
-    if include_backbones:
-        for name, entry in backbones.items():
-            entry["included"] = _include_backbone(spec, name, out)
-    tied = _save_weights(record["state_dict"], out / WEIGHTS_FILE)
-
-    results = _run_results(checkpoint)
-    data = run_cfg.get("data") or {}
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "net": spec,
-        "num_classes": int(module.hparams["num_classes"]),
-        "class_names": list(module.hparams.get("class_names") or []),
-        "objectives": module.hparams.get("objectives"),
-        "data": {k: data[k] for k in _DATA_KEYS if data.get(k) is not None},
-        "data_source": str(data.get("_target_", "")).rsplit(".", 1)[-1],
-        "backbones": backbones,
-        "tied": tied,
-        "processors": processors,
-        "metrics": {"val": results.get("val") or {}, "test": results.get("test") or {}},
-        "training_stamp": results.get("stamp"),
-        "export_stamp": run_stamp(),
-        "checkpoint": checkpoint.name,
-    }
-    stored_config.check(manifest, out / SPEC_FILE, error=ExportError)  # what load_exported will accept
-    (out / SPEC_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    (out / CARD_FILE).write_text(model_card(manifest))
+        results = _run_results(checkpoint)
+        data = run_cfg.get("data") or {}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "net": spec,
+            "num_classes": int(module.hparams["num_classes"]),
+            "class_names": list(module.hparams.get("class_names") or []),
+            "objectives": module.hparams.get("objectives"),
+            "data": {k: data[k] for k in _DATA_KEYS if data.get(k) is not None},
+            "data_source": str(data.get("_target_", "")).rsplit(".", 1)[-1],
+            "backbones": backbones,
+            "tied": tied,
+            "processors": processors,
+            "metrics": {"val": results.get("val") or {}, "test": results.get("test") or {}},
+            "training_stamp": results.get("stamp"),
+            "export_stamp": run_stamp(),
+            "checkpoint": checkpoint.name,
+        }
+        stored_config.check(manifest, out / SPEC_FILE, error=ExportError)  # what load_exported will accept
+        (stage / SPEC_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        (stage / CARD_FILE).write_text(model_card(manifest))
+        _move_into_place(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     log.info("exported %s to %s", checkpoint, out)
     return out
+
+
+def _move_into_place(stage: Path, out: Path) -> None:
+    """``stage`` becomes ``out``; an earlier ``out`` (an export, or an empty folder: checked by the caller) is moved
+    aside first and deleted only once the new one is in place."""
+    if not out.exists():
+        stage.rename(out)
+        return
+    old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    out.rename(old)
+    try:
+        stage.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _is_export(folder: Path) -> bool:

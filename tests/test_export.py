@@ -36,7 +36,7 @@ def refused(folder: Path) -> str:
 
 
 def test_export_loads_predicts_identically_and_refuses_crafted_folders(compose_cfg, make_folder,  # noqa: F811
-                                                                       tmp_path: Path) -> None:
+                                                                       tmp_path: Path, monkeypatch) -> None:
     root = make_folder(train=good_rows(16), val=good_rows(10), test=good_rows(4))
     ckpt, saved = train_and_eval(compose_cfg, root, tmp_path, "model/fusion=late")
     out = export(ckpt, tmp_path / "exported")
@@ -89,6 +89,18 @@ def test_export_loads_predicts_identically_and_refuses_crafted_folders(compose_c
             export(ckpt, target, overwrite=True)
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == kept
     assert export(ckpt, out, overwrite=True) == out and (out / "model.safetensors").is_file()
+
+    # An export that fails midway leaves the earlier one as it was and no partial folder beside it.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("mmgpt.exported._save_weights", full_disk)
+    for target, overwrite in ((out, True), (tmp_path / "fresh", False)):
+        with pytest.raises(OSError, match="No space left"):
+            export(ckpt, target, overwrite=overwrite)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not (tmp_path / "fresh").exists() and not list(tmp_path.glob(".*partial*"))
 
 
 @pytest.mark.slow
