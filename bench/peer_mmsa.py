@@ -120,21 +120,28 @@ class _ReduceLROnPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
         super().__init__(*args, **kwargs)
 
 
-def run_mmsa(model: str, path: Path, seed: int, *, max_epochs: int, patience: int, work: Path) -> Run:
-    """Train and test MMSA's ``model`` on ``path`` with MMSA's config, loader, model and trainer."""
+def mmsa_setup(model: str, path: Path, seed: int, **overrides: Any) -> tuple[Any, dict[str, Any], Any]:
+    """MMSA's config, loaders and freshly initialised model (``AMIO``) for ``seed``, as ``MMSA_run`` makes them."""
     from MMSA.data_loader import MMDataLoader
     from MMSA.models import AMIO
-    from MMSA.trains import ATIO
     from MMSA.utils import setup_seed
+
+    args = mmsa_args(model, path, **overrides)
+    setup_seed(seed)
+    loaders = MMDataLoader(args, num_workers=0)  # sets args.feature_dims from the file
+    return args, loaders, AMIO(args).to(args.device)
+
+
+def run_mmsa(model: str, path: Path, seed: int, *, max_epochs: int, patience: int, work: Path) -> Run:
+    """Train and test MMSA's ``model`` on ``path`` with MMSA's config, loader, model and trainer."""
+    from MMSA.trains import ATIO
 
     mult_trainer = importlib.import_module("MMSA.trains.singleTask.MULT")  # the module (the package exports the class)
     mult_trainer.ReduceLROnPlateau = _ReduceLROnPlateau  # the one change MMSA needs to run on torch >= 2.7
-    args = mmsa_args(model, path, early_stop=patience, model_save_path=work / f"{model}-{seed}.pth")
-    setup_seed(seed)
-    loaders = MMDataLoader(args, num_workers=0)
+    args, loaders, net = mmsa_setup(model, path, seed, early_stop=patience,
+                                    model_save_path=work / f"{model}-{seed}.pth")
     timed = TimedLoader(loaders["train"], max_epochs)
     loaders["train"] = timed
-    net = AMIO(args).to(args.device)
     trainer = ATIO().getTrain(args)
     t0 = time.perf_counter()
     try:
@@ -182,10 +189,33 @@ def mmgpt_side(model: str, exact: bool) -> str:
     return EXACT[model] if exact else PAIRS[model][0]
 
 
+def mmsa_initial_weights(model: str, path: Path, seed: int, work: Path, steps: int | None = None) -> Path:
+    """The initial weights of MMSA's run of ``model`` for ``seed``, in mmgpt's network of
+    ``experiment=mosi_mmsa_<model>`` (:func:`bench.mmsa_weights.copy_mmsa_weights`), saved for ``init_from``."""
+    from hydra.utils import instantiate
+
+    from bench.mmsa_weights import copy_mmsa_weights
+    from mmgpt.cli.train import build_module
+
+    args, _, theirs = mmsa_setup(model, path, seed)
+    overrides = [f"experiment={EXACT[model]}", f"data.root={path}"]
+    if model == "EF_LSTM" and steps is not None:
+        overrides.append(f"model.fusion.steps={steps}")
+    cfg = compose_train_config(overrides)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    ours = build_module(cfg, datamodule).net
+    copy_mmsa_weights(model, ours, theirs.Model, args.feature_dims)
+    out = work / f"mmsa-init-{model}-{seed}.pt"
+    torch.save({k: v.detach().clone() for k, v in ours.state_dict().items()}, out)
+    return out
+
+
 def run_mmgpt(side: str, path: Path, seed: int, *, max_epochs: int, patience: int, work: Path,
-              steps: int | None = None) -> Run:
+              steps: int | None = None, init: Path | None = None) -> Run:
     """``mmgpt-train experiment=mosi model/fusion=<side>`` on ``path``, in this process; ``experiment=<side>`` when
-    ``side`` is one of :data:`EXACT` (``steps``: the aligned file's, for the EF-LSTM's BatchNorm over the steps)."""
+    ``side`` is one of :data:`EXACT` (``steps``: the aligned file's, for the EF-LSTM's BatchNorm over the steps;
+    ``init``: initial weights for ``init_from``, every tensor of the network required)."""
     from omegaconf import open_dict
 
     from mmgpt.cli.train import train
@@ -193,6 +223,8 @@ def run_mmgpt(side: str, path: Path, seed: int, *, max_epochs: int, patience: in
     choice = [f"experiment={side}"] if side in EXACT.values() else ["experiment=mosi", f"model/fusion={side}"]
     if side == EXACT["EF_LSTM"] and steps is not None:
         choice.append(f"model.fusion.steps={steps}")
+    if init is not None:
+        choice.append(f"+init_from={init}")
     cfg = compose_train_config([
         *choice, f"data.root={path}", f"seed={seed}",
         f"trainer.max_epochs={max_epochs}", f"callbacks.early_stopping.patience={patience}", "logger=csv",
@@ -206,6 +238,8 @@ def run_mmgpt(side: str, path: Path, seed: int, *, max_epochs: int, patience: in
 
     clock = clocks.last
     assert clock is not None
+    if init is not None and (results["init_from"]["missing"] or results["init_from"]["loaded"] == 0):
+        raise RuntimeError(f"init_from={init}: tensors of the network not loaded: {results['init_from']['missing']}")
     metrics = {k: float(results["test"][f"test/{k}"]) for k in METRICS}
     return Run("mmgpt", side, seed, metrics, int(results["epochs"]), clock.fit_s, clock.train_s, clock.samples)
 
@@ -269,7 +303,8 @@ def table(summaries: dict[str, dict[str, Summary]], seeds: list[int], exact: boo
 
 
 def report(runs: list[Run], *, command: str, shape: Any, problems: dict[str, list[str]], seeds: list[int],
-           wall: float, name: str, exact: bool = False, load: str = "machine load not recorded") -> None:
+           wall: float, name: str, exact: bool = False, load: str = "machine load not recorded",
+           from_mmsa_init: bool = False) -> None:
     """The side-by-side table of ``runs`` into ``bench/results/<name>.{json,md}``."""
     summaries: dict[str, dict[str, Summary]] = {"MMSA": {}, "mmgpt": {}}
     for run in runs:
@@ -281,6 +316,10 @@ def report(runs: list[Run], *, command: str, shape: Any, problems: dict[str, lis
     sides = ("mmgpt runs `experiment=mosi_mmsa_<model>`: MMSA's own architecture and recipe for TFN, LMF, LF_DNN "
              "and EF_LSTM (the same trainable parameter count), MMSA's recipe on mmgpt's `mult` for MulT. "
              ) if exact else ""
+    if from_mmsa_init:
+        sides += ("Each mmgpt run starts from the initial weights of MMSA's run of the same seed (MMSA's model built "
+                  "after MMSA's `setup_seed`, its weights mapped into mmgpt's network by `bench/mmsa_weights.py`), "
+                  "so the two runs of a seed differ only in training: batch order, dropout masks, padding. ")
     md = (f"## {title} (same data, same seeds)\n\n{sides}`{command}`: synthetic MOSI of "
           f"{shape.sizes} samples, features {shape.dims}, stored steps text/audio/vision {shape.steps}; "
           f"{wall / 60:.1f} min in all, one torch thread for both sides, the two sides' runs alternated; "
@@ -288,7 +327,8 @@ def report(runs: list[Run], *, command: str, shape: Any, problems: dict[str, lis
           f"seeds (MMSA's convention, np.std); MAE and Corr as numbers, the rest in %.\n\n"
           f"{table(summaries, seeds, exact)}\n")
     save(name, {"command": command, "shape": asdict(shape), "loader_problems": problems, "wall_s": wall,
-                "seeds": seeds, "exact": exact, "load": load, "runs": [asdict(r) for r in runs]}, md)
+                "seeds": seeds, "exact": exact, "load": load, "from_mmsa_init": from_mmsa_init,
+                "runs": [asdict(r) for r in runs]}, md)
 
 
 def report_again(name: str) -> None:
@@ -301,7 +341,8 @@ def report_again(name: str) -> None:
     report([Run(**r) for r in saved["runs"]], command=saved["command"], problems=saved["loader_problems"],
            shape=Shape(shape["sizes"], shape["dims"], tuple(shape["steps"])), wall=saved["wall_s"],
            seeds=saved.get("seeds") or sorted({r["seed"] for r in saved["runs"]}), name=name,
-           exact=bool(saved.get("exact", False)), load=saved.get("load", "machine load not recorded"))
+           exact=bool(saved.get("exact", False)), load=saved.get("load", "machine load not recorded"),
+           from_mmsa_init=bool(saved.get("from_mmsa_init", False)))
 
 
 def _seed_caps(specs: list[str], parser: argparse.ArgumentParser) -> dict[str, int]:
@@ -322,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112])
     parser.add_argument("--max-epochs", type=int, default=6)
     parser.add_argument("--patience", type=int, default=3, help="epochs without a better validation loss (MMSA: 8)")
-    parser.add_argument("--models", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--models", nargs="+", default=None, choices=list(PAIRS),
+                        help="default: all five (all but MulT with --from-mmsa-init)")
     parser.add_argument("--model-seeds", nargs="+", default=[], metavar="MODEL=N",
                         help="run MODEL on the first N seeds only (MulT=3: its epochs take 20x LMF's)")
     parser.add_argument("--steps", type=int, nargs=3, default=None, metavar=("TEXT", "AUDIO", "VISION"),
@@ -331,11 +373,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch threads for both sides (1: on a shared, loaded CPU more threads spin and wait)")
     parser.add_argument("--exact", action="store_true",
                         help="mmgpt runs experiment=mosi_mmsa_<model> (MMSA's architectures); into peer_mmsa_exact")
+    parser.add_argument("--from-mmsa-init", action="store_true",
+                        help="with --exact: each mmgpt run starts from the initial weights of MMSA's run of the same "
+                             "seed (TFN, LMF, LF_DNN, EF_LSTM); into peer_mmsa_exact_init")
     parser.add_argument("--data", type=Path, default=None, help="where to write the pickles (default: a temp dir)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the table from the saved runs")
     args = parser.parse_args(argv)
     caps = _seed_caps(args.model_seeds, parser)
-    name = "peer_mmsa" + ("_exact" if args.exact else "") + ("_quick" if args.quick else "")
+    if args.from_mmsa_init and not args.exact:
+        parser.error("--from-mmsa-init needs --exact (MMSA's weights fit only MMSA's architectures)")
+    if args.models is None:
+        args.models = [m for m in PAIRS if not (args.from_mmsa_init and m == "MulT")]
+    if args.from_mmsa_init and "MulT" in args.models:
+        parser.error("--from-mmsa-init: mmgpt has no exact MulT to load MMSA's weights into; leave MulT out (--models)")
+    name = "peer_mmsa" + ("_exact" if args.exact else "") + ("_init" if args.from_mmsa_init else "") + \
+        ("_quick" if args.quick else "")
     if args.report_only:
         return report_again(name)
     if args.quick:
@@ -344,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     command = " ".join(["python -m bench.peer_mmsa", *(["--quick"] if args.quick else []),
                         *(["--mosi"] if args.mosi else []), *(["--exact"] if args.exact else []),
+                        *(["--from-mmsa-init"] if args.from_mmsa_init else []),
                         "--seeds", *map(str, args.seeds),
                         f"--max-epochs {args.max_epochs} --patience {args.patience}",
                         *(["--model-seeds", *args.model_seeds] if args.model_seeds else []),
@@ -365,7 +418,9 @@ def main(argv: list[str] | None = None) -> None:
             if i >= caps.get(model, len(args.seeds)):
                 continue
             kind = PAIRS[model][1]
-            ours = functools.partial(run_mmgpt, steps=shape.steps[0])  # aligned: every modality has the text's steps
+            init = mmsa_initial_weights(model, files[kind], seed, work, steps=shape.steps[0]) \
+                if args.from_mmsa_init else None
+            ours = functools.partial(run_mmgpt, steps=shape.steps[0], init=init)  # aligned: the text's steps
             sides = [(model, run_mmsa), (mmgpt_side(model, args.exact), ours)]
             for side, fn in sides if (i + j) % 2 == 0 else reversed(sides):  # alternate who goes first
                 run = fn(side, files[kind], seed, max_epochs=args.max_epochs, patience=args.patience, work=work)
@@ -377,7 +432,8 @@ def main(argv: list[str] | None = None) -> None:
                 load = (f"5-minute load average of this {os.cpu_count()}-CPU machine {load_at_start:.1f} at the start, "
                         f"{os.getloadavg()[1]:.1f} at the last run's end")
                 report(runs, command=command, shape=shape, problems=problems, seeds=args.seeds,
-                       wall=time.perf_counter() - started, name=name, exact=args.exact, load=load)
+                       wall=time.perf_counter() - started, name=name, exact=args.exact, load=load,
+                       from_mmsa_init=args.from_mmsa_init)
     shutil.rmtree(work, ignore_errors=True)
 
 

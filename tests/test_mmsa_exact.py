@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 
 from bench.common import compose_train_config
 from bench.mmsa_data import Shape, mmsa_args, write_pickle
+from bench.mmsa_weights import copy_mmsa_weights
 from mmgpt.batch import MultimodalBatch
 from mmgpt.cli.train import build_module
 
@@ -92,70 +93,8 @@ def _loader(path: Path):
     return datamodule.train_dataloader()
 
 
-# --- Same weights, same function -------------------------------------------------------------------------------------
-# MMSA's weights copied into mmgpt's network give MMSA's outputs, on sequences without padding (where the two
-# differ by design: mmgpt averages and reads the LSTM state over the real steps only). Orders that differ are mapped:
-# mmgpt sorts its modalities (acoustic, language, visual; MMSA: audio, video, text, or text, audio, video for the
-# EF-LSTM) and appends each vector's constant 1 after it (MMSA: before).
-
-#: mmgpt modality -> MMSA sub-network
-SUBNETS = {"acoustic": "audio_subnet", "visual": "video_subnet", "language": "text_subnet"}
-
-
-def _copy_subnets(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
-    for mine, peer in SUBNETS.items():
-        src = getattr(theirs, peer).state_dict()
-        if mine == "language":  # TextSubNet: rnn, dropout, linear_1 -> LSTMEncoder: rnn, drop, proj
-            mapped = {k.replace("linear_1.", "proj."): v for k, v in src.items()}
-        else:  # SubNet: norm, drop, linear_1..3 -> MLPSubNet: norm, drop, layers.{0,2,4}
-            mapped = {k.replace("linear_1.", "layers.0.").replace("linear_2.", "layers.2.")
-                      .replace("linear_3.", "layers.4."): v for k, v in src.items()}
-        ours.encoders[mine].load_state_dict(mapped, strict=True)
-
-
-def _one_last(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """MMSA's ``[1; h]`` index order -> mmgpt's ``[h; 1]`` along each of ``dims``."""
-    for d in dims:
-        t = torch.roll(t, shifts=-1, dims=d)
-    return t
-
-
-def _copy_linear(dst: torch.nn.Linear, src: torch.nn.Linear, weight: torch.Tensor | None = None) -> None:
-    dst.load_state_dict({"weight": src.weight if weight is None else weight, "bias": src.bias})
-
-
-def _copy_weights(model: str, ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
-    with torch.no_grad():
-        if model == "ef_lstm":
-            ours.fusion.norm.load_state_dict(theirs.norm.state_dict())
-            lstm = dict(theirs.lstm.state_dict())
-            t, a, v = SHAPE.dims["text"], SHAPE.dims["audio"], SHAPE.dims["vision"]
-            w = lstm["weight_ih_l0"]  # columns: text, audio, video -> acoustic, language, visual
-            lstm["weight_ih_l0"] = torch.cat([w[:, t:t + a], w[:, :t], w[:, t + a:t + a + v]], dim=1)
-            ours.fusion.rnn.load_state_dict(lstm)
-            _copy_linear(ours.head.net[1], theirs.linear)
-            _copy_linear(ours.head.net[4], theirs.out)
-            return
-        _copy_subnets(ours, theirs)
-        a, v, t = theirs.audio_subnet.linear_1.out_features, theirs.video_subnet.linear_1.out_features, \
-            theirs.text_subnet.linear_1.out_features
-        if model == "tfn":  # columns (audio, video, text), 1 first -> (acoustic, language, visual), 1 last
-            w = theirs.post_fusion_layer_1.weight.view(-1, a + 1, v + 1, t + 1)
-            w = _one_last(w, (1, 2, 3)).permute(0, 1, 3, 2).reshape(w.shape[0], -1)
-            _copy_linear(ours.head.net[1], theirs.post_fusion_layer_1, w)
-            _copy_linear(ours.head.net[4], theirs.post_fusion_layer_2)
-            _copy_linear(ours.head.net[7], theirs.post_fusion_layer_3)
-        elif model == "lmf":
-            for mine, peer in (("acoustic", "audio"), ("visual", "video"), ("language", "text")):
-                ours.fusion.factors[mine].copy_(_one_last(getattr(theirs, f"{peer}_factor"), (1,)))
-            ours.fusion.rank_weights.copy_(theirs.fusion_weights)
-            ours.fusion.bias.copy_(theirs.fusion_bias.view(-1))
-        elif model == "lf_dnn":  # columns audio, video, text -> acoustic, language, visual
-            w = theirs.post_fusion_layer_1.weight
-            _copy_linear(ours.head.net[1], theirs.post_fusion_layer_1,
-                         torch.cat([w[:, :a], w[:, a + v:], w[:, a:a + v]], dim=1))
-            _copy_linear(ours.head.net[4], theirs.post_fusion_layer_2)
-            _copy_linear(ours.head.net[7], theirs.post_fusion_layer_3)
+# --- Same weights, same function: MMSA's weights copied into mmgpt's network give MMSA's outputs, on sequences
+# without padding (where the two differ by design: mmgpt averages and reads the LSTM state over the real steps only).
 
 
 @pytest.mark.parametrize("model", ["tfn", "lmf", "lf_dnn", "ef_lstm"])
@@ -171,7 +110,7 @@ def test_mmsas_weights_give_mmsas_outputs(files, model):
     for p in theirs.parameters():  # LMF's zero bias and the rest: every weight must land in its place
         if p.requires_grad:
             p.data.add_(torch.randn_like(p) * 0.05)
-    _copy_weights(model, ours, theirs)
+    copy_mmsa_weights(model, ours, theirs, [SHAPE.dims[k] for k in ("text", "audio", "vision")])
     ours.eval(), theirs.eval()
     B = 6
     steps = (SHAPE.steps[0],) * 3 if model == "ef_lstm" else SHAPE.steps
