@@ -32,7 +32,10 @@ log = logging.getLogger("mmgpt.slurm")
 GPU_ACCELERATORS = ("gpu", "cuda")
 #: Pending reasons that no amount of waiting resolves: the request exceeds what the partition (or account) allows.
 NEVER_STARTS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints", "InvalidAccount",
-                "InvalidQOS", "ReqNodeNotAvail", "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob", "AssocMaxCpuPerJobLimit")
+                "InvalidQOS", "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob", "AssocMaxCpuPerJobLimit")
+#: Pending reasons that end when nodes come back (down, drained or reserved for maintenance): the job waits, and the
+#: line says why and how to give up.
+NODES_AWAY = ("ReqNodeNotAvail",)
 ACTIVE_STATES = ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED")
 #: States of a job that has ended for good (a pre-empted or requeued job goes back to PENDING instead).
 ENDED_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
@@ -264,6 +267,10 @@ class WatchedSlurmLauncher(SlurmLauncher):
                     state, reason = now
                     log.info("job %s %s%s  log: %s", job.job_id, state, f" ({reason})" if reason else "",
                              job.paths.stdout)
+                    if state == "PENDING" and reason.split(",")[0] in NODES_AWAY:
+                        log.warning("job %s waits for nodes that are down, drained or reserved (`sinfo -R`, "
+                                    "`scontrol show reservation`); it starts when they return, or scancel %s",
+                                    job.job_id, job.job_id)
                     if state == "PENDING" and reason.split(",")[0] in NEVER_STARTS:
                         self._cancel(jobs)
                         raise SystemExit(f"error: SLURM job {job.job_id} can never start: {reason} (the request "

@@ -157,6 +157,29 @@ def test_a_job_that_can_never_start_cancels_the_sweep(tmp_path, monkeypatch):
     assert cancelled == jobs
 
 
+def test_nodes_down_or_reserved_make_a_job_wait_not_fail(tmp_path, monkeypatch, caplog):
+    """ReqNodeNotAvail (nodes down, drained, or reserved for maintenance) ends when the nodes return."""
+    jobs = [FakeJob("8_0", tmp_path)]
+    timeline = iter([{"8_0": ("PENDING", "ReqNodeNotAvail, UnavailableNodes:node[1-2]")},
+                     {"8_0": ("RUNNING", "")}, {"8_0": ("COMPLETED", "")}])
+    last: dict = {}
+
+    def states(ids):
+        last.update(next(timeline, last))
+        if last["8_0"][0] == "COMPLETED":
+            jobs[0].paths.result_pickle.touch()
+        return dict(last)
+
+    monkeypatch.setattr(slurm, "job_states", states)
+    monkeypatch.setattr(WatchedSlurmLauncher, "_cancel", staticmethod(lambda js: pytest.fail("cancelled")))
+    launcher = WatchedSlurmLauncher(partition="cpu")
+    launcher.poll_s = 0
+    with caplog.at_level(logging.INFO, logger="mmgpt.slurm"):
+        launcher._watch(jobs)
+    waits = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(waits) == 1 and "down, drained or reserved" in waits[0] and "scancel 8_0" in waits[0]
+
+
 def test_not_a_slurm_job_is_never_requeued(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert slurm.requeued_slurm_job() is None
