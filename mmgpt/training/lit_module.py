@@ -198,35 +198,31 @@ class MultimodalModule(pl.LightningModule):
             if split != "train" and batch_idx < self.hparams.eval_generation_batches:
                 with torch.no_grad():
                     objective.evaluate(self.net, batch, metrics)
-            # Only metrics that have seen data this epoch (generation metrics are not computed in training).
-            updated = [key for key, metric in metrics.items() if metric.update_called]
             if len(self.objectives) > 1:
                 self.log(f"{split}/{name}_loss", out.loss, on_step=on_step, on_epoch=True, batch_size=bs,
                          sync_dist=True)
             for key, value in out.values.items():
                 self.log(f"{split}/{key}", value, on_step=on_step, on_epoch=True, batch_size=bs, sync_dist=True)
-            for key in updated:
-                if split == "train" and not self._first_log_this_epoch(f"{split}/{key}"):
-                    continue  # epoch-only metric objects: Lightning keeps them once logged in an epoch
-                self.log(f"{split}/{key}", metrics[key], on_step=False, on_epoch=True, prog_bar=split == "val",
-                         batch_size=bs)
+            if split != "train":  # the training metrics are logged once, at the epoch's end (on_train_epoch_end)
+                self._log_metric_objects(split, metrics, prog_bar=split == "val")
         assert total is not None
         self.log(f"{split}/loss", total, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         return total, logits
 
-    def _first_log_this_epoch(self, key: str) -> bool:
-        """Whether ``key`` is logged for the first time in this training epoch (of this Trainer).
+    def _log_metric_objects(self, split: str, metrics: nn.ModuleDict, prog_bar: bool = False) -> None:
+        """Log the metric objects that have seen data this epoch (generation metrics are not computed in
+        training), ``on_epoch`` only: Lightning computes them at the epoch's end and resets them."""
+        for key, metric in metrics.items():
+            if metric.update_called:
+                self.log(f"{split}/{key}", metric, on_step=False, on_epoch=True, prog_bar=prog_bar)
 
-        A metric object logged ``on_epoch`` only is computed and reset by Lightning at the epoch's end from the
-        reference it got once; logging it again every step only costs time (Lightning moves its states to the
-        device on each call).
-        """
-        marks: dict[str, tuple[int, int]] = self.__dict__.setdefault("_epoch_logged", {})
-        mark = (id(self.trainer), self.trainer.current_epoch)
-        if marks.get(key) == mark:
-            return False
-        marks[key] = mark
-        return True
+    def on_train_epoch_end(self) -> None:
+        """The training metric objects, logged once per epoch rather than from a step: each ``self.log`` costs
+        about a millisecond of Lightning's bookkeeping, a few percent of a small model's step. Lightning calls this
+        after the callbacks that monitor nothing (``Throughput`` has stopped its clock) and before those that
+        monitor a metric, so early stopping and checkpointing still see the values."""
+        for name in self.objectives:
+            self._log_metric_objects("train", self.train_metrics[name])
 
     def training_step(self, batch: MultimodalBatch, batch_idx: int) -> Tensor:
         return self._step(batch, "train", batch_idx)[0]

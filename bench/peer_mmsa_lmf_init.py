@@ -1,0 +1,142 @@
+"""Why some LMF runs never learn, on either side: MMSA's own LMF trainer, run from MMSA's initial weights and from
+mmgpt's, seed by seed.
+
+MMSA's LMF trainer leaves the rank weights and the bias out of its optimizer (``list(model.parameters())[:3]`` and
+``[5:]``), and ``experiment=mosi_mmsa_lmf`` freezes them likewise: they keep their xavier-normal initial values
+for good. Each seed here trains MMSA's LMF with MMSA's trainer, loader and batch order twice: once from the weights
+MMSA draws for the seed, once from the weights mmgpt draws for it (``seed_everything(seed)``, then the network of
+``experiment=mosi_mmsa_lmf``, mapped into MMSA's model). The table gives each start's largest rank weight and the
+test MAE / Corr it ends at, and counts the runs that end at the constant predictor's MAE (the median of the
+training labels): whether a run learns follows its start, not the trainer.
+
+    python -m bench.peer_mmsa_lmf_init [--seeds 1111 ... ] [--data DIR]
+
+Writes ``bench/results/peer_mmsa_lmf_init.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.common import compose_train_config, save  # noqa: E402
+from bench.mmsa_data import BENCH, write_pickle  # noqa: E402
+from bench.peer_mmsa import METRICS, mmsa_setup  # noqa: E402
+
+#: a run "never learned" when its test MAE is within this of the constant predictor's
+STUCK_MARGIN = 0.01
+
+
+def mmgpt_initial_lmf(path: Path, seed: int) -> torch.nn.Module:
+    """mmgpt's network of ``experiment=mosi_mmsa_lmf`` as it starts for ``seed``."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from mmgpt.cli.train import build_module
+
+    cfg = compose_train_config(["experiment=mosi_mmsa_lmf", f"data.root={path}", f"seed={seed}"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    pl.seed_everything(seed, workers=True)
+    return build_module(cfg, datamodule).net
+
+
+def load_into_mmsa(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    """mmgpt's LMF weights into MMSA's LMF (the inverse of :func:`bench.mmsa_weights.copy_mmsa_weights`)."""
+    layers = {"layers.0.": "linear_1.", "layers.2.": "linear_2.", "layers.4.": "linear_3."}
+    with torch.no_grad():
+        for mine, peer in (("acoustic", "audio_subnet"), ("visual", "video_subnet")):
+            state = {}
+            for k, v in ours.encoders[mine].state_dict().items():
+                for a, b in layers.items():
+                    k = k.replace(a, b)
+                state[k] = v
+            getattr(theirs, peer).load_state_dict(state)
+        theirs.text_subnet.load_state_dict({k.replace("proj.", "linear_1."): v
+                                            for k, v in ours.encoders["language"].state_dict().items()})
+        for mine, peer in (("acoustic", "audio"), ("visual", "video"), ("language", "text")):
+            getattr(theirs, f"{peer}_factor").copy_(torch.roll(ours.fusion.factors[mine], shifts=1, dims=1))
+        theirs.fusion_weights.copy_(ours.fusion.rank_weights)
+        theirs.fusion_bias.copy_(ours.fusion.bias.view(1, -1))
+
+
+def run(path: Path, seed: int, start: str, work: Path) -> dict[str, Any]:
+    """MMSA's LMF trained by MMSA's trainer for ``seed``, from MMSA's (``start="MMSA"``) or mmgpt's weights."""
+    from MMSA.trains import ATIO
+
+    ours = mmgpt_initial_lmf(path, seed) if start == "mmgpt" else None
+    args, loaders, net = mmsa_setup("LMF", path, seed, model_save_path=work / f"lmf-{start}-{seed}.pth")
+    if ours is not None:
+        load_into_mmsa(ours, net.Model)
+    largest = float(net.Model.fusion_weights.detach().abs().max())
+    trainer = ATIO().getTrain(args)
+    trainer.do_train(net, loaders)
+    net.load_state_dict(torch.load(args.model_save_path, weights_only=True))
+    results = trainer.do_test(net, loaders["test"], mode="TEST")
+    return {"seed": seed, "start": start, "largest_rank_weight": largest,
+            **{k: float(results[METRICS[k]]) for k in ("mae", "corr", "acc2")}}
+
+
+def constant_mae(path: Path) -> float:
+    """Test MAE of predicting the median training label for every sample."""
+    import pickle
+
+    with open(path, "rb") as f:
+        data = pickle.load(f)  # noqa: S301 (the file this script wrote)
+    median = float(np.median(data["train"]["regression_labels"]))
+    return float(np.mean(np.abs(np.asarray(data["test"]["regression_labels"]) - median)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(1111, 1121)))
+    parser.add_argument("--data", type=Path, default=None, help="where to write the pickle (default: a temp dir)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="peer_mmsa_lmf_init_"))
+    path = write_pickle((args.data or work) / "unaligned_50.pkl", aligned=False, shape=BENCH)
+    floor = constant_mae(path)
+    rows, started = [], time.perf_counter()
+    for seed in args.seeds:
+        for start in ("MMSA", "mmgpt"):
+            row = run(path, seed, start, work)
+            row["stuck"] = row["mae"] >= floor - STUCK_MARGIN
+            rows.append(row)
+            print(f"seed {seed} from {start}'s weights: largest rank weight {row['largest_rank_weight']:.2f}, "
+                  f"test MAE {row['mae']:.3f}, Corr {row['corr']:.3f}{' (never learned)' if row['stuck'] else ''}",
+                  flush=True)
+    command = "python -m bench.peer_mmsa_lmf_init --seeds " + " ".join(map(str, args.seeds))
+    lines = ["| seed | start | largest rank weight | test MAE | test Corr | learned |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['seed']} | {r['start']} | {r['largest_rank_weight']:.2f} | {r['mae']:.3f} | {r['corr']:.3f} | "
+              f"{'no' if r['stuck'] else 'yes'} |" for r in rows]
+    summary = []
+    for start in ("MMSA", "mmgpt"):
+        mine = [r for r in rows if r["start"] == start]
+        stuck = [r for r in mine if r["stuck"]]
+        learned = [r for r in mine if not r["stuck"]]
+        summary.append(
+            f"- from {start}'s weights: {len(stuck)} of {len(mine)} runs never learned"
+            + (f" (largest rank weight {max(r['largest_rank_weight'] for r in stuck):.2f} at most)" if stuck else "")
+            + (f"; the others reached MAE {statistics.fmean(r['mae'] for r in learned):.3f} on average, largest rank "
+               f"weight {min(r['largest_rank_weight'] for r in learned):.2f} at least" if learned else ""))
+    md = (f"## LMF: whether a run learns follows its initial weights\n\n`{command}`: MMSA's LMF trained by MMSA's own "
+          f"trainer (loader, batch order, dropout of the seed) from MMSA's initial weights and from mmgpt's "
+          f"(`experiment=mosi_mmsa_lmf` as built for the seed); synthetic MOSI of {BENCH.sizes} samples; "
+          f"{(time.perf_counter() - started) / 60:.1f} min. \"Never learned\": test MAE within {STUCK_MARGIN} of the "
+          f"constant predictor's ({floor:.3f}). The rank weights are never trained (MMSA's parameter slicing).\n\n"
+          + "\n".join(lines) + "\n\n" + "\n".join(summary) + "\n")
+    save("peer_mmsa_lmf_init", {"command": command, "constant_mae": floor, "runs": rows}, md)
+
+
+if __name__ == "__main__":
+    main()
