@@ -14,7 +14,6 @@ Prints training samples/s (medians) and the ratios to MMSA; writes ``bench/resul
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -28,7 +27,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import RESULTS_DIR, compose_train_config  # noqa: E402
+from bench.common import compose_train_config, save  # noqa: E402
 from bench.mmsa_data import BENCH, mmsa_args, write_pickle  # noqa: E402
 
 
@@ -139,8 +138,19 @@ def main(argv: list[str] | None = None) -> None:
         print(model, " ".join(f"{k} {v:.0f} samples/s ({r['vs_mmsa'][k]:.2f}x)" for k, v in r["samples_per_s"].items()),
               flush=True)
     command = f"python -m bench.peer_mmsa_steps --models {' '.join(args.models)} --rounds {args.rounds}"
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "peer_mmsa_steps.json").write_text(json.dumps({"command": command, "results": results}, indent=1))
+    lines = ["| model | MMSA's loop (samples/s) | mmgpt's network, bare loop | `mmgpt-train` |", "|---|---|---|---|"]
+    for r in results:
+        rate, ratio = r["samples_per_s"], r["vs_mmsa"]
+        lines.append(f"| {r['model']} | {rate['MMSA']:.0f} | {rate['bare']:.0f} ({ratio['bare']:.2f}x) | "
+                     f"{rate['mmgpt-train']:.0f} ({ratio['mmgpt-train']:.2f}x) |")
+    md = ("## Where the training time of `bench.peer_mmsa --exact` goes\n\n"
+          f"`{command}`: in one process, alternating epoch by epoch, MMSA's model in MMSA's loop, mmgpt's "
+          "`experiment=mosi_mmsa_<model>` network in a hand-written loop over mmgpt's loader (fused Adam), and "
+          f"`mmgpt-train` ({args.epochs}-epoch fits, its Throughput callback's per-epoch rate); each side's first "
+          "epoch left out; medians of the training samples/s. The bare loop is the network and the data pipeline; "
+          "what `mmgpt-train` adds on top is Lightning's per-step machinery (hooks, logging, the optimizer closure, "
+          "the non-finite guard).\n\n" + "\n".join(lines) + "\n")
+    save("peer_mmsa_steps", {"command": command, "results": results}, md)
 
 
 if __name__ == "__main__":

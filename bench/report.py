@@ -13,7 +13,7 @@ from bench.common import RESULTS_DIR
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["lightning_overhead", "configured_run", "attention", "fusions", "compile", "dataloader", "remote_loader",
          "memory", "feature_cache", "slim_checkpoint", "peer_mmsa",
-         "peer_mmsa_exact"]
+         "peer_mmsa_exact", "peer_mmsa_exact_init", "peer_mmsa_lmf_init", "peer_mmsa_steps"]
 
 HEADER = """# Benchmarks
 
@@ -41,7 +41,7 @@ def main() -> None:
         parts.append(md.read_text() + f"\n_Measured {m['date']} on {m['cpu']} ({m['cpu_threads']} threads), GPU: "
                      f"{m['gpu']}, torch {m['torch']}, 1-min load average {m['load_avg_1m']}._\n")
     has_gpu = any(
-        json.loads(p.read_text())["machine"]["gpu"] != "none" for p in RESULTS_DIR.glob("*.json")
+        json.loads(p.read_text()).get("machine", {}).get("gpu", "none") != "none" for p in RESULTS_DIR.glob("*.json")
     ) if RESULTS_DIR.exists() else False
     if not has_gpu:
         parts.append(GPU_NOTE)
