@@ -15,6 +15,15 @@ def test_equal_values_are_within_the_range_despite_rounding():
     assert within_spread(ours, peer, "acc2")
 
 
+def test_float32_and_float64_values_of_one_fraction_are_equal():
+    # mmgpt computes metrics in float32, MMSA in float64: 70 right of 171 is 0.40935671... against 0.40935672...
+    import torch
+
+    peer = _summary("MMSA", "acc2", [70 / 171] * 5)
+    ours = _summary("mmgpt", "acc2", [float(torch.tensor(70 / 171, dtype=torch.float32))] * 5)
+    assert within_spread(ours, peer, "acc2")
+
+
 def test_direction_of_better_per_metric():
     peer_mae = _summary("MMSA", "mae", [1.00, 1.10])
     assert within_spread(_summary("mmgpt", "mae", [0.5]), peer_mae, "mae")  # lower MAE: better than all
