@@ -15,13 +15,14 @@ def test_equal_values_are_within_the_range_despite_rounding():
     assert within_spread(ours, peer, "acc2")
 
 
-def test_float32_and_float64_values_of_one_fraction_are_equal():
-    # mmgpt computes metrics in float32, MMSA in float64: 70 right of 171 is 0.40935671... against 0.40935672...
+def test_mmsas_four_decimals_and_float32_are_the_same_value():
+    # MMSA's metricsTop reports 70 right of 171 as round(0.40935..., 4) = 0.4094; mmgpt's float32 0.40935671...
     import torch
 
-    peer = _summary("MMSA", "acc2", [70 / 171] * 5)
+    peer = _summary("MMSA", "acc2", [round(70 / 171, 4)] * 5)
     ours = _summary("mmgpt", "acc2", [float(torch.tensor(70 / 171, dtype=torch.float32))] * 5)
     assert within_spread(ours, peer, "acc2")
+    assert not within_spread(_summary("mmgpt", "acc2", [69 / 171] * 5), peer, "acc2")  # one sample fewer: outside
 
 
 def test_direction_of_better_per_metric():
