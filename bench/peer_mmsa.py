@@ -1,8 +1,8 @@
 """mmgpt's classic fusions side by side with the MMSA toolkit's own TFN, LMF, MulT, EF-LSTM and LF-DNN, on the same
 synthetic CMU-MOSI pickle and seeds, interleaved (MMSA run, mmgpt run, MMSA run, ...) so machine load hits both.
 
-    python -m bench.peer_mmsa [--quick | --mosi] [--exact] [--seeds 1111 1112] [--max-epochs 6] [--patience 3]
-        [--models TFN LMF]
+    python -m bench.peer_mmsa [--quick | --mosi] [--exact [--from-mmsa-init]] [--seeds 1111 1112] [--max-epochs 6]
+        [--patience 3] [--models TFN LMF] [--model-seeds MulT=3]
 
 1. Writes ``aligned_50.pkl`` and ``unaligned_50.pkl`` in MMSA's layout with a planted audio x vision interaction
    (:mod:`bench.mmsa_data`) and checks that MMSA's loader and mmgpt's ``data=mosi`` read identical arrays.
@@ -20,7 +20,10 @@ The pairs (peer -> mmgpt): TFN -> tensor, LMF -> low_rank, MulT -> mult, LF-DNN 
 EF-LSTM -> early on the aligned file (MMSA's EF-LSTM needs aligned data). mmgpt runs its own architecture (the
 README's "mmgpt vs MMSA" table lists what differs). With ``--exact`` mmgpt runs ``experiment=mosi_mmsa_<model>``
 instead: MMSA's own architecture and recipe for TFN, LMF, LF-DNN and EF-LSTM (the same trainable parameter count,
-tests/test_mmsa_exact.py), MMSA's recipe on mmgpt's ``mult`` for MulT; its results go to ``peer_mmsa_exact``.
+tests/test_mmsa_exact.py: MMSA's weights loaded into it give MMSA's outputs), MMSA's recipe on mmgpt's ``mult`` for
+MulT; its results go to ``peer_mmsa_exact``. ``--from-mmsa-init`` (with ``--exact``, MulT left out) starts each
+mmgpt run from the initial weights of MMSA's run of the same seed (:mod:`bench.mmsa_weights`), so that a pair
+differs only in training; into ``peer_mmsa_exact_init``.
 """
 
 from __future__ import annotations
