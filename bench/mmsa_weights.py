@@ -19,19 +19,26 @@ from torch import nn
 
 #: mmgpt modality -> MMSA sub-network
 SUBNETS = {"acoustic": "audio_subnet", "visual": "video_subnet", "language": "text_subnet"}
+#: MMSA's SubNet layer -> mmgpt's MLPSubNet layer (state-dict key prefixes); TextSubNet's ``linear_1`` is ``proj``
+SUBNET_LAYERS = {"linear_1.": "layers.0.", "linear_2.": "layers.2.", "linear_3.": "layers.4."}
+TEXT_LAYERS = {"linear_1.": "proj."}
+
+
+def renamed(state: dict[str, torch.Tensor], names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """``state`` with each key's prefix in ``names`` replaced by its value (one direction of the tables above)."""
+    out = {}
+    for key, value in state.items():
+        prefix = next((p for p in names if key.startswith(p)), None)
+        out[key if prefix is None else names[prefix] + key[len(prefix):]] = value
+    return out
 #: the models whose architecture mmgpt builds exactly (``experiment=mosi_mmsa_<model>``)
 EXACT_MODELS = ("tfn", "lmf", "lf_dnn", "ef_lstm")
 
 
 def _copy_subnets(ours: nn.Module, theirs: nn.Module) -> None:
     for mine, peer in SUBNETS.items():
-        src = getattr(theirs, peer).state_dict()
-        if mine == "language":  # TextSubNet: rnn, dropout, linear_1 -> LSTMEncoder: rnn, drop, proj
-            mapped = {k.replace("linear_1.", "proj."): v for k, v in src.items()}
-        else:  # SubNet: norm, drop, linear_1..3 -> MLPSubNet: norm, drop, layers.{0,2,4}
-            mapped = {k.replace("linear_1.", "layers.0.").replace("linear_2.", "layers.2.")
-                      .replace("linear_3.", "layers.4."): v for k, v in src.items()}
-        ours.encoders[mine].load_state_dict(mapped, strict=True)
+        names = TEXT_LAYERS if mine == "language" else SUBNET_LAYERS
+        ours.encoders[mine].load_state_dict(renamed(getattr(theirs, peer).state_dict(), names), strict=True)
 
 
 def _one_last(t: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from bench.common import compose_train_config, save  # noqa: E402
 from bench.mmsa_data import BENCH, write_pickle  # noqa: E402
+from bench.mmsa_weights import SUBNET_LAYERS, SUBNETS, TEXT_LAYERS, renamed  # noqa: E402
 from bench.peer_mmsa import METRICS, mmsa_setup  # noqa: E402
 
 #: a run "never learned" when its test MAE is within this of the constant predictor's
@@ -53,17 +54,11 @@ def mmgpt_initial_lmf(path: Path, seed: int) -> torch.nn.Module:
 
 def load_into_mmsa(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
     """mmgpt's LMF weights into MMSA's LMF (the inverse of :func:`bench.mmsa_weights.copy_mmsa_weights`)."""
-    layers = {"layers.0.": "linear_1.", "layers.2.": "linear_2.", "layers.4.": "linear_3."}
     with torch.no_grad():
-        for mine, peer in (("acoustic", "audio_subnet"), ("visual", "video_subnet")):
-            state = {}
-            for k, v in ours.encoders[mine].state_dict().items():
-                for a, b in layers.items():
-                    k = k.replace(a, b)
-                state[k] = v
-            getattr(theirs, peer).load_state_dict(state)
-        theirs.text_subnet.load_state_dict({k.replace("proj.", "linear_1."): v
-                                            for k, v in ours.encoders["language"].state_dict().items()})
+        for mine, peer in SUBNETS.items():
+            names = TEXT_LAYERS if mine == "language" else SUBNET_LAYERS
+            inverse = {b: a for a, b in names.items()}
+            getattr(theirs, peer).load_state_dict(renamed(ours.encoders[mine].state_dict(), inverse), strict=True)
         for mine, peer in (("acoustic", "audio"), ("visual", "video"), ("language", "text")):
             getattr(theirs, f"{peer}_factor").copy_(torch.roll(ours.fusion.factors[mine], shifts=1, dims=1))
         theirs.fusion_weights.copy_(ours.fusion.rank_weights)

@@ -112,26 +112,32 @@ class FakeJob:
         return [type("Ret", (), {"return_value": self._result})()]
 
 
+def replay(monkeypatch, jobs: list[FakeJob], timeline: list[dict]) -> None:
+    """``job_states`` answers each poll with the next entry of ``timeline`` (then the last one again); a job reported
+    COMPLETED has written its result."""
+    steps, last = iter(timeline), {}
+
+    def states(ids):
+        last.update(next(steps, last))
+        for job in jobs:
+            if last.get(job.job_id, ("",))[0] == "COMPLETED":
+                job.paths.result_pickle.touch()
+        return dict(last)
+
+    monkeypatch.setattr(slurm, "job_states", states)
+
+
 def test_state_changes_are_printed_once_each_and_a_failed_job_fails_the_sweep(tmp_path, monkeypatch, caplog):
     error = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent "
              "call last):\n  File x\nValueError: boom\n\n----------------------\nYou can check full logs with "
              "'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /logs/7_1_0_log.err\n  - /logs/7_1_0_log.out")
     jobs = [FakeJob("7_0", tmp_path), FakeJob("7_1", tmp_path, RuntimeError(error))]  # as submitit words it
-    timeline = iter([
+    replay(monkeypatch, jobs, [
         {"7_0": ("PENDING", "Resources"), "7_1": ("PENDING", "Priority")},
         {"7_0": ("PENDING", "Resources"), "7_1": ("PENDING", "Priority")},  # no change: no line
         {"7_0": ("RUNNING", ""), "7_1": ("RUNNING", "")},
         {"7_0": ("COMPLETED", ""), "7_1": ("FAILED", "NonZeroExitCode")},
     ])
-    last: dict = {}
-
-    def states(ids):
-        last.update(next(timeline, last))
-        if last["7_0"][0] == "COMPLETED":
-            jobs[0].paths.result_pickle.touch()
-        return dict(last)
-
-    monkeypatch.setattr(slurm, "job_states", states)
     launcher = WatchedSlurmLauncher(partition=None)
     launcher.poll_s = 0
     with caplog.at_level(logging.INFO, logger="mmgpt.slurm"):
@@ -160,17 +166,8 @@ def test_a_job_that_can_never_start_cancels_the_sweep(tmp_path, monkeypatch):
 def test_nodes_down_or_reserved_make_a_job_wait_not_fail(tmp_path, monkeypatch, caplog):
     """ReqNodeNotAvail (nodes down, drained, or reserved for maintenance) ends when the nodes return."""
     jobs = [FakeJob("8_0", tmp_path)]
-    timeline = iter([{"8_0": ("PENDING", "ReqNodeNotAvail, UnavailableNodes:node[1-2]")},
-                     {"8_0": ("RUNNING", "")}, {"8_0": ("COMPLETED", "")}])
-    last: dict = {}
-
-    def states(ids):
-        last.update(next(timeline, last))
-        if last["8_0"][0] == "COMPLETED":
-            jobs[0].paths.result_pickle.touch()
-        return dict(last)
-
-    monkeypatch.setattr(slurm, "job_states", states)
+    replay(monkeypatch, jobs, [{"8_0": ("PENDING", "ReqNodeNotAvail, UnavailableNodes:node[1-2]")},
+                               {"8_0": ("RUNNING", "")}, {"8_0": ("COMPLETED", "")}])
     monkeypatch.setattr(WatchedSlurmLauncher, "_cancel", staticmethod(lambda js: pytest.fail("cancelled")))
     launcher = WatchedSlurmLauncher(partition="cpu")
     launcher.poll_s = 0
