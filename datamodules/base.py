@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from mmgpt.datamodules.collate import Collate, check_dropout_probs, require_positive
+from mmgpt.datamodules.collate import Collate, Rows, check_dropout_probs, require_positive
 from mmgpt.datamodules.options import DataOptions, with_options
 from mmgpt.datamodules.processors import ModalityError, Processor, declared_processors, parse_modalities
 from mmgpt.datamodules.resumable import StreamLoader, batches_trained, resumable_loader
@@ -50,6 +50,15 @@ class ProcessedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return process(self.fields(self.items[i]), self.processors, train=self.train)
+
+    def rows(self, indices: Sequence[int]) -> Rows | None:
+        """The samples at ``indices`` gathered column by column, for the collate's batched path: when ``fields``
+        can gather them (its ``rows``: a table of arrays) and every processor collates stored rows itself. None
+        otherwise (then each sample is loaded on its own)."""
+        gather = getattr(self.fields, "rows", None)
+        if gather is None or not all(p.collates_rows for p in self.processors.values()):
+            return None
+        return gather([self.items[i] for i in indices])
 
 
 def process(fields: Mapping[str, Any], processors: Mapping[str, Processor], *, train: bool) -> dict[str, Any]:

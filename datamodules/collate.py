@@ -1,22 +1,44 @@
 """Collation of per-sample dicts into a :class:`~mmgpt.batch.MultimodalBatch`, asking each modality's processor.
 
 A sample is a dict with ``id``, ``label`` (int or None), optional ``caption``, and per modality name its
-processor's ``transform`` output, or None (missing). See docs/data.md.
+processor's ``transform`` output, or None (missing). See docs/data.md. A batch of a table's rows gathered at once
+(:class:`Rows`, from a dataset with a ``rows`` method) takes a batched path that gives the same batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mmgpt.batch import MultimodalBatch
 from mmgpt.datamodules.processors import IMAGE_MEAN, IMAGE_STD, Processor, normalize_image
 
-__all__ = ["IMAGE_MEAN", "IMAGE_STD", "Collate", "check_dropout_probs", "normalize_image", "random_modality_dropout",
+__all__ = ["IMAGE_MEAN", "IMAGE_STD", "Collate", "Rows", "check_dropout_probs", "normalize_image", "random_modality_dropout",
            "require_positive"]
+
+
+@dataclass
+class Rows:
+    """A batch's samples as a table holds them, gathered with one indexing per column instead of one sample dict
+    each (see :meth:`mmgpt.datamodules.base.ProcessedDataset.rows`).
+
+    Attributes:
+        ids: the samples' ids.
+        labels: their labels, (B,) or (B, C) multi-hot, as the table stores them.
+        values: modality name -> (stored rows (B, T, F) or (B, F), true lengths (B,) or None for all steps).
+    """
+
+    ids: list[Any]
+    labels: np.ndarray
+    values: dict[str, tuple[np.ndarray, np.ndarray | None]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class Collate:
@@ -35,26 +57,29 @@ class Collate:
         # Modalities whose processor yields cached backbone hidden states (datamodules/feature_cache/).
         self.precomputed = frozenset(n for n, p in self.processors.items() if getattr(p, "precomputed", False))
 
-    def __call__(self, samples: Sequence[dict[str, Any]]) -> MultimodalBatch:
+    def __call__(self, samples: Sequence[dict[str, Any]] | Rows) -> MultimodalBatch:
         inputs: dict[str, Tensor] = {}
         masks: dict[str, Tensor] = {}
         present: dict[str, Tensor] = {}
+        rows = samples if isinstance(samples, Rows) else None
         for name, processor in self.processors.items():
-            inputs[name], mask, present[name] = processor.collate([s.get(name) for s in samples])
+            if rows is not None:
+                inputs[name], mask, present[name] = processor.collate_rows(*rows.values[name])
+            else:
+                inputs[name], mask, present[name] = processor.collate([s.get(name) for s in samples])
             if mask is not None:
                 masks[name] = mask
         if any(p > 0 for p in self.modality_dropout.values()):
             present = random_modality_dropout(present, self.modality_dropout)
-        labels = [s.get("label") for s in samples]
-        return MultimodalBatch(
-            inputs=inputs,
-            masks=masks,
-            present=present,
-            labels=None if any(y is None for y in labels) else batch_labels(labels),
-            ids=[s.get("id") for s in samples],
-            captions=[s.get("caption") or "" for s in samples],
-            precomputed=self.precomputed,
-        )
+        if rows is not None:
+            labels: Tensor | None = rows_labels(rows.labels)
+            ids, captions = list(rows.ids), [""] * len(rows)
+        else:
+            listed = [s.get("label") for s in samples]
+            labels = None if any(y is None for y in listed) else batch_labels(listed)
+            ids, captions = [s.get("id") for s in samples], [s.get("caption") or "" for s in samples]
+        return MultimodalBatch(inputs=inputs, masks=masks, present=present, labels=labels, ids=ids,
+                               captions=captions, precomputed=self.precomputed)
 
 
 def batch_labels(labels: Sequence[Any]) -> Tensor:
@@ -66,6 +91,14 @@ def batch_labels(labels: Sequence[Any]) -> Tensor:
     if isinstance(first, float):
         return torch.tensor(labels, dtype=torch.float32)  # (B,)
     return torch.tensor(labels, dtype=torch.long)  # (B,)
+
+
+def rows_labels(labels: np.ndarray) -> Tensor:
+    """A table's labels of a batch -> what :func:`batch_labels` makes of the same labels one by one: multi-hot
+    (B, C) and float labels as float32, the rest (class indices, booleans) as int64."""
+    if labels.ndim == 2 or labels.dtype.kind == "f":
+        return torch.as_tensor(np.asarray(labels, dtype=np.float32))
+    return torch.as_tensor(np.asarray(labels, dtype=np.int64))
 
 
 def require_positive(**values: int | None) -> None:

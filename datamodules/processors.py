@@ -74,6 +74,16 @@ class Processor(ABC):
     def collate(self, values: Sequence[Any]) -> tuple[Tensor, Tensor | None, Tensor]:
         """Per-sample inputs (None = missing) -> (batch input (B, ...), padding mask (B, ...) or None, present (B,))."""
 
+    #: Whether :meth:`collate_rows` is implemented: a batch of stored rows gathered from a table at once takes
+    #: the batched path (:class:`~mmgpt.datamodules.collate.Rows`) instead of one ``transform`` per sample.
+    collates_rows: bool = False
+
+    def collate_rows(self, rows: np.ndarray, lengths: np.ndarray | None) -> tuple[Tensor, Tensor | None, Tensor]:
+        """What :meth:`collate` returns for the samples whose stored values are ``rows`` (B, ...), each cut to its
+        first ``lengths`` (B,) steps (None: all of them), with ``transform(train=...)`` applied: the same tensors,
+        without a Python step per sample."""
+        raise NotImplementedError(f"{type(self).__name__} collates samples one by one")
+
     def fingerprint(self) -> str:
         """Every setting ``decode`` depends on, as a stable string (part of store keys)."""
         return f"{type(self).__name__}"
@@ -236,6 +246,22 @@ class FeaturesProcessor(Processor):
             out = torch.zeros(len(values), N, self.dim)
         mask = torch.arange(N)[None, :] < lengths[:, None]  # (B, N)
         return out, mask, lengths > 0
+
+    collates_rows = True
+
+    def collate_rows(self, rows: np.ndarray, lengths: np.ndarray | None) -> tuple[Tensor, Tensor | None, Tensor]:
+        x = torch.as_tensor(np.asarray(rows, dtype=np.float32))
+        x = x[:, None] if x.ndim == 2 else x  # (B, T, F): a vector is one step
+        B, T = x.shape[:2]
+        steps = torch.full((B,), T) if lengths is None else torch.as_tensor(lengths, dtype=torch.long).clamp(max=T)
+        N = max(1, int(steps.max())) if B else 1
+        mask = torch.arange(N)[None, :] < steps[:, None]  # (B, N)
+        if N > T:  # no steps stored at all: one masked step, as per sample
+            return x.new_zeros(B, N, x.shape[2]), mask, steps > 0
+        x = x[:, :N]
+        if lengths is not None and bool((steps < N).any()):
+            x = x.masked_fill(~mask[:, :, None], 0.0)  # zeros after each length (whatever the padding stored)
+        return x.contiguous(), mask, steps > 0
 
     def fingerprint(self) -> str:
         return f"features:{self.dim}:{self.max_steps}"

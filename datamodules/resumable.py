@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
 
-from mmgpt.training.rng import mix_seed, preserved_rng, seed_all, seeded
+from mmgpt.training.rng import mix_seed, mix_seeds, preserved_rng, seed_all, seeded
 
 #: Turns a list of samples into a batch.
 Collator = Callable[[list[Any]], Any]
@@ -57,9 +57,9 @@ class EpochSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
         start, self.start = self.start, 0
-        epoch = self.epoch
-        for i in itertools.islice(super().__iter__(), start, None):
-            yield SampleKey(i, mix_seed(self.seed, epoch, i))
+        indices = list(itertools.islice(super().__iter__(), start, None))
+        for i, seed in zip(indices, mix_seeds(self.seed, self.epoch, last=indices)):
+            yield SampleKey(i, seed)
 
 
 class KeyedDataset(Dataset):
@@ -84,9 +84,15 @@ class KeyedDataset(Dataset):
         more per sample than loading pre-extracted features."""
         return getattr(self.dataset, "draws_randomness", True)
 
-    def __getitems__(self, keys: Sequence[SampleKey]) -> list[tuple[SampleKey, Any]]:
-        """A batch's samples, each under its own seed; the caller's generator states are saved once per batch."""
+    def __getitems__(self, keys: Sequence[SampleKey]) -> list[tuple[SampleKey, Any]] | KeyedRows:
+        """A batch's samples, each under its own seed; the caller's generator states are saved once per batch.
+        A dataset that draws nothing and can gather the batch's rows at once (its ``rows``) hands them over as
+        :class:`KeyedRows`."""
         if not self.draws_randomness:
+            gather = getattr(self.dataset, "rows", None)
+            rows = gather([key.index for key in keys]) if gather is not None else None
+            if rows is not None:
+                return KeyedRows(list(keys), rows)
             return [(key, self.dataset[key.index]) for key in keys]
         out = []
         with preserved_rng():
@@ -96,16 +102,27 @@ class KeyedDataset(Dataset):
         return out
 
 
+class KeyedRows(NamedTuple):
+    """A batch gathered at once (:class:`~mmgpt.datamodules.collate.Rows`) with the keys of its samples."""
+
+    keys: list[SampleKey]
+    rows: Any
+
+
 class SeededCollate:
-    """Collates ``(key, sample)`` pairs with the global generators seeded by the batch's keys."""
+    """Collates ``(key, sample)`` pairs (or :class:`KeyedRows`) with the global generators seeded by the batch's
+    keys."""
 
     def __init__(self, collate_fn: Collator) -> None:
         self.collate_fn = collate_fn
 
-    def __call__(self, pairs: Sequence[tuple[SampleKey, Any]]) -> Any:
-        keys = [k for k, _ in pairs]
+    def __call__(self, pairs: Sequence[tuple[SampleKey, Any]] | KeyedRows) -> Any:
+        if isinstance(pairs, KeyedRows):
+            keys, samples = pairs.keys, pairs.rows
+        else:
+            keys, samples = [k for k, _ in pairs], [sample for _, sample in pairs]
         with seeded(mix_seed(keys[0].seed, len(keys))):
-            return self.collate_fn([sample for _, sample in pairs])
+            return self.collate_fn(samples)
 
 
 class ResumableLoader(DataLoader):

@@ -22,7 +22,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mmgpt.datamodules.base import SPLITS, MultimodalDataModule, ProcessedDataset
-from mmgpt.datamodules.collate import Collate
+from mmgpt.datamodules.collate import Collate, Rows
 from mmgpt.datamodules.decode import DecodeError
 from mmgpt.datamodules.processors import Processor
 from mmgpt.errors import UserError
@@ -147,6 +147,22 @@ class _Fields:
         for name, processor in self.processors.items():
             fields[name] = self.table.stored(i, name, processor)
         return fields
+
+    def rows(self, indices: Sequence[int]) -> Rows | None:
+        """Samples ``indices`` gathered at once: each modality's rows and lengths by one indexing of its array.
+        None when a modality's column is not a numeric array (files, strings, token lists) or holds a negative
+        length (then the per-sample path decides)."""
+        table, index = self.table, np.asarray(indices, dtype=np.int64)
+        values: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        for name in self.processors:
+            column = table.columns[name]
+            if name in table.files or not isinstance(column, np.ndarray) or column.dtype.kind not in "biuf":
+                return None
+            lengths = table.lengths[name][index] if name in table.lengths else None
+            if lengths is not None and (lengths < 0).any():
+                return None
+            values[name] = (column[index], lengths)
+        return Rows(ids=[table.ids[i] for i in index], labels=table.labels[index], values=values)
 
 
 def require_file(path: Path, what: str) -> Path:

@@ -102,6 +102,8 @@ def _read_split(d: dict[str, Any], *, text: str, where: str) -> BenchmarkSplit:
             lengths[name] = np.asarray(d[key], dtype=np.int64).reshape(-1)
             if (lengths[name] > columns[name].shape[1]).any():
                 raise BenchmarkError(f"{where}[{key!r}]: a length exceeds the {columns[name].shape[1]} steps stored")
+            if (lengths[name] < 0).any():
+                raise BenchmarkError(f"{where}[{key!r}]: a negative length ({int(lengths[name].min())})")
     labels = np.asarray(d["regression_labels"], dtype=np.float32).reshape(-1)
     return BenchmarkSplit(ids=[str(i) for i in d["id"]], labels=labels, columns=columns, lengths=lengths)
 

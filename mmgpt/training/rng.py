@@ -13,7 +13,7 @@ restore point is the one the uninterrupted run would have made. Two kinds of ran
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,6 +39,22 @@ def mix_seed(*parts: int) -> int:
     for p in parts:
         h = _splitmix64(h ^ (int(p) & _MASK64))
     return h
+
+
+def _splitmix64_array(x: np.ndarray) -> np.ndarray:
+    """:func:`_splitmix64` of each element of a uint64 array (numpy's uint64 arithmetic wraps modulo 2**64)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def mix_seeds(*parts: int, last: Sequence[int] | np.ndarray) -> list[int]:
+    """``[mix_seed(*parts, i) for i in last]``, computed for the whole sequence at once (an epoch's sample seeds)."""
+    h = np.uint64(mix_seed(*parts))
+    values = np.asarray(last, dtype=np.int64).astype(np.uint64)  # two's complement, as int(p) & _MASK64
+    with np.errstate(over="ignore"):
+        return _splitmix64_array(h ^ values).tolist()
 
 
 def seed_all(seed: int) -> None:

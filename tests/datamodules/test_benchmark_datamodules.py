@@ -84,3 +84,77 @@ def test_mmimdb_hdf5_datamodule_declares_features(tmp_path):
     batch = next(iter(dm.test_dataloader()))
     assert batch.inputs["plot"].shape == (3, 1, 300) and batch.inputs["poster"].shape == (3, 1, 4096)
     assert batch.labels.shape == (3, 4) and batch.labels.dtype == torch.float32
+
+
+# --- A batch of a table's rows gathered at once (Rows) is the batch the per-sample path builds.
+
+
+def _per_sample(dm, split: str, indices: list[int], collate):
+    ds = dm.make_dataset(split)
+    return collate([ds[i] for i in indices]), collate(ds.rows(indices))
+
+
+def _assert_same_batch(a, b) -> None:
+    assert sorted(a.inputs) == sorted(b.inputs)
+    for m in a.inputs:
+        assert a.inputs[m].dtype == b.inputs[m].dtype, m
+        assert torch.equal(a.inputs[m], b.inputs[m]), m
+        assert torch.equal(a.masks[m], b.masks[m]) and torch.equal(a.present[m], b.present[m]), m
+    assert a.labels.dtype == b.labels.dtype and torch.equal(a.labels, b.labels)
+    assert a.ids == b.ids and a.captions == b.captions
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_mmsa_rows_gathered_at_once_give_the_per_sample_batch(tmp_path, aligned):
+    import pickle
+
+    data = write_mmsa(tmp_path / "x_50.pkl", aligned=aligned, sizes={"train": 9, "valid": 3, "test": 4},
+                      seq_lens=(12, 10, 8))
+    if not aligned:  # a sample without audio steps (missing), garbage in the padding (NaN must not leak)
+        data["train"]["audio_lengths"][2] = 0
+        data["train"]["audio"][:, 9:] = np.nan
+        (tmp_path / "x_50.pkl").write_bytes(pickle.dumps(data, protocol=4))
+    dm = MMSADataModule(root=str(tmp_path / "x_50.pkl"), batch_size=4)
+    dm.setup("fit")
+    for indices in ([0, 1, 2, 3], [8, 2, 5], [2], list(range(9))):
+        _assert_same_batch(*_per_sample(dm, "train", indices, dm.collate))
+    if not aligned:
+        a, _ = _per_sample(dm, "train", [2, 0], dm.collate)
+        assert not a.present["acoustic"][0] and a.present["acoustic"][1]
+        assert not torch.isnan(a.inputs["acoustic"]).any()
+
+
+def test_mmsa_loader_batches_are_the_same_with_and_without_rows(tmp_path, monkeypatch):
+    """Through the resumable loader, with modality dropout (seeded per batch) and shuffling."""
+    from mmgpt.datamodules.base import ProcessedDataset
+
+    write_mmsa(tmp_path / "unaligned_50.pkl", aligned=False, sizes={"train": 11, "valid": 3, "test": 4},
+               seq_lens=(12, 10, 8))
+    dm = MMSADataModule(root=str(tmp_path / "unaligned_50.pkl"), batch_size=4,
+                        modality_dropout={"acoustic": 0.5, "visual": 0.5})
+    dm.setup("fit")
+    calls = []
+    rows = ProcessedDataset.rows
+    monkeypatch.setattr(ProcessedDataset, "rows", lambda self, idx: calls.append(len(idx)) or rows(self, idx))
+    fast = list(dm.train_dataloader())
+    assert calls == [4, 4, 3]  # the batched path was taken
+    monkeypatch.setattr(ProcessedDataset, "rows", lambda self, idx: None)
+    slow = list(dm.train_dataloader())
+    assert len(fast) == len(slow) == 3
+    for a, b in zip(fast, slow):
+        _assert_same_batch(a, b)
+    assert any(not b.present["acoustic"].all() for b in fast)  # modality dropout took part
+
+
+def test_rows_are_not_gathered_for_token_ids_or_negative_lengths(tmp_path):
+    import pickle
+
+    data = write_mmsa(tmp_path / "unaligned_50.pkl", aligned=False)
+    bert = MMSADataModule(root=str(tmp_path / "unaligned_50.pkl"), text="bert", batch_size=2)
+    bert.setup("fit")
+    assert bert.make_dataset("train").rows([0, 1]) is None  # token ids: one sample at a time
+    assert next(iter(bert.train_dataloader())).inputs["language"].dtype == torch.long
+    data["train"]["audio_lengths"][1] = -3
+    (tmp_path / "unaligned_50.pkl").write_bytes(pickle.dumps(data, protocol=4))
+    with pytest.raises(BenchmarkError, match=r"audio_lengths.*negative"):
+        MMSADataModule(root=str(tmp_path / "unaligned_50.pkl"), batch_size=2).setup("fit")

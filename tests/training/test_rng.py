@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 
-from mmgpt.training.rng import mix_seed, rng_states, seeded, set_rng_states
+from mmgpt.training.rng import mix_seed, mix_seeds, rng_states, seeded, set_rng_states
 
 
 def _draw() -> tuple:
@@ -43,3 +44,11 @@ def test_mix_seed_is_stable_and_sensitive_to_every_part():
     assert mix_seed(0, 1, 2) == mix_seed(0, 1, 2)
     assert len({mix_seed(0, 1, 2), mix_seed(1, 1, 2), mix_seed(0, 2, 2), mix_seed(0, 1, 3), mix_seed(0, 2, 1)}) == 5
     assert 0 <= mix_seed(-5, 3) < 2**64
+
+
+@pytest.mark.parametrize("seed", [0, 1111, -1, 2**63 - 1, -(2**63)])
+def test_mix_seeds_is_mix_seed_for_a_whole_epoch_at_once(seed):
+    indices = [0, 1, 7, 319, 2**40, 2**62]
+    for epoch in (0, 3, -2):
+        assert mix_seeds(seed, epoch, last=indices) == [mix_seed(seed, epoch, i) for i in indices]
+    assert mix_seeds(seed, 0, last=[]) == []
