@@ -18,8 +18,8 @@ from torch import Tensor
 from mmgpt.batch import MultimodalBatch
 from mmgpt.datamodules.processors import IMAGE_MEAN, IMAGE_STD, Processor, normalize_image
 
-__all__ = ["IMAGE_MEAN", "IMAGE_STD", "Collate", "Rows", "check_dropout_probs", "normalize_image", "random_modality_dropout",
-           "require_positive"]
+__all__ = ["IMAGE_MEAN", "IMAGE_STD", "Collate", "Rows", "check_dropout_probs", "normalize_image",
+           "random_modality_dropout", "require_positive", "rows_labels"]
 
 
 @dataclass
