@@ -4,7 +4,8 @@ hits every side alike: per epoch, alternating,
 * ``MMSA``: MMSA's model in MMSA's loop (its loader, Adam, L1 loss): what ``bench.peer_mmsa`` times for MMSA;
 * ``bare``: mmgpt's ``experiment=mosi_mmsa_<model>`` network in a hand-written loop over mmgpt's loader (fused Adam);
 * ``mmgpt-train``: the same run through ``mmgpt-train`` (Lightning, default callbacks), its Throughput callback's
-  per-epoch rate, the first epoch of each fit left out (warm-up; the other two sides' warm-up epochs are too).
+  per-epoch rate, the first epoch of each fit left out (warm-up; the other two sides' warm-up epochs are too);
+* the training loaders alone, in ms per batch: MMSA's, mmgpt's, and mmgpt's with its batched rows path switched off.
 
     python -m bench.peer_mmsa_steps [--models lmf lf_dnn] [--rounds 3]
 
@@ -78,6 +79,33 @@ def _bare(overrides: list[str]) -> Any:
     return epoch
 
 
+def _loaders(model: str, path: Path, overrides: list[str]) -> dict[str, Any]:
+    """One pass over the training loader, in ms per batch: MMSA's, mmgpt's (a batch's rows gathered at once) and
+    mmgpt's one sample at a time (:meth:`mmgpt.datamodules.base.ProcessedDataset.rows` switched off)."""
+    from hydra.utils import instantiate
+    from MMSA.data_loader import MMDataLoader
+
+    from mmgpt.datamodules.base import ProcessedDataset
+
+    theirs = MMDataLoader(mmsa_args(model, path), num_workers=0)["train"]
+    dm = instantiate(compose_train_config(overrides).data, _convert_="all")
+    dm.setup("fit")
+    ours = dm.train_dataloader()
+
+    def timed(loader: Any, rows: bool = True) -> Any:
+        def one() -> float:
+            gather = ProcessedDataset.rows
+            if not rows:
+                ProcessedDataset.rows = lambda self, indices: None  # type: ignore[method-assign]
+            try:
+                t, n = time.perf_counter(), sum(1 for _ in loader)
+                return (time.perf_counter() - t) * 1e3 / n
+            finally:
+                ProcessedDataset.rows = gather  # type: ignore[method-assign]
+        return one
+    return {"MMSA": timed(theirs), "mmgpt": timed(ours), "mmgpt, per sample": timed(ours, rows=False)}
+
+
 def _fit(overrides: list[str], epochs: int) -> list[float]:
     from omegaconf import open_dict
 
@@ -108,17 +136,21 @@ def measure(model: str, rounds: int, epochs: int, work: Path) -> dict[str, Any]:
     path = write_pickle(work / f"{'aligned' if aligned else 'unaligned'}_50.pkl", aligned=aligned, shape=BENCH)
     overrides = [f"experiment=mosi_mmsa_{model}", f"data.root={path}",
                  *([f"model.fusion.steps={BENCH.steps[0]}"] if aligned else [])]
-    mmsa, bare = _mmsa(model, path), _bare(overrides)
+    mmsa, bare, loaders = _mmsa(model, path), _bare(overrides), _loaders(model, path, overrides)
     rates: dict[str, list[float]] = {"MMSA": [], "bare": [], "mmgpt-train": []}
-    mmsa(), bare()  # warm-up
+    loading: dict[str, list[float]] = {k: [] for k in loaders}
+    mmsa(), bare(), [one() for one in loaders.values()]  # warm-up
     for _ in range(rounds):
         for _ in range(epochs - 1):
             rates["MMSA"].append(mmsa())
             rates["bare"].append(bare())
+            for k, one in loaders.items():
+                loading[k].append(one())
         rates["mmgpt-train"] += _fit(overrides, epochs)
     medians = {k: statistics.median(v) for k, v in rates.items()}
     return {"model": model, "samples_per_s": medians,
-            "vs_mmsa": {k: v / medians["MMSA"] for k, v in medians.items()}, "runs": rates}
+            "vs_mmsa": {k: v / medians["MMSA"] for k, v in medians.items()}, "runs": rates,
+            "loader_ms_per_batch": {k: statistics.median(v) for k, v in loading.items()}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,18 +170,21 @@ def main(argv: list[str] | None = None) -> None:
         print(model, " ".join(f"{k} {v:.0f} samples/s ({r['vs_mmsa'][k]:.2f}x)" for k, v in r["samples_per_s"].items()),
               flush=True)
     command = f"python -m bench.peer_mmsa_steps --models {' '.join(args.models)} --rounds {args.rounds}"
-    lines = ["| model | MMSA's loop (samples/s) | mmgpt's network, bare loop | `mmgpt-train` |", "|---|---|---|---|"]
+    lines = ["| model | MMSA's loop (samples/s) | mmgpt's network, bare loop | `mmgpt-train` | loader ms/batch: "
+             "MMSA / mmgpt / mmgpt per sample |", "|---|---|---|---|---|"]
     for r in results:
-        rate, ratio = r["samples_per_s"], r["vs_mmsa"]
+        rate, ratio, ms = r["samples_per_s"], r["vs_mmsa"], r["loader_ms_per_batch"]
         lines.append(f"| {r['model']} | {rate['MMSA']:.0f} | {rate['bare']:.0f} ({ratio['bare']:.2f}x) | "
-                     f"{rate['mmgpt-train']:.0f} ({ratio['mmgpt-train']:.2f}x) |")
+                     f"{rate['mmgpt-train']:.0f} ({ratio['mmgpt-train']:.2f}x) | {ms['MMSA']:.1f} / "
+                     f"{ms['mmgpt']:.1f} / {ms['mmgpt, per sample']:.1f} |")
     md = ("## Where the training time of `bench.peer_mmsa --exact` goes\n\n"
           f"`{command}`: in one process, alternating epoch by epoch, MMSA's model in MMSA's loop, mmgpt's "
           "`experiment=mosi_mmsa_<model>` network in a hand-written loop over mmgpt's loader (fused Adam), and "
           f"`mmgpt-train` ({args.epochs}-epoch fits, its Throughput callback's per-epoch rate); each side's first "
           "epoch left out; medians of the training samples/s. The bare loop is the network and the data pipeline; "
           "what `mmgpt-train` adds on top is Lightning's per-step machinery (hooks, logging, the optimizer closure, "
-          "the non-finite guard).\n\n" + "\n".join(lines) + "\n")
+          "the non-finite guard). The loader columns time one pass over each training loader alone: MMSA's, mmgpt's "
+          "(a batch's rows gathered at once, `collate_rows`) and mmgpt's one sample at a time.\n\n" + "\n".join(lines) + "\n")
     save("peer_mmsa_steps", {"command": command, "results": results}, md)
 
 
