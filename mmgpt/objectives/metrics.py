@@ -146,6 +146,16 @@ def binary_auroc(positive: Tensor, target: Tensor, weights: Tensor | None = None
     return torch.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(dim=1) / pairs.clamp(min=1e-300), 0.0)
 
 
+class PearsonCorr(_Collected):
+    """Pearson correlation of (N,) predictions and targets over the whole split, in float64 (NaN when either is
+    constant), as MMSA's ``np.corrcoef``. An update only keeps the batch (torchmetrics' ``PearsonCorrCoef`` merges
+    running moments at every step, a few times the cost of a small model's other metric updates together)."""
+
+    def compute(self) -> Tensor:
+        preds, target = self._all()
+        return pearson_corr(preds, target)[0].float()
+
+
 class SentimentBinary(_Collected):
     """MMSA's two-class sentiment accuracy or weighted F1 of regression outputs (see the module doc).
 

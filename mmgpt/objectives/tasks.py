@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanAbsoluteError, PearsonCorrCoef
+from torchmetrics import MeanAbsoluteError
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -27,7 +27,7 @@ from mmgpt.batch import MultimodalBatch
 from mmgpt.errors import UserError
 from mmgpt.model import MultimodalTransformer
 from mmgpt.objectives.base import Objective, ObjectiveOutput
-from mmgpt.objectives.metrics import SamplesF1, SentimentBinary, SentimentClasses
+from mmgpt.objectives.metrics import PearsonCorr, SamplesF1, SentimentBinary, SentimentClasses
 
 
 def _labels(batch: MultimodalBatch, objective: str):  # noqa: ANN202 (Tensor)
@@ -65,7 +65,7 @@ class Regression(Objective):
         return ObjectiveOutput(loss=loss, preds=pred, target=target)
 
     def make_metrics(self) -> nn.ModuleDict:
-        metrics: dict[str, nn.Module] = {"mae": MeanAbsoluteError(), "corr": PearsonCorrCoef()}
+        metrics: dict[str, nn.Module] = {"mae": MeanAbsoluteError(), "corr": PearsonCorr()}
         if self.sentiment:
             metrics.update({
                 "acc2": SentimentBinary(score="acc"), "f1": SentimentBinary(score="f1"),

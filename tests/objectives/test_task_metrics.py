@@ -158,3 +158,23 @@ def test_regression_metrics_match_mmsa() -> None:
              "acc5": "Mult_acc_5", "acc7": "Mult_acc_7", "mae": "MAE", "corr": "Corr"}
     for ours_key, ref_key in pairs.items():
         assert ours[ours_key] == pytest.approx(ref[ref_key], abs=1e-4), ours_key  # MMSA rounds to 4 places
+
+
+def test_corr_over_batches_is_torchmetrics_pearson_and_numpys() -> None:
+    from torchmetrics import PearsonCorrCoef
+
+    from mmgpt.objectives.metrics import PearsonCorr
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(300, generator=g)
+    preds = 0.3 * target + torch.randn(300, generator=g)
+    ours, theirs = PearsonCorr(), PearsonCorrCoef()
+    for lo in range(0, 300, 64):  # several steps' batches
+        ours.update(preds[lo:lo + 64], target[lo:lo + 64])
+        theirs.update(preds[lo:lo + 64], target[lo:lo + 64])
+    expected = np.corrcoef(preds.double().numpy(), target.double().numpy())[0, 1]
+    assert float(ours.compute()) == pytest.approx(expected, abs=1e-6)
+    assert float(ours.compute()) == pytest.approx(float(theirs.compute()), abs=1e-5)
+    constant = PearsonCorr()
+    constant.update(torch.zeros(5), target[:5])
+    assert torch.isnan(constant.compute())
