@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
           "epoch left out; medians of the training samples/s. The bare loop is the network and the data pipeline; "
           "what `mmgpt-train` adds on top is Lightning's per-step machinery (hooks, logging, the optimizer closure, "
           "the non-finite guard). The loader columns time one pass over each training loader alone: MMSA's, mmgpt's "
-          "(a batch's rows gathered at once, `collate_rows`) and mmgpt's one sample at a time.\n\n" + "\n".join(lines) + "\n")
+          "(a batch's rows gathered at once, `collate_rows`) and mmgpt's one sample at a time.\n\n"
+          + "\n".join(lines) + "\n")
     save("peer_mmsa_steps", {"command": command, "results": results}, md)
 
 
