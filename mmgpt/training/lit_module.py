@@ -203,8 +203,6 @@ class MultimodalModule(pl.LightningModule):
                          sync_dist=True)
             for key, value in out.values.items():
                 self.log(f"{split}/{key}", value, on_step=on_step, on_epoch=True, batch_size=bs, sync_dist=True)
-            if split != "train":  # the training metrics are logged once, at the epoch's end (on_train_epoch_end)
-                self._log_metric_objects(split, metrics, prog_bar=split == "val")
         assert total is not None
         self.log(f"{split}/loss", total, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         return total, logits
@@ -223,6 +221,16 @@ class MultimodalModule(pl.LightningModule):
         monitor a metric, so early stopping and checkpointing still see the values."""
         for name in self.objectives:
             self._log_metric_objects("train", self.train_metrics[name])
+
+    def on_validation_epoch_end(self) -> None:
+        """The validation metric objects, once per pass (as :meth:`on_train_epoch_end`); checkpointing and early
+        stopping read them after this hook."""
+        for name in self.objectives:
+            self._log_metric_objects("val", self.val_metrics[name], prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        for name in self.objectives:
+            self._log_metric_objects("test", self.test_metrics[name])
 
     def training_step(self, batch: MultimodalBatch, batch_idx: int) -> Tensor:
         return self._step(batch, "train", batch_idx)[0]
