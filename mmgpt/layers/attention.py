@@ -142,10 +142,10 @@ class Attention(nn.Module):
             ctx = x if context is None else context
             if values is None:
                 k, v = self.kv(ctx).view(B, ctx.shape[1], 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, Dh)
-            else:  # the key rows of the packed projection on the context, the value rows on ``values``
-                w, b = self.kv.weight.chunk(2), self.kv.bias.chunk(2)
-                k = F.linear(ctx, w[0], b[0]).view(B, ctx.shape[1], H, D // H).transpose(1, 2)  # (B, H, M, Dh)
-                v = F.linear(values, w[1], b[1]).view(B, values.shape[1], H, D // H).transpose(1, 2)  # (B, H, M, Dh)
+            else:  # keys from the context, values from ``values``: the packed projection's two halves (through
+                # the module itself, so that a wrapped projection, a LoRA adapter, adapts both)
+                k = self.kv(ctx)[..., :D].reshape(B, ctx.shape[1], H, D // H).transpose(1, 2)  # (B, H, M, Dh)
+                v = self.kv(values)[..., D:].reshape(B, values.shape[1], H, D // H).transpose(1, 2)  # (B, H, M, Dh)
             if cache is not None:
                 if context is None and cache.k is not None:
                     k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)  # (B, H, M, Dh)
