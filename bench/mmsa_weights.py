@@ -1,10 +1,12 @@
 """MMSA's weights in mmgpt's networks: :func:`copy_mmsa_weights` loads the parameters and BatchNorm statistics of
-MMSA's TFN, LMF, LF-DNN or EF-LSTM into mmgpt's ``experiment=mosi_mmsa_<model>`` network, which then computes MMSA's
-function (``tests/test_mmsa_exact.py`` checks it output by output).
+MMSA's TFN, LMF, LF-DNN, EF-LSTM or MulT into mmgpt's ``experiment=mosi_mmsa_<model>`` network, which then computes
+MMSA's function (``tests/test_mmsa_exact.py`` checks it output by output).
 
 Two orders differ and are mapped: mmgpt sorts its modalities (acoustic, language, visual; MMSA concatenates audio,
 video, text, or text, audio, video in its EF-LSTM), and mmgpt appends each vector's constant 1 after it where MMSA
-puts it first (TFN's outer product, LMF's factors).
+puts it first (TFN's outer product, LMF's factors). MulT's concatenations follow MMSA's order in mmgpt too
+(``order: [language, acoustic, visual]``); its packed attention projections (``in_proj_weight``: query, key, value
+rows) are split into mmgpt's query and key/value projections.
 
 ``bench.peer_mmsa --from-mmsa-init`` starts each mmgpt run from the initial weights of MMSA's run of the same seed,
 so that the two runs differ only in what happens during training.
@@ -31,8 +33,10 @@ def renamed(state: dict[str, torch.Tensor], names: dict[str, str]) -> dict[str, 
         prefix = next((p for p in names if key.startswith(p)), None)
         out[key if prefix is None else names[prefix] + key[len(prefix):]] = value
     return out
+#: MMSA's MulT modality letter -> mmgpt modality
+MULT_LETTERS = {"l": "language", "a": "acoustic", "v": "visual"}
 #: the models whose architecture mmgpt builds exactly (``experiment=mosi_mmsa_<model>``)
-EXACT_MODELS = ("tfn", "lmf", "lf_dnn", "ef_lstm")
+EXACT_MODELS = ("tfn", "lmf", "lf_dnn", "ef_lstm", "mult")
 
 
 def _copy_subnets(ours: nn.Module, theirs: nn.Module) -> None:
@@ -52,11 +56,42 @@ def _copy_linear(dst: nn.Module, src: nn.Linear, weight: torch.Tensor | None = N
     dst.load_state_dict({"weight": src.weight if weight is None else weight, "bias": src.bias})
 
 
+def _fairseq_layer(layer: nn.Module) -> dict[str, torch.Tensor]:
+    """MMSA's ``TransformerEncoderLayer`` state -> mmgpt's :class:`~mmgpt.layers.SharedNormBlock` state."""
+    attn, d = layer.self_attn, layer.self_attn.embed_dim
+    w, b = attn.in_proj_weight, attn.in_proj_bias  # rows: query, key, value
+    state = {"attn.q.weight": w[:d], "attn.q.bias": b[:d], "attn.kv.weight": w[d:], "attn.kv.bias": b[d:],
+             "attn.proj.weight": attn.out_proj.weight, "attn.proj.bias": attn.out_proj.bias}
+    for mine, peer in (("mlp.net.0", layer.fc1), ("mlp.net.2", layer.fc2),
+                       ("norm1", layer.layer_norms[0]), ("norm2", layer.layer_norms[1])):
+        state |= {f"{mine}.weight": peer.weight, f"{mine}.bias": peer.bias}
+    return state
+
+
+def _copy_fairseq_encoder(ours: nn.Module, theirs: nn.Module) -> None:
+    """MMSA's ``TransformerEncoder`` -> mmgpt's :class:`~mmgpt.fusion.mult_mmsa.FairseqEncoder`."""
+    state = {f"blocks.{i}.{k}": v for i, layer in enumerate(theirs.layers) for k, v in _fairseq_layer(layer).items()}
+    state |= {f"norm.{k}": v for k, v in theirs.layer_norm.state_dict().items()}
+    ours.load_state_dict(state, strict=True)
+
+
+def _copy_mult(ours: nn.Module, theirs: nn.Module) -> None:
+    for letter, mine in MULT_LETTERS.items():
+        ours.encoders[mine].conv.load_state_dict(getattr(theirs, f"proj_{letter}").state_dict(), strict=True)
+        _copy_fairseq_encoder(ours.fusion.memory[mine], getattr(theirs, f"trans_{letter}_mem"))
+        for source, other in MULT_LETTERS.items():  # trans_<target>_with_<source>
+            if source != letter:
+                _copy_fairseq_encoder(ours.fusion.cross[f"{other}->{mine}"],
+                                      getattr(theirs, f"trans_{letter}_with_{source}"))
+    for mine, peer in (("proj1", theirs.proj1), ("proj2", theirs.proj2), ("out", theirs.out_layer)):
+        _copy_linear(getattr(ours.head, mine), peer)
+
+
 def copy_mmsa_weights(model: str, ours: nn.Module, theirs: nn.Module, feature_dims: Sequence[int]) -> None:
     """Load MMSA's ``theirs`` (``AMIO(args).Model``) into mmgpt's network ``ours`` of ``experiment=mosi_mmsa_<model>``.
 
     Args:
-        model: ``tfn``, ``lmf``, ``lf_dnn`` or ``ef_lstm``.
+        model: ``tfn``, ``lmf``, ``lf_dnn``, ``ef_lstm`` or ``mult``.
         ours: mmgpt's network (``MultimodalTransformer``).
         theirs: MMSA's model.
         feature_dims: the feature sizes (text, audio, vision), MMSA's ``args.feature_dims``.
@@ -65,6 +100,9 @@ def copy_mmsa_weights(model: str, ours: nn.Module, theirs: nn.Module, feature_di
     if model not in EXACT_MODELS:
         raise ValueError(f"{model}: mmgpt builds MMSA's architecture for {list(EXACT_MODELS)} only")
     with torch.no_grad():
+        if model == "mult":
+            _copy_mult(ours, theirs)
+            return
         if model == "ef_lstm":
             ours.fusion.norm.load_state_dict(theirs.norm.state_dict())
             lstm = dict(theirs.lstm.state_dict())

@@ -19,11 +19,11 @@ synthetic CMU-MOSI pickle and seeds, interleaved (MMSA run, mmgpt run, MMSA run,
 The pairs (peer -> mmgpt): TFN -> tensor, LMF -> low_rank, MulT -> mult, LF-DNN -> late on the unaligned file,
 EF-LSTM -> early on the aligned file (MMSA's EF-LSTM needs aligned data). mmgpt runs its own architecture (the
 README's "mmgpt vs MMSA" table lists what differs). With ``--exact`` mmgpt runs ``experiment=mosi_mmsa_<model>``
-instead: MMSA's own architecture and recipe for TFN, LMF, LF-DNN and EF-LSTM (the same trainable parameter count,
-tests/test_mmsa_exact.py: MMSA's weights loaded into it give MMSA's outputs), MMSA's recipe on mmgpt's ``mult`` for
-MulT; its results go to ``peer_mmsa_exact``. ``--from-mmsa-init`` (with ``--exact``, MulT left out) starts each
-mmgpt run from the initial weights of MMSA's run of the same seed (:mod:`bench.mmsa_weights`), so that a pair
-differs only in training; into ``peer_mmsa_exact_init``.
+instead: MMSA's own architecture and recipe for TFN, LMF, LF-DNN, EF-LSTM and MulT (the same trainable parameter
+count, tests/test_mmsa_exact.py: MMSA's weights loaded into it give MMSA's outputs); its results go to
+``peer_mmsa_exact``. ``--from-mmsa-init`` (with ``--exact``) starts each mmgpt run from the initial weights of MMSA's
+run of the same seed (:mod:`bench.mmsa_weights`), so that a pair differs only in training; into
+``peer_mmsa_exact_init``.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ class FitClock(pl.Callback):
         self.fit_s = time.perf_counter() - self._t0
 
 
-#: MMSA model -> mmgpt's experiment with its architecture (``--exact``); MulT's is its recipe on mmgpt's ``mult``.
+#: MMSA model -> mmgpt's experiment with its architecture and recipe (``--exact``).
 EXACT: dict[str, str] = {model: f"mosi_mmsa_{model.lower()}" for model in PAIRS}
 
 
@@ -321,9 +321,8 @@ def report(runs: list[Run], *, command: str, shape: Any, problems: dict[str, lis
         else f"Loader differences: {json.dumps(problems)}"
     title = "mmgpt with MMSA's architectures vs MMSA's reference implementations" if exact else \
         "mmgpt vs MMSA's reference implementations"
-    sides = ("mmgpt runs `experiment=mosi_mmsa_<model>`: MMSA's own architecture and recipe for TFN, LMF, LF_DNN "
-             "and EF_LSTM (the same trainable parameter count), MMSA's recipe on mmgpt's `mult` for MulT. "
-             ) if exact else ""
+    sides = ("mmgpt runs `experiment=mosi_mmsa_<model>`: MMSA's own architecture and recipe for TFN, LMF, LF_DNN, "
+             "EF_LSTM and MulT (the same trainable parameter count). ") if exact else ""
     if from_mmsa_init:
         sides += ("Each mmgpt run starts from the initial weights of MMSA's run of the same seed (MMSA's model built "
                   "after MMSA's `setup_seed`, its weights mapped into mmgpt's network by `bench/mmsa_weights.py`), "
@@ -373,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, default=6)
     parser.add_argument("--patience", type=int, default=3, help="epochs without a better validation loss (MMSA: 8)")
     parser.add_argument("--models", nargs="+", default=None, choices=list(PAIRS),
-                        help="default: all five (all but MulT with --from-mmsa-init)")
+                        help="default: all five")
     parser.add_argument("--model-seeds", nargs="+", default=[], metavar="MODEL=N",
                         help="run MODEL on the first N seeds only (MulT=3: its epochs take 20x LMF's)")
     parser.add_argument("--steps", type=int, nargs=3, default=None, metavar=("TEXT", "AUDIO", "VISION"),
@@ -384,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="mmgpt runs experiment=mosi_mmsa_<model> (MMSA's architectures); into peer_mmsa_exact")
     parser.add_argument("--from-mmsa-init", action="store_true",
                         help="with --exact: each mmgpt run starts from the initial weights of MMSA's run of the same "
-                             "seed (TFN, LMF, LF_DNN, EF_LSTM); into peer_mmsa_exact_init")
+                             "seed; into peer_mmsa_exact_init")
     parser.add_argument("--data", type=Path, default=None, help="where to write the pickles (default: a temp dir)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the table from the saved runs")
     args = parser.parse_args(argv)
@@ -392,9 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_mmsa_init and not args.exact:
         parser.error("--from-mmsa-init needs --exact (MMSA's weights fit only MMSA's architectures)")
     if args.models is None:
-        args.models = [m for m in PAIRS if not (args.from_mmsa_init and m == "MulT")]
-    if args.from_mmsa_init and "MulT" in args.models:
-        parser.error("--from-mmsa-init: mmgpt has no exact MulT to load MMSA's weights into; leave MulT out (--models)")
+        args.models = list(PAIRS)
     name = "peer_mmsa" + ("_exact" if args.exact else "") + ("_init" if args.from_mmsa_init else "") + \
         ("_quick" if args.quick else "")
     if args.report_only:

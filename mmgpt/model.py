@@ -68,6 +68,28 @@ class MLPHead(nn.Module):
         return low + (high - low) * torch.sigmoid(y)
 
 
+class ResidualHead(nn.Module):
+    """A residual block, then a Linear: ``out(x + proj2(Dropout(ReLU(proj1(x)))))`` (MMSA's MulT after its fusion:
+    ``proj1``, ``proj2``, ``out_layer``, ``output_dropout``).
+
+    Args:
+        dim: input width D (the fusion's output width), kept through the block.
+        num_classes: outputs C.
+        dropout: dropout after the ReLU.
+    """
+
+    def __init__(self, *, dim: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.proj1 = nn.Linear(dim, dim)
+        self.proj2 = nn.Linear(dim, dim)
+        self.drop = Dropout(dropout)
+        self.out = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x + self.proj2(self.drop(torch.relu(self.proj1(x))))  # (..., D)
+        return self.out(h)  # (..., C)
+
+
 class IdentityHead(nn.Module):
     """No parameters: the fusion's output already is the prediction (MMSA's LMF fuses straight to its one output).
 

@@ -122,6 +122,13 @@ def early_lstm(s: Sizes, modalities: list[str]) -> Spec:
             "num_layers": 1, "dropout": s.dropout}
 
 
+def mult_mmsa(s: Sizes, modalities: list[str]) -> Spec:
+    d = s.dropout
+    return {"type": "mult_mmsa", "modalities": modalities, "dim": s.dim, "num_heads": s.num_heads, "num_layers": 1,
+            "self_layers": 1, "cross_attn_dropout": None, "attn_dropout": d, "relu_dropout": d, "res_dropout": d,
+            "embed_dropout": d, "causal": True, "order": None}
+
+
 def _unimodal(modality: str) -> Callable[[Sizes, list[str]], Spec]:
     def fusion(s: Sizes, modalities: list[str]) -> Spec:
         return {"type": "unimodal", "modalities": [modality], "dim": s.dim}
@@ -138,10 +145,12 @@ FUSIONS: dict[str, Callable[[Sizes, list[str]], Spec]] = {
 }
 
 
-#: The fusions of MMSA's LF-DNN and EF-LSTM (``experiment=mosi_mmsa_lf_dnn`` / ``_ef_lstm``), which the shipped
-#: text / image / audio network cannot run: ``concat`` outputs the encoders' widths summed (the head takes that
-#: width, ``model.net.head.dim=null``), ``early_lstm`` needs aligned modalities. Their specs, as composed.
-FEATURE_FUSIONS: dict[str, Callable[[Sizes, list[str]], Spec]] = {"concat": concat, "early_lstm": early_lstm}
+#: The fusions of MMSA's LF-DNN, EF-LSTM and MulT (``experiment=mosi_mmsa_lf_dnn`` / ``_ef_lstm`` / ``_mult``), which
+#: the shipped text / image / audio network cannot run as it is: ``concat`` outputs the encoders' widths summed and
+#: ``mult_mmsa`` (M - 1) M dim features (the head takes that width, ``model.net.head.dim=null``), ``early_lstm``
+#: needs aligned modalities. Their specs, as composed.
+FEATURE_FUSIONS: dict[str, Callable[[Sizes, list[str]], Spec]] = {"concat": concat, "early_lstm": early_lstm,
+                                                                   "mult_mmsa": mult_mmsa}
 
 
 def network_spec(fusion: str = "early", sizes: Sizes = Sizes(), *, decoder: bool = False) -> Spec:

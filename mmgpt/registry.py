@@ -75,6 +75,7 @@ BUILTIN: dict[str, Part] = {
     "lstm_encoder": Part("encoder", "mmgpt.encoders.subnets:LSTMEncoder"),
     "mlp_subnet": Part("encoder", "mmgpt.encoders.subnets:MLPSubNet"),
     "raw_features": Part("encoder", "mmgpt.encoders.subnets:RawFeatures"),
+    "temporal_conv": Part("encoder", "mmgpt.encoders.subnets:TemporalConv"),
     # image stems: (B, 3, H, W) -> (B, D, H/p, W/p)
     "patch_embed": Part("image_stem", "mmgpt.encoders.image:PatchEmbed"),
     "conv_stem": Part("image_stem", "mmgpt.encoders.image:ConvStem"),
@@ -87,6 +88,7 @@ BUILTIN: dict[str, Part] = {
     "tensor": Part("fusion", "mmgpt.fusion.tensor:TensorFusion"),
     "low_rank": Part("fusion", "mmgpt.fusion.tensor:LowRankFusion"),
     "mult": Part("fusion", "mmgpt.fusion.mult:MulTFusion"),
+    "mult_mmsa": Part("fusion", "mmgpt.fusion.mult_mmsa:MMSAMulTFusion"),
     "bottleneck": Part("fusion", "mmgpt.fusion.bottleneck:BottleneckFusion"),
     "resampler": Part("fusion", "mmgpt.fusion.resampler:ResamplerFusion"),
     "unimodal": Part("fusion", "mmgpt.fusion.unimodal:UnimodalBaseline"),
@@ -98,6 +100,7 @@ BUILTIN: dict[str, Part] = {
     "classification_head": Part("head", "mmgpt.model:ClassificationHead"),
     "mlp_head": Part("head", "mmgpt.model:MLPHead"),
     "identity_head": Part("head", "mmgpt.model:IdentityHead"),
+    "residual_head": Part("head", "mmgpt.model:ResidualHead"),
     "text_decoder": Part("decoder", "mmgpt.decoder:TextDecoder"),
     "hf_decoder": Part("decoder", "mmgpt.hf_decoder:HFDecoder",
                        checkpoint_overrides={"load_weights": False, **NO_REMOTE_CODE}),
@@ -121,6 +124,7 @@ BUILTIN: dict[str, Part] = {
     "sgd": Part("optimizer", "torch.optim:SGD"),
     "warmup_cosine": Part("scheduler", "mmgpt.training.optim:warmup_cosine"),
     "constant": Part("scheduler", "mmgpt.training.optim:constant"),
+    "plateau": Part("scheduler", "mmgpt.training.optim:Plateau"),
 }
 
 _USER: dict[str, Part] = {}

@@ -38,7 +38,7 @@ NEEDS_DATA = {"data=manifest", "data=shards", "data=hf", *(f"{g}={b}" for g in (
 
 
 def extra_overrides(option: str, tmp_path: Path) -> list[str]:
-    if option == "model/fusion=concat":  # its output is the encoders' widths summed: the head takes that width
+    if option in ("model/fusion=concat", "model/fusion=mult_mmsa"):  # outputs wider than dim: the head takes it
         return ["model.net.head.dim=null"]
     if option == "data=hf":
         return [f"data.path={tmp_path}"]

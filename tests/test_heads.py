@@ -1,9 +1,10 @@
-"""The heads of mmgpt/model.py: MMSA's post-fusion MLP (with TFN's sigmoid output range) and the identity head."""
+"""The heads of mmgpt/model.py: MMSA's post-fusion MLP (with TFN's sigmoid output range), MulT's residual block and
+the identity head."""
 
 import pytest
 import torch
 
-from mmgpt.model import ClassificationHead, IdentityHead, MLPHead
+from mmgpt.model import ClassificationHead, IdentityHead, MLPHead, ResidualHead
 
 
 def test_mlp_head_layers_are_mmsas_post_fusion_layers():
@@ -69,3 +70,16 @@ def test_a_head_of_another_width_than_the_fusions_output_is_refused_at_build_tim
     with pytest.raises(SpecError, match=r"model\.net\.head\.dim=8, but the fusion \(concat\) outputs 7 features"):
         build_network(_spec({"type": "classification_head", "dim": 8},
                             {"type": "concat", "input_dims": {"a": 2, "b": 5}}), num_classes=2)
+
+
+def test_residual_head_is_mmsas_mult_output_block():
+    """MMSA's MulT: out_layer(x + proj2(dropout(relu(proj1(x)))))."""
+    torch.manual_seed(0)
+    head = ResidualHead(dim=6, num_classes=1, dropout=0.5).eval()
+    x = torch.randn(4, 6)
+    want = head.out(x + head.proj2(torch.relu(head.proj1(x))))
+    torch.testing.assert_close(head(x), want)
+    assert sum(p.numel() for p in head.parameters()) == 2 * (6 * 6 + 6) + 6 + 1
+    head.train()
+    head.drop.p = 1.0  # the residual branch dropped entirely: the output layer on x
+    torch.testing.assert_close(head(x), head.out(x + head.proj2.bias))

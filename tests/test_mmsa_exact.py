@@ -1,7 +1,8 @@
 """``experiment=mosi_mmsa_<model>`` builds MMSA's own network: MMSA's weights copied into it give MMSA's outputs
-(on sequences without padding, where the two differ by design), and the trainable parameter count of each equals
-that of MMSA's model built from MMSA's own config (``get_config_regression``) on the same feature sizes, part by
-part where the parts line up (sub-networks, fusion + post-fusion layers).
+(on sequences without padding, where the two differ by design; for MulT also per sample on a padded batch), and
+the trainable parameter count of each equals that of MMSA's model built from MMSA's own config
+(``get_config_regression``) on the same feature sizes, part by part where the parts line up (sub-networks, fusion +
+post-fusion layers).
 
 Needs the ``mmsa`` package (the dev extra); importing it and building TFN's 9M-parameter layer takes seconds.
 """
@@ -63,12 +64,22 @@ def _theirs(model: str, path: Path) -> torch.nn.Module:
     return AMIO(args).Model
 
 
-@pytest.mark.parametrize("model", ["tfn", "lmf", "lf_dnn", "ef_lstm"])
+#: mmgpt modality -> MMSA's MulT projection
+MULT_PROJECTIONS = {"language": "proj_l", "acoustic": "proj_a", "visual": "proj_v"}
+
+
+@pytest.mark.parametrize("model", ["tfn", "lmf", "lf_dnn", "ef_lstm", "mult"])
 def test_the_experiment_builds_mmsas_network(files, model):
     path = files["aligned" if model == "ef_lstm" else "unaligned"]
     ours, theirs = _ours(model, path), _theirs(model, path)
     assert _trainable(ours) == _trained_by_mmsa(model, theirs)
-    if model != "ef_lstm":  # sub-network by sub-network (MMSA: audio, video, text)
+    if model == "mult":  # projections, cross-modal + memory stacks, residual block + output layer
+        for mine, peer in MULT_PROJECTIONS.items():
+            assert _trainable(ours.encoders[mine]) == _trainable(getattr(theirs, peer)), mine
+        stacks = [m for n, m in theirs.named_children() if n.startswith("trans_")]
+        assert _trainable(ours.fusion) == sum(_trainable(m) for m in stacks)
+        assert _trainable(ours.head) == sum(_trainable(getattr(theirs, n)) for n in ("proj1", "proj2", "out_layer"))
+    elif model != "ef_lstm":  # sub-network by sub-network (MMSA: audio, video, text)
         for mine, peer in (("acoustic", "audio_subnet"), ("visual", "video_subnet"), ("language", "text_subnet")):
             assert _trainable(ours.encoders[mine]) == _trainable(getattr(theirs, peer)), mine
     # BatchNorm running statistics (buffers) too
@@ -94,12 +105,12 @@ def _loader(path: Path):
 
 
 # --- Same weights, same function: MMSA's weights copied into mmgpt's network give MMSA's outputs, on sequences
-# without padding (where the two differ by design: mmgpt averages and reads the LSTM state over the real steps only).
+# without padding (where the two differ by design: mmgpt averages and reads the LSTM state over the real steps only;
+# its MulT masks the padding and reads each target's last real step). MulT takes the whole sequences, as in MMSA.
 
 
-@pytest.mark.parametrize("model", ["tfn", "lmf", "lf_dnn", "ef_lstm"])
-def test_mmsas_weights_give_mmsas_outputs(files, model):
-    path = files["aligned" if model == "ef_lstm" else "unaligned"]
+def _with_mmsas_weights(model: str, path: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """mmgpt's and MMSA's networks in eval mode, MMSA's weights perturbed and copied into mmgpt's."""
     ours, theirs = _ours(model, path), _theirs(model, path)
     torch.manual_seed(0)
     for name, buf in theirs.named_buffers():  # BatchNorm statistics away from (0, 1), so that they count
@@ -111,19 +122,48 @@ def test_mmsas_weights_give_mmsas_outputs(files, model):
         if p.requires_grad:
             p.data.add_(torch.randn_like(p) * 0.05)
     copy_mmsa_weights(model, ours, theirs, [SHAPE.dims[k] for k in ("text", "audio", "vision")])
-    ours.eval(), theirs.eval()
+    return ours.eval(), theirs.eval()
+
+
+def _full_batch(inputs: dict[str, torch.Tensor]) -> MultimodalBatch:
+    B = next(iter(inputs.values())).shape[0]
+    return MultimodalBatch(inputs=inputs, masks={m: torch.ones(x.shape[:2], dtype=torch.bool)
+                                                 for m, x in inputs.items()},
+                           present={m: torch.ones(B, dtype=torch.bool) for m in inputs})
+
+
+@pytest.mark.parametrize("model", ["tfn", "lmf", "lf_dnn", "ef_lstm", "mult"])
+def test_mmsas_weights_give_mmsas_outputs(files, model):
+    path = files["aligned" if model == "ef_lstm" else "unaligned"]
+    ours, theirs = _with_mmsas_weights(model, path)
     B = 6
     steps = (SHAPE.steps[0],) * 3 if model == "ef_lstm" else SHAPE.steps
     text, audio, vision = (torch.randn(B, n, SHAPE.dims[k]) for n, k in zip(steps, ("text", "audio", "vision")))
-    inputs = {"language": text, "acoustic": audio, "visual": vision}
-    batch = MultimodalBatch(inputs=inputs, masks={m: torch.ones(x.shape[:2], dtype=torch.bool)
-                                                  for m, x in inputs.items()},
-                            present={m: torch.ones(B, dtype=torch.bool) for m in inputs})
-    if model != "ef_lstm":  # MMSA's loader hands these models audio and vision averaged over the steps
+    batch = _full_batch({"language": text, "acoustic": audio, "visual": vision})
+    if model not in ("ef_lstm", "mult"):  # MMSA's loader hands these models audio and vision averaged over the steps
         audio, vision = audio.mean(dim=1, keepdim=True), vision.mean(dim=1, keepdim=True)
     with torch.no_grad():
         expected = theirs(text, audio, vision)["M"]
         got = ours(batch).logits
     assert got.shape == expected.shape == (B, 1)
     assert expected.std() > 1e-3  # not a constant output that any weights would match
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mult_on_a_padded_batch_gives_mmsas_output_on_each_sample_unpadded(files):
+    """Padded steps are masked, the future mask's diagonal follows each sample's lengths and the summary is its last
+    real step: each sample of a padded batch gets what MMSA computes on that sample alone (one shorter than the
+    kernel included: MMSA's convolution reads it zero-padded to the kernel)."""
+    ours, theirs = _with_mmsas_weights("mult", files["unaligned"])
+    lengths = {"text": [10, 7, 3], "audio": [12, 9, 12], "vision": [8, 8, 6]}  # text 3 < kernel 5
+    seqs = {k: [torch.randn(n, SHAPE.dims[k]) for n in ns] for k, ns in lengths.items()}
+    inputs, masks = {}, {}
+    for mine, k in (("language", "text"), ("acoustic", "audio"), ("visual", "vision")):
+        inputs[mine] = torch.nn.utils.rnn.pad_sequence(seqs[k], batch_first=True, padding_value=7.0)  # not zeros
+        masks[mine] = torch.arange(inputs[mine].shape[1])[None, :] < torch.tensor(lengths[k])[:, None]
+    batch = MultimodalBatch(inputs=inputs, masks=masks, present={m: torch.ones(3, dtype=torch.bool) for m in inputs})
+    with torch.no_grad():
+        got = ours(batch).logits
+        expected = torch.cat([theirs(*(torch.nn.functional.pad(seqs[k][i], (0, 0, 0, max(0, 5 - lengths[k][i])))[None]
+                                       for k in ("text", "audio", "vision")))["M"] for i in range(3)])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

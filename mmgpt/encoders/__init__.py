@@ -7,8 +7,8 @@ from mmgpt.encoders.audio import AudioEncoder
 from mmgpt.encoders.base import EncoderOutput
 from mmgpt.encoders.features import FeaturesEncoder
 from mmgpt.encoders.image import ImageEncoder
-from mmgpt.encoders.subnets import LSTMEncoder, MLPSubNet, RawFeatures
+from mmgpt.encoders.subnets import LSTMEncoder, MLPSubNet, RawFeatures, TemporalConv
 from mmgpt.encoders.text import TextEncoder
 
 __all__ = ["AudioEncoder", "EncoderOutput", "FeaturesEncoder", "ImageEncoder", "LSTMEncoder", "MLPSubNet",
-           "RawFeatures", "TextEncoder"]
+           "RawFeatures", "TemporalConv", "TextEncoder"]

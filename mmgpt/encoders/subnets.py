@@ -9,13 +9,15 @@ Their widths may differ per modality; the fusions take them as ``input_dims``.
 * :class:`LSTMEncoder` is MMSA's ``TextSubNet``: an LSTM over the steps, its last hidden state, dropout, a Linear.
 * :class:`MLPSubNet` is MMSA's ``SubNet``: the time-averaged features, BatchNorm, dropout and three ReLU layers.
 
-:class:`RawFeatures` is the odd one out: it hands the feature sequence on unchanged (B, N, F), for a fusion that
-reads the features themselves (MMSA's EF-LSTM: ``fusion: early_lstm``).
+:class:`RawFeatures` and :class:`TemporalConv` are the odd ones out: they hand a sequence on, (B, N, F) and
+(B, N - k + 1, D), for a fusion that reads the steps themselves (MMSA's EF-LSTM: ``fusion: early_lstm``; MMSA's
+MulT: ``mult_mmsa``).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmgpt.encoders.base import EncoderOutput
@@ -127,3 +129,48 @@ class RawFeatures(nn.Module):
         """x (B, N, F), mask (B, N) -> the same, as tokens."""
         x, mask = _as_steps(x, mask, self.input_dim)
         return EncoderOutput(x, mask)
+
+
+class TemporalConv(nn.Module):
+    """Input dropout -> a 1-D convolution over the steps, ``kernel_size`` wide, no padding, no bias (F -> D):
+    MMSA's MulT projections (``proj_l`` / ``proj_a`` / ``proj_v``; text dropped out at ``text_dropout`` first).
+
+    Without padding the sequence shortens by ``kernel_size - 1``. An output step is real when its whole window is
+    (a sequence of n real steps gives n - k + 1), so each sample's real outputs are what the convolution gives on
+    that sample alone, unpadded, whatever its batch-mates' lengths. Padded input steps are zeroed first. A sequence
+    shorter than the kernel (0 < n < k) gives one real step, its window holding the n real steps and zeros after
+    them: what MMSA's convolution reads from its zero-padded arrays. A batch whose padded length is under the
+    kernel is padded with zeros up to it. A sample without the modality (n = 0) has no real step.
+
+    (MMSA skips the convolution of a modality whose feature size already equals its width; here it always runs.)
+
+    Args:
+        input_dim: feature size F; None takes it from the data's declaration (``data.modalities.<name>.dim``).
+        dim: output width D (MMSA: ``dst_feature_dim_nheads[0]``).
+        kernel_size: k (MMSA: ``conv1d_kernel_size_<l|a|v>``).
+        dropout: dropout on the input features (MMSA: ``text_dropout`` for the text, none for audio and vision).
+    """
+
+    modality_kind = "features"
+
+    def __init__(self, *, input_dim: int | None, dim: int, kernel_size: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.input_dim = _need_input_dim("temporal_conv", input_dim)
+        if kernel_size < 1:
+            raise ValueError(f"temporal_conv: kernel_size={kernel_size} must be at least 1")
+        self.kernel_size = int(kernel_size)
+        self.drop = Dropout(dropout)
+        self.conv = nn.Conv1d(self.input_dim, dim, kernel_size=self.kernel_size, padding=0, bias=False)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
+        """x (B, N, F), mask (B, N) True = real step (a prefix) -> tokens (B, max(N, k) - k + 1, D) and their mask."""
+        x, mask = _as_steps(x, mask, self.input_dim)
+        k, N = self.kernel_size, x.shape[1]
+        x = x.masked_fill(~mask[..., None], 0.0)  # padding reads as MMSA's zeros, whatever the collate put there
+        if N < k:
+            x, mask = F.pad(x, (0, 0, 0, k - N)), F.pad(mask, (0, k - N))  # (B, k, F)
+        h = self.conv(self.drop(x).transpose(1, 2)).transpose(1, 2)  # (B, N', D), N' = max(N, k) - k + 1
+        n = mask.sum(dim=1)  # (B,) real input steps
+        real = torch.where(n > 0, (n - k + 1).clamp(min=1), 0)  # (B,) real output steps
+        out_mask = torch.arange(h.shape[1], device=h.device)[None, :] < real[:, None]  # (B, N')
+        return EncoderOutput(h, out_mask)

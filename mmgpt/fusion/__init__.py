@@ -11,6 +11,7 @@ from mmgpt.fusion.cross_attention import CrossAttentionFusion
 from mmgpt.fusion.early import EarlyFusion
 from mmgpt.fusion.late import Combiner, ConcatMLP, LateFusion, LogitAverage
 from mmgpt.fusion.mult import MulTFusion
+from mmgpt.fusion.mult_mmsa import MMSAMulTFusion
 from mmgpt.fusion.recurrent import EarlyLSTMFusion
 from mmgpt.fusion.resampler import ResamplerFusion
 from mmgpt.fusion.tensor import LowRankFusion, TensorFusion
@@ -29,6 +30,7 @@ __all__ = [
     "LateFusion",
     "LogitAverage",
     "LowRankFusion",
+    "MMSAMulTFusion",
     "ModalityEmbedding",
     "MulTFusion",
     "ResamplerFusion",

@@ -40,6 +40,7 @@ def build_attention_mask(
     causal: bool,
     device: torch.device,
     prefix: int = 0,
+    causal_offset: Tensor | None = None,
 ) -> Tensor | None:
     """Boolean mask (True = may attend) broadcastable to (B, H, N, M), or None when nothing is masked.
 
@@ -54,9 +55,17 @@ def build_attention_mask(
         device: where to build the mask.
         prefix: with ``causal``, the first ``prefix`` keys are visible to every query (prefix-LM masking: a
             bidirectional prefix, e.g. media tokens, followed by causal text).
+        causal_offset: with ``causal``, (B,) one diagonal per sample instead of M - N: query i of sample b sees
+            keys j <= i + causal_offset[b] (MMSA's MulT offsets its future mask by |M - N| of each sample's lengths).
     """
     mask: Tensor | None = None
-    if causal:
+    if causal and causal_offset is not None:
+        i = torch.arange(num_queries, device=device)[None, :, None]  # (1, N, 1)
+        j = torch.arange(num_keys, device=device)[None, None, :]  # (1, 1, M)
+        mask = (j <= i + causal_offset.to(device)[:, None, None])[:, None]  # (B, 1, N, M)
+        if prefix:
+            mask[..., :prefix] = True
+    elif causal:
         # Query i may see keys j <= i + (M - N): aligns the causal diagonal to the end when M > N (KV caches).
         offset = num_keys - num_queries
         mask = torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).tril(diagonal=offset)
@@ -80,9 +89,12 @@ class Attention(nn.Module):
         num_heads: number of heads H; ``dim`` must be divisible by it.
         dropout: dropout on attention weights and on the output projection (training only).
         context_dim: width of the context for cross-attention (defaults to ``dim``).
+        proj_dropout: dropout on the output projection when it differs from the weights' (fairseq's layers drop
+            the weights at ``attn_dropout`` and the output at ``res_dropout``); None: ``dropout``.
     """
 
-    def __init__(self, *, dim: int, num_heads: int, dropout: float = 0.0, context_dim: int | None = None) -> None:
+    def __init__(self, *, dim: int, num_heads: int, dropout: float = 0.0, context_dim: int | None = None,
+                 proj_dropout: float | None = None) -> None:
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
@@ -91,7 +103,7 @@ class Attention(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(context_dim or dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(dropout)
+        self.proj_drop = nn.Dropout(dropout if proj_dropout is None else proj_dropout)
 
     def forward(
         self,
@@ -101,6 +113,8 @@ class Attention(nn.Module):
         causal: bool = False,
         prefix: int = 0,
         cache: KVCache | None = None,
+        values: Tensor | None = None,
+        causal_offset: Tensor | None = None,
     ) -> Tensor:
         """Attend from ``x`` (B, N, D) to ``context`` (B, M, Dc), or to ``x`` itself.
 
@@ -113,6 +127,9 @@ class Attention(nn.Module):
             prefix: with ``causal``, the number of leading keys every query may see (prefix-LM masking).
             cache: keys/values of earlier calls. Self-attention appends this call's keys/values to it; cross-
                 attention fills it on the first call and then ignores ``context``.
+            values: (B, M, Dc) a separate input of the values, the keys coming from ``context`` (fairseq's layers
+                take key and value inputs with dropout masks of their own); None: both from ``context``.
+            causal_offset: (B,) per-sample diagonals of the causal mask (:func:`build_attention_mask`).
         Returns:
             (B, N, D).
         """
@@ -123,13 +140,18 @@ class Attention(nn.Module):
             k, v = cache.k, cache.v  # cross-attention: the context's keys/values do not change
         else:
             ctx = x if context is None else context
-            k, v = self.kv(ctx).view(B, ctx.shape[1], 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, Dh)
+            if values is None:
+                k, v = self.kv(ctx).view(B, ctx.shape[1], 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, Dh)
+            else:  # keys from the context, values from ``values``: the packed projection's two halves (through
+                # the module itself, so that a wrapped projection, a LoRA adapter, adapts both)
+                k = self.kv(ctx)[..., :D].reshape(B, ctx.shape[1], H, D // H).transpose(1, 2)  # (B, H, M, Dh)
+                v = self.kv(values)[..., D:].reshape(B, values.shape[1], H, D // H).transpose(1, 2)  # (B, H, M, Dh)
             if cache is not None:
                 if context is None and cache.k is not None:
                     k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)  # (B, H, M, Dh)
                 cache.k, cache.v = k, v
         M = k.shape[2]
-        mask = build_attention_mask(key_mask, N, M, causal, x.device, prefix)
+        mask = build_attention_mask(key_mask, N, M, causal, x.device, prefix, causal_offset)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, N, Dh)

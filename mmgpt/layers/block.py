@@ -10,21 +10,23 @@ from mmgpt.layers.dropout import Dropout
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: Linear -> GELU -> Linear.
+    """Position-wise feed-forward: Linear -> GELU (or ``activation``) -> Linear.
 
     Args:
         dim: width D.
         mlp_ratio: hidden width / D.
         dropout: dropout on the output.
         approximate: ``nn.GELU``'s approximation (``"tanh"`` is GPT-2's ``gelu_new``).
+        activation: the hidden activation, a module without parameters (e.g. ``nn.Sequential(nn.ReLU(),
+            Dropout(p))`` for fairseq's ReLU with ``relu_dropout``); None: GELU with ``approximate``.
     """
 
-    def __init__(self, *, dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0, approximate: str = "none") -> None:
+    def __init__(self, *, dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0, approximate: str = "none",
+                 activation: nn.Module | None = None) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(approximate=approximate), nn.Linear(hidden, dim), Dropout(dropout)
-        )
+        act = nn.GELU(approximate=approximate) if activation is None else activation
+        self.net = nn.Sequential(nn.Linear(dim, hidden), act, nn.Linear(hidden, dim), Dropout(dropout))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -75,6 +77,56 @@ class Block(nn.Module):
         else:
             x = x + g_attn * self.attn(h, context=context, key_mask=context_mask, cache=cache)
         return x + g_mlp * self.mlp(self.norm2(x))
+
+
+class SharedNormBlock(nn.Module):
+    """fairseq's pre-norm encoder layer as MulT's reference code (and MMSA's copy of it) has it: one LayerNorm for
+    the queries and, in cross-attention, for the keys and the values too; a ReLU MLP.
+
+    It differs from :class:`Block` in what the reference does differently: the context is normalised by the
+    queries' LayerNorm (:class:`Block` takes it as it comes), the attention weights and the two residual branches
+    have dropouts of their own (``attn_dropout``; ``res_dropout`` on the attention output and the MLP output;
+    ``relu_dropout`` after the ReLU), and the keys and values may come from two inputs (``values``: fairseq drops
+    them out with separate masks).
+
+    Args:
+        dim: width D.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width / D (fairseq: 4).
+        attn_dropout: dropout on the attention weights.
+        relu_dropout: dropout after the MLP's ReLU.
+        res_dropout: dropout on each branch before it is added to the residual stream.
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float = 4.0, attn_dropout: float = 0.0,
+                 relu_dropout: float = 0.0, res_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim=dim, num_heads=num_heads, dropout=attn_dropout, proj_dropout=res_dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim=dim, mlp_ratio=mlp_ratio, dropout=res_dropout,
+                       activation=nn.Sequential(nn.ReLU(), Dropout(relu_dropout)))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False, context: Tensor | None = None,
+                values: Tensor | None = None, causal_offset: Tensor | None = None) -> Tensor:
+        """x (B, N, D) -> (B, N, D); ``mask`` (B, M) True = real key, of x in self-attention, else of the context.
+
+        Args:
+            x: queries (B, N, D).
+            mask: the keys' padding mask (B, M).
+            causal: the future mask (query i sees keys j <= i + ``causal_offset``, M - N by default).
+            context: keys (B, M, D) for cross-attention; None: self-attention.
+            values: values (B, M, D) when they differ from ``context`` (separate dropout masks).
+            causal_offset: (B,) the future mask's diagonal per sample.
+        """
+        h = self.norm1(x)
+        if context is None:
+            x = x + self.attn(h, key_mask=mask, causal=causal, causal_offset=causal_offset)
+        else:
+            v = None if values is None else self.norm1(values)
+            x = x + self.attn(h, context=self.norm1(context), values=v, key_mask=mask, causal=causal,
+                              causal_offset=causal_offset)
+        return x + self.mlp(self.norm2(x))
 
 
 class GatedCrossAttentionBlock(Block):

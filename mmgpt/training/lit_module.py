@@ -34,7 +34,7 @@ from mmgpt.training import backbone_checkpoints
 from mmgpt.training.distributed import clip_grad_norm_, consolidate, is_sharded, shard_module
 from mmgpt.training.finetune import freeze as freeze_parts
 from mmgpt.training.finetune import parameter_counts, trainable_by_part
-from mmgpt.training.optim import grad_norm, param_groups
+from mmgpt.training.optim import Plateau, grad_norm, param_groups
 from mmgpt.training.safe_load import module_hparams, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ class MultimodalModule(pl.LightningModule):
         num_classes: number of classes C.
         optimizer: spec of a registered optimizer (``{type: adamw, lr: ...}``), built with parameter groups.
             ``weight_decay`` is applied to matrices only.
-        scheduler: spec of a registered schedule, built with (optimizer, total_steps); None for constant.
+        scheduler: spec of a registered schedule, built with (optimizer, total_steps), stepped per optimizer step
+            (``plateau``: per epoch, on its validation metric); None for constant.
         label_smoothing: cross-entropy label smoothing of the default classification objective.
         class_names: names of the classes, in index order (saved so evaluation maps names the same way).
         objectives: name -> objective spec (``type`` with a ``weight``); None: classification only.
@@ -293,4 +294,7 @@ class MultimodalModule(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = registry.build(self.hparams.scheduler, "model.module.scheduler", "scheduler", optimizer=optimizer,
                                    total_steps=total)
+        if isinstance(scheduler, Plateau):  # stepped on a validation metric after each epoch's validation
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": scheduler.monitor}}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,4 +1,4 @@
-"""Optimisation helpers: parameter groups and the warm-up + cosine schedule."""
+"""Optimisation helpers: parameter groups, the warm-up + cosine schedule and the plateau schedule."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from mmgpt.training.distributed import local
 
@@ -93,3 +93,25 @@ def warmup_cosine(
 def constant(optimizer: Optimizer, total_steps: int) -> LambdaLR:
     """The base learning rate throughout (``total_steps`` is accepted for a uniform schedule signature)."""
     return LambdaLR(optimizer, lambda step: 1.0)
+
+
+class Plateau(ReduceLROnPlateau):
+    """torch's ``ReduceLROnPlateau``, stepped once per epoch on the validation metric ``monitor`` (the
+    LightningModule hands it to Lightning with ``interval: epoch`` and that monitor): the rate times ``factor``
+    after ``patience`` epochs without an improvement. MMSA's MulT trainer: ``mode="min", factor=0.1, patience=5``
+    on the validation loss.
+
+    Args:
+        optimizer: the optimizer.
+        total_steps: accepted for the schedules' common signature; unused.
+        monitor: the logged metric it watches (``val/loss``, ``val/mae``...).
+        mode: ``min`` or ``max``.
+        factor: the rate's factor at a plateau.
+        patience: epochs without an improvement before the rate drops.
+        threshold: the relative change that counts as an improvement (torch's default).
+    """
+
+    def __init__(self, optimizer: Optimizer, total_steps: int, *, monitor: str = "val/loss", mode: str = "min",
+                 factor: float = 0.1, patience: int = 10, threshold: float = 1e-4) -> None:
+        super().__init__(optimizer, mode=mode, factor=factor, patience=patience, threshold=threshold)
+        self.monitor = monitor

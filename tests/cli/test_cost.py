@@ -111,7 +111,7 @@ def test_network_cost_of_every_fusion(fusion):
 
     if fusion == "early_lstm":
         pytest.skip("early_lstm needs aligned modalities (MMSA's EF-LSTM); text, image and audio are not")
-    head = ["model.net.head.dim=null"] if fusion == "concat" else []  # its width: the encoders' summed
+    head = ["model.net.head.dim=null"] if fusion in ("concat", "mult_mmsa") else []  # outputs wider than dim
     cfg = compose_compare(["experiment=smoke", "data.image_size=16", f"model/fusion={fusion}", *head])
     net = build_network(OmegaConf.to_container(cfg.model.net, resolve=True), num_classes=5)
     cost = network_cost(net, make_batch(batch_size=2), _ce)

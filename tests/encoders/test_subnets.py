@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from mmgpt.encoders import LSTMEncoder, MLPSubNet, RawFeatures
+from mmgpt.encoders import LSTMEncoder, MLPSubNet, RawFeatures, TemporalConv
 
 
 def _prefix_mask(lengths: list[int], steps: int) -> torch.Tensor:
@@ -93,3 +93,54 @@ def test_a_wrong_feature_size_or_no_input_dim_is_refused(cls):
         cls(input_dim=None, **kwargs)
     with pytest.raises(ValueError, match="features of size 3"):
         cls(input_dim=5, **kwargs).eval()(torch.randn(2, 4, 3))
+
+
+# --- TemporalConv: MMSA's MulT projections (Conv1d, kernel k, no padding, no bias)
+
+
+def test_temporal_conv_is_an_unpadded_biasless_convolution():
+    torch.manual_seed(0)
+    enc = TemporalConv(input_dim=6, dim=4, kernel_size=5).eval()
+    assert enc.conv.bias is None and enc.conv.padding == (0,)
+    x = torch.randn(2, 9, 6)
+    out = enc(x)
+    assert out.tokens.shape == (2, 5, 4) and out.mask.all()
+    want = torch.nn.functional.conv1d(x.transpose(1, 2), enc.conv.weight).transpose(1, 2)  # (B, N - 4, D)
+    torch.testing.assert_close(out.tokens, want)
+
+
+def test_temporal_conv_marks_the_steps_whose_whole_window_is_real():
+    """n real steps give n - k + 1 real outputs, each what the sample gives alone and unpadded; a sequence shorter
+    than the kernel gives one step, read zero-padded to the kernel; an absent modality none."""
+    torch.manual_seed(0)
+    enc = TemporalConv(input_dim=3, dim=2, kernel_size=3).eval()
+    lengths = [7, 4, 3, 2, 0]
+    x, mask = torch.randn(5, 7, 3), _prefix_mask(lengths, 7)
+    out = enc(torch.where(mask[..., None], x, torch.randn_like(x) * 100), mask)  # what the padding holds is ignored
+    assert out.tokens.shape == (5, 5, 2)
+    assert out.mask.sum(dim=1).tolist() == [5, 2, 1, 1, 0]
+    assert out.mask.tolist()[1] == [True, True, False, False, False]  # a prefix
+    for i, n in enumerate(lengths[:3]):  # at least the kernel: the sample alone, cut to its length
+        torch.testing.assert_close(out.tokens[i, : n - 2], enc(x[i:i + 1, :n]).tokens[0])
+    short = torch.nn.functional.pad(x[3:4, :2], (0, 0, 0, 1))  # 2 real steps, then zeros up to the kernel
+    torch.testing.assert_close(out.tokens[3, :1], enc(short).tokens[0])
+
+
+def test_temporal_conv_takes_a_batch_shorter_than_the_kernel():
+    enc = TemporalConv(input_dim=3, dim=2, kernel_size=5).eval()
+    x, mask = torch.randn(2, 3, 3), _prefix_mask([3, 1], 3)
+    out = enc(x, mask)
+    assert out.tokens.shape == (2, 1, 2) and out.mask.tolist() == [[True], [True]]
+    torch.testing.assert_close(out.tokens[0, 0], enc(torch.nn.functional.pad(x[:1], (0, 0, 0, 2))).tokens[0, 0])
+    with pytest.raises(ValueError, match="kernel_size=0"):
+        TemporalConv(input_dim=3, dim=2, kernel_size=0)
+
+
+def test_temporal_conv_drops_out_its_input_in_training_only():
+    torch.manual_seed(0)
+    enc = TemporalConv(input_dim=8, dim=4, kernel_size=1, dropout=0.5)
+    x = torch.randn(2, 6, 8)
+    assert not torch.allclose(enc(x).tokens, enc.eval()(x).tokens)
+    enc.train()
+    enc.drop.p = 1.0  # every input dropped: zeros (no bias)
+    assert enc(x).tokens.abs().max() == 0

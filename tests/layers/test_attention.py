@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from mmgpt.layers import Attention, Block, GatedCrossAttentionBlock, Transformer, build_attention_mask
+from mmgpt.layers import (
+    Attention,
+    Block,
+    GatedCrossAttentionBlock,
+    SharedNormBlock,
+    Transformer,
+    build_attention_mask,
+)
 
 
 def naive_attention(attn: Attention, x, context=None, key_mask=None, causal=False):
@@ -95,3 +102,70 @@ def test_gated_block_names_its_gates_and_loads_the_old_gate_vector():
 def test_dim_must_divide_heads():
     with pytest.raises(ValueError, match="divisible"):
         Attention(dim=10, num_heads=3)
+
+
+# --- What MMSA's MulT (fairseq's layers) needs of the one attention
+
+
+def test_per_sample_causal_offsets_on_rectangular_cross_attention():
+    """Query i of sample b sees keys j <= i + offset[b]: MMSA's future mask, offset by |M - N| of each sample."""
+    mask = build_attention_mask(None, 3, 6, True, torch.device("cpu"), causal_offset=torch.tensor([3, 0]))
+    assert mask.shape == (2, 1, 3, 6)
+    assert mask[0, 0].int().tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]
+    assert mask[1, 0].int().tolist() == [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]]
+    # more queries than keys: MMSA's |M - N| (4 - 2 = 2) opens the keys to the early queries, M - N would close them
+    mask = build_attention_mask(None, 4, 2, True, torch.device("cpu"), causal_offset=torch.tensor([2]))
+    assert mask[0, 0].all()
+    # with padded keys: both masks apply
+    key_mask = torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    mask = build_attention_mask(key_mask, 3, 6, True, torch.device("cpu"), causal_offset=torch.tensor([3]))
+    assert mask[0, 0, 2].int().tolist() == [1, 1, 1, 1, 1, 0]
+
+
+def test_cross_attention_with_a_causal_offset_never_sees_later_keys():
+    torch.manual_seed(0)
+    attn = Attention(dim=16, num_heads=2).eval()
+    x, ctx = torch.randn(1, 3, 16), torch.randn(1, 6, 16)
+    offset = torch.tensor([3])
+    y1 = attn(x, context=ctx, causal=True, causal_offset=offset)
+    ctx2 = ctx.clone()
+    ctx2[:, 5] = torch.randn(16) * 10  # only the last query (2 + 3 = 5) sees key 5
+    y2 = attn(x, context=ctx2, causal=True, causal_offset=offset)
+    torch.testing.assert_close(y1[:, :2], y2[:, :2])
+    assert not torch.allclose(y1[:, 2], y2[:, 2])
+
+
+def test_separate_values_take_the_value_rows_of_the_packed_projection():
+    torch.manual_seed(0)
+    attn = Attention(dim=16, num_heads=4).eval()
+    x, keys, values = torch.randn(2, 3, 16), torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    torch.testing.assert_close(attn(x, context=keys, values=keys), attn(x, context=keys))
+    B, H, Dh = 2, 4, 4
+    q = attn.q(x).view(B, 3, H, Dh).transpose(1, 2)
+    k = attn.kv(keys)[..., :16].reshape(B, 5, H, Dh).transpose(1, 2)
+    v = attn.kv(values)[..., 16:].reshape(B, 5, H, Dh).transpose(1, 2)
+    y = ((q @ k.transpose(-1, -2)) / math.sqrt(Dh)).softmax(-1) @ v  # (B, H, 3, Dh)
+    want = attn.proj(y.transpose(1, 2).reshape(B, 3, 16))
+    torch.testing.assert_close(attn(x, context=keys, values=values), want, atol=1e-5, rtol=1e-5)
+
+
+def test_output_dropout_can_differ_from_the_weights_dropout():
+    assert Attention(dim=8, num_heads=2, dropout=0.3).proj_drop.p == 0.3
+    attn = Attention(dim=8, num_heads=2, dropout=0.0, proj_dropout=1.0).train()
+    assert attn(torch.randn(2, 3, 8)).abs().max() == 0  # every output dropped, the weights untouched
+
+
+def test_shared_norm_block_normalises_queries_keys_and_values_with_one_layer_norm():
+    """fairseq's pre-norm layer (MMSA's MulT): x + Attn(LN(x), LN(keys), LN(values)), then x + MLP(LN2(x)) with a
+    ReLU; by hand with the same weights."""
+    torch.manual_seed(0)
+    block = SharedNormBlock(dim=16, num_heads=2).eval()
+    for p in block.parameters():
+        p.data.add_(torch.randn_like(p) * 0.1)  # LayerNorm affine away from (1, 0)
+    x, keys, values = torch.randn(2, 3, 16), torch.randn(2, 4, 16), torch.randn(2, 4, 16)
+    n = block.norm1
+    h = x + block.attn(n(x), context=n(keys), values=n(values))
+    fc1, fc2 = block.mlp.net[0], block.mlp.net[2]
+    want = h + fc2(torch.relu(fc1(block.norm2(h))))
+    torch.testing.assert_close(block(x, context=keys, values=values), want)
+    assert [type(m).__name__ for m in block.mlp.net[1]] == ["ReLU", "Dropout"]
