@@ -88,6 +88,12 @@ class MultimodalModule(pl.LightningModule):
         freeze: network parts whose parameters are not trained (``encoders.image``, ``fusion``, ``decoder``...).
         lora: keyword arguments of :func:`mmgpt.lora.add_lora` (``rank``, ``alpha``, ``parts``, ``targets``) to
             add LoRA adapters to attention projections, or None. Applied after ``freeze``, so adapters train.
+        clip_value_each_backward: with gradient accumulation, clip the accumulated gradient to
+            [-v, v] after every batch's backward, as MMSA's trainers do with the sum of the group's gradients
+            (Lightning's ``gradient_clip_val`` clips once, before the step); None: off. The limit is divided by
+            ``trainer.accumulate_grad_batches``, since Lightning scales each batch's loss by its inverse.
+        drop_incomplete_accumulation: an epoch's last group of fewer than ``accumulate_grad_batches`` batches
+            gets no optimizer step (MMSA's trainers drop it; Lightning steps on it).
     """
 
     def __init__(
@@ -102,6 +108,8 @@ class MultimodalModule(pl.LightningModule):
         eval_generation_batches: int = 2,
         freeze: list[str] | None = None,
         lora: Mapping[str, Any] | None = None,
+        clip_value_each_backward: float | None = None,
+        drop_incomplete_accumulation: bool = False,
     ) -> None:
         super().__init__()
         net, optimizer, scheduler, class_names = _plain(net), _plain(optimizer), _plain(scheduler), _plain(class_names)
@@ -260,6 +268,23 @@ class MultimodalModule(pl.LightningModule):
         dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
         units = shard_module(self, mesh=dp_mesh, forward_methods=("training_step", "validation_step", "test_step"))
         log.info("FSDP2: %d layer units + the root, sharded over %d processes", units, dp_mesh.size())
+
+    def on_after_backward(self) -> None:
+        limit = self.hparams.get("clip_value_each_backward")
+        if limit:
+            params = [p for p in self.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_value_(params, float(limit) / self.trainer.accumulate_grad_batches)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Lightning's step, or, for an epoch's last incomplete accumulation group under
+        ``drop_incomplete_accumulation``, only the batch's forward and backward (its closure): the group's
+        gradients are then zeroed at the start of the next group, unused."""
+        every = self.trainer.accumulate_grad_batches
+        if self.hparams.get("drop_incomplete_accumulation") and every > 1 and (batch_idx + 1) % every:
+            if optimizer_closure is not None:
+                optimizer_closure()
+            return
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
 
     def configure_gradient_clipping(self, optimizer: Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
