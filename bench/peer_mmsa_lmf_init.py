@@ -9,7 +9,7 @@ MMSA draws for the seed, once from the weights mmgpt draws for it (``seed_everyt
 test MAE / Corr it ends at, and counts the runs that end at the constant predictor's MAE (the median of the
 training labels): whether a run learns follows its start, not the trainer.
 
-    python -m bench.peer_mmsa_lmf_init [--seeds 1111 ... ] [--data DIR]
+    python -m bench.peer_mmsa_lmf_init [--seeds 1111-1190] [--data DIR] [--report-only]
 
 Writes ``bench/results/peer_mmsa_lmf_init.{json,md}``.
 """
@@ -17,6 +17,7 @@ Writes ``bench/results/peer_mmsa_lmf_init.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -29,6 +30,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.common import RESULTS_DIR as RESULTS  # noqa: E402
 from bench.common import compose_train_config, save  # noqa: E402
 from bench.mmsa_data import BENCH, write_pickle  # noqa: E402
 from bench.mmsa_weights import SUBNET_LAYERS, SUBNETS, TEXT_LAYERS, renamed  # noqa: E402
@@ -92,17 +94,59 @@ def constant_mae(path: Path) -> float:
     return float(np.mean(np.abs(np.asarray(data["test"]["regression_labels"]) - median)))
 
 
+def seeds_arg(text: str) -> list[int]:
+    """``1111`` or a range ``1111-1190`` (both ends included)."""
+    first, _, last = text.partition("-")
+    return list(range(int(first), int(last or first) + 1))
+
+
+def report(saved: dict[str, Any]) -> str:
+    """The results section of a saved run (``bench/results/peer_mmsa_lmf_init.json``)."""
+    rows, floor = saved["runs"], saved["constant_mae"]
+    lines = ["| seed | start | largest rank weight | test MAE | test Corr | learned |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['seed']} | {r['start']} | {r['largest_rank_weight']:.2f} | {r['mae']:.3f} | {r['corr']:.3f} | "
+              f"{'no' if r['stuck'] else 'yes'} |" for r in rows]
+    summary, counts = [], []
+    for start in ("MMSA", "mmgpt"):
+        mine = [r for r in rows if r["start"] == start]
+        stuck = [r for r in mine if r["stuck"]]
+        learned = [r for r in mine if not r["stuck"]]
+        counts.append([len(stuck), len(learned)])
+        summary.append(
+            f"- from {start}'s weights: {len(stuck)} of {len(mine)} runs never learned"
+            + (f" (largest rank weight {max(r['largest_rank_weight'] for r in stuck):.2f} at most)" if stuck else "")
+            + (f"; the others reached MAE {statistics.fmean(r['mae'] for r in learned):.3f} on average, largest rank "
+               f"weight {min(r['largest_rank_weight'] for r in learned):.2f} at least" if learned else ""))
+    from scipy.stats import fisher_exact
+
+    p = float(fisher_exact(counts).pvalue)
+    summary.append(f"- the two rates of runs that never learn, by Fisher's exact test (two-sided): p = {p:.2f}")
+    return (f"## LMF: whether a run learns follows its initial weights\n\n`{saved['command']}`: MMSA's LMF trained by "
+            f"MMSA's own trainer (loader, batch order, dropout of the seed) from MMSA's initial weights and from "
+            f"mmgpt's (`experiment=mosi_mmsa_lmf` as built for the seed); synthetic MOSI of {BENCH.sizes} samples; "
+            f"{saved['minutes']:.1f} min. \"Never learned\": test MAE within {STUCK_MARGIN} of the constant "
+            f"predictor's ({floor:.3f}). The rank weights are never trained (MMSA's parameter slicing).\n\n"
+            + "\n".join(summary) + "\n\n" + "\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(1111, 1121)))
+    parser.add_argument("--seeds", type=seeds_arg, nargs="+", default=[seeds_arg("1111-1120")],
+                        help="seeds or ranges (1111-1190)")
     parser.add_argument("--data", type=Path, default=None, help="where to write the pickle (default: a temp dir)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the section from the saved results")
     args = parser.parse_args(argv)
+    if args.report_only:
+        saved = json.loads((RESULTS / "peer_mmsa_lmf_init.json").read_text())
+        save("peer_mmsa_lmf_init", saved, report(saved))
+        return
+    seeds = [s for group in args.seeds for s in group]
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="peer_mmsa_lmf_init_"))
     path = write_pickle((args.data or work) / "unaligned_50.pkl", aligned=False, shape=BENCH)
     floor = constant_mae(path)
     rows, started = [], time.perf_counter()
-    for seed in args.seeds:
+    for seed in seeds:
         for start in ("MMSA", "mmgpt"):
             row = run(path, seed, start, work)
             row["stuck"] = row["mae"] >= floor - STUCK_MARGIN
@@ -110,27 +154,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"seed {seed} from {start}'s weights: largest rank weight {row['largest_rank_weight']:.2f}, "
                   f"test MAE {row['mae']:.3f}, Corr {row['corr']:.3f}{' (never learned)' if row['stuck'] else ''}",
                   flush=True)
-    command = "python -m bench.peer_mmsa_lmf_init --seeds " + " ".join(map(str, args.seeds))
-    lines = ["| seed | start | largest rank weight | test MAE | test Corr | learned |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['seed']} | {r['start']} | {r['largest_rank_weight']:.2f} | {r['mae']:.3f} | {r['corr']:.3f} | "
-              f"{'no' if r['stuck'] else 'yes'} |" for r in rows]
-    summary = []
-    for start in ("MMSA", "mmgpt"):
-        mine = [r for r in rows if r["start"] == start]
-        stuck = [r for r in mine if r["stuck"]]
-        learned = [r for r in mine if not r["stuck"]]
-        summary.append(
-            f"- from {start}'s weights: {len(stuck)} of {len(mine)} runs never learned"
-            + (f" (largest rank weight {max(r['largest_rank_weight'] for r in stuck):.2f} at most)" if stuck else "")
-            + (f"; the others reached MAE {statistics.fmean(r['mae'] for r in learned):.3f} on average, largest rank "
-               f"weight {min(r['largest_rank_weight'] for r in learned):.2f} at least" if learned else ""))
-    md = (f"## LMF: whether a run learns follows its initial weights\n\n`{command}`: MMSA's LMF trained by MMSA's own "
-          f"trainer (loader, batch order, dropout of the seed) from MMSA's initial weights and from mmgpt's "
-          f"(`experiment=mosi_mmsa_lmf` as built for the seed); synthetic MOSI of {BENCH.sizes} samples; "
-          f"{(time.perf_counter() - started) / 60:.1f} min. \"Never learned\": test MAE within {STUCK_MARGIN} of the "
-          f"constant predictor's ({floor:.3f}). The rank weights are never trained (MMSA's parameter slicing).\n\n"
-          + "\n".join(lines) + "\n\n" + "\n".join(summary) + "\n")
-    save("peer_mmsa_lmf_init", {"command": command, "constant_mae": floor, "runs": rows}, md)
+    command = "python -m bench.peer_mmsa_lmf_init --seeds " + " ".join(
+        f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in args.seeds)
+    saved = {"command": command, "constant_mae": floor, "runs": rows,
+             "minutes": (time.perf_counter() - started) / 60}
+    save("peer_mmsa_lmf_init", saved, report(saved))
 
 
 if __name__ == "__main__":
