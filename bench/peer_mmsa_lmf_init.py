@@ -9,7 +9,7 @@ MMSA draws for the seed, once from the weights mmgpt draws for it (``seed_everyt
 test MAE / Corr it ends at, and counts the runs that end at the constant predictor's MAE (the median of the
 training labels): whether a run learns follows its start, not the trainer.
 
-    python -m bench.peer_mmsa_lmf_init [--seeds 1111-1190] [--data DIR] [--report-only]
+    python -m bench.peer_mmsa_lmf_init [--seeds 1111-1190] [--data DIR] [--report-only | --law-seeds 1111-1310]
 
 Writes ``bench/results/peer_mmsa_lmf_init.{json,md}``.
 """
@@ -94,6 +94,21 @@ def constant_mae(path: Path) -> float:
     return float(np.mean(np.abs(np.asarray(data["test"]["regression_labels"]) - median)))
 
 
+def rank_weight_law(path: Path, seeds: list[int]) -> dict[str, Any]:
+    """The initial rank weights each side draws for ``seeds`` (no training), and a two-sample Kolmogorov-Smirnov
+    test of their law: all the weights, and each seed's largest one."""
+    from scipy.stats import ks_2samp
+
+    draws: dict[str, list[list[float]]] = {"MMSA": [], "mmgpt": []}
+    for seed in seeds:
+        draws["mmgpt"].append(mmgpt_initial_lmf(path, seed).fusion.rank_weights.detach().view(-1).tolist())
+        draws["MMSA"].append(mmsa_setup("LMF", path, seed)[2].Model.fusion_weights.detach().view(-1).tolist())
+    a, b = np.asarray(draws["MMSA"]), np.asarray(draws["mmgpt"])
+    return {"seeds": f"{seeds[0]}-{seeds[-1]}", "draws": draws,
+            "ks_p_all": float(ks_2samp(a.ravel(), b.ravel()).pvalue),
+            "ks_p_largest": float(ks_2samp(np.abs(a).max(1), np.abs(b).max(1)).pvalue)}
+
+
 def seeds_arg(text: str) -> list[int]:
     """``1111`` or a range ``1111-1190`` (both ends included)."""
     first, _, last = text.partition("-")
@@ -121,6 +136,11 @@ def report(saved: dict[str, Any]) -> str:
 
     p = float(fisher_exact(counts).pvalue)
     summary.append(f"- the two rates of runs that never learn, by Fisher's exact test (two-sided): p = {p:.2f}")
+    law = saved.get("law")
+    if law:
+        summary.append(f"- the rank weights each side draws for seeds {law['seeds']} (no training), two-sample "
+                       f"Kolmogorov-Smirnov: all weights p = {law['ks_p_all']:.2f}, each seed's largest "
+                       f"p = {law['ks_p_largest']:.2f} (`--law-seeds {law['seeds']}`)")
     return (f"## LMF: whether a run learns follows its initial weights\n\n`{saved['command']}`: MMSA's LMF trained by "
             f"MMSA's own trainer (loader, batch order, dropout of the seed) from MMSA's initial weights and from "
             f"mmgpt's (`experiment=mosi_mmsa_lmf` as built for the seed); synthetic MOSI of {BENCH.sizes} samples; "
@@ -135,7 +155,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="seeds or ranges (1111-1190)")
     parser.add_argument("--data", type=Path, default=None, help="where to write the pickle (default: a temp dir)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the section from the saved results")
+    parser.add_argument("--law-seeds", type=seeds_arg, default=None,
+                        help="only compare the laws of the initial rank weights over these seeds (e.g. 1111-1310), "
+                             "added to the saved results")
     args = parser.parse_args(argv)
+    if args.law_seeds:
+        saved = json.loads((RESULTS / "peer_mmsa_lmf_init.json").read_text())
+        work = Path(tempfile.mkdtemp(prefix="peer_mmsa_lmf_init_"))
+        saved["law"] = rank_weight_law(write_pickle(work / "unaligned_50.pkl", aligned=False, shape=BENCH),
+                                       args.law_seeds)
+        save("peer_mmsa_lmf_init", saved, report(saved))
+        return
     if args.report_only:
         saved = json.loads((RESULTS / "peer_mmsa_lmf_init.json").read_text())
         save("peer_mmsa_lmf_init", saved, report(saved))
