@@ -88,17 +88,22 @@ def test_mmgpt_eval_rebuilds_benchmark_data_from_the_checkpoint(tmp_path, compos
 
 
 MMSA_RECIPES = [("mosi_mmsa_tfn", "tensor", 1e-3, 32), ("mosi_mmsa_lmf", "low_rank", 1e-3, 64),
-                ("mosi_mmsa_mult", "mult", 2e-3, 16), ("mosi_mmsa_lf_dnn", "concat", 1e-3, 128),
+                ("mosi_mmsa_mult", "mult_mmsa", 2e-3, 16), ("mosi_mmsa_lf_dnn", "concat", 1e-3, 128),
                 ("mosi_mmsa_ef_lstm", "early_lstm", 1e-3, 32)]
 
 
 @pytest.mark.parametrize(("experiment", "fusion", "lr", "batch_size"), MMSA_RECIPES)
 def test_mmsa_recipes_compose_over_mosi(compose_cfg, experiment, fusion, lr, batch_size):
     """experiment=mosi_mmsa_<model>: MMSA's training recipe for that model (optimizer, constant rate, batch,
-    patience) and, but for MulT, its network (tests/test_mmsa_exact.py), composed over experiment=mosi (its data and
-    task; its modalities, with MMSA's sub-networks as their encoders)."""
+    patience; MulT's plateau schedule) and its network (tests/test_mmsa_exact.py), composed over experiment=mosi (its
+    data and task; its modalities, with MMSA's sub-networks as their encoders)."""
     cfg = compose_cfg([f"experiment={experiment}", "data.root=unused.pkl"])
-    assert cfg.model.fusion.type == fusion and cfg.model.module.scheduler is None
+    schedule = cfg.model.module.scheduler
+    assert cfg.model.fusion.type == fusion
+    if experiment == "mosi_mmsa_mult":
+        assert (schedule.type, schedule.factor, schedule.patience) == ("plateau", 0.1, 5)
+    else:
+        assert schedule is None
     assert (cfg.model.module.optimizer.type, cfg.model.module.optimizer.lr) == ("adam", lr)
     assert cfg.data.batch_size == batch_size and cfg.callbacks.early_stopping.patience == 8
     assert cfg.primary_metric.name == "mae" and sorted(cfg.model.net.encoders) == ["acoustic", "language", "visual"]
