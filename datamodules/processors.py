@@ -74,9 +74,15 @@ class Processor(ABC):
     def collate(self, values: Sequence[Any]) -> tuple[Tensor, Tensor | None, Tensor]:
         """Per-sample inputs (None = missing) -> (batch input (B, ...), padding mask (B, ...) or None, present (B,))."""
 
-    #: Whether :meth:`collate_rows` is implemented: a batch of stored rows gathered from a table at once takes
-    #: the batched path (:class:`~mmgpt.datamodules.collate.Rows`) instead of one ``transform`` per sample.
-    collates_rows: bool = False
+    @property
+    def collates_rows(self) -> bool:
+        """Whether a batch of stored rows gathered from a table at once may take :meth:`collate_rows` (the
+        batched path, :class:`~mmgpt.datamodules.collate.Rows`): the class that implements it also gives the
+        ``transform`` and ``collate`` in effect, so a subclass that changes either loads one sample at a time."""
+        cls = type(self)
+        owner = next(c for c in cls.__mro__ if "collate_rows" in c.__dict__)
+        return owner is not Processor and all(
+            getattr(cls, name) is owner.__dict__.get(name) for name in ("transform", "collate"))
 
     def collate_rows(self, rows: np.ndarray, lengths: np.ndarray | None) -> tuple[Tensor, Tensor | None, Tensor]:
         """What :meth:`collate` returns for the samples whose stored values are ``rows`` (B, ...), each cut to its
@@ -246,8 +252,6 @@ class FeaturesProcessor(Processor):
             out = torch.zeros(len(values), N, self.dim)
         mask = torch.arange(N)[None, :] < lengths[:, None]  # (B, N)
         return out, mask, lengths > 0
-
-    collates_rows = True
 
     def collate_rows(self, rows: np.ndarray, lengths: np.ndarray | None) -> tuple[Tensor, Tensor | None, Tensor]:
         x = torch.as_tensor(np.asarray(rows, dtype=np.float32))
