@@ -32,6 +32,25 @@ from bench.common import compose_train_config, save  # noqa: E402
 from bench.mmsa_data import BENCH, mmsa_args, write_pickle  # noqa: E402
 
 
+def _train_epoch(batches: Any, loss_of: Any, size_of: Any, params: list[torch.nn.Parameter],
+                 opt: torch.optim.Optimizer, *, every: int = 1, clip: float | None = None,
+                 scale: float = 1.0) -> float:
+    """One training pass as MMSA's trainers make it, in samples/s: zero the gradients at the start of each group of
+    ``every`` batches, backward ``scale`` x the loss, clip the running gradients by value after every backward
+    (``clip``), step after each full group (MMSA's MulT trainer: ``update_epochs``, ``grad_clip``)."""
+    n, t = 0, time.perf_counter()
+    for i, b in enumerate(batches):
+        if i % every == 0:
+            opt.zero_grad()
+        (scale * loss_of(b)).backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_value_(params, clip)
+        if (i + 1) % every == 0:
+            opt.step()
+        n += size_of(b)
+    return n / (time.perf_counter() - t)
+
+
 def _mmsa(model: str, path: Path) -> Any:
     from MMSA.data_loader import MMDataLoader
     from MMSA.models import AMIO
@@ -39,18 +58,17 @@ def _mmsa(model: str, path: Path) -> Any:
     args = mmsa_args(model, path)
     loader = MMDataLoader(args, num_workers=0)["train"]
     net = AMIO(args)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=args.learning_rate)
+    every = int(args.get("update_epochs", 1)) if model == "mult" else 1  # only MMSA's MulT trainer accumulates
+    clip = float(args.grad_clip) if model == "mult" and float(args.get("grad_clip", -1.0)) != -1.0 else None
+
+    def loss_of(b: Any) -> torch.Tensor:
+        return F.l1_loss(net(b["text"], b["audio"], b["vision"])["M"].view(-1), b["labels"]["M"].view(-1))
 
     def epoch() -> float:
         net.train()
-        n, t = 0, time.perf_counter()
-        for b in loader:
-            loss = F.l1_loss(net(b["text"], b["audio"], b["vision"])["M"].view(-1), b["labels"]["M"].view(-1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            n += len(b["index"])
-        return n / (time.perf_counter() - t)
+        return _train_epoch(loader, loss_of, lambda b: len(b["index"]), params, opt, every=every, clip=clip)
     return epoch
 
 
@@ -64,18 +82,16 @@ def _bare(overrides: list[str]) -> Any:
     dm.setup("fit")
     module = build_module(cfg, dm)
     net, objective = module.net, next(iter(module.objectives.values()))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=float(cfg.model.module.optimizer.lr), fused=True)
+    every = int(cfg.trainer.get("accumulate_grad_batches") or 1)
+    limit = cfg.model.module.get("clip_value_each_backward")
+    clip = float(limit) / every if limit else None  # as MultimodalModule.on_after_backward, on 1/every of the loss
 
     def epoch() -> float:
         net.train()
-        n, t = 0, time.perf_counter()
-        for b in dm.train_dataloader():
-            loss = objective(net, b).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            n += b.batch_size
-        return n / (time.perf_counter() - t)
+        return _train_epoch(dm.train_dataloader(), lambda b: objective(net, b).loss, lambda b: b.batch_size,
+                            params, opt, every=every, clip=clip, scale=1.0 / every)
     return epoch
 
 
@@ -156,7 +172,7 @@ def measure(model: str, rounds: int, epochs: int, work: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["lmf", "lf_dnn", "ef_lstm"],
-                        choices=["tfn", "lmf", "lf_dnn", "ef_lstm"])
+                        choices=["tfn", "lmf", "lf_dnn", "ef_lstm", "mult"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=6, help="epochs per mmgpt-train fit")
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mmgpt.fusion.base import Fusion, FusionOutput
-from mmgpt.layers import Dropout, SharedNormBlock, last_step
+from mmgpt.layers import Dropout, SharedNormBlock, build_attention_mask, last_step
 
 
 class FairseqEncoder(nn.Module):
@@ -69,15 +69,18 @@ class FairseqEncoder(nn.Module):
         """
         h = self.drop(self.scale * x)  # (B, N_t, D)
         if context is None:
+            attn_mask = build_attention_mask(mask, x.shape[1], x.shape[1], self.causal, x.device)
             for block in self.blocks:
-                h = block(h, mask=mask, causal=self.causal)
+                h = block(h, attn_mask=attn_mask)
             return self.norm(h)
         if context_mask is None:
             raise ValueError("a context needs its padding mask")
         offset = (context_mask.sum(dim=1) - mask.sum(dim=1)).abs()  # (B,)
+        attn_mask = build_attention_mask(context_mask, x.shape[1], context.shape[1], self.causal, x.device,
+                                         causal_offset=offset)  # built once: every layer has the same
         keys, values = self.drop(self.scale * context), self.drop(self.scale * context)  # 2 x (B, N_s, D)
         for block in self.blocks:
-            h = block(h, mask=context_mask, causal=self.causal, context=keys, values=values, causal_offset=offset)
+            h = block(h, attn_mask=attn_mask, context=keys, values=values)
         return self.norm(h)
 
 

@@ -1,5 +1,10 @@
 """The one attention implementation of mmgpt (self, causal and cross), on ``F.scaled_dot_product_attention``.
 
+One exception to the kernel, not to the arithmetic: on a CPU with dropout on the attention weights (training),
+SDPA falls back to its math path, which draws one Bernoulli sample per weight; that costs more than the products
+around it at MulT's sizes. There :func:`attend` computes the same softmax(q k^T / sqrt(Dh)) v explicitly and drops the
+weights with :func:`mmgpt.layers.dropout.dropout`'s mask (random bits, about twice as fast).
+
 Legend: B batch, N query tokens, M key/value tokens, D dim, H heads, Dh head dim.
 """
 
@@ -10,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mmgpt.layers.dropout import dropout as fast_dropout
 
 
 @dataclass
@@ -81,6 +88,21 @@ def build_attention_mask(
     return mask | empty
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
+    """softmax(q k^T / sqrt(Dh) + mask) v with dropout ``dropout_p`` on the weights: (B, H, N, Dh) from q (B, H, N, Dh),
+    k and v (B, H, M, Dh) and a boolean ``mask`` broadcastable to (B, H, N, M) (True = may attend; no empty row).
+
+    ``F.scaled_dot_product_attention``, except on a CPU with ``dropout_p`` > 0: there the weights are computed
+    explicitly and dropped with :func:`~mmgpt.layers.dropout.dropout` (the module's docstring says why).
+    """
+    if dropout_p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, N, M)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return fast_dropout(scores.softmax(dim=-1), dropout_p) @ v  # (B, H, N, Dh)
+
+
 class Attention(nn.Module):
     """Multi-head attention: self-attention when ``context`` is None, cross-attention otherwise.
 
@@ -114,7 +136,7 @@ class Attention(nn.Module):
         prefix: int = 0,
         cache: KVCache | None = None,
         values: Tensor | None = None,
-        causal_offset: Tensor | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """Attend from ``x`` (B, N, D) to ``context`` (B, M, Dc), or to ``x`` itself.
 
@@ -129,7 +151,8 @@ class Attention(nn.Module):
                 attention fills it on the first call and then ignores ``context``.
             values: (B, M, Dc) a separate input of the values, the keys coming from ``context`` (fairseq's layers
                 take key and value inputs with dropout masks of their own); None: both from ``context``.
-            causal_offset: (B,) per-sample diagonals of the causal mask (:func:`build_attention_mask`).
+            attn_mask: a mask :func:`build_attention_mask` has built for these shapes, in place of ``key_mask``,
+                ``causal`` and ``prefix`` (a stack whose layers share their mask builds it once).
         Returns:
             (B, N, D).
         """
@@ -142,8 +165,12 @@ class Attention(nn.Module):
             ctx = x if context is None else context
             if values is None:
                 k, v = self.kv(ctx).view(B, ctx.shape[1], 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, Dh)
-            else:  # keys from the context, values from ``values``: the packed projection's two halves (through
-                # the module itself, so that a wrapped projection, a LoRA adapter, adapts both)
+            elif type(self.kv) is nn.Linear:  # keys from the context, values from ``values``: the packed
+                # projection's two halves, each on its own input (fairseq's in_proj_k / in_proj_v)
+                w, b = self.kv.weight, self.kv.bias
+                k = F.linear(ctx, w[:D], b[:D]).view(B, ctx.shape[1], H, D // H).transpose(1, 2)  # (B, H, M, Dh)
+                v = F.linear(values, w[D:], b[D:]).view(B, values.shape[1], H, D // H).transpose(1, 2)  # (B, H, M, Dh)
+            else:  # a wrapped projection (a LoRA adapter): through the module, so that it adapts both halves
                 k = self.kv(ctx)[..., :D].reshape(B, ctx.shape[1], H, D // H).transpose(1, 2)  # (B, H, M, Dh)
                 v = self.kv(values)[..., D:].reshape(B, values.shape[1], H, D // H).transpose(1, 2)  # (B, H, M, Dh)
             if cache is not None:
@@ -151,9 +178,7 @@ class Attention(nn.Module):
                     k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)  # (B, H, M, Dh)
                 cache.k, cache.v = k, v
         M = k.shape[2]
-        mask = build_attention_mask(key_mask, N, M, causal, x.device, prefix, causal_offset)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, N, Dh)
+        mask = attn_mask if attn_mask is not None else build_attention_mask(key_mask, N, M, causal, x.device, prefix)
+        y = attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, H, N, Dh)
         y = y.transpose(1, 2).reshape(B, N, D)
         return self.proj_drop(self.proj(y))

@@ -107,25 +107,23 @@ class SharedNormBlock(nn.Module):
         self.mlp = MLP(dim=dim, mlp_ratio=mlp_ratio, dropout=res_dropout,
                        activation=nn.Sequential(nn.ReLU(), Dropout(relu_dropout)))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False, context: Tensor | None = None,
-                values: Tensor | None = None, causal_offset: Tensor | None = None) -> Tensor:
-        """x (B, N, D) -> (B, N, D); ``mask`` (B, M) True = real key, of x in self-attention, else of the context.
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, context: Tensor | None = None,
+                values: Tensor | None = None) -> Tensor:
+        """x (B, N, D) -> (B, N, D).
 
         Args:
             x: queries (B, N, D).
-            mask: the keys' padding mask (B, M).
-            causal: the future mask (query i sees keys j <= i + ``causal_offset``, M - N by default).
+            attn_mask: the attention mask from :func:`~mmgpt.layers.build_attention_mask` (padding and the future
+                mask; a stack builds it once for all its layers); None: every key.
             context: keys (B, M, D) for cross-attention; None: self-attention.
             values: values (B, M, D) when they differ from ``context`` (separate dropout masks).
-            causal_offset: (B,) the future mask's diagonal per sample.
         """
         h = self.norm1(x)
         if context is None:
-            x = x + self.attn(h, key_mask=mask, causal=causal, causal_offset=causal_offset)
+            x = x + self.attn(h, attn_mask=attn_mask)
         else:
             v = None if values is None else self.norm1(values)
-            x = x + self.attn(h, context=self.norm1(context), values=v, key_mask=mask, causal=causal,
-                              causal_offset=causal_offset)
+            x = x + self.attn(h, context=self.norm1(context), values=v, attn_mask=attn_mask)
         return x + self.mlp(self.norm2(x))
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 #: Inputs with fewer elements go through ``torch.nn.functional.dropout``.
-MIN_NUMEL = 1 << 16
+MIN_NUMEL = 1 << 12
 _BITS = 15
 _LEVELS = 1 << _BITS
 

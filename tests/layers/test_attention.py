@@ -11,6 +11,8 @@ from mmgpt.layers import (
     Transformer,
     build_attention_mask,
 )
+from mmgpt.layers.attention import attend
+from mmgpt.layers.dropout import MIN_NUMEL, keep_mask
 
 
 def naive_attention(attn: Attention, x, context=None, key_mask=None, causal=False):
@@ -126,11 +128,11 @@ def test_cross_attention_with_a_causal_offset_never_sees_later_keys():
     torch.manual_seed(0)
     attn = Attention(dim=16, num_heads=2).eval()
     x, ctx = torch.randn(1, 3, 16), torch.randn(1, 6, 16)
-    offset = torch.tensor([3])
-    y1 = attn(x, context=ctx, causal=True, causal_offset=offset)
+    mask = build_attention_mask(None, 3, 6, True, torch.device("cpu"), causal_offset=torch.tensor([3]))
+    y1 = attn(x, context=ctx, attn_mask=mask)
     ctx2 = ctx.clone()
     ctx2[:, 5] = torch.randn(16) * 10  # only the last query (2 + 3 = 5) sees key 5
-    y2 = attn(x, context=ctx2, causal=True, causal_offset=offset)
+    y2 = attn(x, context=ctx2, attn_mask=mask)
     torch.testing.assert_close(y1[:, :2], y2[:, :2])
     assert not torch.allclose(y1[:, 2], y2[:, 2])
 
@@ -169,3 +171,35 @@ def test_shared_norm_block_normalises_queries_keys_and_values_with_one_layer_nor
     want = h + fc2(torch.relu(fc1(block.norm2(h))))
     torch.testing.assert_close(block(x, context=keys, values=values), want)
     assert [type(m).__name__ for m in block.mlp.net[1]] == ["ReLU", "Dropout"]
+
+
+def test_weight_dropout_on_a_cpu_drops_the_softmax_with_the_fast_mask():
+    """On a CPU in training, the weights are computed explicitly and dropped with mmgpt's mask (same draws as
+    ``keep_mask`` after the same seed); masked keys get no weight; without dropout it is SDPA's result."""
+    torch.manual_seed(0)
+    B, H, N, M, Dh = 4, 4, 16, 20, 8
+    assert B * H * N * M >= MIN_NUMEL
+    q, k, v = torch.randn(B, H, N, Dh), torch.randn(B, H, M, Dh), torch.randn(B, H, M, Dh)
+    mask = build_attention_mask(torch.arange(M)[None] < torch.tensor([[20], [12], [5], [1]]), N, M, True,
+                                torch.device("cpu"), causal_offset=torch.tensor([4, 0, 2, 7]))
+    weights = (q @ k.transpose(-1, -2) / math.sqrt(Dh)).masked_fill(~mask, float("-inf")).softmax(-1)
+    torch.manual_seed(1)
+    y = attend(q, k, v, mask, 0.3)
+    torch.manual_seed(1)
+    keep, scale = keep_mask((B, H, N, M), 0.3)
+    torch.testing.assert_close(y, (weights * keep * scale) @ v)
+    v2 = v.clone()
+    v2[1, :, 12:] = 1e3  # padded keys of sample 1
+    torch.manual_seed(1)
+    torch.testing.assert_close(attend(q, k, v2, mask, 0.3), y)
+    torch.testing.assert_close(attend(q, k, v, mask, 0.0), weights @ v, atol=1e-5, rtol=1e-5)
+
+
+def test_separate_values_through_a_wrapped_projection_match_the_plain_one():
+    """A projection that is not a plain ``nn.Linear`` (an adapter's wrapper) goes through the module: same result."""
+    torch.manual_seed(0)
+    attn = Attention(dim=16, num_heads=4).eval()
+    x, keys, values = torch.randn(2, 3, 16), torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    want = attn(x, context=keys, values=values)
+    attn.kv = torch.nn.Sequential(attn.kv)
+    torch.testing.assert_close(attn(x, context=keys, values=values), want)
