@@ -30,13 +30,14 @@ from mmgpt.errors import CheckpointError
 from mmgpt.lora import add_lora
 from mmgpt.model import ModelOutput, MultimodalTransformer
 from mmgpt.objectives import Classification, Objective
-from mmgpt.training import backbone_checkpoints
+from mmgpt.training import backbone_checkpoints, fast_log
 from mmgpt.training.distributed import clip_grad_norm_, consolidate, is_sharded, shard_module
 from mmgpt.training.finetune import freeze as freeze_parts
 from mmgpt.training.finetune import parameter_counts, trainable_by_part
 from mmgpt.training.optim import Plateau, grad_norm, param_groups
 from mmgpt.training.safe_load import module_hparams, read_checkpoint
 
+fast_log.install()  # self.log without Lightning's per-call walk of the logged entry (mmgpt.training.fast_log)
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
