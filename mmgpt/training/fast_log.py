@@ -7,9 +7,10 @@ CPU that walk costs about a millisecond per call: a few percent of a small model
 ``experiment=mosi_mmsa_lmf``: 1806 against 1922 training samples/s with it skipped, 8-epoch fits interleaved).
 
 :func:`install` puts a check in front of it: when the entry holds a tensor whose stored value (and, for a mean, its
-batch-size sum) is already on the requested device, or it holds a metric object already there, nothing would move, and the
-entry is returned as it is; any other call goes through Lightning's own method. It touches a private class of pytorch-lightning 2.x, as
-:mod:`mmgpt.training.epoch_state` does; where that class is not what it expects it installs nothing.
+batch-size sum) is already on the requested device, or a metric object already there, nothing would move, and the
+entry is returned as it is; any other call goes through Lightning's own method. It touches a private class of
+pytorch-lightning 2.x, as :mod:`mmgpt.training.epoch_state` does; where that class is not what it expects it
+installs nothing.
 """
 
 from __future__ import annotations
