@@ -95,6 +95,9 @@ class MultimodalModule(pl.LightningModule):
             ``trainer.accumulate_grad_batches``, since Lightning scales each batch's loss by its inverse.
         drop_incomplete_accumulation: an epoch's last group of fewer than ``accumulate_grad_batches`` batches
             gets no optimizer step (MMSA's trainers drop it; Lightning steps on it).
+        loss_mean_over: what the epoch's ``{split}/loss`` averages over: ``samples`` (each batch's loss weighted
+            by its size) or ``batches`` (the mean of the batches' losses, as MMSA's trainers report the loss that
+            their early stopping and schedules watch; a smaller last batch then weighs as much as a full one).
     """
 
     def __init__(
@@ -111,8 +114,11 @@ class MultimodalModule(pl.LightningModule):
         lora: Mapping[str, Any] | None = None,
         clip_value_each_backward: float | None = None,
         drop_incomplete_accumulation: bool = False,
+        loss_mean_over: str = "samples",
     ) -> None:
         super().__init__()
+        if loss_mean_over not in ("samples", "batches"):
+            raise ValueError(f"model.module.loss_mean_over: {loss_mean_over!r} is not one of samples, batches")
         net, optimizer, scheduler, class_names = _plain(net), _plain(optimizer), _plain(scheduler), _plain(class_names)
         objectives, freeze, lora = _plain(objectives), _plain(freeze), _plain(lora)
         if class_names is not None and len(class_names) != num_classes:
@@ -214,7 +220,9 @@ class MultimodalModule(pl.LightningModule):
             for key, value in out.values.items():
                 self.log(f"{split}/{key}", value, on_step=on_step, on_epoch=True, batch_size=bs, sync_dist=True)
         assert total is not None
-        self.log(f"{split}/loss", total, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
+        weight = 1 if self.hparams.get("loss_mean_over") == "batches" else bs  # the epoch value's weights
+        self.log(f"{split}/loss", total, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=weight,
+                 sync_dist=True)
         return total, logits
 
     def _log_metric_objects(self, split: str, metrics: nn.ModuleDict, prog_bar: bool = False) -> None:
