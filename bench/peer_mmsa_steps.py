@@ -1,13 +1,15 @@
 """Where the time of ``bench.peer_mmsa --exact``'s training passes goes, measured in one process so that machine load
 hits every side alike: per epoch, alternating,
 
-* ``MMSA``: MMSA's model in MMSA's loop (its loader, Adam, L1 loss): what ``bench.peer_mmsa`` times for MMSA;
-* ``bare``: mmgpt's ``experiment=mosi_mmsa_<model>`` network in a hand-written loop over mmgpt's loader (fused Adam);
+* ``MMSA``: MMSA's model in MMSA's loop (its loader, Adam, L1 loss; for MulT its trainer's accumulation over
+  ``update_epochs`` batches and clipping after every backward), without the trainer's per-batch extras;
+* ``bare``: mmgpt's ``experiment=mosi_mmsa_<model>`` network in a hand-written loop over mmgpt's loader (fused Adam,
+  the config's accumulation and clipping);
 * ``mmgpt-train``: the same run through ``mmgpt-train`` (Lightning, default callbacks), its Throughput callback's
   per-epoch rate, the first epoch of each fit left out (warm-up; the other two sides' warm-up epochs are too);
 * the training loaders alone, in ms per batch: MMSA's, mmgpt's, and mmgpt's with its batched rows path switched off.
 
-    python -m bench.peer_mmsa_steps [--models lmf lf_dnn] [--rounds 3]
+    python -m bench.peer_mmsa_steps [--models lmf lf_dnn mult] [--rounds 3]
 
 Prints training samples/s (medians) and the ratios to MMSA; writes ``bench/results/peer_mmsa_steps.json``.
 """

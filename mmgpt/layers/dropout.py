@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: Inputs with fewer elements go through ``torch.nn.functional.dropout``.
+#: Inputs with fewer elements go through ``torch.nn.functional.dropout``: one thread, measured even at about 4k
+#: elements, 2.5x faster here at 32k (MulT's attention weights), 3.6x at 260k.
 MIN_NUMEL = 1 << 12
 _BITS = 15
 _LEVELS = 1 << _BITS
