@@ -1,7 +1,7 @@
 """mmgpt's classic fusions side by side with the MMSA toolkit's own TFN, LMF, MulT, EF-LSTM and LF-DNN, on the same
 synthetic CMU-MOSI pickle and seeds, interleaved (MMSA run, mmgpt run, MMSA run, ...) so machine load hits both.
 
-    python -m bench.peer_mmsa [--quick | --mosi] [--exact [--from-mmsa-init]] [--seeds 1111 1112] [--max-epochs 6]
+    python -m bench.peer_mmsa [--quick | --mosi] [--exact] [--seeds 1111 1112] [--max-epochs 6]
         [--patience 3] [--models TFN LMF] [--model-seeds MulT=3]
 
 1. Writes ``aligned_50.pkl`` and ``unaligned_50.pkl`` in MMSA's layout with a planted audio x vision interaction
@@ -21,9 +21,9 @@ EF-LSTM -> early on the aligned file (MMSA's EF-LSTM needs aligned data). mmgpt 
 README's "mmgpt vs MMSA" table lists what differs). With ``--exact`` mmgpt runs ``experiment=mosi_mmsa_<model>``
 instead: MMSA's own architecture and recipe for TFN, LMF, LF-DNN, EF-LSTM and MulT (the same trainable parameter
 count, tests/test_mmsa_exact.py: MMSA's weights loaded into it give MMSA's outputs); its results go to
-``peer_mmsa_exact``. ``--from-mmsa-init`` (with ``--exact``) starts each mmgpt run from the initial weights of MMSA's
-run of the same seed (:mod:`bench.mmsa_weights`), so that a pair differs only in training; into
-``peer_mmsa_exact_init``.
+``peer_mmsa_exact``. Those experiments start from the initial weights MMSA's own model draws at the run's seed
+(``model.init``, :mod:`mmgpt.peers.mmsa`); before each pair the script checks, tensor for tensor, that mmgpt's start
+is the one of MMSA's run, so that a pair differs only in training (batch order, dropout masks, padding).
 """
 
 from __future__ import annotations
@@ -192,33 +192,36 @@ def mmgpt_side(model: str, exact: bool) -> str:
     return EXACT[model] if exact else PAIRS[model][0]
 
 
-def mmsa_initial_weights(model: str, path: Path, seed: int, work: Path, steps: int | None = None) -> Path:
-    """The initial weights of MMSA's run of ``model`` for ``seed``, in mmgpt's network of
-    ``experiment=mosi_mmsa_<model>`` (:func:`bench.mmsa_weights.copy_mmsa_weights`), saved for ``init_from``."""
+def check_same_start(model: str, path: Path, seed: int, steps: int | None = None) -> None:
+    """Raise unless mmgpt's ``experiment=mosi_mmsa_<model> seed=<seed>`` starts from the weights of MMSA's run of
+    ``model`` for ``seed`` (its model built after its ``setup_seed``), every tensor equal."""
+    import copy
+
     from hydra.utils import instantiate
 
-    from bench.mmsa_weights import copy_mmsa_weights
     from mmgpt.cli.train import build_module
+    from mmgpt.peers.mmsa import copy_mmsa_weights
 
-    args, _, theirs = mmsa_setup(model, path, seed)
-    overrides = [f"experiment={EXACT[model]}", f"data.root={path}"]
+    overrides = [f"experiment={EXACT[model]}", f"data.root={path}", f"seed={seed}"]
     if model == "EF_LSTM" and steps is not None:
         overrides.append(f"model.fusion.steps={steps}")
     cfg = compose_train_config(overrides)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     ours = build_module(cfg, datamodule).net
-    copy_mmsa_weights(model, ours, theirs.Model, args.feature_dims)
-    out = work / f"mmsa-init-{model}-{seed}.pt"
-    torch.save({k: v.detach().clone() for k, v in ours.state_dict().items()}, out)
-    return out
+    args, _, theirs = mmsa_setup(model, path, seed)
+    expected = copy.deepcopy(ours)
+    copy_mmsa_weights(model, expected, theirs.Model, args.feature_dims)
+    want = expected.state_dict()
+    differ = [k for k, v in ours.state_dict().items() if not torch.equal(v, want[k])]
+    if differ:
+        raise RuntimeError(f"{model} seed {seed}: mmgpt's start differs from MMSA's in {differ[:5]}")
 
 
 def run_mmgpt(side: str, path: Path, seed: int, *, max_epochs: int, patience: int, work: Path,
-              steps: int | None = None, init: Path | None = None) -> Run:
+              steps: int | None = None) -> Run:
     """``mmgpt-train experiment=mosi model/fusion=<side>`` on ``path``, in this process; ``experiment=<side>`` when
-    ``side`` is one of :data:`EXACT` (``steps``: the aligned file's, for the EF-LSTM's BatchNorm over the steps;
-    ``init``: initial weights for ``init_from``, every tensor of the network required)."""
+    ``side`` is one of :data:`EXACT` (``steps``: the aligned file's, for the EF-LSTM's BatchNorm over the steps)."""
     from omegaconf import open_dict
 
     from mmgpt.cli.train import train
@@ -226,8 +229,6 @@ def run_mmgpt(side: str, path: Path, seed: int, *, max_epochs: int, patience: in
     choice = [f"experiment={side}"] if side in EXACT.values() else ["experiment=mosi", f"model/fusion={side}"]
     if side == EXACT["EF_LSTM"] and steps is not None:
         choice.append(f"model.fusion.steps={steps}")
-    if init is not None:
-        choice.append(f"+init_from={init}")
     cfg = compose_train_config([
         *choice, f"data.root={path}", f"seed={seed}",
         f"trainer.max_epochs={max_epochs}", f"callbacks.early_stopping.patience={patience}", "logger=csv",
@@ -241,8 +242,6 @@ def run_mmgpt(side: str, path: Path, seed: int, *, max_epochs: int, patience: in
 
     clock = clocks.last
     assert clock is not None
-    if init is not None and (results["init_from"]["missing"] or results["init_from"]["loaded"] == 0):
-        raise RuntimeError(f"init_from={init}: tensors of the network not loaded: {results['init_from']['missing']}")
     metrics = {k: float(results["test"][f"test/{k}"]) for k in METRICS}
     return Run("mmgpt", side, seed, metrics, int(results["epochs"]), clock.fit_s, clock.train_s, clock.samples)
 
@@ -312,7 +311,7 @@ def table(summaries: dict[str, dict[str, Summary]], seeds: list[int], exact: boo
 
 def report(runs: list[Run], *, command: str, shape: Any, problems: dict[str, list[str]], seeds: list[int],
            wall: float, name: str, exact: bool = False, load: str = "machine load not recorded",
-           from_mmsa_init: bool = False, machine: dict[str, Any] | None = None) -> None:
+           machine: dict[str, Any] | None = None) -> None:
     """The side-by-side table of ``runs`` into ``bench/results/<name>.{json,md}``."""
     summaries: dict[str, dict[str, Summary]] = {"MMSA": {}, "mmgpt": {}}
     for run in runs:
@@ -322,11 +321,10 @@ def report(runs: list[Run], *, command: str, shape: Any, problems: dict[str, lis
     title = "mmgpt with MMSA's architectures vs MMSA's reference implementations" if exact else \
         "mmgpt vs MMSA's reference implementations"
     sides = ("mmgpt runs `experiment=mosi_mmsa_<model>`: MMSA's own architecture and recipe for TFN, LMF, LF_DNN, "
-             "EF_LSTM and MulT (the same trainable parameter count). ") if exact else ""
-    if from_mmsa_init:
-        sides += ("Each mmgpt run starts from the initial weights of MMSA's run of the same seed (MMSA's model built "
-                  "after MMSA's `setup_seed`, its weights mapped into mmgpt's network by `bench/mmsa_weights.py`), "
-                  "so the two runs of a seed differ only in training: batch order, dropout masks, padding. ")
+             "EF_LSTM and MulT (the same trainable parameter count), started from the initial weights MMSA's own "
+             "model draws at the run's seed (`model.init`; checked tensor for tensor against MMSA's run before each "
+             "pair), so the two runs of a seed differ only in training: batch order, dropout masks, padding. ") \
+        if exact else ""
     md = (f"## {title} (same data, same seeds)\n\n{sides}`{command}`: synthetic MOSI of "
           f"{shape.sizes} samples, features {shape.dims}, stored steps text/audio/vision {shape.steps}; "
           f"{wall / 60:.1f} min in all, one torch thread for both sides, the two sides' runs alternated; "
@@ -335,7 +333,7 @@ def report(runs: list[Run], *, command: str, shape: Any, problems: dict[str, lis
           f"{table(summaries, seeds, exact)}\n")
     kept = {"machine": machine} if machine else {}  # a rewritten table keeps the facts of the machine that ran it
     save(name, {**kept, "command": command, "shape": asdict(shape), "loader_problems": problems, "wall_s": wall,
-                "seeds": seeds, "exact": exact, "load": load, "from_mmsa_init": from_mmsa_init,
+                "seeds": seeds, "exact": exact, "load": load,
                 "runs": [asdict(r) for r in runs]}, md)
 
 
@@ -350,7 +348,7 @@ def report_again(name: str) -> None:
            shape=Shape(shape["sizes"], shape["dims"], tuple(shape["steps"])), wall=saved["wall_s"],
            seeds=saved.get("seeds") or sorted({r["seed"] for r in saved["runs"]}), name=name,
            exact=bool(saved.get("exact", False)), load=saved.get("load", "machine load not recorded"),
-           from_mmsa_init=bool(saved.get("from_mmsa_init", False)), machine=saved.get("machine"))
+           machine=saved.get("machine"))
 
 
 def _seed_caps(specs: list[str], parser: argparse.ArgumentParser) -> dict[str, int]:
@@ -381,18 +379,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch threads for both sides (1: on a shared, loaded CPU more threads spin and wait)")
     parser.add_argument("--exact", action="store_true",
                         help="mmgpt runs experiment=mosi_mmsa_<model> (MMSA's architectures); into peer_mmsa_exact")
-    parser.add_argument("--from-mmsa-init", action="store_true",
-                        help="with --exact: each mmgpt run starts from the initial weights of MMSA's run of the same "
-                             "seed; into peer_mmsa_exact_init")
     parser.add_argument("--data", type=Path, default=None, help="where to write the pickles (default: a temp dir)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the table from the saved runs")
     args = parser.parse_args(argv)
     caps = _seed_caps(args.model_seeds, parser)
-    if args.from_mmsa_init and not args.exact:
-        parser.error("--from-mmsa-init needs --exact (MMSA's weights fit only MMSA's architectures)")
     if args.models is None:
         args.models = list(PAIRS)
-    name = "peer_mmsa" + ("_exact" if args.exact else "") + ("_init" if args.from_mmsa_init else "") + \
+    name = "peer_mmsa" + ("_exact" if args.exact else "") + \
         ("_quick" if args.quick else "")
     if args.report_only:
         return report_again(name)
@@ -402,7 +395,6 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     command = " ".join(["python -m bench.peer_mmsa", *(["--quick"] if args.quick else []),
                         *(["--mosi"] if args.mosi else []), *(["--exact"] if args.exact else []),
-                        *(["--from-mmsa-init"] if args.from_mmsa_init else []),
                         "--seeds", *map(str, args.seeds),
                         f"--max-epochs {args.max_epochs} --patience {args.patience}",
                         *(["--model-seeds", *args.model_seeds] if args.model_seeds else []),
@@ -424,9 +416,9 @@ def main(argv: list[str] | None = None) -> None:
             if i >= caps.get(model, len(args.seeds)):
                 continue
             kind = PAIRS[model][1]
-            init = mmsa_initial_weights(model, files[kind], seed, work, steps=shape.steps[0]) \
-                if args.from_mmsa_init else None
-            ours = functools.partial(run_mmgpt, steps=shape.steps[0], init=init)  # aligned: the text's steps
+            if args.exact:
+                check_same_start(model, files[kind], seed, steps=shape.steps[0])
+            ours = functools.partial(run_mmgpt, steps=shape.steps[0])  # aligned: the text's steps
             sides = [(model, run_mmsa), (mmgpt_side(model, args.exact), ours)]
             for side, fn in sides if (i + j) % 2 == 0 else reversed(sides):  # alternate who goes first
                 run = fn(side, files[kind], seed, max_epochs=args.max_epochs, patience=args.patience, work=work)
@@ -438,8 +430,7 @@ def main(argv: list[str] | None = None) -> None:
                 load = (f"5-minute load average of this {os.cpu_count()}-CPU machine {load_at_start:.1f} at the start, "
                         f"{os.getloadavg()[1]:.1f} at the last run's end")
                 report(runs, command=command, shape=shape, problems=problems, seeds=args.seeds,
-                       wall=time.perf_counter() - started, name=name, exact=args.exact, load=load,
-                       from_mmsa_init=args.from_mmsa_init)
+                       wall=time.perf_counter() - started, name=name, exact=args.exact, load=load)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -4,8 +4,9 @@ mmgpt's, seed by seed.
 MMSA's LMF trainer leaves the rank weights and the bias out of its optimizer (``list(model.parameters())[:3]`` and
 ``[5:]``), and ``experiment=mosi_mmsa_lmf`` freezes them likewise: they keep their xavier-normal initial values
 for good. Each seed here trains MMSA's LMF with MMSA's trainer, loader and batch order twice: once from the weights
-MMSA draws for the seed, once from the weights mmgpt draws for it (``seed_everything(seed)``, then the network of
-``experiment=mosi_mmsa_lmf``, mapped into MMSA's model). The table gives each start's largest rank weight and the
+MMSA draws for the seed, once from the weights mmgpt's own initialisation draws for it (``seed_everything(seed)``,
+then the network of ``experiment=mosi_mmsa_lmf model.init=null``, mapped into MMSA's model; the experiment itself
+now starts from MMSA's draw, ``model.init``). The table gives each start's largest rank weight and the
 test MAE / Corr it ends at, and counts the runs that end at the constant predictor's MAE (the median of the
 training labels): whether a run learns follows its start, not the trainer.
 
@@ -33,21 +34,21 @@ import torch  # noqa: E402
 from bench.common import RESULTS_DIR as RESULTS  # noqa: E402
 from bench.common import compose_train_config, save  # noqa: E402
 from bench.mmsa_data import BENCH, write_pickle  # noqa: E402
-from bench.mmsa_weights import SUBNET_LAYERS, SUBNETS, TEXT_LAYERS, renamed  # noqa: E402
 from bench.peer_mmsa import METRICS, mmsa_setup  # noqa: E402
+from mmgpt.peers.mmsa import SUBNET_LAYERS, SUBNETS, TEXT_LAYERS, renamed  # noqa: E402
 
 #: a run "never learned" when its test MAE is within this of the constant predictor's
 STUCK_MARGIN = 0.01
 
 
 def mmgpt_initial_lmf(path: Path, seed: int) -> torch.nn.Module:
-    """mmgpt's network of ``experiment=mosi_mmsa_lmf`` as it starts for ``seed``."""
+    """mmgpt's network of ``experiment=mosi_mmsa_lmf`` as mmgpt's own initialisation starts it for ``seed``."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
     from mmgpt.cli.train import build_module
 
-    cfg = compose_train_config(["experiment=mosi_mmsa_lmf", f"data.root={path}", f"seed={seed}"])
+    cfg = compose_train_config(["experiment=mosi_mmsa_lmf", f"data.root={path}", f"seed={seed}", "model.init=null"])
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     pl.seed_everything(seed, workers=True)
@@ -55,7 +56,7 @@ def mmgpt_initial_lmf(path: Path, seed: int) -> torch.nn.Module:
 
 
 def load_into_mmsa(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
-    """mmgpt's LMF weights into MMSA's LMF (the inverse of :func:`bench.mmsa_weights.copy_mmsa_weights`)."""
+    """mmgpt's LMF weights into MMSA's LMF (the inverse of :func:`mmgpt.peers.mmsa.copy_mmsa_weights`)."""
     with torch.no_grad():
         for mine, peer in SUBNETS.items():
             names = TEXT_LAYERS if mine == "language" else SUBNET_LAYERS

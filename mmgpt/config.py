@@ -78,6 +78,7 @@ class ModelSchema:
     decoder: Any = None                 # model/decoder: the text decoder matching the fusion (task=caption)
     freeze: list[str] = field(default_factory=list)  # network parts not trained (fine-tuning)
     lora: Any = None                    # add_lora arguments ({rank, alpha, parts, targets}) or null
+    init: Any = None                    # a peer's initial weights ({peer, model, seed}: mmgpt.peers) or null
     module: Any = MISSING
     compile: bool = False                   # torch.compile the network
     activation_checkpointing: bool = False  # recompute Transformer blocks in backward to save memory

@@ -34,7 +34,7 @@ ALL_OPTIONS = [
 BENCHMARKS = ("mosi", "mosei", "avmnist", "mmimdb", "mmimdb_features", "hateful_memes")
 NEEDS_DATA = {"data=manifest", "data=shards", "data=hf", *(f"{g}={b}" for g in ("data", "experiment")
                                                              for b in BENCHMARKS),
-              *(o for o in ALL_OPTIONS if o.startswith("experiment=mosi_mmsa_"))}  # MMSA's recipes on data=mosi
+              *(o for o in ALL_OPTIONS if o.startswith("experiment=mosi_mmsa"))}  # MMSA's recipes on data=mosi
 
 
 def extra_overrides(option: str, tmp_path: Path) -> list[str]:

@@ -17,9 +17,9 @@ from hydra.utils import instantiate
 
 from bench.common import compose_train_config
 from bench.mmsa_data import Shape, mmsa_args, write_pickle
-from bench.mmsa_weights import copy_mmsa_weights
 from mmgpt.batch import MultimodalBatch
 from mmgpt.cli.train import build_module
+from mmgpt.peers.mmsa import copy_mmsa_weights
 
 pytest.importorskip("MMSA")
 pytestmark = pytest.mark.slow
@@ -47,21 +47,40 @@ def files(tmp_path_factory) -> dict[str, Path]:
             for kind in ("aligned", "unaligned")}
 
 
-def _ours(model: str, path: Path) -> torch.nn.Module:
+def _ours(model: str, path: Path, *overrides: str) -> torch.nn.Module:
     extra = [f"model.fusion.steps={SHAPE.steps[0]}"] if model == "ef_lstm" else []
-    cfg = compose_train_config([f"experiment=mosi_mmsa_{model}", f"data.root={path}", *extra])
+    cfg = compose_train_config([f"experiment=mosi_mmsa_{model}", f"data.root={path}", *extra, *overrides])
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     return build_module(cfg, datamodule).net
 
 
-def _theirs(model: str, path: Path) -> torch.nn.Module:
+def _theirs(model: str, path: Path, seed: int | None = None) -> torch.nn.Module:
+    """MMSA's model; built right after MMSA's ``setup_seed(seed)`` when a seed is given, as ``MMSA_run`` builds it."""
     from MMSA.models import AMIO
+    from MMSA.utils import setup_seed
 
     args = mmsa_args(model, path)
     args.feature_dims = [SHAPE.dims["text"], SHAPE.dims["audio"], SHAPE.dims["vision"]]
     args.seq_lens = [SHAPE.steps[0]] * 3 if model == "ef_lstm" else list(SHAPE.steps)
+    if seed is not None:
+        setup_seed(seed)
     return AMIO(args).Model
+
+
+@pytest.mark.parametrize("model", ["tfn", "lmf", "lf_dnn", "ef_lstm", "mult"])
+def test_the_experiment_starts_from_mmsas_weights_of_its_seed(files, model):
+    """``seed=S`` starts mmgpt's network, tensor for tensor (BatchNorm statistics included), from the weights MMSA's
+    own model has when MMSA builds it after ``setup_seed(S)``: the two runs of a seed start at the same point."""
+    path = files["aligned" if model == "ef_lstm" else "unaligned"]
+    torch.manual_seed(0)
+    ours = _ours(model, path, "seed=1113")
+    torch.manual_seed(1)  # mmgpt's own draws, other than any above: a tensor MMSA's copy misses stays different
+    expected = _ours(model, path, "seed=1113", "model.init=null")
+    copy_mmsa_weights(model, expected, _theirs(model, path, seed=1113),
+                      [SHAPE.dims[k] for k in ("text", "audio", "vision")])
+    want = expected.state_dict()
+    assert [k for k, v in ours.state_dict().items() if not torch.equal(v, want[k])] == []
 
 
 #: mmgpt modality -> MMSA's MulT projection

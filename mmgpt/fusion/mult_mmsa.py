@@ -1,6 +1,6 @@
 """MulT as the MMSA toolkit builds it (thuiar/MMSA ``models/singleTask/MULT.py`` and its fairseq-derived
 ``subNets/transformers_encoder``): the reference network of ``experiment=mosi_mmsa_mult``, weight for weight
-(``bench/mmsa_weights.py`` maps MMSA's weights onto it, ``tests/test_mmsa_exact.py`` checks the outputs).
+(``mmgpt/peers/mmsa.py`` maps MMSA's weights onto it, ``tests/test_mmsa_exact.py`` checks the outputs).
 
 Legend: B batch, M modalities, N_t target steps, N_s source steps, D dim, W = (M - 1) D the memory width.
 

@@ -30,6 +30,7 @@ from mmgpt.errors import CheckpointError
 from mmgpt.lora import add_lora
 from mmgpt.model import ModelOutput, MultimodalTransformer
 from mmgpt.objectives import Classification, Objective
+from mmgpt.peers import init_like
 from mmgpt.training import backbone_checkpoints, fast_log
 from mmgpt.training.distributed import clip_grad_norm_, consolidate, is_sharded, shard_module
 from mmgpt.training.finetune import freeze as freeze_parts
@@ -98,6 +99,8 @@ class MultimodalModule(pl.LightningModule):
         loss_mean_over: what the epoch's ``{split}/loss`` averages over: ``samples`` (each batch's loss weighted
             by its size) or ``batches`` (the mean of the batches' losses, as MMSA's trainers report the loss that
             their early stopping and schedules watch; a smaller last batch then weighs as much as a full one).
+        init: start from a peer's initial weights, ``{peer, model, seed}`` (:func:`mmgpt.peers.init_like`): the
+            weights MMSA's own model draws at that seed; None: mmgpt's initialisation. Applied before ``freeze``.
     """
 
     def __init__(
@@ -115,16 +118,20 @@ class MultimodalModule(pl.LightningModule):
         clip_value_each_backward: float | None = None,
         drop_incomplete_accumulation: bool = False,
         loss_mean_over: str = "samples",
+        init: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if loss_mean_over not in ("samples", "batches"):
             raise ValueError(f"model.module.loss_mean_over: {loss_mean_over!r} is not one of samples, batches")
         net, optimizer, scheduler, class_names = _plain(net), _plain(optimizer), _plain(scheduler), _plain(class_names)
-        objectives, freeze, lora = _plain(objectives), _plain(freeze), _plain(lora)
+        objectives, freeze, lora, init = _plain(objectives), _plain(freeze), _plain(lora), _plain(init)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.save_hyperparameters()
         self.net: MultimodalTransformer = registry.build_network(net, num_classes)
+        if init:
+            init_like(self.net, init)
+            log.info("initial weights: %s's %s at seed %s", init["peer"], init["model"], init["seed"])
         if freeze:
             frozen = freeze_parts(self.net, freeze)
             log.info("frozen %d parameter tensors under %s", len(frozen), list(freeze))

@@ -53,7 +53,7 @@ _LEGACY_NETWORK = "mmgpt.model.MultimodalTransformer"
 #: The hyperparameters of :class:`~mmgpt.training.lit_module.MultimodalModule` and the kind of spec each holds.
 _MODULE_SPECS = {"optimizer": "optimizer", "scheduler": "scheduler"}
 _MODULE_PLAIN = {"num_classes", "label_smoothing", "class_names", "eval_generation_batches", "freeze", "lora",
-                 "clip_value_each_backward", "drop_incomplete_accumulation", "loss_mean_over"}
+                 "clip_value_each_backward", "drop_incomplete_accumulation", "loss_mean_over", "init"}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
