@@ -40,7 +40,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,9 +238,10 @@ def check_same_start(model: str, path: Path, seed: int, steps: int | None = None
 
 
 def run_mmgpt(side: str, path: Path, seed: int, *, max_epochs: int, patience: int, work: Path,
-              steps: int | None = None) -> Run:
+              steps: int | None = None, extra: Sequence[str] = ()) -> Run:
     """``mmgpt-train experiment=mosi model/fusion=<side>`` on ``path``, in this process; ``experiment=<side>`` when
-    ``side`` is one of :data:`EXACT` (``steps``: the aligned file's, for the EF-LSTM's BatchNorm over the steps)."""
+    ``side`` is one of :data:`EXACT` (``steps``: the aligned file's, for the EF-LSTM's BatchNorm over the steps;
+    ``extra``: more overrides)."""
     from omegaconf import open_dict
 
     from mmgpt.cli.train import train
@@ -252,7 +253,7 @@ def run_mmgpt(side: str, path: Path, seed: int, *, max_epochs: int, patience: in
         *choice, f"data.root={path}", f"seed={seed}",
         f"trainer.max_epochs={max_epochs}", f"callbacks.early_stopping.patience={patience}", "logger=csv",
         "callbacks.progress=null", "trainer.enable_progress_bar=false",
-        "+callbacks.zz_fit_clock._target_=bench.peer_mmsa.FitClock",
+        "+callbacks.zz_fit_clock._target_=bench.peer_mmsa.FitClock", *extra,
     ])
     with open_dict(cfg):
         cfg.paths.output_dir = str(work / f"{side}-{seed}")

@@ -13,7 +13,7 @@ from bench.common import RESULTS_DIR
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["lightning_overhead", "configured_run", "attention", "fusions", "compile", "dataloader", "remote_loader",
          "memory", "feature_cache", "slim_checkpoint", "peer_mmsa",
-         "peer_mmsa_exact", "peer_mmsa_lmf_init", "peer_mmsa_steps"]
+         "peer_mmsa_exact", "peer_mmsa_padding", "peer_mmsa_lmf_init", "peer_mmsa_steps"]
 
 HEADER = """# Benchmarks
 

@@ -128,9 +128,9 @@ def _loader(path: Path):
 # its MulT masks the padding and reads each target's last real step). MulT takes the whole sequences, as in MMSA.
 
 
-def _with_mmsas_weights(model: str, path: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _with_mmsas_weights(model: str, path: Path, *overrides: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     """mmgpt's and MMSA's networks in eval mode, MMSA's weights perturbed and copied into mmgpt's."""
-    ours, theirs = _ours(model, path), _theirs(model, path)
+    ours, theirs = _ours(model, path, *overrides), _theirs(model, path)
     torch.manual_seed(0)
     for name, buf in theirs.named_buffers():  # BatchNorm statistics away from (0, 1), so that they count
         if name.endswith("running_mean"):
@@ -167,6 +167,36 @@ def test_mmsas_weights_give_mmsas_outputs(files, model):
     assert got.shape == expected.shape == (B, 1)
     assert expected.std() > 1e-3  # not a constant output that any weights would match
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["tfn", "lmf", "lf_dnn"])
+def test_with_stored_steps_a_padded_batch_gives_mmsas_outputs_on_its_stored_tensors(files, model):
+    """``stored_steps`` set to the file's steps: on a padded batch (each sequence cut to its length, as mmgpt's
+    loader hands it on), mmgpt computes what MMSA computes from the zero-padded tensors its file stores (the text
+    LSTM run through the padding, audio and vision averaged over every stored step)."""
+    steps = dict(zip(("text", "audio", "vision"), SHAPE.steps))
+    ours, theirs = _with_mmsas_weights(model, files["unaligned"], f"model.net.encoders.language.stored_steps="
+                                       f"{steps['text']}", f"model.net.encoders.acoustic.stored_steps={steps['audio']}",
+                                       f"model.net.encoders.visual.stored_steps={steps['vision']}")
+    lengths = {"text": [10, 4, 7, 1], "audio": [12, 3, 9, 12], "vision": [2, 8, 5, 8]}
+    stored = {k: torch.zeros(4, steps[k], SHAPE.dims[k]) for k in steps}
+    inputs, masks = {}, {}
+    for (k, ns), mine in zip(lengths.items(), ("language", "acoustic", "visual")):
+        n_max = max(ns)
+        x = torch.randn(4, n_max, SHAPE.dims[k]) * 3  # whatever the batch's padding holds
+        mask = torch.arange(n_max)[None] < torch.tensor(ns)[:, None]
+        for i, n in enumerate(ns):
+            stored[k][i, :n] = x[i, :n]
+        inputs[mine], masks[mine] = x, mask
+    batch = MultimodalBatch(inputs=inputs, masks=masks, present={m: torch.ones(4, dtype=torch.bool) for m in inputs})
+    with torch.no_grad():
+        expected = theirs(stored["text"], stored["audio"].mean(dim=1, keepdim=True),
+                          stored["vision"].mean(dim=1, keepdim=True))["M"]
+        got = ours(batch).logits
+        real_steps = _with_mmsas_weights(model, files["unaligned"])[0](batch).logits
+    assert expected.std() > 1e-3
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(real_steps, expected, rtol=1e-4, atol=1e-5)  # the default (real steps) differs
 
 
 def test_mult_on_a_padded_batch_gives_mmsas_output_on_each_sample_unpadded(files):

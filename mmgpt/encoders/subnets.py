@@ -35,6 +35,20 @@ def _as_steps(x: Tensor, mask: Tensor | None, input_dim: int) -> tuple[Tensor, T
     return x, mask
 
 
+def _stored_steps(name: str, steps: int | None) -> int | None:
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"{name}: stored_steps={steps!r} must be a positive integer or null")
+    return steps
+
+
+def _zero_padded(x: Tensor, mask: Tensor, steps: int) -> Tensor:
+    """``x`` (B, N, F) with its padded steps zeroed, padded with zeros to ``steps`` (B, steps, F)."""
+    if x.shape[1] > steps:
+        raise ValueError(f"a sequence of {x.shape[1]} steps, but stored_steps={steps} (the steps the file stores): "
+                         "set stored_steps to the file's")
+    return F.pad(x * mask[..., None].to(x.dtype), (0, 0, 0, steps - x.shape[1]))
+
+
 def _need_input_dim(name: str, input_dim: int | None) -> int:
     if input_dim is None or int(input_dim) < 1:
         raise ValueError(f"{name}: input_dim={input_dim} (the feature size F of the data's declaration, "
@@ -57,15 +71,19 @@ class LSTMEncoder(nn.Module):
         num_layers: stacked LSTM layers.
         dropout: dropout on the last hidden state, and between LSTM layers when there are several. (MMSA's
             ``TextSubNet`` sets its dropout to 0 when it has one layer, as all of MMSA's configs do.)
+        stored_steps: None reads the state after each sample's last real step. A number S runs the LSTM over every
+            sequence zero-padded to S steps and reads the state after the last: MMSA's ``TextSubNet``, which runs
+            through the padding its file stores (S: the file's stored text steps).
     """
 
     #: The modality kind this encoder reads (checked against the data's declaration).
     modality_kind = "features"
 
     def __init__(self, *, input_dim: int | None, hidden_dim: int, dim: int, num_layers: int = 1,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, stored_steps: int | None = None) -> None:
         super().__init__()
         self.input_dim = _need_input_dim("lstm_encoder", input_dim)
+        self.stored_steps = _stored_steps("lstm_encoder", stored_steps)
         self.rnn = nn.LSTM(self.input_dim, hidden_dim, num_layers=num_layers, batch_first=True,
                            dropout=dropout if num_layers > 1 else 0.0)
         self.drop = Dropout(dropout)
@@ -74,8 +92,13 @@ class LSTMEncoder(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         """x (B, N, F), mask (B, N) True = real step (a prefix) -> one token (B, 1, D)."""
         x, mask = _as_steps(x, mask, self.input_dim)
-        out, _ = self.rnn(x)  # (B, N, H): the last layer's state after each step
-        y = self.proj(self.drop(last_step(out, mask)))  # (B, D), the state after the last real step
+        if self.stored_steps is None:
+            out, _ = self.rnn(x)  # (B, N, H): the last layer's state after each step
+            y = last_step(out, mask)  # (B, H), the state after the last real step
+        else:  # MMSA's: through the zero padding up to the stored steps, the state after the last
+            out, _ = self.rnn(_zero_padded(x, mask, self.stored_steps))
+            y = out[:, -1]
+        y = self.proj(self.drop(y))  # (B, D)
         return EncoderOutput(y[:, None], mask.any(dim=1, keepdim=True))
 
 
@@ -91,13 +114,18 @@ class MLPSubNet(nn.Module):
         dim: width D of every layer and of the output.
         num_layers: Linear + ReLU layers (MMSA: 3).
         dropout: dropout on the normalised input.
+        stored_steps: None averages the real steps. A number S divides their sum by S: the average over a sequence
+            zero-padded to S steps, as MMSA's loader takes it over every step its file stores (S: the file's
+            stored steps of this modality).
     """
 
     modality_kind = "features"
 
-    def __init__(self, *, input_dim: int | None, dim: int, num_layers: int = 3, dropout: float = 0.0) -> None:
+    def __init__(self, *, input_dim: int | None, dim: int, num_layers: int = 3, dropout: float = 0.0,
+                 stored_steps: int | None = None) -> None:
         super().__init__()
         self.input_dim = _need_input_dim("mlp_subnet", input_dim)
+        self.stored_steps = _stored_steps("mlp_subnet", stored_steps)
         self.norm = nn.BatchNorm1d(self.input_dim)
         self.drop = Dropout(dropout)
         widths = [self.input_dim] + [dim] * num_layers
@@ -106,7 +134,11 @@ class MLPSubNet(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         """x (B, N, F) or (B, F), mask (B, N) True = real step -> one token (B, 1, D)."""
         x, mask = _as_steps(x, mask, self.input_dim)
-        h = self.layers(self.drop(self.norm(masked_mean(x, mask))))  # (B, D)
+        if self.stored_steps is None:
+            mean = masked_mean(x, mask)  # (B, F)
+        else:  # MMSA's: the zero padding up to the stored steps counts
+            mean = _zero_padded(x, mask, self.stored_steps).sum(dim=1) / self.stored_steps
+        h = self.layers(self.drop(self.norm(mean)))  # (B, D)
         return EncoderOutput(h[:, None], mask.any(dim=1, keepdim=True))
 
 

@@ -56,6 +56,51 @@ def test_subnet_averages_the_real_steps_only():
     assert (out.tokens >= 0).all()  # three ReLU layers, the last one included (MMSA's SubNet)
 
 
+def test_with_stored_steps_the_lstm_runs_through_the_zero_padding_as_mmsa():
+    """``stored_steps=S``: each sequence zero-padded to S steps, whatever its padding held, the state after step S
+    (MMSA's TextSubNet on its stored tensor); a batch longer than S is refused."""
+    torch.manual_seed(0)
+    enc = LSTMEncoder(input_dim=3, hidden_dim=5, dim=2, stored_steps=8).eval()
+    lengths = [6, 2, 4]
+    x, mask = torch.randn(3, 6, 3), _prefix_mask(lengths, 6)
+    stored = torch.zeros(3, 8, 3)  # what MMSA's file holds: the real steps, then zeros
+    for i, n in enumerate(lengths):
+        stored[i, :n] = x[i, :n]
+    noisy = torch.where(mask[..., None], x, torch.randn_like(x) * 100)
+    out = enc(noisy, mask)
+    expected = enc.proj(enc.rnn(stored)[0][:, -1])
+    torch.testing.assert_close(out.tokens[:, 0], expected)
+    real = LSTMEncoder(input_dim=3, hidden_dim=5, dim=2).eval()
+    real.load_state_dict(enc.state_dict())
+    assert not torch.allclose(real(x, mask).tokens, out.tokens)  # the padding changes the state read
+    with pytest.raises(ValueError, match="a sequence of 9 steps, but stored_steps=8"):
+        enc(torch.randn(1, 9, 3))
+
+
+def test_with_stored_steps_the_subnet_averages_over_them_as_mmsas_loader():
+    """``stored_steps=S``: the real steps' sum / S, MMSA's average over its stored tensor, zero padding included."""
+    torch.manual_seed(0)
+    enc = MLPSubNet(input_dim=4, dim=8, stored_steps=10).eval()
+    lengths = [5, 2, 1]
+    x, mask = torch.randn(3, 5, 4), _prefix_mask(lengths, 5)
+    noisy = torch.where(mask[..., None], x, torch.full_like(x, 50.0))
+    stored = torch.zeros(3, 10, 4)
+    for i, n in enumerate(lengths):
+        stored[i, :n] = x[i, :n]
+    out = enc(noisy, mask)
+    torch.testing.assert_close(out.tokens[:, 0], enc.layers(enc.norm(stored.mean(dim=1))))
+    with pytest.raises(ValueError, match="a sequence of 11 steps, but stored_steps=10"):
+        enc(torch.randn(2, 11, 4))
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, True, "24"])
+def test_a_bad_stored_steps_is_refused(steps):
+    with pytest.raises(ValueError, match="stored_steps=.* must be a positive integer or null"):
+        MLPSubNet(input_dim=4, dim=8, stored_steps=steps)
+    with pytest.raises(ValueError, match="stored_steps=.* must be a positive integer or null"):
+        LSTMEncoder(input_dim=4, hidden_dim=5, dim=2, stored_steps=steps)
+
+
 def test_subnet_layers_and_widths_are_mmsas():
     enc = MLPSubNet(input_dim=20, dim=128)
     linears = [m for m in enc.layers if isinstance(m, torch.nn.Linear)]
