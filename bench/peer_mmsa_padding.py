@@ -23,6 +23,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - started
     md = report(saved, padded, args.models, shape, wall, command)
     save("peer_mmsa_padding", {"command": command, "shape": saved["shape"], "wall_s": wall,
-                               "runs": [r.__dict__ for r in padded]}, md)
+                               "runs": [asdict(r) for r in padded]}, md)
     print(md)
     shutil.rmtree(work, ignore_errors=True)
 

@@ -11,8 +11,10 @@ from typing import Any
 
 from torch import nn
 
+from mmgpt.peers.mmsa import EXACT_MODELS, init_like_mmsa
+
 #: peer -> the models whose initial weights mmgpt can draw as that peer does
-PEERS = {"mmsa": ("tfn", "lmf", "lf_dnn", "ef_lstm", "mult")}
+PEERS = {"mmsa": EXACT_MODELS}
 
 
 def init_like(net: nn.Module, spec: Mapping[str, Any], where: str = "model.init") -> None:
@@ -34,8 +36,6 @@ def init_like(net: nn.Module, spec: Mapping[str, Any], where: str = "model.init"
         raise ValueError(f"{where}.model: {model!r} is not one of {list(PEERS[peer])} ({peer})")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"{where}.seed: {seed!r} is not an integer")
-    from mmgpt.peers.mmsa import init_like_mmsa
-
     try:
         init_like_mmsa(net, model, seed)
     except ValueError as e:

@@ -260,13 +260,14 @@ def _mult_like(ours: nn.Module) -> nn.Module:
     return model
 
 
-_LIKE = {
-    "tfn": lambda ours: _post_fusion_like(_subnets_like(ours), ours.head),
-    "lmf": _lmf_like,
-    "lf_dnn": lambda ours: _post_fusion_like(_subnets_like(ours), ours.head),
-    "ef_lstm": _ef_lstm_like,
-    "mult": _mult_like,
-}
+def _subnets_then_post_fusion_like(ours: nn.Module) -> nn.Module:
+    """TFN and LF-DNN: the three sub-networks, then the three post-fusion layers (their fusions draw nothing)."""
+    return _post_fusion_like(_subnets_like(ours), ours.head)
+
+
+_LIKE = {"tfn": _subnets_then_post_fusion_like, "lmf": _lmf_like, "lf_dnn": _subnets_then_post_fusion_like,
+         "ef_lstm": _ef_lstm_like, "mult": _mult_like}
+assert tuple(_LIKE) == EXACT_MODELS
 
 
 def _feature_dims(model: str, ours: nn.Module) -> list[int]:
